@@ -1,0 +1,1 @@
+"""The local platform: FerretDB and every service as processes on loopback, for `make up` and tests."""

@@ -1,0 +1,64 @@
+"""python -m emr_devstack: `make up`. Starts FerretDB and every service on the documented ports,
+prints the endpoints, and stops everything on Ctrl-C or SIGTERM (`make down`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from emr_devstack.processes import StartupError
+from emr_devstack.stack import Stack, elapsed
+
+RUN_DIR = Path(os.environ.get("EMR_RUN_DIR", ".run"))
+PID_FILE = RUN_DIR / "devstack.pid"
+
+
+def main() -> int:
+    started = time.monotonic()
+    stack = Stack(run_dir=RUN_DIR.resolve(), mongodb_uri=os.environ.get("MONGODB_URI") or None)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    PID_FILE.write_text(str(os.getpid()))
+    try:
+        stack.start()
+        p = stack.ports
+        print(
+            f"""
+EMR platform is up ({elapsed(started)}). Logs: {RUN_DIR}/logs/  Stop: Ctrl-C or `make down`.
+
+  identity  gRPC 127.0.0.1:{p.identity}   metrics http://127.0.0.1:{p.identity_metrics}/metrics
+  records   gRPC 127.0.0.1:{p.records}   metrics http://127.0.0.1:{p.records_metrics}/metrics
+  audit     gRPC 127.0.0.1:{p.audit}   metrics http://127.0.0.1:{p.audit_metrics}/metrics
+  sync      gRPC 127.0.0.1:{p.sync}   metrics http://127.0.0.1:{p.sync_metrics}/metrics
+  gateway   http://127.0.0.1:{p.gateway}/fhir/Patient/<id>
+  national emulator  http://127.0.0.1:{p.national_emulator}/deliveries
+  MongoDB   {stack.effective_mongodb_uri}
+
+Try: grpcurl -plaintext 127.0.0.1:{p.identity} list
+""",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            for name, process in stack.processes.items():
+                if not process.running():
+                    print(f"{name} exited unexpectedly; see {process.log_path}", file=sys.stderr)
+                    stop.set()
+        return 0
+    except StartupError as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        codes = stack.stop()
+        PID_FILE.unlink(missing_ok=True)
+        print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The whole platform on one machine: which processes, on which ports, with which settings.
+
+`make up` runs it on the documented ports; tests run it on free ports in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from emr_devstack.processes import (
+    ManagedProcess,
+    free_port,
+    grpc_serving,
+    port_open,
+    wait_until,
+)
+
+CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emr-platform" / "bin"
+GRPC_SERVICES = ("audit", "identity", "records", "sync")
+HTTP_SERVICES = ("national_emulator", "gateway")
+# Start order: everything a service calls is up before it.
+START_ORDER = ("audit", "identity", "records", "national_emulator", "sync", "gateway")
+
+
+@dataclass(frozen=True)
+class Ports:
+    mongodb: int = 27017
+    identity: int = 50051
+    records: int = 50052
+    audit: int = 50053
+    sync: int = 50054
+    identity_metrics: int = 9451
+    records_metrics: int = 9452
+    audit_metrics: int = 9453
+    sync_metrics: int = 9454
+    gateway: int = 8080
+    national_emulator: int = 8090
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(**{f.name: free_port() for f in fields(cls)})
+
+
+@dataclass
+class Stack:
+    """FerretDB (unless ``mongodb_uri`` names another server) and every service, as child processes."""
+
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    mongodb_uri: str | None = None
+    sync_poll_interval: float = 1.0
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    @property
+    def effective_mongodb_uri(self) -> str:
+        return self.mongodb_uri or f"mongodb://127.0.0.1:{self.ports.mongodb}/"
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{getattr(self.ports, service)}"
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, service)}"
+
+    # --- FerretDB -------------------------------------------------------------------------------
+    def start_ferretdb(self) -> ManagedProcess:
+        binary = CACHE_BIN / "ferretdb"
+        if not binary.exists():
+            raise FileNotFoundError(f"{binary} is missing: run scripts/bootstrap.sh (make bootstrap)")
+        data_dir = self.run_dir / "ferretdb"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        process = ManagedProcess(
+            "ferretdb",
+            [
+                str(binary),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data_dir}/",
+                f"--listen-addr=127.0.0.1:{self.ports.mongodb}",
+                f"--state-dir={data_dir}",
+                "--debug-addr=-",
+                "--telemetry=false",
+                "--log-level=warn",
+            ],
+            # Telemetry off twice over: nothing may leave this machine.
+            {"DO_NOT_TRACK": "1", "FERRETDB_TELEMETRY": "false"},
+            self.run_dir / "logs" / "ferretdb.log",
+        ).start()
+        self.processes["ferretdb"] = process
+        wait_until(process, self._mongodb_answers, 60, "accepting MongoDB connections")
+        return process
+
+    def _mongodb_answers(self) -> bool:
+        if not port_open(self.ports.mongodb):
+            return False
+        try:
+            client: MongoClient[dict[str, Any]]
+            with MongoClient(self.effective_mongodb_uri, serverSelectionTimeoutMS=500) as client:
+                client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    # --- services -------------------------------------------------------------------------------
+    def service_env(self, service: str, ports: Ports | None = None) -> dict[str, str]:
+        """Environment of one service: the same variables a user sets (see README)."""
+        p = ports or self.ports
+        common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1"}
+        per_service: dict[str, dict[str, str]] = {
+            "audit": {"AUDIT_GRPC_PORT": str(p.audit), "AUDIT_METRICS_PORT": str(p.audit_metrics)},
+            "identity": {
+                "IDENTITY_GRPC_PORT": str(p.identity),
+                "IDENTITY_METRICS_PORT": str(p.identity_metrics),
+                "IDENTITY_AUDIT_TARGET": self.target("audit"),
+            },
+            "records": {
+                "RECORDS_GRPC_PORT": str(p.records),
+                "RECORDS_METRICS_PORT": str(p.records_metrics),
+                "RECORDS_IDENTITY_TARGET": self.target("identity"),
+                "RECORDS_AUDIT_TARGET": self.target("audit"),
+            },
+            "sync": {
+                "SYNC_GRPC_PORT": str(p.sync),
+                "SYNC_METRICS_PORT": str(p.sync_metrics),
+                "SYNC_RECORDS_TARGET": self.target("records"),
+                "SYNC_NATIONAL_URL": self.url("national_emulator"),
+                "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
+            },
+            "national_emulator": {"NATIONAL_EMULATOR_PORT": str(p.national_emulator)},
+            "gateway": {
+                "GATEWAY_PORT": str(p.gateway),
+                "GATEWAY_IDENTITY_TARGET": self.target("identity"),
+                "GATEWAY_RECORDS_TARGET": self.target("records"),
+            },
+        }
+        return {**common, **per_service[service]}
+
+    def start_service(
+        self, service: str, ports: Ports | None = None, name: str | None = None
+    ) -> ManagedProcess:
+        """Starts ``python -m emr_<service>`` and waits until it is healthy."""
+        p = ports or self.ports
+        name = name or service
+        process = ManagedProcess(
+            name,
+            [sys.executable, "-m", f"emr_{service}"],
+            self.service_env(service, p),
+            self.run_dir / "logs" / f"{name}.log",
+        ).start()
+        self.processes[name] = process
+        port = getattr(p, service)
+        if service in GRPC_SERVICES:
+            wait_until(process, lambda: grpc_serving(f"127.0.0.1:{port}"), 60, "SERVING")
+        else:
+            wait_until(process, lambda: port_open(port), 60, "listening")
+        return process
+
+    def start(self) -> None:
+        if self.mongodb_uri is None:
+            self.start_ferretdb()
+        for service in START_ORDER:
+            self.start_service(service)
+
+    def stop(self) -> dict[str, int | None]:
+        """Stops every process, last started first; returns their exit codes."""
+        codes = {}
+        for name in reversed(list(self.processes)):
+            codes[name] = self.processes[name].stop()
+        self.processes.clear()
+        return codes
+
+    def with_ports(self, **changes: int) -> Ports:
+        return replace(self.ports, **changes)
+
+
+def elapsed(since: float) -> str:
+    return f"{time.monotonic() - since:.1f}s"

@@ -1,0 +1,9 @@
+"""python -m emr_identity: runs the identity gRPC service."""
+
+from emr_runtime.server import run
+
+from emr_identity.app import build
+from emr_identity.settings import IdentitySettings
+
+if __name__ == "__main__":
+    run("identity", IdentitySettings(), build)

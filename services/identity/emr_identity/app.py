@@ -1,0 +1,32 @@
+"""Wiring of the identity service: repository, use cases, servicer, audit."""
+
+from __future__ import annotations
+
+from emr.identity.v1 import identity_pb2_grpc
+from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.channels import create_channel
+from emr_runtime.db import Database
+from emr_runtime.server import ServiceApp, ServiceBinding
+
+from emr_identity.repository import INDEXES, PersonRepository
+from emr_identity.service import IdentityService
+from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
+from emr_identity.settings import IdentitySettings
+
+
+async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
+    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
+    recorder = AuditRecorder(audit_channel, db, source_service="identity")
+    servicer = PatientIdentityServicer(IdentityService(PersonRepository(db)))
+    return ServiceApp(
+        bindings=[
+            ServiceBinding(
+                SERVICE_NAME, servicer, identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server
+            )
+        ],
+        indexes=(*INDEXES, *SPOOL_INDEXES),
+        audit_sink=recorder,
+        audit_rules=AUDIT_RULES,
+        background=[recorder.replay_forever],
+        on_stop=[audit_channel.close],
+    )

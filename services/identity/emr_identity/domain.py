@@ -1,0 +1,245 @@
+"""Patient identity domain: validation and normalisation of registrations. Pure; no I/O."""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from emr_runtime.errors import Violations
+from emr_runtime.idempotency import check_request_id
+
+FACILITY_CODE = re.compile(r"[0-9A-Z]{5}")
+CCCD = re.compile(r"[0-9]{12}")
+# Old cards: 2 letters beneficiary group, benefit level 1-5, 2-digit province, 10-digit social insurance code.
+BHYT_OLD = re.compile(r"[A-Z]{2}[1-5][0-9]{2}[0-9]{10}")
+BHYT_NEW = re.compile(r"[0-9]{10}")
+PASSPORT = re.compile(r"[0-9A-Z]{6,12}")
+MRN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._/-]{0,31}")
+MAX_NAME_LENGTH = 200
+EARLIEST_BIRTH_DATE = date(1900, 1, 1)
+
+
+class IdentifierSystem(enum.Enum):
+    CCCD = "CCCD"
+    BHYT = "BHYT"
+    PASSPORT = "PASSPORT"
+    MRN = "MRN"
+
+
+class Sex(enum.Enum):
+    MALE = "male"
+    FEMALE = "female"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+class PersonStatus(enum.Enum):
+    # Written, identifiers not yet all claimed: invisible to readers.
+    PROVISIONAL = "provisional"
+    ACTIVE = "active"
+    # Lost an identifier race: the registration resolved to the person in ``superseded_by``.
+    SUPERSEDED = "superseded"
+
+
+class Outcome(enum.Enum):
+    CREATED = "created"
+    EXISTING = "existing"
+
+
+@dataclass(frozen=True)
+class Identifier:
+    system: IdentifierSystem
+    value: str
+    facility_code: str = ""
+
+    @property
+    def claim_key(self) -> str | None:
+        """Key under which this identifier is unique across persons; None if it need not be."""
+        if self.system is IdentifierSystem.CCCD:
+            return f"CCCD:{self.value}"
+        if self.system is IdentifierSystem.MRN:
+            return f"MRN:{self.facility_code}:{self.value}"
+        return None
+
+
+@dataclass(frozen=True)
+class RawIdentifier:
+    """An identifier as received; ``system`` is None when the caller sent an unknown system."""
+
+    system: IdentifierSystem | None
+    value: str
+    facility_code: str
+
+
+@dataclass(frozen=True)
+class RegistrationInput:
+    """A RegisterPatient request as received, before validation."""
+
+    request_id: str
+    identifiers: tuple[RawIdentifier, ...]
+    full_name: str
+    birth_date: str
+    sex: Sex | None
+    facility_code: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A validated, normalised registration."""
+
+    request_id: str
+    identifiers: tuple[Identifier, ...]
+    full_name: str
+    birth_date: date
+    sex: Sex
+    facility_code: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Person:
+    person_id: str
+    identifiers: tuple[Identifier, ...]
+    full_name: str
+    birth_date: date
+    sex: Sex
+    registering_facility_code: str
+    created_at: datetime
+    status: PersonStatus
+    request_fingerprint: str
+    superseded_by: str = ""
+    claim_keys: tuple[str, ...] = field(default=())
+
+
+def normalize_name(raw: str) -> str:
+    """NFC (input may arrive as NFD) with runs of whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFC", raw).split())
+
+
+def normalize_identifier_value(raw: str) -> str:
+    return "".join(raw.split()).upper()
+
+
+def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -> Identifier | None:
+    if raw.system is None:
+        violations.add(f"{path}.system", "unknown identifier system; use CCCD, BHYT, PASSPORT or MRN")
+        return None
+    value = (
+        normalize_identifier_value(raw.value) if raw.system is not IdentifierSystem.MRN else raw.value.strip()
+    )
+    facility_code = raw.facility_code.strip().upper()
+    problem = {
+        IdentifierSystem.CCCD: None if CCCD.fullmatch(value) else "a CCCD has exactly 12 digits",
+        IdentifierSystem.BHYT: None
+        if BHYT_OLD.fullmatch(value) or BHYT_NEW.fullmatch(value)
+        else "a BHYT number has 15 characters (e.g. DN4790123456789) or 10 digits",
+        IdentifierSystem.PASSPORT: None if PASSPORT.fullmatch(value) else "6 to 12 letters or digits",
+        IdentifierSystem.MRN: None if MRN.fullmatch(value) else "1 to 32 letters, digits or . _ / -",
+    }[raw.system]
+    if not value:
+        problem = "required"
+    if problem:
+        violations.add(f"{path}.value", problem)
+    if raw.system is IdentifierSystem.MRN:
+        if not FACILITY_CODE.fullmatch(facility_code):
+            violations.add(f"{path}.facility_code", "an MRN needs the 5-character code of its facility")
+    elif facility_code:
+        violations.add(f"{path}.facility_code", "only MRN identifiers carry a facility code")
+    if problem:
+        return None
+    return Identifier(raw.system, value, facility_code if raw.system is IdentifierSystem.MRN else "")
+
+
+def parse_birth_date(
+    violations: Violations, raw: str, today: date, field_name: str = "birth_date"
+) -> date | None:
+    if not raw:
+        violations.add(field_name, "required, as YYYY-MM-DD")
+        return None
+    try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", raw):
+            raise ValueError(raw)
+        parsed = date.fromisoformat(raw)
+    except ValueError:
+        violations.add(field_name, "not a calendar date in the form YYYY-MM-DD")
+        return None
+    if parsed > today:
+        violations.add(field_name, "is in the future")
+    elif parsed < EARLIEST_BIRTH_DATE:
+        violations.add(field_name, f"is before {EARLIEST_BIRTH_DATE.isoformat()}")
+    return parsed
+
+
+def validate_registration(raw: RegistrationInput, today: date) -> Registration:
+    """Checks every field, reporting all violations at once; returns the normalised registration."""
+    violations = Violations()
+    check_request_id(violations, raw.request_id)
+    full_name = normalize_name(raw.full_name)
+    if not full_name:
+        violations.add("full_name", "required")
+    elif len(full_name) > MAX_NAME_LENGTH:
+        violations.add("full_name", f"at most {MAX_NAME_LENGTH} characters")
+    elif not any(character.isalpha() for character in full_name):
+        violations.add("full_name", "must contain letters")
+    birth_date = parse_birth_date(violations, raw.birth_date, today)
+    if raw.sex is None:
+        violations.add("sex", "required: MALE, FEMALE, OTHER or UNKNOWN")
+    facility_code = raw.facility_code.strip().upper()
+    if not FACILITY_CODE.fullmatch(facility_code):
+        violations.add("facility_code", "the 5-character code of the registering facility")
+    identifiers: list[Identifier] = []
+    seen: set[tuple[IdentifierSystem, str]] = set()
+    for index, raw_identifier in enumerate(raw.identifiers):
+        path = f"identifiers[{index}]"
+        identifier = validate_identifier(violations, path, raw_identifier)
+        if identifier is None:
+            continue
+        slot = (identifier.system, identifier.facility_code)
+        if slot in seen:
+            violations.add(path, "a second identifier of the same system (and facility)")
+            continue
+        seen.add(slot)
+        identifiers.append(identifier)
+    violations.raise_if_any()
+    assert birth_date is not None and raw.sex is not None  # guaranteed by the checks above
+    return Registration(
+        request_id=raw.request_id,
+        identifiers=tuple(identifiers),
+        full_name=full_name,
+        birth_date=birth_date,
+        sex=raw.sex,
+        facility_code=facility_code,
+        fingerprint=raw.fingerprint,
+    )
+
+
+def check_patient_id(patient_id: str, field_name: str = "patient_id") -> str:
+    violations = Violations()
+    if not patient_id.strip():
+        violations.add(field_name, "required")
+    elif len(patient_id) > 64:
+        violations.add(field_name, "at most 64 characters")
+    violations.raise_if_any()
+    return patient_id.strip()
+
+
+def new_person(registration: Registration, person_id: str, now: datetime) -> Person:
+    claim_keys = tuple(key for key in (i.claim_key for i in registration.identifiers) if key is not None)
+    # CCCD first: it decides which person a registration resolves to.
+    claim_keys = tuple(sorted(claim_keys, key=lambda key: not key.startswith("CCCD:")))
+    return Person(
+        person_id=person_id,
+        identifiers=registration.identifiers,
+        full_name=registration.full_name,
+        birth_date=registration.birth_date,
+        sex=registration.sex,
+        registering_facility_code=registration.facility_code,
+        created_at=now,
+        status=PersonStatus.PROVISIONAL,
+        request_fingerprint=registration.fingerprint,
+        claim_keys=claim_keys,
+    )

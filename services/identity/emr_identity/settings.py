@@ -1,0 +1,16 @@
+"""Settings of the identity service (environment variables prefixed IDENTITY_)."""
+
+from __future__ import annotations
+
+from emr_runtime.settings import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+
+class IdentitySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="IDENTITY_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9451, ge=0, le=65535)
+    mongodb_database: str = Field("emr_identity", min_length=1)
+    audit_target: str = Field("127.0.0.1:50053", description="host:port of the audit service")

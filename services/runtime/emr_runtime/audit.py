@@ -1,0 +1,130 @@
+"""The audit client every service uses: an audited call's event is stored durably before the call
+answers: in the audit service, or, while audit is unreachable, in a spool in the calling service's
+own database, replayed in order when audit answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import grpc
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from prometheus_client import Gauge
+from pymongo.errors import PyMongoError
+
+from emr_runtime.caller import caller_from_metadata
+from emr_runtime.db import Database, IndexSpec
+from emr_runtime.errors import DependencyUnavailableError
+from emr_runtime.interceptors import AuditRule, AuditSink, Call
+from emr_runtime.telemetry import current_trace_id
+
+log = logging.getLogger("emr.audit_client")
+
+AUDIT_SERVICE = "emr.audit.v1.AuditService"
+SPOOL_COLLECTION = "audit_spool"
+SPOOL_INDEXES = (IndexSpec(SPOOL_COLLECTION, (("spooled_at", 1), ("_id", 1)), "spool_order"),)
+_OUTCOMES = {
+    "success": audit_pb2.AUDIT_OUTCOME_SUCCESS,
+    "client_failure": audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE,
+    "server_failure": audit_pb2.AUDIT_OUTCOME_SERVER_FAILURE,
+}
+SPOOL_DEPTH = Gauge("emr_audit_spool_depth", "Audit events waiting in the local spool for the audit service.")
+
+
+class AuditRecorder(AuditSink):
+    """Sends audit events to the audit service, spooling them locally while it is unreachable."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        db: Database,
+        source_service: str,
+        append_timeout: float = 2.0,
+        replay_interval: float = 1.0,
+    ) -> None:
+        self._stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self._spool = db[SPOOL_COLLECTION]
+        self._source_service = source_service
+        self._append_timeout = append_timeout
+        self._replay_interval = replay_interval
+        # While anything is spooled, new events join the spool so that order is kept.
+        self._spooling = True
+        self._lock = asyncio.Lock()
+
+    def event_for(self, rule: AuditRule, call: Call, outcome: str) -> audit_pb2.AuditEvent:
+        caller = caller_from_metadata(call.context.invocation_metadata())
+        event = audit_pb2.AuditEvent(
+            event_id=str(uuid.uuid4()),
+            action=rule.action,  # type: ignore[arg-type]
+            outcome=_OUTCOMES[outcome],
+            actor_id=caller.actor_id,
+            actor_facility_code=caller.facility_code,
+            purpose_of_use=caller.purpose_of_use,
+            source_service=self._source_service,
+            operation=call.full_method,
+            resource_type=rule.resource_type,
+            patient_id=rule.patient_id(call.request, call.response),
+            resource_id=rule.resource_id(call.request, call.response),
+            request_id=str(getattr(call.request, "request_id", "")),
+            trace_id=current_trace_id(),
+        )
+        event.occurred_time.FromDatetime(datetime.now(UTC))
+        return event
+
+    async def record_call(self, rule: AuditRule, call: Call, outcome: str) -> None:
+        await self.record(self.event_for(rule, call, outcome))
+
+    async def record(self, event: audit_pb2.AuditEvent) -> None:
+        if not self._spooling:
+            try:
+                await self._stub.AppendEvents(
+                    audit_pb2.AppendEventsRequest(events=[event]), timeout=self._append_timeout
+                )
+                return
+            except grpc.aio.AioRpcError as error:
+                log.warning("audit append failed; spooling", extra={"grpc_code": error.code().name})
+                self._spooling = True
+        await self._spool_event(event)
+
+    async def _spool_event(self, event: audit_pb2.AuditEvent) -> None:
+        try:
+            async with self._lock:
+                await self._spool.insert_one(
+                    {
+                        "_id": event.event_id,
+                        "spooled_at": datetime.now(UTC),
+                        "event": event.SerializeToString(),
+                    }
+                )
+        except PyMongoError as error:
+            # Neither audit nor our database took the event: the call must not report success.
+            raise DependencyUnavailableError("audit") from error
+        SPOOL_DEPTH.inc()
+
+    async def replay_once(self, batch_size: int = 200) -> int:
+        """Sends the oldest spooled events to audit; returns how many were delivered."""
+        async with self._lock:
+            documents = await self._spool.find().sort([("spooled_at", 1), ("_id", 1)]).to_list(batch_size)
+            if not documents:
+                self._spooling = False
+                SPOOL_DEPTH.set(0)
+                return 0
+            events = [audit_pb2.AuditEvent.FromString(document["event"]) for document in documents]
+            await self._stub.AppendEvents(
+                audit_pb2.AppendEventsRequest(events=events), timeout=self._append_timeout
+            )
+            # Appends are idempotent by event_id, so a crash before this delete only resends.
+            await self._spool.delete_many({"_id": {"$in": [document["_id"] for document in documents]}})
+            SPOOL_DEPTH.set(await self._spool.count_documents({}))
+            return len(documents)
+
+    async def replay_forever(self) -> None:
+        while True:
+            try:
+                while await self.replay_once():
+                    pass
+            except (grpc.aio.AioRpcError, PyMongoError) as error:
+                log.info("audit spool replay waits for audit", extra={"error_type": type(error).__name__})
+            await asyncio.sleep(self._replay_interval)

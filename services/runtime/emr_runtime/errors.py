@@ -1,0 +1,75 @@
+"""Domain errors: raised by domain and repository code, mapped to gRPC status codes in one place
+(``emr_runtime.interceptors``). Pure Python; no transport types here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field: ``field`` is the request field path (``identifiers[0].value``)."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of errors that are the caller's or a dependency's doing, never a bug of ours."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(DomainError):
+    """The request is malformed; carries every violation found, not only the first."""
+
+    def __init__(self, violations: Iterable[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        fields = ", ".join(v.field for v in self.violations)
+        super().__init__(f"invalid request: {fields}" if fields else "invalid request")
+
+
+class NotFoundError(DomainError):
+    """A resource named in the request does not exist; ``field`` is the request field naming it."""
+
+    def __init__(self, resource_type: str, field: str, resource_id: str) -> None:
+        self.resource_type = resource_type
+        self.field = field
+        self.resource_id = resource_id
+        super().__init__(f"{resource_type} named by {field} was not found")
+
+
+class ConflictError(DomainError):
+    """The request lost a race or reused a request_id for different content (ABORTED)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class DependencyUnavailableError(DomainError):
+    """A service or database this call needs did not answer in time (UNAVAILABLE; retry later)."""
+
+    def __init__(self, dependency: str) -> None:
+        self.dependency = dependency
+        super().__init__(f"{dependency} is unavailable; retry later")
+
+
+class Violations:
+    """Collects field violations so that a request reports all its problems at once."""
+
+    def __init__(self) -> None:
+        self._items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self._items.append(FieldViolation(field, description))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def raise_if_any(self) -> None:
+        if self._items:
+            raise InvalidArgumentError(self._items)

@@ -1,0 +1,131 @@
+"""Server bootstrap shared by every gRPC service: a service's ``__main__`` calls ``run``.
+
+It wires the interceptors, standard health (grpc.health.v1) and reflection, the MongoDB client and
+indexes, /metrics, tracing and JSON logs; on SIGTERM or SIGINT health turns NOT_SERVING, in-flight
+calls get ``shutdown_grace_seconds`` to finish, background tasks stop, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
+from emr_runtime.interceptors import (
+    AuditInterceptor,
+    AuditRule,
+    AuditSink,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    TracingInterceptor,
+)
+from emr_runtime.logs import configure_logging
+from emr_runtime.metrics import start_metrics_server
+from emr_runtime.settings import ServiceSettings
+from emr_runtime.telemetry import configure_tracing
+
+log = logging.getLogger("emr.server")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to serve: its full name, servicer, and generated ``add_*_to_server``."""
+
+    full_name: str
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass
+class ServiceApp:
+    """What a service contributes to the shared server."""
+
+    bindings: Sequence[ServiceBinding]
+    indexes: Sequence[IndexSpec] = ()
+    audit_sink: AuditSink | None = None
+    audit_rules: Mapping[str, AuditRule] = field(default_factory=dict)
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+BuildApp = Callable[[SettingsT, Database], Awaitable[ServiceApp]]
+
+
+def build_server(app: ServiceApp) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        TracingInterceptor(),
+        MetricsInterceptor(),
+        ErrorInterceptor(),
+    ]
+    if app.audit_sink is not None:
+        interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    for binding in app.bindings:
+        binding.add_to_server(binding.servicer, server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*(b.full_name for b in app.bindings), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return server, health_servicer
+
+
+async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -> None:
+    tracer_provider = configure_tracing(service)
+    mongo = create_mongo_client(settings.mongodb_uri, f"emr-{service}")
+    db = mongo[settings.mongodb_database]
+    app = await build(settings, db)
+    await ensure_indexes(db, app.indexes)
+
+    server, health_servicer = build_server(app)
+    address = f"{settings.listen_host}:{settings.grpc_port}"
+    port = server.add_insecure_port(address)
+    await server.start()
+    start_metrics_server(settings.listen_host, settings.metrics_port)
+    tasks = [asyncio.create_task(job()) for job in app.background]
+    for name in ("", *(b.full_name for b in app.bindings)):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"grpc_port": port, "metrics_port": settings.metrics_port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for hook in app.on_stop:
+        await hook()
+    await mongo.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
+    log.info("stopped")
+
+
+def run(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -> None:
+    """Runs a service until SIGTERM/SIGINT; returns normally (exit 0) after a graceful stop."""
+    configure_logging(service, settings.log_level)
+    asyncio.run(serve(service, settings, build))

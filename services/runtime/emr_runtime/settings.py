@@ -1,0 +1,35 @@
+"""Settings common to every gRPC service, read from environment variables (pydantic-settings).
+
+Each service subclasses ``ServiceSettings`` with its own prefix (``IDENTITY_``, ``RECORDS_`` ...).
+Platform-wide values (``MONGODB_URI``, ``LOG_LEVEL``) carry no prefix, so one variable points
+every service at the same MongoDB.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/"
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings; subclasses set ``env_prefix`` and their own defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    listen_host: str = Field("127.0.0.1", description="Address the gRPC server binds to")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off"
+    )
+    mongodb_database: str = Field("emr", min_length=1, description="Database owned by this service")
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, description="How long in-flight calls may run after SIGTERM"
+    )
+    mongodb_uri: str = Field(
+        DEFAULT_MONGODB_URI,
+        validation_alias=AliasChoices("MONGODB_URI"),
+        description="MongoDB connection string shared by all services",
+    )
+    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
