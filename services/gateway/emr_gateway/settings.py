@@ -1,0 +1,15 @@
+"""Settings of the FHIR gateway (environment variables prefixed GATEWAY_)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to")
+    port: int = Field(8080, ge=1, le=65535)
+    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
+    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))

@@ -1,0 +1,14 @@
+"""Settings of the national emulator (environment variables prefixed NATIONAL_EMULATOR_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EmulatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NATIONAL_EMULATOR_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to")
+    port: int = Field(8090, ge=1, le=65535)
+    log_level: str = Field("info")

@@ -1,0 +1,9 @@
+"""python -m emr_records: runs the records gRPC service."""
+
+from emr_runtime.server import run
+
+from emr_records.app import build
+from emr_records.settings import RecordsSettings
+
+if __name__ == "__main__":
+    run("records", RecordsSettings(), build)

@@ -1,0 +1,43 @@
+"""Wiring of the records service."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from emr.records.v1 import records_pb2_grpc
+from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.channels import create_channel
+from emr_runtime.db import Database
+from emr_runtime.server import ServiceApp, ServiceBinding
+
+from emr_records.patients import IDENTITY_SERVICE, PatientDirectory
+from emr_records.repository import INDEXES, ChangeFeedRepository, EncounterRepository
+from emr_records.service import RecordsService
+from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
+from emr_records.settings import RecordsSettings
+
+
+async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
+    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
+    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
+    recorder = AuditRecorder(audit_channel, db, source_service="records")
+    service = RecordsService(
+        EncounterRepository(db),
+        ChangeFeedRepository(db),
+        PatientDirectory(identity_channel),
+        timedelta(seconds=settings.change_settle_seconds),
+    )
+    return ServiceApp(
+        bindings=[
+            ServiceBinding(
+                SERVICE_NAME,
+                ClinicalRecordsServicer(service),
+                records_pb2_grpc.add_ClinicalRecordsServiceServicer_to_server,
+            )
+        ],
+        indexes=(*INDEXES, *SPOOL_INDEXES),
+        audit_sink=recorder,
+        audit_rules=AUDIT_RULES,
+        background=[recorder.replay_forever, service.sweep_outbox],
+        on_stop=[identity_channel.close, audit_channel.close],
+    )
