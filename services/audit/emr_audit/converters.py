@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 
 from emr.audit.v1 import audit_pb2
+from emr_runtime.clock import to_storage_precision
 
 from emr_audit.domain import Action, AuditEvent, Outcome
 
@@ -29,7 +30,7 @@ def event_from_message(message: audit_pb2.AuditEvent) -> AuditEvent:
         event_id=message.event_id,
         action=_ACTIONS.get(message.action),
         outcome=_OUTCOMES.get(message.outcome),
-        occurred_at=message.occurred_time.ToDatetime(tzinfo=UTC)
+        occurred_at=to_storage_precision(message.occurred_time.ToDatetime(tzinfo=UTC))
         if message.HasField("occurred_time")
         else None,
         actor_id=message.actor_id,

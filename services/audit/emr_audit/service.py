@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
+from emr_runtime.clock import utc_now
 from emr_runtime.errors import Violations
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
 
@@ -17,7 +16,7 @@ class AuditLog:
 
     async def append(self, events: list[AuditEvent]) -> list[int]:
         validate_events(events)
-        now = datetime.now(UTC)
+        now = utc_now()
         return [await self._repository.append(event.received(now)) for event in events]
 
     async def query_by_patient(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,20 @@ class Stack:
         return {**common, **per_service[service]}
 
     def start_service(
-        self, service: str, ports: Ports | None = None, name: str | None = None
+        self,
+        service: str,
+        ports: Ports | None = None,
+        name: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> ManagedProcess:
-        """Starts ``python -m emr_<service>`` and waits until it is healthy."""
+        """Starts ``python -m emr_<service>`` and waits until it is healthy. Tests start extra
+        instances under another ``name`` with other ports and settings."""
         p = ports or self.ports
         name = name or service
         process = ManagedProcess(
             name,
             [sys.executable, "-m", f"emr_{service}"],
-            self.service_env(service, p),
+            {**self.service_env(service, p), **(extra_env or {})},
             self.run_dir / "logs" / f"{name}.log",
         ).start()
         self.processes[name] = process

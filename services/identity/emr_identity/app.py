@@ -17,6 +17,7 @@ from emr_identity.settings import IdentitySettings
 async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
+    await recorder.open()
     servicer = PatientIdentityServicer(IdentityService(PersonRepository(db)))
     return ServiceApp(
         bindings=[

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
+from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, NotFoundError
 from emr_runtime.idempotency import derive_id
 
@@ -28,7 +27,7 @@ class IdentityService:
         resolves to its person. Safe under concurrency without transactions: the person is
         written provisional, its unique identifiers are claimed through a unique _id, and only
         then is it activated."""
-        now = datetime.now(UTC)
+        now = utc_now()
         registration = validate_registration(raw, now.date())
         candidate = new_person(registration, derive_id("person", registration.request_id), now)
         stored = await self._persons.insert_or_get(candidate)

@@ -21,6 +21,7 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="records")
+    await recorder.open()
     service = RecordsService(
         EncounterRepository(db),
         ChangeFeedRepository(db),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from emr.records.v1 import records_pb2
+from emr_runtime.clock import to_storage_precision
 from emr_runtime.idempotency import fingerprint
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -34,7 +35,7 @@ def _time(message: records_pb2.CreateEncounterRequest, field: str) -> datetime |
     if not message.HasField(field):
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    return to_storage_precision(stamp.ToDatetime(tzinfo=UTC))
 
 
 def encounter_input(request: records_pb2.CreateEncounterRequest) -> EncounterInput:

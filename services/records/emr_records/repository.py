@@ -8,9 +8,10 @@ outbox sweep finishes what a crash left half done, so every stored encounter rea
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from emr_runtime.clock import utc_now
 from emr_runtime.db import Database, IndexSpec, next_sequence
 from pymongo.errors import DuplicateKeyError
 
@@ -150,7 +151,7 @@ class ChangeFeedRepository:
                         "patient_id": encounter.patient_id,
                         "facility_code": encounter.facility_code,
                         # Taken after the sequence: the feed's hole timeout relies on it.
-                        "committed_at": datetime.now(UTC),
+                        "committed_at": utc_now(),
                     }
                 )
                 return

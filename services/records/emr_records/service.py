@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError
 from emr_runtime.idempotency import derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
@@ -39,7 +40,7 @@ class RecordsService:
         self._settle = change_settle
 
     async def create_encounter(self, raw: EncounterInput) -> Encounter:
-        now = datetime.now(UTC)
+        now = utc_now()
         encounter = validate_encounter(raw, derive_id("encounter", raw.request_id), now)
         if not await self._patients.exists(encounter.patient_id):
             raise NotFoundError("Patient", "patient_id", encounter.patient_id)
@@ -82,10 +83,10 @@ class RecordsService:
         """The next run of changes without holes, with the encounter each one is about."""
         limit = check_feed_request(after_sequence, requested_limit)
         plan = plan_feed(
-            after_sequence, await self._feed.after(after_sequence, limit), datetime.now(UTC), self._settle
+            after_sequence, await self._feed.after(after_sequence, limit), utc_now(), self._settle
         )
         if plan.holes_to_close:
-            now = datetime.now(UTC)
+            now = utc_now()
             for sequence in plan.holes_to_close:
                 await self._feed.close_hole(sequence, now)
             plan = plan_feed(after_sequence, await self._feed.after(after_sequence, limit), now, self._settle)
@@ -98,7 +99,7 @@ class RecordsService:
         """Puts encounters whose change a crash left unrecorded into the feed."""
         while True:
             await asyncio.sleep(interval)
-            cutoff = datetime.now(UTC) - timedelta(seconds=interval)
+            cutoff = utc_now() - timedelta(seconds=interval)
             try:
                 for encounter in await self._encounters.with_change_pending(cutoff, 100):
                     await self._record_change(encounter)

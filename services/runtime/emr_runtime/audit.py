@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime
 
 import grpc
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -15,6 +14,7 @@ from prometheus_client import Gauge
 from pymongo.errors import PyMongoError
 
 from emr_runtime.caller import caller_from_metadata
+from emr_runtime.clock import utc_now
 from emr_runtime.db import Database, IndexSpec
 from emr_runtime.errors import DependencyUnavailableError
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
@@ -50,8 +50,14 @@ class AuditRecorder(AuditSink):
         self._append_timeout = append_timeout
         self._replay_interval = replay_interval
         # While anything is spooled, new events join the spool so that order is kept.
-        self._spooling = True
+        self._spooling = False
         self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Resumes spooling if a previous run left events in the spool."""
+        depth = await self._spool.count_documents({})
+        self._spooling = depth > 0
+        SPOOL_DEPTH.set(depth)
 
     def event_for(self, rule: AuditRule, call: Call, outcome: str) -> audit_pb2.AuditEvent:
         caller = caller_from_metadata(call.context.invocation_metadata())
@@ -70,7 +76,7 @@ class AuditRecorder(AuditSink):
             request_id=str(getattr(call.request, "request_id", "")),
             trace_id=current_trace_id(),
         )
-        event.occurred_time.FromDatetime(datetime.now(UTC))
+        event.occurred_time.FromDatetime(utc_now())
         return event
 
     async def record_call(self, rule: AuditRule, call: Call, outcome: str) -> None:
@@ -94,7 +100,7 @@ class AuditRecorder(AuditSink):
                 await self._spool.insert_one(
                     {
                         "_id": event.event_id,
-                        "spooled_at": datetime.now(UTC),
+                        "spooled_at": utc_now(),
                         "event": event.SerializeToString(),
                     }
                 )

@@ -79,7 +79,9 @@ def new_delivery(
 
 def retry_delay(attempts: int, longest: timedelta) -> timedelta:
     """Exponential backoff: 1 s after the first failure, doubling, capped at ``longest``."""
-    delay: timedelta = FIRST_RETRY_DELAY * (2 ** max(attempts - 1, 0))
+    # The exponent is bounded so that a delivery failing for days cannot overflow timedelta.
+    doublings = min(max(attempts - 1, 0), 32)
+    delay: timedelta = FIRST_RETRY_DELAY * 2**doublings
     return min(delay, longest)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from emr_fhir.resources import encounter_resource
+from emr_runtime.clock import utc_now
 
 from emr_sync.clients import NationalClient, RecordsFeed
 from emr_sync.domain import DeliveryStatus, SyncStatus, check_facility_filter, new_delivery, retry_delay
@@ -40,7 +41,7 @@ class SyncService:
         """Queues the next run of records changes; returns how many changes were read."""
         after = await self._repository.cursor(RECORDS_CURSOR)
         response = await self._feed.changes_after(after, self._batch_size)
-        now = datetime.now(UTC)
+        now = utc_now()
         deliveries = [
             new_delivery(
                 change.resource_type,
@@ -61,10 +62,10 @@ class SyncService:
 
     async def deliver_once(self) -> int:
         """Sends the deliveries that are due, oldest first; returns how many were attempted."""
-        due = await self._repository.due(datetime.now(UTC), self._batch_size)
+        due = await self._repository.due(utc_now(), self._batch_size)
         for delivery in due:
             result = await self._national.send(delivery.resource_type, delivery.delivery_id, delivery.payload)
-            now = datetime.now(UTC)
+            now = utc_now()
             if result.delivered:
                 await self._repository.mark_delivered(delivery.delivery_id, result.transaction_id, now)
             else:

@@ -1,0 +1,57 @@
+# EMR exchange platform. `make up` runs it locally; `make test` runs every check CI runs.
+# Both install what they need first (scripts/bootstrap.sh), quickly when it is already there.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+EMR_BIN := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emr-platform/bin
+VENV := .venv/bin
+BUF := $(EMR_BIN)/buf
+
+.PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+bootstrap: ## install Python packages (.venv), FerretDB, buf and grpcurl (idempotent)
+	@bash scripts/bootstrap.sh
+
+up: bootstrap ## start FerretDB and every service locally; Ctrl-C (or make down) stops them
+	@$(VENV)/python -m emr_devstack
+
+down: ## stop what `make up` started
+	@if [ -f .run/devstack.pid ]; then kill -TERM "$$(cat .run/devstack.pid)" && echo "stopping the platform"; \
+	 else echo "nothing to stop (no .run/devstack.pid)"; fi
+
+test: bootstrap lint typecheck proto-lint proto-breaking protos-check unit integration ## every check CI runs
+	@echo "make test: all checks passed"
+
+lint: bootstrap ## ruff lint and format check
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+typecheck: bootstrap ## mypy (strict) on our code; generated code excluded
+	$(VENV)/mypy services tests
+
+proto-lint: bootstrap ## buf lint (STANDARD + COMMENTS)
+	cd protos && $(BUF) lint
+
+proto-breaking: bootstrap ## buf breaking against the previous commit (skipped where there is none)
+	@bash scripts/proto-breaking.sh
+
+protos: bootstrap ## regenerate Python stubs from protos/ into services/contracts
+	bash scripts/protos.sh
+
+protos-check: bootstrap ## fail if the committed stubs differ from what protos/ generates
+	bash scripts/protos.sh --check
+
+unit: bootstrap ## unit tests of pure domain code (no I/O)
+	$(VENV)/pytest services -q
+
+integration: bootstrap ## cross-service tests against real processes and FerretDB
+	$(VENV)/pytest tests -q
+
+fmt: bootstrap ## format and autofix
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+clean: ## remove local state of `make up` (.run)
+	rm -rf .run

@@ -1,0 +1,301 @@
+"""Unit tests of the pure parts of emr_runtime: paging, idempotency, error mapping, caller (no I/O)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import pytest
+from emr_runtime.caller import (
+    ACTOR_ID_KEY,
+    FACILITY_CODE_KEY,
+    PURPOSE_OF_USE_KEY,
+    UNKNOWN_ACTOR,
+    Caller,
+    caller_from_metadata,
+    caller_metadata,
+)
+from emr_runtime.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    DomainError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    Violations,
+)
+from emr_runtime.idempotency import MAX_REQUEST_ID_LENGTH, check_request_id, derive_id, fingerprint
+from emr_runtime.interceptors import ERROR_DOMAIN, status_for
+from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from google.rpc import error_details_pb2
+
+# --- paging ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"after": 0},
+        {"after": 12345, "patient_id": "patient-1"},
+        {"start": "2024-06-15T08:30:00Z", "id": "enc-1", "nested": {"a": [1, 2, None, True]}},
+        {"name": "Nguyễn Thị Ngọc Điệp"},
+        {},
+    ],
+)
+def test_page_token_round_trip(position: dict[str, object]) -> None:
+    token = encode_page_token(position)
+    assert decode_page_token(token) == position
+
+
+def test_page_token_is_url_safe_without_padding() -> None:
+    for size in range(1, 12):
+        token = encode_page_token({"k": "?" * size + "~>"})
+        assert "=" not in token
+        assert "+" not in token
+        assert "/" not in token
+        assert decode_page_token(token) == {"k": "?" * size + "~>"}
+
+
+def test_page_token_does_not_depend_on_key_order() -> None:
+    assert encode_page_token({"a": 1, "b": 2}) == encode_page_token({"b": 2, "a": 1})
+
+
+def test_empty_token_is_the_first_page() -> None:
+    assert decode_page_token("") is None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage!!",
+        "a",  # not a possible base64 length
+        "%%%%",
+        _b64(b"not json"),
+        _b64(b"[1, 2, 3]"),  # JSON, but not an object
+        _b64(b'"after"'),
+        _b64(b"42"),
+        _b64(b"null"),
+        _b64(b"\xff\xfe\x00"),  # not UTF-8
+        encode_page_token({"after": 1})[:-3],  # truncated
+    ],
+)
+def test_garbage_token_names_the_field(token: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        decode_page_token(token)
+    assert [v.field for v in caught.value.violations] == ["page_token"]
+
+
+def test_garbage_token_names_a_custom_field() -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        decode_page_token("garbage!!", field="search.page_token")
+    assert [v.field for v in caught.value.violations] == ["search.page_token"]
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(0, 50), (1, 1), (73, 73), (500, 500)])
+def test_page_size_within_bounds(requested: int, expected: int) -> None:
+    assert page_size(requested, default=50, maximum=500) == expected
+
+
+@pytest.mark.parametrize("requested", [-1, 501, 10_000])
+def test_page_size_out_of_bounds(requested: int) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        page_size(requested, default=50, maximum=500)
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("page_size", "must be between 0 and 500")
+    ]
+
+
+# --- idempotency -----------------------------------------------------------------------------------
+
+
+def test_derive_id_is_deterministic() -> None:
+    assert derive_id("patient", "req-1") == derive_id("patient", "req-1")
+
+
+def test_derive_id_is_a_version_5_uuid() -> None:
+    derived = uuid.UUID(derive_id("encounter", "req-1"))
+    assert derived.version == 5
+    assert str(derived) == derive_id("encounter", "req-1")
+
+
+def test_derive_id_differs_by_kind_and_request_id() -> None:
+    ids = {
+        derive_id("patient", "req-1"),
+        derive_id("encounter", "req-1"),
+        derive_id("patient", "req-2"),
+        derive_id("encounter", "req-2"),
+        derive_id("patient", "REQ-1"),
+    }
+    assert len(ids) == 5
+
+
+def test_derive_id_separates_kind_from_request_id() -> None:
+    assert derive_id("ab", "c") != derive_id("a", "bc")
+
+
+def test_fingerprint() -> None:
+    assert fingerprint(b"abc") == fingerprint(b"abc")
+    assert fingerprint(b"abc") != fingerprint(b"abd")
+    assert fingerprint(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@pytest.mark.parametrize("request_id", ["r", "2f8c0a36-6a4e-4a0c-9d0b-1f1b6a9f5c11", "x" * 128, "mã số 1"])
+def test_check_request_id_accepts(request_id: str) -> None:
+    violations = Violations()
+    check_request_id(violations, request_id)
+    assert not violations
+
+
+@pytest.mark.parametrize(
+    ("request_id", "description"),
+    [
+        ("", "required: a unique id of this request, e.g. a UUID"),
+        ("   ", "required: a unique id of this request, e.g. a UUID"),
+        ("x" * 129, "at most 128 characters"),
+        ("abc\x00", "must be printable text"),
+        ("a\nb", "must be printable text"),
+        ("\u200b" + "a", "must be printable text"),
+    ],
+)
+def test_check_request_id_rejects(request_id: str, description: str) -> None:
+    assert MAX_REQUEST_ID_LENGTH == 128
+    violations = Violations()
+    check_request_id(violations, request_id, field="create.request_id")
+    with pytest.raises(InvalidArgumentError) as caught:
+        violations.raise_if_any()
+    assert caught.value.violations == (FieldViolation("create.request_id", description),)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def test_violations_collect_all_and_raise_once() -> None:
+    violations = Violations()
+    violations.raise_if_any()  # nothing yet: no error
+    violations.add("a", "first")
+    violations.add("b[0].c", "second")
+    assert violations
+    with pytest.raises(InvalidArgumentError) as caught:
+        violations.raise_if_any()
+    assert caught.value.violations == (FieldViolation("a", "first"), FieldViolation("b[0].c", "second"))
+    assert caught.value.message == "invalid request: a, b[0].c"
+
+
+# --- interceptors.status_for -----------------------------------------------------------------------
+
+
+def test_invalid_argument_becomes_code_3_with_bad_request() -> None:
+    error = InvalidArgumentError(
+        [FieldViolation("full_name", "required"), FieldViolation("identifiers[1].value", "12 digits")]
+    )
+    status = status_for(error)
+    assert status.code == 3
+    assert status.message == "invalid request: full_name, identifiers[1].value"
+    assert len(status.details) == 1
+    assert status.details[0].type_url == "type.googleapis.com/google.rpc.BadRequest"
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("full_name", "required"),
+        ("identifiers[1].value", "12 digits"),
+    ]
+
+
+def test_not_found_becomes_code_5_with_error_info() -> None:
+    status = status_for(NotFoundError("Patient", "patient_id", "p-1"))
+    assert status.code == 5
+    assert status.message == "Patient named by patient_id was not found"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "NOT_FOUND"
+    assert info.domain == ERROR_DOMAIN
+    assert info.metadata["field"] == "patient_id"
+    assert info.metadata["resource_type"] == "Patient"
+    assert "p-1" not in status.SerializeToString().decode("utf-8", "replace")
+
+
+def test_conflict_becomes_code_10() -> None:
+    status = status_for(ConflictError("request_id reused for different content", field="request_id"))
+    assert status.code == 10
+    assert status.message == "request_id reused for different content"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "CONFLICT"
+    assert info.metadata["field"] == "request_id"
+
+
+def test_dependency_unavailable_becomes_code_14_with_retry_info() -> None:
+    status = status_for(DependencyUnavailableError("database"))
+    assert status.code == 14
+    assert status.message == "database is unavailable; retry later"
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry)
+    assert retry.retry_delay.seconds == 1
+
+
+def test_other_domain_error_becomes_failed_precondition() -> None:
+    class QuotaSpentError(DomainError):
+        pass
+
+    status = status_for(QuotaSpentError("quota spent"))
+    assert status.code == 9
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "QuotaSpentError"
+
+
+# --- caller ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metadata", [None, [], [("other", "x")]])
+def test_caller_defaults(metadata: list[tuple[str, str]] | None) -> None:
+    assert caller_from_metadata(metadata) == Caller(
+        actor_id=UNKNOWN_ACTOR, facility_code="", purpose_of_use=""
+    )
+    assert UNKNOWN_ACTOR == "anonymous"
+
+
+def test_caller_from_metadata_reads_values() -> None:
+    metadata = [(ACTOR_ID_KEY, "doctor-17"), (FACILITY_CODE_KEY, "79001"), (PURPOSE_OF_USE_KEY, "TREAT")]
+    assert caller_from_metadata(metadata) == Caller("doctor-17", "79001", "TREAT")
+
+
+def test_caller_empty_actor_is_anonymous() -> None:
+    assert caller_from_metadata([(ACTOR_ID_KEY, "")]).actor_id == UNKNOWN_ACTOR
+
+
+def test_caller_ignores_binary_values() -> None:
+    metadata: list[tuple[str, str | bytes]] = [(ACTOR_ID_KEY, b"doctor-17"), (FACILITY_CODE_KEY, b"79001")]
+    assert caller_from_metadata(metadata) == Caller(UNKNOWN_ACTOR, "", "")
+
+
+def test_caller_values_are_truncated() -> None:
+    metadata = [(ACTOR_ID_KEY, "a" * 500), (FACILITY_CODE_KEY, "f" * 100), (PURPOSE_OF_USE_KEY, "p" * 100)]
+    caller = caller_from_metadata(metadata)
+    assert caller == Caller("a" * 128, "f" * 16, "p" * 32)
+
+
+def test_caller_metadata_round_trip() -> None:
+    assert caller_metadata("doctor-17") == [(ACTOR_ID_KEY, "doctor-17")]
+    pairs = caller_metadata("doctor-17", "79001", "TREAT")
+    assert caller_from_metadata(pairs) == Caller("doctor-17", "79001", "TREAT")
+
+
+def test_deeply_nested_or_oversized_token_is_invalid_argument_not_a_crash() -> None:
+    import base64
+
+    import pytest
+    from emr_runtime.errors import InvalidArgumentError
+    from emr_runtime.paging import decode_page_token, encode_page_token
+
+    nested = base64.urlsafe_b64encode(b"[" * 600).decode().rstrip("=")
+    with pytest.raises(InvalidArgumentError) as caught:
+        decode_page_token(nested)
+    assert [v.field for v in caught.value.violations] == ["page_token"]
+    huge = encode_page_token({"after": 1, "pad": "x" * 2000})
+    with pytest.raises(InvalidArgumentError):
+        decode_page_token(huge)

@@ -1,0 +1,28 @@
+"""Registration is safe under concurrency without transactions: one CCCD, one person."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from emr.identity.v1 import identity_pb2
+
+
+async def test_concurrent_registrations_of_one_cccd_yield_one_person(
+    identity: Any, mongo: Any, registration: Any, facility_code: str
+) -> None:
+    template = registration(facility_code)
+    cccd = template.identifiers[0].value
+    requests = [registration(facility_code, identifiers=template.identifiers) for _ in range(24)]
+    responses = await asyncio.gather(*(identity.RegisterPatient(r) for r in requests))
+
+    assert len({r.patient.patient_id for r in responses}) == 1
+    outcomes = sorted(r.outcome for r in responses)
+    assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_CREATED) == 1
+    assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_EXISTING) == 23
+    active = await mongo["emr_identity"]["persons"].count_documents(
+        {"identifiers.value": cccd, "status": "active"}
+    )
+    assert active == 1
+    # A repeat of any of the requests returns what it returned the first time.
+    assert await identity.RegisterPatient(requests[5]) == responses[5]
