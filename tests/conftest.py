@@ -14,11 +14,12 @@ from emr.audit.v1 import audit_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2_grpc
 from emr.sync.v1 import sync_pb2_grpc
-from emr_devstack.processes import StartupError
-from emr_devstack.stack import Ports, Stack
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pymongo import AsyncMongoClient
+
+from emr_devstack.processes import StartupError
+from emr_devstack.stack import Ports, Stack
 
 
 @pytest.fixture(scope="session")

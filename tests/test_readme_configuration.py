@@ -18,7 +18,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize(
-    "settings", [IdentitySettings, RecordsSettings, AuditSettings, SyncSettings, GatewaySettings, EmulatorSettings]
+    "settings",
+    [IdentitySettings, RecordsSettings, AuditSettings, SyncSettings, GatewaySettings, EmulatorSettings],
 )
 def test_every_setting_is_documented_with_its_default(settings: type[BaseSettings]) -> None:
     table = README.read_text()
@@ -29,4 +30,6 @@ def test_every_setting_is_documented_with_its_default(settings: type[BaseSetting
         variable = str(choices[0]) if choices else f"{prefix}{name}".upper()
         value = getattr(defaults, name)
         shown = f"{value:g}" if isinstance(value, float) else str(value)
-        assert f"| `{variable}` | `{shown}` |" in table, f"{variable} with default {shown} is not in the README"
+        assert f"| `{variable}` | `{shown}` |" in table, (
+            f"{variable} with default {shown} is not in the README"
+        )

@@ -11,8 +11,9 @@ import grpc
 import httpx
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
-from emr_devstack.processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from emr_devstack.processes import free_port
 
 SERVICE = "emr.identity.v1.PatientIdentityService"
 

@@ -16,11 +16,12 @@ from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2
-from emr_runtime.caller import caller_metadata
 from fhir.resources.R4B.encounter import Encounter as FhirEncounter
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from emr_runtime.caller import caller_metadata
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-01", "79001", "TREATMENT")

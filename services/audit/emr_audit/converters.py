@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC
 
 from emr.audit.v1 import audit_pb2
-from emr_runtime.clock import to_storage_precision
 
 from emr_audit.domain import Action, AuditEvent, Outcome
+from emr_runtime.clock import to_storage_precision
 
 _ACTIONS = {
     audit_pb2.AUDIT_ACTION_CREATE: Action.CREATE,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from emr_runtime.db import Database, IndexSpec, next_sequence
 from pymongo.errors import DuplicateKeyError
 
 from emr_audit.domain import Action, AuditEvent, Outcome
+from emr_runtime.db import Database, IndexSpec, next_sequence
 
 EVENTS = "events"
 INDEXES = (

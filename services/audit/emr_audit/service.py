@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from emr_audit.domain import AuditEvent, validate_events
+from emr_audit.repository import AuditRepository
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import Violations
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
-
-from emr_audit.domain import AuditEvent, validate_events
-from emr_audit.repository import AuditRepository
 
 
 class AuditLog:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from emr_audit.domain import MAX_EVENTS_PER_APPEND, Action, AuditEvent, Outcome, validate_events
 from emr_runtime.errors import InvalidArgumentError
 

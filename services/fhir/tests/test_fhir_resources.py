@@ -8,6 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from emr_fhir.resources import (
     SYSTEM_BHYT,
     SYSTEM_CCCD,
@@ -22,10 +27,6 @@ from emr_fhir.resources import (
     operation_outcome,
     patient_resource,
 )
-from fhir.resources.R4B.encounter import Encounter
-from fhir.resources.R4B.operationoutcome import OperationOutcome
-from fhir.resources.R4B.patient import Patient
-from google.protobuf.timestamp_pb2 import Timestamp
 
 CREATED = datetime(2024, 6, 15, 8, 30, 5, 123000, tzinfo=UTC)
 START = datetime(2024, 6, 15, 7, 0, tzinfo=UTC)

@@ -1,11 +1,11 @@
 """python -m emr_gateway: runs the FHIR R4 REST gateway."""
 
 import uvicorn
-from emr_runtime.logs import configure_logging
-from emr_runtime.telemetry import configure_tracing
 
 from emr_gateway.app import create_app
 from emr_gateway.settings import GatewaySettings
+from emr_runtime.logs import configure_logging
+from emr_runtime.telemetry import configure_tracing
 
 if __name__ == "__main__":
     settings = GatewaySettings()

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
-from emr_fhir.resources import operation_outcome, patient_resource
-from emr_runtime.caller import caller_metadata
-from emr_runtime.channels import create_channel
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
+from emr_fhir.resources import operation_outcome, patient_resource
 from emr_gateway.settings import GatewaySettings
+from emr_runtime.caller import caller_metadata
+from emr_runtime.channels import create_channel
 
 FHIR_JSON = "application/fhir+json"
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from emr.identity.v1 import identity_pb2_grpc
-from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
-from emr_runtime.channels import create_channel
-from emr_runtime.db import Database
-from emr_runtime.server import ServiceApp, ServiceBinding
 
 from emr_identity.repository import INDEXES, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
 from emr_identity.settings import IdentitySettings
+from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.channels import create_channel
+from emr_runtime.db import Database
+from emr_runtime.server import ServiceApp, ServiceBinding
 
 
 async def build(settings: IdentitySettings, db: Database) -> ServiceApp:

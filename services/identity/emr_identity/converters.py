@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from emr.identity.v1 import identity_pb2
-from emr_runtime.idempotency import fingerprint
 
 from emr_identity.domain import IdentifierSystem, Outcome, Person, RawIdentifier, RegistrationInput, Sex
+from emr_runtime.idempotency import fingerprint
 
 _SYSTEMS = {
     identity_pb2.IDENTIFIER_SYSTEM_CCCD: IdentifierSystem.CCCD,

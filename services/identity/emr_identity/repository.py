@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from emr_runtime.db import Database, IndexSpec
 from pymongo.errors import DuplicateKeyError
 
 from emr_identity.domain import Identifier, IdentifierSystem, Person, PersonStatus, Sex
+from emr_runtime.db import Database, IndexSpec
 
 PERSONS = "persons"
 CLAIMS = "identifier_claims"

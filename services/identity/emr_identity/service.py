@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from emr_runtime.clock import utc_now
-from emr_runtime.errors import ConflictError, NotFoundError
-from emr_runtime.idempotency import derive_id
-
 from emr_identity.domain import (
     Outcome,
     Person,
@@ -16,6 +12,9 @@ from emr_identity.domain import (
     validate_registration,
 )
 from emr_identity.repository import PersonRepository
+from emr_runtime.clock import utc_now
+from emr_runtime.errors import ConflictError, NotFoundError
+from emr_runtime.idempotency import derive_id
 
 
 class IdentityService:

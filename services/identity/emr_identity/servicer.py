@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
-from emr_runtime.interceptors import AuditRule
 
 from emr_identity import converters
 from emr_identity.service import IdentityService
+from emr_runtime.interceptors import AuditRule
 
 SERVICE_NAME = "emr.identity.v1.PatientIdentityService"
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from emr.records.v1 import records_pb2_grpc
-from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
-from emr_runtime.channels import create_channel
-from emr_runtime.db import Database
-from emr_runtime.server import ServiceApp, ServiceBinding
 
 from emr_records.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_records.repository import INDEXES, ChangeFeedRepository, EncounterRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
 from emr_records.settings import RecordsSettings
+from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.channels import create_channel
+from emr_runtime.db import Database
+from emr_runtime.server import ServiceApp, ServiceBinding
 
 
 async def build(settings: RecordsSettings, db: Database) -> ServiceApp:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from emr.records.v1 import records_pb2
-from emr_runtime.clock import to_storage_precision
-from emr_runtime.idempotency import fingerprint
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_records.domain import Change, ChangeKind, Encounter, EncounterClass, EncounterInput, EncounterStatus
+from emr_runtime.clock import to_storage_precision
+from emr_runtime.idempotency import fingerprint
 
 _CLASSES = {
     records_pb2.ENCOUNTER_CLASS_OUTPATIENT: EncounterClass.OUTPATIENT,

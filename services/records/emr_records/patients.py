@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+
 from emr_runtime.caller import caller_metadata
 from emr_runtime.errors import DependencyUnavailableError
 

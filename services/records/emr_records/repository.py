@@ -11,11 +11,11 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from emr_runtime.clock import utc_now
-from emr_runtime.db import Database, IndexSpec, next_sequence
 from pymongo.errors import DuplicateKeyError
 
 from emr_records.domain import Change, ChangeKind, Encounter, EncounterClass, EncounterStatus
+from emr_runtime.clock import utc_now
+from emr_runtime.db import Database, IndexSpec, next_sequence
 
 ENCOUNTERS = "encounters"
 CHANGES = "changes"

@@ -6,11 +6,6 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from emr_runtime.clock import utc_now
-from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError
-from emr_runtime.idempotency import derive_id
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
-
 from emr_records.domain import (
     Change,
     ChangeKind,
@@ -22,6 +17,10 @@ from emr_records.domain import (
 )
 from emr_records.patients import PatientDirectory
 from emr_records.repository import ChangeFeedRepository, EncounterRepository
+from emr_runtime.clock import utc_now
+from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError
+from emr_runtime.idempotency import derive_id
+from emr_runtime.paging import decode_page_token, encode_page_token, page_size
 
 log = logging.getLogger("emr.records")
 

@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 from emr.audit.v1 import audit_pb2
 from emr.records.v1 import records_pb2, records_pb2_grpc
-from emr_runtime.interceptors import AuditRule
 
 from emr_records import converters
 from emr_records.service import RecordsService
+from emr_runtime.interceptors import AuditRule
 
 SERVICE_NAME = "emr.records.v1.ClinicalRecordsService"
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from emr_records.domain import (
     FUTURE_TOLERANCE,
     Change,

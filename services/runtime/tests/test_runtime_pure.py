@@ -6,6 +6,8 @@ import base64
 import uuid
 
 import pytest
+from google.rpc import error_details_pb2
+
 from emr_runtime.caller import (
     ACTOR_ID_KEY,
     FACILITY_CODE_KEY,
@@ -27,7 +29,6 @@ from emr_runtime.errors import (
 from emr_runtime.idempotency import MAX_REQUEST_ID_LENGTH, check_request_id, derive_id, fingerprint
 from emr_runtime.interceptors import ERROR_DOMAIN, status_for
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
-from google.rpc import error_details_pb2
 
 # --- paging ----------------------------------------------------------------------------------------
 
@@ -289,6 +290,7 @@ def test_deeply_nested_or_oversized_token_is_invalid_argument_not_a_crash() -> N
     import base64
 
     import pytest
+
     from emr_runtime.errors import InvalidArgumentError
     from emr_runtime.paging import decode_page_token, encode_page_token
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from emr.sync.v1 import sync_pb2_grpc
+
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.server import ServiceApp, ServiceBinding
-
 from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
 from emr_sync.service import SyncService

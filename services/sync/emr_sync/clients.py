@@ -8,8 +8,9 @@ from typing import Any
 import grpc
 import httpx
 from emr.records.v1 import records_pb2, records_pb2_grpc
-from emr_runtime.caller import caller_metadata
 from opentelemetry import propagate
+
+from emr_runtime.caller import caller_metadata
 
 RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
 _METADATA = caller_metadata("service:sync", purpose_of_use="NATIONAL_REPORTING")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from emr_runtime.db import Database, IndexSpec
 from pymongo import UpdateOne
 
+from emr_runtime.db import Database, IndexSpec
 from emr_sync.domain import Delivery, DeliveryStatus
 
 DELIVERIES = "deliveries"

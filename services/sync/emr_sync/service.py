@@ -13,7 +13,6 @@ from datetime import timedelta
 
 from emr_fhir.resources import encounter_resource
 from emr_runtime.clock import utc_now
-
 from emr_sync.clients import NationalClient, RecordsFeed
 from emr_sync.domain import DeliveryStatus, SyncStatus, check_facility_filter, new_delivery, retry_delay
 from emr_sync.repository import SyncRepository

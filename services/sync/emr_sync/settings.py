@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from emr_runtime.settings import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from emr_runtime.settings import ServiceSettings
 
 
 class SyncSettings(ServiceSettings):

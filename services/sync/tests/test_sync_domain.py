@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
+
 from emr_runtime.errors import InvalidArgumentError
 from emr_sync.domain import (
     FIRST_RETRY_DELAY,
