@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from emr_runtime.errors import Violations
+from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
 
-FACILITY_CODE = re.compile(r"[0-9A-Z]{5}")
 CCCD = re.compile(r"[0-9]{12}")
 # Old cards: 2 letters beneficiary group, benefit level 1-5, 2-digit province, 10-digit social insurance code.
 BHYT_OLD = re.compile(r"[A-Z]{2}[1-5][0-9]{2}[0-9]{10}")
@@ -131,7 +131,7 @@ def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -
     value = (
         normalize_identifier_value(raw.value) if raw.system is not IdentifierSystem.MRN else raw.value.strip()
     )
-    facility_code = raw.facility_code.strip().upper()
+    facility_code = normalize_facility_code(raw.facility_code)
     problem = {
         IdentifierSystem.CCCD: None if CCCD.fullmatch(value) else "a CCCD has exactly 12 digits",
         IdentifierSystem.BHYT: None
@@ -145,7 +145,7 @@ def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -
     if problem:
         violations.add(f"{path}.value", problem)
     if raw.system is IdentifierSystem.MRN:
-        if not FACILITY_CODE.fullmatch(facility_code):
+        if not is_facility_code(facility_code):
             violations.add(f"{path}.facility_code", "an MRN needs the 5-character code of its facility")
     elif facility_code:
         violations.add(f"{path}.facility_code", "only MRN identifiers carry a facility code")
@@ -188,8 +188,8 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     birth_date = parse_birth_date(violations, raw.birth_date, today)
     if raw.sex is None:
         violations.add("sex", "required: MALE, FEMALE, OTHER or UNKNOWN")
-    facility_code = raw.facility_code.strip().upper()
-    if not FACILITY_CODE.fullmatch(facility_code):
+    facility_code = normalize_facility_code(raw.facility_code)
+    if not is_facility_code(facility_code):
         violations.add("facility_code", "the 5-character code of the registering facility")
     identifiers: list[Identifier] = []
     seen: set[tuple[IdentifierSystem, str]] = set()

@@ -8,7 +8,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from emr_identity.domain import Identifier, IdentifierSystem, Person, PersonStatus, Sex
-from emr_runtime.db import Database, IndexSpec
+from emr_runtime.db import Database, IndexSpec, insert_or_get
 
 PERSONS = "persons"
 CLAIMS = "identifier_claims"
@@ -61,13 +61,8 @@ class PersonRepository:
 
     async def insert_or_get(self, person: Person) -> Person:
         """Inserts the person; if one with its id exists already (a repeated request), returns that."""
-        try:
-            await self._persons.insert_one(_to_document(person))
-            return person
-        except DuplicateKeyError:
-            existing = await self.get(person.person_id)
-            assert existing is not None  # _id collided, so it exists
-            return existing
+        stored, _ = await insert_or_get(self._persons, _to_document(person))
+        return _from_document(stored)
 
     async def get(self, person_id: str) -> Person | None:
         document = await self._persons.find_one({"_id": person_id})

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from emr_runtime.errors import Violations
+from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
 
-FACILITY_CODE = re.compile(r"[0-9A-Z]{5}")
 MAX_REASON_LENGTH = 1000
 # Clocks of hospital systems drift; a start a few minutes ahead of ours is not an error.
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -85,8 +84,8 @@ def validate_encounter(raw: EncounterInput, encounter_id: str, now: datetime) ->
     check_request_id(violations, raw.request_id)
     if not raw.patient_id.strip():
         violations.add("patient_id", "required")
-    facility_code = raw.facility_code.strip().upper()
-    if not FACILITY_CODE.fullmatch(facility_code):
+    facility_code = normalize_facility_code(raw.facility_code)
+    if not is_facility_code(facility_code):
         violations.add("facility_code", "the 5-character code of the facility")
     if raw.encounter_class is None:
         violations.add("encounter_class", "required: OUTPATIENT, INPATIENT, EMERGENCY or DAY_CARE")

@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from emr_records.domain import Change, ChangeKind, Encounter, EncounterClass, EncounterStatus
 from emr_runtime.clock import utc_now
-from emr_runtime.db import Database, IndexSpec, next_sequence
+from emr_runtime.db import Database, IndexSpec, insert_or_get, next_sequence
 
 ENCOUNTERS = "encounters"
 CHANGES = "changes"
@@ -85,14 +85,10 @@ class EncounterRepository:
         self._encounters = db[ENCOUNTERS]
 
     async def insert_or_get(self, encounter: Encounter) -> tuple[Encounter, bool]:
-        """Inserts the encounter; returns it with True, or the stored one with its change_pending."""
-        try:
-            await self._encounters.insert_one(_encounter_document(encounter))
-            return encounter, True
-        except DuplicateKeyError:
-            document = await self._encounters.find_one({"_id": encounter.encounter_id})
-            assert document is not None  # _id collided, so it exists
-            return _encounter(document), bool(document.get("change_pending"))
+        """Inserts the encounter (or finds it, for a repeated request); returns it and whether its
+        change is still to be recorded."""
+        stored, _ = await insert_or_get(self._encounters, _encounter_document(encounter))
+        return _encounter(stored), bool(stored.get("change_pending"))
 
     async def mark_change_recorded(self, encounter_id: str) -> None:
         await self._encounters.update_one({"_id": encounter_id}, {"$unset": {"change_pending": ""}})

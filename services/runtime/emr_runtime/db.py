@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -43,8 +44,17 @@ async def ensure_indexes(db: Database, specs: Iterable[IndexSpec]) -> None:
         await db[spec.collection].create_index(list(spec.keys), name=spec.name, unique=spec.unique)
 
 
-def is_duplicate_key(error: Exception) -> bool:
-    return isinstance(error, DuplicateKeyError)
+async def insert_or_get(collection: AsyncCollection[Document], document: Document) -> tuple[Document, bool]:
+    """Inserts a document with a derived ``_id``; if one with that ``_id`` exists (a repeated
+    request), returns the stored one instead. The bool says whether this call inserted it."""
+    try:
+        await collection.insert_one(document)
+        return document, True
+    except DuplicateKeyError:
+        stored = await collection.find_one({"_id": document["_id"]})
+        if stored is None:
+            raise  # the duplicate is on another unique index: the caller's to handle
+        return stored, False
 
 
 async def next_sequence(db: Database, counter: str) -> int:

@@ -197,7 +197,7 @@ def status_for(error: DomainError) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=error.message, details=[detail])
 
 
-def _translate(error: Exception, full_method: str) -> DomainError | None:
+def _translate(error: Exception) -> DomainError | None:
     """Errors of dependencies that are not bugs: an unreachable database or service."""
     if isinstance(error, DomainError):
         return error
@@ -222,7 +222,7 @@ class ErrorInterceptor(ScopedInterceptor):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            domain_error = _translate(exc, call.full_method)
+            domain_error = _translate(exc)
             if domain_error is None:
                 log.exception(
                     "unhandled error",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from emr_runtime.errors import Violations
+from emr_runtime.facility import is_facility_code, normalize_facility_code
 
-FACILITY_CODE = re.compile(r"[0-9A-Z]{5}")
 FIRST_RETRY_DELAY = timedelta(seconds=1)
 
 
@@ -86,9 +85,9 @@ def retry_delay(attempts: int, longest: timedelta) -> timedelta:
 
 
 def check_facility_filter(facility_code: str) -> str:
-    code = facility_code.strip().upper()
+    code = normalize_facility_code(facility_code)
     violations = Violations()
-    if code and not FACILITY_CODE.fullmatch(code):
+    if code and not is_facility_code(code):
         violations.add("facility_code", "empty for all facilities, or a 5-character facility code")
     violations.raise_if_any()
     return code
