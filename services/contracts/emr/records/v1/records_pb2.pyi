@@ -25,12 +25,74 @@ class EncounterStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCOUNTER_STATUS_IN_PROGRESS: _ClassVar[EncounterStatus]
     ENCOUNTER_STATUS_FINISHED: _ClassVar[EncounterStatus]
     ENCOUNTER_STATUS_CANCELLED: _ClassVar[EncounterStatus]
+    ENCOUNTER_STATUS_ENTERED_IN_ERROR: _ClassVar[EncounterStatus]
 
 class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
     CHANGE_KIND_CREATED: _ClassVar[ChangeKind]
     CHANGE_KIND_UPDATED: _ClassVar[ChangeKind]
+
+class ObservationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBSERVATION_STATUS_UNSPECIFIED: _ClassVar[ObservationStatus]
+    OBSERVATION_STATUS_REGISTERED: _ClassVar[ObservationStatus]
+    OBSERVATION_STATUS_PRELIMINARY: _ClassVar[ObservationStatus]
+    OBSERVATION_STATUS_FINAL: _ClassVar[ObservationStatus]
+    OBSERVATION_STATUS_AMENDED: _ClassVar[ObservationStatus]
+    OBSERVATION_STATUS_ENTERED_IN_ERROR: _ClassVar[ObservationStatus]
+
+class ConditionClinicalStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONDITION_CLINICAL_STATUS_UNSPECIFIED: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_ACTIVE: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_RECURRENCE: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_RELAPSE: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_INACTIVE: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_REMISSION: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_RESOLVED: _ClassVar[ConditionClinicalStatus]
+    CONDITION_CLINICAL_STATUS_ENTERED_IN_ERROR: _ClassVar[ConditionClinicalStatus]
+
+class DiagnosisRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIAGNOSIS_ROLE_UNSPECIFIED: _ClassVar[DiagnosisRole]
+    DIAGNOSIS_ROLE_PRIMARY: _ClassVar[DiagnosisRole]
+    DIAGNOSIS_ROLE_SECONDARY: _ClassVar[DiagnosisRole]
+
+class MedicationRequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEDICATION_REQUEST_STATUS_UNSPECIFIED: _ClassVar[MedicationRequestStatus]
+    MEDICATION_REQUEST_STATUS_ACTIVE: _ClassVar[MedicationRequestStatus]
+    MEDICATION_REQUEST_STATUS_COMPLETED: _ClassVar[MedicationRequestStatus]
+    MEDICATION_REQUEST_STATUS_CANCELLED: _ClassVar[MedicationRequestStatus]
+    MEDICATION_REQUEST_STATUS_STOPPED: _ClassVar[MedicationRequestStatus]
+    MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: _ClassVar[MedicationRequestStatus]
+
+class ProcedureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROCEDURE_STATUS_UNSPECIFIED: _ClassVar[ProcedureStatus]
+    PROCEDURE_STATUS_PREPARATION: _ClassVar[ProcedureStatus]
+    PROCEDURE_STATUS_IN_PROGRESS: _ClassVar[ProcedureStatus]
+    PROCEDURE_STATUS_COMPLETED: _ClassVar[ProcedureStatus]
+    PROCEDURE_STATUS_STOPPED: _ClassVar[ProcedureStatus]
+    PROCEDURE_STATUS_ENTERED_IN_ERROR: _ClassVar[ProcedureStatus]
+
+class DocumentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DOCUMENT_STATUS_UNSPECIFIED: _ClassVar[DocumentStatus]
+    DOCUMENT_STATUS_CURRENT: _ClassVar[DocumentStatus]
+    DOCUMENT_STATUS_SUPERSEDED: _ClassVar[DocumentStatus]
+    DOCUMENT_STATUS_ENTERED_IN_ERROR: _ClassVar[DocumentStatus]
+
+class ResourceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOURCE_TYPE_UNSPECIFIED: _ClassVar[ResourceType]
+    RESOURCE_TYPE_ENCOUNTER: _ClassVar[ResourceType]
+    RESOURCE_TYPE_OBSERVATION: _ClassVar[ResourceType]
+    RESOURCE_TYPE_CONDITION: _ClassVar[ResourceType]
+    RESOURCE_TYPE_MEDICATION_REQUEST: _ClassVar[ResourceType]
+    RESOURCE_TYPE_PROCEDURE: _ClassVar[ResourceType]
+    RESOURCE_TYPE_DOCUMENT_REFERENCE: _ClassVar[ResourceType]
 ENCOUNTER_CLASS_UNSPECIFIED: EncounterClass
 ENCOUNTER_CLASS_OUTPATIENT: EncounterClass
 ENCOUNTER_CLASS_INPATIENT: EncounterClass
@@ -41,12 +103,53 @@ ENCOUNTER_STATUS_PLANNED: EncounterStatus
 ENCOUNTER_STATUS_IN_PROGRESS: EncounterStatus
 ENCOUNTER_STATUS_FINISHED: EncounterStatus
 ENCOUNTER_STATUS_CANCELLED: EncounterStatus
+ENCOUNTER_STATUS_ENTERED_IN_ERROR: EncounterStatus
 CHANGE_KIND_UNSPECIFIED: ChangeKind
 CHANGE_KIND_CREATED: ChangeKind
 CHANGE_KIND_UPDATED: ChangeKind
+OBSERVATION_STATUS_UNSPECIFIED: ObservationStatus
+OBSERVATION_STATUS_REGISTERED: ObservationStatus
+OBSERVATION_STATUS_PRELIMINARY: ObservationStatus
+OBSERVATION_STATUS_FINAL: ObservationStatus
+OBSERVATION_STATUS_AMENDED: ObservationStatus
+OBSERVATION_STATUS_ENTERED_IN_ERROR: ObservationStatus
+CONDITION_CLINICAL_STATUS_UNSPECIFIED: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_ACTIVE: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_RECURRENCE: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_RELAPSE: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_INACTIVE: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_REMISSION: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_RESOLVED: ConditionClinicalStatus
+CONDITION_CLINICAL_STATUS_ENTERED_IN_ERROR: ConditionClinicalStatus
+DIAGNOSIS_ROLE_UNSPECIFIED: DiagnosisRole
+DIAGNOSIS_ROLE_PRIMARY: DiagnosisRole
+DIAGNOSIS_ROLE_SECONDARY: DiagnosisRole
+MEDICATION_REQUEST_STATUS_UNSPECIFIED: MedicationRequestStatus
+MEDICATION_REQUEST_STATUS_ACTIVE: MedicationRequestStatus
+MEDICATION_REQUEST_STATUS_COMPLETED: MedicationRequestStatus
+MEDICATION_REQUEST_STATUS_CANCELLED: MedicationRequestStatus
+MEDICATION_REQUEST_STATUS_STOPPED: MedicationRequestStatus
+MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: MedicationRequestStatus
+PROCEDURE_STATUS_UNSPECIFIED: ProcedureStatus
+PROCEDURE_STATUS_PREPARATION: ProcedureStatus
+PROCEDURE_STATUS_IN_PROGRESS: ProcedureStatus
+PROCEDURE_STATUS_COMPLETED: ProcedureStatus
+PROCEDURE_STATUS_STOPPED: ProcedureStatus
+PROCEDURE_STATUS_ENTERED_IN_ERROR: ProcedureStatus
+DOCUMENT_STATUS_UNSPECIFIED: DocumentStatus
+DOCUMENT_STATUS_CURRENT: DocumentStatus
+DOCUMENT_STATUS_SUPERSEDED: DocumentStatus
+DOCUMENT_STATUS_ENTERED_IN_ERROR: DocumentStatus
+RESOURCE_TYPE_UNSPECIFIED: ResourceType
+RESOURCE_TYPE_ENCOUNTER: ResourceType
+RESOURCE_TYPE_OBSERVATION: ResourceType
+RESOURCE_TYPE_CONDITION: ResourceType
+RESOURCE_TYPE_MEDICATION_REQUEST: ResourceType
+RESOURCE_TYPE_PROCEDURE: ResourceType
+RESOURCE_TYPE_DOCUMENT_REFERENCE: ResourceType
 
 class Encounter(_message.Message):
-    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time")
+    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time", "department", "practitioner_id", "discharge_disposition", "insurance", "update_time")
     ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +160,11 @@ class Encounter(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    PRACTITIONER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISCHARGE_DISPOSITION_FIELD_NUMBER: _ClassVar[int]
+    INSURANCE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     encounter_id: str
     patient_id: str
     facility_code: str
@@ -67,10 +175,23 @@ class Encounter(_message.Message):
     reason: str
     version: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    department: str
+    practitioner_id: str
+    discharge_disposition: str
+    insurance: EncounterInsurance
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EncounterInsurance(_message.Message):
+    __slots__ = ("bhyt_number", "benefit_level")
+    BHYT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    BENEFIT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    bhyt_number: str
+    benefit_level: int
+    def __init__(self, bhyt_number: _Optional[str] = ..., benefit_level: _Optional[int] = ...) -> None: ...
 
 class CreateEncounterRequest(_message.Message):
-    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason")
+    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "department", "practitioner_id", "discharge_disposition", "insurance")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +200,10 @@ class CreateEncounterRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    PRACTITIONER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISCHARGE_DISPOSITION_FIELD_NUMBER: _ClassVar[int]
+    INSURANCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patient_id: str
     facility_code: str
@@ -87,7 +212,11 @@ class CreateEncounterRequest(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    department: str
+    practitioner_id: str
+    discharge_disposition: str
+    insurance: EncounterInsurance
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ...) -> None: ...
 
 class CreateEncounterResponse(_message.Message):
     __slots__ = ("encounter",)
@@ -126,7 +255,7 @@ class ListEncountersResponse(_message.Message):
     def __init__(self, encounters: _Optional[_Iterable[_Union[Encounter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("sequence", "kind", "resource_type", "resource_id", "resource_version", "patient_id", "facility_code", "commit_time", "encounter")
+    __slots__ = ("sequence", "kind", "resource_type", "resource_id", "resource_version", "patient_id", "facility_code", "commit_time", "encounter", "resource")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +265,7 @@ class Change(_message.Message):
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
     ENCOUNTER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: ChangeKind
     resource_type: str
@@ -145,7 +275,8 @@ class Change(_message.Message):
     facility_code: str
     commit_time: _timestamp_pb2.Timestamp
     encounter: Encounter
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_version: _Optional[int] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encounter: _Optional[_Union[Encounter, _Mapping]] = ...) -> None: ...
+    resource: ClinicalResource
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., resource_version: _Optional[int] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., encounter: _Optional[_Union[Encounter, _Mapping]] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
 
 class ListChangesRequest(_message.Message):
     __slots__ = ("after_sequence", "limit")
@@ -162,3 +293,385 @@ class ListChangesResponse(_message.Message):
     changes: _containers.RepeatedCompositeFieldContainer[Change]
     next_after_sequence: int
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., next_after_sequence: _Optional[int] = ...) -> None: ...
+
+class StreamChangesRequest(_message.Message):
+    __slots__ = ("after_sequence",)
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+
+class StreamChangesResponse(_message.Message):
+    __slots__ = ("change",)
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    change: Change
+    def __init__(self, change: _Optional[_Union[Change, _Mapping]] = ...) -> None: ...
+
+class Quantity(_message.Message):
+    __slots__ = ("value", "unit")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    unit: str
+    def __init__(self, value: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class Coding(_message.Message):
+    __slots__ = ("system", "code", "display")
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    system: str
+    code: str
+    display: str
+    def __init__(self, system: _Optional[str] = ..., code: _Optional[str] = ..., display: _Optional[str] = ...) -> None: ...
+
+class ReferenceRange(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: Quantity
+    high: Quantity
+    def __init__(self, low: _Optional[_Union[Quantity, _Mapping]] = ..., high: _Optional[_Union[Quantity, _Mapping]] = ...) -> None: ...
+
+class Observation(_message.Message):
+    __slots__ = ("observation_id", "patient_id", "facility_code", "encounter_id", "loinc_code", "status", "value_quantity", "value_coding", "value_text", "reference_range", "interpretation", "effective_time", "version", "create_time", "update_time")
+    OBSERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LOINC_CODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_CODING_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    INTERPRETATION_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    observation_id: str
+    patient_id: str
+    facility_code: str
+    encounter_id: str
+    loinc_code: str
+    status: ObservationStatus
+    value_quantity: Quantity
+    value_coding: Coding
+    value_text: str
+    reference_range: ReferenceRange
+    interpretation: str
+    effective_time: _timestamp_pb2.Timestamp
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, observation_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., loinc_code: _Optional[str] = ..., status: _Optional[_Union[ObservationStatus, str]] = ..., value_quantity: _Optional[_Union[Quantity, _Mapping]] = ..., value_coding: _Optional[_Union[Coding, _Mapping]] = ..., value_text: _Optional[str] = ..., reference_range: _Optional[_Union[ReferenceRange, _Mapping]] = ..., interpretation: _Optional[str] = ..., effective_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Condition(_message.Message):
+    __slots__ = ("condition_id", "patient_id", "facility_code", "encounter_id", "icd10_code", "clinical_status", "role", "onset_time", "recorded_time", "version", "create_time", "update_time")
+    CONDITION_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ICD10_CODE_FIELD_NUMBER: _ClassVar[int]
+    CLINICAL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ONSET_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    condition_id: str
+    patient_id: str
+    facility_code: str
+    encounter_id: str
+    icd10_code: str
+    clinical_status: ConditionClinicalStatus
+    role: DiagnosisRole
+    onset_time: _timestamp_pb2.Timestamp
+    recorded_time: _timestamp_pb2.Timestamp
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, condition_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., icd10_code: _Optional[str] = ..., clinical_status: _Optional[_Union[ConditionClinicalStatus, str]] = ..., role: _Optional[_Union[DiagnosisRole, str]] = ..., onset_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class MedicationRequest(_message.Message):
+    __slots__ = ("medication_request_id", "patient_id", "facility_code", "encounter_id", "drug_code", "drug_name", "status", "dose", "route", "doses_per_day", "duration_days", "quantity", "authored_time", "version", "create_time", "update_time")
+    MEDICATION_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DRUG_CODE_FIELD_NUMBER: _ClassVar[int]
+    DRUG_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DOSE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    DOSES_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AUTHORED_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    medication_request_id: str
+    patient_id: str
+    facility_code: str
+    encounter_id: str
+    drug_code: str
+    drug_name: str
+    status: MedicationRequestStatus
+    dose: Quantity
+    route: str
+    doses_per_day: int
+    duration_days: int
+    quantity: Quantity
+    authored_time: _timestamp_pb2.Timestamp
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, medication_request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., drug_code: _Optional[str] = ..., drug_name: _Optional[str] = ..., status: _Optional[_Union[MedicationRequestStatus, str]] = ..., dose: _Optional[_Union[Quantity, _Mapping]] = ..., route: _Optional[str] = ..., doses_per_day: _Optional[int] = ..., duration_days: _Optional[int] = ..., quantity: _Optional[_Union[Quantity, _Mapping]] = ..., authored_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Procedure(_message.Message):
+    __slots__ = ("procedure_id", "patient_id", "facility_code", "encounter_id", "code", "status", "performed_start_time", "performed_end_time", "performer_id", "version", "create_time", "update_time")
+    PROCEDURE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PERFORMED_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    PERFORMED_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PERFORMER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    procedure_id: str
+    patient_id: str
+    facility_code: str
+    encounter_id: str
+    code: str
+    status: ProcedureStatus
+    performed_start_time: _timestamp_pb2.Timestamp
+    performed_end_time: _timestamp_pb2.Timestamp
+    performer_id: str
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, procedure_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., code: _Optional[str] = ..., status: _Optional[_Union[ProcedureStatus, str]] = ..., performed_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., performed_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., performer_id: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DocumentSignature(_message.Message):
+    __slots__ = ("signer_id", "certificate_thumbprint", "algorithm", "signed_time")
+    SIGNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_THUMBPRINT_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_TIME_FIELD_NUMBER: _ClassVar[int]
+    signer_id: str
+    certificate_thumbprint: str
+    algorithm: str
+    signed_time: _timestamp_pb2.Timestamp
+    def __init__(self, signer_id: _Optional[str] = ..., certificate_thumbprint: _Optional[str] = ..., algorithm: _Optional[str] = ..., signed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DocumentReference(_message.Message):
+    __slots__ = ("document_id", "patient_id", "facility_code", "encounter_id", "type_code", "status", "content_type", "content", "content_sha256", "signature", "document_time", "version", "create_time", "update_time")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_CODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    patient_id: str
+    facility_code: str
+    encounter_id: str
+    type_code: str
+    status: DocumentStatus
+    content_type: str
+    content: bytes
+    content_sha256: str
+    signature: DocumentSignature
+    document_time: _timestamp_pb2.Timestamp
+    version: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, document_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., type_code: _Optional[str] = ..., status: _Optional[_Union[DocumentStatus, str]] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ..., content_sha256: _Optional[str] = ..., signature: _Optional[_Union[DocumentSignature, _Mapping]] = ..., document_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ClinicalResource(_message.Message):
+    __slots__ = ("encounter", "observation", "condition", "medication_request", "procedure", "document_reference")
+    ENCOUNTER_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    MEDICATION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PROCEDURE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    encounter: Encounter
+    observation: Observation
+    condition: Condition
+    medication_request: MedicationRequest
+    procedure: Procedure
+    document_reference: DocumentReference
+    def __init__(self, encounter: _Optional[_Union[Encounter, _Mapping]] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., condition: _Optional[_Union[Condition, _Mapping]] = ..., medication_request: _Optional[_Union[MedicationRequest, _Mapping]] = ..., procedure: _Optional[_Union[Procedure, _Mapping]] = ..., document_reference: _Optional[_Union[DocumentReference, _Mapping]] = ...) -> None: ...
+
+class CreateResourceRequest(_message.Message):
+    __slots__ = ("request_id", "resource")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    resource: ClinicalResource
+    def __init__(self, request_id: _Optional[str] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class CreateResourceResponse(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: ClinicalResource
+    def __init__(self, resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class UpdateResourceRequest(_message.Message):
+    __slots__ = ("request_id", "resource", "expected_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    resource: ClinicalResource
+    expected_version: int
+    def __init__(self, request_id: _Optional[str] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class UpdateResourceResponse(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: ClinicalResource
+    def __init__(self, resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class GetResourceRequest(_message.Message):
+    __slots__ = ("resource_type", "resource_id")
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    resource_type: ResourceType
+    resource_id: str
+    def __init__(self, resource_type: _Optional[_Union[ResourceType, str]] = ..., resource_id: _Optional[str] = ...) -> None: ...
+
+class GetResourceResponse(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: ClinicalResource
+    def __init__(self, resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class GetResourceHistoryRequest(_message.Message):
+    __slots__ = ("resource_type", "resource_id")
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    resource_type: ResourceType
+    resource_id: str
+    def __init__(self, resource_type: _Optional[_Union[ResourceType, str]] = ..., resource_id: _Optional[str] = ...) -> None: ...
+
+class ResourceVersion(_message.Message):
+    __slots__ = ("version", "content_sha256", "author_id", "recorded_time", "resource")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    content_sha256: str
+    author_id: str
+    recorded_time: _timestamp_pb2.Timestamp
+    resource: ClinicalResource
+    def __init__(self, version: _Optional[int] = ..., content_sha256: _Optional[str] = ..., author_id: _Optional[str] = ..., recorded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class GetResourceHistoryResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ResourceVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ResourceVersion, _Mapping]]] = ...) -> None: ...
+
+class GetPatientTimelineRequest(_message.Message):
+    __slots__ = ("patient_id", "resource_types", "start_time", "end_time", "facility_code", "page_size", "page_token")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPES_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    resource_types: _containers.RepeatedScalarFieldContainer[ResourceType]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    facility_code: str
+    page_size: int
+    page_token: str
+    def __init__(self, patient_id: _Optional[str] = ..., resource_types: _Optional[_Iterable[_Union[ResourceType, str]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., facility_code: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class TimelineEntry(_message.Message):
+    __slots__ = ("time", "resource")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    resource: ClinicalResource
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+
+class GetPatientTimelineResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[TimelineEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListObservationsRequest(_message.Message):
+    __slots__ = ("patient_id", "loinc_code", "start_time", "end_time", "page_size", "page_token")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOINC_CODE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    loinc_code: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, patient_id: _Optional[str] = ..., loinc_code: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListObservationsResponse(_message.Message):
+    __slots__ = ("observations", "next_page_token")
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    observations: _containers.RepeatedCompositeFieldContainer[Observation]
+    next_page_token: str
+    def __init__(self, observations: _Optional[_Iterable[_Union[Observation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetEncounterBundleRequest(_message.Message):
+    __slots__ = ("encounter_id",)
+    ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
+    encounter_id: str
+    def __init__(self, encounter_id: _Optional[str] = ...) -> None: ...
+
+class GetEncounterBundleResponse(_message.Message):
+    __slots__ = ("encounter", "resources")
+    ENCOUNTER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    encounter: Encounter
+    resources: _containers.RepeatedCompositeFieldContainer[ClinicalResource]
+    def __init__(self, encounter: _Optional[_Union[Encounter, _Mapping]] = ..., resources: _Optional[_Iterable[_Union[ClinicalResource, _Mapping]]] = ...) -> None: ...
+
+class ExportPatientRequest(_message.Message):
+    __slots__ = ("patient_id",)
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    def __init__(self, patient_id: _Optional[str] = ...) -> None: ...
+
+class ExportPatientResponse(_message.Message):
+    __slots__ = ("fhir_bundle_json", "resource_count")
+    FHIR_BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    fhir_bundle_json: bytes
+    resource_count: int
+    def __init__(self, fhir_bundle_json: _Optional[bytes] = ..., resource_count: _Optional[int] = ...) -> None: ...

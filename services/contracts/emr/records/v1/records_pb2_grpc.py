@@ -55,6 +55,51 @@ class ClinicalRecordsServiceStub:
                 request_serializer=emr_dot_records_dot_v1_dot_records__pb2.ListChangesRequest.SerializeToString,
                 response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ListChangesResponse.FromString,
                 _registered_method=True)
+        self.StreamChanges = channel.unary_stream(
+                '/emr.records.v1.ClinicalRecordsService/StreamChanges',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.StreamChangesRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.StreamChangesResponse.FromString,
+                _registered_method=True)
+        self.CreateResource = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/CreateResource',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.CreateResourceRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.CreateResourceResponse.FromString,
+                _registered_method=True)
+        self.UpdateResource = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/UpdateResource',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceResponse.FromString,
+                _registered_method=True)
+        self.GetResource = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/GetResource',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceResponse.FromString,
+                _registered_method=True)
+        self.GetResourceHistory = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/GetResourceHistory',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetPatientTimeline = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/GetPatientTimeline',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineResponse.FromString,
+                _registered_method=True)
+        self.ListObservations = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/ListObservations',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.ListObservationsRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ListObservationsResponse.FromString,
+                _registered_method=True)
+        self.GetEncounterBundle = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/GetEncounterBundle',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleResponse.FromString,
+                _registered_method=True)
+        self.ExportPatient = channel.unary_unary(
+                '/emr.records.v1.ClinicalRecordsService/ExportPatient',
+                request_serializer=emr_dot_records_dot_v1_dot_records__pb2.ExportPatientRequest.SerializeToString,
+                response_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ExportPatientResponse.FromString,
+                _registered_method=True)
 
 
 class ClinicalRecordsServiceServicer:
@@ -90,6 +135,73 @@ class ClinicalRecordsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamChanges(self, request, context):
+        """StreamChanges sends committed changes after a cursor as they commit, in order, without gaps,
+        until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateResource(self, request, context):
+        """CreateResource stores a new clinical resource of any type (version 1). Idempotent by
+        request_id; NOT_FOUND names patient_id (or encounter_id) when it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateResource(self, request, context):
+        """UpdateResource stores a new version of a resource. ABORTED when expected_version is not the
+        current version. Nothing is deleted: a wrong entry gets status ENTERED_IN_ERROR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResource(self, request, context):
+        """GetResource returns the current version of a resource.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResourceHistory(self, request, context):
+        """GetResourceHistory lists every version of a resource, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPatientTimeline(self, request, context):
+        """GetPatientTimeline lists a patient's resources across facilities, newest first, filtered and
+        paged with stable tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListObservations(self, request, context):
+        """ListObservations lists a patient's observations of one LOINC code in a time range, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEncounterBundle(self, request, context):
+        """GetEncounterBundle returns an encounter with every resource attached to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportPatient(self, request, context):
+        """ExportPatient returns a patient's whole record as a FHIR R4 Bundle (JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClinicalRecordsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +224,51 @@ def add_ClinicalRecordsServiceServicer_to_server(servicer, server):
                     servicer.ListChanges,
                     request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ListChangesRequest.FromString,
                     response_serializer=emr_dot_records_dot_v1_dot_records__pb2.ListChangesResponse.SerializeToString,
+            ),
+            'StreamChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamChanges,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.StreamChangesRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.StreamChangesResponse.SerializeToString,
+            ),
+            'CreateResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResource,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.CreateResourceRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.CreateResourceResponse.SerializeToString,
+            ),
+            'UpdateResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateResource,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceResponse.SerializeToString,
+            ),
+            'GetResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResource,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceResponse.SerializeToString,
+            ),
+            'GetResourceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResourceHistory,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryResponse.SerializeToString,
+            ),
+            'GetPatientTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPatientTimeline,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineResponse.SerializeToString,
+            ),
+            'ListObservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObservations,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ListObservationsRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.ListObservationsResponse.SerializeToString,
+            ),
+            'GetEncounterBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEncounterBundle,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleResponse.SerializeToString,
+            ),
+            'ExportPatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPatient,
+                    request_deserializer=emr_dot_records_dot_v1_dot_records__pb2.ExportPatientRequest.FromString,
+                    response_serializer=emr_dot_records_dot_v1_dot_records__pb2.ExportPatientResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +380,249 @@ class ClinicalRecordsService:
             '/emr.records.v1.ClinicalRecordsService/ListChanges',
             emr_dot_records_dot_v1_dot_records__pb2.ListChangesRequest.SerializeToString,
             emr_dot_records_dot_v1_dot_records__pb2.ListChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/StreamChanges',
+            emr_dot_records_dot_v1_dot_records__pb2.StreamChangesRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.StreamChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/CreateResource',
+            emr_dot_records_dot_v1_dot_records__pb2.CreateResourceRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.CreateResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/UpdateResource',
+            emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.UpdateResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/GetResource',
+            emr_dot_records_dot_v1_dot_records__pb2.GetResourceRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.GetResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResourceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/GetResourceHistory',
+            emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.GetResourceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPatientTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/GetPatientTimeline',
+            emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.GetPatientTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/ListObservations',
+            emr_dot_records_dot_v1_dot_records__pb2.ListObservationsRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.ListObservationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEncounterBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/GetEncounterBundle',
+            emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.GetEncounterBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.records.v1.ClinicalRecordsService/ExportPatient',
+            emr_dot_records_dot_v1_dot_records__pb2.ExportPatientRequest.SerializeToString,
+            emr_dot_records_dot_v1_dot_records__pb2.ExportPatientResponse.FromString,
             options,
             channel_credentials,
             insecure,
