@@ -7,7 +7,7 @@ from datetime import timedelta
 from emr.records.v1 import records_pb2_grpc
 
 from emr_records.patients import IDENTITY_SERVICE, PatientDirectory
-from emr_records.repository import INDEXES, ChangeFeedRepository, EncounterRepository
+from emr_records.repository import INDEXES, ChangeFeedRepository, ResourceRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
 from emr_records.settings import RecordsSettings
@@ -23,10 +23,11 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     recorder = AuditRecorder(audit_channel, db, source_service="records")
     await recorder.open()
     service = RecordsService(
-        EncounterRepository(db),
+        ResourceRepository(db),
         ChangeFeedRepository(db),
         PatientDirectory(identity_channel),
         timedelta(seconds=settings.change_settle_seconds),
+        verify_patients=settings.verify_patients,
     )
     return ServiceApp(
         bindings=[
@@ -37,7 +38,7 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
             )
         ],
         indexes=(*INDEXES, *SPOOL_INDEXES),
-        audit_sink=recorder,
+        audit_sink=recorder if settings.audit_enabled else None,
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.sweep_outbox],
         on_stop=[identity_channel.close, audit_channel.close],

@@ -1,4 +1,4 @@
-"""The records service's view of the identity service: does a patient exist?"""
+"""The records service's view of the identity service."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from emr_runtime.caller import caller_metadata
 from emr_runtime.errors import DependencyUnavailableError
 
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
-# The check is made by this service on the caller's behalf; identity audits it as such.
+# The look-up is made by this service on the caller's behalf; identity audits it as such.
 _METADATA = caller_metadata("service:records", purpose_of_use="PATIENT_REFERENCE_CHECK")
 
 
@@ -18,15 +18,20 @@ class PatientDirectory:
         self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         self._deadline = deadline_seconds
 
-    async def exists(self, patient_id: str) -> bool:
+    async def get(self, patient_id: str) -> identity_pb2.Patient | None:
+        """The patient as identity knows it; None if there is no such patient."""
         try:
-            await self._stub.GetPatient(
+            response = await self._stub.GetPatient(
                 identity_pb2.GetPatientRequest(patient_id=patient_id),
                 timeout=self._deadline,
                 metadata=_METADATA,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return False
+                return None
             raise DependencyUnavailableError("identity") from error
-        return True
+        patient: identity_pb2.Patient = response.patient
+        return patient
+
+    async def exists(self, patient_id: str) -> bool:
+        return await self.get(patient_id) is not None

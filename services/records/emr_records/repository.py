@@ -1,28 +1,53 @@
-"""MongoDB storage of encounters and of the change feed.
+"""MongoDB storage of clinical resources, their immutable versions, and the change feed.
 
-An encounter and its change are two documents (no transactions): the encounter is written with
-``change_pending`` set, the change is appended, then the flag is cleared. A repeated request or the
-outbox sweep finishes what a crash left half done, so every stored encounter reaches the feed.
+No transactions: a write is three single-document steps, each idempotent, in this order:
+1. insert the version document ``<id>:<version>`` (its unique ``_id`` decides which of two racing
+   writers of the same version wins);
+2. move the current-state document to that version (only from the version before it), marked
+   ``change_pending``;
+3. append the change to the feed (once per resource version), then clear ``change_pending``.
+A writer, a retry, or the outbox sweep finishes whatever a crash left undone, so every version that
+exists reaches the current state and the feed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import types
+from dataclasses import fields, is_dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pymongo.errors import DuplicateKeyError
 
-from emr_records.domain import Change, ChangeKind, Encounter, EncounterClass, EncounterStatus
+from emr_records.domain import (
+    CONTENT_TYPES,
+    Change,
+    ChangeKind,
+    ClinicalRecord,
+    ResourceType,
+    TimelineQuery,
+    to_plain,
+)
 from emr_runtime.clock import utc_now
-from emr_runtime.db import Database, IndexSpec, insert_or_get, next_sequence
+from emr_runtime.db import Database, Document, IndexSpec, insert_or_get, next_sequence
 
-ENCOUNTERS = "encounters"
+RESOURCES = "resources"
+VERSIONS = "resource_versions"
 CHANGES = "changes"
 CHANGE_COUNTER = "changes"
 INDEXES = (
-    IndexSpec(ENCOUNTERS, (("patient_id", 1), ("start_time", -1), ("_id", -1)), "encounters_by_patient"),
-    IndexSpec(ENCOUNTERS, (("change_pending", 1),), "encounters_change_pending"),
+    IndexSpec(RESOURCES, (("patient_id", 1), ("time", -1), ("_id", -1)), "resources_timeline"),
+    IndexSpec(
+        RESOURCES,
+        (("patient_id", 1), ("resource_type", 1), ("code", 1), ("time", -1), ("_id", -1)),
+        "resources_by_type_and_code",
+    ),
+    IndexSpec(RESOURCES, (("encounter_id", 1),), "resources_by_encounter"),
+    IndexSpec(RESOURCES, (("change_pending", 1),), "resources_change_pending"),
+    IndexSpec(VERSIONS, (("resource_id", 1), ("version", 1)), "versions_by_resource"),
+    IndexSpec(VERSIONS, (("resource_id", 1), ("request_id", 1)), "versions_by_request"),
     IndexSpec(
         CHANGES,
         (("resource_type", 1), ("resource_id", 1), ("resource_version", 1)),
@@ -32,40 +57,74 @@ INDEXES = (
 )
 
 
-def _encounter_document(encounter: Encounter) -> dict[str, Any]:
+# --- content codec: dataclasses <-> BSON documents ----------------------------------------------
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(value)
+    if is_dataclass(kind) and isinstance(kind, type):
+        hints = get_type_hints(kind)
+        return kind(
+            **{f.name: _decode(hints[f.name], value.get(f.name)) for f in fields(kind) if f.name in value}
+        )
+    return value
+
+
+def _record_document(record: ClinicalRecord) -> Document:
     return {
-        "_id": encounter.encounter_id,
-        "patient_id": encounter.patient_id,
-        "facility_code": encounter.facility_code,
-        "encounter_class": encounter.encounter_class.value,
-        "status": encounter.status.value,
-        "start_time": encounter.start_time,
-        "end_time": encounter.end_time,
-        "reason": encounter.reason,
-        "version": encounter.version,
-        "created_at": encounter.created_at,
-        "request_fingerprint": encounter.request_fingerprint,
-        "change_pending": True,
+        "_id": record.resource_id,
+        "resource_type": record.resource_type.value,
+        "patient_id": record.patient_id,
+        "facility_code": record.facility_code,
+        "encounter_id": record.encounter_id,
+        "version": record.version,
+        "time": record.time,
+        "code": record.code,
+        "status": record.status,
+        "content": to_plain(record.content),
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "author_id": record.author_id,
+        "request_id": record.request_id,
+        "request_fingerprint": record.request_fingerprint,
     }
 
 
-def _encounter(document: dict[str, Any]) -> Encounter:
-    return Encounter(
-        encounter_id=document["_id"],
+def _record(document: Document) -> ClinicalRecord:
+    resource_type = ResourceType(document["resource_type"])
+    return ClinicalRecord(
+        resource_type=resource_type,
+        resource_id=document["_id"],
         patient_id=document["patient_id"],
         facility_code=document["facility_code"],
-        encounter_class=EncounterClass(document["encounter_class"]),
-        status=EncounterStatus(document["status"]),
-        start_time=document["start_time"],
-        end_time=document.get("end_time"),
-        reason=document["reason"],
+        encounter_id=document["encounter_id"],
+        content=_decode(CONTENT_TYPES[resource_type], document["content"]),
         version=document["version"],
         created_at=document["created_at"],
+        updated_at=document["updated_at"],
+        author_id=document["author_id"],
+        request_id=document["request_id"],
         request_fingerprint=document["request_fingerprint"],
     )
 
 
-def _change(document: dict[str, Any]) -> Change:
+def _version_document(record: ClinicalRecord) -> Document:
+    return {
+        "_id": f"{record.resource_id}:{record.version}",
+        "resource_id": record.resource_id,
+        "version": record.version,
+        "request_id": record.request_id,
+        "content_sha256": record.content_sha256,
+        "record": _record_document(record),
+    }
+
+
+def _change(document: Document) -> Change:
     if document.get("tombstone"):
         return Change(document["_id"], None, "", "", 0, "", "", document["committed_at"], tombstone=True)
     return Change(
@@ -80,45 +139,87 @@ def _change(document: dict[str, Any]) -> Change:
     )
 
 
-class EncounterRepository:
+class ResourceRepository:
     def __init__(self, db: Database) -> None:
-        self._encounters = db[ENCOUNTERS]
+        self._resources = db[RESOURCES]
+        self._versions = db[VERSIONS]
 
-    async def insert_or_get(self, encounter: Encounter) -> tuple[Encounter, bool]:
-        """Inserts the encounter (or finds it, for a repeated request); returns it and whether its
-        change is still to be recorded."""
-        stored, _ = await insert_or_get(self._encounters, _encounter_document(encounter))
-        return _encounter(stored), bool(stored.get("change_pending"))
+    async def store_version(self, record: ClinicalRecord) -> tuple[ClinicalRecord, bool]:
+        """Step 1: writes the immutable version; returns the stored one and whether this call wrote it."""
+        stored, inserted = await insert_or_get(self._versions, _version_document(record))
+        return _record(stored["record"]), inserted
 
-    async def mark_change_recorded(self, encounter_id: str) -> None:
-        await self._encounters.update_one({"_id": encounter_id}, {"$unset": {"change_pending": ""}})
+    async def version_by_request(self, resource_id: str, request_id: str) -> ClinicalRecord | None:
+        document = await self._versions.find_one({"resource_id": resource_id, "request_id": request_id})
+        return _record(document["record"]) if document else None
 
-    async def with_change_pending(self, older_than: datetime, limit: int) -> list[Encounter]:
-        cursor = self._encounters.find({"change_pending": True, "created_at": {"$lt": older_than}}).limit(
+    async def advance(self, record: ClinicalRecord) -> None:
+        """Step 2: moves the current state to ``record`` (from the version before it, or creates it)."""
+        document = {**_record_document(record), "change_pending": True}
+        if record.version == 1:
+            with contextlib.suppress(DuplicateKeyError):  # already created by an earlier attempt
+                await self._resources.insert_one(document)
+            return
+        await self._resources.replace_one(
+            {"_id": record.resource_id, "version": record.version - 1}, document
+        )
+
+    async def mark_change_recorded(self, resource_id: str, version: int) -> None:
+        await self._resources.update_one(
+            {"_id": resource_id, "version": version}, {"$unset": {"change_pending": ""}}
+        )
+
+    async def get(self, resource_id: str) -> tuple[ClinicalRecord, bool] | None:
+        """The current version and whether its change is still to be recorded."""
+        document = await self._resources.find_one({"_id": resource_id})
+        return (_record(document), bool(document.get("change_pending"))) if document else None
+
+    async def history(self, resource_id: str) -> list[ClinicalRecord]:
+        cursor = self._versions.find({"resource_id": resource_id}).sort("version", 1)
+        return [_record(document["record"]) async for document in cursor]
+
+    async def with_change_pending(self, older_than: datetime, limit: int) -> list[ClinicalRecord]:
+        cursor = self._resources.find({"change_pending": True, "updated_at": {"$lt": older_than}}).limit(
             limit
         )
-        return [_encounter(document) async for document in cursor]
+        return [_record(document) async for document in cursor]
 
-    async def get(self, encounter_id: str) -> Encounter | None:
-        document = await self._encounters.find_one({"_id": encounter_id})
-        return _encounter(document) if document else None
+    async def versions(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], ClinicalRecord]:
+        """Given (resource id, version) pairs, those versions as they were written."""
+        cursor = self._versions.find(
+            {"_id": {"$in": [f"{resource_id}:{version}" for resource_id, version in keys]}}
+        )
+        return {
+            (document["resource_id"], document["version"]): _record(document["record"])
+            async for document in cursor
+        }
 
-    async def get_many(self, encounter_ids: list[str]) -> dict[str, Encounter]:
-        cursor = self._encounters.find({"_id": {"$in": encounter_ids}})
-        return {document["_id"]: _encounter(document) async for document in cursor}
+    async def timeline(self, query: TimelineQuery) -> list[ClinicalRecord]:
+        """A page of a patient's resources, newest first; keyset paging on (time, _id)."""
+        conditions: list[Document] = [{"patient_id": query.patient_id}]
+        if query.resource_types:
+            conditions.append({"resource_type": {"$in": [kind.value for kind in query.resource_types]}})
+        if query.loinc_code:
+            conditions.append({"code": query.loinc_code})
+        if query.facility_code:
+            conditions.append({"facility_code": query.facility_code})
+        if query.start is not None:
+            conditions.append({"time": {"$gte": query.start}})
+        if query.end is not None:
+            conditions.append({"time": {"$lt": query.end}})
+        if query.after is not None:
+            moment, resource_id = query.after
+            conditions.append(
+                {"$or": [{"time": {"$lt": moment}}, {"time": moment, "_id": {"$lt": resource_id}}]}
+            )
+        cursor = (
+            self._resources.find({"$and": conditions}).sort([("time", -1), ("_id", -1)]).limit(query.limit)
+        )
+        return [_record(document) async for document in cursor]
 
-    async def by_patient(
-        self, patient_id: str, before: tuple[datetime, str] | None, limit: int
-    ) -> list[Encounter]:
-        query: dict[str, Any] = {"patient_id": patient_id}
-        if before is not None:
-            start, encounter_id = before
-            query["$or"] = [
-                {"start_time": {"$lt": start}},
-                {"start_time": start, "_id": {"$lt": encounter_id}},
-            ]
-        cursor = self._encounters.find(query).sort([("start_time", -1), ("_id", -1)]).limit(limit)
-        return [_encounter(document) async for document in cursor]
+    async def attached_to(self, encounter_id: str) -> list[ClinicalRecord]:
+        cursor = self._resources.find({"encounter_id": encounter_id}).sort([("time", 1), ("_id", 1)])
+        return [_record(document) async for document in cursor]
 
 
 class ChangeFeedRepository:
@@ -130,31 +231,38 @@ class ChangeFeedRepository:
         query = {"resource_type": resource_type, "resource_id": resource_id, "resource_version": version}
         return await self._changes.find_one(query, {"_id": 1}) is not None
 
-    async def append(self, encounter: Encounter, kind: ChangeKind) -> None:
-        """Appends the change once per (resource, version), under a fresh sequence."""
-        if await self._recorded("Encounter", encounter.encounter_id, encounter.version):
-            return
-        while True:
-            sequence = await next_sequence(self._db, CHANGE_COUNTER)
-            try:
-                await self._changes.insert_one(
-                    {
-                        "_id": sequence,
-                        "kind": kind.value,
-                        "resource_type": "Encounter",
-                        "resource_id": encounter.encounter_id,
-                        "resource_version": encounter.version,
-                        "patient_id": encounter.patient_id,
-                        "facility_code": encounter.facility_code,
-                        # Taken after the sequence: the feed's hole timeout relies on it.
-                        "committed_at": utc_now(),
-                    }
-                )
+    async def append(self, record: ClinicalRecord) -> None:
+        """Step 3: appends the change once per (resource, version), under a fresh sequence."""
+        while not await self._recorded(record.resource_type.value, record.resource_id, record.version):
+            if await self.write(await self.reserve(), record):
                 return
-            except DuplicateKeyError:
-                if await self._recorded("Encounter", encounter.encounter_id, encounter.version):
-                    return  # a concurrent retry of the same write recorded it
-                # Our sequence was closed by a tombstone while we were slow: take the next one.
+            # Our sequence was closed by a tombstone while we were slow: take the next one.
+
+    async def reserve(self) -> int:
+        """Allocates the next feed position; until ``write`` fills it, it is a hole in the feed."""
+        return await next_sequence(self._db, CHANGE_COUNTER)
+
+    async def write(self, sequence: int, record: ClinicalRecord) -> bool:
+        """Fills a reserved position with the change of ``record``; False if a tombstone closed the
+        position first (the caller reserves another). A change already recorded counts as written."""
+        try:
+            await self._changes.insert_one(
+                {
+                    "_id": sequence,
+                    "kind": (ChangeKind.CREATED if record.version == 1 else ChangeKind.UPDATED).value,
+                    "resource_type": record.resource_type.value,
+                    "resource_id": record.resource_id,
+                    "resource_version": record.version,
+                    "patient_id": record.patient_id,
+                    "facility_code": record.facility_code,
+                    # Taken after the reservation: the feed's hole timeout relies on it.
+                    "committed_at": utc_now(),
+                }
+            )
+            return True
+        except DuplicateKeyError:
+            # Either a concurrent retry recorded this version, or a tombstone took the position.
+            return await self._recorded(record.resource_type.value, record.resource_id, record.version)
 
     async def after(self, sequence: int, limit: int) -> list[Change]:
         cursor = self._changes.find({"_id": {"$gt": sequence}}).sort("_id", 1).limit(limit)

@@ -1,85 +1,217 @@
-"""Records use cases: encounters and the change feed."""
+"""Records use cases: create and update resources as immutable versions, read them, and publish
+every version through the change feed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+
+from emr.identity.v1 import identity_pb2
 
 from emr_records.domain import (
     Change,
-    ChangeKind,
-    Encounter,
-    EncounterInput,
+    ClinicalRecord,
+    ResourceInput,
+    ResourceType,
+    TimelineQuery,
     check_feed_request,
+    encounter_field_path,
+    id_field_path,
+    new_record,
+    next_version,
     plan_feed,
-    validate_encounter,
+    resource_type_of,
+    validate_resource,
+    verify_document,
 )
 from emr_records.patients import PatientDirectory
-from emr_records.repository import ChangeFeedRepository, EncounterRepository
+from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_runtime.clock import utc_now
-from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError
+from emr_runtime.errors import (
+    ConflictError,
+    DataIntegrityError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from emr_runtime.idempotency import derive_id
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.paging import decode_page_token, encode_page_token
 
 log = logging.getLogger("emr.records")
+EXPORT_PAGE = 200
 
 
 class RecordsService:
     def __init__(
         self,
-        encounters: EncounterRepository,
+        resources: ResourceRepository,
         feed: ChangeFeedRepository,
         patients: PatientDirectory,
         change_settle: timedelta,
+        verify_patients: bool = True,
     ) -> None:
-        self._encounters = encounters
+        self._resources = resources
         self._feed = feed
         self._patients = patients
         self._settle = change_settle
+        self._verify_patients = verify_patients
 
-    async def create_encounter(self, raw: EncounterInput) -> Encounter:
+    # --- writes -----------------------------------------------------------------------------------
+
+    async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()
-        encounter = validate_encounter(raw, derive_id("encounter", raw.request_id), now)
-        if not await self._patients.exists(encounter.patient_id):
-            raise NotFoundError("Patient", "patient_id", encounter.patient_id)
-        stored, change_pending = await self._encounters.insert_or_get(encounter)
-        if stored.request_fingerprint != encounter.request_fingerprint:
-            raise ConflictError("request_id was already used for a different encounter", "request_id")
-        if change_pending:
-            await self._record_change(stored)
+        validate_resource(raw, now)
+        record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
+        await self._check_references(record, raw)
+        stored, _ = await self._resources.store_version(record)
+        if stored.request_fingerprint != record.request_fingerprint:
+            raise ConflictError("request_id was already used for a different resource", "request_id")
+        await self._finish(stored)
         return stored
 
-    async def _record_change(self, encounter: Encounter) -> None:
-        await self._feed.append(encounter, ChangeKind.CREATED)
-        await self._encounters.mark_change_recorded(encounter.encounter_id)
+    async def update(self, raw: ResourceInput, expected_version: int) -> ClinicalRecord:
+        now = utc_now()
+        validate_resource(raw, now, updating=True)
+        if expected_version < 1:
+            raise InvalidArgumentError(
+                [FieldViolation("expected_version", "the version the update is based on")]
+            )
+        replayed = await self._resources.version_by_request(raw.resource_id, raw.request_id)
+        if replayed is not None:
+            if replayed.request_fingerprint != raw.fingerprint:
+                raise ConflictError("request_id was already used for a different update", "request_id")
+            return replayed
+        current = await self._current(raw.resource_id, type(raw.content), id_field_path(raw))
+        if current.version != expected_version:
+            raise ConflictError(
+                f"expected_version is {expected_version} but the current version is {current.version}",
+                "expected_version",
+            )
+        record = next_version(current, raw, now)
+        await self._check_references(record, raw)
+        stored, inserted = await self._resources.store_version(record)
+        if not inserted and stored.request_fingerprint != record.request_fingerprint:
+            # Another update took this version first; make sure it is complete, then refuse ours.
+            await self._finish(stored)
+            raise ConflictError(
+                f"the resource was updated concurrently to version {stored.version}; read it and retry",
+                "expected_version",
+            )
+        await self._finish(stored)
+        return stored
 
-    async def get_encounter(self, encounter_id: str) -> Encounter:
-        if not encounter_id.strip():
-            raise InvalidArgumentError([FieldViolation("encounter_id", "required")])
-        encounter = await self._encounters.get(encounter_id)
-        if encounter is None:
-            raise NotFoundError("Encounter", "encounter_id", encounter_id)
-        return encounter
+    async def _current(self, resource_id: str, content_type: type, field: str) -> ClinicalRecord:
+        found = await self._resources.get(resource_id)
+        if found is None or not isinstance(found[0].content, content_type):
+            raise NotFoundError(content_type.__name__.removesuffix("Content"), field, resource_id)
+        current, change_pending = found
+        if change_pending:
+            # The previous version's change goes into the feed before this one's, so that a
+            # consumer sees versions of a resource in order.
+            await self._record_change(current)
+        return current
 
-    async def list_encounters(
-        self, patient_id: str, requested_page_size: int, page_token: str
-    ) -> tuple[list[Encounter], str]:
+    async def _check_references(self, record: ClinicalRecord, raw: ResourceInput) -> None:
+        if self._verify_patients and not await self._patients.exists(record.patient_id):
+            raise NotFoundError(
+                "Patient", f"{raw.path}.patient_id" if raw.path else "patient_id", record.patient_id
+            )
+        if record.encounter_id and record.resource_type is not ResourceType.ENCOUNTER:
+            found = await self._resources.get(record.encounter_id)
+            if found is None or found[0].resource_type is not ResourceType.ENCOUNTER:
+                raise NotFoundError("Encounter", encounter_field_path(raw), record.encounter_id)
+            if found[0].patient_id != record.patient_id:
+                raise InvalidArgumentError(
+                    [FieldViolation(encounter_field_path(raw), "belongs to another patient")]
+                )
+
+    async def _finish(self, record: ClinicalRecord) -> None:
+        await self._resources.advance(record)
+        await self._record_change(record)
+
+    async def _record_change(self, record: ClinicalRecord) -> None:
+        await self._feed.append(record)
+        await self._resources.mark_change_recorded(record.resource_id, record.version)
+
+    async def sweep_outbox(self, interval: float = 5.0) -> None:
+        """Puts versions whose change a crash left unrecorded into the feed."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for record in await self._resources.with_change_pending(
+                    utc_now() - timedelta(seconds=interval), 100
+                ):
+                    await self._record_change(record)
+            except Exception:
+                log.exception("outbox sweep failed")
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def get(
+        self, resource_type: ResourceType | None, resource_id: str, field: str = "resource_id"
+    ) -> ClinicalRecord:
+        violations = []
+        if resource_type is None:
+            violations.append(FieldViolation("resource_type", "required: a resource type"))
+        if not resource_id.strip():
+            violations.append(FieldViolation(field, "required"))
+        if violations:
+            raise InvalidArgumentError(violations)
+        assert resource_type is not None
+        found = await self._resources.get(resource_id)
+        if found is None or found[0].resource_type is not resource_type:
+            raise NotFoundError(resource_type.value, field, resource_id)
+        record = found[0]
+        if not verify_document(record):
+            raise DataIntegrityError(record.resource_type.value, record.resource_id)
+        return record
+
+    async def history(self, resource_type: ResourceType | None, resource_id: str) -> list[ClinicalRecord]:
+        current = await self.get(resource_type, resource_id)
+        versions = await self._resources.history(current.resource_id)
+        if not all(verify_document(version) for version in versions):
+            raise DataIntegrityError(current.resource_type.value, current.resource_id)
+        return versions
+
+    async def timeline(self, query: TimelineQuery) -> tuple[list[ClinicalRecord], str]:
+        page = await self._resources.timeline(TimelineQuery(**{**query.__dict__, "limit": query.limit + 1}))
+        if len(page) <= query.limit:
+            return page, ""
+        last = page[query.limit - 1]
+        return page[: query.limit], encode_page_token({"t": last.time.isoformat(), "id": last.resource_id})
+
+    async def encounter_bundle(self, encounter_id: str) -> tuple[ClinicalRecord, list[ClinicalRecord]]:
+        encounter = await self.get(ResourceType.ENCOUNTER, encounter_id, field="encounter_id")
+        attached = [
+            r for r in await self._resources.attached_to(encounter_id) if r.resource_id != encounter_id
+        ]
+        return encounter, attached
+
+    async def export(self, patient_id: str) -> tuple[identity_pb2.Patient, list[ClinicalRecord]]:
         if not patient_id.strip():
             raise InvalidArgumentError([FieldViolation("patient_id", "required")])
-        limit = page_size(requested_page_size, default=20, maximum=100)
-        before = _decode_encounter_position(page_token)
-        encounters = await self._encounters.by_patient(patient_id, before, limit + 1)
-        if len(encounters) <= limit:
-            return encounters, ""
-        last = encounters[limit - 1]
-        token = encode_page_token({"start": last.start_time.isoformat(), "id": last.encounter_id})
-        return encounters[:limit], token
+        patient = await self._patients.get(patient_id)
+        if patient is None:
+            raise NotFoundError("Patient", "patient_id", patient_id)
+        records: list[ClinicalRecord] = []
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = await self._resources.timeline(
+                TimelineQuery(patient_id, (), None, None, "", "", EXPORT_PAGE, after)
+            )
+            records.extend(page)
+            if len(page) < EXPORT_PAGE:
+                return patient, records
+            after = (page[-1].time, page[-1].resource_id)
+
+    # --- change feed ------------------------------------------------------------------------------
 
     async def list_changes(
         self, after_sequence: int, requested_limit: int
-    ) -> tuple[list[tuple[Change, Encounter]], int]:
-        """The next run of changes without holes, with the encounter each one is about."""
+    ) -> tuple[list[tuple[Change, ClinicalRecord]], int]:
+        """The next run of changes without holes, each with the resource as of its version."""
         limit = check_feed_request(after_sequence, requested_limit)
         plan = plan_feed(
             after_sequence, await self._feed.after(after_sequence, limit), utc_now(), self._settle
@@ -91,27 +223,27 @@ class RecordsService:
             plan = plan_feed(after_sequence, await self._feed.after(after_sequence, limit), now, self._settle)
         next_after = plan.ready[-1].sequence if plan.ready else after_sequence
         changes = [change for change in plan.ready if not change.tombstone]
-        encounters = await self._encounters.get_many([change.resource_id for change in changes])
-        return [(change, encounters[change.resource_id]) for change in changes], next_after
+        versions = await self._resources.versions([(c.resource_id, c.resource_version) for c in changes])
+        return [(c, versions[(c.resource_id, c.resource_version)]) for c in changes], next_after
 
-    async def sweep_outbox(self, interval: float = 5.0) -> None:
-        """Puts encounters whose change a crash left unrecorded into the feed."""
+    async def stream_changes(
+        self, after_sequence: int, poll_interval: float = 0.2
+    ) -> AsyncIterator[tuple[Change, ClinicalRecord]]:
+        check_feed_request(after_sequence, 0)
         while True:
-            await asyncio.sleep(interval)
-            cutoff = utc_now() - timedelta(seconds=interval)
-            try:
-                for encounter in await self._encounters.with_change_pending(cutoff, 100):
-                    await self._record_change(encounter)
-            except Exception:
-                log.exception("outbox sweep failed")
+            changes, after_sequence = await self.list_changes(after_sequence, 100)
+            for item in changes:
+                yield item
+            if not changes:
+                await asyncio.sleep(poll_interval)
 
 
-def _decode_encounter_position(page_token: str) -> tuple[datetime, str] | None:
+def decode_timeline_position(page_token: str) -> tuple[datetime, str] | None:
     position = decode_page_token(page_token)
     if position is None:
         return None
     try:
-        return datetime.fromisoformat(position["start"]), str(position["id"])
+        return datetime.fromisoformat(position["t"]), str(position["id"])
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidArgumentError(
             [FieldViolation("page_token", "not a token this service issued")]

@@ -19,3 +19,7 @@ class RecordsSettings(ServiceSettings):
     change_settle_seconds: float = Field(
         5.0, gt=0, description="How long a hole in the change feed may stay open before it is skipped"
     )
+    # Switches for measuring what the cross-cutting features cost (bench/records_speed.py); a
+    # production deployment never turns them off.
+    verify_patients: bool = Field(True, description="Check with identity that a resource's patient exists")
+    audit_enabled: bool = Field(True, description="Record every access in the audit log")

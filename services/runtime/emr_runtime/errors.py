@@ -50,6 +50,23 @@ class ConflictError(DomainError):
         super().__init__(message)
 
 
+class TooLargeError(DomainError):
+    """A field exceeds a documented size limit (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, field: str, limit_bytes: int) -> None:
+        self.field = field
+        self.limit_bytes = limit_bytes
+        super().__init__(f"{field} is larger than {limit_bytes} bytes")
+
+
+class DataIntegrityError(DomainError):
+    """Stored data no longer matches its recorded hash (DATA_LOSS); never the caller's fault."""
+
+    def __init__(self, resource_type: str, resource_id: str) -> None:
+        self.resource_type = resource_type
+        super().__init__(f"stored {resource_type} {resource_id} failed its integrity check")
+
+
 class DependencyUnavailableError(DomainError):
     """A service or database this call needs did not answer in time (UNAVAILABLE; retry later)."""
 

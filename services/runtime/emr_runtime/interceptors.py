@@ -24,10 +24,12 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from emr_runtime import metrics
 from emr_runtime.errors import (
     ConflictError,
+    DataIntegrityError,
     DependencyUnavailableError,
     DomainError,
     InvalidArgumentError,
     NotFoundError,
+    TooLargeError,
 )
 from emr_runtime.telemetry import current_trace_id, extract_context
 
@@ -186,6 +188,26 @@ def status_for(error: DomainError) -> status_pb2.Status:
         detail.Pack(
             error_details_pb2.ErrorInfo(
                 reason="CONFLICT", domain=ERROR_DOMAIN, metadata={"field": error.field}
+            )
+        )
+    elif isinstance(error, TooLargeError):
+        code = code_pb2.RESOURCE_EXHAUSTED
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=f"at most {error.limit_bytes} bytes"
+                    )
+                ]
+            )
+        )
+    elif isinstance(error, DataIntegrityError):
+        code = code_pb2.DATA_LOSS
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason="INTEGRITY_CHECK_FAILED",
+                domain=ERROR_DOMAIN,
+                metadata={"resource_type": error.resource_type},
             )
         )
     elif isinstance(error, DependencyUnavailableError):
