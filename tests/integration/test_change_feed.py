@@ -161,3 +161,20 @@ async def test_an_abandoned_position_is_skipped_after_the_settle_time(feed_recor
     assert tombstone is not None
     assert tombstone["tombstone"] is True
     assert [rid for _, rid, _ in consumer.seen] == [observation_id]
+
+
+async def test_stream_sends_changes_as_they_commit(feed_records: Any) -> None:
+    stream = feed_records.StreamChanges(
+        records_pb2.StreamChangesRequest(after_sequence=await head_of_feed(feed_records))
+    )
+    created = [await feed_records.CreateResource(observation_request(str(uuid.uuid4()))) for _ in range(3)]
+    received = []
+    async with asyncio.timeout(30):
+        async for message in stream:
+            received.append(message.change)
+            if len(received) == len(created):
+                break
+    stream.cancel()
+    assert [c.resource_id for c in received] == [c.resource.observation.observation_id for c in created]
+    assert [c.resource.observation for c in received] == [c.resource.observation for c in created]
+    assert [c.sequence for c in received] == sorted(c.sequence for c in received)

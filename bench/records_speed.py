@@ -1,0 +1,221 @@
+"""Records speed: what the cross-cutting features cost on writes, and whether timeline reads stay
+flat as a patient's record grows.
+
+Prints, in one run:
+- CreateEncounter + 5 observations throughput at concurrency 32 with identity check, audit and
+  tracing on, against the same with them off, and the ratio (target >= 0.6). The change feed is
+  part of every write and stays on in both (it is how records reach sync).
+- GetPatientTimeline p95 (first page of 50) for a patient with 2,000 entries against one with 10,
+  and the ratio (target <= 2).
+
+Runs FerretDB and the services as local processes on free loopback ports (the same launcher as
+`make up`); takes a few minutes on 2 cores. Usage: .venv/bin/python bench/records_speed.py [--visits N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.records.v1 import records_pb2, records_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from emr_devstack.processes import free_port
+from emr_devstack.stack import Ports, Stack
+
+CONCURRENCY = 32
+
+
+def stamp(offset_seconds: float) -> Timestamp:
+    result = Timestamp()
+    result.FromNanoseconds(int((time.time() + offset_seconds) * 1e9))
+    return result
+
+
+def encounter_request(patient_id: str) -> records_pb2.CreateEncounterRequest:
+    return records_pb2.CreateEncounterRequest(
+        request_id=str(uuid.uuid4()),
+        patient_id=patient_id,
+        facility_code="79001",
+        encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+        status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
+        start_time=stamp(-3600),
+    )
+
+
+def observation_request(
+    patient_id: str, encounter_id: str, offset: float
+) -> records_pb2.CreateResourceRequest:
+    return records_pb2.CreateResourceRequest(
+        request_id=str(uuid.uuid4()),
+        resource=records_pb2.ClinicalResource(
+            observation=records_pb2.Observation(
+                patient_id=patient_id,
+                facility_code="79001",
+                encounter_id=encounter_id,
+                loinc_code="8867-4",
+                status=records_pb2.OBSERVATION_STATUS_FINAL,
+                value_quantity=records_pb2.Quantity(value=72, unit="/min"),
+                effective_time=stamp(offset),
+            )
+        ),
+    )
+
+
+async def visit(stub: Any, patient_id: str) -> None:
+    encounter = (await stub.CreateEncounter(encounter_request(patient_id))).encounter
+    for index in range(5):
+        await stub.CreateResource(observation_request(patient_id, encounter.encounter_id, -3000 + index))
+
+
+async def write_throughput(target: str, patient_ids: list[str], visits: int) -> float:
+    """Visits per second with CONCURRENCY clients sharing one channel."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
+        await visit(stub, patient_ids[0])  # warm up connection and caches
+        queue = list(range(visits))
+
+        async def worker() -> None:
+            while queue:
+                index = queue.pop()
+                await visit(stub, patient_ids[index % len(patient_ids)])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return visits / (time.perf_counter() - started)
+
+
+async def timeline_p95(stub: Any, patient_id: str, calls: int) -> float:
+    latencies = []
+    request = records_pb2.GetPatientTimelineRequest(patient_id=patient_id, page_size=50)
+    await stub.GetPatientTimeline(request)
+    for _ in range(calls):
+        started = time.perf_counter()
+        await stub.GetPatientTimeline(request)
+        latencies.append(time.perf_counter() - started)
+    return statistics.quantiles(latencies, n=20)[18]
+
+
+async def fill(stub: Any, patient_id: str, entries: int) -> None:
+    encounter = (await stub.CreateEncounter(encounter_request(patient_id))).encounter
+    queue = list(range(entries - 1))
+
+    async def worker() -> None:
+        while queue:
+            index = queue.pop()
+            await stub.CreateResource(
+                observation_request(patient_id, encounter.encounter_id, -86400 * 30 + index)
+            )
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+async def measure(stack: Stack, off_target: str, visits: int) -> None:
+    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+        identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+        patient_ids = []
+        for index in range(CONCURRENCY):
+            response = await identity.RegisterPatient(
+                identity_pb2.RegisterPatientRequest(
+                    request_id=str(uuid.uuid4()),
+                    full_name=f"Bệnh Nhân Thử {index}",
+                    birth_date="1980-01-01",
+                    sex=identity_pb2.SEX_UNKNOWN,
+                    facility_code="79001",
+                )
+            )
+            patient_ids.append(response.patient.patient_id)
+
+    on_runs, off_runs = [], []
+    for _ in range(2):  # alternate, so that neither configuration always runs on a warmer database
+        off_runs.append(await write_throughput(off_target, patient_ids, visits))
+        on_runs.append(await write_throughput(stack.target("records"), patient_ids, visits))
+    on, off = statistics.median(on_runs), statistics.median(off_runs)
+    print(
+        f"writes: visit = CreateEncounter + 5 observations, {visits} visits per run, concurrency {CONCURRENCY}"
+    )
+    print(f"  features on  (identity check, audit, tracing, change feed): {on:8.1f} visits/s  runs {on_runs}")
+    print(
+        f"  features off (change feed only):                             {off:8.1f} visits/s  runs {off_runs}"
+    )
+    print(f"  ratio on/off: {on / off:.2f}  (target >= 0.6)")
+
+    async with grpc.aio.insecure_channel(stack.target("records")) as channel:
+        stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
+        big = patient_ids[0]
+        await fill(stub, big, 2000 - await count_entries(stub, big))
+        small = await register(stack, str(uuid.uuid4()))
+        await fill(stub, small, 10)
+        big_p95 = await timeline_p95(stub, big, 300)
+        small_p95 = await timeline_p95(stub, small, 300)
+        print("timeline: GetPatientTimeline, first page of 50, 300 calls each")
+        print(f"  patient with {await count_entries(stub, big)} entries: p95 {big_p95 * 1000:.2f} ms")
+        print(f"  patient with {await count_entries(stub, small)} entries: p95 {small_p95 * 1000:.2f} ms")
+        print(f"  ratio: {big_p95 / small_p95:.2f}  (target <= 2)")
+
+
+async def register(stack: Stack, request_id: str) -> str:
+    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+        identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+        response = await identity.RegisterPatient(
+            identity_pb2.RegisterPatientRequest(
+                request_id=request_id,
+                full_name="Bệnh Nhân Ít Hồ Sơ",
+                birth_date="1985-02-02",
+                sex=identity_pb2.SEX_UNKNOWN,
+                facility_code="79001",
+            )
+        )
+        return str(response.patient.patient_id)
+
+
+async def count_entries(stub: Any, patient_id: str) -> int:
+    total, token = 0, ""
+    while True:
+        page = await stub.GetPatientTimeline(
+            records_pb2.GetPatientTimelineRequest(patient_id=patient_id, page_size=200, page_token=token)
+        )
+        total += len(page.entries)
+        token = page.next_page_token
+        if not token:
+            return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--visits", type=int, default=300, help="visits per throughput run")
+    args = parser.parse_args()
+    stack = Stack(run_dir=Path(tempfile.mkdtemp(prefix="records-bench-")), ports=Ports.free())
+    try:
+        stack.start_ferretdb()
+        for service in ("audit", "identity", "records"):
+            stack.start_service(service)
+        off_port = free_port()
+        stack.start_service(
+            "records",
+            stack.with_ports(records=off_port, records_metrics=free_port()),
+            name="records-features-off",
+            extra_env={
+                "RECORDS_MONGODB_DATABASE": "emr_records_features_off",
+                "RECORDS_VERIFY_PATIENTS": "false",
+                "RECORDS_AUDIT_ENABLED": "false",
+                "OTEL_SDK_DISABLED": "true",
+            },
+        )
+        asyncio.run(measure(stack, f"127.0.0.1:{off_port}", args.visits))
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
