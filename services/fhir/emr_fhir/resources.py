@@ -162,11 +162,14 @@ def _instant(stamp: Timestamp) -> str:
     return stamp.ToJsonString()
 
 
-def _meta(version: int, create_time: Timestamp, update_time: Timestamp, has_update_time: bool) -> FhirJson:
-    """versionId is the platform's version number; lastUpdated is when that version was stored."""
+def _resource(resource_type: str, resource_id: str, message: Any) -> FhirJson:
+    """resourceType, id and meta of a versioned contract message: versionId is the platform's
+    version number; lastUpdated is when that version was stored."""
+    stored = message.update_time if message.HasField("update_time") else message.create_time
     return {
-        "versionId": str(version),
-        "lastUpdated": _instant(update_time if has_update_time else create_time),
+        "resourceType": resource_type,
+        "id": resource_id,
+        "meta": {"versionId": str(message.version), "lastUpdated": _instant(stored)},
     }
 
 
@@ -276,11 +279,7 @@ def encounter_resource(encounter: records_pb2.Encounter) -> FhirJson:
     if encounter.HasField("end_time"):
         period["end"] = _instant(encounter.end_time)
     resource: FhirJson = {
-        "resourceType": "Encounter",
-        "id": encounter.encounter_id,
-        "meta": _meta(
-            encounter.version, encounter.create_time, encounter.update_time, encounter.HasField("update_time")
-        ),
+        **_resource("Encounter", encounter.encounter_id, encounter),
         "status": _ENCOUNTER_STATUSES[encounter.status],
         "class": {"system": V3_ACT_CODE, "code": class_code, "display": class_display},
         "subject": {"reference": f"Patient/{encounter.patient_id}"},
@@ -328,14 +327,7 @@ def observation_resource(observation: records_pb2.Observation) -> FhirJson:
     """Observation: LOINC code, UCUM quantity / coded / text value, reference range and a v3
     ObservationInterpretation flag (a flag outside that code system stays text only)."""
     resource: FhirJson = {
-        "resourceType": "Observation",
-        "id": observation.observation_id,
-        "meta": _meta(
-            observation.version,
-            observation.create_time,
-            observation.update_time,
-            observation.HasField("update_time"),
-        ),
+        **_resource("Observation", observation.observation_id, observation),
         "status": _OBSERVATION_STATUSES[observation.status],
         "code": _concept(LOINC, observation.loinc_code),
         **_clinical_context(observation.patient_id, observation.encounter_id),
@@ -375,11 +367,7 @@ def condition_resource(condition: records_pb2.Condition) -> FhirJson:
     entered-in-error and no clinicalStatus (invariant con-5). Its place in the encounter (primary /
     secondary) is an extension here and Encounter.diagnosis in a bundle."""
     resource: FhirJson = {
-        "resourceType": "Condition",
-        "id": condition.condition_id,
-        "meta": _meta(
-            condition.version, condition.create_time, condition.update_time, condition.HasField("update_time")
-        ),
+        **_resource("Condition", condition.condition_id, condition),
     }
     if condition.clinical_status == records_pb2.CONDITION_CLINICAL_STATUS_ENTERED_IN_ERROR:
         resource["verificationStatus"] = _concept(
@@ -428,11 +416,7 @@ def medication_request_resource(request: records_pb2.MedicationRequest) -> FhirJ
     if request.HasField("dose"):
         dosage["doseAndRate"] = [{"doseQuantity": _quantity(request.dose)}]
     resource: FhirJson = {
-        "resourceType": "MedicationRequest",
-        "id": request.medication_request_id,
-        "meta": _meta(
-            request.version, request.create_time, request.update_time, request.HasField("update_time")
-        ),
+        **_resource("MedicationRequest", request.medication_request_id, request),
         "status": _MEDICATION_REQUEST_STATUSES[request.status],
         "intent": "order",
         "medicationCodeableConcept": medication,
@@ -457,11 +441,7 @@ def procedure_resource(procedure: records_pb2.Procedure) -> FhirJson:
     """Procedure; the code is in the platform's procedure code system because the contract carries
     national service codes and ICD-9-CM codes in one field without saying which."""
     resource: FhirJson = {
-        "resourceType": "Procedure",
-        "id": procedure.procedure_id,
-        "meta": _meta(
-            procedure.version, procedure.create_time, procedure.update_time, procedure.HasField("update_time")
-        ),
+        **_resource("Procedure", procedure.procedure_id, procedure),
         "status": _PROCEDURE_STATUSES[procedure.status],
         "code": _concept(SYSTEM_PROCEDURE, procedure.code),
         **_clinical_context(procedure.patient_id, procedure.encounter_id),
@@ -498,11 +478,7 @@ def document_reference_resource(document: records_pb2.DocumentReference) -> Fhir
     if document.HasField("document_time"):
         attachment["creation"] = _instant(document.document_time)
     resource: FhirJson = {
-        "resourceType": "DocumentReference",
-        "id": document.document_id,
-        "meta": _meta(
-            document.version, document.create_time, document.update_time, document.HasField("update_time")
-        ),
+        **_resource("DocumentReference", document.document_id, document),
         "status": _DOCUMENT_STATUSES[document.status],
         "type": _concept(LOINC, document.type_code),
         "subject": {"reference": f"Patient/{document.patient_id}"},

@@ -50,9 +50,17 @@ def fhir_response(body: dict[str, Any], status_code: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status_code, media_type=FHIR_JSON)
 
 
+# Transport failures: gRPC's own text names internal addresses, which HTTP callers must not see.
+_TRANSPORT_DIAGNOSTICS = {
+    grpc.StatusCode.UNAVAILABLE: "a platform service is unavailable; retry later",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "a platform service did not answer in time; retry later",
+}
+
+
 def outcome_for(error: grpc.aio.AioRpcError) -> JSONResponse:
     status_code, issue_type = _HTTP_FOR_GRPC.get(error.code(), (500, "exception"))
-    return fhir_response(operation_outcome(issue_type, error.details() or error.code().name), status_code)
+    diagnostics = _TRANSPORT_DIAGNOSTICS.get(error.code()) or error.details() or error.code().name
+    return fhir_response(operation_outcome(issue_type, diagnostics), status_code)
 
 
 def caller(
