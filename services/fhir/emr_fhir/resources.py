@@ -76,7 +76,7 @@ _ENCOUNTER_CLASSES = {
 }
 
 
-_DISCHARGE_DISPOSITIONS = {  # the FHIR R4 discharge-disposition code system, complete
+DISCHARGE_DISPOSITION_DISPLAYS = {  # the FHIR R4 discharge-disposition code system, complete
     "home": "Home",
     "alt-home": "Alternative home",
     "other-hcf": "Other healthcare facility",
@@ -98,7 +98,8 @@ _OBSERVATION_STATUSES = {
     records_pb2.OBSERVATION_STATUS_AMENDED: "amended",
     records_pb2.OBSERVATION_STATUS_ENTERED_IN_ERROR: "entered-in-error",
 }
-_INTERPRETATIONS = {  # v3 ObservationInterpretation codes a result is flagged with
+# Public: the codes the mapping turns into codings, for validation of input against the same table.
+OBSERVATION_INTERPRETATION_DISPLAYS = {  # v3 ObservationInterpretation codes a result is flagged with
     "N": "Normal",
     "A": "Abnormal",
     "AA": "Critical abnormal",
@@ -113,6 +114,11 @@ _INTERPRETATIONS = {  # v3 ObservationInterpretation codes a result is flagged w
     "IND": "Indeterminate",
     "DET": "Detected",
     "ND": "Not detected",
+    "<": "Off scale low",
+    ">": "Off scale high",
+    "R": "Resistant",
+    "S": "Susceptible",
+    "I": "Intermediate",
 }
 _CONDITION_CLINICAL_STATUSES = {
     records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE: ("active", "Active"),
@@ -133,7 +139,7 @@ _MEDICATION_REQUEST_STATUSES = {
     records_pb2.MEDICATION_REQUEST_STATUS_STOPPED: "stopped",
     records_pb2.MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: "entered-in-error",
 }
-_ROUTES = {  # contract route code -> SNOMED CT route of administration
+ROUTE_CODES = {  # contract route code -> SNOMED CT route of administration
     "oral": ("26643006", "Oral route"),
     "iv": ("47625008", "Intravenous route"),
     "im": ("78421000", "Intramuscular route"),
@@ -264,8 +270,8 @@ def patient_resource(patient: identity_pb2.Patient) -> FhirJson:
 def discharge_disposition(value: str) -> FhirJson:
     """A discharge-disposition code as FHIR; a value outside the code system stays text only."""
     code = _DISCHARGE_DISPOSITION_ALIASES.get(value, value)
-    if code in _DISCHARGE_DISPOSITIONS:
-        return {**_concept(DISCHARGE_DISPOSITION, code, _DISCHARGE_DISPOSITIONS[code]), "text": value}
+    if code in DISCHARGE_DISPOSITION_DISPLAYS:
+        return {**_concept(DISCHARGE_DISPOSITION, code, DISCHARGE_DISPOSITION_DISPLAYS[code]), "text": value}
     return {"text": value}
 
 
@@ -346,8 +352,8 @@ def observation_resource(observation: records_pb2.Observation) -> FhirJson:
     if observation.interpretation:
         flag = observation.interpretation
         resource["interpretation"] = [
-            _concept(V3_OBSERVATION_INTERPRETATION, flag, _INTERPRETATIONS[flag])
-            if flag in _INTERPRETATIONS
+            _concept(V3_OBSERVATION_INTERPRETATION, flag, OBSERVATION_INTERPRETATION_DISPLAYS[flag])
+            if flag in OBSERVATION_INTERPRETATION_DISPLAYS
             else {"text": flag}
         ]
     if observation.HasField("reference_range"):
@@ -391,8 +397,8 @@ def condition_resource(condition: records_pb2.Condition) -> FhirJson:
 
 def medication_route(route: str) -> FhirJson:
     """A route of administration as SNOMED CT; a route outside the table stays text only."""
-    if route in _ROUTES:
-        code, display = _ROUTES[route]
+    if route in ROUTE_CODES:
+        code, display = ROUTE_CODES[route]
         return {**_concept(SNOMED_CT, code, display), "text": route}
     return {"text": route}
 

@@ -27,6 +27,10 @@ RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
 # Largest page_size each list RPC accepts (see records.proto).
 MAX_ENCOUNTER_PAGE = 100
 MAX_OBSERVATION_PAGE = 200
+# A whole-record export carries documents (up to 1 MiB each, base64 in the JSON): more than gRPC's
+# 4 MiB default answer size, and more time than a single read.
+MAX_EXPORT_BYTES = 64 * 1024 * 1024
+EXPORT_DEADLINE_SECONDS = 30.0
 # The opaque search parameter that carries the records service's page token in `next` links.
 CURSOR_PARAMETER = "_cursor"
 
@@ -93,7 +97,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
-        records_channel = create_channel(settings.records_target, RECORDS_SERVICE)
+        records_channel = create_channel(
+            settings.records_target, RECORDS_SERVICE, max_receive_message_bytes=MAX_EXPORT_BYTES
+        )
         app.state.identity = identity_pb2_grpc.PatientIdentityServiceStub(identity_channel)
         app.state.records = records_pb2_grpc.ClinicalRecordsServiceStub(records_channel)
         yield
@@ -138,7 +144,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/fhir/Patient/{patient_id}/$everything")
     async def patient_everything(patient_id: str, request: Request, metadata: Caller) -> JSONResponse:
         request_message = records_pb2.ExportPatientRequest(patient_id=search.resource_id(patient_id, "id"))
-        response = await request.app.state.records.ExportPatient(request_message, metadata=metadata)
+        response = await request.app.state.records.ExportPatient(
+            request_message, metadata=metadata, timeout=EXPORT_DEADLINE_SECONDS
+        )
         collection = json.loads(response.fhir_bundle_json)
         return fhir_response(everything_bundle(collection, str(request.url)))
 
