@@ -137,6 +137,7 @@ class Stack:
             "gateway": {
                 "GATEWAY_PORT": str(p.gateway),
                 "GATEWAY_IDENTITY_TARGET": self.target("identity"),
+                "GATEWAY_RECORDS_TARGET": self.target("records"),
             },
         }
         return {**common, **per_service[service]}

@@ -76,7 +76,7 @@ _ENCOUNTER_CLASSES = {
 }
 
 
-_DISCHARGE_DISPOSITIONS = {  # the FHIR R4 discharge-disposition code system, complete
+DISCHARGE_DISPOSITION_DISPLAYS = {  # the FHIR R4 discharge-disposition code system, complete
     "home": "Home",
     "alt-home": "Alternative home",
     "other-hcf": "Other healthcare facility",
@@ -98,7 +98,8 @@ _OBSERVATION_STATUSES = {
     records_pb2.OBSERVATION_STATUS_AMENDED: "amended",
     records_pb2.OBSERVATION_STATUS_ENTERED_IN_ERROR: "entered-in-error",
 }
-_INTERPRETATIONS = {  # v3 ObservationInterpretation codes a result is flagged with
+# Public: the codes the mapping turns into codings, for validation of input against the same table.
+OBSERVATION_INTERPRETATION_DISPLAYS = {  # v3 ObservationInterpretation codes a result is flagged with
     "N": "Normal",
     "A": "Abnormal",
     "AA": "Critical abnormal",
@@ -113,6 +114,11 @@ _INTERPRETATIONS = {  # v3 ObservationInterpretation codes a result is flagged w
     "IND": "Indeterminate",
     "DET": "Detected",
     "ND": "Not detected",
+    "<": "Off scale low",
+    ">": "Off scale high",
+    "R": "Resistant",
+    "S": "Susceptible",
+    "I": "Intermediate",
 }
 _CONDITION_CLINICAL_STATUSES = {
     records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE: ("active", "Active"),
@@ -133,7 +139,7 @@ _MEDICATION_REQUEST_STATUSES = {
     records_pb2.MEDICATION_REQUEST_STATUS_STOPPED: "stopped",
     records_pb2.MEDICATION_REQUEST_STATUS_ENTERED_IN_ERROR: "entered-in-error",
 }
-_ROUTES = {  # contract route code -> SNOMED CT route of administration
+ROUTE_CODES = {  # contract route code -> SNOMED CT route of administration
     "oral": ("26643006", "Oral route"),
     "iv": ("47625008", "Intravenous route"),
     "im": ("78421000", "Intramuscular route"),
@@ -162,11 +168,14 @@ def _instant(stamp: Timestamp) -> str:
     return stamp.ToJsonString()
 
 
-def _meta(version: int, create_time: Timestamp, update_time: Timestamp, has_update_time: bool) -> FhirJson:
-    """versionId is the platform's version number; lastUpdated is when that version was stored."""
+def _resource(resource_type: str, resource_id: str, message: Any) -> FhirJson:
+    """resourceType, id and meta of a versioned contract message: versionId is the platform's
+    version number; lastUpdated is when that version was stored."""
+    stored = message.update_time if message.HasField("update_time") else message.create_time
     return {
-        "versionId": str(version),
-        "lastUpdated": _instant(update_time if has_update_time else create_time),
+        "resourceType": resource_type,
+        "id": resource_id,
+        "meta": {"versionId": str(message.version), "lastUpdated": _instant(stored)},
     }
 
 
@@ -261,8 +270,8 @@ def patient_resource(patient: identity_pb2.Patient) -> FhirJson:
 def discharge_disposition(value: str) -> FhirJson:
     """A discharge-disposition code as FHIR; a value outside the code system stays text only."""
     code = _DISCHARGE_DISPOSITION_ALIASES.get(value, value)
-    if code in _DISCHARGE_DISPOSITIONS:
-        return {**_concept(DISCHARGE_DISPOSITION, code, _DISCHARGE_DISPOSITIONS[code]), "text": value}
+    if code in DISCHARGE_DISPOSITION_DISPLAYS:
+        return {**_concept(DISCHARGE_DISPOSITION, code, DISCHARGE_DISPOSITION_DISPLAYS[code]), "text": value}
     return {"text": value}
 
 
@@ -276,11 +285,7 @@ def encounter_resource(encounter: records_pb2.Encounter) -> FhirJson:
     if encounter.HasField("end_time"):
         period["end"] = _instant(encounter.end_time)
     resource: FhirJson = {
-        "resourceType": "Encounter",
-        "id": encounter.encounter_id,
-        "meta": _meta(
-            encounter.version, encounter.create_time, encounter.update_time, encounter.HasField("update_time")
-        ),
+        **_resource("Encounter", encounter.encounter_id, encounter),
         "status": _ENCOUNTER_STATUSES[encounter.status],
         "class": {"system": V3_ACT_CODE, "code": class_code, "display": class_display},
         "subject": {"reference": f"Patient/{encounter.patient_id}"},
@@ -328,14 +333,7 @@ def observation_resource(observation: records_pb2.Observation) -> FhirJson:
     """Observation: LOINC code, UCUM quantity / coded / text value, reference range and a v3
     ObservationInterpretation flag (a flag outside that code system stays text only)."""
     resource: FhirJson = {
-        "resourceType": "Observation",
-        "id": observation.observation_id,
-        "meta": _meta(
-            observation.version,
-            observation.create_time,
-            observation.update_time,
-            observation.HasField("update_time"),
-        ),
+        **_resource("Observation", observation.observation_id, observation),
         "status": _OBSERVATION_STATUSES[observation.status],
         "code": _concept(LOINC, observation.loinc_code),
         **_clinical_context(observation.patient_id, observation.encounter_id),
@@ -354,8 +352,8 @@ def observation_resource(observation: records_pb2.Observation) -> FhirJson:
     if observation.interpretation:
         flag = observation.interpretation
         resource["interpretation"] = [
-            _concept(V3_OBSERVATION_INTERPRETATION, flag, _INTERPRETATIONS[flag])
-            if flag in _INTERPRETATIONS
+            _concept(V3_OBSERVATION_INTERPRETATION, flag, OBSERVATION_INTERPRETATION_DISPLAYS[flag])
+            if flag in OBSERVATION_INTERPRETATION_DISPLAYS
             else {"text": flag}
         ]
     if observation.HasField("reference_range"):
@@ -375,11 +373,7 @@ def condition_resource(condition: records_pb2.Condition) -> FhirJson:
     entered-in-error and no clinicalStatus (invariant con-5). Its place in the encounter (primary /
     secondary) is an extension here and Encounter.diagnosis in a bundle."""
     resource: FhirJson = {
-        "resourceType": "Condition",
-        "id": condition.condition_id,
-        "meta": _meta(
-            condition.version, condition.create_time, condition.update_time, condition.HasField("update_time")
-        ),
+        **_resource("Condition", condition.condition_id, condition),
     }
     if condition.clinical_status == records_pb2.CONDITION_CLINICAL_STATUS_ENTERED_IN_ERROR:
         resource["verificationStatus"] = _concept(
@@ -403,8 +397,8 @@ def condition_resource(condition: records_pb2.Condition) -> FhirJson:
 
 def medication_route(route: str) -> FhirJson:
     """A route of administration as SNOMED CT; a route outside the table stays text only."""
-    if route in _ROUTES:
-        code, display = _ROUTES[route]
+    if route in ROUTE_CODES:
+        code, display = ROUTE_CODES[route]
         return {**_concept(SNOMED_CT, code, display), "text": route}
     return {"text": route}
 
@@ -428,11 +422,7 @@ def medication_request_resource(request: records_pb2.MedicationRequest) -> FhirJ
     if request.HasField("dose"):
         dosage["doseAndRate"] = [{"doseQuantity": _quantity(request.dose)}]
     resource: FhirJson = {
-        "resourceType": "MedicationRequest",
-        "id": request.medication_request_id,
-        "meta": _meta(
-            request.version, request.create_time, request.update_time, request.HasField("update_time")
-        ),
+        **_resource("MedicationRequest", request.medication_request_id, request),
         "status": _MEDICATION_REQUEST_STATUSES[request.status],
         "intent": "order",
         "medicationCodeableConcept": medication,
@@ -457,11 +447,7 @@ def procedure_resource(procedure: records_pb2.Procedure) -> FhirJson:
     """Procedure; the code is in the platform's procedure code system because the contract carries
     national service codes and ICD-9-CM codes in one field without saying which."""
     resource: FhirJson = {
-        "resourceType": "Procedure",
-        "id": procedure.procedure_id,
-        "meta": _meta(
-            procedure.version, procedure.create_time, procedure.update_time, procedure.HasField("update_time")
-        ),
+        **_resource("Procedure", procedure.procedure_id, procedure),
         "status": _PROCEDURE_STATUSES[procedure.status],
         "code": _concept(SYSTEM_PROCEDURE, procedure.code),
         **_clinical_context(procedure.patient_id, procedure.encounter_id),
@@ -498,11 +484,7 @@ def document_reference_resource(document: records_pb2.DocumentReference) -> Fhir
     if document.HasField("document_time"):
         attachment["creation"] = _instant(document.document_time)
     resource: FhirJson = {
-        "resourceType": "DocumentReference",
-        "id": document.document_id,
-        "meta": _meta(
-            document.version, document.create_time, document.update_time, document.HasField("update_time")
-        ),
+        **_resource("DocumentReference", document.document_id, document),
         "status": _DOCUMENT_STATUSES[document.status],
         "type": _concept(LOINC, document.type_code),
         "subject": {"reference": f"Patient/{document.patient_id}"},

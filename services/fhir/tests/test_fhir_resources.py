@@ -22,10 +22,13 @@ from fhir.resources.R4B.procedure import Procedure
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_fhir.resources import (
+    DISCHARGE_DISPOSITION_DISPLAYS,
     EXT_CONTENT_SHA256,
     EXT_DIAGNOSIS_ROLE,
     EXT_DOCUMENT_SIGNATURE,
     EXT_ENCOUNTER_INSURANCE,
+    OBSERVATION_INTERPRETATION_DISPLAYS,
+    ROUTE_CODES,
     SYSTEM_BHYT,
     SYSTEM_CCCD,
     SYSTEM_FACILITY,
@@ -508,6 +511,10 @@ def test_discharge_dispositions_are_codes_of_the_fhir_code_system(value: str, co
     assert disposition.text == value
 
 
+def test_the_discharge_disposition_table_is_the_whole_code_system() -> None:
+    assert set(DISCHARGE_DISPOSITION_DISPLAYS) == DISCHARGE_DISPOSITIONS
+
+
 def test_unknown_discharge_disposition_stays_text() -> None:
     resource = encounter_resource(full_encounter(discharge_disposition="về quê"))
     disposition = Encounter.model_validate(resource).hospitalization.dischargeDisposition
@@ -599,9 +606,7 @@ def test_observation_fields() -> None:
     assert (interpretation.code, interpretation.display) == ("H", "High")
 
 
-@pytest.mark.parametrize(
-    "flag", ["N", "A", "AA", "H", "HH", "HU", "L", "LL", "LU", "POS", "NEG", "IND", "DET", "ND"]
-)
+@pytest.mark.parametrize("flag", sorted(OBSERVATION_INTERPRETATION_DISPLAYS))
 def test_interpretation_flags_are_v3_codes(flag: str) -> None:
     resource = observation_resource(observation_message(interpretation=flag))
     coding = Observation.model_validate(resource).interpretation[0].coding[0]
@@ -785,9 +790,7 @@ def test_medication_request_fields() -> None:
     assert float(request.dispenseRequest.expectedSupplyDuration.value) == 5.0
 
 
-@pytest.mark.parametrize(
-    "route", ["oral", "iv", "im", "sc", "topical", "sublingual", "rectal", "nasal", "inhalation"]
-)
+@pytest.mark.parametrize("route", sorted(ROUTE_CODES))
 def test_known_routes_are_snomed_codes(route: str) -> None:
     resource = medication_request_resource(medication_request_message(route=route))
     concept = MedicationRequest.model_validate(resource).dosageInstruction[0].route

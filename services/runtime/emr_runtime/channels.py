@@ -79,14 +79,19 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 def create_channel(
-    target: str, service_full_name: str, default_deadline: float = DEFAULT_DEADLINE_SECONDS
+    target: str,
+    service_full_name: str,
+    default_deadline: float = DEFAULT_DEADLINE_SECONDS,
+    max_receive_message_bytes: int | None = None,
 ) -> grpc.aio.Channel:
-    """A channel to one platform service (``host:port``), with deadlines and retries applied."""
+    """A channel to one platform service (``host:port``), with deadlines and retries applied;
+    ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _retry_service_config(service_full_name)),
+    ]
+    if max_receive_message_bytes is not None:
+        options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
     return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _retry_service_config(service_full_name)),
-        ],
-        interceptors=[_ClientInterceptor(default_deadline)],
+        target, options=options, interceptors=[_ClientInterceptor(default_deadline)]
     )
