@@ -3,6 +3,8 @@ free loopback ports), started once per test session, and stubs to call it."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,14 +14,16 @@ import grpc
 import pytest
 from emr.audit.v1 import audit_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
-from emr.records.v1 import records_pb2_grpc
+from emr.records.v1 import records_pb2, records_pb2_grpc
 from emr.sync.v1 import sync_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Ports, Stack
+from emr_runtime.caller import caller_metadata
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +131,140 @@ def synthetic_registration(
 @pytest.fixture
 def registration() -> Callable[..., identity_pb2.RegisterPatientRequest]:
     return synthetic_registration
+
+
+# --- synthetic clinical data through the real APIs --------------------------------------------
+
+CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
+SYNTHETIC_DOCUMENT = "Giấy ra viện — synthetic".encode()
+
+
+def timestamp(offset_seconds: float) -> Timestamp:
+    """Now plus ``offset_seconds`` (negative: in the past), to the second."""
+    result = Timestamp()
+    result.FromSeconds(int(time.time() + offset_seconds))
+    return result
+
+
+class Clinical:
+    """Creates synthetic patients, encounters and resources of every type through the real APIs."""
+
+    timestamp = staticmethod(timestamp)
+
+    def __init__(self, identity: Any, records: Any) -> None:
+        self.identity = identity
+        self.records = records
+
+    async def patient(self, facility: str) -> str:
+        registered = await self.identity.RegisterPatient(synthetic_registration(facility), metadata=CLINICIAN)
+        return str(registered.patient.patient_id)
+
+    async def encounter(self, patient_id: str, facility: str, started_seconds_ago: float = 7200) -> str:
+        created = await self.records.CreateEncounter(
+            records_pb2.CreateEncounterRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=patient_id,
+                facility_code=facility,
+                encounter_class=records_pb2.ENCOUNTER_CLASS_INPATIENT,
+                status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+                start_time=timestamp(-started_seconds_ago),
+                end_time=timestamp(-started_seconds_ago + 3600),
+                reason="Sốt cao 3 ngày",
+                department="Khoa Nội tổng hợp",
+                practitioner_id="prac-synthetic-01",
+                discharge_disposition="home",
+                insurance=records_pb2.EncounterInsurance(bhyt_number="DN4790123456789", benefit_level=4),
+            ),
+            metadata=CLINICIAN,
+        )
+        return str(created.encounter.encounter_id)
+
+    async def create(self, resource: records_pb2.ClinicalResource) -> records_pb2.ClinicalResource:
+        request = records_pb2.CreateResourceRequest(request_id=str(uuid.uuid4()), resource=resource)
+        created: records_pb2.ClinicalResource = (
+            await self.records.CreateResource(request, metadata=CLINICIAN)
+        ).resource
+        return created
+
+    @staticmethod
+    def every_resource(
+        patient_id: str, facility: str, encounter_id: str
+    ) -> list[records_pb2.ClinicalResource]:
+        """One valid resource of each type but Encounter, attached to the encounter, in the order
+        observation, condition, medication request, procedure, document."""
+        common: dict[str, Any] = {
+            "patient_id": patient_id,
+            "facility_code": facility,
+            "encounter_id": encounter_id,
+        }
+        return [
+            records_pb2.ClinicalResource(
+                observation=records_pb2.Observation(
+                    **common,
+                    loinc_code="8867-4",
+                    status=records_pb2.OBSERVATION_STATUS_FINAL,
+                    value_quantity=records_pb2.Quantity(value=88, unit="/min"),
+                    reference_range=records_pb2.ReferenceRange(
+                        low=records_pb2.Quantity(value=60, unit="/min"),
+                        high=records_pb2.Quantity(value=100, unit="/min"),
+                    ),
+                    interpretation="N",
+                    effective_time=timestamp(-3600),
+                )
+            ),
+            records_pb2.ClinicalResource(
+                condition=records_pb2.Condition(
+                    **common,
+                    icd10_code="J18.9",
+                    clinical_status=records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE,
+                    role=records_pb2.DIAGNOSIS_ROLE_PRIMARY,
+                    onset_time=timestamp(-86400 * 3),
+                    recorded_time=timestamp(-3000),
+                )
+            ),
+            records_pb2.ClinicalResource(
+                medication_request=records_pb2.MedicationRequest(
+                    **common,
+                    drug_code="VD-12345-10",
+                    drug_name="Amoxicillin 500mg",
+                    status=records_pb2.MEDICATION_REQUEST_STATUS_ACTIVE,
+                    dose=records_pb2.Quantity(value=500, unit="mg"),
+                    route="oral",
+                    doses_per_day=3,
+                    duration_days=7,
+                    quantity=records_pb2.Quantity(value=21, unit="{capsule}"),
+                    authored_time=timestamp(-2400),
+                )
+            ),
+            records_pb2.ClinicalResource(
+                procedure=records_pb2.Procedure(
+                    **common,
+                    code="87.44",
+                    status=records_pb2.PROCEDURE_STATUS_COMPLETED,
+                    performed_start_time=timestamp(-1800),
+                    performed_end_time=timestamp(-1700),
+                    performer_id="ktv-synthetic-01",
+                )
+            ),
+            records_pb2.ClinicalResource(
+                document_reference=records_pb2.DocumentReference(
+                    **common,
+                    type_code="18842-5",
+                    status=records_pb2.DOCUMENT_STATUS_CURRENT,
+                    content_type="text/plain",
+                    content=SYNTHETIC_DOCUMENT,
+                    signature=records_pb2.DocumentSignature(
+                        signer_id="dr-synthetic-02",
+                        certificate_thumbprint=hashlib.sha256(b"synthetic certificate").hexdigest(),
+                        algorithm="ES256",
+                        signed_time=timestamp(-600),
+                    ),
+                    document_time=timestamp(-900),
+                )
+            ),
+        ]
+
+
+@pytest.fixture
+def clinical(identity: Any, records: Any) -> Clinical:
+    return Clinical(identity, records)

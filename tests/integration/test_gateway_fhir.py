@@ -27,9 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_devstack.processes import free_port
 from emr_fhir.resources import EXT_CONTENT_SHA256
-from emr_runtime.caller import caller_metadata
 
-CLINICIAN = caller_metadata("dr-synthetic-fhir", "79001", "TREATMENT")
 PORTAL_HEADERS = {
     "X-Actor-Id": "portal-fhir-test",
     "X-Facility-Code": "79002",
@@ -52,40 +50,6 @@ def hours_ago(hours: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromSeconds(int(time.time() - hours * 3600))
     return stamp
-
-
-async def new_patient(identity: Any, registration: Any, facility_code: str) -> str:
-    registered = await identity.RegisterPatient(registration(facility_code), metadata=CLINICIAN)
-    return str(registered.patient.patient_id)
-
-
-async def new_encounter(records: Any, patient_id: str, facility_code: str, started_hours_ago: float) -> str:
-    created = await records.CreateEncounter(
-        records_pb2.CreateEncounterRequest(
-            request_id=str(uuid.uuid4()),
-            patient_id=patient_id,
-            facility_code=facility_code,
-            encounter_class=records_pb2.ENCOUNTER_CLASS_INPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
-            start_time=hours_ago(started_hours_ago),
-            end_time=hours_ago(started_hours_ago - 1),
-            reason="Sốt cao 3 ngày",
-            department="Khoa Nội tổng hợp",
-            practitioner_id="prac-synthetic-01",
-            discharge_disposition="home",
-            insurance=records_pb2.EncounterInsurance(bhyt_number="DN4790123456789", benefit_level=4),
-        ),
-        metadata=CLINICIAN,
-    )
-    return str(created.encounter.encounter_id)
-
-
-async def new_resource(records: Any, resource: records_pb2.ClinicalResource) -> records_pb2.ClinicalResource:
-    created = await records.CreateResource(
-        records_pb2.CreateResourceRequest(request_id=str(uuid.uuid4()), resource=resource), metadata=CLINICIAN
-    )
-    stored: records_pb2.ClinicalResource = created.resource
-    return stored
 
 
 def observation(
@@ -140,10 +104,10 @@ def outcome(response: httpx.Response, status_code: int, issue_code: str) -> str:
 
 
 async def test_encounter_search_pages_with_self_and_next_links(
-    stack: Any, identity: Any, records: Any, registration: Any, facility_code: str
+    stack: Any, clinical: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    created = [await new_encounter(records, patient_id, facility_code, hours) for hours in (30, 20, 10)]
+    patient_id = await clinical.patient(facility_code)
+    created = [await clinical.encounter(patient_id, facility_code, hours * 3600) for hours in (30, 20, 10)]
     newest_first = list(reversed(created))
 
     async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
@@ -187,9 +151,9 @@ async def test_encounter_search_of_a_patient_without_encounters_is_an_empty_sear
 
 
 async def test_encounter_search_is_audited_as_the_http_caller(
-    stack: Any, identity: Any, records: Any, audit: Any, registration: Any, facility_code: str
+    stack: Any, clinical: Any, audit: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
+    patient_id = await clinical.patient(facility_code)
     async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
         searchset(await http.get("/fhir/Encounter", params={"patient": patient_id}, headers=PORTAL_HEADERS))
 
@@ -264,18 +228,18 @@ async def test_records_service_down_is_503_with_an_operation_outcome(stack: Any)
 
 
 async def test_observation_search_by_code_with_or_without_system(
-    stack: Any, identity: Any, records: Any, registration: Any, facility_code: str
+    stack: Any, clinical: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code, 12)
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code, 43200)
     heart_rates = [
-        await new_resource(
-            records, observation(patient_id, facility_code, encounter_id, HEART_RATE, rate, "/min", hours)
+        await clinical.create(
+            observation(patient_id, facility_code, encounter_id, HEART_RATE, rate, "/min", hours)
         )
         for rate, hours in ((88, 11), (96, 10), (104, 9))
     ]
-    await new_resource(
-        records, observation(patient_id, facility_code, encounter_id, BODY_TEMPERATURE, 38.5, "Cel", 10.5)
+    await clinical.create(
+        observation(patient_id, facility_code, encounter_id, BODY_TEMPERATURE, 38.5, "Cel", 10.5)
     )
     newest_first = [r.observation.observation_id for r in reversed(heart_rates)]
 
@@ -311,69 +275,14 @@ async def test_observation_search_by_code_with_or_without_system(
 
 
 async def test_everything_returns_every_resource_type_as_valid_fhir(
-    stack: Any, identity: Any, records: Any, registration: Any, facility_code: str
+    stack: Any, clinical: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code, 6)
-    content = "Giấy ra viện — synthetic".encode()
-    attached: dict[str, Any] = {
-        "patient_id": patient_id,
-        "facility_code": facility_code,
-        "encounter_id": encounter_id,
-    }
-    for resource in [
-        observation(patient_id, facility_code, encounter_id, HEART_RATE, 92, "/min", 5),
-        records_pb2.ClinicalResource(
-            condition=records_pb2.Condition(
-                **attached,
-                icd10_code="J18.9",
-                clinical_status=records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE,
-                role=records_pb2.DIAGNOSIS_ROLE_PRIMARY,
-                recorded_time=hours_ago(5),
-            )
-        ),
-        records_pb2.ClinicalResource(
-            medication_request=records_pb2.MedicationRequest(
-                **attached,
-                drug_code="VD-12345-10",
-                drug_name="Paracetamol 500mg",
-                status=records_pb2.MEDICATION_REQUEST_STATUS_ACTIVE,
-                dose=records_pb2.Quantity(value=1, unit="{tbl}"),
-                route="oral",
-                doses_per_day=3,
-                duration_days=5,
-                quantity=records_pb2.Quantity(value=15, unit="{tbl}"),
-                authored_time=hours_ago(5),
-            )
-        ),
-        records_pb2.ClinicalResource(
-            procedure=records_pb2.Procedure(
-                **attached,
-                code="87.44",
-                status=records_pb2.PROCEDURE_STATUS_COMPLETED,
-                performed_start_time=hours_ago(5.5),
-                performed_end_time=hours_ago(5.4),
-                performer_id="prac-synthetic-02",
-            )
-        ),
-        records_pb2.ClinicalResource(
-            document_reference=records_pb2.DocumentReference(
-                **attached,
-                type_code="18842-5",
-                status=records_pb2.DOCUMENT_STATUS_CURRENT,
-                content_type="text/plain",
-                content=content,
-                signature=records_pb2.DocumentSignature(
-                    signer_id="prac-synthetic-01",
-                    certificate_thumbprint="ab" * 32,
-                    algorithm="RS256",
-                    signed_time=hours_ago(4),
-                ),
-                document_time=hours_ago(4),
-            )
-        ),
-    ]:
-        await new_resource(records, resource)
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code, 21600)
+    resources = clinical.every_resource(patient_id, facility_code, encounter_id)
+    content = resources[-1].document_reference.content
+    for resource in resources:
+        await clinical.create(resource)
 
     async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
         response = await http.get(f"/fhir/Patient/{patient_id}/$everything", headers=PORTAL_HEADERS)

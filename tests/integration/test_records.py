@@ -14,116 +14,10 @@ import grpc
 import pytest
 from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_runtime.caller import caller_metadata
 
 DOCTOR = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
-
-
-def stamp(offset_seconds: int) -> Timestamp:
-    result = Timestamp()
-    result.FromSeconds(int(time.time()) + offset_seconds)
-    return result
-
-
-async def new_patient(identity: Any, registration: Any, facility_code: str) -> str:
-    return str((await identity.RegisterPatient(registration(facility_code))).patient.patient_id)
-
-
-async def new_encounter(records: Any, patient_id: str, facility_code: str, start_offset: int = -7200) -> str:
-    response = await records.CreateEncounter(
-        records_pb2.CreateEncounterRequest(
-            request_id=str(uuid.uuid4()),
-            patient_id=patient_id,
-            facility_code=facility_code,
-            encounter_class=records_pb2.ENCOUNTER_CLASS_INPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
-            start_time=stamp(start_offset),
-            department="Khoa Nội",
-            insurance=records_pb2.EncounterInsurance(bhyt_number="DN4790123456789", benefit_level=4),
-        ),
-        metadata=DOCTOR,
-    )
-    return str(response.encounter.encounter_id)
-
-
-def every_resource(
-    patient_id: str, facility_code: str, encounter_id: str
-) -> list[records_pb2.ClinicalResource]:
-    """One valid resource of each non-encounter type, attached to the encounter."""
-    common: dict[str, Any] = {
-        "patient_id": patient_id,
-        "facility_code": facility_code,
-        "encounter_id": encounter_id,
-    }
-    content = b"%PDF-1.4 synthetic discharge summary"
-    return [
-        records_pb2.ClinicalResource(
-            observation=records_pb2.Observation(
-                **common,
-                loinc_code="8867-4",
-                status=records_pb2.OBSERVATION_STATUS_FINAL,
-                value_quantity=records_pb2.Quantity(value=88, unit="/min"),
-                reference_range=records_pb2.ReferenceRange(
-                    low=records_pb2.Quantity(value=60, unit="/min"),
-                    high=records_pb2.Quantity(value=100, unit="/min"),
-                ),
-                interpretation="N",
-                effective_time=stamp(-3600),
-            )
-        ),
-        records_pb2.ClinicalResource(
-            condition=records_pb2.Condition(
-                **common,
-                icd10_code="J18.9",
-                clinical_status=records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE,
-                role=records_pb2.DIAGNOSIS_ROLE_PRIMARY,
-                onset_time=stamp(-86400 * 3),
-                recorded_time=stamp(-3000),
-            )
-        ),
-        records_pb2.ClinicalResource(
-            medication_request=records_pb2.MedicationRequest(
-                **common,
-                drug_code="VD-12345-10",
-                drug_name="Amoxicillin 500mg",
-                status=records_pb2.MEDICATION_REQUEST_STATUS_ACTIVE,
-                dose=records_pb2.Quantity(value=500, unit="mg"),
-                route="oral",
-                doses_per_day=3,
-                duration_days=7,
-                quantity=records_pb2.Quantity(value=21, unit="{capsule}"),
-                authored_time=stamp(-2400),
-            )
-        ),
-        records_pb2.ClinicalResource(
-            procedure=records_pb2.Procedure(
-                **common,
-                code="87.44",
-                status=records_pb2.PROCEDURE_STATUS_COMPLETED,
-                performed_start_time=stamp(-1800),
-                performed_end_time=stamp(-1700),
-                performer_id="ktv-synthetic-01",
-            )
-        ),
-        records_pb2.ClinicalResource(
-            document_reference=records_pb2.DocumentReference(
-                **common,
-                type_code="18842-5",
-                status=records_pb2.DOCUMENT_STATUS_CURRENT,
-                content_type="application/pdf",
-                content=content,
-                signature=records_pb2.DocumentSignature(
-                    signer_id="dr-synthetic-02",
-                    certificate_thumbprint=hashlib.sha256(b"synthetic certificate").hexdigest(),
-                    algorithm="ES256",
-                    signed_time=stamp(-600),
-                ),
-                document_time=stamp(-900),
-            )
-        ),
-    ]
 
 
 def resource_of(message: records_pb2.ClinicalResource) -> Any:
@@ -135,17 +29,14 @@ def id_of(message: records_pb2.ClinicalResource) -> str:
     return str(getattr(resource, resource.DESCRIPTOR.fields_by_number[1].name))
 
 
-async def create(records: Any, resource: records_pb2.ClinicalResource, request_id: str | None = None) -> Any:
-    request = records_pb2.CreateResourceRequest(request_id=request_id or str(uuid.uuid4()), resource=resource)
-    return (await records.CreateResource(request, metadata=DOCTOR)).resource
-
-
 async def test_every_resource_type_is_stored_versioned_and_exported_as_fhir(
-    identity: Any, records: Any, registration: Any, facility_code: str
+    clinical: Any, records: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    created = [await create(records, r) for r in every_resource(patient_id, facility_code, encounter_id)]
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    created = [
+        await clinical.create(r) for r in clinical.every_resource(patient_id, facility_code, encounter_id)
+    ]
 
     kinds: list[Any] = records_pb2.ResourceType.values()[2:]  # every type but UNSPECIFIED and ENCOUNTER
     for stored, kind in zip(created, kinds, strict=True):
@@ -183,11 +74,11 @@ async def test_every_resource_type_is_stored_versioned_and_exported_as_fhir(
 
 
 async def test_update_makes_a_new_version_and_a_stale_one_is_aborted(
-    identity: Any, records: Any, registration: Any, facility_code: str
+    clinical: Any, records: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    observation = await create(records, every_resource(patient_id, facility_code, encounter_id)[0])
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    observation = await clinical.create(clinical.every_resource(patient_id, facility_code, encounter_id)[0])
     corrected = records_pb2.ClinicalResource()
     corrected.CopyFrom(observation)
     corrected.observation.value_quantity.value = 92
@@ -233,11 +124,11 @@ async def test_update_makes_a_new_version_and_a_stale_one_is_aborted(
 
 
 async def test_concurrent_updates_of_one_version_one_wins(
-    identity: Any, records: Any, registration: Any, facility_code: str
+    clinical: Any, records: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    condition = await create(records, every_resource(patient_id, facility_code, encounter_id)[1])
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    condition = await clinical.create(clinical.every_resource(patient_id, facility_code, encounter_id)[1])
 
     def update(status: int) -> records_pb2.UpdateResourceRequest:
         changed = records_pb2.ClinicalResource()
@@ -274,14 +165,12 @@ async def test_concurrent_updates_of_one_version_one_wins(
 
 
 async def test_timeline_pages_are_stable_and_filters_apply(
-    identity: Any, records: Any, registration: Any, facility_code: str
+    clinical: Any, records: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounters = [
-        await new_encounter(records, patient_id, facility_code, -86400 * day) for day in range(1, 5)
-    ]
+    patient_id = await clinical.patient(facility_code)
+    encounters = [await clinical.encounter(patient_id, facility_code, 86400 * day) for day in range(1, 5)]
     for index, encounter_id in enumerate(encounters):
-        for resource in every_resource(patient_id, facility_code, encounter_id)[:3]:
+        for resource in clinical.every_resource(patient_id, facility_code, encounter_id)[:3]:
             time_field = {
                 "observation": "effective_time",
                 "condition": "recorded_time",
@@ -290,9 +179,9 @@ async def test_timeline_pages_are_stable_and_filters_apply(
             if resource.HasField("condition"):
                 resource.condition.ClearField("onset_time")  # would follow the back-dated recorded_time
             getattr(resource_of(resource), time_field[resource.WhichOneof("resource")]).CopyFrom(
-                stamp(-86400 * (index + 1) + 60)
+                clinical.timestamp(-86400 * (index + 1) + 60)
             )
-            await create(records, resource)
+            await clinical.create(resource)
 
     async def all_pages(**filters: Any) -> list[records_pb2.TimelineEntry]:
         entries: list[records_pb2.TimelineEntry] = []
@@ -316,7 +205,7 @@ async def test_timeline_pages_are_stable_and_filters_apply(
 
     only_conditions = await all_pages(resource_types=[records_pb2.RESOURCE_TYPE_CONDITION])
     assert [e.resource.WhichOneof("resource") for e in only_conditions] == ["condition"] * 4
-    recent = await all_pages(start_time=stamp(-86400 * 2 - 3600))  # days 1 and 2
+    recent = await all_pages(start_time=clinical.timestamp(-86400 * 2 - 3600))  # days 1 and 2
     assert len(recent) == 8
     assert await all_pages(facility_code="00000") == []
 
@@ -355,7 +244,7 @@ async def document_counts(mongo: Any) -> dict[str, int]:
             "resource.observation.loinc_code",
         ),
         (
-            lambda r: r.observation.effective_time.CopyFrom(stamp(86400)),
+            lambda r: r.observation.effective_time.FromSeconds(int(time.time()) + 86400),
             "INVALID_ARGUMENT",
             "resource.observation.effective_time",
         ),
@@ -372,23 +261,22 @@ async def document_counts(mongo: Any) -> dict[str, int]:
     ],
 )
 async def test_bad_observations_are_refused_and_nothing_is_written(
-    identity: Any,
+    clinical: Any,
     records: Any,
     mongo: Any,
-    registration: Any,
     facility_code: str,
     bad_fields: Any,
     mutate: Any,
     code: str,
     field: str,
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    resource = every_resource(patient_id, facility_code, encounter_id)[0]
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    resource = clinical.every_resource(patient_id, facility_code, encounter_id)[0]
     mutate(resource)
     before = await document_counts(mongo)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await create(records, resource)
+        await clinical.create(resource)
     assert caught.value.code().name == code
     if code == "INVALID_ARGUMENT":
         assert bad_fields(caught.value) == [field]
@@ -398,22 +286,22 @@ async def test_bad_observations_are_refused_and_nothing_is_written(
 
 
 async def test_procedure_ending_before_it_starts_and_oversized_documents_are_refused(
-    identity: Any, records: Any, mongo: Any, registration: Any, facility_code: str, bad_fields: Any
+    clinical: Any, records: Any, mongo: Any, facility_code: str, bad_fields: Any
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    resources = every_resource(patient_id, facility_code, encounter_id)
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    resources = clinical.every_resource(patient_id, facility_code, encounter_id)
     procedure, document = resources[3], resources[4]
-    procedure.procedure.performed_end_time.CopyFrom(stamp(-7200))
+    procedure.procedure.performed_end_time.CopyFrom(clinical.timestamp(-7200))
     document.document_reference.content = b"x" * (1024 * 1024 + 1)
     before = await document_counts(mongo)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await create(records, procedure)
+        await clinical.create(procedure)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(caught.value) == ["resource.procedure.performed_end_time"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await create(records, document)
+        await clinical.create(document)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert bad_fields(caught.value) == ["resource.document_reference.content"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -423,11 +311,11 @@ async def test_procedure_ending_before_it_starts_and_oversized_documents_are_ref
 
 
 async def test_tampered_document_bytes_are_detected_on_read(
-    identity: Any, records: Any, mongo: Any, registration: Any, facility_code: str
+    clinical: Any, records: Any, mongo: Any, facility_code: str
 ) -> None:
-    patient_id = await new_patient(identity, registration, facility_code)
-    encounter_id = await new_encounter(records, patient_id, facility_code)
-    document = await create(records, every_resource(patient_id, facility_code, encounter_id)[4])
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    document = await clinical.create(clinical.every_resource(patient_id, facility_code, encounter_id)[4])
     document_id = id_of(document)
     await mongo["emr_records"]["resources"].update_one(
         {"_id": document_id}, {"$set": {"content.content": b"%PDF-1.4 altered afterwards"}}
