@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -190,6 +192,8 @@ async def count_entries(stub: Any, patient_id: str) -> int:
 
 
 def main() -> None:
+    # SIGTERM (timeout, Ctrl-C in a pipeline) still stops the processes this bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -4,9 +4,11 @@ free loopback ports), started once per test session, and stubs to call it."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from emr.sync.v1 import sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import StartupError
@@ -26,10 +29,59 @@ from emr_devstack.stack import Ports, Stack
 from emr_runtime.caller import caller_metadata
 
 
+class TraceCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver on loopback: every service of the test platform exports its
+    spans here, so that tests can follow a trace across processes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: list[tuple[str, Any]] = []
+
+    def Export(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "",
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    self._spans.extend((service, span) for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self, trace_id: bytes) -> list[tuple[str, Any]]:
+        with self._lock:
+            return [(service, span) for service, span in self._spans if span.trace_id == trace_id]
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def trace_collector() -> Iterator[tuple[TraceCollector, int]]:
+    collector = TraceCollector()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield collector, port
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, trace_collector: tuple[TraceCollector, int]
+) -> Iterator[Stack]:
+    _, collector_port = trace_collector
     platform = Stack(
-        run_dir=Path(tmp_path_factory.mktemp("stack")), ports=Ports.free(), sync_poll_interval=0.2
+        run_dir=Path(tmp_path_factory.mktemp("stack")),
+        ports=Ports.free(),
+        sync_poll_interval=0.2,
+        environment={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        },
     )
     try:
         platform.start()

@@ -58,6 +58,8 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     mongodb_uri: str | None = None
     sync_poll_interval: float = 1.0
+    # Set for every service, e.g. OTEL_* to export traces to a collector.
+    environment: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     @property
@@ -112,7 +114,7 @@ class Stack:
     def service_env(self, service: str, ports: Ports | None = None) -> dict[str, str]:
         """Environment of one service: the same variables a user sets (see README)."""
         p = ports or self.ports
-        common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1"}
+        common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1", **self.environment}
         per_service: dict[str, dict[str, str]] = {
             "audit": {"AUDIT_GRPC_PORT": str(p.audit), "AUDIT_METRICS_PORT": str(p.audit_metrics)},
             "identity": {

@@ -20,6 +20,7 @@ from emr_gateway import search
 from emr_gateway.settings import GatewaySettings
 from emr_runtime.caller import caller_metadata
 from emr_runtime.channels import create_channel
+from emr_runtime.web import create_web_app
 
 FHIR_JSON = "application/fhir+json"
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
@@ -106,7 +107,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await identity_channel.close()
         await records_channel.close()
 
-    app = FastAPI(title="EMR platform FHIR R4 gateway", version="0.1.0", lifespan=lifespan)
+    app = create_web_app("EMR platform FHIR R4 gateway", lifespan=lifespan)
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def grpc_error(request: Request, error: grpc.aio.AioRpcError) -> JSONResponse:

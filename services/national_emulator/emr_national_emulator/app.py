@@ -8,6 +8,7 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from emr_national_emulator.store import Delivery, DeliveryStore
+from emr_runtime.web import create_web_app
 
 FHIR_JSON = "application/fhir+json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -26,7 +27,7 @@ def _delivery_json(delivery: Delivery, with_resource: bool) -> dict[str, Any]:
 
 
 def create_app(store: DeliveryStore | None = None) -> FastAPI:
-    app = FastAPI(title="National health data system emulator", version="0.1.0")
+    app = create_web_app("National health data system emulator")
     held = store or DeliveryStore()
 
     @app.get("/healthz")

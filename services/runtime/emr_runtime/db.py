@@ -15,6 +15,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from emr_runtime.telemetry import MongoCommandTracing
+
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
 
@@ -23,6 +25,7 @@ def create_mongo_client(uri: str, app_name: str) -> AsyncMongoClient[Document]:
     return AsyncMongoClient(
         uri,
         appname=app_name,
+        event_listeners=[MongoCommandTracing()],
         tz_aware=True,
         uuidRepresentation="standard",
         serverSelectionTimeoutMS=10_000,

@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pymongo import monitoring
 
 PLATFORM_NAMESPACE = "emr-platform"
 
@@ -55,3 +56,37 @@ def inject_context(metadata: Mapping[str, str] | None = None) -> list[tuple[str,
     carrier: dict[str, str] = dict(metadata or {})
     propagate.inject(carrier)
     return list(carrier.items())
+
+
+class MongoCommandTracing(monitoring.CommandListener):
+    """A client span per MongoDB command, child of the span that issued it. Only the command name,
+    database and collection are recorded: never the statement, filter or documents."""
+
+    def __init__(self) -> None:
+        self._tracer = trace.get_tracer("emr_runtime.mongodb")
+        self._spans: dict[tuple[int, int], trace.Span] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        collection = event.command.get(event.command_name)
+        attributes: dict[str, str] = {
+            "db.system": "mongodb",
+            "db.name": event.database_name,
+            "db.operation": event.command_name,
+        }
+        if isinstance(collection, str):
+            attributes["db.mongodb.collection"] = collection
+        span = self._tracer.start_span(
+            f"mongodb.{event.command_name}", kind=trace.SpanKind.CLIENT, attributes=attributes
+        )
+        self._spans[(event.request_id, event.operation_id or 0)] = span
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        span = self._spans.pop((event.request_id, event.operation_id or 0), None)
+        if span is not None:
+            span.end()
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        span = self._spans.pop((event.request_id, event.operation_id or 0), None)
+        if span is not None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, event.failure.get("codeName", "failed")))
+            span.end()
