@@ -8,13 +8,27 @@ from emr_audit.repository import INDEXES, AuditRepository
 from emr_audit.service import AuditLog
 from emr_audit.servicer import SERVICE_NAME, AuditServicer
 from emr_audit.settings import AuditSettings
+from emr_audit.signing import load_signer
 from emr_runtime.db import Database
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
 async def build(settings: AuditSettings, db: Database) -> ServiceApp:
-    servicer = AuditServicer(AuditLog(AuditRepository(db)))
+    log = AuditLog(AuditRepository(db), load_signer(settings.signing_key_file, settings.signing_key_generate))
+
+    async def checkpoints() -> None:
+        # Polled often enough that "every N events" is kept closely under load.
+        poll = min(1.0, settings.checkpoint_interval_seconds / 2)
+        await log.run_checkpoints(
+            settings.checkpoint_every_events, settings.checkpoint_interval_seconds, poll
+        )
+
     return ServiceApp(
-        bindings=[ServiceBinding(SERVICE_NAME, servicer, audit_pb2_grpc.add_AuditServiceServicer_to_server)],
+        bindings=[
+            ServiceBinding(
+                SERVICE_NAME, AuditServicer(log), audit_pb2_grpc.add_AuditServiceServicer_to_server
+            )
+        ],
         indexes=INDEXES,
+        background=[checkpoints],
     )

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 from emr.audit.v1 import audit_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_audit.domain import Action, AuditEvent, Outcome
+from emr_audit.domain import (
+    AccessSummary,
+    Action,
+    Agent,
+    AgentType,
+    AuditEvent,
+    Checkpoint,
+    Entity,
+    EntityRole,
+    EventFilter,
+    EventType,
+    Outcome,
+    RetentionClass,
+    Subtype,
+    accessor_role,
+    canonical_bytes,
+    checkpoint_record,
+)
+from emr_audit.service import InclusionProof
+from emr_audit.signing import ALGORITHM, CheckpointSigner
 from emr_runtime.clock import to_storage_precision
 
 _ACTIONS = {
@@ -15,6 +35,8 @@ _ACTIONS = {
     audit_pb2.AUDIT_ACTION_UPDATE: Action.UPDATE,
     audit_pb2.AUDIT_ACTION_SEARCH: Action.SEARCH,
     audit_pb2.AUDIT_ACTION_EXPORT: Action.EXPORT,
+    audit_pb2.AUDIT_ACTION_DELETE: Action.DELETE,
+    audit_pb2.AUDIT_ACTION_EXECUTE: Action.EXECUTE,
 }
 _ACTIONS_TO_PROTO = {value: key for key, value in _ACTIONS.items()}
 _OUTCOMES = {
@@ -23,6 +45,54 @@ _OUTCOMES = {
     audit_pb2.AUDIT_OUTCOME_SERVER_FAILURE: Outcome.SERVER_FAILURE,
 }
 _OUTCOMES_TO_PROTO = {value: key for key, value in _OUTCOMES.items()}
+_TYPES = {
+    audit_pb2.AUDIT_EVENT_TYPE_REST: EventType.REST,
+    audit_pb2.AUDIT_EVENT_TYPE_EXPORT: EventType.EXPORT,
+    audit_pb2.AUDIT_EVENT_TYPE_USER_AUTHENTICATION: EventType.USER_AUTHENTICATION,
+    audit_pb2.AUDIT_EVENT_TYPE_EMERGENCY_OVERRIDE: EventType.EMERGENCY_OVERRIDE,
+}
+_TYPES_TO_PROTO = {value: key for key, value in _TYPES.items()}
+_SUBTYPES = {
+    audit_pb2.AUDIT_EVENT_SUBTYPE_READ: Subtype.READ,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_SEARCH: Subtype.SEARCH,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_CREATE: Subtype.CREATE,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_UPDATE: Subtype.UPDATE,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_MERGE: Subtype.MERGE,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_EXPORT: Subtype.EXPORT,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_LOGIN: Subtype.LOGIN,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_BREAK_GLASS: Subtype.BREAK_GLASS,
+}
+_SUBTYPES_TO_PROTO = {value: key for key, value in _SUBTYPES.items()}
+_AGENT_TYPES = {
+    audit_pb2.AUDIT_AGENT_TYPE_USER: AgentType.USER,
+    audit_pb2.AUDIT_AGENT_TYPE_APPLICATION: AgentType.APPLICATION,
+}
+_AGENT_TYPES_TO_PROTO = {value: key for key, value in _AGENT_TYPES.items()}
+_ENTITY_ROLES = {
+    audit_pb2.AUDIT_ENTITY_ROLE_PATIENT: EntityRole.PATIENT,
+    audit_pb2.AUDIT_ENTITY_ROLE_RESOURCE: EntityRole.RESOURCE,
+}
+_ENTITY_ROLES_TO_PROTO = {value: key for key, value in _ENTITY_ROLES.items()}
+_RETENTION = {
+    audit_pb2.AUDIT_RETENTION_CLASS_STANDARD: RetentionClass.STANDARD,
+    audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS: RetentionClass.EXTENDED_15_YEARS,
+    audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS: RetentionClass.EXTENDED_20_YEARS,
+}
+_RETENTION_TO_PROTO = {value: key for key, value in _RETENTION.items()}
+
+
+def _instant(stamp: Timestamp) -> datetime:
+    return to_storage_precision(stamp.ToDatetime(tzinfo=UTC))
+
+
+def _optional_instant(message: object, name: str) -> datetime | None:
+    return _instant(getattr(message, name)) if message.HasField(name) else None  # type: ignore[attr-defined]
+
+
+def _stamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def event_from_message(message: audit_pb2.AuditEvent) -> AuditEvent:
@@ -30,9 +100,7 @@ def event_from_message(message: audit_pb2.AuditEvent) -> AuditEvent:
         event_id=message.event_id,
         action=_ACTIONS.get(message.action),
         outcome=_OUTCOMES.get(message.outcome),
-        occurred_at=to_storage_precision(message.occurred_time.ToDatetime(tzinfo=UTC))
-        if message.HasField("occurred_time")
-        else None,
+        occurred_at=_optional_instant(message, "occurred_time"),
         actor_id=message.actor_id,
         actor_facility_code=message.actor_facility_code,
         source_service=message.source_service,
@@ -44,15 +112,40 @@ def event_from_message(message: audit_pb2.AuditEvent) -> AuditEvent:
         request_id=message.request_id,
         trace_id=message.trace_id,
         sequence=message.sequence,
+        event_type=_TYPES.get(message.type),
+        subtype=_SUBTYPES.get(message.subtype),
+        agents=tuple(
+            Agent(
+                type=_AGENT_TYPES.get(agent.type),
+                who=agent.who,
+                role=agent.role,
+                facility_code=agent.facility_code,
+                client_application=agent.client_application,
+                network_address=agent.network_address,
+                requestor=agent.requestor,
+            )
+            for agent in message.agents
+        ),
+        entities=tuple(
+            Entity(
+                role=_ENTITY_ROLES.get(entity.role),
+                patient_id=entity.patient_id,
+                resource_type=entity.resource_type,
+                resource_id=entity.resource_id,
+            )
+            for entity in message.entities
+        ),
+        retention_class=_RETENTION.get(message.retention_class, RetentionClass.STANDARD),
+        previous_hash=message.previous_hash,
+        hash=message.hash,
     )
 
 
 def event_message(event: AuditEvent) -> audit_pb2.AuditEvent:
-    assert event.action is not None and event.outcome is not None  # stored events are valid
     message = audit_pb2.AuditEvent(
         event_id=event.event_id,
-        action=_ACTIONS_TO_PROTO[event.action],
-        outcome=_OUTCOMES_TO_PROTO[event.outcome],
+        action=_ACTIONS_TO_PROTO[event.action] if event.action else audit_pb2.AUDIT_ACTION_UNSPECIFIED,
+        outcome=_OUTCOMES_TO_PROTO[event.outcome] if event.outcome else audit_pb2.AUDIT_OUTCOME_UNSPECIFIED,
         actor_id=event.actor_id,
         actor_facility_code=event.actor_facility_code,
         source_service=event.source_service,
@@ -64,9 +157,120 @@ def event_message(event: AuditEvent) -> audit_pb2.AuditEvent:
         request_id=event.request_id,
         trace_id=event.trace_id,
         sequence=event.sequence,
+        type=_TYPES_TO_PROTO[event.event_type]
+        if event.event_type
+        else audit_pb2.AUDIT_EVENT_TYPE_UNSPECIFIED,
+        subtype=_SUBTYPES_TO_PROTO[event.subtype]
+        if event.subtype
+        else audit_pb2.AUDIT_EVENT_SUBTYPE_UNSPECIFIED,
+        agents=[
+            audit_pb2.AuditAgent(
+                type=_AGENT_TYPES_TO_PROTO[agent.type]
+                if agent.type
+                else audit_pb2.AUDIT_AGENT_TYPE_UNSPECIFIED,
+                who=agent.who,
+                role=agent.role,
+                facility_code=agent.facility_code,
+                client_application=agent.client_application,
+                network_address=agent.network_address,
+                requestor=agent.requestor,
+            )
+            for agent in event.agents
+        ],
+        entities=[
+            audit_pb2.AuditEntity(
+                role=_ENTITY_ROLES_TO_PROTO[entity.role]
+                if entity.role
+                else audit_pb2.AUDIT_ENTITY_ROLE_UNSPECIFIED,
+                patient_id=entity.patient_id,
+                resource_type=entity.resource_type,
+                resource_id=entity.resource_id,
+            )
+            for entity in event.entities
+        ],
+        retention_class=_RETENTION_TO_PROTO[event.retention_class],
+        previous_hash=event.previous_hash,
+        hash=event.hash,
     )
     if event.occurred_at is not None:
         message.occurred_time.FromDatetime(event.occurred_at)
     if event.recorded_at is not None:
         message.record_time.FromDatetime(event.recorded_at)
     return message
+
+
+def event_filter(request: audit_pb2.QueryEventsRequest) -> EventFilter:
+    return EventFilter(
+        patient_id=request.patient_id,
+        actor_id=request.actor_id,
+        facility_code=request.facility_code,
+        subtype=_SUBTYPES.get(request.subtype),
+        start=_optional_instant(request, "start_time"),
+        end=_optional_instant(request, "end_time"),
+    )
+
+
+def report_period(
+    request: audit_pb2.GetPatientAccessReportRequest,
+) -> tuple[datetime | None, datetime | None]:
+    return _optional_instant(request, "start_time"), _optional_instant(request, "end_time")
+
+
+def patient_access(event: AuditEvent) -> audit_pb2.PatientAccess:
+    access = audit_pb2.PatientAccess(
+        accessor_role=accessor_role(event),
+        facility_code=event.actor_facility_code,
+        subtype=_SUBTYPES_TO_PROTO[event.subtype]
+        if event.subtype
+        else audit_pb2.AUDIT_EVENT_SUBTYPE_UNSPECIFIED,
+        resource_type=event.resource_type,
+        purpose_of_use=event.purpose_of_use,
+        outcome=_OUTCOMES_TO_PROTO[event.outcome] if event.outcome else audit_pb2.AUDIT_OUTCOME_UNSPECIFIED,
+    )
+    if event.occurred_at is not None:
+        access.occurred_time.FromDatetime(event.occurred_at)
+    return access
+
+
+def access_summary(summary: AccessSummary) -> audit_pb2.PatientAccessSummary:
+    return audit_pb2.PatientAccessSummary(
+        accessor_role=summary.accessor_role,
+        facility_code=summary.facility_code,
+        resource_type=summary.resource_type,
+        access_count=summary.access_count,
+        first_time=_stamp(summary.first_at),
+        last_time=_stamp(summary.last_at),
+    )
+
+
+def checkpoint_message(checkpoint: Checkpoint) -> audit_pb2.Checkpoint:
+    return audit_pb2.Checkpoint(
+        index=checkpoint.index,
+        first_sequence=checkpoint.first_sequence,
+        last_sequence=checkpoint.last_sequence,
+        merkle_root=checkpoint.merkle_root,
+        chain_head_hash=checkpoint.chain_head_hash,
+        created_time=_stamp(checkpoint.created_at),
+        key_id=checkpoint.key_id,
+        signature=checkpoint.signature,
+        signed_payload=canonical_bytes(checkpoint_record(checkpoint)),
+    )
+
+
+def proof_message(proof: InclusionProof) -> audit_pb2.GetInclusionProofResponse:
+    return audit_pb2.GetInclusionProofResponse(
+        event=event_message(proof.event),
+        checkpoint=checkpoint_message(proof.checkpoint),
+        leaf_index=proof.leaf_index,
+        tree_size=proof.tree_size,
+        audit_path=proof.audit_path,
+    )
+
+
+def public_key_message(signer: CheckpointSigner) -> audit_pb2.GetPublicKeyResponse:
+    return audit_pb2.GetPublicKeyResponse(
+        key_id=signer.key_id,
+        algorithm=ALGORITHM,
+        public_key=signer.public_key_raw,
+        public_key_pem=signer.public_key_pem,
+    )

@@ -1,26 +1,59 @@
-"""MongoDB storage of the audit log: append-only, numbered by a counter, deduplicated by event_id."""
+"""MongoDB storage of the audit log: append-only, one hash chain, numbered gap-free by ``_id``.
+
+Without transactions the chain stays one chain because the event document *is* the chain link:
+event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it read the tip,
+or inserted n itself). The unique ``_id`` lets exactly one writer take each position; a loser
+re-reads the tip and links after the winner. A crashed writer leaves nothing half done: one
+insert is one link. Ordered ``insert_many`` stops at the first conflict, so a batch never links
+past a position it lost.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from emr_audit.domain import Action, AuditEvent, Outcome
-from emr_runtime.db import Database, IndexSpec, next_sequence
+from emr_audit.domain import (
+    Action,
+    Agent,
+    AgentType,
+    AuditEvent,
+    Checkpoint,
+    Entity,
+    EntityRole,
+    EventFilter,
+    EventType,
+    Outcome,
+    RetentionClass,
+    Subtype,
+)
+from emr_runtime.db import Database, IndexSpec
 
 EVENTS = "events"
+CHECKPOINTS = "checkpoints"
 INDEXES = (
     IndexSpec(EVENTS, (("event_id", 1),), "events_event_id", unique=True),
     IndexSpec(EVENTS, (("patient_id", 1), ("_id", 1)), "events_by_patient"),
+    IndexSpec(EVENTS, (("actor_id", 1), ("_id", 1)), "events_by_actor"),
+    IndexSpec(EVENTS, (("actor_facility_code", 1), ("_id", 1)), "events_by_facility"),
+    IndexSpec(EVENTS, (("subtype", 1), ("_id", 1)), "events_by_subtype"),
+    IndexSpec(EVENTS, (("occurred_at", 1),), "events_by_time"),
+    IndexSpec(CHECKPOINTS, (("last_sequence", 1),), "checkpoints_by_last_sequence", unique=True),
 )
 
 
-def _to_document(event: AuditEvent, sequence: int) -> dict[str, Any]:
+def _to_document(event: AuditEvent) -> dict[str, Any]:
     assert event.action is not None and event.outcome is not None  # validated before storing
     return {
-        "_id": sequence,
+        "_id": event.sequence,
         "event_id": event.event_id,
+        "type": event.event_type.value if event.event_type else "",
+        "subtype": event.subtype.value if event.subtype else "",
         "action": event.action.value,
         "outcome": event.outcome.value,
         "occurred_at": event.occurred_at,
@@ -35,57 +68,214 @@ def _to_document(event: AuditEvent, sequence: int) -> dict[str, Any]:
         "purpose_of_use": event.purpose_of_use,
         "request_id": event.request_id,
         "trace_id": event.trace_id,
+        "retention_class": event.retention_class.value,
+        "agents": [
+            {
+                "type": agent.type.value if agent.type else "",
+                "who": agent.who,
+                "role": agent.role,
+                "facility_code": agent.facility_code,
+                "client_application": agent.client_application,
+                "network_address": agent.network_address,
+                "requestor": agent.requestor,
+            }
+            for agent in event.agents
+        ],
+        "entities": [
+            {
+                "role": entity.role.value if entity.role else "",
+                "patient_id": entity.patient_id,
+                "resource_type": entity.resource_type,
+                "resource_id": entity.resource_id,
+            }
+            for entity in event.entities
+        ],
+        "previous_hash": Binary(event.previous_hash),
+        "hash": Binary(event.hash),
     }
 
 
+def _enum_or_none(kind: Any, value: Any) -> Any:
+    try:
+        return kind(value) if value else None
+    except ValueError:
+        return None  # an edited document: the chain check reports it, reading must not crash
+
+
 def _from_document(document: dict[str, Any]) -> AuditEvent:
+    """Tolerant of edited documents: whatever is stored is read, so that verification can judge it."""
+    get = document.get
     return AuditEvent(
-        event_id=document["event_id"],
-        action=Action(document["action"]),
-        outcome=Outcome(document["outcome"]),
-        occurred_at=document["occurred_at"],
-        actor_id=document["actor_id"],
-        actor_facility_code=document["actor_facility_code"],
-        source_service=document["source_service"],
-        operation=document["operation"],
-        patient_id=document["patient_id"],
-        resource_type=document["resource_type"],
-        resource_id=document["resource_id"],
-        purpose_of_use=document["purpose_of_use"],
-        request_id=document["request_id"],
-        trace_id=document["trace_id"],
-        sequence=document["_id"],
-        recorded_at=document["recorded_at"],
+        event_id=str(get("event_id", "")),
+        action=_enum_or_none(Action, get("action")),
+        outcome=_enum_or_none(Outcome, get("outcome")),
+        occurred_at=get("occurred_at"),
+        actor_id=str(get("actor_id", "")),
+        actor_facility_code=str(get("actor_facility_code", "")),
+        source_service=str(get("source_service", "")),
+        operation=str(get("operation", "")),
+        patient_id=str(get("patient_id", "")),
+        resource_type=str(get("resource_type", "")),
+        resource_id=str(get("resource_id", "")),
+        purpose_of_use=str(get("purpose_of_use", "")),
+        request_id=str(get("request_id", "")),
+        trace_id=str(get("trace_id", "")),
+        sequence=int(document["_id"]),
+        recorded_at=get("recorded_at"),
+        event_type=_enum_or_none(EventType, get("type")),
+        subtype=_enum_or_none(Subtype, get("subtype")),
+        agents=tuple(
+            Agent(
+                type=_enum_or_none(AgentType, agent.get("type")),
+                who=str(agent.get("who", "")),
+                role=str(agent.get("role", "")),
+                facility_code=str(agent.get("facility_code", "")),
+                client_application=str(agent.get("client_application", "")),
+                network_address=str(agent.get("network_address", "")),
+                requestor=bool(agent.get("requestor", False)),
+            )
+            for agent in get("agents") or ()
+        ),
+        entities=tuple(
+            Entity(
+                role=_enum_or_none(EntityRole, entity.get("role")),
+                patient_id=str(entity.get("patient_id", "")),
+                resource_type=str(entity.get("resource_type", "")),
+                resource_id=str(entity.get("resource_id", "")),
+            )
+            for entity in get("entities") or ()
+        ),
+        retention_class=_enum_or_none(RetentionClass, get("retention_class")) or RetentionClass.STANDARD,
+        previous_hash=bytes(get("previous_hash") or b""),
+        hash=bytes(get("hash") or b""),
     )
+
+
+def _checkpoint_document(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "_id": checkpoint.index,
+        "first_sequence": checkpoint.first_sequence,
+        "last_sequence": checkpoint.last_sequence,
+        "merkle_root": Binary(checkpoint.merkle_root),
+        "chain_head_hash": Binary(checkpoint.chain_head_hash),
+        "created_at": checkpoint.created_at,
+        "key_id": checkpoint.key_id,
+        "signature": Binary(checkpoint.signature),
+    }
+
+
+def _checkpoint_from(document: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        index=int(document["_id"]),
+        first_sequence=int(document["first_sequence"]),
+        last_sequence=int(document["last_sequence"]),
+        merkle_root=bytes(document["merkle_root"]),
+        chain_head_hash=bytes(document["chain_head_hash"]),
+        created_at=document["created_at"],
+        key_id=str(document["key_id"]),
+        signature=bytes(document["signature"]),
+    )
+
+
+def _filter_query(selection: EventFilter) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if selection.patient_id:
+        query["patient_id"] = selection.patient_id
+    if selection.actor_id:
+        query["actor_id"] = selection.actor_id
+    if selection.facility_code:
+        query["actor_facility_code"] = selection.facility_code
+    if selection.subtype is not None:
+        query["subtype"] = selection.subtype.value
+    occurred: dict[str, datetime] = {}
+    if selection.start is not None:
+        occurred["$gte"] = selection.start
+    if selection.end is not None:
+        occurred["$lt"] = selection.end
+    if occurred:
+        query["occurred_at"] = occurred
+    return query
 
 
 class AuditRepository:
     def __init__(self, db: Database) -> None:
-        self._db = db
         self._events = db[EVENTS]
+        self._checkpoints = db[CHECKPOINTS]
 
-    async def find_sequence(self, event_id: str) -> int | None:
-        document = await self._events.find_one({"event_id": event_id}, {"_id": 1})
-        return int(document["_id"]) if document else None
+    # --- the chain ---------------------------------------------------------------------------------
+    async def tip(self) -> tuple[int, bytes] | None:
+        """Sequence and hash of the last event; None for an empty log."""
+        document = await self._events.find_one({}, {"_id": 1, "hash": 1}, sort=[("_id", DESCENDING)])
+        return (int(document["_id"]), bytes(document["hash"])) if document else None
 
-    async def append(self, event: AuditEvent) -> int:
-        """Stores the event under the next sequence; an event_id already stored keeps its sequence."""
-        existing = await self.find_sequence(event.event_id)
-        if existing is not None:
-            return existing
-        sequence = await next_sequence(self._db, EVENTS)
+    async def sequences_of(self, event_ids: Sequence[str]) -> dict[str, int]:
+        cursor = self._events.find({"event_id": {"$in": list(event_ids)}}, {"_id": 1, "event_id": 1})
+        return {document["event_id"]: int(document["_id"]) async for document in cursor}
+
+    async def insert_linked(self, events: Sequence[AuditEvent]) -> int:
+        """Inserts chained events in order; returns how many went in before the first position (or
+        event_id) another writer took."""
         try:
-            await self._events.insert_one(_to_document(event, sequence))
-        except DuplicateKeyError:
-            raced = await self.find_sequence(event.event_id)
-            assert raced is not None  # the duplicate is on event_id: a concurrent append stored it
-            return raced
-        return sequence
+            await self._events.insert_many([_to_document(event) for event in events], ordered=True)
+        except BulkWriteError as error:
+            return int(error.details.get("nInserted", 0))
+        return len(events)
 
-    async def by_patient(self, patient_id: str, after_sequence: int, limit: int) -> list[AuditEvent]:
-        cursor = (
-            self._events.find({"patient_id": patient_id, "_id": {"$gt": after_sequence}})
-            .sort("_id", 1)
-            .limit(limit)
+    async def event_hash(self, sequence: int) -> bytes | None:
+        document = await self._events.find_one({"_id": sequence}, {"hash": 1})
+        return bytes(document["hash"]) if document else None
+
+    async def hashes(self, first: int, last: int) -> list[tuple[int, bytes]]:
+        cursor = self._events.find({"_id": {"$gte": first, "$lte": last}}, {"hash": 1}).sort("_id", ASCENDING)
+        return [(int(document["_id"]), bytes(document.get("hash") or b"")) async for document in cursor]
+
+    async def scan(self, first: int, last: int | None) -> AsyncIterator[AuditEvent]:
+        """Every stored event from ``first`` to ``last`` (inclusive; None: to the end), in order."""
+        bounds: dict[str, int] = {"$gte": first}
+        if last is not None:
+            bounds["$lte"] = last
+        async for document in self._events.find({"_id": bounds}).sort("_id", ASCENDING):
+            yield _from_document(document)
+
+    async def get(self, sequence: int) -> AuditEvent | None:
+        document = await self._events.find_one({"_id": sequence})
+        return _from_document(document) if document else None
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    async def latest_checkpoint(self) -> Checkpoint | None:
+        document = await self._checkpoints.find_one({}, sort=[("_id", DESCENDING)])
+        return _checkpoint_from(document) if document else None
+
+    async def checkpoint(self, index: int) -> Checkpoint | None:
+        document = await self._checkpoints.find_one({"_id": index})
+        return _checkpoint_from(document) if document else None
+
+    async def checkpoint_covering(self, sequence: int) -> Checkpoint | None:
+        document = await self._checkpoints.find_one(
+            {"last_sequence": {"$gte": sequence}}, sort=[("last_sequence", ASCENDING)]
         )
+        if document is None:
+            return None
+        found = _checkpoint_from(document)
+        return found if found.covers(sequence) else None
+
+    async def checkpoints_overlapping(self, first: int, last: int | None) -> list[Checkpoint]:
+        query: dict[str, Any] = {"last_sequence": {"$gte": first}}
+        if last is not None:
+            query["first_sequence"] = {"$lte": last}
+        cursor = self._checkpoints.find(query).sort("_id", ASCENDING)
+        return [_checkpoint_from(document) async for document in cursor]
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Stores a checkpoint; False when another replica stored that index first."""
+        try:
+            await self._checkpoints.insert_one(_checkpoint_document(checkpoint))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    # --- queries -----------------------------------------------------------------------------------
+    async def find(self, selection: EventFilter, after_sequence: int, limit: int) -> list[AuditEvent]:
+        query = {**_filter_query(selection), "_id": {"$gt": after_sequence}}
+        cursor = self._events.find(query).sort("_id", ASCENDING).limit(limit)
         return [_from_document(document) async for document in cursor]

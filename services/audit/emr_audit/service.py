@@ -1,36 +1,362 @@
-"""Audit use cases."""
+"""Audit use cases: append to the chain, checkpoint, prove, verify, query, report, export."""
 
 from __future__ import annotations
 
-from emr_audit.domain import AuditEvent, validate_events
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from emr_audit import merkle
+from emr_audit.domain import (
+    GENESIS_HASH,
+    AccessSummary,
+    AuditEvent,
+    ChainVerifier,
+    Checkpoint,
+    EventFilter,
+    Finding,
+    NotCheckpointedError,
+    canonical_bytes,
+    canonical_record,
+    chain,
+    checkpoint_due,
+    checkpoint_record,
+    first_finding,
+    summarize_accesses,
+    validate_events,
+)
 from emr_audit.repository import AuditRepository
+from emr_audit.signing import CheckpointSigner, load_public_key, signature_valid
 from emr_runtime.clock import utc_now
-from emr_runtime.errors import Violations
+from emr_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+
+log = logging.getLogger("emr.audit.log")
+
+# A checkpoint covers at most this many events, so that a proof never reads an unbounded range.
+MAX_CHECKPOINT_EVENTS = 10_000
+# The patient access report summarizes at most this many accesses of one period.
+MAX_REPORT_EVENTS = 20_000
+EXPORT_CHUNK_LINES = 200
+
+
+@dataclass
+class _Pending:
+    events: list[AuditEvent]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    finding: Finding | None
+    checked_events: int
+    checked_checkpoints: int
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    event: AuditEvent
+    checkpoint: Checkpoint
+    leaf_index: int
+    tree_size: int
+    audit_path: list[bytes]
 
 
 class AuditLog:
-    def __init__(self, repository: AuditRepository) -> None:
-        self._repository = repository
+    """The log of one replica. Appends from concurrent calls are grouped: one writer at a time
+    links everything waiting (group commit), so a replica pays one round trip per group."""
 
+    def __init__(self, repository: AuditRepository, signer: CheckpointSigner) -> None:
+        self._repository = repository
+        self._signer = signer
+        self._public_key = load_public_key(signer.public_key_pem.encode())
+        self._waiting: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        # (sequence, hash) of the last event this replica knows; None: read it from the database.
+        self._tip: tuple[int, bytes] | None = None
+
+    @property
+    def signer(self) -> CheckpointSigner:
+        return self._signer
+
+    # --- append ------------------------------------------------------------------------------------
     async def append(self, events: list[AuditEvent]) -> list[int]:
         validate_events(events)
-        now = utc_now()
-        return [await self._repository.append(event.received(now)) for event in events]
+        received = [event.received(utc_now()) for event in events]
+        pending = _Pending(list({event.event_id: event for event in received}.values()))
+        self._waiting.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        # Shielded: a caller that gives up must not cancel the group its events were written with.
+        await asyncio.shield(pending.done)
+        stored = await self._repository.sequences_of([event.event_id for event in events])
+        return [stored[event.event_id] for event in events]
 
-    async def query_by_patient(
-        self, patient_id: str, requested_page_size: int, page_token: str
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await self._link(list({e.event_id: e for pending in group for e in pending.events}.values()))
+            except Exception as error:
+                self._tip = None
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_exception(error)
+                continue
+            for pending in group:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+
+    async def _link(self, events: list[AuditEvent]) -> None:
+        """Links events after the tip; on losing a position to another replica, re-reads the tip
+        and links the rest after the winner. Events already stored (a replayed spool) are skipped."""
+        already = await self._repository.sequences_of([event.event_id for event in events])
+        remaining = [event for event in events if event.event_id not in already]
+        while remaining:
+            if self._tip is None:
+                self._tip = await self._repository.tip() or (0, GENESIS_HASH)
+            last_sequence, last_hash = self._tip
+            linked = chain(remaining, last_sequence + 1, last_hash)
+            inserted = await self._repository.insert_linked(linked)
+            if inserted:
+                self._tip = (linked[inserted - 1].sequence, linked[inserted - 1].hash)
+            if inserted == len(linked):
+                return
+            self._tip = None  # another writer took the next position
+            rest = remaining[inserted:]
+            stored = await self._repository.sequences_of([event.event_id for event in rest])
+            remaining = [event for event in rest if event.event_id not in stored]
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    async def checkpoint_if_due(
+        self, every_events: int, every_seconds: float, now: float
+    ) -> Checkpoint | None:
+        """Writes the next checkpoint when it is due; another replica writing it first is fine."""
+        latest = await self._repository.latest_checkpoint()
+        tip = await self._repository.tip()
+        if tip is None:
+            return None
+        covered = latest.last_sequence if latest else 0
+        since = (utc_now() - latest.created_at).total_seconds() if latest else now
+        if not checkpoint_due(tip[0], covered, since, every_events, every_seconds):
+            return None
+        last = min(tip[0], covered + MAX_CHECKPOINT_EVENTS)
+        hashes = await self._repository.hashes(covered + 1, last)
+        leaves = [digest for _, digest in hashes]
+        unsigned = Checkpoint(
+            index=(latest.index if latest else 0) + 1,
+            first_sequence=covered + 1,
+            last_sequence=last,
+            merkle_root=merkle.tree_root(leaves),
+            chain_head_hash=leaves[-1],
+            created_at=utc_now(),
+            key_id=self._signer.key_id,
+        )
+        signed = replace(unsigned, signature=self._signer.sign(canonical_bytes(checkpoint_record(unsigned))))
+        return signed if await self._repository.add_checkpoint(signed) else None
+
+    async def run_checkpoints(self, every_events: int, every_seconds: float, poll_seconds: float) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                await self.checkpoint_if_due(every_events, every_seconds, time.monotonic() - started)
+            except Exception:
+                log.exception("checkpoint failed; retrying")
+            await asyncio.sleep(poll_seconds)
+
+    async def get_checkpoint(self, index: int) -> Checkpoint:
+        if index < 0:
+            raise InvalidArgumentError([FieldViolation("index", "must be 0 (latest) or positive")])
+        found = await (self._repository.checkpoint(index) if index else self._repository.latest_checkpoint())
+        if found is None:
+            raise NotFoundError("Checkpoint", "index", str(index))
+        return found
+
+    async def inclusion_proof(self, sequence: int) -> InclusionProof:
+        if sequence <= 0:
+            raise InvalidArgumentError([FieldViolation("sequence", "must be positive")])
+        event = await self._repository.get(sequence)
+        if event is None:
+            raise NotFoundError("AuditEvent", "sequence", str(sequence))
+        checkpoint = await self._repository.checkpoint_covering(sequence)
+        if checkpoint is None:
+            raise NotCheckpointedError(sequence)
+        hashes = await self._repository.hashes(checkpoint.first_sequence, checkpoint.last_sequence)
+        tree = merkle.MerkleTree([digest for _, digest in hashes])
+        index = sequence - checkpoint.first_sequence
+        if index >= tree.size:
+            raise NotCheckpointedError(
+                sequence
+            )  # the checkpointed range lost events: VerifyIntegrity says where
+        return InclusionProof(event, checkpoint, index, tree.size, tree.path(index))
+
+    # --- verification ------------------------------------------------------------------------------
+    def _checkpoint_finding(
+        self, checkpoint: Checkpoint, hashes: Sequence[tuple[int, bytes]]
+    ) -> Finding | None:
+        payload = canonical_bytes(checkpoint_record(checkpoint))
+        if checkpoint.key_id != self._signer.key_id or not signature_valid(
+            self._public_key, payload, checkpoint.signature
+        ):
+            return Finding(checkpoint.first_sequence, f"checkpoint {checkpoint.index} signature is invalid")
+        expected = range(checkpoint.first_sequence, checkpoint.last_sequence + 1)
+        present = [sequence for sequence, _ in hashes]
+        if present != list(expected):
+            stored = set(present)
+            missing = next(s for s in expected if s not in stored)
+            return Finding(missing, f"event {missing} of checkpoint {checkpoint.index} is missing")
+        if hashes[-1][1] != checkpoint.chain_head_hash:
+            return Finding(
+                checkpoint.first_sequence, f"checkpoint {checkpoint.index} chain head differs from the log"
+            )
+        if merkle.tree_root([digest for _, digest in hashes]) != checkpoint.merkle_root:
+            return Finding(
+                checkpoint.first_sequence, f"checkpoint {checkpoint.index} Merkle root differs from the log"
+            )
+        return None
+
+    async def verify(self, from_sequence: int, to_sequence: int) -> IntegrityReport:
+        violations = Violations()
+        if from_sequence < 0:
+            violations.add("from_sequence", "must be 0 or positive")
+        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
+            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
+        violations.raise_if_any()
+        first = from_sequence or 1
+        last = to_sequence or None
+        verifier = ChainVerifier(expected_sequence=first)
+        if first > 1:
+            verifier.last_hash = await self._repository.event_hash(first - 1)
+        async for event in self._repository.scan(first, last):
+            if event.action is None or event.outcome is None:
+                verifier.finding = verifier.finding or Finding(
+                    event.sequence, "event has an unknown action or outcome"
+                )
+                break
+            canonical = canonical_bytes(canonical_record(event))
+            if not verifier.feed(event.sequence, canonical, event.previous_hash, event.hash):
+                break
+        checkpoints = await self._repository.checkpoints_overlapping(first, last)
+        findings: list[Finding | None] = []
+        checked_checkpoints = 0
+        for checkpoint in checkpoints:
+            hashes = await self._repository.hashes(checkpoint.first_sequence, checkpoint.last_sequence)
+            findings.append(self._checkpoint_finding(checkpoint, hashes))
+            checked_checkpoints += 1
+        tail_end = max((c.last_sequence for c in checkpoints), default=None)
+        if last is not None and tail_end is not None:
+            tail_end = min(tail_end, last)
+        findings.append(verifier.finish(tail_end))
+        return IntegrityReport(first_finding(findings), verifier.checked, checked_checkpoints)
+
+    # --- queries -----------------------------------------------------------------------------------
+    async def query(
+        self, selection: EventFilter, requested_page_size: int, page_token: str
     ) -> tuple[list[AuditEvent], str]:
+        selection.validate()
+        limit = page_size(requested_page_size, default=100, maximum=500)
+        after = _page_position(page_token)
+        events = await self._repository.find(selection, after, limit + 1)
+        next_token = encode_page_token({"after": events[limit - 1].sequence}) if len(events) > limit else ""
+        return events[:limit], next_token
+
+    async def access_report(
+        self,
+        patient_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        requested_page_size: int,
+        page_token: str,
+    ) -> tuple[list[AuditEvent], list[AccessSummary], str]:
         violations = Violations()
         if not patient_id.strip():
             violations.add("patient_id", "required")
+        if start and end and end <= start:
+            violations.add("end_time", "must be after start_time")
         violations.raise_if_any()
-        limit = page_size(requested_page_size, default=100, maximum=500)
-        position = decode_page_token(page_token) or {"after": 0}
-        after = position.get("after")
-        if not isinstance(after, int):
-            violations.add("page_token", "not a token this service issued")
-            violations.raise_if_any()
-        events = await self._repository.by_patient(patient_id, int(after), limit + 1)  # type: ignore[arg-type]
-        next_token = encode_page_token({"after": events[limit - 1].sequence}) if len(events) > limit else ""
-        return events[:limit], next_token
+        selection = EventFilter(patient_id=patient_id, start=start, end=end)
+        events, next_token = await self.query(selection, requested_page_size, page_token)
+        summaries: list[AccessSummary] = []
+        if not page_token:
+            period = await self._repository.find(selection, 0, MAX_REPORT_EVENTS)
+            summaries = summarize_accesses(period)
+        return events, summaries, next_token
+
+    # --- export ------------------------------------------------------------------------------------
+    async def export(self, from_sequence: int, to_sequence: int) -> AsyncIterator[list[str]]:
+        """JSON Lines: each checkpoint line comes before the events it covers; each event line carries
+        its canonical record, hashes and, when checkpointed, its inclusion proof."""
+        violations = Violations()
+        if from_sequence < 0:
+            violations.add("from_sequence", "must be 0 or positive")
+        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
+            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
+        violations.raise_if_any()
+        first = from_sequence or 1
+        tip = await self._repository.tip()
+        last = min(to_sequence or tip[0], tip[0]) if tip else 0
+        # The header states the range, so that a verifier notices events cut from either end.
+        yield [_json_line({"kind": "export", "from_sequence": first, "to_sequence": last})]
+        if last < first:
+            return
+        checkpoints = {c.index: c for c in await self._repository.checkpoints_overlapping(first, last)}
+        trees: dict[int, merkle.MerkleTree] = {}
+        for checkpoint in checkpoints.values():
+            hashes = await self._repository.hashes(checkpoint.first_sequence, checkpoint.last_sequence)
+            trees[checkpoint.index] = merkle.MerkleTree([digest for _, digest in hashes])
+        ordered = sorted(checkpoints.values(), key=lambda c: c.first_sequence)
+        lines: list[str] = []
+        emitted: set[int] = set()
+        async for event in self._repository.scan(first, last):
+            covering = next((c for c in ordered if c.covers(event.sequence)), None)
+            line: dict[str, Any] = {
+                "kind": "event",
+                "sequence": event.sequence,
+                "event": canonical_record(event) if event.action and event.outcome else None,
+                "previous_hash": event.previous_hash.hex(),
+                "hash": event.hash.hex(),
+            }
+            if covering is not None:
+                if covering.index not in emitted:
+                    emitted.add(covering.index)
+                    lines.append(
+                        _json_line(
+                            {
+                                "kind": "checkpoint",
+                                **checkpoint_record(covering),
+                                "signature": covering.signature.hex(),
+                            }
+                        )
+                    )
+                tree = trees[covering.index]
+                leaf_index = event.sequence - covering.first_sequence
+                if leaf_index < tree.size:
+                    line["proof"] = {
+                        "checkpoint": covering.index,
+                        "leaf_index": leaf_index,
+                        "tree_size": tree.size,
+                        "audit_path": [digest.hex() for digest in tree.path(leaf_index)],
+                    }
+            lines.append(_json_line(line))
+            if len(lines) >= EXPORT_CHUNK_LINES:
+                yield lines
+                lines = []
+        if lines:
+            yield lines
+
+
+def _json_line(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _page_position(page_token: str) -> int:
+    position = decode_page_token(page_token) or {"after": 0}
+    after = position.get("after")
+    if not isinstance(after, int) or after < 0:
+        raise InvalidArgumentError([FieldViolation("page_token", "not a token this service issued")])
+    return after

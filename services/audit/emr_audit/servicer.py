@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,9 +28,56 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def QueryEvents(
         self, request: audit_pb2.QueryEventsRequest, context: Context
     ) -> audit_pb2.QueryEventsResponse:
-        events, next_token = await self._log.query_by_patient(
-            request.patient_id, request.page_size, request.page_token
+        events, next_token = await self._log.query(
+            converters.event_filter(request), request.page_size, request.page_token
         )
         return audit_pb2.QueryEventsResponse(
             events=[converters.event_message(e) for e in events], next_page_token=next_token
         )
+
+    async def GetPatientAccessReport(
+        self, request: audit_pb2.GetPatientAccessReportRequest, context: Context
+    ) -> audit_pb2.GetPatientAccessReportResponse:
+        start, end = converters.report_period(request)
+        events, summaries, next_token = await self._log.access_report(
+            request.patient_id, start, end, request.page_size, request.page_token
+        )
+        return audit_pb2.GetPatientAccessReportResponse(
+            accesses=[converters.patient_access(e) for e in events],
+            summaries=[converters.access_summary(s) for s in summaries],
+            next_page_token=next_token,
+        )
+
+    async def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: Context
+    ) -> audit_pb2.GetCheckpointResponse:
+        checkpoint = await self._log.get_checkpoint(request.index)
+        return audit_pb2.GetCheckpointResponse(checkpoint=converters.checkpoint_message(checkpoint))
+
+    async def GetPublicKey(
+        self, request: audit_pb2.GetPublicKeyRequest, context: Context
+    ) -> audit_pb2.GetPublicKeyResponse:
+        return converters.public_key_message(self._log.signer)
+
+    async def GetInclusionProof(
+        self, request: audit_pb2.GetInclusionProofRequest, context: Context
+    ) -> audit_pb2.GetInclusionProofResponse:
+        return converters.proof_message(await self._log.inclusion_proof(request.sequence))
+
+    async def VerifyIntegrity(
+        self, request: audit_pb2.VerifyIntegrityRequest, context: Context
+    ) -> audit_pb2.VerifyIntegrityResponse:
+        report = await self._log.verify(request.from_sequence, request.to_sequence)
+        return audit_pb2.VerifyIntegrityResponse(
+            intact=report.finding is None,
+            first_bad_sequence=report.finding.sequence if report.finding else 0,
+            problem=report.finding.problem if report.finding else "",
+            checked_events=report.checked_events,
+            checked_checkpoints=report.checked_checkpoints,
+        )
+
+    async def ExportEvents(
+        self, request: audit_pb2.ExportEventsRequest, context: Context
+    ) -> AsyncIterator[audit_pb2.ExportEventsResponse]:
+        async for lines in self._log.export(request.from_sequence, request.to_sequence):
+            yield audit_pb2.ExportEventsResponse(lines=lines)

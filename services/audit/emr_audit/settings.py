@@ -14,3 +14,11 @@ class AuditSettings(ServiceSettings):
     grpc_port: int = Field(50053, ge=0, le=65535)
     metrics_port: int = Field(9453, ge=0, le=65535)
     mongodb_database: str = Field("emr_audit", min_length=1)
+    signing_key_file: str = Field("", description="PEM (PKCS#8) Ed25519 key that signs checkpoints")
+    signing_key_generate: bool = Field(
+        False, description="Create signing_key_file when missing (development)"
+    )
+    checkpoint_every_events: int = Field(1000, ge=1, description="Checkpoint after this many new events")
+    checkpoint_interval_seconds: float = Field(
+        60.0, gt=0, description="Checkpoint this long after the last one when there are new events"
+    )

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from emr_audit.domain import MAX_EVENTS_PER_APPEND, Action, AuditEvent, Outcome, validate_events
+from emr_audit.domain import (
+    MAX_EVENTS_PER_APPEND,
+    Action,
+    AuditEvent,
+    EventType,
+    Outcome,
+    Subtype,
+    validate_events,
+)
 from emr_runtime.errors import InvalidArgumentError
 
 OCCURRED = datetime(2024, 6, 15, 8, 30, tzinfo=UTC)
@@ -104,13 +112,32 @@ def test_overlong_id_fields(name: str) -> None:
     assert fields_of([event(**{name: "x" * 257})]) == [f"events[0].{name}"]
 
 
-def test_received_stamps_recorded_at_without_changing_the_event() -> None:
+def test_received_stamps_recorded_at_and_derives_type_without_changing_the_rest() -> None:
     original = event()
     recorded = datetime(2024, 6, 15, 8, 31, tzinfo=UTC)
     received = original.received(recorded)
     assert received.recorded_at == recorded
+    assert (received.subtype, received.event_type) == (Subtype.READ, EventType.REST)
     assert original.recorded_at is None
-    assert replace(received, recorded_at=None) == original
+    assert replace(received, recorded_at=None, subtype=None, event_type=None) == original
+
+
+@pytest.mark.parametrize(
+    ("action", "subtype", "expected_subtype", "expected_type"),
+    [
+        (Action.SEARCH, None, Subtype.SEARCH, EventType.REST),
+        (Action.EXPORT, None, Subtype.EXPORT, EventType.EXPORT),
+        (Action.UPDATE, Subtype.MERGE, Subtype.MERGE, EventType.REST),
+        (Action.EXECUTE, Subtype.LOGIN, Subtype.LOGIN, EventType.USER_AUTHENTICATION),
+        (Action.EXECUTE, Subtype.BREAK_GLASS, Subtype.BREAK_GLASS, EventType.EMERGENCY_OVERRIDE),
+        (Action.EXECUTE, None, None, None),
+    ],
+)
+def test_subtype_and_type_are_derived_only_when_unset(
+    action: Action, subtype: Subtype | None, expected_subtype: Subtype | None, expected_type: EventType | None
+) -> None:
+    received = event(action=action, subtype=subtype).received(OCCURRED)
+    assert (received.subtype, received.event_type) == (expected_subtype, expected_type)
 
 
 def test_every_bad_field_of_every_event_is_reported() -> None:

@@ -116,7 +116,13 @@ class Stack:
         p = ports or self.ports
         common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1", **self.environment}
         per_service: dict[str, dict[str, str]] = {
-            "audit": {"AUDIT_GRPC_PORT": str(p.audit), "AUDIT_METRICS_PORT": str(p.audit_metrics)},
+            "audit": {
+                "AUDIT_GRPC_PORT": str(p.audit),
+                "AUDIT_METRICS_PORT": str(p.audit_metrics),
+                # One development key per run folder, shared by every audit replica started here.
+                "AUDIT_SIGNING_KEY_FILE": str(self.run_dir / "audit-signing-key.pem"),
+                "AUDIT_SIGNING_KEY_GENERATE": "true",
+            },
             "identity": {
                 "IDENTITY_GRPC_PORT": str(p.identity),
                 "IDENTITY_METRICS_PORT": str(p.identity_metrics),

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 
 import grpc
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pymongo.errors import PyMongoError
 
 from emr_runtime.caller import caller_from_metadata
 from emr_runtime.clock import utc_now
-from emr_runtime.db import Database, IndexSpec
+from emr_runtime.db import Database, IndexSpec, next_sequence
 from emr_runtime.errors import DependencyUnavailableError
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
 from emr_runtime.telemetry import current_trace_id
@@ -24,12 +25,19 @@ log = logging.getLogger("emr.audit_client")
 
 AUDIT_SERVICE = "emr.audit.v1.AuditService"
 SPOOL_COLLECTION = "audit_spool"
-SPOOL_INDEXES = (IndexSpec(SPOOL_COLLECTION, (("spooled_at", 1), ("_id", 1)), "spool_order"),)
+# Spooled events keep the order they were recorded in: a counter in the service's own database
+# numbers them (several replicas of a service share one spool and one order).
+SPOOL_INDEXES = (IndexSpec(SPOOL_COLLECTION, (("position", 1),), "spool_position"),)
+_NOT_A_CODE = re.compile(r"[^0-9A-Za-z._:/ -]")
 _OUTCOMES = {
     "success": audit_pb2.AUDIT_OUTCOME_SUCCESS,
     "client_failure": audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE,
     "server_failure": audit_pb2.AUDIT_OUTCOME_SERVER_FAILURE,
 }
+REJECTED_COLLECTION = "audit_spool_rejected"
+SPOOL_REJECTED = Counter(
+    "emr_audit_spool_rejected_total", "Spooled audit events the audit service refused, kept aside."
+)
 SPOOL_DEPTH = Gauge("emr_audit_spool_depth", "Audit events waiting in the local spool for the audit service.")
 
 
@@ -45,6 +53,7 @@ class AuditRecorder(AuditSink):
         replay_interval: float = 1.0,
     ) -> None:
         self._stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self._db = db
         self._spool = db[SPOOL_COLLECTION]
         self._source_service = source_service
         self._append_timeout = append_timeout
@@ -61,6 +70,8 @@ class AuditRecorder(AuditSink):
 
     def event_for(self, rule: AuditRule, call: Call, outcome: str) -> audit_pb2.AuditEvent:
         caller = caller_from_metadata(call.context.invocation_metadata())
+        patient_id = rule.patient_id(call.request, call.response)
+        resource_id = rule.resource_id(call.request, call.response)
         event = audit_pb2.AuditEvent(
             event_id=str(uuid.uuid4()),
             action=rule.action,  # type: ignore[arg-type]
@@ -71,11 +82,41 @@ class AuditRecorder(AuditSink):
             source_service=self._source_service,
             operation=call.full_method,
             resource_type=rule.resource_type,
-            patient_id=rule.patient_id(call.request, call.response),
-            resource_id=rule.resource_id(call.request, call.response),
+            patient_id=patient_id,
+            resource_id=resource_id,
             request_id=str(getattr(call.request, "request_id", "")),
             trace_id=current_trace_id(),
+            retention_class=audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
+            agents=[
+                audit_pb2.AuditAgent(
+                    type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION
+                    if caller.actor_id.startswith("service:")
+                    else audit_pb2.AUDIT_AGENT_TYPE_USER,
+                    who=caller.actor_id,
+                    role=_code(caller.role),
+                    facility_code=_code(caller.facility_code),
+                    client_application=_code(caller.client_application),
+                    network_address=_code(call.context.peer() or ""),
+                    requestor=True,
+                ),
+                audit_pb2.AuditAgent(
+                    type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION,
+                    who=self._source_service,
+                    role="service",
+                ),
+            ],
         )
+        if patient_id:
+            event.entities.add(
+                role=audit_pb2.AUDIT_ENTITY_ROLE_PATIENT, patient_id=patient_id, resource_type="Patient"
+            )
+        if resource_id and rule.resource_type != "Patient":
+            event.entities.add(
+                role=audit_pb2.AUDIT_ENTITY_ROLE_RESOURCE,
+                patient_id=patient_id,
+                resource_type=rule.resource_type,
+                resource_id=resource_id,
+            )
         event.occurred_time.FromDatetime(utc_now())
         return event
 
@@ -97,9 +138,12 @@ class AuditRecorder(AuditSink):
     async def _spool_event(self, event: audit_pb2.AuditEvent) -> None:
         try:
             async with self._lock:
+                # Whatever made the caller spool, later events must queue behind this one.
+                self._spooling = True
                 await self._spool.insert_one(
                     {
                         "_id": event.event_id,
+                        "position": await next_sequence(self._db, SPOOL_COLLECTION),
                         "spooled_at": utc_now(),
                         "event": event.SerializeToString(),
                     }
@@ -112,19 +156,45 @@ class AuditRecorder(AuditSink):
     async def replay_once(self, batch_size: int = 200) -> int:
         """Sends the oldest spooled events to audit; returns how many were delivered."""
         async with self._lock:
-            documents = await self._spool.find().sort([("spooled_at", 1), ("_id", 1)]).to_list(batch_size)
+            documents = await self._spool.find().sort("position", 1).to_list(batch_size)
             if not documents:
                 self._spooling = False
                 SPOOL_DEPTH.set(0)
                 return 0
             events = [audit_pb2.AuditEvent.FromString(document["event"]) for document in documents]
-            await self._stub.AppendEvents(
-                audit_pb2.AppendEventsRequest(events=events), timeout=self._append_timeout
-            )
+            try:
+                await self._stub.AppendEvents(
+                    audit_pb2.AppendEventsRequest(events=events), timeout=self._append_timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                await self._set_aside_rejected(documents)
             # Appends are idempotent by event_id, so a crash before this delete only resends.
             await self._spool.delete_many({"_id": {"$in": [document["_id"] for document in documents]}})
             SPOOL_DEPTH.set(await self._spool.count_documents({}))
             return len(documents)
+
+    async def _set_aside_rejected(self, documents: list[dict[str, object]]) -> None:
+        """One malformed event must not hold the spool back forever: events audit refuses are
+        retried one by one, and the refused ones kept in a side collection (never dropped) for an
+        operator, counted by a metric."""
+        for document in documents:
+            event = audit_pb2.AuditEvent.FromString(document["event"])  # type: ignore[arg-type]
+            try:
+                await self._stub.AppendEvents(
+                    audit_pb2.AppendEventsRequest(events=[event]), timeout=self._append_timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                await self._db[REJECTED_COLLECTION].replace_one(
+                    {"_id": document["_id"]}, document, upsert=True
+                )
+                SPOOL_REJECTED.inc()
+                log.error(
+                    "audit refused a spooled event; kept aside", extra={"collection": REJECTED_COLLECTION}
+                )
 
     async def replay_forever(self) -> None:
         while True:
@@ -134,3 +204,8 @@ class AuditRecorder(AuditSink):
             except (grpc.aio.AioRpcError, PyMongoError) as error:
                 log.info("audit spool replay waits for audit", extra={"error_type": type(error).__name__})
             await asyncio.sleep(self._replay_interval)
+
+
+def _code(value: str) -> str:
+    """A metadata value reduced to what the audit log accepts as a code (no free text)."""
+    return _NOT_A_CODE.sub("", value)[:64]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 ACTOR_ID_KEY = "x-actor-id"
 FACILITY_CODE_KEY = "x-facility-code"
 PURPOSE_OF_USE_KEY = "x-purpose-of-use"
+ROLE_KEY = "x-actor-role"
+CLIENT_APPLICATION_KEY = "x-client-application"
 UNKNOWN_ACTOR = "anonymous"
 
 
@@ -19,6 +21,8 @@ class Caller:
     actor_id: str
     facility_code: str
     purpose_of_use: str
+    role: str = ""
+    client_application: str = ""
 
 
 def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
@@ -27,11 +31,13 @@ def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> 
         actor_id=values.get(ACTOR_ID_KEY, "")[:128] or UNKNOWN_ACTOR,
         facility_code=values.get(FACILITY_CODE_KEY, "")[:16],
         purpose_of_use=values.get(PURPOSE_OF_USE_KEY, "")[:32],
+        role=values.get(ROLE_KEY, "")[:64],
+        client_application=values.get(CLIENT_APPLICATION_KEY, "")[:64],
     )
 
 
 def caller_metadata(
-    actor_id: str, facility_code: str = "", purpose_of_use: str = ""
+    actor_id: str, facility_code: str = "", purpose_of_use: str = "", role: str = ""
 ) -> list[tuple[str, str]]:
     """Outgoing metadata that identifies the caller (for clients: gateway, tests, tools)."""
     pairs = [(ACTOR_ID_KEY, actor_id)]
@@ -39,4 +45,6 @@ def caller_metadata(
         pairs.append((FACILITY_CODE_KEY, facility_code))
     if purpose_of_use:
         pairs.append((PURPOSE_OF_USE_KEY, purpose_of_use))
+    if role:
+        pairs.append((ROLE_KEY, role))
     return pairs

@@ -45,6 +45,36 @@ class AuditServiceStub:
                 request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsRequest.SerializeToString,
                 response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsResponse.FromString,
                 _registered_method=True)
+        self.GetPatientAccessReport = channel.unary_unary(
+                '/emr.audit.v1.AuditService/GetPatientAccessReport',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/emr.audit.v1.AuditService/GetCheckpoint',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetPublicKey = channel.unary_unary(
+                '/emr.audit.v1.AuditService/GetPublicKey',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/emr.audit.v1.AuditService/GetInclusionProof',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
+        self.VerifyIntegrity = channel.unary_unary(
+                '/emr.audit.v1.AuditService/VerifyIntegrity',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/emr.audit.v1.AuditService/ExportEvents',
+                request_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -59,7 +89,54 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryEvents(self, request, context):
-        """QueryEvents returns the events about one patient, oldest first, paged.
+        """QueryEvents returns the events matching every filter given (patient, actor, facility, type,
+        time range), oldest first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPatientAccessReport(self, request, context):
+        """GetPatientAccessReport tells a patient who (role and facility, never staff names) accessed which
+        kind of their data, when, and for what purpose, over a period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """GetCheckpoint returns one signed checkpoint (the latest when index is 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPublicKey(self, request, context):
+        """GetPublicKey returns the Ed25519 public key that signs checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """GetInclusionProof proves that an event is included in a signed checkpoint (Merkle audit path,
+        RFC 9162 style), verifiable offline with the public key alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyIntegrity(self, request, context):
+        """VerifyIntegrity re-checks the stored log (sequence, hash chain, checkpoints and their signatures)
+        over a range and reports the first bad sequence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """ExportEvents streams a range of the log as JSON Lines: the covering checkpoints, then each event
+        with its chain hashes and inclusion proof, for archive and offline verification.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +154,36 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.QueryEvents,
                     request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsRequest.FromString,
                     response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsResponse.SerializeToString,
+            ),
+            'GetPatientAccessReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPatientAccessReport,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofResponse.SerializeToString,
+            ),
+            'VerifyIntegrity': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyIntegrity,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +241,168 @@ class AuditService:
             '/emr.audit.v1.AuditService/QueryEvents',
             emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsRequest.SerializeToString,
             emr_dot_audit_dot_v1_dot_audit__pb2.QueryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPatientAccessReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/GetPatientAccessReport',
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetPatientAccessReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/GetCheckpoint',
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/GetPublicKey',
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/GetInclusionProof',
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyIntegrity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/VerifyIntegrity',
+            emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/emr.audit.v1.AuditService/ExportEvents',
+            emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_audit__pb2.ExportEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
