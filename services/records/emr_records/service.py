@@ -90,7 +90,8 @@ class RecordsService:
                 "expected_version",
             )
         record = next_version(current, raw, now)
-        await self._check_references(record, raw)
+        # The patient cannot change and was checked when the resource was created.
+        await self._check_references(record, raw, check_patient=False)
         stored, inserted = await self._resources.store_version(record)
         if not inserted and stored.request_fingerprint != record.request_fingerprint:
             # Another update took this version first; make sure it is complete, then refuse ours.
@@ -113,8 +114,10 @@ class RecordsService:
             await self._record_change(current)
         return current
 
-    async def _check_references(self, record: ClinicalRecord, raw: ResourceInput) -> None:
-        if self._verify_patients and not await self._patients.exists(record.patient_id):
+    async def _check_references(
+        self, record: ClinicalRecord, raw: ResourceInput, check_patient: bool = True
+    ) -> None:
+        if check_patient and self._verify_patients and not await self._patients.exists(record.patient_id):
             raise NotFoundError(
                 "Patient", f"{raw.path}.patient_id" if raw.path else "patient_id", record.patient_id
             )
