@@ -48,6 +48,8 @@ class PersonStatus(enum.Enum):
     ACTIVE = "active"
     # Lost an identifier race: the registration resolved to the person in ``superseded_by``.
     SUPERSEDED = "superseded"
+    # Merged into the person in ``merged_into``; reads follow it there; UnmergePatients restores it.
+    MERGED = "merged"
 
 
 _CARD_SEXES = {Sex.MALE: CardSex.MALE, Sex.FEMALE: CardSex.FEMALE}
@@ -56,6 +58,17 @@ _CARD_SEXES = {Sex.MALE: CardSex.MALE, Sex.FEMALE: CardSex.FEMALE}
 class Outcome(enum.Enum):
     CREATED = "created"
     EXISTING = "existing"
+    LINKED = "linked"
+    REVIEW = "review"
+
+
+class EventKind(enum.Enum):
+    CREATED = "created"
+    LINKED = "linked"
+    MERGED = "merged"
+    UNMERGED = "unmerged"
+    REJECTED = "rejected"
+    REVIEW_OPENED = "review_opened"
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,29 @@ class Person:
     request_fingerprint: str
     superseded_by: str = ""
     claim_keys: tuple[str, ...] = field(default=())
+    phone: str = ""
+    province_code: str = ""
+    # Facility records registered to this very person (merged persons keep their own).
+    record_ids: tuple[str, ...] = ()
+    merged_into: str = ""
+    merged_person_ids: tuple[str, ...] = ()
+    # Persons a reviewer judged different from this one: never proposed as its match.
+    rejected_person_ids: tuple[str, ...] = ()
+    event_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """One entry of a person's link log."""
+
+    event_id: str
+    kind: EventKind
+    person_id: str
+    at: datetime
+    actor_id: str
+    other_person_id: str = ""
+    record_id: str = ""
+    reason: str = ""
 
 
 def normalize_identifier_value(raw: str) -> str:
@@ -281,4 +317,6 @@ def new_person(registration: Registration, person_id: str, now: datetime) -> Per
         status=PersonStatus.PROVISIONAL,
         request_fingerprint=registration.fingerprint,
         claim_keys=claim_keys,
+        phone=registration.phone,
+        province_code=registration.province_code,
     )
