@@ -24,6 +24,12 @@ LINK_THRESHOLD = 21.0
 REVIEW_THRESHOLD = 11.0
 # Bits of evidence a name agreement loses when it agrees only without diacritics.
 FOLDED_PENALTY = 1.0
+# Weight of the prior name shares (in records) against the counts of the index.
+PRIOR_RECORDS = 1_000
+# Prior shares: what a family, middle or given name typically covers before counts say otherwise.
+PRIOR_FAMILY_SHARE = 0.05
+PRIOR_MIDDLE_SHARE = 0.05
+PRIOR_GIVEN_SHARE = 0.01
 # Smallest share a name can have in the index, so that one unseen name does not dominate a score.
 MIN_NAME_SHARE = 2e-4
 
@@ -101,10 +107,11 @@ class NameFrequencies:
         self.given[names.folded_given] += 1
         self.total += 1
 
-    def share(self, counts: Counter[str], folded: str) -> float:
-        if self.total == 0:
-            return MIN_NAME_SHARE
-        return max(counts[folded] / self.total, MIN_NAME_SHARE)
+    def share(self, counts: Counter[str], folded: str, prior: float) -> float:
+        """The name's share, smoothed towards ``prior`` as if PRIOR_RECORDS records had it at that
+        share: a young index (ten records) says nothing reliable about how common a name is."""
+        smoothed = (counts[folded] + PRIOR_RECORDS * prior) / (self.total + PRIOR_RECORDS)
+        return max(smoothed, MIN_NAME_SHARE)
 
 
 def _within_one_edit(a: str, b: str) -> bool:
@@ -196,7 +203,7 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             names_b.given,
             names_a.folded_given,
             names_b.folded_given,
-            frequencies.share(frequencies.given, names_a.folded_given),
+            frequencies.share(frequencies.given, names_a.folded_given, PRIOR_GIVEN_SHARE),
             (0.94, 0.05),
         ),
         _compare_name(
@@ -205,7 +212,7 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             names_b.middle,
             names_a.folded_middle,
             names_b.folded_middle,
-            frequencies.share(frequencies.middle, names_a.folded_middle),
+            frequencies.share(frequencies.middle, names_a.folded_middle, PRIOR_MIDDLE_SHARE),
             (0.97, 0.01),
         ),
         _compare_name(
@@ -214,7 +221,7 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             names_b.family,
             names_a.folded_family,
             names_b.folded_family,
-            frequencies.share(frequencies.family, names_a.folded_family),
+            frequencies.share(frequencies.family, names_a.folded_family, PRIOR_FAMILY_SHARE),
             (0.98, 0.01),
         ),
         _compare_birth_date(a.birth_date, b.birth_date),
@@ -230,7 +237,8 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             else Contribution("province", "disagree", _weight(0.12, 0.65))
         )
     identifier_parts = [
-        _compare_identifier("cccd", a.cccd, b.cccd, 20.0, -12.0),
+        # Two valid CCCDs that differ are two citizens: decisive against, whatever else agrees.
+        _compare_identifier("cccd", a.cccd, b.cccd, 20.0, -30.0),
         _compare_identifier("bhyt", a.bhyt_code, b.bhyt_code, 18.0, -8.0),
         _compare_identifier("passport", a.passport, b.passport, 18.0, -6.0),
     ]
@@ -278,6 +286,11 @@ def blocking_keys(record: MatchRecord) -> frozenset[str]:
     return frozenset(keys)
 
 
+def _conflicting_cccd(found: MatchScore) -> bool:
+    """A citizen has one CCCD: two different ones never link automatically, whatever else agrees."""
+    return any(c.field == "cccd" and c.level == "disagree" for c in found.contributions)
+
+
 def decide(
     record: MatchRecord,
     candidates: list[tuple[str, MatchRecord]],
@@ -310,7 +323,8 @@ def decide(
     strong = [
         c
         for c in ranked
-        if c.score.deterministic or (c.score.total >= link_threshold and c.score.corroborated)
+        if c.score.deterministic
+        or (c.score.total >= link_threshold and c.score.corroborated and not _conflicting_cccd(c.score))
     ]
     if len(strong) == 1 and strong[0] is top:
         return MatchResult(Decision.LINK, tuple(ranked))

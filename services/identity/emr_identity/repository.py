@@ -129,7 +129,10 @@ def _candidates_document(candidates: Iterable[Candidate]) -> list[Document]:
             "total": c.score.total,
             "deterministic": c.score.deterministic,
             "corroborated": c.score.corroborated,
-            "contributions": [[p.field, p.level, p.weight] for p in c.score.contributions],
+            # Documents, not nested arrays: FerretDB 1.x stores no arrays of arrays.
+            "contributions": [
+                {"field": p.field, "level": p.level, "weight": p.weight} for p in c.score.contributions
+            ],
         }
         for c in candidates
     ]
@@ -141,7 +144,9 @@ def _candidates(documents: Iterable[Document]) -> tuple[Candidate, ...]:
             d["person_id"],
             MatchScore(
                 total=d["total"],
-                contributions=tuple(Contribution(f, level, w) for f, level, w in d["contributions"]),
+                contributions=tuple(
+                    Contribution(p["field"], p["level"], p["weight"]) for p in d["contributions"]
+                ),
                 deterministic=d["deterministic"],
                 corroborated=d["corroborated"],
             ),

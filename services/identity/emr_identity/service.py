@@ -164,8 +164,9 @@ class IdentityService:
     ) -> None:
         await self._persons.add_record(person_id, record.record_id)
         await self._persons.file_in_blocks(blocking_keys(record.match), record.record_id)
+        frequencies = await self._name_frequencies()  # loaded before this record is counted
         await self._persons.count_names(record.match.names)
-        (await self._name_frequencies()).add(record.match.names)
+        frequencies.add(record.match.names)
         await self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id)
 
     async def _log(

@@ -148,3 +148,13 @@ def test_synthetic_population_is_seeded_and_has_ground_truth() -> None:
     keys = [r.person_key for r in first]
     assert 30 <= len(keys) - len(set(keys)) <= 80  # about 10% re-registrations
     assert any(unicodedata.normalize("NFC", r.full_name) != r.full_name for r in first)  # NFD present
+
+
+def test_different_cccds_never_link_automatically() -> None:
+    a = record(cccd="079190000001")
+    b = record("b", cccd="079190000002")
+    found = score(a, b, POPULATION)
+    assert found.total - found.contributions[-1].weight >= LINK_THRESHOLD  # everything else agrees
+    # Same phone, name and birth date with another card: worth a look, never an automatic link.
+    assert decide(a, [("p1", b)], POPULATION).decision is Decision.REVIEW
+    assert decide(a, [("p1", replace(b, phone=""))], POPULATION).decision is Decision.NEW
