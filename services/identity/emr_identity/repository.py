@@ -424,3 +424,38 @@ class PersonRepository:
     async def get_event(self, event_id: str) -> LinkEvent | None:
         document = await self._get(EVENTS, event_id)
         return _event(document) if document else None
+
+    # --- bulk loading (migrations, benches) -------------------------------------------------------
+
+    async def bulk_load(
+        self, entries: Iterable[tuple[Person, FacilityRecord]], block_keys: dict[str, list[str]]
+    ) -> None:
+        """Writes active persons with their finished records, and the blocks (key -> record ids),
+        in batches, into an empty index: for loading an existing population, not for traffic."""
+        persons: list[Document] = []
+        records: list[Document] = []
+        frequencies = NameFrequencies()
+        for person, record in entries:
+            persons.append(_person_document(person))
+            records.append(
+                {
+                    "_id": record.record_id,
+                    "person_id": record.person_id,
+                    "facility_code": record.facility_code,
+                    "match": _match_document(record.match),
+                    "request_fingerprint": record.request_fingerprint,
+                    "created_at": record.created_at,
+                    "outcome": record.outcome.value if record.outcome else None,
+                    "candidates": [],
+                    "review_task_id": "",
+                }
+            )
+            frequencies.add(record.match.names)
+        blocks = [{"_id": key, "record_ids": ids} for key, ids in block_keys.items()]
+        for collection, documents in ((PERSONS, persons), (RECORDS, records), (BLOCKS, blocks)):
+            for start in range(0, len(documents), 5_000):
+                await self._db[collection].insert_many(documents[start : start + 5_000], ordered=False)
+        for kind in ("family", "middle", "given"):
+            counts = {name: n for name, n in getattr(frequencies, kind).items() if name}
+            await self._upsert(NAME_COUNTS, kind, {"$set": {"counts": counts}})
+        await self._upsert(NAME_COUNTS, "total", {"$set": {"value": frequencies.total}})
