@@ -187,6 +187,31 @@ async def test_merge_later_registration_then_unmerge_restores_both(identity: Any
         len((await identity.GetPatient(pb.GetPatientRequest(patient_id=survivor.patient_id))).record_ids) == 3
     )
 
+    # A later update of the survivor's demographics, with optimistic concurrency.
+    update = pb.UpdatePatientRequest(
+        request_id=str(uuid.uuid4()),
+        patient_id=survivor.patient_id,
+        expected_version=1,
+        full_name=survivor.full_name,
+        birth_date=survivor.birth_date,
+        sex=survivor.sex,
+        phone="0281234567",  # 028 (Hồ Chí Minh City) + 7 digits is one digit short
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.UpdatePatient(update)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    update.phone = "02812345678"
+    updated = await identity.UpdatePatient(update)
+    assert updated.patient.version == 2 and updated.patient.phone == "02812345678"
+    assert await identity.UpdatePatient(update) == updated  # repeated request_id
+    stale = pb.UpdatePatientRequest()
+    stale.CopyFrom(update)
+    stale.request_id = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.UpdatePatient(stale)
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    survivor = updated.patient
+
     unmerge = pb.UnmergePatientsRequest(
         request_id=str(uuid.uuid4()), merged_patient_id=merged.patient_id, reason="merged in error"
     )

@@ -56,6 +56,7 @@ _EVENT_KINDS = {
     EventKind.UNMERGED: identity_pb2.LINK_EVENT_KIND_UNMERGED,
     EventKind.REJECTED: identity_pb2.LINK_EVENT_KIND_REJECTED,
     EventKind.REVIEW_OPENED: identity_pb2.LINK_EVENT_KIND_REVIEW_OPENED,
+    EventKind.UPDATED: identity_pb2.LINK_EVENT_KIND_UPDATED,
 }
 
 
@@ -79,6 +80,21 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
     )
 
 
+def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInput:
+    """The new demographics, validated like a registration's (no identifiers, no facility)."""
+    return RegistrationInput(
+        request_id=request.request_id,
+        identifiers=(),
+        full_name=request.full_name,
+        birth_date=request.birth_date,
+        sex=_SEXES.get(request.sex),
+        facility_code="",
+        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        phone=request.phone,
+        province_code=request.province_code,
+    )
+
+
 def patient_message(person: Person) -> identity_pb2.Patient:
     patient = identity_pb2.Patient(
         patient_id=person.person_id,
@@ -94,6 +110,7 @@ def patient_message(person: Person) -> identity_pb2.Patient:
         registering_facility_code=person.registering_facility_code,
         phone=person.phone,
         province_code=person.province_code,
+        version=person.version,
     )
     patient.create_time.FromDatetime(person.created_at)
     return patient

@@ -69,6 +69,7 @@ class EventKind(enum.Enum):
     UNMERGED = "unmerged"
     REJECTED = "rejected"
     REVIEW_OPENED = "review_opened"
+    UPDATED = "updated"
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Person:
     # Persons a reviewer judged different from this one: never proposed as its match.
     rejected_person_ids: tuple[str, ...] = ()
     event_ids: tuple[str, ...] = ()
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,10 @@ class LinkEvent:
     other_person_id: str = ""
     record_id: str = ""
     reason: str = ""
+    # For UPDATED: the version the update produced and the review task it opened, if any.
+    version: int = 0
+    review_task_id: str = ""
+    request_fingerprint: str = ""
 
 
 def normalize_identifier_value(raw: str) -> str:

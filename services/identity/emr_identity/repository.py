@@ -64,6 +64,7 @@ def _person_document(person: Person) -> Document:
         "merged_person_ids": list(person.merged_person_ids),
         "rejected_person_ids": list(person.rejected_person_ids),
         "event_ids": list(person.event_ids),
+        "version": person.version,
     }
 
 
@@ -90,6 +91,7 @@ def _person(document: Document) -> Person:
         merged_person_ids=tuple(document.get("merged_person_ids", ())),
         rejected_person_ids=tuple(document.get("rejected_person_ids", ())),
         event_ids=tuple(document.get("event_ids", ())),
+        version=int(document.get("version", 1)),
     )
 
 
@@ -192,6 +194,9 @@ def _event(document: Document) -> LinkEvent:
         other_person_id=document.get("other_person_id", ""),
         record_id=document.get("record_id", ""),
         reason=document.get("reason", ""),
+        version=int(document.get("version", 0)),
+        review_task_id=document.get("review_task_id", ""),
+        request_fingerprint=document.get("request_fingerprint", ""),
     )
 
 
@@ -291,6 +296,23 @@ class PersonRepository:
             {"$set": {"status": PersonStatus.ACTIVE.value, "merged_into": ""}},
         )
         await self._persons.update_one({"_id": survivor_id}, {"$pull": {"merged_person_ids": merged_id}})
+        return result.modified_count == 1
+
+    async def update_demographics(self, person: Person, expected_version: int) -> bool:
+        """Replaces the demographics if the stored version is ``expected_version``; False if not."""
+        result = await self._persons.update_one(
+            {"_id": person.person_id, "version": expected_version, "status": PersonStatus.ACTIVE.value},
+            {
+                "$set": {
+                    "full_name": person.full_name,
+                    "birth_date": person.birth_date.isoformat(),
+                    "sex": person.sex.value,
+                    "phone": person.phone,
+                    "province_code": person.province_code,
+                    "version": expected_version + 1,
+                }
+            },
+        )
         return result.modified_count == 1
 
     async def reject_pair(self, person_id: str, other_id: str) -> None:
@@ -414,6 +436,9 @@ class PersonRepository:
                 "other_person_id": event.other_person_id,
                 "record_id": event.record_id,
                 "reason": event.reason,
+                "version": event.version,
+                "review_task_id": event.review_task_id,
+                "request_fingerprint": event.request_fingerprint,
             },
         )
         await self._persons.update_one({"_id": event.person_id}, {"$addToSet": {"event_ids": event.event_id}})

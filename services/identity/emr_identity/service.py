@@ -179,9 +179,10 @@ class IdentityService:
         other_person_id: str = "",
         record_id: str = "",
         reason: str = "",
+        **details: str | int,
     ) -> None:
         """Appends to the person's link log; the event id derives from what caused it (``origin``),
-        so a repeated request does not log twice."""
+        so a repeated request does not log twice. ``details``: LinkEvent's optional fields."""
         event = LinkEvent(
             event_id=derive_id(f"event:{kind.value}:{person_id}", origin),
             kind=kind,
@@ -191,8 +192,66 @@ class IdentityService:
             other_person_id=other_person_id,
             record_id=record_id,
             reason=reason,
+            **details,  # type: ignore[arg-type]
         )
         await self._persons.append_event(event)
+
+    # --- update -----------------------------------------------------------------------------------
+
+    async def update(
+        self, raw: RegistrationInput, patient_id: str, expected_version: int, actor_id: str
+    ) -> RegistrationResult:
+        """Replaces the best-known demographics at ``expected_version``, then re-evaluates this
+        person's links only: likely matches open a review task (never an automatic merge)."""
+        person = (await self._view(patient_id, "patient_id")).person
+        done = await self._persons.get_event(derive_id(f"event:updated:{person.person_id}", raw.request_id))
+        if done is not None:
+            if done.request_fingerprint != raw.fingerprint:
+                raise ConflictError("request_id was already used for a different update", "request_id")
+            task = await self._persons.get_task(done.review_task_id) if done.review_task_id else None
+            current = (await self._view(person.person_id, "patient_id")).person
+            return RegistrationResult(
+                current, Outcome.EXISTING, task.candidates if task else (), done.review_task_id
+            )
+        now = utc_now()
+        registration = validate_registration(
+            replace(raw, facility_code=person.registering_facility_code), now.date()
+        )
+        if expected_version < 1:
+            raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
+        updated = replace(
+            person,
+            full_name=registration.full_name,
+            birth_date=registration.birth_date,
+            sex=registration.sex,
+            phone=registration.phone,
+            province_code=registration.province_code,
+            version=expected_version + 1,
+        )
+        if not await self._persons.update_demographics(updated, expected_version):
+            raise ConflictError(
+                "the person changed since expected_version; read it again", "expected_version"
+            )
+        result = await self._match(
+            match_record(registration, f"{person.person_id}:v{updated.version}"),
+            exclude={person.person_id, *person.merged_person_ids},
+            rejected=frozenset(person.rejected_person_ids),
+        )
+        task_id = ""
+        if result.candidates:
+            task_id = review_task_id(await self._persons.next_review_sequence())
+            await self._persons.insert_task(ReviewTask(task_id, person.person_id, "", result.candidates, now))
+        await self._log(
+            EventKind.UPDATED,
+            person.person_id,
+            raw.request_id,
+            actor_id,
+            now,
+            version=updated.version,
+            review_task_id=task_id,
+            request_fingerprint=raw.fingerprint,
+        )
+        return RegistrationResult(updated, Outcome.EXISTING, result.candidates, task_id)
 
     # --- matching ---------------------------------------------------------------------------------
 
@@ -420,4 +479,5 @@ class IdentityService:
         person = await self._persons.get(check_patient_id(patient_id))
         if person is None or person.status in (PersonStatus.PROVISIONAL, PersonStatus.SUPERSEDED):
             raise NotFoundError("Patient", "patient_id", patient_id)
-        return sorted(await self._persons.events(person.event_ids), key=lambda e: (e.at, e.event_id))
+        # The person lists its events in the order they were appended (one write each).
+        return await self._persons.events(person.event_ids)

@@ -42,6 +42,18 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
             merged_patient_ids=view.person.merged_person_ids,
         )
 
+    async def UpdatePatient(
+        self, request: identity_pb2.UpdatePatientRequest, context: Context
+    ) -> identity_pb2.UpdatePatientResponse:
+        result = await self._service.update(
+            converters.update_input(request), request.patient_id, request.expected_version, _actor(context)
+        )
+        return identity_pb2.UpdatePatientResponse(
+            patient=converters.patient_message(result.person),
+            candidates=converters.candidate_messages(result.candidates),
+            review_task_id=result.review_task_id,
+        )
+
     async def MatchPatient(
         self, request: identity_pb2.MatchPatientRequest, context: Context
     ) -> identity_pb2.MatchPatientResponse:
@@ -140,6 +152,9 @@ AUDIT_RULES = {
     ),
     f"/{SERVICE_NAME}/GetPersonHistory": AuditRule(
         audit_pb2.AUDIT_ACTION_READ, "Patient", _requested_patient_id, _requested_patient_id
+    ),
+    f"/{SERVICE_NAME}/UpdatePatient": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _requested_patient_id, _requested_patient_id
     ),
     f"/{SERVICE_NAME}/MergePatients": AuditRule(
         audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _survivor_id, _survivor_id

@@ -56,6 +56,7 @@ class LinkEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LINK_EVENT_KIND_UNMERGED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_REJECTED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_REVIEW_OPENED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_UPDATED: _ClassVar[LinkEventKind]
 IDENTIFIER_SYSTEM_UNSPECIFIED: IdentifierSystem
 IDENTIFIER_SYSTEM_CCCD: IdentifierSystem
 IDENTIFIER_SYSTEM_BHYT: IdentifierSystem
@@ -85,6 +86,7 @@ LINK_EVENT_KIND_MERGED: LinkEventKind
 LINK_EVENT_KIND_UNMERGED: LinkEventKind
 LINK_EVENT_KIND_REJECTED: LinkEventKind
 LINK_EVENT_KIND_REVIEW_OPENED: LinkEventKind
+LINK_EVENT_KIND_UPDATED: LinkEventKind
 
 class Identifier(_message.Message):
     __slots__ = ("system", "value", "facility_code")
@@ -97,7 +99,7 @@ class Identifier(_message.Message):
     def __init__(self, system: _Optional[_Union[IdentifierSystem, str]] = ..., value: _Optional[str] = ..., facility_code: _Optional[str] = ...) -> None: ...
 
 class Patient(_message.Message):
-    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code")
+    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +109,7 @@ class Patient(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     PHONE_FIELD_NUMBER: _ClassVar[int]
     PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -116,7 +119,38 @@ class Patient(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     phone: str
     province_code: str
-    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UpdatePatientRequest(_message.Message):
+    __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    patient_id: str
+    expected_version: int
+    full_name: str
+    birth_date: str
+    sex: Sex
+    phone: str
+    province_code: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ...) -> None: ...
+
+class UpdatePatientResponse(_message.Message):
+    __slots__ = ("patient", "candidates", "review_task_id")
+    PATIENT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    patient: Patient
+    candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
+    review_task_id: str
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ...) -> None: ...
 
 class RegisterPatientRequest(_message.Message):
     __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd")

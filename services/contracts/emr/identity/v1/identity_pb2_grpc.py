@@ -45,6 +45,11 @@ class PatientIdentityServiceStub:
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.SerializeToString,
                 response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.FromString,
                 _registered_method=True)
+        self.UpdatePatient = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/UpdatePatient',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.FromString,
+                _registered_method=True)
         self.MatchPatient = channel.unary_unary(
                 '/emr.identity.v1.PatientIdentityService/MatchPatient',
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientRequest.SerializeToString,
@@ -98,6 +103,15 @@ class PatientIdentityServiceServicer:
     def GetPatient(self, request, context):
         """GetPatient returns one person by enterprise id; NOT_FOUND names patient_id when unknown.
         A person merged into another resolves to the survivor (merged_from_patient_id says so).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePatient(self, request, context):
+        """UpdatePatient replaces a person's best-known demographics if expected_version is current
+        (ABORTED otherwise), then re-evaluates that person's links only: a new likely match opens a
+        review task, never an automatic merge. Idempotent by request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +183,11 @@ def add_PatientIdentityServiceServicer_to_server(servicer, server):
                     servicer.GetPatient,
                     request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.FromString,
                     response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.SerializeToString,
+            ),
+            'UpdatePatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePatient,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.SerializeToString,
             ),
             'MatchPatient': grpc.unary_unary_rpc_method_handler(
                     servicer.MatchPatient,
@@ -261,6 +280,33 @@ class PatientIdentityService:
             '/emr.identity.v1.PatientIdentityService/GetPatient',
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.SerializeToString,
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/UpdatePatient',
+            emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.FromString,
             options,
             channel_credentials,
             insecure,
