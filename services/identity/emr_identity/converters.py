@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from emr.identity.v1 import identity_pb2
 
-from emr_identity.domain import IdentifierSystem, Outcome, Person, RawIdentifier, RegistrationInput, Sex
+from emr_identity.domain import (
+    EventKind,
+    IdentifierSystem,
+    LinkEvent,
+    Outcome,
+    Person,
+    RawIdentifier,
+    RegistrationInput,
+    Sex,
+    normalize_identifier_value,
+)
+from emr_identity.linkage import ReviewTask
+from emr_identity.matching import Candidate, Decision
+from emr_identity.service import RegistrationResult, SearchQuery
+from emr_identity.vietnamese import bhyt_social_insurance_code
+from emr_runtime.errors import FieldViolation, InvalidArgumentError
 from emr_runtime.idempotency import fingerprint
 
 _SYSTEMS = {
@@ -24,6 +41,22 @@ _SEXES_TO_PROTO = {value: key for key, value in _SEXES.items()}
 _OUTCOMES = {
     Outcome.CREATED: identity_pb2.REGISTRATION_OUTCOME_CREATED,
     Outcome.EXISTING: identity_pb2.REGISTRATION_OUTCOME_EXISTING,
+    Outcome.LINKED: identity_pb2.REGISTRATION_OUTCOME_LINKED_EXISTING,
+    Outcome.REVIEW: identity_pb2.REGISTRATION_OUTCOME_REVIEW_REQUIRED,
+}
+_DECISIONS = {
+    Decision.NEW: identity_pb2.MATCH_DECISION_NEW,
+    Decision.REVIEW: identity_pb2.MATCH_DECISION_REVIEW,
+    Decision.LINK: identity_pb2.MATCH_DECISION_LINK,
+}
+_EVENT_KINDS = {
+    EventKind.CREATED: identity_pb2.LINK_EVENT_KIND_CREATED,
+    EventKind.LINKED: identity_pb2.LINK_EVENT_KIND_LINKED,
+    EventKind.MERGED: identity_pb2.LINK_EVENT_KIND_MERGED,
+    EventKind.UNMERGED: identity_pb2.LINK_EVENT_KIND_UNMERGED,
+    EventKind.REJECTED: identity_pb2.LINK_EVENT_KIND_REJECTED,
+    EventKind.REVIEW_OPENED: identity_pb2.LINK_EVENT_KIND_REVIEW_OPENED,
+    EventKind.UPDATED: identity_pb2.LINK_EVENT_KIND_UPDATED,
 }
 
 
@@ -38,6 +71,27 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
         sex=_SEXES.get(request.sex),
         facility_code=request.facility_code,
         fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        phone=request.phone,
+        province_code=request.province_code,
+        family_name=request.family_name,
+        middle_name=request.middle_name,
+        given_name=request.given_name,
+        accept_inconsistent_cccd=request.accept_inconsistent_cccd,
+    )
+
+
+def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInput:
+    """The new demographics, validated like a registration's (no identifiers, no facility)."""
+    return RegistrationInput(
+        request_id=request.request_id,
+        identifiers=(),
+        full_name=request.full_name,
+        birth_date=request.birth_date,
+        sex=_SEXES.get(request.sex),
+        facility_code="",
+        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        phone=request.phone,
+        province_code=request.province_code,
     )
 
 
@@ -54,10 +108,97 @@ def patient_message(person: Person) -> identity_pb2.Patient:
         birth_date=person.birth_date.isoformat(),
         sex=_SEXES_TO_PROTO[person.sex],
         registering_facility_code=person.registering_facility_code,
+        phone=person.phone,
+        province_code=person.province_code,
+        version=person.version,
     )
     patient.create_time.FromDatetime(person.created_at)
     return patient
 
 
-def outcome_value(outcome: Outcome) -> identity_pb2.RegistrationOutcome:
-    return _OUTCOMES[outcome]
+def candidate_messages(candidates: Iterable[Candidate]) -> list[identity_pb2.MatchCandidate]:
+    return [
+        identity_pb2.MatchCandidate(
+            patient_id=c.person_id,
+            score=c.score.total,
+            deterministic=c.score.deterministic,
+            contributions=[
+                identity_pb2.FieldContribution(field=p.field, level=p.level, weight=round(p.weight, 3))
+                for p in c.score.contributions
+            ],
+        )
+        for c in candidates
+    ]
+
+
+def registration_response(result: RegistrationResult) -> identity_pb2.RegisterPatientResponse:
+    return identity_pb2.RegisterPatientResponse(
+        patient=patient_message(result.person),
+        outcome=_OUTCOMES[result.outcome],
+        candidates=candidate_messages(result.candidates),
+        review_task_id=result.review_task_id,
+    )
+
+
+def decision_value(decision: Decision) -> identity_pb2.MatchDecision:
+    return _DECISIONS[decision]
+
+
+def search_query(request: identity_pb2.SearchPatientsRequest) -> SearchQuery:
+    identifier_key = ""
+    if request.HasField("identifier"):
+        system = _SYSTEMS.get(request.identifier.system)
+        value = normalize_identifier_value(request.identifier.value)
+        prefixes = {
+            IdentifierSystem.CCCD: "cccd",
+            IdentifierSystem.BHYT: "bhyt",
+            IdentifierSystem.PASSPORT: "pp",
+        }
+        if system not in prefixes or not value:
+            raise InvalidArgumentError([FieldViolation("identifier", "a CCCD, BHYT or PASSPORT value")])
+        assert system is not None
+        if system is IdentifierSystem.BHYT:
+            value = bhyt_social_insurance_code(value) or value
+        identifier_key = f"{prefixes[system]}:{value}"
+    return SearchQuery(
+        identifier_key=identifier_key,
+        full_name=request.full_name,
+        birth_year=request.birth_year,
+        exact_name=request.exact_name,
+        phone=request.phone,
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
+
+
+def review_task_message(task: ReviewTask) -> identity_pb2.ReviewTask:
+    message = identity_pb2.ReviewTask(
+        review_task_id=task.task_id,
+        patient_id=task.person_id,
+        candidates=candidate_messages(task.candidates),
+        open=task.open,
+    )
+    message.create_time.FromDatetime(task.created_at)
+    return message
+
+
+def resolution_value(resolution: identity_pb2.ReviewResolution) -> bool | None:
+    """True for SAME_PERSON, False for DIFFERENT_PERSONS, None when unset."""
+    return {
+        identity_pb2.REVIEW_RESOLUTION_SAME_PERSON: True,
+        identity_pb2.REVIEW_RESOLUTION_DIFFERENT_PERSONS: False,
+    }.get(resolution)
+
+
+def event_message(event: LinkEvent) -> identity_pb2.LinkEvent:
+    message = identity_pb2.LinkEvent(
+        event_id=event.event_id,
+        kind=_EVENT_KINDS[event.kind],
+        patient_id=event.person_id,
+        other_patient_id=event.other_person_id,
+        record_id=event.record_id,
+        actor_id=event.actor_id,
+        reason=event.reason,
+    )
+    message.time.FromDatetime(event.at)
+    return message

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from emr_identity.vietnamese import (
+    CCCD_PATTERN,
+    CCCD_PROVINCES,
+    CardSex,
+    NameParts,
+    bhyt_social_insurance_code,
+    cccd_problem,
+    normalize_name,
+    normalize_phone,
+    split_name,
+)
 from emr_runtime.errors import Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
 
-CCCD = re.compile(r"[0-9]{12}")
-# Old cards: 2 letters beneficiary group, benefit level 1-5, 2-digit province, 10-digit social insurance code.
-BHYT_OLD = re.compile(r"[A-Z]{2}[1-5][0-9]{2}[0-9]{10}")
-BHYT_NEW = re.compile(r"[0-9]{10}")
 PASSPORT = re.compile(r"[0-9A-Z]{6,12}")
 MRN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._/-]{0,31}")
 MAX_NAME_LENGTH = 200
@@ -42,11 +48,28 @@ class PersonStatus(enum.Enum):
     ACTIVE = "active"
     # Lost an identifier race: the registration resolved to the person in ``superseded_by``.
     SUPERSEDED = "superseded"
+    # Merged into the person in ``merged_into``; reads follow it there; UnmergePatients restores it.
+    MERGED = "merged"
+
+
+_CARD_SEXES = {Sex.MALE: CardSex.MALE, Sex.FEMALE: CardSex.FEMALE}
 
 
 class Outcome(enum.Enum):
     CREATED = "created"
     EXISTING = "existing"
+    LINKED = "linked"
+    REVIEW = "review"
+
+
+class EventKind(enum.Enum):
+    CREATED = "created"
+    LINKED = "linked"
+    MERGED = "merged"
+    UNMERGED = "unmerged"
+    REJECTED = "rejected"
+    REVIEW_OPENED = "review_opened"
+    UPDATED = "updated"
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,15 @@ class RegistrationInput:
     sex: Sex | None
     facility_code: str
     fingerprint: str
+    phone: str = ""
+    # 2-digit province code (GSO) of the address; empty when unknown.
+    province_code: str = ""
+    family_name: str = ""
+    middle_name: str = ""
+    given_name: str = ""
+    # Accepts a CCCD whose century/sex or birth-year digits disagree with birth_date and sex: cards
+    # with known issuing errors exist, and refusing them would block registration at the desk.
+    accept_inconsistent_cccd: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,9 @@ class Registration:
     sex: Sex
     facility_code: str
     fingerprint: str
+    name_parts: NameParts = field(default_factory=lambda: NameParts("", "", ""))
+    phone: str = ""
+    province_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,11 +148,34 @@ class Person:
     request_fingerprint: str
     superseded_by: str = ""
     claim_keys: tuple[str, ...] = field(default=())
+    phone: str = ""
+    province_code: str = ""
+    # Facility records registered to this very person (merged persons keep their own).
+    record_ids: tuple[str, ...] = ()
+    merged_into: str = ""
+    merged_person_ids: tuple[str, ...] = ()
+    # Persons a reviewer judged different from this one: never proposed as its match.
+    rejected_person_ids: tuple[str, ...] = ()
+    event_ids: tuple[str, ...] = ()
+    version: int = 1
 
 
-def normalize_name(raw: str) -> str:
-    """NFC (input may arrive as NFD) with runs of whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFC", raw).split())
+@dataclass(frozen=True)
+class LinkEvent:
+    """One entry of a person's link log."""
+
+    event_id: str
+    kind: EventKind
+    person_id: str
+    at: datetime
+    actor_id: str
+    other_person_id: str = ""
+    record_id: str = ""
+    reason: str = ""
+    # For UPDATED: the version the update produced and the review task it opened, if any.
+    version: int = 0
+    review_task_id: str = ""
+    request_fingerprint: str = ""
 
 
 def normalize_identifier_value(raw: str) -> str:
@@ -133,9 +191,9 @@ def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -
     )
     facility_code = normalize_facility_code(raw.facility_code)
     problem = {
-        IdentifierSystem.CCCD: None if CCCD.fullmatch(value) else "a CCCD has exactly 12 digits",
+        IdentifierSystem.CCCD: None if CCCD_PATTERN.fullmatch(value) else "a CCCD has exactly 12 digits",
         IdentifierSystem.BHYT: None
-        if BHYT_OLD.fullmatch(value) or BHYT_NEW.fullmatch(value)
+        if bhyt_social_insurance_code(value)
         else "a BHYT number has 15 characters (e.g. DN4790123456789) or 10 digits",
         IdentifierSystem.PASSPORT: None if PASSPORT.fullmatch(value) else "6 to 12 letters or digits",
         IdentifierSystem.MRN: None if MRN.fullmatch(value) else "1 to 32 letters, digits or . _ / -",
@@ -186,6 +244,8 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     elif not any(character.isalpha() for character in full_name):
         violations.add("full_name", "must contain letters")
     birth_date = parse_birth_date(violations, raw.birth_date, today)
+    # A CCCD is checked against the birth date only when that date itself is acceptable.
+    checkable_birth_date = birth_date if not violations.has("birth_date") else None
     if raw.sex is None:
         violations.add("sex", "required: MALE, FEMALE, OTHER or UNKNOWN")
     facility_code = normalize_facility_code(raw.facility_code)
@@ -204,6 +264,24 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
             continue
         seen.add(slot)
         identifiers.append(identifier)
+        if identifier.system is IdentifierSystem.CCCD:
+            # The override skips the birth-data check only; a province off the list is never valid.
+            override = raw.accept_inconsistent_cccd
+            problem = cccd_problem(
+                identifier.value,
+                None if override else checkable_birth_date,
+                None if override or raw.sex is None else _CARD_SEXES.get(raw.sex),
+            )
+            if problem:
+                violations.add(f"{path}.value", problem)
+    phone = ""
+    if raw.phone.strip():
+        phone = normalize_phone(raw.phone) or ""
+        if not phone:
+            violations.add("phone", "a Vietnamese mobile or landline number (+84 or 0 prefix)")
+    province_code = raw.province_code.strip()
+    if province_code and f"0{province_code}" not in CCCD_PROVINCES:
+        violations.add("province_code", "the 2-digit code of a province")
     violations.raise_if_any()
     assert birth_date is not None and raw.sex is not None  # guaranteed by the checks above
     return Registration(
@@ -214,6 +292,9 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         sex=raw.sex,
         facility_code=facility_code,
         fingerprint=raw.fingerprint,
+        name_parts=split_name(full_name, raw.family_name, raw.middle_name, raw.given_name),
+        phone=phone,
+        province_code=province_code,
     )
 
 
@@ -242,4 +323,6 @@ def new_person(registration: Registration, person_id: str, now: datetime) -> Per
         status=PersonStatus.PROVISIONAL,
         request_fingerprint=registration.fingerprint,
         claim_keys=claim_keys,
+        phone=registration.phone,
+        province_code=registration.province_code,
     )

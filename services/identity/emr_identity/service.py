@@ -1,8 +1,13 @@
-"""Identity use cases: coordinate the pure domain with the repository."""
+"""Identity use cases: coordinate the pure domain and matcher with the repository."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from datetime import datetime
+
 from emr_identity.domain import (
+    EventKind,
+    LinkEvent,
     Outcome,
     Person,
     PersonStatus,
@@ -11,51 +16,468 @@ from emr_identity.domain import (
     new_person,
     validate_registration,
 )
+from emr_identity.linkage import FacilityRecord, ReviewTask, review_task_id
+from emr_identity.matching import (
+    Candidate,
+    Decision,
+    MatchRecord,
+    MatchResult,
+    NameFrequencies,
+    blocking_keys,
+    decide,
+    match_record,
+)
 from emr_identity.repository import PersonRepository
+from emr_identity.vietnamese import fold, normalize_name, normalize_phone
 from emr_runtime.clock import utc_now
-from emr_runtime.errors import ConflictError, NotFoundError
-from emr_runtime.idempotency import derive_id
+from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
+from emr_runtime.idempotency import check_request_id, derive_id
+from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+
+# Merge chains are short (a merged person's survivor is rarely merged again); this bounds a loop
+# over corrupted data.
+MAX_MERGE_HOPS = 16
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    person: Person
+    outcome: Outcome
+    candidates: tuple[Candidate, ...] = ()
+    review_task_id: str = ""
+
+
+@dataclass(frozen=True)
+class PersonView:
+    """A person as GetPatient shows it: the survivor if the requested id was merged."""
+
+    person: Person
+    merged_from: str
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    identifier_key: str = ""
+    full_name: str = ""
+    birth_year: int = 0
+    exact_name: bool = False
+    phone: str = ""
+    page_size: int = 0
+    page_token: str = ""
 
 
 class IdentityService:
     def __init__(self, persons: PersonRepository) -> None:
         self._persons = persons
+        self._frequencies: NameFrequencies | None = None
 
-    async def register(self, raw: RegistrationInput) -> tuple[Person, Outcome]:
-        """Registers a person once per request_id; a CCCD or facility MRN already registered
-        resolves to its person. Safe under concurrency without transactions: the person is
-        written provisional, its unique identifiers are claimed through a unique _id, and only
-        then is it activated."""
+    async def _name_frequencies(self) -> NameFrequencies:
+        # Loaded once per process, then kept current by this process's registrations; other
+        # replicas' registrations arrive at the next start (frequencies need not be exact).
+        if self._frequencies is None:
+            self._frequencies = await self._persons.name_frequencies()
+        return self._frequencies
+
+    # --- registration -----------------------------------------------------------------------------
+
+    async def register(self, raw: RegistrationInput, actor_id: str = "") -> RegistrationResult:
+        """Registers a facility record once per request_id and links it: a CCCD or facility MRN
+        already registered resolves to its person (claimed through unique ids, safe under
+        concurrency without transactions); otherwise the matcher links automatically, opens a
+        review task, or creates a person."""
         now = utc_now()
         registration = validate_registration(raw, now.date())
         candidate = new_person(registration, derive_id("person", registration.request_id), now)
         stored = await self._persons.insert_or_get(candidate)
         if stored.request_fingerprint != candidate.request_fingerprint:
             raise ConflictError("request_id was already used for a different registration", "request_id")
-        if stored.status is PersonStatus.ACTIVE:
-            return stored, Outcome.CREATED
+        record_id = derive_id("record", registration.request_id)
+        record = await self._persons.insert_or_get_record(
+            FacilityRecord(
+                record_id=record_id,
+                person_id=stored.person_id,
+                facility_code=registration.facility_code,
+                match=match_record(registration, record_id),
+                request_fingerprint=registration.fingerprint,
+                created_at=now,
+            )
+        )
+        if record.outcome is None:
+            record = await self._persons.finish_record(await self._link(stored, record, actor_id, now))
+        assert record.outcome is not None  # finish_record stores one
+        return RegistrationResult(
+            person=(await self._view(record.person_id, "patient_id")).person,
+            outcome=record.outcome,
+            candidates=record.candidates,
+            review_task_id=record.review_task_id,
+        )
+
+    async def _link(
+        self, stored: Person, record: FacilityRecord, actor_id: str, now: datetime
+    ) -> FacilityRecord:
         if stored.status is PersonStatus.SUPERSEDED:
-            return await self._resolved(stored.superseded_by), Outcome.EXISTING
+            return replace(record, person_id=stored.superseded_by, outcome=Outcome.EXISTING)
+        if stored.status is not PersonStatus.PROVISIONAL:
+            return replace(record, outcome=Outcome.CREATED)  # finished before a crash; keep it
         for claim_key in stored.claim_keys:
             owner_id = await self._persons.claim(claim_key, stored.person_id)
             if owner_id != stored.person_id:
                 # The owner may have stopped before activating; its document is complete, so finish it.
                 await self._persons.activate(owner_id)
                 if await self._persons.supersede(stored.person_id, owner_id):
-                    await self._persons.release_claims(stored.person_id)
-                    return await self._resolved(owner_id), Outcome.EXISTING
+                    await self._persons.release_claims(stored.person_id, stored.claim_keys)
+                    await self._attach(record, owner_id, EventKind.LINKED, actor_id, now)
+                    return replace(record, person_id=owner_id, outcome=Outcome.EXISTING)
                 # A rival registration already resolved to this person (it won an earlier claim), so
-                # it stays; the contested identifier is left to review (identity matching issue).
+                # it stays; the matcher below decides about the contested identifier.
+        result = await self._match(record.match, exclude={stored.person_id})
+        if result.decision is Decision.LINK:
+            target = result.candidates[0].person_id
+            if await self._persons.supersede(stored.person_id, target):
+                await self._persons.transfer_claims(stored.claim_keys, stored.person_id, target)
+                await self._attach(record, target, EventKind.LINKED, actor_id, now)
+                return replace(record, person_id=target, outcome=Outcome.LINKED, candidates=result.candidates)
         await self._persons.activate(stored.person_id)
-        return await self._resolved(stored.person_id), Outcome.CREATED
+        await self._attach(record, stored.person_id, EventKind.CREATED, actor_id, now)
+        if result.decision is not Decision.REVIEW:
+            return replace(record, outcome=Outcome.CREATED)
+        task = ReviewTask(
+            task_id=review_task_id(await self._persons.next_review_sequence()),
+            person_id=stored.person_id,
+            record_id=record.record_id,
+            candidates=result.candidates,
+            created_at=now,
+        )
+        await self._persons.insert_task(task)
+        await self._log(
+            EventKind.REVIEW_OPENED, stored.person_id, f"{record.record_id}:review", actor_id, now
+        )
+        return replace(
+            record, outcome=Outcome.REVIEW, candidates=result.candidates, review_task_id=task.task_id
+        )
 
-    async def _resolved(self, person_id: str) -> Person:
-        person = await self._persons.get(person_id)
-        assert person is not None and person.status is PersonStatus.ACTIVE  # activated just before
-        return person
+    async def _attach(
+        self, record: FacilityRecord, person_id: str, kind: EventKind, actor_id: str, now: datetime
+    ) -> None:
+        await self._persons.add_record(person_id, record.record_id)
+        await self._persons.file_in_blocks(blocking_keys(record.match), record.record_id)
+        frequencies = await self._name_frequencies()  # loaded before this record is counted
+        await self._persons.count_names(record.match.names)
+        frequencies.add(record.match.names)
+        await self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id)
 
-    async def get(self, patient_id: str) -> Person:
+    async def _log(
+        self,
+        kind: EventKind,
+        person_id: str,
+        origin: str,
+        actor_id: str,
+        now: datetime,
+        other_person_id: str = "",
+        record_id: str = "",
+        reason: str = "",
+        **details: str | int,
+    ) -> None:
+        """Appends to the person's link log; the event id derives from what caused it (``origin``),
+        so a repeated request does not log twice. ``details``: LinkEvent's optional fields."""
+        event = LinkEvent(
+            event_id=derive_id(f"event:{kind.value}:{person_id}", origin),
+            kind=kind,
+            person_id=person_id,
+            at=now,
+            actor_id=actor_id,
+            other_person_id=other_person_id,
+            record_id=record_id,
+            reason=reason,
+            **details,  # type: ignore[arg-type]
+        )
+        await self._persons.append_event(event)
+
+    # --- update -----------------------------------------------------------------------------------
+
+    async def update(
+        self, raw: RegistrationInput, patient_id: str, expected_version: int, actor_id: str
+    ) -> RegistrationResult:
+        """Replaces the best-known demographics at ``expected_version``, then re-evaluates this
+        person's links only: likely matches open a review task (never an automatic merge)."""
+        person = (await self._view(patient_id, "patient_id")).person
+        done = await self._persons.get_event(derive_id(f"event:updated:{person.person_id}", raw.request_id))
+        if done is not None:
+            if done.request_fingerprint != raw.fingerprint:
+                raise ConflictError("request_id was already used for a different update", "request_id")
+            task = await self._persons.get_task(done.review_task_id) if done.review_task_id else None
+            current = (await self._view(person.person_id, "patient_id")).person
+            return RegistrationResult(
+                current, Outcome.EXISTING, task.candidates if task else (), done.review_task_id
+            )
+        now = utc_now()
+        registration = validate_registration(
+            replace(raw, facility_code=person.registering_facility_code), now.date()
+        )
+        if expected_version < 1:
+            raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
+        updated = replace(
+            person,
+            full_name=registration.full_name,
+            birth_date=registration.birth_date,
+            sex=registration.sex,
+            phone=registration.phone,
+            province_code=registration.province_code,
+            version=expected_version + 1,
+        )
+        if not await self._persons.update_demographics(updated, expected_version):
+            raise ConflictError(
+                "the person changed since expected_version; read it again", "expected_version"
+            )
+        result = await self._match(
+            match_record(registration, f"{person.person_id}:v{updated.version}"),
+            exclude={person.person_id, *person.merged_person_ids},
+            rejected=frozenset(person.rejected_person_ids),
+        )
+        task_id = ""
+        if result.candidates:
+            task_id = review_task_id(await self._persons.next_review_sequence())
+            await self._persons.insert_task(ReviewTask(task_id, person.person_id, "", result.candidates, now))
+        await self._log(
+            EventKind.UPDATED,
+            person.person_id,
+            raw.request_id,
+            actor_id,
+            now,
+            version=updated.version,
+            review_task_id=task_id,
+            request_fingerprint=raw.fingerprint,
+        )
+        return RegistrationResult(updated, Outcome.EXISTING, result.candidates, task_id)
+
+    # --- matching ---------------------------------------------------------------------------------
+
+    async def _match(
+        self, match: MatchRecord, exclude: set[str], rejected: frozenset[str] = frozenset()
+    ) -> MatchResult:
+        record_ids = await self._persons.block_members(blocking_keys(match))
+        record_ids.discard(match.record_id)
+        records = [r for r in await self._persons.records(record_ids) if r.outcome is not None]
+        owners = await self._current_persons({r.person_id for r in records})
+        candidates = [
+            (owners[r.person_id], r.match)
+            for r in records
+            if r.person_id in owners and owners[r.person_id] not in exclude
+        ]
+        return decide(match, candidates, await self._name_frequencies(), rejected)
+
+    async def _current_persons(self, person_ids: set[str]) -> dict[str, str]:
+        """For each person id, the active person it resolves to through merges (absent if none)."""
+        resolved: dict[str, str] = {}
+        for person in await self._persons.get_many(person_ids):
+            current: Person | None = person
+            for _ in range(MAX_MERGE_HOPS):
+                if current is None or current.status is not PersonStatus.MERGED:
+                    break
+                current = await self._persons.get(current.merged_into)
+            if current is not None and current.status is PersonStatus.ACTIVE:
+                resolved[person.person_id] = current.person_id
+        return resolved
+
+    async def match(self, raw: RegistrationInput, patient_id: str = "") -> MatchResult:
+        """A dry run of registration matching; writes nothing."""
+        now = utc_now()
+        registration = validate_registration(replace(raw, request_id=raw.request_id or "match"), now.date())
+        exclude: set[str] = set()
+        rejected: frozenset[str] = frozenset()
+        if patient_id:
+            on_behalf = (await self._view(patient_id, "patient_id")).person
+            exclude = {on_behalf.person_id, patient_id}
+            rejected = frozenset(on_behalf.rejected_person_ids)
+        return await self._match(match_record(registration, "dry-run"), exclude, rejected)
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def _view(self, patient_id: str, field: str) -> PersonView:
+        person = await self._persons.get(check_patient_id(patient_id, field))
+        if person is None or person.status in (PersonStatus.PROVISIONAL, PersonStatus.SUPERSEDED):
+            raise NotFoundError("Patient", field, patient_id)
+        merged_from = ""
+        for _ in range(MAX_MERGE_HOPS):
+            if person.status is not PersonStatus.MERGED:
+                break
+            merged_from = merged_from or person.person_id
+            survivor = await self._persons.get(person.merged_into)
+            if survivor is None:
+                raise NotFoundError("Patient", field, patient_id)
+            person = survivor
+        merged = await self._persons.get_many(person.merged_person_ids)
+        record_ids = person.record_ids + tuple(r for m in merged for r in m.record_ids)
+        return PersonView(person, merged_from, record_ids)
+
+    async def get(self, patient_id: str) -> PersonView:
+        return await self._view(patient_id, "patient_id")
+
+    async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
+        size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        position = decode_page_token(query.page_token)
+        offset = int(position.get("offset", 0)) if position else 0
+        key, exact = self._search_key(query)
+        records = [
+            r for r in await self._persons.records(await self._persons.block_members([key])) if r.outcome
+        ]
+        if exact:
+            records = [r for r in records if r.match.names.full == exact]
+        owners = await self._current_persons({r.person_id for r in records})
+        person_ids = sorted(set(owners.values()))
+        page = await self._persons.get_many(person_ids[offset : offset + size])
+        more = offset + size < len(person_ids)
+        return page, encode_page_token({"offset": offset + size}) if more else ""
+
+    @staticmethod
+    def _search_key(query: SearchQuery) -> tuple[str, str]:
+        """The block key to read and, for exact name search, the tone-preserving name to keep."""
+        given = [bool(query.identifier_key), bool(query.full_name), bool(query.phone)]
+        if sum(given) != 1:
+            raise InvalidArgumentError(
+                [
+                    FieldViolation(
+                        "identifier", "give exactly one of identifier, full_name + birth_year, phone"
+                    )
+                ]
+            )
+        if query.identifier_key:
+            return query.identifier_key, ""
+        if query.phone:
+            phone = normalize_phone(query.phone)
+            if not phone:
+                raise InvalidArgumentError([FieldViolation("phone", "a Vietnamese phone number")])
+            return f"ph:{phone}", ""
+        if not 1900 <= query.birth_year <= 2200:
+            raise InvalidArgumentError([FieldViolation("birth_year", "required with full_name, e.g. 1990")])
+        name = normalize_name(query.full_name).lower()
+        return f"fy:{fold(name)}|{query.birth_year}", name if query.exact_name else ""
+
+    # --- review -----------------------------------------------------------------------------------
+
+    async def list_review_tasks(self, requested_size: int, token: str) -> tuple[list[ReviewTask], str]:
+        size = page_size(requested_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        position = decode_page_token(token)
+        sequence = int(position.get("next", 1)) if position else 1
+        last = await self._persons.last_review_sequence()
+        found: list[ReviewTask] = []
+        while sequence <= last and len(found) < size:
+            batch = range(sequence, min(last, sequence + size - len(found) - 1) + 1)
+            found.extend(t for t in await self._persons.tasks(review_task_id(s) for s in batch) if t.open)
+            sequence = batch[-1] + 1
+        found.sort(key=lambda t: t.task_id)
+        return found, encode_page_token({"next": sequence}) if sequence <= last else ""
+
+    async def resolve_review_task(
+        self,
+        request_id: str,
+        task_id: str,
+        same_person: bool | None,
+        candidate_id: str,
+        reason: str,
+        actor_id: str,
+    ) -> Person:
+        violations = Violations()
+        check_request_id(violations, request_id)
+        if not task_id.strip():
+            violations.add("review_task_id", "required")
+        if same_person is None:
+            violations.add("resolution", "SAME_PERSON or DIFFERENT_PERSONS")
+        violations.raise_if_any()
+        task = await self._persons.get_task(task_id)
+        if task is None:
+            raise NotFoundError("ReviewTask", "review_task_id", task_id)
+        resolution = "same" if same_person else "different"
+        if not task.open:
+            if task.resolution != f"{resolution}:{request_id}":
+                raise ConflictError("the review task was already resolved", "review_task_id")
+            return (await self._view(task.person_id, "review_task_id")).person  # a repeated request
+        now = utc_now()
+        proposed = [c.person_id for c in task.candidates]
+        if same_person:
+            survivor = candidate_id or proposed[0]
+            if survivor not in proposed:
+                raise InvalidArgumentError(
+                    [FieldViolation("candidate_patient_id", "not a candidate of this task")]
+                )
+            await self.merge(
+                f"{request_id}:merge", survivor, task.person_id, reason or "review: same person", actor_id
+            )
+        else:
+            rejected = [candidate_id] if candidate_id else proposed
+            for other in rejected:
+                await self._persons.reject_pair(task.person_id, other)
+                for one, two in ((task.person_id, other), (other, task.person_id)):
+                    await self._log(
+                        EventKind.REJECTED, one, request_id, actor_id, now, two, task.record_id, reason
+                    )
+        await self._persons.close_task(task.task_id, f"{resolution}:{request_id}")
+        return (await self._view(task.person_id, "review_task_id")).person
+
+    # --- merge ------------------------------------------------------------------------------------
+
+    async def merge(
+        self, request_id: str, survivor_id: str, merged_id: str, reason: str, actor_id: str
+    ) -> Person:
+        violations = Violations()
+        check_request_id(violations, request_id)
+        if survivor_id.strip() and survivor_id.strip() == merged_id.strip():
+            violations.add("merged_patient_id", "must differ from survivor_patient_id")
+        violations.raise_if_any()
+        merged = await self._persons.get(check_patient_id(merged_id, "merged_patient_id"))
+        survivor = await self._view(survivor_id, "survivor_patient_id")
+        if merged is None or merged.status in (PersonStatus.PROVISIONAL, PersonStatus.SUPERSEDED):
+            raise NotFoundError("Patient", "merged_patient_id", merged_id)
+        done = await self._persons.get_event(derive_id(f"event:merged:{merged.person_id}", request_id))
+        if done is not None:
+            if done.other_person_id != survivor.person.person_id:
+                raise ConflictError("request_id was already used for a different merge", "request_id")
+            return (await self._view(survivor.person.person_id, "survivor_patient_id")).person
+        if survivor.person.person_id == merged.person_id:
+            raise InvalidArgumentError(
+                [FieldViolation("merged_patient_id", "already merged into the survivor")]
+            )
+        if not await self._persons.merge(survivor.person.person_id, merged.person_id):
+            raise ConflictError("merged_patient_id is not an active person", "merged_patient_id")
+        now = utc_now()
+        for one, two in (
+            (merged.person_id, survivor.person.person_id),
+            (survivor.person.person_id, merged.person_id),
+        ):
+            await self._log(EventKind.MERGED, one, request_id, actor_id, now, two, reason=reason)
+        return (await self._view(survivor.person.person_id, "survivor_patient_id")).person
+
+    async def unmerge(
+        self, request_id: str, merged_id: str, reason: str, actor_id: str
+    ) -> tuple[Person, Person]:
+        violations = Violations()
+        check_request_id(violations, request_id)
+        violations.raise_if_any()
+        merged = await self._persons.get(check_patient_id(merged_id, "merged_patient_id"))
+        if merged is None or merged.status in (PersonStatus.PROVISIONAL, PersonStatus.SUPERSEDED):
+            raise NotFoundError("Patient", "merged_patient_id", merged_id)
+        done = await self._persons.get_event(derive_id(f"event:unmerged:{merged.person_id}", request_id))
+        if done is None:
+            if merged.status is not PersonStatus.MERGED:
+                raise ConflictError("merged_patient_id is not merged", "merged_patient_id")
+            survivor_id = merged.merged_into
+            await self._persons.unmerge(merged.person_id, survivor_id)
+            now = utc_now()
+            for one, two in ((merged.person_id, survivor_id), (survivor_id, merged.person_id)):
+                await self._log(EventKind.UNMERGED, one, request_id, actor_id, now, two, reason=reason)
+        else:
+            survivor_id = done.other_person_id
+        restored = await self._persons.get(merged.person_id)
+        survivor = await self._view(survivor_id, "merged_patient_id")
+        assert restored is not None
+        return restored, survivor.person
+
+    async def history(self, patient_id: str) -> list[LinkEvent]:
         person = await self._persons.get(check_patient_id(patient_id))
-        if person is None or person.status is not PersonStatus.ACTIVE:
+        if person is None or person.status in (PersonStatus.PROVISIONAL, PersonStatus.SUPERSEDED):
             raise NotFoundError("Patient", "patient_id", patient_id)
-        return person
+        # The person lists its events in the order they were appended (one write each).
+        return await self._persons.events(person.event_ids)

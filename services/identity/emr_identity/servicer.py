@@ -10,10 +10,15 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from emr_identity import converters
 from emr_identity.service import IdentityService
+from emr_runtime.caller import caller_from_metadata
 from emr_runtime.interceptors import AuditRule
 
 SERVICE_NAME = "emr.identity.v1.PatientIdentityService"
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _actor(context: Context) -> str:
+    return caller_from_metadata(context.invocation_metadata()).actor_id
 
 
 class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
@@ -23,20 +28,119 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def RegisterPatient(
         self, request: identity_pb2.RegisterPatientRequest, context: Context
     ) -> identity_pb2.RegisterPatientResponse:
-        person, outcome = await self._service.register(converters.registration_input(request))
-        return identity_pb2.RegisterPatientResponse(
-            patient=converters.patient_message(person), outcome=converters.outcome_value(outcome)
-        )
+        result = await self._service.register(converters.registration_input(request), _actor(context))
+        return converters.registration_response(result)
 
     async def GetPatient(
         self, request: identity_pb2.GetPatientRequest, context: Context
     ) -> identity_pb2.GetPatientResponse:
-        person = await self._service.get(request.patient_id)
-        return identity_pb2.GetPatientResponse(patient=converters.patient_message(person))
+        view = await self._service.get(request.patient_id)
+        return identity_pb2.GetPatientResponse(
+            patient=converters.patient_message(view.person),
+            merged_from_patient_id=view.merged_from,
+            record_ids=view.record_ids,
+            merged_patient_ids=view.person.merged_person_ids,
+        )
+
+    async def UpdatePatient(
+        self, request: identity_pb2.UpdatePatientRequest, context: Context
+    ) -> identity_pb2.UpdatePatientResponse:
+        result = await self._service.update(
+            converters.update_input(request), request.patient_id, request.expected_version, _actor(context)
+        )
+        return identity_pb2.UpdatePatientResponse(
+            patient=converters.patient_message(result.person),
+            candidates=converters.candidate_messages(result.candidates),
+            review_task_id=result.review_task_id,
+        )
+
+    async def MatchPatient(
+        self, request: identity_pb2.MatchPatientRequest, context: Context
+    ) -> identity_pb2.MatchPatientResponse:
+        result = await self._service.match(
+            converters.registration_input(request.demographics), request.patient_id
+        )
+        return identity_pb2.MatchPatientResponse(
+            decision=converters.decision_value(result.decision),
+            candidates=converters.candidate_messages(result.candidates),
+        )
+
+    async def SearchPatients(
+        self, request: identity_pb2.SearchPatientsRequest, context: Context
+    ) -> identity_pb2.SearchPatientsResponse:
+        persons, token = await self._service.search(converters.search_query(request))
+        return identity_pb2.SearchPatientsResponse(
+            patients=[converters.patient_message(p) for p in persons], next_page_token=token
+        )
+
+    async def ListReviewTasks(
+        self, request: identity_pb2.ListReviewTasksRequest, context: Context
+    ) -> identity_pb2.ListReviewTasksResponse:
+        tasks, token = await self._service.list_review_tasks(request.page_size, request.page_token)
+        return identity_pb2.ListReviewTasksResponse(
+            review_tasks=[converters.review_task_message(t) for t in tasks], next_page_token=token
+        )
+
+    async def ResolveReviewTask(
+        self, request: identity_pb2.ResolveReviewTaskRequest, context: Context
+    ) -> identity_pb2.ResolveReviewTaskResponse:
+        person = await self._service.resolve_review_task(
+            request.request_id,
+            request.review_task_id,
+            converters.resolution_value(request.resolution),
+            request.candidate_patient_id,
+            request.reason,
+            _actor(context),
+        )
+        return identity_pb2.ResolveReviewTaskResponse(patient=converters.patient_message(person))
+
+    async def MergePatients(
+        self, request: identity_pb2.MergePatientsRequest, context: Context
+    ) -> identity_pb2.MergePatientsResponse:
+        survivor = await self._service.merge(
+            request.request_id,
+            request.survivor_patient_id,
+            request.merged_patient_id,
+            request.reason,
+            _actor(context),
+        )
+        return identity_pb2.MergePatientsResponse(patient=converters.patient_message(survivor))
+
+    async def UnmergePatients(
+        self, request: identity_pb2.UnmergePatientsRequest, context: Context
+    ) -> identity_pb2.UnmergePatientsResponse:
+        restored, survivor = await self._service.unmerge(
+            request.request_id, request.merged_patient_id, request.reason, _actor(context)
+        )
+        return identity_pb2.UnmergePatientsResponse(
+            restored=converters.patient_message(restored), survivor=converters.patient_message(survivor)
+        )
+
+    async def GetPersonHistory(
+        self, request: identity_pb2.GetPersonHistoryRequest, context: Context
+    ) -> identity_pb2.GetPersonHistoryResponse:
+        events = await self._service.history(request.patient_id)
+        return identity_pb2.GetPersonHistoryResponse(events=[converters.event_message(e) for e in events])
 
 
 def _registered_patient_id(request: Any, response: Any) -> str:
     return str(response.patient.patient_id) if response is not None else ""
+
+
+def _requested_patient_id(request: Any, response: Any) -> str:
+    return str(request.patient_id)
+
+
+def _survivor_id(request: Any, response: Any) -> str:
+    return str(request.survivor_patient_id)
+
+
+def _merged_id(request: Any, response: Any) -> str:
+    return str(request.merged_patient_id)
+
+
+def _nobody(request: Any, response: Any) -> str:
+    return ""
 
 
 AUDIT_RULES = {
@@ -44,9 +148,23 @@ AUDIT_RULES = {
         audit_pb2.AUDIT_ACTION_CREATE, "Patient", _registered_patient_id, _registered_patient_id
     ),
     f"/{SERVICE_NAME}/GetPatient": AuditRule(
-        audit_pb2.AUDIT_ACTION_READ,
-        "Patient",
-        lambda request, response: str(request.patient_id),
-        lambda request, response: str(request.patient_id),
+        audit_pb2.AUDIT_ACTION_READ, "Patient", _requested_patient_id, _requested_patient_id
     ),
+    f"/{SERVICE_NAME}/GetPersonHistory": AuditRule(
+        audit_pb2.AUDIT_ACTION_READ, "Patient", _requested_patient_id, _requested_patient_id
+    ),
+    f"/{SERVICE_NAME}/UpdatePatient": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _requested_patient_id, _requested_patient_id
+    ),
+    f"/{SERVICE_NAME}/MergePatients": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _survivor_id, _survivor_id
+    ),
+    f"/{SERVICE_NAME}/UnmergePatients": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _merged_id, _merged_id
+    ),
+    f"/{SERVICE_NAME}/ResolveReviewTask": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _registered_patient_id, _registered_patient_id
+    ),
+    f"/{SERVICE_NAME}/SearchPatients": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
+    f"/{SERVICE_NAME}/MatchPatient": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
 }

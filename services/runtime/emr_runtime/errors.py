@@ -84,6 +84,10 @@ class Violations:
     def add(self, field: str, description: str) -> None:
         self._items.append(FieldViolation(field, description))
 
+    def has(self, field: str) -> bool:
+        """Whether a violation of this field was recorded already."""
+        return any(item.field == field for item in self._items)
+
     def __bool__(self) -> bool:
         return bool(self._items)
 

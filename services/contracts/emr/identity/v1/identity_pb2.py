@@ -25,31 +25,77 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65mr/identity/v1/identity.proto\x12\x0f\x65mr.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\nIdentifier\x12\x31\n\x06system\x18\x01 \x01(\x0e\x32!.emr.identity.v1.IdentifierSystem\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rfacility_code\x18\x03 \x01(\t\"\xed\x01\n\x07Patient\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x30\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x1b.emr.identity.v1.Identifier\x12\x11\n\tfull_name\x18\x03 \x01(\t\x12\x12\n\nbirth_date\x18\x04 \x01(\t\x12!\n\x03sex\x18\x05 \x01(\x0e\x32\x14.emr.identity.v1.Sex\x12!\n\x19registering_facility_code\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x16RegisterPatientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x1b.emr.identity.v1.Identifier\x12\x11\n\tfull_name\x18\x03 \x01(\t\x12\x12\n\nbirth_date\x18\x04 \x01(\t\x12!\n\x03sex\x18\x05 \x01(\x0e\x32\x14.emr.identity.v1.Sex\x12\x15\n\rfacility_code\x18\x06 \x01(\t\"{\n\x17RegisterPatientResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\x12\x35\n\x07outcome\x18\x02 \x01(\x0e\x32$.emr.identity.v1.RegistrationOutcome\"\'\n\x11GetPatientRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\"?\n\x12GetPatientResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient*\xa8\x01\n\x10IdentifierSystem\x12!\n\x1dIDENTIFIER_SYSTEM_UNSPECIFIED\x10\x00\x12\x1a\n\x16IDENTIFIER_SYSTEM_CCCD\x10\x01\x12\x1a\n\x16IDENTIFIER_SYSTEM_BHYT\x10\x02\x12\x1e\n\x1aIDENTIFIER_SYSTEM_PASSPORT\x10\x03\x12\x19\n\x15IDENTIFIER_SYSTEM_MRN\x10\x04*X\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02\x12\r\n\tSEX_OTHER\x10\x03\x12\x0f\n\x0bSEX_UNKNOWN\x10\x04*\x80\x01\n\x13RegistrationOutcome\x12$\n REGISTRATION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREGISTRATION_OUTCOME_CREATED\x10\x01\x12!\n\x1dREGISTRATION_OUTCOME_EXISTING\x10\x02\x32\xd5\x01\n\x16PatientIdentityService\x12\x64\n\x0fRegisterPatient\x12\'.emr.identity.v1.RegisterPatientRequest\x1a(.emr.identity.v1.RegisterPatientResponse\x12U\n\nGetPatient\x12\".emr.identity.v1.GetPatientRequest\x1a#.emr.identity.v1.GetPatientResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65mr/identity/v1/identity.proto\x12\x0f\x65mr.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\nIdentifier\x12\x31\n\x06system\x18\x01 \x01(\x0e\x32!.emr.identity.v1.IdentifierSystem\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rfacility_code\x18\x03 \x01(\t\"\xa4\x02\n\x07Patient\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x30\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x1b.emr.identity.v1.Identifier\x12\x11\n\tfull_name\x18\x03 \x01(\t\x12\x12\n\nbirth_date\x18\x04 \x01(\t\x12!\n\x03sex\x18\x05 \x01(\x0e\x32\x14.emr.identity.v1.Sex\x12!\n\x19registering_facility_code\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05phone\x18\x08 \x01(\t\x12\x15\n\rprovince_code\x18\t \x01(\t\x12\x0f\n\x07version\x18\n \x01(\x03\"\xc8\x01\n\x14UpdatePatientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\x12\x11\n\tfull_name\x18\x04 \x01(\t\x12\x12\n\nbirth_date\x18\x05 \x01(\t\x12!\n\x03sex\x18\x06 \x01(\x0e\x32\x14.emr.identity.v1.Sex\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x15\n\rprovince_code\x18\x08 \x01(\t\"\x8f\x01\n\x15UpdatePatientResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.emr.identity.v1.MatchCandidate\x12\x16\n\x0ereview_task_id\x18\x03 \x01(\t\"\xc5\x02\n\x16RegisterPatientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x1b.emr.identity.v1.Identifier\x12\x11\n\tfull_name\x18\x03 \x01(\t\x12\x12\n\nbirth_date\x18\x04 \x01(\t\x12!\n\x03sex\x18\x05 \x01(\x0e\x32\x14.emr.identity.v1.Sex\x12\x15\n\rfacility_code\x18\x06 \x01(\t\x12\r\n\x05phone\x18\x07 \x01(\t\x12\x15\n\rprovince_code\x18\x08 \x01(\t\x12\x13\n\x0b\x66\x61mily_name\x18\t \x01(\t\x12\x13\n\x0bmiddle_name\x18\n \x01(\t\x12\x12\n\ngiven_name\x18\x0b \x01(\t\x12 \n\x18\x61\x63\x63\x65pt_inconsistent_cccd\x18\x0c \x01(\x08\"\xc8\x01\n\x17RegisterPatientResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\x12\x35\n\x07outcome\x18\x02 \x01(\x0e\x32$.emr.identity.v1.RegistrationOutcome\x12\x33\n\ncandidates\x18\x03 \x03(\x0b\x32\x1f.emr.identity.v1.MatchCandidate\x12\x16\n\x0ereview_task_id\x18\x04 \x01(\t\"A\n\x11\x46ieldContribution\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\x85\x01\n\x0eMatchCandidate\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x39\n\rcontributions\x18\x03 \x03(\x0b\x32\".emr.identity.v1.FieldContribution\x12\x15\n\rdeterministic\x18\x04 \x01(\x08\"h\n\x13MatchPatientRequest\x12=\n\x0c\x64\x65mographics\x18\x01 \x01(\x0b\x32\'.emr.identity.v1.RegisterPatientRequest\x12\x12\n\npatient_id\x18\x02 \x01(\t\"}\n\x14MatchPatientResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1e.emr.identity.v1.MatchDecision\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.emr.identity.v1.MatchCandidate\"\xb9\x01\n\x15SearchPatientsRequest\x12/\n\nidentifier\x18\x01 \x01(\x0b\x32\x1b.emr.identity.v1.Identifier\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\x12\n\nbirth_year\x18\x03 \x01(\x05\x12\x12\n\nexact_name\x18\x04 \x01(\x08\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"]\n\x16SearchPatientsResponse\x12*\n\x08patients\x18\x01 \x03(\x0b\x32\x18.emr.identity.v1.Patient\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xac\x01\n\nReviewTask\x12\x16\n\x0ereview_task_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x33\n\ncandidates\x18\x03 \x03(\x0b\x32\x1f.emr.identity.v1.MatchCandidate\x12\x0c\n\x04open\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListReviewTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x17ListReviewTasksResponse\x12\x31\n\x0creview_tasks\x18\x01 \x03(\x0b\x32\x1b.emr.identity.v1.ReviewTask\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xab\x01\n\x18ResolveReviewTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0ereview_task_id\x18\x02 \x01(\t\x12\x35\n\nresolution\x18\x03 \x01(\x0e\x32!.emr.identity.v1.ReviewResolution\x12\x1c\n\x14\x63\x61ndidate_patient_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"F\n\x19ResolveReviewTaskResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\"r\n\x14MergePatientsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1b\n\x13survivor_patient_id\x18\x02 \x01(\t\x12\x19\n\x11merged_patient_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"B\n\x15MergePatientsResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\"W\n\x16UnmergePatientsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11merged_patient_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"q\n\x17UnmergePatientsResponse\x12*\n\x08restored\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\x12*\n\x08survivor\x18\x02 \x01(\x0b\x32\x18.emr.identity.v1.Patient\"\xd8\x01\n\tLinkEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.emr.identity.v1.LinkEventKind\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x18\n\x10other_patient_id\x18\x04 \x01(\t\x12\x11\n\trecord_id\x18\x05 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x17GetPersonHistoryRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\"F\n\x18GetPersonHistoryResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.emr.identity.v1.LinkEvent\"\'\n\x11GetPatientRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetPatientResponse\x12)\n\x07patient\x18\x01 \x01(\x0b\x32\x18.emr.identity.v1.Patient\x12\x1e\n\x16merged_from_patient_id\x18\x02 \x01(\t\x12\x12\n\nrecord_ids\x18\x03 \x03(\t\x12\x1a\n\x12merged_patient_ids\x18\x04 \x03(\t*\xa8\x01\n\x10IdentifierSystem\x12!\n\x1dIDENTIFIER_SYSTEM_UNSPECIFIED\x10\x00\x12\x1a\n\x16IDENTIFIER_SYSTEM_CCCD\x10\x01\x12\x1a\n\x16IDENTIFIER_SYSTEM_BHYT\x10\x02\x12\x1e\n\x1aIDENTIFIER_SYSTEM_PASSPORT\x10\x03\x12\x19\n\x15IDENTIFIER_SYSTEM_MRN\x10\x04*X\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02\x12\r\n\tSEX_OTHER\x10\x03\x12\x0f\n\x0bSEX_UNKNOWN\x10\x04*\xd4\x01\n\x13RegistrationOutcome\x12$\n REGISTRATION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREGISTRATION_OUTCOME_CREATED\x10\x01\x12!\n\x1dREGISTRATION_OUTCOME_EXISTING\x10\x02\x12(\n$REGISTRATION_OUTCOME_LINKED_EXISTING\x10\x03\x12(\n$REGISTRATION_OUTCOME_REVIEW_REQUIRED\x10\x04*{\n\rMatchDecision\x12\x1e\n\x1aMATCH_DECISION_UNSPECIFIED\x10\x00\x12\x16\n\x12MATCH_DECISION_NEW\x10\x01\x12\x19\n\x15MATCH_DECISION_REVIEW\x10\x02\x12\x17\n\x13MATCH_DECISION_LINK\x10\x03*\x81\x01\n\x10ReviewResolution\x12!\n\x1dREVIEW_RESOLUTION_UNSPECIFIED\x10\x00\x12!\n\x1dREVIEW_RESOLUTION_SAME_PERSON\x10\x01\x12\'\n#REVIEW_RESOLUTION_DIFFERENT_PERSONS\x10\x02*\x81\x02\n\rLinkEventKind\x12\x1f\n\x1bLINK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17LINK_EVENT_KIND_CREATED\x10\x01\x12\x1a\n\x16LINK_EVENT_KIND_LINKED\x10\x02\x12\x1a\n\x16LINK_EVENT_KIND_MERGED\x10\x03\x12\x1c\n\x18LINK_EVENT_KIND_UNMERGED\x10\x04\x12\x1c\n\x18LINK_EVENT_KIND_REJECTED\x10\x05\x12!\n\x1dLINK_EVENT_KIND_REVIEW_OPENED\x10\x06\x12\x1b\n\x17LINK_EVENT_KIND_UPDATED\x10\x07\x32\xf6\x07\n\x16PatientIdentityService\x12\x64\n\x0fRegisterPatient\x12\'.emr.identity.v1.RegisterPatientRequest\x1a(.emr.identity.v1.RegisterPatientResponse\x12U\n\nGetPatient\x12\".emr.identity.v1.GetPatientRequest\x1a#.emr.identity.v1.GetPatientResponse\x12^\n\rUpdatePatient\x12%.emr.identity.v1.UpdatePatientRequest\x1a&.emr.identity.v1.UpdatePatientResponse\x12[\n\x0cMatchPatient\x12$.emr.identity.v1.MatchPatientRequest\x1a%.emr.identity.v1.MatchPatientResponse\x12\x61\n\x0eSearchPatients\x12&.emr.identity.v1.SearchPatientsRequest\x1a\'.emr.identity.v1.SearchPatientsResponse\x12\x64\n\x0fListReviewTasks\x12\'.emr.identity.v1.ListReviewTasksRequest\x1a(.emr.identity.v1.ListReviewTasksResponse\x12j\n\x11ResolveReviewTask\x12).emr.identity.v1.ResolveReviewTaskRequest\x1a*.emr.identity.v1.ResolveReviewTaskResponse\x12^\n\rMergePatients\x12%.emr.identity.v1.MergePatientsRequest\x1a&.emr.identity.v1.MergePatientsResponse\x12\x64\n\x0fUnmergePatients\x12\'.emr.identity.v1.UnmergePatientsRequest\x1a(.emr.identity.v1.UnmergePatientsResponse\x12g\n\x10GetPersonHistory\x12(.emr.identity.v1.GetPersonHistoryRequest\x1a).emr.identity.v1.GetPersonHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'emr.identity.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTIFIERSYSTEM']._serialized_start=853
-  _globals['_IDENTIFIERSYSTEM']._serialized_end=1021
-  _globals['_SEX']._serialized_start=1023
-  _globals['_SEX']._serialized_end=1111
-  _globals['_REGISTRATIONOUTCOME']._serialized_start=1114
-  _globals['_REGISTRATIONOUTCOME']._serialized_end=1242
+  _globals['_IDENTIFIERSYSTEM']._serialized_start=3584
+  _globals['_IDENTIFIERSYSTEM']._serialized_end=3752
+  _globals['_SEX']._serialized_start=3754
+  _globals['_SEX']._serialized_end=3842
+  _globals['_REGISTRATIONOUTCOME']._serialized_start=3845
+  _globals['_REGISTRATIONOUTCOME']._serialized_end=4057
+  _globals['_MATCHDECISION']._serialized_start=4059
+  _globals['_MATCHDECISION']._serialized_end=4182
+  _globals['_REVIEWRESOLUTION']._serialized_start=4185
+  _globals['_REVIEWRESOLUTION']._serialized_end=4314
+  _globals['_LINKEVENTKIND']._serialized_start=4317
+  _globals['_LINKEVENTKIND']._serialized_end=4574
   _globals['_IDENTIFIER']._serialized_start=84
   _globals['_IDENTIFIER']._serialized_end=185
   _globals['_PATIENT']._serialized_start=188
-  _globals['_PATIENT']._serialized_end=425
-  _globals['_REGISTERPATIENTREQUEST']._serialized_start=428
-  _globals['_REGISTERPATIENTREQUEST']._serialized_end=619
-  _globals['_REGISTERPATIENTRESPONSE']._serialized_start=621
-  _globals['_REGISTERPATIENTRESPONSE']._serialized_end=744
-  _globals['_GETPATIENTREQUEST']._serialized_start=746
-  _globals['_GETPATIENTREQUEST']._serialized_end=785
-  _globals['_GETPATIENTRESPONSE']._serialized_start=787
-  _globals['_GETPATIENTRESPONSE']._serialized_end=850
-  _globals['_PATIENTIDENTITYSERVICE']._serialized_start=1245
-  _globals['_PATIENTIDENTITYSERVICE']._serialized_end=1458
+  _globals['_PATIENT']._serialized_end=480
+  _globals['_UPDATEPATIENTREQUEST']._serialized_start=483
+  _globals['_UPDATEPATIENTREQUEST']._serialized_end=683
+  _globals['_UPDATEPATIENTRESPONSE']._serialized_start=686
+  _globals['_UPDATEPATIENTRESPONSE']._serialized_end=829
+  _globals['_REGISTERPATIENTREQUEST']._serialized_start=832
+  _globals['_REGISTERPATIENTREQUEST']._serialized_end=1157
+  _globals['_REGISTERPATIENTRESPONSE']._serialized_start=1160
+  _globals['_REGISTERPATIENTRESPONSE']._serialized_end=1360
+  _globals['_FIELDCONTRIBUTION']._serialized_start=1362
+  _globals['_FIELDCONTRIBUTION']._serialized_end=1427
+  _globals['_MATCHCANDIDATE']._serialized_start=1430
+  _globals['_MATCHCANDIDATE']._serialized_end=1563
+  _globals['_MATCHPATIENTREQUEST']._serialized_start=1565
+  _globals['_MATCHPATIENTREQUEST']._serialized_end=1669
+  _globals['_MATCHPATIENTRESPONSE']._serialized_start=1671
+  _globals['_MATCHPATIENTRESPONSE']._serialized_end=1796
+  _globals['_SEARCHPATIENTSREQUEST']._serialized_start=1799
+  _globals['_SEARCHPATIENTSREQUEST']._serialized_end=1984
+  _globals['_SEARCHPATIENTSRESPONSE']._serialized_start=1986
+  _globals['_SEARCHPATIENTSRESPONSE']._serialized_end=2079
+  _globals['_REVIEWTASK']._serialized_start=2082
+  _globals['_REVIEWTASK']._serialized_end=2254
+  _globals['_LISTREVIEWTASKSREQUEST']._serialized_start=2256
+  _globals['_LISTREVIEWTASKSREQUEST']._serialized_end=2319
+  _globals['_LISTREVIEWTASKSRESPONSE']._serialized_start=2321
+  _globals['_LISTREVIEWTASKSRESPONSE']._serialized_end=2422
+  _globals['_RESOLVEREVIEWTASKREQUEST']._serialized_start=2425
+  _globals['_RESOLVEREVIEWTASKREQUEST']._serialized_end=2596
+  _globals['_RESOLVEREVIEWTASKRESPONSE']._serialized_start=2598
+  _globals['_RESOLVEREVIEWTASKRESPONSE']._serialized_end=2668
+  _globals['_MERGEPATIENTSREQUEST']._serialized_start=2670
+  _globals['_MERGEPATIENTSREQUEST']._serialized_end=2784
+  _globals['_MERGEPATIENTSRESPONSE']._serialized_start=2786
+  _globals['_MERGEPATIENTSRESPONSE']._serialized_end=2852
+  _globals['_UNMERGEPATIENTSREQUEST']._serialized_start=2854
+  _globals['_UNMERGEPATIENTSREQUEST']._serialized_end=2941
+  _globals['_UNMERGEPATIENTSRESPONSE']._serialized_start=2943
+  _globals['_UNMERGEPATIENTSRESPONSE']._serialized_end=3056
+  _globals['_LINKEVENT']._serialized_start=3059
+  _globals['_LINKEVENT']._serialized_end=3275
+  _globals['_GETPERSONHISTORYREQUEST']._serialized_start=3277
+  _globals['_GETPERSONHISTORYREQUEST']._serialized_end=3322
+  _globals['_GETPERSONHISTORYRESPONSE']._serialized_start=3324
+  _globals['_GETPERSONHISTORYRESPONSE']._serialized_end=3394
+  _globals['_GETPATIENTREQUEST']._serialized_start=3396
+  _globals['_GETPATIENTREQUEST']._serialized_end=3435
+  _globals['_GETPATIENTRESPONSE']._serialized_start=3438
+  _globals['_GETPATIENTRESPONSE']._serialized_end=3581
+  _globals['_PATIENTIDENTITYSERVICE']._serialized_start=4577
+  _globals['_PATIENTIDENTITYSERVICE']._serialized_end=5591
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,32 @@ class RegistrationOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REGISTRATION_OUTCOME_UNSPECIFIED: _ClassVar[RegistrationOutcome]
     REGISTRATION_OUTCOME_CREATED: _ClassVar[RegistrationOutcome]
     REGISTRATION_OUTCOME_EXISTING: _ClassVar[RegistrationOutcome]
+    REGISTRATION_OUTCOME_LINKED_EXISTING: _ClassVar[RegistrationOutcome]
+    REGISTRATION_OUTCOME_REVIEW_REQUIRED: _ClassVar[RegistrationOutcome]
+
+class MatchDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MATCH_DECISION_UNSPECIFIED: _ClassVar[MatchDecision]
+    MATCH_DECISION_NEW: _ClassVar[MatchDecision]
+    MATCH_DECISION_REVIEW: _ClassVar[MatchDecision]
+    MATCH_DECISION_LINK: _ClassVar[MatchDecision]
+
+class ReviewResolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVIEW_RESOLUTION_UNSPECIFIED: _ClassVar[ReviewResolution]
+    REVIEW_RESOLUTION_SAME_PERSON: _ClassVar[ReviewResolution]
+    REVIEW_RESOLUTION_DIFFERENT_PERSONS: _ClassVar[ReviewResolution]
+
+class LinkEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINK_EVENT_KIND_UNSPECIFIED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_CREATED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_LINKED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_MERGED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_UNMERGED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_REJECTED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_REVIEW_OPENED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_UPDATED: _ClassVar[LinkEventKind]
 IDENTIFIER_SYSTEM_UNSPECIFIED: IdentifierSystem
 IDENTIFIER_SYSTEM_CCCD: IdentifierSystem
 IDENTIFIER_SYSTEM_BHYT: IdentifierSystem
@@ -44,6 +70,23 @@ SEX_UNKNOWN: Sex
 REGISTRATION_OUTCOME_UNSPECIFIED: RegistrationOutcome
 REGISTRATION_OUTCOME_CREATED: RegistrationOutcome
 REGISTRATION_OUTCOME_EXISTING: RegistrationOutcome
+REGISTRATION_OUTCOME_LINKED_EXISTING: RegistrationOutcome
+REGISTRATION_OUTCOME_REVIEW_REQUIRED: RegistrationOutcome
+MATCH_DECISION_UNSPECIFIED: MatchDecision
+MATCH_DECISION_NEW: MatchDecision
+MATCH_DECISION_REVIEW: MatchDecision
+MATCH_DECISION_LINK: MatchDecision
+REVIEW_RESOLUTION_UNSPECIFIED: ReviewResolution
+REVIEW_RESOLUTION_SAME_PERSON: ReviewResolution
+REVIEW_RESOLUTION_DIFFERENT_PERSONS: ReviewResolution
+LINK_EVENT_KIND_UNSPECIFIED: LinkEventKind
+LINK_EVENT_KIND_CREATED: LinkEventKind
+LINK_EVENT_KIND_LINKED: LinkEventKind
+LINK_EVENT_KIND_MERGED: LinkEventKind
+LINK_EVENT_KIND_UNMERGED: LinkEventKind
+LINK_EVENT_KIND_REJECTED: LinkEventKind
+LINK_EVENT_KIND_REVIEW_OPENED: LinkEventKind
+LINK_EVENT_KIND_UPDATED: LinkEventKind
 
 class Identifier(_message.Message):
     __slots__ = ("system", "value", "facility_code")
@@ -56,7 +99,7 @@ class Identifier(_message.Message):
     def __init__(self, system: _Optional[_Union[IdentifierSystem, str]] = ..., value: _Optional[str] = ..., facility_code: _Optional[str] = ...) -> None: ...
 
 class Patient(_message.Message):
-    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time")
+    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +107,9 @@ class Patient(_message.Message):
     SEX_FIELD_NUMBER: _ClassVar[int]
     REGISTERING_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -71,31 +117,262 @@ class Patient(_message.Message):
     sex: Sex
     registering_facility_code: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    phone: str
+    province_code: str
+    version: int
+    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UpdatePatientRequest(_message.Message):
+    __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    patient_id: str
+    expected_version: int
+    full_name: str
+    birth_date: str
+    sex: Sex
+    phone: str
+    province_code: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ...) -> None: ...
+
+class UpdatePatientResponse(_message.Message):
+    __slots__ = ("patient", "candidates", "review_task_id")
+    PATIENT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    patient: Patient
+    candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
+    review_task_id: str
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ...) -> None: ...
 
 class RegisterPatientRequest(_message.Message):
-    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code")
+    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
     BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
     SEX_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_NAME_FIELD_NUMBER: _ClassVar[int]
+    MIDDLE_NAME_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_INCONSISTENT_CCCD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
     birth_date: str
     sex: Sex
     facility_code: str
-    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ...) -> None: ...
+    phone: str
+    province_code: str
+    family_name: str
+    middle_name: str
+    given_name: str
+    accept_inconsistent_cccd: bool
+    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., family_name: _Optional[str] = ..., middle_name: _Optional[str] = ..., given_name: _Optional[str] = ..., accept_inconsistent_cccd: _Optional[bool] = ...) -> None: ...
 
 class RegisterPatientResponse(_message.Message):
-    __slots__ = ("patient", "outcome")
+    __slots__ = ("patient", "outcome", "candidates", "review_task_id")
     PATIENT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     patient: Patient
     outcome: RegistrationOutcome
-    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., outcome: _Optional[_Union[RegistrationOutcome, str]] = ...) -> None: ...
+    candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
+    review_task_id: str
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., outcome: _Optional[_Union[RegistrationOutcome, str]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ...) -> None: ...
+
+class FieldContribution(_message.Message):
+    __slots__ = ("field", "level", "weight")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    level: str
+    weight: float
+    def __init__(self, field: _Optional[str] = ..., level: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class MatchCandidate(_message.Message):
+    __slots__ = ("patient_id", "score", "contributions", "deterministic")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    score: float
+    contributions: _containers.RepeatedCompositeFieldContainer[FieldContribution]
+    deterministic: bool
+    def __init__(self, patient_id: _Optional[str] = ..., score: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[FieldContribution, _Mapping]]] = ..., deterministic: _Optional[bool] = ...) -> None: ...
+
+class MatchPatientRequest(_message.Message):
+    __slots__ = ("demographics", "patient_id")
+    DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    demographics: RegisterPatientRequest
+    patient_id: str
+    def __init__(self, demographics: _Optional[_Union[RegisterPatientRequest, _Mapping]] = ..., patient_id: _Optional[str] = ...) -> None: ...
+
+class MatchPatientResponse(_message.Message):
+    __slots__ = ("decision", "candidates")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    decision: MatchDecision
+    candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
+    def __init__(self, decision: _Optional[_Union[MatchDecision, str]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ...) -> None: ...
+
+class SearchPatientsRequest(_message.Message):
+    __slots__ = ("identifier", "full_name", "birth_year", "exact_name", "phone", "page_size", "page_token")
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_YEAR_FIELD_NUMBER: _ClassVar[int]
+    EXACT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    identifier: Identifier
+    full_name: str
+    birth_year: int
+    exact_name: bool
+    phone: str
+    page_size: int
+    page_token: str
+    def __init__(self, identifier: _Optional[_Union[Identifier, _Mapping]] = ..., full_name: _Optional[str] = ..., birth_year: _Optional[int] = ..., exact_name: _Optional[bool] = ..., phone: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SearchPatientsResponse(_message.Message):
+    __slots__ = ("patients", "next_page_token")
+    PATIENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    patients: _containers.RepeatedCompositeFieldContainer[Patient]
+    next_page_token: str
+    def __init__(self, patients: _Optional[_Iterable[_Union[Patient, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReviewTask(_message.Message):
+    __slots__ = ("review_task_id", "patient_id", "candidates", "open", "create_time")
+    REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    review_task_id: str
+    patient_id: str
+    candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
+    open: bool
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, review_task_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., open: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListReviewTasksRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListReviewTasksResponse(_message.Message):
+    __slots__ = ("review_tasks", "next_page_token")
+    REVIEW_TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    review_tasks: _containers.RepeatedCompositeFieldContainer[ReviewTask]
+    next_page_token: str
+    def __init__(self, review_tasks: _Optional[_Iterable[_Union[ReviewTask, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ResolveReviewTaskRequest(_message.Message):
+    __slots__ = ("request_id", "review_task_id", "resolution", "candidate_patient_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    review_task_id: str
+    resolution: ReviewResolution
+    candidate_patient_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., review_task_id: _Optional[str] = ..., resolution: _Optional[_Union[ReviewResolution, str]] = ..., candidate_patient_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResolveReviewTaskResponse(_message.Message):
+    __slots__ = ("patient",)
+    PATIENT_FIELD_NUMBER: _ClassVar[int]
+    patient: Patient
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ...) -> None: ...
+
+class MergePatientsRequest(_message.Message):
+    __slots__ = ("request_id", "survivor_patient_id", "merged_patient_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    survivor_patient_id: str
+    merged_patient_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., survivor_patient_id: _Optional[str] = ..., merged_patient_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MergePatientsResponse(_message.Message):
+    __slots__ = ("patient",)
+    PATIENT_FIELD_NUMBER: _ClassVar[int]
+    patient: Patient
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ...) -> None: ...
+
+class UnmergePatientsRequest(_message.Message):
+    __slots__ = ("request_id", "merged_patient_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    merged_patient_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., merged_patient_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UnmergePatientsResponse(_message.Message):
+    __slots__ = ("restored", "survivor")
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_FIELD_NUMBER: _ClassVar[int]
+    restored: Patient
+    survivor: Patient
+    def __init__(self, restored: _Optional[_Union[Patient, _Mapping]] = ..., survivor: _Optional[_Union[Patient, _Mapping]] = ...) -> None: ...
+
+class LinkEvent(_message.Message):
+    __slots__ = ("event_id", "kind", "patient_id", "other_patient_id", "record_id", "actor_id", "reason", "time")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    kind: LinkEventKind
+    patient_id: str
+    other_patient_id: str
+    record_id: str
+    actor_id: str
+    reason: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[LinkEventKind, str]] = ..., patient_id: _Optional[str] = ..., other_patient_id: _Optional[str] = ..., record_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetPersonHistoryRequest(_message.Message):
+    __slots__ = ("patient_id",)
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    def __init__(self, patient_id: _Optional[str] = ...) -> None: ...
+
+class GetPersonHistoryResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[LinkEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[LinkEvent, _Mapping]]] = ...) -> None: ...
 
 class GetPatientRequest(_message.Message):
     __slots__ = ("patient_id",)
@@ -104,7 +381,13 @@ class GetPatientRequest(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ...) -> None: ...
 
 class GetPatientResponse(_message.Message):
-    __slots__ = ("patient",)
+    __slots__ = ("patient", "merged_from_patient_id", "record_ids", "merged_patient_ids")
     PATIENT_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FROM_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
     patient: Patient
-    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ...) -> None: ...
+    merged_from_patient_id: str
+    record_ids: _containers.RepeatedScalarFieldContainer[str]
+    merged_patient_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., merged_from_patient_id: _Optional[str] = ..., record_ids: _Optional[_Iterable[str]] = ..., merged_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -45,6 +45,46 @@ class PatientIdentityServiceStub:
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.SerializeToString,
                 response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.FromString,
                 _registered_method=True)
+        self.UpdatePatient = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/UpdatePatient',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.FromString,
+                _registered_method=True)
+        self.MatchPatient = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/MatchPatient',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientResponse.FromString,
+                _registered_method=True)
+        self.SearchPatients = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/SearchPatients',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsResponse.FromString,
+                _registered_method=True)
+        self.ListReviewTasks = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ListReviewTasks',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksResponse.FromString,
+                _registered_method=True)
+        self.ResolveReviewTask = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ResolveReviewTask',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskResponse.FromString,
+                _registered_method=True)
+        self.MergePatients = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/MergePatients',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsResponse.FromString,
+                _registered_method=True)
+        self.UnmergePatients = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/UnmergePatients',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsResponse.FromString,
+                _registered_method=True)
+        self.GetPersonHistory = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/GetPersonHistory',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class PatientIdentityServiceServicer:
@@ -62,6 +102,70 @@ class PatientIdentityServiceServicer:
 
     def GetPatient(self, request, context):
         """GetPatient returns one person by enterprise id; NOT_FOUND names patient_id when unknown.
+        A person merged into another resolves to the survivor (merged_from_patient_id says so).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePatient(self, request, context):
+        """UpdatePatient replaces a person's best-known demographics if expected_version is current
+        (ABORTED otherwise), then re-evaluates that person's links only: a new likely match opens a
+        review task, never an automatic merge. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MatchPatient(self, request, context):
+        """MatchPatient scores demographics against the index without writing anything (a dry run of
+        RegisterPatient's matching): candidates with per-field explanations and the decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchPatients(self, request, context):
+        """SearchPatients finds persons by identifier, by name and birth year, or by phone.
+        Diacritic-insensitive unless exact_name is set. Paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReviewTasks(self, request, context):
+        """ListReviewTasks lists the open review tasks (registrations between the two thresholds), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveReviewTask(self, request, context):
+        """ResolveReviewTask decides a review task: SAME_PERSON merges the registration's person into the
+        candidate; DIFFERENT_PERSONS is remembered and the pair is never proposed again. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergePatients(self, request, context):
+        """MergePatients merges one person into another (the survivor). Reversible by UnmergePatients.
+        Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmergePatients(self, request, context):
+        """UnmergePatients undoes a merge: both persons return with their own facility records, also after
+        later updates to either side. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPersonHistory(self, request, context):
+        """GetPersonHistory returns the link log of a person: every link, merge, unmerge and review decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +183,46 @@ def add_PatientIdentityServiceServicer_to_server(servicer, server):
                     servicer.GetPatient,
                     request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.FromString,
                     response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.SerializeToString,
+            ),
+            'UpdatePatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePatient,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.SerializeToString,
+            ),
+            'MatchPatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.MatchPatient,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientResponse.SerializeToString,
+            ),
+            'SearchPatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchPatients,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsResponse.SerializeToString,
+            ),
+            'ListReviewTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviewTasks,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksResponse.SerializeToString,
+            ),
+            'ResolveReviewTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveReviewTask,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskResponse.SerializeToString,
+            ),
+            'MergePatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergePatients,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsResponse.SerializeToString,
+            ),
+            'UnmergePatients': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmergePatients,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsResponse.SerializeToString,
+            ),
+            'GetPersonHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPersonHistory,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +280,222 @@ class PatientIdentityService:
             '/emr.identity.v1.PatientIdentityService/GetPatient',
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientRequest.SerializeToString,
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPatientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/UpdatePatient',
+            emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.UpdatePatientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MatchPatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/MatchPatient',
+            emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.MatchPatientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchPatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/SearchPatients',
+            emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.SearchPatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviewTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ListReviewTasks',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListReviewTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveReviewTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ResolveReviewTask',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ResolveReviewTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergePatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/MergePatients',
+            emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.MergePatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmergePatients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/UnmergePatients',
+            emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.UnmergePatientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPersonHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/GetPersonHistory',
+            emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

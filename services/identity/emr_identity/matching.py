@@ -1,0 +1,348 @@
+"""Record linkage for Vietnamese demographics: blocking keys, Fellegi–Sunter scoring with per-field
+contributions, and the link / review / new decision. Pure; no I/O.
+
+Weights are log2(m/u): m = P(level | same person), u = P(level | different persons). The m and u
+below are documented defaults; `bench/identity_quality.py --estimate` re-estimates them from labelled
+synthetic pairs and prints both, so the defaults can be checked against data. Name u-probabilities
+are not constants: they are the share of the name in the index (a shared Nguyễn says little, a
+shared rare given name says much).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+
+from emr_identity.domain import IdentifierSystem, Registration
+from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code
+
+# Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
+LINK_THRESHOLD = 21.0
+REVIEW_THRESHOLD = 11.0
+# Bits of evidence a name agreement loses when it agrees only without diacritics.
+FOLDED_PENALTY = 1.0
+# Weight of the prior name shares (in records) against the counts of the index.
+PRIOR_RECORDS = 1_000
+# Prior shares: what a family, middle or given name typically covers before counts say otherwise.
+PRIOR_FAMILY_SHARE = 0.05
+PRIOR_MIDDLE_SHARE = 0.05
+PRIOR_GIVEN_SHARE = 0.01
+# Smallest share a name can have in the index, so that one unseen name does not dominate a score.
+MIN_NAME_SHARE = 2e-4
+
+
+@dataclass(frozen=True)
+class MatchRecord:
+    """The normalised demographics of one facility record, as the matcher sees them."""
+
+    record_id: str
+    names: NameParts
+    birth_date: date
+    sex: str
+    phone: str = ""
+    province_code: str = ""
+    cccd: str = ""
+    bhyt_code: str = ""
+    passport: str = ""
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one field added to a score: the agreement level found and its weight."""
+
+    field: str
+    level: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class MatchScore:
+    total: float
+    contributions: tuple[Contribution, ...]
+    # Same CCCD or social-insurance code with compatible demographics: linked whatever the total.
+    deterministic: bool = False
+    # Evidence beyond names: birth date exact or day/month-swapped, or an agreeing identifier or
+    # phone. Names alone, however rare, never link automatically (they go to review).
+    corroborated: bool = False
+
+
+class Decision(Enum):
+    LINK = "link"
+    REVIEW = "review"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    person_id: str
+    score: MatchScore
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    decision: Decision
+    # Best first; the person linked to (LINK) or proposed (REVIEW) is the first.
+    candidates: tuple[Candidate, ...]
+
+
+def _weight(m: float, u: float) -> float:
+    return math.log2(m / u)
+
+
+@dataclass
+class NameFrequencies:
+    """How often each folded family, middle and given name occurs in the index."""
+
+    family: Counter[str] = field(default_factory=Counter)
+    middle: Counter[str] = field(default_factory=Counter)
+    given: Counter[str] = field(default_factory=Counter)
+    total: int = 0
+
+    def add(self, names: NameParts) -> None:
+        self.family[names.folded_family] += 1
+        self.middle[names.folded_middle] += 1
+        self.given[names.folded_given] += 1
+        self.total += 1
+
+    def share(self, counts: Counter[str], folded: str, prior: float) -> float:
+        """The name's share, smoothed towards ``prior`` as if PRIOR_RECORDS records had it at that
+        share: a young index (ten records) says nothing reliable about how common a name is."""
+        smoothed = (counts[folded] + PRIOR_RECORDS * prior) / (self.total + PRIOR_RECORDS)
+        return max(smoothed, MIN_NAME_SHARE)
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """One substitution, insertion, deletion or adjacent transposition apart (a typo)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diffs = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diffs) == 1:
+            return True
+        return (
+            len(diffs) == 2
+            and diffs[1] == diffs[0] + 1
+            and a[diffs[0]] == b[diffs[1]]
+            and a[diffs[1]] == b[diffs[0]]
+        )
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _compare_name(
+    label: str, a: str, b: str, folded_a: str, folded_b: str, share: float, m: tuple[float, float]
+) -> Contribution:
+    """Exact (tones kept), folded (tones lost or wrong), typo, or disagree. Agreement weights use
+    the name's share in the index as u; agreement only once tones are folded away counts
+    FOLDED_PENALTY bits less (Lê and Lệ are different names, but entry often drops the marks)."""
+    m_agree, m_typo = m
+    if not folded_a or not folded_b:
+        return Contribution(label, "missing", 0.0)
+    if a == b:
+        return Contribution(label, "exact", _weight(m_agree, share))
+    if folded_a == folded_b:
+        return Contribution(label, "folded", _weight(m_agree, share) - FOLDED_PENALTY)
+    if len(folded_a) >= 3 and _within_one_edit(folded_a, folded_b):
+        return Contribution(label, "typo", _weight(m_typo, 0.01))
+    return Contribution(label, "disagree", _weight(1 - m_agree - m_typo, 0.97))
+
+
+def _compare_birth_date(a: date, b: date) -> Contribution:
+    if a == b:
+        return Contribution("birth_date", "exact", _weight(0.90, 1 / 32_000))
+    if a.year == b.year and a.day == b.month and a.month == b.day:
+        return Contribution("birth_date", "day_month_swap", _weight(0.04, 1 / 32_000))
+    if a.year == b.year and a.month == b.month:
+        return Contribution("birth_date", "year_month", _weight(0.01, 1 / 1_000))
+    if a.year == b.year:
+        return Contribution("birth_date", "year", _weight(0.005, 1 / 90))
+    if a.month == b.month and a.day == b.day and abs(a.year - b.year) <= 10:
+        return Contribution("birth_date", "day_month", _weight(0.003, 1 / 3_000))
+    return Contribution("birth_date", "disagree", _weight(0.01, 0.98))
+
+
+def _compare_phone(a: str, b: str) -> Contribution:
+    if not a or not b:
+        return Contribution("phone", "missing", 0.0)
+    if a == b:
+        # u allows for phones shared within a household.
+        return Contribution("phone", "exact", _weight(0.80, 1e-4))
+    if len(a) == len(b) and _within_one_edit(a, b):
+        return Contribution("phone", "typo", _weight(0.08, 1e-4))
+    return Contribution("phone", "disagree", _weight(0.12, 0.9999))
+
+
+def _compare_identifier(label: str, a: str, b: str, agree: float, disagree: float) -> Contribution | None:
+    if not a or not b:
+        return None
+    if a == b:
+        return Contribution(label, "exact", agree)
+    return Contribution(label, "disagree", disagree)
+
+
+def _compatible(a: MatchRecord, b: MatchRecord) -> bool:
+    """Demographics that fit one person: birth year agrees and the folded given name is the same
+    or one typo away (a shared card number with these is a link, not a coincidence)."""
+    same_year = a.birth_date.year == b.birth_date.year
+    given_a, given_b = a.names.folded_given, b.names.folded_given
+    return same_year and _within_one_edit(given_a, given_b)
+
+
+def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> MatchScore:
+    """The Fellegi–Sunter score of two records with what each field contributed."""
+    names_a, names_b = a.names, b.names
+    parts = [
+        _compare_name(
+            "given_name",
+            names_a.given,
+            names_b.given,
+            names_a.folded_given,
+            names_b.folded_given,
+            frequencies.share(frequencies.given, names_a.folded_given, PRIOR_GIVEN_SHARE),
+            (0.94, 0.05),
+        ),
+        _compare_name(
+            "middle_name",
+            names_a.middle,
+            names_b.middle,
+            names_a.folded_middle,
+            names_b.folded_middle,
+            frequencies.share(frequencies.middle, names_a.folded_middle, PRIOR_MIDDLE_SHARE),
+            (0.97, 0.01),
+        ),
+        _compare_name(
+            "family_name",
+            names_a.family,
+            names_b.family,
+            names_a.folded_family,
+            names_b.folded_family,
+            frequencies.share(frequencies.family, names_a.folded_family, PRIOR_FAMILY_SHARE),
+            (0.98, 0.01),
+        ),
+        _compare_birth_date(a.birth_date, b.birth_date),
+        Contribution("sex", "agree", _weight(0.98, 0.5))
+        if a.sex == b.sex
+        else Contribution("sex", "disagree", _weight(0.02, 0.5)),
+        _compare_phone(a.phone, b.phone),
+    ]
+    if a.province_code and b.province_code:
+        parts.append(
+            Contribution("province", "agree", _weight(0.88, 0.35))
+            if a.province_code == b.province_code
+            else Contribution("province", "disagree", _weight(0.12, 0.65))
+        )
+    identifier_parts = [
+        # Two valid CCCDs that differ are two citizens: decisive against, whatever else agrees.
+        _compare_identifier("cccd", a.cccd, b.cccd, 20.0, -30.0),
+        _compare_identifier("bhyt", a.bhyt_code, b.bhyt_code, 18.0, -8.0),
+        _compare_identifier("passport", a.passport, b.passport, 18.0, -6.0),
+    ]
+    parts.extend(part for part in identifier_parts if part is not None)
+    shared_card = (a.cccd and a.cccd == b.cccd) or (a.bhyt_code and a.bhyt_code == b.bhyt_code)
+    corroborated = any(
+        (p.field == "birth_date" and p.level in ("exact", "day_month_swap"))
+        or (p.field in ("phone", "cccd", "bhyt", "passport") and p.level in ("exact", "typo"))
+        for p in parts
+    )
+    return MatchScore(
+        total=round(sum(p.weight for p in parts), 3),
+        contributions=tuple(parts),
+        deterministic=bool(shared_card) and _compatible(a, b),
+        corroborated=corroborated,
+    )
+
+
+def _sorted_day_month(value: date) -> str:
+    low, high = sorted((value.day, value.month))
+    return f"{value.year}{low:02d}{high:02d}"
+
+
+def blocking_keys(record: MatchRecord) -> frozenset[str]:
+    """Keys under which a record is filed for candidate retrieval. Never surname alone: with
+    Nguyễn at ~38% a surname block holds a third of the index; nor full name + province (a
+    popular name in Hồ Chí Minh City fills a block that grows with the index). Each key includes
+    a birth date, year or a unique number, so block sizes stay flat as the index grows. Birth dates are keyed with day and
+    month sorted, so a day/month swap files under the same key."""
+    names = record.names
+    dob = _sorted_day_month(record.birth_date)
+    keys = {
+        f"gd:{names.folded_given}|{dob}",
+        f"fmd:{names.folded_family} {names.folded_middle}|{dob}",
+        f"fy:{names.folded_full}|{record.birth_date.year}",
+    }
+    if record.phone:
+        keys.add(f"ph:{record.phone}")
+    if record.cccd:
+        keys.add(f"cccd:{record.cccd}")
+    if record.bhyt_code:
+        keys.add(f"bhyt:{record.bhyt_code}")
+    if record.passport:
+        keys.add(f"pp:{record.passport}")
+    return frozenset(keys)
+
+
+def _conflicting_cccd(found: MatchScore) -> bool:
+    """A citizen has one CCCD: two different ones never link automatically, whatever else agrees."""
+    return any(c.field == "cccd" and c.level == "disagree" for c in found.contributions)
+
+
+def decide(
+    record: MatchRecord,
+    candidates: list[tuple[str, MatchRecord]],
+    frequencies: NameFrequencies,
+    rejected_person_ids: frozenset[str] = frozenset(),
+    link_threshold: float = LINK_THRESHOLD,
+    review_threshold: float = REVIEW_THRESHOLD,
+) -> MatchResult:
+    """Scores a record against candidate records (person id, record) and decides: LINK to the best
+    person at or above LINK_THRESHOLD (or by a deterministic identifier match), REVIEW between the
+    thresholds or when two persons both qualify, NEW otherwise. Persons in ``rejected_person_ids``
+    were judged different from this record and are never proposed."""
+    best: dict[str, MatchScore] = {}
+    for person_id, other in candidates:
+        if person_id in rejected_person_ids:
+            continue
+        found = score(record, other, frequencies)
+        held = best.get(person_id)
+        if held is None or (found.deterministic, found.total) > (held.deterministic, held.total):
+            best[person_id] = found
+    ranked = sorted(
+        (Candidate(p, s) for p, s in best.items()),
+        key=lambda c: (c.score.deterministic, c.score.total),
+        reverse=True,
+    )
+    ranked = [c for c in ranked if c.score.deterministic or c.score.total >= review_threshold]
+    if not ranked:
+        return MatchResult(Decision.NEW, ())
+    top = ranked[0]
+    strong = [
+        c
+        for c in ranked
+        if c.score.deterministic
+        or (c.score.total >= link_threshold and c.score.corroborated and not _conflicting_cccd(c.score))
+    ]
+    if len(strong) == 1 and strong[0] is top:
+        return MatchResult(Decision.LINK, tuple(ranked))
+    return MatchResult(Decision.REVIEW, tuple(ranked))
+
+
+def match_record(registration: Registration, record_id: str) -> MatchRecord:
+    """What the matcher compares of a validated registration."""
+    by_system = {i.system: i.value for i in registration.identifiers if i.system is not IdentifierSystem.MRN}
+    bhyt = by_system.get(IdentifierSystem.BHYT, "")
+    return MatchRecord(
+        record_id=record_id,
+        names=registration.name_parts,
+        birth_date=registration.birth_date,
+        sex=registration.sex.value,
+        phone=registration.phone,
+        province_code=registration.province_code,
+        cccd=by_system.get(IdentifierSystem.CCCD, ""),
+        bhyt_code=(bhyt_social_insurance_code(bhyt) or "") if bhyt else "",
+        passport=by_system.get(IdentifierSystem.PASSPORT, ""),
+    )

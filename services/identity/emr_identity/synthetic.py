@@ -1,0 +1,501 @@
+"""A seeded synthetic Vietnamese population with duplicate registrations and their ground truth,
+for the quality and speed benches and for tests. No real person's data: names are drawn from
+common-name lists, every number is random.
+
+Duplicates carry the errors hospital data entry makes: diacritics dropped or wrong, NFD text, day and
+month swapped, phone typos, identifiers left out, a moved address, a typo in the given name.
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+
+from emr_identity.vietnamese import fold
+
+# Surname shares (per cent), after published estimates; the rest share REMAINING_SURNAMES evenly.
+SURNAMES: dict[str, float] = {
+    "Nguyễn": 38.4, "Trần": 12.1, "Lê": 9.5, "Phạm": 7.0, "Hoàng": 3.0, "Huỳnh": 2.1, "Phan": 4.5,
+    "Vũ": 2.0, "Võ": 1.9, "Đặng": 2.1, "Bùi": 2.0, "Đỗ": 1.4, "Hồ": 1.3, "Ngô": 1.3, "Dương": 1.0,
+    "Lý": 0.5,
+}  # fmt: skip
+REMAINING_SURNAMES = [
+    "Đinh",
+    "Trương",
+    "Lâm",
+    "Mai",
+    "Tô",
+    "Hà",
+    "Cao",
+    "Lưu",
+    "Châu",
+    "Tạ",
+    "Quách",
+    "Đoàn",
+    "Vương",
+    "Trịnh",
+    "Thái",
+    "La",
+    "Lương",
+    "Kiều",
+    "Phùng",
+    "Văn",
+    "Tăng",
+    "Đào",
+    "Triệu",
+    "Thân",
+    "Lục",
+    "Mạc",
+    "Khúc",
+    "Ông",
+    "Kim",
+    "Diệp",
+    "Doãn",
+    "Nghiêm",
+    "Âu",
+    "Giang",
+    "Hứa",
+    "Lạc",
+    "Tống",
+    "Hầu",
+    "Chu",
+]
+MALE_MIDDLES = [
+    "Văn",
+    "Văn",
+    "Văn",
+    "Đức",
+    "Minh",
+    "Quốc",
+    "Hữu",
+    "Thanh",
+    "Công",
+    "Ngọc",
+    "Xuân",
+    "Hoàng",
+    "Gia",
+    "Tuấn",
+    "Anh",
+    "Thành",
+    "Đình",
+    "Quang",
+    "Bảo",
+    "Trọng",
+]
+FEMALE_MIDDLES = [
+    "Thị",
+    "Thị",
+    "Thị",
+    "Thị",
+    "Ngọc",
+    "Thu",
+    "Thanh",
+    "Kim",
+    "Minh",
+    "Phương",
+    "Bảo",
+    "Hồng",
+    "Mỹ",
+    "Thùy",
+    "Diệu",
+    "Hoài",
+    "Khánh",
+    "Lan",
+]
+MALE_GIVENS = [
+    "Anh",
+    "Bảo",
+    "Bình",
+    "Cường",
+    "Chiến",
+    "Công",
+    "Dũng",
+    "Duy",
+    "Đạt",
+    "Đức",
+    "Giang",
+    "Hải",
+    "Hào",
+    "Hiếu",
+    "Hiển",
+    "Hoàng",
+    "Hùng",
+    "Huy",
+    "Hưng",
+    "Khang",
+    "Khánh",
+    "Khoa",
+    "Kiên",
+    "Lâm",
+    "Long",
+    "Lộc",
+    "Lợi",
+    "Luân",
+    "Mạnh",
+    "Minh",
+    "Nam",
+    "Nghĩa",
+    "Nhân",
+    "Phát",
+    "Phong",
+    "Phúc",
+    "Phước",
+    "Quang",
+    "Quân",
+    "Quốc",
+    "Sơn",
+    "Tài",
+    "Tâm",
+    "Tấn",
+    "Tân",
+    "Thắng",
+    "Thành",
+    "Thịnh",
+    "Toàn",
+    "Trí",
+    "Trung",
+    "Trường",
+    "Tú",
+    "Tuấn",
+    "Tùng",
+    "Việt",
+    "Vinh",
+    "Vũ",
+    "Tám",
+    "Hòa",
+    "Hậu",
+    "Thái",
+    "Thiện",
+    "Thuận",
+    "Tiến",
+    "Tín",
+    "Vĩnh",
+    "Xuân",
+    "Đăng",
+    "Định",
+    "Điền",
+    "Hiệp",
+    "Khải",
+    "Kiệt",
+    "Lực",
+    "Nhật",
+    "Quý",
+    "Sang",
+    "Sỹ",
+]
+FEMALE_GIVENS = [
+    "Anh",
+    "Châu",
+    "Chi",
+    "Diệp",
+    "Dung",
+    "Dương",
+    "Duyên",
+    "Giang",
+    "Hà",
+    "Hạnh",
+    "Hằng",
+    "Hiền",
+    "Hoa",
+    "Hồng",
+    "Huệ",
+    "Hương",
+    "Huyền",
+    "Lan",
+    "Liên",
+    "Linh",
+    "Loan",
+    "Mai",
+    "My",
+    "Mỹ",
+    "Nga",
+    "Ngân",
+    "Ngọc",
+    "Nguyệt",
+    "Nhi",
+    "Nhung",
+    "Oanh",
+    "Phương",
+    "Quyên",
+    "Quỳnh",
+    "Thảo",
+    "Thu",
+    "Thủy",
+    "Thúy",
+    "Thư",
+    "Trang",
+    "Trâm",
+    "Trinh",
+    "Tuyết",
+    "Uyên",
+    "Vân",
+    "Vi",
+    "Xuân",
+    "Yến",
+    "Hậu",
+    "Lệ",
+    "Lê",
+    "Diễm",
+    "Ánh",
+    "Bích",
+    "Cúc",
+    "Đào",
+    "Giao",
+    "Hạ",
+    "Hân",
+    "Kiều",
+    "Lam",
+    "Ly",
+    "Nhàn",
+    "Như",
+    "Tâm",
+    "Thắm",
+    "Thơ",
+    "Tiên",
+    "Trà",
+    "Tú",
+    "Vy",
+    "Khuê",
+    "Ngà",
+    "Nhạn",
+    "Phượng",
+    "Sen",
+    "Thanh",
+]
+# 2-digit GSO province codes; Hồ Chí Minh City and Hà Nội weigh most, as in a city's hospitals.
+PROVINCES = (
+    ["79"] * 30
+    + ["01"] * 8
+    + [
+        "74",
+        "75",
+        "80",
+        "77",
+        "72",
+        "70",
+        "82",
+        "83",
+        "86",
+        "87",
+        "89",
+        "92",
+        "48",
+        "56",
+        "68",
+        "66",
+        "38",
+        "40",
+        "31",
+        "22",
+    ]
+)
+MOBILE_PREFIXES = [
+    "090",
+    "091",
+    "093",
+    "094",
+    "096",
+    "097",
+    "098",
+    "086",
+    "088",
+    "089",
+    "032",
+    "033",
+    "034",
+    "035",
+    "036",
+    "037",
+    "038",
+    "039",
+    "070",
+    "076",
+    "077",
+    "078",
+    "079",
+    "081",
+    "082",
+    "083",
+    "084",
+    "085",
+    "056",
+    "058",
+    "059",
+]
+BHYT_GROUPS = ["DN", "HC", "HT", "TE", "HN", "GD", "CN", "XK", "NN", "TS", "SV", "GB"]
+FIRST_BIRTH = date(1935, 1, 1)
+LAST_BIRTH = date(2023, 12, 31)
+# Tone marks that data entry swaps for one another (Vietnamese keyboards put them on adjacent keys).
+_TONES = ["\u0300", "\u0301", "\u0303", "\u0309", "\u0323"]
+
+
+@dataclass(frozen=True)
+class SyntheticRecord:
+    """One registration as a facility would send it, with the true person it belongs to."""
+
+    person_key: int
+    full_name: str
+    birth_date: date
+    sex: str  # "male" / "female"
+    phone: str
+    province_code: str
+    cccd: str
+    bhyt: str
+    facility_code: str
+    mrn: str
+
+
+def _zipf_choice(rng: random.Random, items: list[str]) -> str:
+    # Name popularity falls off roughly as 1/rank.
+    weights = [1 / (rank + 1) for rank in range(len(items))]
+    return rng.choices(items, weights)[0]
+
+
+def _surname(rng: random.Random) -> str:
+    listed = sum(SURNAMES.values())
+    if rng.random() * 100 < listed:
+        return rng.choices(list(SURNAMES), list(SURNAMES.values()))[0]
+    return rng.choice(REMAINING_SURNAMES)
+
+
+def _cccd(rng: random.Random, born: date, sex: str, province: str) -> str:
+    century_code = (born.year // 100 - 19) * 2 + (1 if sex == "female" else 0)
+    return f"0{province}{century_code}{born.year % 100:02d}{rng.randrange(10**6):06d}"
+
+
+def _mobile(rng: random.Random) -> str:
+    return rng.choice(MOBILE_PREFIXES) + f"{rng.randrange(10**7):07d}"
+
+
+def _person(rng: random.Random, key: int, household: SyntheticRecord | None) -> SyntheticRecord:
+    sex = rng.choice(("male", "female"))
+    middles, givens = (MALE_MIDDLES, MALE_GIVENS) if sex == "male" else (FEMALE_MIDDLES, FEMALE_GIVENS)
+    surname = household.full_name.split()[0] if household else _surname(rng)
+    middle = rng.choice(middles)
+    if rng.random() < 0.12:
+        middle = f"{middle} {rng.choice(FEMALE_MIDDLES[4:] if sex == 'female' else MALE_MIDDLES[3:])}"
+    given = _zipf_choice(rng, givens)
+    born = FIRST_BIRTH + timedelta(days=rng.randrange((LAST_BIRTH - FIRST_BIRTH).days))
+    province = household.province_code if household else rng.choice(PROVINCES)
+    phone = household.phone if household else (_mobile(rng) if rng.random() < 0.8 else "")
+    cccd = _cccd(rng, born, sex, province) if rng.random() < (0.8 if born.year < 2010 else 0.3) else ""
+    bhyt = ""
+    if rng.random() < 0.65:
+        code = f"{province}{rng.randrange(10**8):08d}"
+        bhyt = code if rng.random() < 0.5 else f"{rng.choice(BHYT_GROUPS)}{rng.randint(1, 5)}{province}{code}"
+    return SyntheticRecord(
+        person_key=key,
+        full_name=f"{surname} {middle} {given}",
+        birth_date=born,
+        sex=sex,
+        phone=phone,
+        province_code=province,
+        cccd=cccd,
+        bhyt=bhyt,
+        facility_code="",
+        mrn="",
+    )
+
+
+def _wrong_tone(rng: random.Random, name: str) -> str:
+    words = name.split()
+    index = rng.randrange(len(words))
+    decomposed = unicodedata.normalize("NFD", words[index])
+    marks = [c for c in decomposed if c in _TONES]
+    if marks:
+        decomposed = decomposed.replace(marks[0], rng.choice([t for t in _TONES if t != marks[0]]))
+    else:
+        vowels = [i for i, c in enumerate(decomposed) if c.lower() in "aeiouy"]
+        if vowels:
+            at = vowels[-1] + 1
+            decomposed = decomposed[:at] + rng.choice(_TONES) + decomposed[at:]
+    words[index] = unicodedata.normalize("NFC", decomposed)
+    return " ".join(words)
+
+
+def _typo(rng: random.Random, word: str) -> str:
+    if len(word) < 3:
+        return word
+    at = rng.randrange(1, len(word))
+    kind = rng.randrange(3)
+    if kind == 0:
+        return word[:at] + rng.choice("aeinhtgocu") + word[at + 1 :]
+    if kind == 1:
+        return word[:at] + word[at + 1 :]
+    return word[: at - 1] + word[at] + word[at - 1] + word[at + 1 :]
+
+
+def _phone_typo(rng: random.Random, phone: str) -> str:
+    at = rng.randrange(3, len(phone))
+    return phone[:at] + str((int(phone[at]) + rng.randint(1, 9)) % 10) + phone[at + 1 :]
+
+
+def _duplicate(rng: random.Random, original: SyntheticRecord) -> SyntheticRecord:
+    """The same person registered elsewhere, with realistic entry errors."""
+    name, born, phone = original.full_name, original.birth_date, original.phone
+    province, cccd, bhyt = original.province_code, original.cccd, original.bhyt
+    if rng.random() < 0.05:
+        words = name.split()
+        words[-1] = _typo(rng, words[-1])
+        name = " ".join(words)
+    if rng.random() < 0.30:
+        name = " ".join(word.capitalize() for word in fold(name).split())
+    elif rng.random() < 0.10:
+        name = _wrong_tone(rng, name)
+    if rng.random() < 0.20:
+        name = unicodedata.normalize("NFD", name)
+    if rng.random() < 0.10:
+        name = "  " + name.upper().replace(" ", "   ")
+    if born.day <= 12 and born.day != born.month and rng.random() < 0.08:
+        born = date(born.year, born.day, born.month)
+    if phone and rng.random() < 0.10:
+        phone = _phone_typo(rng, phone)
+    elif rng.random() < 0.20:
+        phone = ""
+    elif rng.random() < 0.05:
+        phone = _mobile(rng)
+    if rng.random() < 0.30:
+        cccd = ""
+    if rng.random() < 0.40:
+        bhyt = ""
+    if rng.random() < 0.10:
+        province = rng.choice(PROVINCES)
+    return replace(
+        original, full_name=name, birth_date=born, phone=phone, province_code=province, cccd=cccd, bhyt=bhyt
+    )
+
+
+def _phone_written(rng: random.Random, phone: str) -> str:
+    if not phone:
+        return ""
+    form = rng.randrange(3)
+    if form == 0:
+        return phone
+    if form == 1:
+        return "+84 " + phone[1:4] + " " + phone[4:7] + " " + phone[7:]
+    return "84" + phone[1:]
+
+
+def generate(records: int, duplicate_rate: float, seed: int) -> list[SyntheticRecord]:
+    """``records`` registrations in arrival order; about ``duplicate_rate`` of them re-register a
+    person seen before (at another facility), the rest are new persons. 8% of new persons share a
+    household (surname, province, phone) with an earlier person."""
+    rng = random.Random(seed)  # noqa: S311 -- reproducible synthetic data, not secrets
+    people: list[SyntheticRecord] = []
+    out: list[SyntheticRecord] = []
+    for serial in range(records):
+        if people and rng.random() < duplicate_rate:
+            record = _duplicate(rng, rng.choice(people))
+        else:
+            household = rng.choice(people) if people and rng.random() < 0.08 else None
+            record = _person(rng, len(people), household)
+            people.append(record)
+        facility = f"{rng.choice(PROVINCES)}{rng.randrange(1000):03d}"
+        out.append(
+            replace(
+                record, facility_code=facility, mrn=f"HS{serial:08d}", phone=_phone_written(rng, record.phone)
+            )
+        )
+    return out

@@ -1,0 +1,160 @@
+"""Unit tests of the matcher: blocking, Fellegi–Sunter scoring and decisions (pure, no I/O)."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import replace
+from datetime import date
+
+from emr_identity.matching import (
+    LINK_THRESHOLD,
+    Decision,
+    MatchRecord,
+    NameFrequencies,
+    blocking_keys,
+    decide,
+    score,
+)
+from emr_identity.synthetic import generate
+from emr_identity.vietnamese import split_name
+
+DIEP = "Nguyễn Thị Ngọc Điệp"
+
+
+def record(record_id: str = "a", name: str = DIEP, **changes: object) -> MatchRecord:
+    base = MatchRecord(
+        record_id=record_id,
+        names=split_name(name),
+        birth_date=date(1990, 3, 7),
+        sex="female",
+        phone="0912345678",
+        province_code="79",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def frequencies(*names: str) -> NameFrequencies:
+    counts = NameFrequencies()
+    for name in names:
+        counts.add(split_name(name))
+    return counts
+
+
+POPULATION = frequencies(*(["Nguyễn Văn An"] * 40 + ["Trần Thị Điệp"] * 2 + ["Lê Thị Hoa"] * 58))
+
+
+def levels(a: MatchRecord, b: MatchRecord) -> dict[str, str]:
+    return {c.field: c.level for c in score(a, b, POPULATION).contributions}
+
+
+def test_nfc_and_nfd_input_match_exactly() -> None:
+    nfd = record("b", unicodedata.normalize("NFD", DIEP))
+    assert nfd.names == record().names
+    assert levels(record(), nfd)["given_name"] == "exact"
+    assert decide(record("c"), [("p1", nfd)], POPULATION).decision is Decision.LINK
+
+
+def test_folded_name_agrees_with_less_weight_than_exact() -> None:
+    folded = record("b", "Nguyen Thi Ngoc Diep")
+    exact = score(record(), record("b"), POPULATION)
+    without_tones = score(record(), folded, POPULATION)
+    assert levels(record(), folded)["given_name"] == "folded"
+    assert exact.total > without_tones.total
+
+
+def test_tone_difference_is_not_exact() -> None:
+    assert levels(record(name="Lê Văn Tám"), record("b", "Lê Văn Tâm"))["given_name"] == "folded"
+
+
+def test_day_month_swap_is_partial_agreement() -> None:
+    swapped = record("b", birth_date=date(1990, 7, 3))
+    assert levels(record(), swapped)["birth_date"] == "day_month_swap"
+    assert blocking_keys(record()) & blocking_keys(swapped)
+
+
+def test_given_name_typo_level() -> None:
+    assert levels(record(), record("b", "Nguyễn Thị Ngọc Điêp"))["given_name"] == "folded"
+    assert levels(record(), record("b", "Nguyễn Thị Ngọc Diepp"))["given_name"] == "typo"
+
+
+def test_rare_given_name_says_more_than_common_one() -> None:
+    common = score(record(name="Nguyễn Văn An"), record("b", "Nguyễn Văn An"), POPULATION)
+    rare = score(record(name="Trần Thị Điệp"), record("b", "Trần Thị Điệp"), POPULATION)
+    weight = {c.field: c.weight for c in common.contributions}
+    rare_weight = {c.field: c.weight for c in rare.contributions}
+    assert rare_weight["given_name"] > weight["given_name"]
+
+
+def test_every_score_explains_itself() -> None:
+    found = score(record(), record("b", cccd="079190000001"), POPULATION)
+    fields = [c.field for c in found.contributions]
+    assert fields == ["given_name", "middle_name", "family_name", "birth_date", "sex", "phone", "province"]
+    assert abs(sum(c.weight for c in found.contributions) - found.total) < 0.01
+
+
+def test_blocking_never_uses_surname_alone() -> None:
+    for key in blocking_keys(record()):
+        assert key.split(":", 1)[1] not in ("nguyen", "nguyễn")
+        assert "|" in key or key.startswith(("ph:", "cccd:", "bhyt:", "pp:"))
+
+
+def test_same_name_different_person_is_not_linked() -> None:
+    other = record("b", birth_date=date(1971, 11, 20), phone="0987654321")
+    # The names are rare in this index, so the pair may be worth a look, never an automatic link.
+    assert decide(record(), [("p1", other)], POPULATION).decision is not Decision.LINK
+    assert levels(record(), other)["birth_date"] == "disagree"
+
+
+def test_names_alone_never_link() -> None:
+    close = record("b", birth_date=date(1990, 3, 9), phone="")
+    result = decide(record(phone=""), [("p1", close)], POPULATION)
+    assert result.decision is not Decision.LINK
+
+
+def test_same_cccd_with_compatible_demographics_links_deterministically() -> None:
+    a = record(cccd="079190000001", phone="")
+    b = record("b", "Nguyen Thi Ngoc Diep", cccd="079190000001", phone="", birth_date=date(1990, 1, 1))
+    found = score(a, b, POPULATION)
+    assert found.deterministic
+    assert decide(a, [("p1", b)], POPULATION).decision is Decision.LINK
+
+
+def test_same_cccd_with_other_demographics_is_reviewed() -> None:
+    a = record(cccd="079190000001")
+    b = record("b", "Phạm Văn Hùng", cccd="079190000001", sex="male", birth_date=date(1960, 1, 1), phone="")
+    assert not score(a, b, POPULATION).deterministic
+    assert decide(a, [("p1", b)], POPULATION).decision is not Decision.LINK
+
+
+def test_rejected_person_is_never_proposed() -> None:
+    twin = record("b")
+    assert decide(record(), [("p1", twin)], POPULATION).decision is Decision.LINK
+    result = decide(record(), [("p1", twin)], POPULATION, frozenset({"p1"}))
+    assert result.decision is Decision.NEW
+    assert result.candidates == ()
+
+
+def test_two_strong_persons_go_to_review() -> None:
+    result = decide(record(), [("p1", record("b")), ("p2", record("c"))], POPULATION)
+    assert result.decision is Decision.REVIEW
+    assert {c.person_id for c in result.candidates} == {"p1", "p2"}
+    assert all(c.score.total >= LINK_THRESHOLD for c in result.candidates)
+
+
+def test_synthetic_population_is_seeded_and_has_ground_truth() -> None:
+    first = generate(500, 0.1, seed=7)
+    assert first == generate(500, 0.1, seed=7)
+    assert first != generate(500, 0.1, seed=8)
+    keys = [r.person_key for r in first]
+    assert 30 <= len(keys) - len(set(keys)) <= 80  # about 10% re-registrations
+    assert any(unicodedata.normalize("NFC", r.full_name) != r.full_name for r in first)  # NFD present
+
+
+def test_different_cccds_never_link_automatically() -> None:
+    a = record(cccd="079190000001")
+    b = record("b", cccd="079190000002")
+    found = score(a, b, POPULATION)
+    assert found.total - found.contributions[-1].weight >= LINK_THRESHOLD  # everything else agrees
+    # Same phone, name and birth date with another card: worth a look, never an automatic link.
+    assert decide(a, [("p1", b)], POPULATION).decision is Decision.REVIEW
+    assert decide(a, [("p1", replace(b, phone=""))], POPULATION).decision is Decision.NEW
