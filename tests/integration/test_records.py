@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
 
@@ -327,3 +328,35 @@ async def test_tampered_document_bytes_are_detected_on_read(
             )
         )
     assert caught.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_timeline_includes_merged_persons_until_they_are_unmerged(
+    clinical: Any, identity: Any, records: Any, facility_code: str
+) -> None:
+    survivor, merged = await clinical.patient(facility_code), await clinical.patient(facility_code)
+    survivor_visit = await clinical.encounter(survivor, facility_code, 7200)
+    merged_visit = await clinical.encounter(merged, facility_code, 3600)
+
+    async def timeline_of(patient_id: str) -> set[str]:
+        page = await records.GetPatientTimeline(records_pb2.GetPatientTimelineRequest(patient_id=patient_id))
+        return {id_of(entry.resource) for entry in page.entries}
+
+    assert await timeline_of(survivor) == {survivor_visit}
+    await identity.MergePatients(
+        identity_pb2.MergePatientsRequest(
+            request_id=str(uuid.uuid4()),
+            survivor_patient_id=survivor,
+            merged_patient_id=merged,
+            reason="duplicate",
+        )
+    )
+    assert await timeline_of(survivor) == {survivor_visit, merged_visit}
+    assert await timeline_of(merged) == {survivor_visit, merged_visit}  # a merged id reads as its survivor
+
+    await identity.UnmergePatients(
+        identity_pb2.UnmergePatientsRequest(
+            request_id=str(uuid.uuid4()), merged_patient_id=merged, reason="not the same"
+        )
+    )
+    assert await timeline_of(survivor) == {survivor_visit}
+    assert await timeline_of(merged) == {merged_visit}

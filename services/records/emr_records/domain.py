@@ -768,6 +768,8 @@ class TimelineQuery:
     limit: int
     # Position after which the page starts: (time, resource_id) of the last entry of the previous page.
     after: tuple[datetime, str] | None
+    # Whose resources to list: the patient and the persons merged into it; empty means patient_id only.
+    owner_ids: tuple[str, ...] = ()
 
 
 def check_timeline_query(

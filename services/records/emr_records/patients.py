@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -18,8 +20,9 @@ class PatientDirectory:
         self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         self._deadline = deadline_seconds
 
-    async def get(self, patient_id: str) -> identity_pb2.Patient | None:
-        """The patient as identity knows it; None if there is no such patient."""
+    async def get(self, patient_id: str) -> PatientView | None:
+        """The patient as identity knows it (following a merge to the survivor), with the persons
+        merged into it; None if there is no such patient."""
         try:
             response = await self._stub.GetPatient(
                 identity_pb2.GetPatientRequest(patient_id=patient_id),
@@ -30,8 +33,19 @@ class PatientDirectory:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None
             raise DependencyUnavailableError("identity") from error
-        patient: identity_pb2.Patient = response.patient
-        return patient
+        return PatientView(response.patient, tuple(response.merged_patient_ids))
 
     async def exists(self, patient_id: str) -> bool:
         return await self.get(patient_id) is not None
+
+
+@dataclass(frozen=True)
+class PatientView:
+    """A person and the persons currently merged into it: whose records make up its record."""
+
+    patient: identity_pb2.Patient
+    merged_patient_ids: tuple[str, ...]
+
+    @property
+    def record_owner_ids(self) -> tuple[str, ...]:
+        return (self.patient.patient_id, *self.merged_patient_ids)

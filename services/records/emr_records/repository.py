@@ -196,7 +196,8 @@ class ResourceRepository:
 
     async def timeline(self, query: TimelineQuery) -> list[ClinicalRecord]:
         """A page of a patient's resources, newest first; keyset paging on (time, _id)."""
-        conditions: list[Document] = [{"patient_id": query.patient_id}]
+        owners = list(query.owner_ids) or [query.patient_id]
+        conditions: list[Document] = [{"patient_id": owners[0] if len(owners) == 1 else {"$in": owners}}]
         if query.resource_types:
             conditions.append({"resource_type": {"$in": [kind.value for kind in query.resource_types]}})
         if query.loinc_code:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from emr.identity.v1 import identity_pb2
@@ -178,8 +179,17 @@ class RecordsService:
             raise DataIntegrityError(current.resource_type.value, current.resource_id)
         return versions
 
-    async def timeline(self, query: TimelineQuery) -> tuple[list[ClinicalRecord], str]:
-        page = await self._resources.timeline(TimelineQuery(**{**query.__dict__, "limit": query.limit + 1}))
+    async def timeline(
+        self, query: TimelineQuery, include_merged: bool = False
+    ) -> tuple[list[ClinicalRecord], str]:
+        """A page of a patient's resources. With ``include_merged``, the patient is resolved through
+        identity: a merged id reads as its survivor, and the survivor's record includes the persons
+        merged into it (and stops including them once unmerged)."""
+        if include_merged and self._verify_patients:
+            view = await self._patients.get(query.patient_id)
+            if view is not None:
+                query = replace(query, owner_ids=view.record_owner_ids)
+        page = await self._resources.timeline(replace(query, limit=query.limit + 1))
         if len(page) <= query.limit:
             return page, ""
         last = page[query.limit - 1]
@@ -195,18 +205,19 @@ class RecordsService:
     async def export(self, patient_id: str) -> tuple[identity_pb2.Patient, list[ClinicalRecord]]:
         if not patient_id.strip():
             raise InvalidArgumentError([FieldViolation("patient_id", "required")])
-        patient = await self._patients.get(patient_id)
-        if patient is None:
+        view = await self._patients.get(patient_id)
+        if view is None:
             raise NotFoundError("Patient", "patient_id", patient_id)
         records: list[ClinicalRecord] = []
         after: tuple[datetime, str] | None = None
         while True:
-            page = await self._resources.timeline(
-                TimelineQuery(patient_id, (), None, None, "", "", EXPORT_PAGE, after)
+            query = TimelineQuery(
+                patient_id, (), None, None, "", "", EXPORT_PAGE, after, view.record_owner_ids
             )
+            page = await self._resources.timeline(query)
             records.extend(page)
             if len(page) < EXPORT_PAGE:
-                return patient, records
+                return view.patient, records
             after = (page[-1].time, page[-1].resource_id)
 
     # --- change feed ------------------------------------------------------------------------------
