@@ -1,15 +1,19 @@
 """MongoDB storage of the audit log: append-only, one hash chain, numbered gap-free by ``_id``.
 
 Without transactions the chain stays one chain because the event document *is* the chain link:
-event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it read the tip,
-or inserted n itself). The unique ``_id`` lets exactly one writer take each position; a loser
-re-reads the tip and links after the winner. A crashed writer leaves nothing half done: one
-insert is one link. Ordered ``insert_many`` stops at the first conflict, so a batch never links
-past a position it lost.
+event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it inserted n
+itself, or found it). The unique ``_id`` lets exactly one writer take each position; a loser finds
+the new tip and links after the winner. The unique ``event_id`` refuses a repeated event without
+taking a position. A crashed writer leaves nothing half done: one insert is one link. Ordered
+``insert_many`` stops at the first refusal, so a batch never links past a position it lost.
+
+The ``chain`` document holds a hint of the tip (sequence and hash), advanced after each write, so
+that a writer finds the tip without scanning the log; the hint may lag behind, never run ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,6 +40,8 @@ from emr_runtime.db import Database, IndexSpec
 
 EVENTS = "events"
 CHECKPOINTS = "checkpoints"
+CHAIN = "chain"
+_HEAD = "head"
 INDEXES = (
     IndexSpec(EVENTS, (("event_id", 1),), "events_event_id", unique=True),
     IndexSpec(EVENTS, (("patient_id", 1), ("_id", 1)), "events_by_patient"),
@@ -47,7 +53,7 @@ INDEXES = (
 )
 
 
-def _to_document(event: AuditEvent) -> dict[str, Any]:
+def event_document(event: AuditEvent) -> dict[str, Any]:
     assert event.action is not None and event.outcome is not None  # validated before storing
     return {
         "_id": event.sequence,
@@ -102,7 +108,7 @@ def _enum_or_none(kind: Any, value: Any) -> Any:
         return None  # an edited document: the chain check reports it, reading must not crash
 
 
-def _from_document(document: dict[str, Any]) -> AuditEvent:
+def event_from_document(document: dict[str, Any]) -> AuditEvent:
     """Tolerant of edited documents: whatever is stored is read, so that verification can judge it."""
     get = document.get
     return AuditEvent(
@@ -201,12 +207,23 @@ class AuditRepository:
     def __init__(self, db: Database) -> None:
         self._events = db[EVENTS]
         self._checkpoints = db[CHECKPOINTS]
+        self._chain = db[CHAIN]
 
     # --- the chain ---------------------------------------------------------------------------------
-    async def tip(self) -> tuple[int, bytes] | None:
-        """Sequence and hash of the last event; None for an empty log."""
-        document = await self._events.find_one({}, {"_id": 1, "hash": 1}, sort=[("_id", DESCENDING)])
-        return (int(document["_id"]), bytes(document["hash"])) if document else None
+    async def tip_hint(self) -> tuple[int, bytes] | None:
+        """A recent (sequence, hash) of the chain; the true tip is there or after it."""
+        document = await self._chain.find_one({"_id": _HEAD})
+        return (int(document["sequence"]), bytes(document["hash"])) if document else None
+
+    async def advance_tip_hint(self, sequence: int, digest: bytes) -> None:
+        """Moves the hint forward (never back): a single-document conditional update."""
+        # A DuplicateKeyError means the hint is already at or past ``sequence``: the upsert's insert lost.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._chain.update_one(
+                {"_id": _HEAD, "sequence": {"$lt": sequence}},
+                {"$set": {"sequence": sequence, "hash": Binary(digest)}},
+                upsert=True,
+            )
 
     async def sequences_of(self, event_ids: Sequence[str]) -> dict[str, int]:
         cursor = self._events.find({"event_id": {"$in": list(event_ids)}}, {"_id": 1, "event_id": 1})
@@ -216,7 +233,7 @@ class AuditRepository:
         """Inserts chained events in order; returns how many went in before the first position (or
         event_id) another writer took."""
         try:
-            await self._events.insert_many([_to_document(event) for event in events], ordered=True)
+            await self._events.insert_many([event_document(event) for event in events], ordered=True)
         except BulkWriteError as error:
             return int(error.details.get("nInserted", 0))
         return len(events)
@@ -235,11 +252,11 @@ class AuditRepository:
         if last is not None:
             bounds["$lte"] = last
         async for document in self._events.find({"_id": bounds}).sort("_id", ASCENDING):
-            yield _from_document(document)
+            yield event_from_document(document)
 
     async def get(self, sequence: int) -> AuditEvent | None:
         document = await self._events.find_one({"_id": sequence})
-        return _from_document(document) if document else None
+        return event_from_document(document) if document else None
 
     # --- checkpoints -------------------------------------------------------------------------------
     async def latest_checkpoint(self) -> Checkpoint | None:
@@ -278,4 +295,4 @@ class AuditRepository:
     async def find(self, selection: EventFilter, after_sequence: int, limit: int) -> list[AuditEvent]:
         query = {**_filter_query(selection), "_id": {"$gt": after_sequence}}
         cursor = self._events.find(query).sort("_id", ASCENDING).limit(limit)
-        return [_from_document(document) async for document in cursor]
+        return [event_from_document(document) async for document in cursor]
