@@ -201,3 +201,48 @@ async def test_stored_events_hold_no_names_identifiers_or_clinical_values(
         "Khám sức khỏe định kỳ",
     ]
     assert [value for value in forbidden if value in stored] == []
+
+
+@pytest.mark.parametrize(
+    ("call", "request_message", "field"),
+    [
+        ("QueryEvents", audit_pb2.QueryEventsRequest(), "patient_id"),
+        ("QueryEvents", audit_pb2.QueryEventsRequest(patient_id="p", subtype=99), "subtype"),  # type: ignore[arg-type]
+        ("QueryEvents", audit_pb2.QueryEventsRequest(patient_id="p", page_token="not-a-token"), "page_token"),
+        (
+            "QueryEvents",
+            audit_pb2.QueryEventsRequest(patient_id="p", start_time=Timestamp(seconds=-(10**12))),
+            "start_time",
+        ),
+        ("GetPatientAccessReport", audit_pb2.GetPatientAccessReportRequest(), "patient_id"),
+        ("GetCheckpoint", audit_pb2.GetCheckpointRequest(index=-1), "index"),
+        ("GetInclusionProof", audit_pb2.GetInclusionProofRequest(sequence=0), "sequence"),
+        ("VerifyIntegrity", audit_pb2.VerifyIntegrityRequest(from_sequence=-1), "from_sequence"),
+        ("VerifyIntegrity", audit_pb2.VerifyIntegrityRequest(from_sequence=9, to_sequence=3), "to_sequence"),
+    ],
+)
+async def test_bad_requests_name_the_field(
+    audit: Any, bad_fields: Any, call: str, request_message: Any, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(audit, call)(request_message)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == [field]
+
+
+async def test_export_of_a_bad_range_names_the_field(audit: Any, bad_fields: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in audit.ExportEvents(audit_pb2.ExportEventsRequest(from_sequence=-5)):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == ["from_sequence"]
+
+
+async def test_missing_checkpoint_and_event_are_not_found(audit: Any) -> None:
+    for call, request_message in (
+        ("GetCheckpoint", audit_pb2.GetCheckpointRequest(index=10**9)),
+        ("GetInclusionProof", audit_pb2.GetInclusionProofRequest(sequence=10**9)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await getattr(audit, call)(request_message)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND

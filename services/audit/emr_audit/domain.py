@@ -221,9 +221,8 @@ def _instant(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment is not None else ""
 
 
-def canonical_record(event: AuditEvent) -> dict[str, Any]:
-    """Every stored field of an event except its hashes, as JSON-ready values. Exports carry it
-    as is, so an offline verifier recomputes the hash from the export alone."""
+def event_fields(event: AuditEvent) -> dict[str, Any]:
+    """Every stored field of an event except its hashes, times as datetimes: what storage keeps."""
     assert event.action is not None and event.outcome is not None  # only valid events are chained
     return {
         "sequence": event.sequence,
@@ -232,8 +231,8 @@ def canonical_record(event: AuditEvent) -> dict[str, Any]:
         "subtype": event.subtype.value if event.subtype else "",
         "action": event.action.value,
         "outcome": event.outcome.value,
-        "occurred_at": _instant(event.occurred_at),
-        "recorded_at": _instant(event.recorded_at),
+        "occurred_at": event.occurred_at,
+        "recorded_at": event.recorded_at,
         "actor_id": event.actor_id,
         "actor_facility_code": event.actor_facility_code,
         "source_service": event.source_service,
@@ -267,6 +266,13 @@ def canonical_record(event: AuditEvent) -> dict[str, Any]:
             for entity in event.entities
         ],
     }
+
+
+def canonical_record(event: AuditEvent) -> dict[str, Any]:
+    """The fields of ``event_fields`` as JSON values (times as ISO 8601, milliseconds, UTC).
+    Exports carry it as is, so an offline verifier recomputes the hash from the export alone."""
+    fields = event_fields(event)
+    return {**fields, "occurred_at": _instant(event.occurred_at), "recorded_at": _instant(event.recorded_at)}
 
 
 def canonical_bytes(record: dict[str, Any]) -> bytes:

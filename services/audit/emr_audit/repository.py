@@ -35,6 +35,7 @@ from emr_audit.domain import (
     Outcome,
     RetentionClass,
     Subtype,
+    event_fields,
 )
 from emr_runtime.db import Database, IndexSpec
 
@@ -54,48 +55,10 @@ INDEXES = (
 
 
 def event_document(event: AuditEvent) -> dict[str, Any]:
-    assert event.action is not None and event.outcome is not None  # validated before storing
+    fields = event_fields(event)
     return {
-        "_id": event.sequence,
-        "event_id": event.event_id,
-        "type": event.event_type.value if event.event_type else "",
-        "subtype": event.subtype.value if event.subtype else "",
-        "action": event.action.value,
-        "outcome": event.outcome.value,
-        "occurred_at": event.occurred_at,
-        "recorded_at": event.recorded_at,
-        "actor_id": event.actor_id,
-        "actor_facility_code": event.actor_facility_code,
-        "source_service": event.source_service,
-        "operation": event.operation,
-        "patient_id": event.patient_id,
-        "resource_type": event.resource_type,
-        "resource_id": event.resource_id,
-        "purpose_of_use": event.purpose_of_use,
-        "request_id": event.request_id,
-        "trace_id": event.trace_id,
-        "retention_class": event.retention_class.value,
-        "agents": [
-            {
-                "type": agent.type.value if agent.type else "",
-                "who": agent.who,
-                "role": agent.role,
-                "facility_code": agent.facility_code,
-                "client_application": agent.client_application,
-                "network_address": agent.network_address,
-                "requestor": agent.requestor,
-            }
-            for agent in event.agents
-        ],
-        "entities": [
-            {
-                "role": entity.role.value if entity.role else "",
-                "patient_id": entity.patient_id,
-                "resource_type": entity.resource_type,
-                "resource_id": entity.resource_id,
-            }
-            for entity in event.entities
-        ],
+        "_id": fields.pop("sequence"),
+        **fields,
         "previous_hash": Binary(event.previous_hash),
         "hash": Binary(event.hash),
     }

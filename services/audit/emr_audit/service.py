@@ -262,14 +262,7 @@ class AuditLog:
         return None
 
     async def verify(self, from_sequence: int, to_sequence: int) -> IntegrityReport:
-        violations = Violations()
-        if from_sequence < 0:
-            violations.add("from_sequence", "must be 0 or positive")
-        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
-            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
-        violations.raise_if_any()
-        first = from_sequence or 1
-        last = to_sequence or None
+        first, last = _sequence_range(from_sequence, to_sequence)
         verifier = ChainVerifier(expected_sequence=first)
         if first > 1:
             verifier.last_hash = await self._repository.event_hash(first - 1)
@@ -335,13 +328,7 @@ class AuditLog:
     async def export(self, from_sequence: int, to_sequence: int) -> AsyncIterator[list[str]]:
         """JSON Lines: each checkpoint line comes before the events it covers; each event line carries
         its canonical record, hashes and, when checkpointed, its inclusion proof."""
-        violations = Violations()
-        if from_sequence < 0:
-            violations.add("from_sequence", "must be 0 or positive")
-        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
-            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
-        violations.raise_if_any()
-        first = from_sequence or 1
+        first, _ = _sequence_range(from_sequence, to_sequence)
         tip = await self._find_tip()
         last = min(to_sequence or tip[0], tip[0])
         # The header states the range, so that a verifier notices events cut from either end.
@@ -396,6 +383,17 @@ class AuditLog:
 
 def _json_line(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sequence_range(from_sequence: int, to_sequence: int) -> tuple[int, int | None]:
+    """(first, last) of a requested range; last None means the end of the log."""
+    violations = Violations()
+    if from_sequence < 0:
+        violations.add("from_sequence", "must be 0 or positive")
+    if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
+        violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
+    violations.raise_if_any()
+    return from_sequence or 1, to_sequence or None
 
 
 def _page_position(page_token: str) -> int:
