@@ -20,7 +20,7 @@ MAX_ENTITIES = 16
 GENESIS_HASH = bytes(32)
 _ID = re.compile(r"[0-9A-Za-z._:/-]{1,128}")
 # Codes and roles: short tokens, never free text (free text could carry names or clinical values).
-_CODE = re.compile(r"[0-9A-Za-z._:/ -]{0,64}")
+_CODE = re.compile(r"[0-9A-Za-z._:/ \[\]-]{0,64}")
 
 
 class Action(enum.Enum):
@@ -196,7 +196,7 @@ def _validate_agents(agents: Sequence[Agent], path: str, violations: Violations)
             violations.add(f"{at}.who", "required: at most 256 characters")
         for name in ("role", "facility_code", "client_application", "network_address"):
             if not _CODE.fullmatch(getattr(agent, name)):
-                violations.add(f"{at}.{name}", "at most 64 letters, digits, spaces or . _ : / -")
+                violations.add(f"{at}.{name}", "at most 64 letters, digits, spaces or . _ : / [ ] -")
 
 
 def _validate_entities(entities: Sequence[Entity], path: str, violations: Violations) -> None:

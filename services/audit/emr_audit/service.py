@@ -82,6 +82,7 @@ class AuditLog:
         self._public_key = load_public_key(signer.public_key_pem.encode())
         self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._hint_writer: asyncio.Task[None] | None = None
         # (sequence, hash) of the last event this replica knows; None: read it from the database.
         self._tip: tuple[int, bytes] | None = None
 
@@ -94,6 +95,8 @@ class AuditLog:
         validate_events(events)
         received = [event.received(utc_now()) for event in events]
         pending = _Pending(list({event.event_id: event for event in received}.values()))
+        # A caller that gave up never reads its outcome; reading it here keeps asyncio quiet.
+        pending.done.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._waiting.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
@@ -117,12 +120,20 @@ class AuditLog:
             for pending in group:
                 if not pending.done.done():
                     pending.done.set_result(sequences)
-            # After answering: the hint only spares other replicas a search, callers need not wait.
-            if self._tip is not None:
-                try:
-                    await self._repository.advance_tip_hint(*self._tip)
-                except Exception:
-                    log.warning("tip hint not advanced; other replicas will search a little longer")
+            # The hint only spares other replicas a search: nobody waits for it, and one update
+            # in flight at a time carries the newest tip.
+            if self._hint_writer is None or self._hint_writer.done():
+                self._hint_writer = asyncio.create_task(self._advance_hint())
+
+    async def _advance_hint(self) -> None:
+        written: tuple[int, bytes] | None = None
+        while self._tip is not None and self._tip != written:
+            written = self._tip
+            try:
+                await self._repository.advance_tip_hint(*written)
+            except Exception:
+                log.warning("tip hint not advanced; other replicas will search a little longer")
+                return
 
     async def _link(self, events: list[AuditEvent]) -> dict[str, int]:
         """Links events after the tip and returns their sequences. A position lost to another
