@@ -28,6 +28,7 @@ from emr_audit.domain import (
 from emr_audit.service import InclusionProof
 from emr_audit.signing import ALGORITHM, CheckpointSigner
 from emr_runtime.clock import to_storage_precision
+from emr_runtime.errors import FieldViolation, InvalidArgumentError
 
 _ACTIONS = {
     audit_pb2.AUDIT_ACTION_CREATE: Action.CREATE,
@@ -81,12 +82,14 @@ _RETENTION = {
 _RETENTION_TO_PROTO = {value: key for key, value in _RETENTION.items()}
 
 
-def _instant(stamp: Timestamp) -> datetime:
-    return to_storage_precision(stamp.ToDatetime(tzinfo=UTC))
-
-
-def _optional_instant(message: object, name: str) -> datetime | None:
-    return _instant(getattr(message, name)) if message.HasField(name) else None  # type: ignore[attr-defined]
+def _optional_instant(message: object, name: str, path: str = "") -> datetime | None:
+    """The time in field ``name``, None when unset; a time no calendar holds is the caller's error."""
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return None
+    try:
+        return to_storage_precision(getattr(message, name).ToDatetime(tzinfo=UTC))
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgumentError([FieldViolation(path + name, "not a valid time")]) from error
 
 
 def _stamp(moment: datetime) -> Timestamp:
@@ -95,12 +98,12 @@ def _stamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def event_from_message(message: audit_pb2.AuditEvent) -> AuditEvent:
+def event_from_message(message: audit_pb2.AuditEvent, index: int = 0) -> AuditEvent:
     return AuditEvent(
         event_id=message.event_id,
         action=_ACTIONS.get(message.action),
         outcome=_OUTCOMES.get(message.outcome),
-        occurred_at=_optional_instant(message, "occurred_time"),
+        occurred_at=_optional_instant(message, "occurred_time", f"events[{index}]."),
         actor_id=message.actor_id,
         actor_facility_code=message.actor_facility_code,
         source_service=message.source_service,
@@ -200,6 +203,8 @@ def event_message(event: AuditEvent) -> audit_pb2.AuditEvent:
 
 
 def event_filter(request: audit_pb2.QueryEventsRequest) -> EventFilter:
+    if request.subtype and request.subtype not in _SUBTYPES:
+        raise InvalidArgumentError([FieldViolation("subtype", "not a known subtype")])
     return EventFilter(
         patient_id=request.patient_id,
         actor_id=request.actor_id,

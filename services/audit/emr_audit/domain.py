@@ -20,7 +20,7 @@ MAX_ENTITIES = 16
 GENESIS_HASH = bytes(32)
 _ID = re.compile(r"[0-9A-Za-z._:/-]{1,128}")
 # Codes and roles: short tokens, never free text (free text could carry names or clinical values).
-_CODE = re.compile(r"[0-9A-Za-z._:/ -]{0,64}")
+_CODE = re.compile(r"[0-9A-Za-z._:/ \[\]-]{0,64}")
 
 
 class Action(enum.Enum):
@@ -196,7 +196,7 @@ def _validate_agents(agents: Sequence[Agent], path: str, violations: Violations)
             violations.add(f"{at}.who", "required: at most 256 characters")
         for name in ("role", "facility_code", "client_application", "network_address"):
             if not _CODE.fullmatch(getattr(agent, name)):
-                violations.add(f"{at}.{name}", "at most 64 letters, digits, spaces or . _ : / -")
+                violations.add(f"{at}.{name}", "at most 64 letters, digits, spaces or . _ : / [ ] -")
 
 
 def _validate_entities(entities: Sequence[Entity], path: str, violations: Violations) -> None:
@@ -221,9 +221,8 @@ def _instant(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment is not None else ""
 
 
-def canonical_record(event: AuditEvent) -> dict[str, Any]:
-    """Every stored field of an event except its hashes, as JSON-ready values. Exports carry it
-    as is, so an offline verifier recomputes the hash from the export alone."""
+def event_fields(event: AuditEvent) -> dict[str, Any]:
+    """Every stored field of an event except its hashes, times as datetimes: what storage keeps."""
     assert event.action is not None and event.outcome is not None  # only valid events are chained
     return {
         "sequence": event.sequence,
@@ -232,8 +231,8 @@ def canonical_record(event: AuditEvent) -> dict[str, Any]:
         "subtype": event.subtype.value if event.subtype else "",
         "action": event.action.value,
         "outcome": event.outcome.value,
-        "occurred_at": _instant(event.occurred_at),
-        "recorded_at": _instant(event.recorded_at),
+        "occurred_at": event.occurred_at,
+        "recorded_at": event.recorded_at,
         "actor_id": event.actor_id,
         "actor_facility_code": event.actor_facility_code,
         "source_service": event.source_service,
@@ -267,6 +266,13 @@ def canonical_record(event: AuditEvent) -> dict[str, Any]:
             for entity in event.entities
         ],
     }
+
+
+def canonical_record(event: AuditEvent) -> dict[str, Any]:
+    """The fields of ``event_fields`` as JSON values (times as ISO 8601, milliseconds, UTC).
+    Exports carry it as is, so an offline verifier recomputes the hash from the export alone."""
+    fields = event_fields(event)
+    return {**fields, "occurred_at": _instant(event.occurred_at), "recorded_at": _instant(event.recorded_at)}
 
 
 def canonical_bytes(record: dict[str, Any]) -> bytes:

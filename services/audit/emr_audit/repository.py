@@ -1,15 +1,19 @@
 """MongoDB storage of the audit log: append-only, one hash chain, numbered gap-free by ``_id``.
 
 Without transactions the chain stays one chain because the event document *is* the chain link:
-event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it read the tip,
-or inserted n itself). The unique ``_id`` lets exactly one writer take each position; a loser
-re-reads the tip and links after the winner. A crashed writer leaves nothing half done: one
-insert is one link. Ordered ``insert_many`` stops at the first conflict, so a batch never links
-past a position it lost.
+event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it inserted n
+itself, or found it). The unique ``_id`` lets exactly one writer take each position; a loser finds
+the new tip and links after the winner. The unique ``event_id`` refuses a repeated event without
+taking a position. A crashed writer leaves nothing half done: one insert is one link. Ordered
+``insert_many`` stops at the first refusal, so a batch never links past a position it lost.
+
+The ``chain`` document holds a hint of the tip (sequence and hash), advanced after each write, so
+that a writer finds the tip without scanning the log; the hint may lag behind, never run ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -31,11 +35,14 @@ from emr_audit.domain import (
     Outcome,
     RetentionClass,
     Subtype,
+    event_fields,
 )
 from emr_runtime.db import Database, IndexSpec
 
 EVENTS = "events"
 CHECKPOINTS = "checkpoints"
+CHAIN = "chain"
+_HEAD = "head"
 INDEXES = (
     IndexSpec(EVENTS, (("event_id", 1),), "events_event_id", unique=True),
     IndexSpec(EVENTS, (("patient_id", 1), ("_id", 1)), "events_by_patient"),
@@ -47,49 +54,11 @@ INDEXES = (
 )
 
 
-def _to_document(event: AuditEvent) -> dict[str, Any]:
-    assert event.action is not None and event.outcome is not None  # validated before storing
+def event_document(event: AuditEvent) -> dict[str, Any]:
+    fields = event_fields(event)
     return {
-        "_id": event.sequence,
-        "event_id": event.event_id,
-        "type": event.event_type.value if event.event_type else "",
-        "subtype": event.subtype.value if event.subtype else "",
-        "action": event.action.value,
-        "outcome": event.outcome.value,
-        "occurred_at": event.occurred_at,
-        "recorded_at": event.recorded_at,
-        "actor_id": event.actor_id,
-        "actor_facility_code": event.actor_facility_code,
-        "source_service": event.source_service,
-        "operation": event.operation,
-        "patient_id": event.patient_id,
-        "resource_type": event.resource_type,
-        "resource_id": event.resource_id,
-        "purpose_of_use": event.purpose_of_use,
-        "request_id": event.request_id,
-        "trace_id": event.trace_id,
-        "retention_class": event.retention_class.value,
-        "agents": [
-            {
-                "type": agent.type.value if agent.type else "",
-                "who": agent.who,
-                "role": agent.role,
-                "facility_code": agent.facility_code,
-                "client_application": agent.client_application,
-                "network_address": agent.network_address,
-                "requestor": agent.requestor,
-            }
-            for agent in event.agents
-        ],
-        "entities": [
-            {
-                "role": entity.role.value if entity.role else "",
-                "patient_id": entity.patient_id,
-                "resource_type": entity.resource_type,
-                "resource_id": entity.resource_id,
-            }
-            for entity in event.entities
-        ],
+        "_id": fields.pop("sequence"),
+        **fields,
         "previous_hash": Binary(event.previous_hash),
         "hash": Binary(event.hash),
     }
@@ -102,7 +71,7 @@ def _enum_or_none(kind: Any, value: Any) -> Any:
         return None  # an edited document: the chain check reports it, reading must not crash
 
 
-def _from_document(document: dict[str, Any]) -> AuditEvent:
+def event_from_document(document: dict[str, Any]) -> AuditEvent:
     """Tolerant of edited documents: whatever is stored is read, so that verification can judge it."""
     get = document.get
     return AuditEvent(
@@ -201,12 +170,23 @@ class AuditRepository:
     def __init__(self, db: Database) -> None:
         self._events = db[EVENTS]
         self._checkpoints = db[CHECKPOINTS]
+        self._chain = db[CHAIN]
 
     # --- the chain ---------------------------------------------------------------------------------
-    async def tip(self) -> tuple[int, bytes] | None:
-        """Sequence and hash of the last event; None for an empty log."""
-        document = await self._events.find_one({}, {"_id": 1, "hash": 1}, sort=[("_id", DESCENDING)])
-        return (int(document["_id"]), bytes(document["hash"])) if document else None
+    async def tip_hint(self) -> tuple[int, bytes] | None:
+        """A recent (sequence, hash) of the chain; the true tip is there or after it."""
+        document = await self._chain.find_one({"_id": _HEAD})
+        return (int(document["sequence"]), bytes(document["hash"])) if document else None
+
+    async def advance_tip_hint(self, sequence: int, digest: bytes) -> None:
+        """Moves the hint forward (never back): a single-document conditional update."""
+        # A DuplicateKeyError means the hint is already at or past ``sequence``: the upsert's insert lost.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._chain.update_one(
+                {"_id": _HEAD, "sequence": {"$lt": sequence}},
+                {"$set": {"sequence": sequence, "hash": Binary(digest)}},
+                upsert=True,
+            )
 
     async def sequences_of(self, event_ids: Sequence[str]) -> dict[str, int]:
         cursor = self._events.find({"event_id": {"$in": list(event_ids)}}, {"_id": 1, "event_id": 1})
@@ -216,7 +196,7 @@ class AuditRepository:
         """Inserts chained events in order; returns how many went in before the first position (or
         event_id) another writer took."""
         try:
-            await self._events.insert_many([_to_document(event) for event in events], ordered=True)
+            await self._events.insert_many([event_document(event) for event in events], ordered=True)
         except BulkWriteError as error:
             return int(error.details.get("nInserted", 0))
         return len(events)
@@ -235,11 +215,11 @@ class AuditRepository:
         if last is not None:
             bounds["$lte"] = last
         async for document in self._events.find({"_id": bounds}).sort("_id", ASCENDING):
-            yield _from_document(document)
+            yield event_from_document(document)
 
     async def get(self, sequence: int) -> AuditEvent | None:
         document = await self._events.find_one({"_id": sequence})
-        return _from_document(document) if document else None
+        return event_from_document(document) if document else None
 
     # --- checkpoints -------------------------------------------------------------------------------
     async def latest_checkpoint(self) -> Checkpoint | None:
@@ -278,4 +258,4 @@ class AuditRepository:
     async def find(self, selection: EventFilter, after_sequence: int, limit: int) -> list[AuditEvent]:
         query = {**_filter_query(selection), "_id": {"$gt": after_sequence}}
         cursor = self._events.find(query).sort("_id", ASCENDING).limit(limit)
-        return [_from_document(document) async for document in cursor]
+        return [event_from_document(document) async for document in cursor]

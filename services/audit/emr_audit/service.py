@@ -43,12 +43,17 @@ MAX_CHECKPOINT_EVENTS = 10_000
 # The patient access report summarizes at most this many accesses of one period.
 MAX_REPORT_EVENTS = 20_000
 EXPORT_CHUNK_LINES = 200
+# How long a writer that lost a position waits for the winner's tip hint before probing the log.
+HINT_WAITS = 5
+HINT_WAIT_SECONDS = 0.002
 
 
 @dataclass
 class _Pending:
     events: list[AuditEvent]
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[dict[str, int]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class AuditLog:
         self._public_key = load_public_key(signer.public_key_pem.encode())
         self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._hint_writer: asyncio.Task[None] | None = None
         # (sequence, hash) of the last event this replica knows; None: read it from the database.
         self._tip: tuple[int, bytes] | None = None
 
@@ -89,19 +95,22 @@ class AuditLog:
         validate_events(events)
         received = [event.received(utc_now()) for event in events]
         pending = _Pending(list({event.event_id: event for event in received}.values()))
+        # A caller that gave up never reads its outcome; reading it here keeps asyncio quiet.
+        pending.done.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._waiting.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
         # Shielded: a caller that gives up must not cancel the group its events were written with.
-        await asyncio.shield(pending.done)
-        stored = await self._repository.sequences_of([event.event_id for event in events])
-        return [stored[event.event_id] for event in events]
+        sequences = await asyncio.shield(pending.done)
+        return [sequences[event.event_id] for event in events]
 
     async def _drain(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                await self._link(list({e.event_id: e for pending in group for e in pending.events}.values()))
+                sequences = await self._link(
+                    list({e.event_id: e for pending in group for e in pending.events}.values())
+                )
             except Exception as error:
                 self._tip = None
                 for pending in group:
@@ -110,27 +119,70 @@ class AuditLog:
                 continue
             for pending in group:
                 if not pending.done.done():
-                    pending.done.set_result(None)
+                    pending.done.set_result(sequences)
+            # The hint only spares other replicas a search: nobody waits for it, and one update
+            # in flight at a time carries the newest tip.
+            if self._hint_writer is None or self._hint_writer.done():
+                self._hint_writer = asyncio.create_task(self._advance_hint())
 
-    async def _link(self, events: list[AuditEvent]) -> None:
-        """Links events after the tip; on losing a position to another replica, re-reads the tip
-        and links the rest after the winner. Events already stored (a replayed spool) are skipped."""
-        already = await self._repository.sequences_of([event.event_id for event in events])
-        remaining = [event for event in events if event.event_id not in already]
+    async def _advance_hint(self) -> None:
+        written: tuple[int, bytes] | None = None
+        while self._tip is not None and self._tip != written:
+            written = self._tip
+            try:
+                await self._repository.advance_tip_hint(*written)
+            except Exception:
+                log.warning("tip hint not advanced; other replicas will search a little longer")
+                return
+
+    async def _link(self, events: list[AuditEvent]) -> dict[str, int]:
+        """Links events after the tip and returns their sequences. A position lost to another
+        replica sends the rest after the winner; an event already stored keeps its sequence."""
+        sequences: dict[str, int] = {}
+        refusals: dict[str, int] = {}
+        remaining = events
         while remaining:
             if self._tip is None:
-                self._tip = await self._repository.tip() or (0, GENESIS_HASH)
+                self._tip = await self._repository.tip_hint() or (0, GENESIS_HASH)
             last_sequence, last_hash = self._tip
             linked = chain(remaining, last_sequence + 1, last_hash)
             inserted = await self._repository.insert_linked(linked)
+            sequences.update((event.event_id, event.sequence) for event in linked[:inserted])
             if inserted:
                 self._tip = (linked[inserted - 1].sequence, linked[inserted - 1].hash)
             if inserted == len(linked):
-                return
-            self._tip = None  # another writer took the next position
-            rest = remaining[inserted:]
-            stored = await self._repository.sequences_of([event.event_id for event in rest])
-            remaining = [event for event in rest if event.event_id not in stored]
+                break
+            remaining = remaining[inserted:]
+            refused = linked[inserted]
+            refusals[refused.event_id] = refusals.get(refused.event_id, 0) + 1
+            if refusals[refused.event_id] > 1 or not await self._catch_up(refused.sequence):
+                # Refused again, or nobody holds the position: the unique event_id refused it.
+                stored = await self._repository.sequences_of([refused.event_id])
+                if refused.event_id in stored:
+                    sequences[refused.event_id] = stored[refused.event_id]
+                    remaining = remaining[1:]
+                else:
+                    self._tip = await self._find_tip()
+        return sequences
+
+    async def _catch_up(self, taken: int) -> bool:
+        """Waits briefly for the writer that took position ``taken`` to advance the tip hint (it
+        does so right after its insert) and continues from there. Reading the one small hint
+        document is much cheaper than probing the log. False when the hint does not get there."""
+        for attempt in range(HINT_WAITS):
+            hint = await self._repository.tip_hint()
+            if hint is not None and hint[0] >= taken:
+                self._tip = hint
+                return True
+            await asyncio.sleep(HINT_WAIT_SECONDS * (attempt + 1))
+        return False
+
+    async def _find_tip(self) -> tuple[int, bytes]:
+        """The last event: from the hint, stepping over events written since it was advanced."""
+        sequence, digest = await self._repository.tip_hint() or (0, GENESIS_HASH)
+        while (following := await self._repository.event_hash(sequence + 1)) is not None:
+            sequence, digest = sequence + 1, following
+        return sequence, digest
 
     # --- checkpoints -------------------------------------------------------------------------------
     async def checkpoint_if_due(
@@ -138,7 +190,7 @@ class AuditLog:
     ) -> Checkpoint | None:
         """Writes the next checkpoint when it is due; another replica writing it first is fine."""
         latest = await self._repository.latest_checkpoint()
-        tip = await self._repository.tip()
+        tip = await self._repository.tip_hint()
         if tip is None:
             return None
         covered = latest.last_sequence if latest else 0
@@ -221,14 +273,7 @@ class AuditLog:
         return None
 
     async def verify(self, from_sequence: int, to_sequence: int) -> IntegrityReport:
-        violations = Violations()
-        if from_sequence < 0:
-            violations.add("from_sequence", "must be 0 or positive")
-        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
-            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
-        violations.raise_if_any()
-        first = from_sequence or 1
-        last = to_sequence or None
+        first, last = _sequence_range(from_sequence, to_sequence)
         verifier = ChainVerifier(expected_sequence=first)
         if first > 1:
             verifier.last_hash = await self._repository.event_hash(first - 1)
@@ -248,11 +293,14 @@ class AuditLog:
             hashes = await self._repository.hashes(checkpoint.first_sequence, checkpoint.last_sequence)
             findings.append(self._checkpoint_finding(checkpoint, hashes))
             checked_checkpoints += 1
-        tail_end = max((c.last_sequence for c in checkpoints), default=None)
+        # Events the checkpoints or the tip hint say exist must be there (a cut tail is tampering).
+        hint = await self._repository.tip_hint()
+        tail_end: int | None = max([c.last_sequence for c in checkpoints] + [hint[0] if hint else 0])
         if last is not None and tail_end is not None:
             tail_end = min(tail_end, last)
-        findings.append(verifier.finish(tail_end))
-        return IntegrityReport(first_finding(findings), verifier.checked, checked_checkpoints)
+        # The chain pins the first bad event exactly; a checkpoint mismatch only bounds it.
+        finding = verifier.finish(tail_end) or first_finding(findings)
+        return IntegrityReport(finding, verifier.checked, checked_checkpoints)
 
     # --- queries -----------------------------------------------------------------------------------
     async def query(
@@ -291,15 +339,9 @@ class AuditLog:
     async def export(self, from_sequence: int, to_sequence: int) -> AsyncIterator[list[str]]:
         """JSON Lines: each checkpoint line comes before the events it covers; each event line carries
         its canonical record, hashes and, when checkpointed, its inclusion proof."""
-        violations = Violations()
-        if from_sequence < 0:
-            violations.add("from_sequence", "must be 0 or positive")
-        if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
-            violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
-        violations.raise_if_any()
-        first = from_sequence or 1
-        tip = await self._repository.tip()
-        last = min(to_sequence or tip[0], tip[0]) if tip else 0
+        first, _ = _sequence_range(from_sequence, to_sequence)
+        tip = await self._find_tip()
+        last = min(to_sequence or tip[0], tip[0])
         # The header states the range, so that a verifier notices events cut from either end.
         yield [_json_line({"kind": "export", "from_sequence": first, "to_sequence": last})]
         if last < first:
@@ -352,6 +394,17 @@ class AuditLog:
 
 def _json_line(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sequence_range(from_sequence: int, to_sequence: int) -> tuple[int, int | None]:
+    """(first, last) of a requested range; last None means the end of the log."""
+    violations = Violations()
+    if from_sequence < 0:
+        violations.add("from_sequence", "must be 0 or positive")
+    if to_sequence < 0 or (to_sequence and to_sequence < from_sequence):
+        violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
+    violations.raise_if_any()
+    return from_sequence or 1, to_sequence or None
 
 
 def _page_position(page_token: str) -> int:

@@ -22,7 +22,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def AppendEvents(
         self, request: audit_pb2.AppendEventsRequest, context: Context
     ) -> audit_pb2.AppendEventsResponse:
-        sequences = await self._log.append([converters.event_from_message(e) for e in request.events])
+        sequences = await self._log.append(
+            [converters.event_from_message(e, index) for index, e in enumerate(request.events)]
+        )
         return audit_pb2.AppendEventsResponse(sequences=sequences)
 
     async def QueryEvents(

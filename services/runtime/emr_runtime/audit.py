@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import urllib.parse
 import uuid
 
 import grpc
@@ -28,7 +29,7 @@ SPOOL_COLLECTION = "audit_spool"
 # Spooled events keep the order they were recorded in: a counter in the service's own database
 # numbers them (several replicas of a service share one spool and one order).
 SPOOL_INDEXES = (IndexSpec(SPOOL_COLLECTION, (("position", 1),), "spool_position"),)
-_NOT_A_CODE = re.compile(r"[^0-9A-Za-z._:/ -]")
+_NOT_A_CODE = re.compile(r"[^0-9A-Za-z._:/ \[\]-]")
 _OUTCOMES = {
     "success": audit_pb2.AUDIT_OUTCOME_SUCCESS,
     "client_failure": audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE,
@@ -75,6 +76,7 @@ class AuditRecorder(AuditSink):
         event = audit_pb2.AuditEvent(
             event_id=str(uuid.uuid4()),
             action=rule.action,  # type: ignore[arg-type]
+            subtype=rule.subtype,  # type: ignore[arg-type]
             outcome=_OUTCOMES[outcome],
             actor_id=caller.actor_id,
             actor_facility_code=caller.facility_code,
@@ -96,7 +98,7 @@ class AuditRecorder(AuditSink):
                     role=_code(caller.role),
                     facility_code=_code(caller.facility_code),
                     client_application=_code(caller.client_application),
-                    network_address=_code(call.context.peer() or ""),
+                    network_address=_code(urllib.parse.unquote(call.context.peer() or "")),
                     requestor=True,
                 ),
                 audit_pb2.AuditAgent(

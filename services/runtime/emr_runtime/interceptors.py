@@ -274,6 +274,8 @@ class AuditRule:
     resource_type: str
     patient_id: Callable[[Any, Any], str]
     resource_id: Callable[[Any, Any], str] = lambda request, response: ""
+    # emr.audit.v1.AuditEventSubtype (e.g. MERGE, EXPORT); 0 lets the audit service derive it from action.
+    subtype: int = 0
 
 
 class AuditSink:
