@@ -6,18 +6,21 @@ indexes, findAndModify, $setOnInsert, $inc. No transactions, no change streams.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from emr_runtime.telemetry import MongoCommandTracing
 
 Document = dict[str, Any]
+T = TypeVar("T")
 Database = AsyncDatabase[Document]
 
 
@@ -60,11 +63,40 @@ async def insert_or_get(collection: AsyncCollection[Document], document: Documen
         return stored, False
 
 
-async def next_sequence(db: Database, counter: str) -> int:
-    """Allocates the next number of a named counter atomically (findAndModify with $inc)."""
+def is_transient(error: BaseException) -> bool:
+    """A database error that a retry of the same operation may not meet: a lost connection, or a
+    write that lost a lock race (FerretDB's SQLite backend answers SQLITE_BUSY under concurrent
+    writes even with its busy timeout)."""
+    if isinstance(error, ConnectionFailure):
+        return True
+    if isinstance(error, OperationFailure):
+        return (
+            "SQLITE_BUSY" in str(error)
+            or error.has_error_label("RetryableWriteError")
+            or error.has_error_label("TransientTransactionError")
+        )
+    return False
 
-    document = await db["counters"].find_one_and_update(
-        {"_id": counter}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+
+async def retry_transient(operation: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Runs an idempotent database operation, retrying transient errors with jittered backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except PyMongoError as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 - jitter only
+    raise AssertionError("unreachable")
+
+
+async def next_sequence(db: Database, counter: str) -> int:
+    """Allocates the next number of a named counter atomically (findAndModify with $inc). The
+    counter is every writer's hot spot, so lock races on it are retried here."""
+    document = await retry_transient(
+        lambda: db["counters"].find_one_and_update(
+            {"_id": counter}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
     )
     assert document is not None  # upsert always returns the document
     return int(document["value"])

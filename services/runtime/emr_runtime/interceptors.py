@@ -19,9 +19,10 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from emr_runtime import metrics
+from emr_runtime.db import is_transient
 from emr_runtime.errors import (
     ConflictError,
     DataIntegrityError,
@@ -223,7 +224,7 @@ def _translate(error: Exception) -> DomainError | None:
     """Errors of dependencies that are not bugs: an unreachable database or service."""
     if isinstance(error, DomainError):
         return error
-    if isinstance(error, ConnectionFailure):
+    if isinstance(error, PyMongoError) and is_transient(error):
         return DependencyUnavailableError("database")
     if isinstance(error, grpc.aio.AioRpcError) and error.code() in (
         grpc.StatusCode.UNAVAILABLE,

@@ -301,3 +301,15 @@ def test_deeply_nested_or_oversized_token_is_invalid_argument_not_a_crash() -> N
     huge = encode_page_token({"after": 1, "pad": "x" * 2000})
     with pytest.raises(InvalidArgumentError):
         decode_page_token(huge)
+
+
+def test_lock_races_and_lost_connections_are_transient_other_failures_are_not() -> None:
+    from pymongo.errors import AutoReconnect, OperationFailure
+
+    from emr_runtime.db import is_transient
+
+    busy = OperationFailure("[collection.go:177 UpdateAll] database is locked (5) (SQLITE_BUSY)", code=1)
+    assert is_transient(busy)
+    assert is_transient(AutoReconnect("connection reset"))
+    assert not is_transient(OperationFailure("unknown operator: $foo", code=2))
+    assert not is_transient(ValueError("not a database error"))
