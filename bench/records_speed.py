@@ -25,15 +25,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Ports, Stack
+from emr_runtime.channels import create_channel
 
 CONCURRENCY = 32
+# Clients retry UNAVAILABLE (every platform write is idempotent by request_id), as integrators should.
+RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
+IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
 
 
 def stamp(offset_seconds: float) -> Timestamp:
@@ -80,7 +83,7 @@ async def visit(stub: Any, patient_id: str) -> None:
 
 async def write_throughput(target: str, patient_ids: list[str], visits: int) -> float:
     """Visits per second with CONCURRENCY clients sharing one channel."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with create_channel(target, RECORDS_SERVICE) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         await visit(stub, patient_ids[0])  # warm up connection and caches
         queue = list(range(visits))
@@ -121,7 +124,7 @@ async def fill(stub: Any, patient_id: str, entries: int) -> None:
 
 
 async def measure(stack: Stack, off_target: str, visits: int) -> None:
-    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+    async with create_channel(stack.target("identity"), IDENTITY_SERVICE) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = []
         for index in range(CONCURRENCY):
@@ -150,7 +153,7 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
     )
     print(f"  ratio on/off: {on / off:.2f}  (target >= 0.6)")
 
-    async with grpc.aio.insecure_channel(stack.target("records")) as channel:
+    async with create_channel(stack.target("records"), RECORDS_SERVICE, default_deadline=30) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         big = patient_ids[0]
         await fill(stub, big, 2000 - await count_entries(stub, big))
@@ -165,7 +168,7 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
 
 
 async def register(stack: Stack, request_id: str) -> str:
-    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+    async with create_channel(stack.target("identity"), IDENTITY_SERVICE) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         response = await identity.RegisterPatient(
             identity_pb2.RegisterPatientRequest(

@@ -150,7 +150,7 @@ async def test_metrics_follow_go_grpc_prometheus_names(stack: Any, identity: Any
     async with httpx.AsyncClient() as http:
         body = (await http.get(f"http://127.0.0.1:{stack.ports.identity_metrics}/metrics")).text
     assert (
-        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetPatient",'
+        'grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetPatient",'
         'grpc_service="emr.identity.v1.PatientIdentityService",grpc_type="unary"}' in body
     )
     assert "grpc_server_handling_seconds_bucket{" in body

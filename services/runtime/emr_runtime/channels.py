@@ -74,7 +74,7 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             call = await continuation(details, request)
             code = await call.code()
             metrics.CLIENT_HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - started)
-            metrics.CLIENT_HANDLED.labels(*labels, code.name).inc()
+            metrics.CLIENT_HANDLED.labels(*labels, metrics.code_label(code)).inc()
             return call
 
 

@@ -159,7 +159,7 @@ class MetricsInterceptor(ScopedInterceptor):
         finally:
             metrics.SERVER_HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - started)
             code = _status_code(call.context, error)
-            metrics.SERVER_HANDLED.labels(*labels, code.name).inc()
+            metrics.SERVER_HANDLED.labels(*labels, metrics.code_label(code)).inc()
 
 
 def status_for(error: DomainError) -> status_pb2.Status:

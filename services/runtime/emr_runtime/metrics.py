@@ -3,6 +3,7 @@ that the usual dashboards and alerts work unchanged."""
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
 # Latency buckets in seconds: from a fast cache hit to a slow cross-service call.
@@ -34,6 +35,20 @@ CLIENT_HANDLING_SECONDS = Histogram(
     _SERVER_LABELS,
     buckets=LATENCY_BUCKETS,
 )
+
+
+def code_label(code: grpc.StatusCode) -> str:
+    """The grpc_code label as go-grpc-prometheus writes it (Go's codes.Code names: NotFound, ...)."""
+    return _GO_CODE_NAMES[code]
+
+
+_GO_CODE_NAMES = {
+    code: "Canceled"
+    if code is grpc.StatusCode.CANCELLED
+    else "".join(p.capitalize() for p in code.name.split("_"))
+    for code in grpc.StatusCode
+}
+_GO_CODE_NAMES[grpc.StatusCode.OK] = "OK"
 
 
 def split_method(full_method: str) -> tuple[str, str]:

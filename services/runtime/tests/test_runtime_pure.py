@@ -313,3 +313,15 @@ def test_lock_races_and_lost_connections_are_transient_other_failures_are_not() 
     assert is_transient(AutoReconnect("connection reset"))
     assert not is_transient(OperationFailure("unknown operator: $foo", code=2))
     assert not is_transient(ValueError("not a database error"))
+
+
+def test_grpc_code_labels_are_the_go_grpc_prometheus_names() -> None:
+    import grpc
+
+    from emr_runtime.metrics import code_label
+
+    assert code_label(grpc.StatusCode.OK) == "OK"
+    assert code_label(grpc.StatusCode.NOT_FOUND) == "NotFound"
+    assert code_label(grpc.StatusCode.CANCELLED) == "Canceled"
+    assert code_label(grpc.StatusCode.DEADLINE_EXCEEDED) == "DeadlineExceeded"
+    assert code_label(grpc.StatusCode.UNAUTHENTICATED) == "Unauthenticated"
