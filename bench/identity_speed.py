@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -157,6 +158,10 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
     for size in (args.small, args.large):
         started = time.perf_counter()
         population, person_ids = await load(stack.effective_mongodb_uri, size, args.seed)
+        if args.after_load:
+            # A database-side step after loading (e.g. the id indexes FerretDB-on-PostgreSQL lacks).
+            command = partial(subprocess.run, args.after_load, shell=True, check=True)  # noqa: S604 -- operator's
+            await asyncio.to_thread(command, capture_output=True)
         print(f"loaded persons={size} seconds={time.perf_counter() - started:.1f}", flush=True)
         identity = stack.processes.pop("identity", None)
         if identity is not None:
@@ -207,6 +212,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--registrations", type=int, default=320)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--after-load",
+        default="",
+        help="shell command run after each load, e.g. psql -f bench/ferretdb_pg_id_indexes.sql",
+    )
     parser.add_argument(
         "--run-dir", default="", help="keep FerretDB files and logs here (default: a temp dir)"
     )

@@ -34,6 +34,12 @@ def unique_person(facility_code: str, **overrides: Any) -> pb.RegisterPatientReq
     return pb.RegisterPatientRequest(**fields)
 
 
+def without_diacritics(name: str) -> str:
+    """A name as typed without a Vietnamese keyboard (case kept)."""
+    decomposed = unicodedata.normalize("NFD", name.replace("Đ", "D").replace("đ", "d"))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def again(
     request: pb.RegisterPatientRequest, facility_code: str, **changes: Any
 ) -> pb.RegisterPatientRequest:
@@ -76,8 +82,7 @@ async def test_nfd_registration_of_an_nfc_person_links_to_it(identity: Any, faci
 async def test_day_month_swap_without_diacritics_links(identity: Any, facility_code: str) -> None:
     first = await identity.RegisterPatient(unique_person(facility_code))
     year, month, day = first.patient.birth_date.split("-")
-    folded = unicodedata.normalize("NFD", first.patient.full_name.replace("Đ", "D").replace("đ", "d"))
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    folded = without_diacritics(first.patient.full_name)
     request = again(unique_person(facility_code), "99002", full_name=folded, phone=first.patient.phone)
     swapped = await identity.MatchPatient(
         pb.MatchPatientRequest(
@@ -246,11 +251,7 @@ async def test_search_by_identifier_name_and_phone(identity: Any, facility_code:
         )
     )
     assert person.patient_id in [p.patient_id for p in by_new_bhyt.patients]
-    folded = "".join(
-        c
-        for c in unicodedata.normalize("NFD", person.full_name.replace("Đ", "D").replace("đ", "d"))
-        if not unicodedata.combining(c)
-    )
+    folded = without_diacritics(person.full_name)
     loose = await identity.SearchPatients(pb.SearchPatientsRequest(full_name=folded, birth_year=year))
     assert [p.patient_id for p in loose.patients] == [person.patient_id]
     exact = await identity.SearchPatients(

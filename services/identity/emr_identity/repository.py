@@ -157,6 +157,20 @@ def _candidates(documents: Iterable[Document]) -> tuple[Candidate, ...]:
     )
 
 
+def _record_document(record: FacilityRecord) -> Document:
+    return {
+        "_id": record.record_id,
+        "person_id": record.person_id,
+        "facility_code": record.facility_code,
+        "match": _match_document(record.match),
+        "request_fingerprint": record.request_fingerprint,
+        "created_at": record.created_at,
+        "outcome": record.outcome.value if record.outcome else None,
+        "candidates": _candidates_document(record.candidates),
+        "review_task_id": record.review_task_id,
+    }
+
+
 def _record(document: Document) -> FacilityRecord:
     outcome = document.get("outcome")
     return FacilityRecord(
@@ -322,16 +336,7 @@ class PersonRepository:
     # --- facility records and blocks ----------------------------------------------------------------
 
     async def insert_or_get_record(self, record: FacilityRecord) -> FacilityRecord:
-        document = {
-            "_id": record.record_id,
-            "person_id": record.person_id,
-            "facility_code": record.facility_code,
-            "match": _match_document(record.match),
-            "request_fingerprint": record.request_fingerprint,
-            "created_at": record.created_at,
-            "outcome": None,
-        }
-        stored, _ = await insert_or_get(self._records, document)
+        stored, _ = await insert_or_get(self._records, _record_document(record))
         return _record(stored)
 
     async def finish_record(self, record: FacilityRecord) -> FacilityRecord:
@@ -462,19 +467,7 @@ class PersonRepository:
         frequencies = NameFrequencies()
         for person, record in entries:
             persons.append(_person_document(person))
-            records.append(
-                {
-                    "_id": record.record_id,
-                    "person_id": record.person_id,
-                    "facility_code": record.facility_code,
-                    "match": _match_document(record.match),
-                    "request_fingerprint": record.request_fingerprint,
-                    "created_at": record.created_at,
-                    "outcome": record.outcome.value if record.outcome else None,
-                    "candidates": [],
-                    "review_task_id": "",
-                }
-            )
+            records.append(_record_document(record))
             frequencies.add(record.match.names)
         blocks = [{"_id": key, "record_ids": ids} for key, ids in block_keys.items()]
         for collection, documents in ((PERSONS, persons), (RECORDS, records), (BLOCKS, blocks)):
