@@ -29,7 +29,7 @@ lint: bootstrap ## ruff lint and format check
 	$(VENV)/ruff format --check .
 
 typecheck: bootstrap ## mypy (strict) on our code; generated code excluded
-	$(VENV)/mypy services tests
+	$(VENV)/mypy services tests bench
 
 proto-lint: bootstrap ## buf lint (STANDARD + COMMENTS)
 	cd protos && $(BUF) lint
