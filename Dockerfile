@@ -15,7 +15,7 @@ ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-
     UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv UV_CACHE_DIR=/uv-cache PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN test -n "$SERVICE" || { echo "--build-arg SERVICE=<service> is required" >&2; exit 1; }
-RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir --quiet "uv==${UV_VERSION}"
+RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --cache-dir /uv-cache/pip --quiet "uv==${UV_VERSION}"
 WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY services/ services/

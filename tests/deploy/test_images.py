@@ -15,6 +15,8 @@ from emr_devstack.kube import podman, podman_env, run, wait_for
 from emr_devstack.processes import free_port, grpc_serving
 from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Stack
 
+# On a fresh machine the session's first test also builds the base image and every image (minutes).
+pytestmark = pytest.mark.timeout(1800)
 MAX_IMAGE_BYTES = 250 * 1000 * 1000
 # Settings each image is started with: its own free ports on the host network.
 PORT_VARIABLES = {

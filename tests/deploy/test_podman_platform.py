@@ -8,8 +8,13 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from emr_devstack.kube import PodmanPlatform
 from emr_devstack.stack import START_ORDER
+
+# On a fresh machine the session's first test also builds the base image and every image (minutes).
+pytestmark = pytest.mark.timeout(1800)
 
 
 def _load_slice_tests() -> ModuleType:
