@@ -6,7 +6,8 @@ EMR_BIN := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emr-platform/bin
 VENV := .venv/bin
 BUF := $(EMR_BIN)/buf
 
-.PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration fmt clean
+.PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration fmt clean \
+	images deploy-test kind-up kind-down dev deploy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,7 +22,7 @@ down: ## stop what `make up` started
 	@if [ -f .run/devstack.pid ]; then kill -TERM "$$(cat .run/devstack.pid)" && echo "stopping the platform"; \
 	 else echo "nothing to stop (no .run/devstack.pid)"; fi
 
-test: bootstrap lint typecheck proto-lint proto-breaking protos-check unit integration ## every check CI runs
+test: bootstrap lint typecheck proto-lint proto-breaking protos-check unit integration deploy-test ## every check CI runs
 	@echo "make test: all checks passed"
 
 lint: bootstrap ## ruff lint and format check
@@ -47,7 +48,7 @@ unit: bootstrap ## unit tests of pure domain code (no I/O)
 	$(VENV)/pytest services -q
 
 integration: bootstrap ## cross-service tests against real processes and FerretDB
-	$(VENV)/pytest tests -q
+	$(VENV)/pytest tests -q --ignore=tests/deploy
 
 fmt: bootstrap ## format and autofix
 	$(VENV)/ruff format .
@@ -55,3 +56,24 @@ fmt: bootstrap ## format and autofix
 
 clean: ## remove local state of `make up` (.run)
 	rm -rf .run
+
+# --- Kubernetes delivery: images, the Helm chart, skaffold and kind (README "Deploy to Kubernetes") ---
+SKAFFOLD_PROFILE ?= kind
+
+images: bootstrap ## build every service image with podman from the local base image; prints sizes
+	bash deploy/images/build.sh
+
+deploy-test: bootstrap ## chart lint/render/validate, skaffold schema, images, podman kube play + smoke
+	$(VENV)/pytest tests/deploy -q --durations=8
+
+kind-up: ## create the kind cluster of deploy/kind/cluster.yaml (needs Docker; installs kind)
+	bash deploy/kind/kind.sh up
+
+kind-down: ## delete the kind cluster
+	bash deploy/kind/kind.sh down
+
+dev: ## skaffold dev on the kind cluster: build, load, deploy, port-forward, verify, watch
+	skaffold dev -p $(SKAFFOLD_PROFILE) --port-forward
+
+deploy: ## skaffold run once (SKAFFOLD_PROFILE=remote to push and deploy to a remote cluster)
+	skaffold run -p $(SKAFFOLD_PROFILE)

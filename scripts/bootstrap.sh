@@ -52,3 +52,17 @@ if [ ! -x "$BUF" ] || [ "$("$BUF" --version 2>/dev/null)" != "$BUF_VERSION" ]; t
   npm install --silent --no-audit --no-fund --prefix "$EMR_CACHE/npm" "@bufbuild/buf@$BUF_VERSION" >/dev/null
 fi
 ln -sf "$BUF" "$EMR_BIN/buf"
+
+# Kubernetes delivery (charts/, Dockerfile, tests/deploy): helm, and podman/runc/debootstrap for
+# building and running the images without Docker or a cluster (../shared/MACHINE.md).
+go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+missing_packages=()
+for tool in podman runc debootstrap; do
+  command -v "$tool" >/dev/null || missing_packages+=("$tool")
+done
+if [ ${#missing_packages[@]} -gt 0 ]; then
+  log "installing ${missing_packages[*]} from Debian"
+  as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${missing_packages[@]}" >/dev/null
+fi

@@ -1,0 +1,232 @@
+"""The Helm chart: lint and render with every CI values file, validate every manifest against the
+Kubernetes schemas, reject unknown values, and carry every service of the platform with the same
+settings, call graph and security defaults the rest of the project has."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emr_devstack.kube import CHART, ToolError, helm, render, validate_manifests
+from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Ports, Stack
+
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+DEV_VALUES = CHART / "ci" / "dev-values.yaml"
+PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+# ../shared/ARCHITECTURE.md, "talks to" (the national system is the emulator in dev).
+CALL_GRAPH = {
+    "identity": {"audit"},
+    "records": {"identity", "audit"},
+    "audit": set(),
+    "sync": {"records", "identity", "national_emulator", "audit"},
+    "gateway": {"identity", "records", "audit"},
+    "national_emulator": set(),
+}
+
+# What the process stack sets that the chart leaves to the image or to the default: the image sets
+# PYTHONUNBUFFERED; tests poll faster than production needs.
+NOT_FOR_THE_CHART = {"PYTHONUNBUFFERED", "SYNC_POLL_INTERVAL_SECONDS"}
+
+Manifest = dict[str, Any]
+
+
+def component(manifest: Manifest) -> str:
+    return str(manifest["metadata"]["labels"]["app.kubernetes.io/component"]).replace("-", "_")
+
+
+def of_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {component(m): m for m in manifests if m["kind"] == kind}
+
+
+def chart_gaps(manifests: list[Manifest]) -> list[str]:
+    """What the rendered chart lacks against the process-based platform (emr_devstack): a
+    Deployment per service, with every variable `Stack.service_env` sets."""
+    deployments = of_kind(manifests, "Deployment")
+    gaps = []
+    reference = Stack(run_dir=Path("unused"))
+    for service in START_ORDER:
+        if service not in deployments:
+            gaps.append(f"{service}: no Deployment")
+            continue
+        container = deployments[service]["spec"]["template"]["spec"]["containers"][0]
+        set_here = {variable["name"] for variable in container.get("env", [])}
+        needed = set(reference.service_env(service)) - NOT_FOR_THE_CHART
+        if service not in GRPC_SERVICES:  # the HTTP components keep no data
+            needed.discard("MONGODB_URI")
+        gaps.extend(f"{service}: {name} not set" for name in sorted(needed - set_here))
+    return gaps
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda path: path.name)
+def test_lints_renders_and_validates_with_ci_values(values: Path) -> None:
+    helm("lint", "--strict", str(CHART), "-f", str(values))
+    manifests = render([values])
+    assert of_kind(manifests, "Deployment"), "nothing rendered"
+    assert validate_manifests(manifests) == []
+
+
+def test_validation_rejects_what_kubernetes_would() -> None:
+    deployment = next(m for m in render([DEV_VALUES]) if m["kind"] == "Deployment")
+    misspelt = copy.deepcopy(deployment)
+    misspelt["spec"]["replicass"] = misspelt["spec"].pop("replicas")
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "fifty"
+    assert validate_manifests([deployment]) == []
+    assert len(validate_manifests([misspelt])) == 1
+    assert len(validate_manifests([wrong_type])) == 1
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "services.identity.replica=3",
+        "mongodb.existingSecrte=emr",
+        "observabilty.otlpEndpoint=x",
+        "services.idenity.port=1",
+    ],
+)
+def test_unknown_values_key_fails_lint_and_template(typo: str) -> None:
+    args = [str(CHART), "-f", str(DEV_VALUES), "--set", typo]
+    with pytest.raises(ToolError, match=r"additional properties .* not allowed"):
+        helm("lint", "--strict", *args)
+    with pytest.raises(ToolError, match=r"additional properties .* not allowed"):
+        helm("template", "emr", *args)
+
+
+def test_without_a_database_the_render_fails_with_the_way_out() -> None:
+    with pytest.raises(ToolError, match=r"mongodb\.existingSecret"):
+        helm("template", "emr", str(CHART))
+
+
+def test_every_service_of_the_platform_is_in_the_chart_with_its_settings() -> None:
+    assert chart_gaps(render([DEV_VALUES])) == []
+
+
+def test_a_service_missing_from_the_chart_is_caught() -> None:
+    without_records = render([DEV_VALUES], {"services.records.enabled": "false"})
+    # ... and sync, which calls records, is left without its address.
+    assert chart_gaps(without_records) == ["records: no Deployment", "sync: SYNC_RECORDS_TARGET not set"]
+
+
+def test_ports_are_the_documented_defaults() -> None:
+    documented = Ports()
+    services = of_kind(render([DEV_VALUES]), "Service")
+    for service in START_ORDER:
+        ports = {port["name"]: port["port"] for port in services[service]["spec"]["ports"]}
+        assert ports.get("grpc", ports.get("http")) == getattr(documented, service)
+        if service in GRPC_SERVICES:
+            assert ports["metrics"] == getattr(documented, f"{service}_metrics")
+
+
+def test_network_policies_allow_exactly_the_architecture_call_graph() -> None:
+    manifests = render([DEV_VALUES])
+    policies = of_kind(manifests, "NetworkPolicy")
+    allowed_in: dict[str, set[str]] = {}
+    for callee, policy in policies.items():
+        peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
+        callers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in peers}
+        allowed_in[callee] = {caller.replace("-", "_") for caller in callers} - {"helm_test"}
+    expected_in = {
+        callee: {caller for caller, callees in CALL_GRAPH.items() if callee in callees}
+        for callee in CALL_GRAPH
+    }
+    expected_in["mongodb"] = {"identity", "records", "audit", "sync"}
+    assert allowed_in == expected_in
+
+    for caller, callees in CALL_GRAPH.items():
+        egress_peers = [
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"].replace("-", "_")
+            for rule in policies[caller]["spec"]["egress"]
+            for peer in rule.get("to", [])
+            if "podSelector" in peer
+        ]
+        uses_db = caller in GRPC_SERVICES
+        assert set(egress_peers) == callees | ({"mongodb"} if uses_db else set()), caller
+
+
+def test_pods_are_locked_down_and_probed() -> None:
+    for values in CI_VALUES:
+        for service, deployment in of_kind(render([values]), "Deployment").items():
+            pod = deployment["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            assert pod["automountServiceAccountToken"] is False
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                kind = "grpc" if service in GRPC_SERVICES else "httpGet"
+                assert kind in container[probe], (values.name, service, probe)
+            assert pod["topologySpreadConstraints"]
+
+
+def test_production_values_use_the_secret_and_the_real_national_system() -> None:
+    manifests = render([PRODUCTION_VALUES])
+    deployments = of_kind(manifests, "Deployment")
+    assert "national_emulator" not in deployments
+    assert not [m for m in manifests if m["kind"] in ("Secret", "StatefulSet")]
+    for service in GRPC_SERVICES:
+        env = {v["name"]: v for v in deployments[service]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {
+            "name": "emr-mongodb",
+            "key": "connection-uri",
+        }
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4317"
+        assert deployments[service]["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+            "registry.example.org/emr/emr-"
+        )
+    sync_env = {
+        v["name"]: v.get("value")
+        for v in deployments["sync"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert sync_env["SYNC_NATIONAL_URL"] == "https://national-health-data.example.gov.vn"
+    assert set(of_kind(manifests, "HorizontalPodAutoscaler")) == {"identity", "records", "gateway"}
+
+
+def test_observability_hooks() -> None:
+    manifests = render([PRODUCTION_VALUES])
+    monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]
+    assert len(monitors) == 1
+    assert monitors[0]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitors[0]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = [m for m in manifests if m["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    assert all(group["rules"] for group in rules[0]["spec"]["groups"])
+    dashboards = [
+        m for m in manifests if m["kind"] == "ConfigMap" and "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+    assert len(dashboards) == len(list((CHART / "dashboards").glob("*.json"))) >= 1
+    pods = of_kind(manifests, "Deployment")
+    annotations = pods["identity"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9451",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_bundled_database_is_wired_through_the_secret() -> None:
+    manifests = render([DEV_VALUES])
+    secret = next(m for m in manifests if m["kind"] == "Secret")
+    database = next(m for m in manifests if m["kind"] == "StatefulSet")
+    assert secret["stringData"]["uri"] == "mongodb://emr-emr-platform-mongodb:27017/"
+    env = {v["name"]: v["value"] for v in database["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FERRETDB_TELEMETRY"] == "false"
+    assert env["DO_NOT_TRACK"] == "1"
+
+
+def test_helm_test_hook_checks_every_service() -> None:
+    hook = next(m for m in render([DEV_VALUES]) if m["kind"] == "Pod")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    args = hook["spec"]["containers"][0]["args"]
+    checked = {arg.split("=")[0]: arg.split("=")[1] for arg in args if "=" in arg}
+    assert checked == {
+        service: f"emr-emr-platform-{service.replace('_', '-')}:{getattr(Ports(), service)}"
+        for service in START_ORDER
+    }
