@@ -83,7 +83,7 @@ async def visit(stub: Any, patient_id: str) -> None:
 
 async def write_throughput(target: str, patient_ids: list[str], visits: int) -> float:
     """Visits per second with CONCURRENCY clients sharing one channel."""
-    async with create_channel(target, RECORDS_SERVICE, default_deadline=30) as channel:
+    async with create_channel(target, RECORDS_SERVICE, default_deadline=120) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         await visit(stub, patient_ids[0])  # warm up connection and caches
         queue = list(range(visits))
@@ -124,7 +124,7 @@ async def fill(stub: Any, patient_id: str, entries: int) -> None:
 
 
 async def measure(stack: Stack, off_target: str, visits: int) -> None:
-    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=30) as channel:
+    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=120) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = []
         for index in range(CONCURRENCY):
@@ -153,7 +153,7 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
     )
     print(f"  ratio on/off: {on / off:.2f}  (target >= 0.6)")
 
-    async with create_channel(stack.target("records"), RECORDS_SERVICE, default_deadline=30) as channel:
+    async with create_channel(stack.target("records"), RECORDS_SERVICE, default_deadline=120) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         big = patient_ids[0]
         await fill(stub, big, 2000 - await count_entries(stub, big))
@@ -168,7 +168,7 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
 
 
 async def register(stack: Stack, request_id: str) -> str:
-    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=30) as channel:
+    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=120) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         response = await identity.RegisterPatient(
             identity_pb2.RegisterPatientRequest(

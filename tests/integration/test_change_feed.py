@@ -133,7 +133,7 @@ async def test_consumer_never_misses_a_write_that_commits_late(feed_records: Any
     # meanwhile, it takes a new one, exactly as the service's own writer does.
     if not await feed.write(hole, slow):
         await feed.append(slow)
-    await resources.mark_change_recorded(slow.resource_id, slow.version)
+    await resources.mark_change_recorded(slow)
     polling.cancel()
 
     expected = {(rid, 1) for rid in fast_ids} | {(slow.resource_id, 1)}

@@ -3,9 +3,9 @@
 No transactions: a write is three single-document steps, each idempotent, in this order:
 1. insert the version document ``<id>:<version>`` (its unique ``_id`` decides which of two racing
    writers of the same version wins);
-2. move the current-state document to that version (only from the version before it), marked
-   ``change_pending``;
-3. append the change to the feed (once per resource version), then clear ``change_pending``.
+2. note the version in ``pending_changes`` and move the current-state document to it (only from
+   the version before it);
+3. append the change to the feed (once per resource version), then drop the pending note.
 A writer, a retry, or the outbox sweep finishes whatever a crash left undone, so every version that
 exists reaches the current state and the feed.
 """
@@ -37,6 +37,9 @@ RESOURCES = "resources"
 VERSIONS = "resource_versions"
 CHANGES = "changes"
 CHANGE_COUNTER = "changes"
+# Versions whose change is not yet in the feed, keyed "<id>:<version>" (single-key look-ups only:
+# FerretDB serves those without scanning).
+PENDING = "pending_changes"
 INDEXES = (
     IndexSpec(RESOURCES, (("patient_id", 1), ("time", -1), ("_id", -1)), "resources_timeline"),
     IndexSpec(
@@ -45,7 +48,7 @@ INDEXES = (
         "resources_by_type_and_code",
     ),
     IndexSpec(RESOURCES, (("encounter_id", 1),), "resources_by_encounter"),
-    IndexSpec(RESOURCES, (("change_pending", 1),), "resources_change_pending"),
+    IndexSpec(PENDING, (("since", 1),), "pending_changes_by_age"),
     IndexSpec(VERSIONS, (("resource_id", 1), ("version", 1)), "versions_by_resource"),
     IndexSpec(VERSIONS, (("resource_id", 1), ("request_id", 1)), "versions_by_request"),
     IndexSpec(
@@ -113,9 +116,13 @@ def _record(document: Document) -> ClinicalRecord:
     )
 
 
+def _version_key(record: ClinicalRecord) -> str:
+    return f"{record.resource_id}:{record.version}"
+
+
 def _version_document(record: ClinicalRecord) -> Document:
     return {
-        "_id": f"{record.resource_id}:{record.version}",
+        "_id": _version_key(record),
         "resource_id": record.resource_id,
         "version": record.version,
         "request_id": record.request_id,
@@ -143,6 +150,7 @@ class ResourceRepository:
     def __init__(self, db: Database) -> None:
         self._resources = db[RESOURCES]
         self._versions = db[VERSIONS]
+        self._pending = db[PENDING]
 
     async def store_version(self, record: ClinicalRecord) -> tuple[ClinicalRecord, bool]:
         """Step 1: writes the immutable version; returns the stored one and whether this call wrote it."""
@@ -154,8 +162,18 @@ class ResourceRepository:
         return _record(document["record"]) if document else None
 
     async def advance(self, record: ClinicalRecord) -> None:
-        """Step 2: moves the current state to ``record`` (from the version before it, or creates it)."""
-        document = {**_record_document(record), "change_pending": True}
+        """Step 2: notes the version as pending for the feed, then moves the current state to it
+        (from the version before it, or creates it)."""
+        with contextlib.suppress(DuplicateKeyError):  # noted by an earlier attempt
+            await self._pending.insert_one(
+                {
+                    "_id": _version_key(record),
+                    "resource_id": record.resource_id,
+                    "version": record.version,
+                    "since": utc_now(),
+                }
+            )
+        document = _record_document(record)
         if record.version == 1:
             with contextlib.suppress(DuplicateKeyError):  # already created by an earlier attempt
                 await self._resources.insert_one(document)
@@ -164,25 +182,24 @@ class ResourceRepository:
             {"_id": record.resource_id, "version": record.version - 1}, document
         )
 
-    async def mark_change_recorded(self, resource_id: str, version: int) -> None:
-        await self._resources.update_one(
-            {"_id": resource_id, "version": version}, {"$unset": {"change_pending": ""}}
-        )
+    async def mark_change_recorded(self, record: ClinicalRecord) -> None:
+        await self._pending.delete_one({"_id": _version_key(record)})
 
-    async def get(self, resource_id: str) -> tuple[ClinicalRecord, bool] | None:
-        """The current version and whether its change is still to be recorded."""
+    async def change_pending(self, record: ClinicalRecord) -> bool:
+        return await self._pending.find_one({"_id": _version_key(record)}, {"_id": 1}) is not None
+
+    async def get(self, resource_id: str) -> ClinicalRecord | None:
         document = await self._resources.find_one({"_id": resource_id})
-        return (_record(document), bool(document.get("change_pending"))) if document else None
+        return _record(document) if document else None
 
     async def history(self, resource_id: str) -> list[ClinicalRecord]:
         cursor = self._versions.find({"resource_id": resource_id}).sort("version", 1)
         return [_record(document["record"]) async for document in cursor]
 
     async def with_change_pending(self, older_than: datetime, limit: int) -> list[ClinicalRecord]:
-        cursor = self._resources.find({"change_pending": True, "updated_at": {"$lt": older_than}}).limit(
-            limit
-        )
-        return [_record(document) async for document in cursor]
+        cursor = self._pending.find({"since": {"$lt": older_than}}).limit(limit)
+        keys = [(document["resource_id"], document["version"]) async for document in cursor]
+        return list((await self.versions(keys)).values())
 
     async def versions(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], ClinicalRecord]:
         """Given (resource id, version) pairs, those versions as they were written."""
@@ -228,16 +245,21 @@ class ChangeFeedRepository:
         self._db = db
         self._changes = db[CHANGES]
 
-    async def _recorded(self, resource_type: str, resource_id: str, version: int) -> bool:
-        query = {"resource_type": resource_type, "resource_id": resource_id, "resource_version": version}
+    async def recorded(self, record: ClinicalRecord) -> bool:
+        """Whether the change of this version is in the feed (a query by resource, not by key: only
+        on the recovery paths, never on the write path)."""
+        query = {
+            "resource_type": record.resource_type.value,
+            "resource_id": record.resource_id,
+            "resource_version": record.version,
+        }
         return await self._changes.find_one(query, {"_id": 1}) is not None
 
     async def append(self, record: ClinicalRecord) -> None:
-        """Step 3: appends the change once per (resource, version), under a fresh sequence."""
-        while not await self._recorded(record.resource_type.value, record.resource_id, record.version):
-            if await self.write(await self.reserve(), record):
-                return
-            # Our sequence was closed by a tombstone while we were slow: take the next one.
+        """Step 3: appends the change under a fresh sequence. Callers on a recovery path check
+        ``recorded`` first: appending a change already in the feed would leave a hole."""
+        while not await self.write(await self.reserve(), record):
+            pass  # our position was closed by a tombstone while we were slow: take the next one
 
     async def reserve(self) -> int:
         """Allocates the next feed position; until ``write`` fills it, it is a hole in the feed."""
@@ -263,7 +285,7 @@ class ChangeFeedRepository:
             return True
         except DuplicateKeyError:
             # Either a concurrent retry recorded this version, or a tombstone took the position.
-            return await self._recorded(record.resource_type.value, record.resource_id, record.version)
+            return await self.recorded(record)
 
     async def after(self, sequence: int, limit: int) -> list[Change]:
         cursor = self._changes.find({"_id": {"$gt": sequence}}).sort("_id", 1).limit(limit)

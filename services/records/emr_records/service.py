@@ -66,10 +66,10 @@ class RecordsService:
         validate_resource(raw, now)
         record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
         await self._check_references(record, raw)
-        stored, _ = await self._resources.store_version(record)
+        stored, inserted = await self._resources.store_version(record)
         if stored.request_fingerprint != record.request_fingerprint:
             raise ConflictError("request_id was already used for a different resource", "request_id")
-        await self._finish(stored)
+        await self._finish(stored, fresh=inserted)
         return stored
 
     async def update(self, raw: ResourceInput, expected_version: int) -> ClinicalRecord:
@@ -96,23 +96,22 @@ class RecordsService:
         stored, inserted = await self._resources.store_version(record)
         if not inserted and stored.request_fingerprint != record.request_fingerprint:
             # Another update took this version first; make sure it is complete, then refuse ours.
-            await self._finish(stored)
+            await self._finish(stored, fresh=False)
             raise ConflictError(
                 f"the resource was updated concurrently to version {stored.version}; read it and retry",
                 "expected_version",
             )
-        await self._finish(stored)
+        await self._finish(stored, fresh=inserted)
         return stored
 
     async def _current(self, resource_id: str, content_type: type, field: str) -> ClinicalRecord:
-        found = await self._resources.get(resource_id)
-        if found is None or not isinstance(found[0].content, content_type):
+        current = await self._resources.get(resource_id)
+        if current is None or not isinstance(current.content, content_type):
             raise NotFoundError(content_type.__name__.removesuffix("Content"), field, resource_id)
-        current, change_pending = found
-        if change_pending:
+        if await self._resources.change_pending(current):
             # The previous version's change goes into the feed before this one's, so that a
             # consumer sees versions of a resource in order.
-            await self._record_change(current)
+            await self._recover_change(current)
         return current
 
     async def _check_references(
@@ -123,21 +122,28 @@ class RecordsService:
                 "Patient", f"{raw.path}.patient_id" if raw.path else "patient_id", record.patient_id
             )
         if record.encounter_id and record.resource_type is not ResourceType.ENCOUNTER:
-            found = await self._resources.get(record.encounter_id)
-            if found is None or found[0].resource_type is not ResourceType.ENCOUNTER:
+            encounter = await self._resources.get(record.encounter_id)
+            if encounter is None or encounter.resource_type is not ResourceType.ENCOUNTER:
                 raise NotFoundError("Encounter", encounter_field_path(raw), record.encounter_id)
-            if found[0].patient_id != record.patient_id:
+            if encounter.patient_id != record.patient_id:
                 raise InvalidArgumentError(
                     [FieldViolation(encounter_field_path(raw), "belongs to another patient")]
                 )
 
-    async def _finish(self, record: ClinicalRecord) -> None:
+    async def _finish(self, record: ClinicalRecord, fresh: bool) -> None:
+        """Steps 2 and 3 for a version this call stored (``fresh``), or completes one that another
+        call stored (a repeated request, a concurrent writer that may have stopped half way)."""
+        if not fresh and await self._feed.recorded(record):
+            return
         await self._resources.advance(record)
-        await self._record_change(record)
-
-    async def _record_change(self, record: ClinicalRecord) -> None:
         await self._feed.append(record)
-        await self._resources.mark_change_recorded(record.resource_id, record.version)
+        await self._resources.mark_change_recorded(record)
+
+    async def _recover_change(self, record: ClinicalRecord) -> None:
+        """Records a version's change that a crash may or may not have recorded already."""
+        if not await self._feed.recorded(record):
+            await self._feed.append(record)
+        await self._resources.mark_change_recorded(record)
 
     async def sweep_outbox(self, interval: float = 5.0) -> None:
         """Puts versions whose change a crash left unrecorded into the feed."""
@@ -147,7 +153,7 @@ class RecordsService:
                 for record in await self._resources.with_change_pending(
                     utc_now() - timedelta(seconds=interval), 100
                 ):
-                    await self._record_change(record)
+                    await self._recover_change(record)
             except Exception:
                 log.exception("outbox sweep failed")
 
@@ -164,10 +170,9 @@ class RecordsService:
         if violations:
             raise InvalidArgumentError(violations)
         assert resource_type is not None
-        found = await self._resources.get(resource_id)
-        if found is None or found[0].resource_type is not resource_type:
+        record = await self._resources.get(resource_id)
+        if record is None or record.resource_type is not resource_type:
             raise NotFoundError(resource_type.value, field, resource_id)
-        record = found[0]
         if not verify_document(record):
             raise DataIntegrityError(record.resource_type.value, record.resource_id)
         return record
