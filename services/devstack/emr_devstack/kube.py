@@ -163,10 +163,16 @@ class PodmanPlatform:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manifests = self.render()
         # podman 4.3 reads a secretKeyRef from its own secret store, as JSON of base64 values; it
-        # cannot read back a Secret it played itself. The chart's Secret goes in that way.
+        # cannot read back a Secret it played itself. The chart's Secrets go in that way. (It cannot
+        # mount a Secret as files at all: kube play crashes; the podman values let audit generate
+        # its signing key in an emptyDir instead.)
         for secret in (m for m in manifests if m["kind"] == "Secret"):
             data = {
-                key: base64.b64encode(value.encode()).decode() for key, value in secret["stringData"].items()
+                **secret.get("data", {}),
+                **{
+                    key: base64.b64encode(value.encode()).decode()
+                    for key, value in secret.get("stringData", {}).items()
+                },
             }
             secret_file = self.run_dir / f"secret-{secret['metadata']['name']}.json"
             secret_file.write_text(json.dumps(data))
