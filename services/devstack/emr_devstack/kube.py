@@ -119,6 +119,8 @@ class PodmanPlatform:
     release: str
     ports: Ports
     mongodb_uri: str
+    # Tag of the locally built images (deploy/images/build.sh, EMR_IMAGE_TAG).
+    image_tag: str = "dev"
     sync_poll_interval: float = 0.2
     manifests: list[Manifest] = field(default_factory=list)
 
@@ -137,6 +139,7 @@ class PodmanPlatform:
         p = self.ports
         chosen = {
             "mongodb.uri": self.mongodb_uri,
+            "image.tag": self.image_tag,
             "services.sync.env.SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
             "services.gateway.port": str(p.gateway),
             "services.national_emulator.port": str(p.national_emulator),
