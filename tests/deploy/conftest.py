@@ -4,6 +4,8 @@ for the tests in this folder, so the end-to-end smoke runs unchanged against the
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +16,10 @@ import pytest
 from emr_devstack.kube import REPO, PodmanPlatform, run
 from emr_devstack.stack import START_ORDER, Ports, Stack
 
-IMAGE_TAG = "dev"
+# podman storage is machine-wide and other checkouts (sessions, branches) build the same image names at
+# the same time: the tests tag their images for this checkout alone, so that no other build retags or
+# removes an image between its build here and its run. `make images` (users) keeps the tag `dev`.
+IMAGE_TAG = os.environ.get("EMR_IMAGE_TAG") or f"dev-{hashlib.sha256(str(REPO).encode()).hexdigest()[:10]}"
 
 
 def image_of(service: str) -> str:
@@ -37,7 +42,11 @@ def report(pytestconfig: pytest.Config) -> Callable[[str], None]:
 def images(report: Callable[[str], None]) -> dict[str, str]:
     """Every service image, built now (podman reuses cached layers; a fresh machine builds all)."""
     started = time.monotonic()
-    built = run(["bash", str(REPO / "deploy" / "images" / "build.sh")], env=None, timeout=1800)
+    built = run(
+        ["bash", str(REPO / "deploy" / "images" / "build.sh")],
+        env={**os.environ, "EMR_IMAGE_TAG": IMAGE_TAG},
+        timeout=1800,
+    )
     for line in built.splitlines():
         report(line)
     report(f"images built in {time.monotonic() - started:.0f}s")
@@ -68,6 +77,7 @@ def stack(
         release=f"ci-{uuid.uuid4().hex[:6]}",
         ports=Ports.free(),
         mongodb_uri=ferretdb.effective_mongodb_uri,
+        image_tag=IMAGE_TAG,
     )
     try:
         started = time.monotonic()

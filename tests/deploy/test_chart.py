@@ -4,12 +4,14 @@ settings, call graph and security defaults the rest of the project has."""
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from emr_audit.signing import load_signer
 from emr_devstack.kube import CHART, ToolError, helm, render, validate_manifests
 from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Ports, Stack
 
@@ -107,8 +109,12 @@ def test_every_service_of_the_platform_is_in_the_chart_with_its_settings() -> No
 
 def test_a_service_missing_from_the_chart_is_caught() -> None:
     without_records = render([DEV_VALUES], {"services.records.enabled": "false"})
-    # ... and sync, which calls records, is left without its address.
-    assert chart_gaps(without_records) == ["records: no Deployment", "sync: SYNC_RECORDS_TARGET not set"]
+    # ... and sync and gateway, which call records, are left without its address.
+    assert chart_gaps(without_records) == [
+        "records: no Deployment",
+        "sync: SYNC_RECORDS_TARGET not set",
+        "gateway: GATEWAY_RECORDS_TARGET not set",
+    ]
 
 
 def test_ports_are_the_documented_defaults() -> None:
@@ -181,6 +187,12 @@ def test_production_values_use_the_secret_and_the_real_national_system() -> None
         assert deployments[service]["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
             "registry.example.org/emr/emr-"
         )
+    audit_pod = deployments["audit"]["spec"]["template"]["spec"]
+    assert audit_pod["volumes"][-1]["secret"] == {
+        "secretName": "emr-audit-signing-key",
+        "defaultMode": 0o440,
+        "items": [{"key": "ed25519.pem", "path": "signing-key.pem"}],
+    }
     sync_env = {
         v["name"]: v.get("value")
         for v in deployments["sync"]["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -213,7 +225,9 @@ def test_observability_hooks() -> None:
 
 def test_bundled_database_is_wired_through_the_secret() -> None:
     manifests = render([DEV_VALUES])
-    secret = next(m for m in manifests if m["kind"] == "Secret")
+    secret = next(
+        m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("mongodb-uri")
+    )
     database = next(m for m in manifests if m["kind"] == "StatefulSet")
     assert secret["stringData"]["uri"] == "mongodb://emr-emr-platform-mongodb:27017/"
     env = {v["name"]: v["value"] for v in database["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -230,3 +244,44 @@ def test_helm_test_hook_checks_every_service() -> None:
         service: f"emr-emr-platform-{service.replace('_', '-')}:{getattr(Ports(), service)}"
         for service in START_ORDER
     }
+
+
+def audit_signing(manifests: list[Manifest]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """The audit container's signing-key variables, its key mount and the volume behind it."""
+    pod = of_kind(manifests, "Deployment")["audit"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {v["name"]: v["value"] for v in container["env"] if v["name"].startswith("AUDIT_SIGNING_KEY")}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    return env, mount, volume
+
+
+def test_audit_signs_with_a_key_the_chart_generates_once_and_keeps(tmp_path: Path) -> None:
+    manifests = render([DEV_VALUES])
+    secret = next(
+        m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("signing-key")
+    )
+    # Kept on uninstall; on upgrade the template reuses it (lookup), so old checkpoints stay verifiable.
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    key_file = tmp_path / "signing-key.pem"
+    key_file.write_bytes(base64.b64decode(secret["data"]["signing-key.pem"]))
+    load_signer(str(key_file), generate_if_missing=False)  # an Ed25519 PKCS#8 PEM, as audit reads it
+    env, mount, volume = audit_signing(manifests)
+    assert env == {
+        "AUDIT_SIGNING_KEY_FILE": f"{mount['mountPath']}/signing-key.pem",
+        "AUDIT_SIGNING_KEY_GENERATE": "false",
+    }
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_podman_audit_pods_generate_their_key_in_a_writable_volume() -> None:
+    manifests = render([CHART / "ci" / "podman-values.yaml"])
+    assert not [
+        m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("signing-key")
+    ]
+    env, mount, volume = audit_signing(manifests)
+    assert env["AUDIT_SIGNING_KEY_GENERATE"] == "true"
+    assert env["AUDIT_SIGNING_KEY_FILE"].startswith(mount["mountPath"] + "/")
+    assert mount["readOnly"] is False
+    assert "emptyDir" in volume

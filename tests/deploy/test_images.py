@@ -4,14 +4,16 @@ and each one started on its own answers health SERVING (gRPC) or /healthz (HTTP)
 from __future__ import annotations
 
 import json
+import tomllib
 import uuid
 from collections.abc import Iterator
 from functools import partial
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
-from emr_devstack.kube import podman, podman_env, run, wait_for
+from emr_devstack.kube import REPO, podman, podman_env, run, wait_for
 from emr_devstack.processes import free_port, grpc_serving
 from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Stack
 
@@ -90,6 +92,56 @@ def started(images: dict[str, str], ferretdb: Stack) -> Iterator[dict[str, int]]
     finally:
         for name in names:
             run(["podman", "rm", "-f", "-t", "5", name], env=podman_env())
+
+
+def workspace_closure(distribution: str) -> set[str]:
+    """The workspace members (`emr-*` distributions) ``distribution`` needs, itself included, as
+    services/*/pyproject.toml declare them."""
+    declared: dict[str, list[str]] = {}
+    for pyproject in (REPO / "services").glob("*/pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        declared[project["name"]] = [Requirement(text).name for text in project["dependencies"]]
+    needed, todo = set(), [distribution]
+    while todo:
+        name = todo.pop()
+        if name in declared and name not in needed:
+            needed.add(name)
+            todo.extend(declared[name])
+    return needed
+
+
+# Imports every module of the service package (not __main__, which starts the server) and prints the
+# workspace distributions installed: a module importing a package the image lacks fails here.
+IMPORT_EVERYTHING = """
+import importlib, importlib.metadata, json, pkgutil, sys
+package = importlib.import_module(sys.argv[1])
+for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    if not module.name.endswith("__main__"):
+        importlib.import_module(module.name)
+print(json.dumps(sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
+                        if d.metadata["Name"].startswith("emr-"))))
+"""
+
+
+@pytest.mark.parametrize("service", START_ORDER)
+def test_image_holds_exactly_the_workspace_packages_its_service_imports(
+    images: dict[str, str], service: str
+) -> None:
+    installed = podman(
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--read-only",
+        "--entrypoint",
+        "/opt/venv/bin/python",
+        images[service],
+        "-c",
+        IMPORT_EVERYTHING,
+        f"emr_{service}",
+    )
+    distribution = f"emr-{service.replace('_', '-')}"
+    assert set(json.loads(installed)) == workspace_closure(distribution)
 
 
 def test_each_image_starts_and_answers_health(started: dict[str, int]) -> None:

@@ -87,3 +87,13 @@ app.kubernetes.io/component: {{ include "emr.component" (index . 1) }}
 {{- fail "MongoDB: set mongodb.existingSecret (production), mongodb.uri, or mongodb.bundled.enabled=true (dev)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Name of the Secret that holds the audit checkpoint signing key (PEM under the key signing-key.pem
+when the chart makes it). */}}
+{{- define "emr.auditSigningKeySecretName" -}}
+{{- default (printf "%s-audit-signing-key" (include "emr.fullname" .)) .Values.audit.signingKey.existingSecret -}}
+{{- end -}}
+
+{{/* Folder the audit pods find their signing key in: the Secret, or a writable emptyDir when each pod
+generates its own (audit.signingKey.generateInPod). */}}
+{{- define "emr.auditSigningKeyDir" -}}/etc/emr-audit{{- end -}}

@@ -119,6 +119,8 @@ class PodmanPlatform:
     release: str
     ports: Ports
     mongodb_uri: str
+    # Tag of the locally built images (deploy/images/build.sh, EMR_IMAGE_TAG).
+    image_tag: str = "dev"
     sync_poll_interval: float = 0.2
     manifests: list[Manifest] = field(default_factory=list)
 
@@ -137,6 +139,7 @@ class PodmanPlatform:
         p = self.ports
         chosen = {
             "mongodb.uri": self.mongodb_uri,
+            "image.tag": self.image_tag,
             "services.sync.env.SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
             "services.gateway.port": str(p.gateway),
             "services.national_emulator.port": str(p.national_emulator),
@@ -163,10 +166,16 @@ class PodmanPlatform:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manifests = self.render()
         # podman 4.3 reads a secretKeyRef from its own secret store, as JSON of base64 values; it
-        # cannot read back a Secret it played itself. The chart's Secret goes in that way.
+        # cannot read back a Secret it played itself. The chart's Secrets go in that way. (It cannot
+        # mount a Secret as files at all: kube play crashes; the podman values let audit generate
+        # its signing key in an emptyDir instead.)
         for secret in (m for m in manifests if m["kind"] == "Secret"):
             data = {
-                key: base64.b64encode(value.encode()).decode() for key, value in secret["stringData"].items()
+                **secret.get("data", {}),
+                **{
+                    key: base64.b64encode(value.encode()).decode()
+                    for key, value in secret.get("stringData", {}).items()
+                },
             }
             secret_file = self.run_dir / f"secret-{secret['metadata']['name']}.json"
             secret_file.write_text(json.dumps(data))
