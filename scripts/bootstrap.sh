@@ -52,3 +52,11 @@ if [ ! -x "$BUF" ] || [ "$("$BUF" --version 2>/dev/null)" != "$BUF_VERSION" ]; t
   npm install --silent --no-audit --no-fund --prefix "$EMR_CACHE/npm" "@bufbuild/buf@$BUF_VERSION" >/dev/null
 fi
 ln -sf "$BUF" "$EMR_BIN/buf"
+
+# promtool (alert rule tests) and prometheus (the real-scrape test) come from Debian's package.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  log "installing Debian's prometheus package (promtool, prometheus) with apt-get"
+  as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null \
+    || { "${as_root[@]}" apt-get update >/dev/null && "${as_root[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null; }
+fi

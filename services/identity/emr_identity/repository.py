@@ -415,6 +415,9 @@ class PersonRepository:
     async def tasks(self, task_ids: Iterable[str]) -> list[ReviewTask]:
         return [_task(d) for d in await self._get_many(REVIEW_TASKS, task_ids)]
 
+    async def count_open_tasks(self) -> int:
+        return await self._tasks.count_documents({"open": True})
+
     async def close_task(self, task_id: str, resolution: str) -> bool:
         result = await self._tasks.update_one(
             {"_id": task_id, "open": True}, {"$set": {"open": False, "resolution": resolution}}

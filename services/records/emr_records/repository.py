@@ -232,12 +232,14 @@ class ChangeFeedRepository:
         query = {"resource_type": resource_type, "resource_id": resource_id, "resource_version": version}
         return await self._changes.find_one(query, {"_id": 1}) is not None
 
-    async def append(self, record: ClinicalRecord) -> None:
-        """Step 3: appends the change once per (resource, version), under a fresh sequence."""
+    async def append(self, record: ClinicalRecord) -> int | None:
+        """Step 3: appends the change once per (resource, version), under a fresh sequence; returns
+        the sequence, or None when the change was already recorded."""
         while not await self._recorded(record.resource_type.value, record.resource_id, record.version):
-            if await self.write(await self.reserve(), record):
-                return
+            if await self.write(sequence := await self.reserve(), record):
+                return sequence
             # Our sequence was closed by a tombstone while we were slow: take the next one.
+        return None
 
     async def reserve(self) -> int:
         """Allocates the next feed position; until ``write`` fills it, it is a hole in the feed."""
