@@ -120,7 +120,9 @@ async def measure(
             results[mode].append(rate)
             print(f"round={round_number} mode={mode} GetPatient_per_s={rate:.1f}", flush=True)
     off_rate, on_rate = statistics.median(results["off"]), statistics.median(results["on"])
-    print(f"spans received so far (10% of calls sampled; each with MongoDB and client child spans): {collector.spans}")
+    print(
+        f"spans received so far (10% of calls sampled; each with MongoDB and client child spans): {collector.spans}"
+    )
     print(
         f"GetPatient_per_s median off={off_rate:.1f} on={on_rate:.1f} "
         f"throughput_loss={(1 - on_rate / off_rate) * 100:.1f}% (target <= 15%)",

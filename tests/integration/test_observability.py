@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from emr.identity.v1 import identity_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from emr_devstack.observability import (
     RULES,
@@ -79,6 +80,46 @@ async def test_every_metric_of_dashboards_and_rules_is_exported(
     absent = await eventually(missing, 15)
     assert not absent, "used by dashboards or rules but exported by no service:\n" + "\n".join(
         f"  {name}: {', '.join(sorted(set(used[name])))}" for name in sorted(absent)
+    )
+
+
+def sample(port: int, name: str, **labels: str) -> float:
+    """The value of one sample on a /metrics page (0 when absent)."""
+    exposition = scrape(port)
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+async def test_domain_metrics_count_what_happened(stack: Stack, clinical: Any, facility_code: str) -> None:
+    ports = metrics_ports(stack)
+    created = sample(ports["identity"], "emr_identity_match_outcomes_total", outcome="created")
+    observations = sample(
+        ports["records"], "emr_records_writes_total", resource_type="Observation", kind="created"
+    )
+    head = sample(ports["records"], "emr_records_change_feed_head")
+
+    patient_id = await clinical.patient(facility_code)
+    encounter_id = await clinical.encounter(patient_id, facility_code)
+    await clinical.create(clinical.every_resource(patient_id, facility_code, encounter_id)[0])
+
+    assert sample(ports["identity"], "emr_identity_match_outcomes_total", outcome="created") == created + 1
+    assert sample(
+        ports["records"], "emr_records_writes_total", resource_type="Observation", kind="created"
+    ) == (observations + 1)
+    assert sample(ports["records"], "emr_records_change_feed_head") >= head + 2  # encounter, observation
+    assert (
+        sample(ports["records"], "emr_mongodb_command_duration_seconds_count", command="insert", outcome="ok")
+        > 0
+    )
+    # The audited calls above extend the chain; audit reports its height.
+    assert (
+        await eventually(
+            lambda: set() if sample(ports["audit"], "emr_audit_chain_height") > 0 else {"height"}, 10
+        )
+        == set()
     )
 
 
