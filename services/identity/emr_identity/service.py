@@ -375,10 +375,10 @@ class IdentityService:
     # --- review -----------------------------------------------------------------------------------
 
     async def watch_review_queue(self, interval: float = 15.0) -> None:
-        """Keeps the review queue gauge current (counted in the database: replicas share the queue)."""
+        """Keeps the review queue gauge current (read from the database: replicas share the queue)."""
         while True:
             try:
-                REVIEW_QUEUE_SIZE.set(await self._persons.count_open_tasks())
+                REVIEW_QUEUE_SIZE.set(await self._persons.open_task_count())
             except Exception:
                 log.warning("review queue size not refreshed")
             await asyncio.sleep(interval)
