@@ -66,3 +66,11 @@ if [ ${#missing_packages[@]} -gt 0 ]; then
   "${as_root[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${missing_packages[@]}" >/dev/null
 fi
+
+# promtool (alert rule tests) and prometheus (the real-scrape test) come from Debian's package.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  log "installing Debian's prometheus package (promtool, prometheus) with apt-get"
+  as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null \
+    || { "${as_root[@]}" apt-get update >/dev/null && "${as_root[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null; }
+fi

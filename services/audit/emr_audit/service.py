@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 from emr_audit import merkle
 from emr_audit.domain import (
     GENESIS_HASH,
@@ -37,6 +39,17 @@ from emr_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundErr
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
 
 log = logging.getLogger("emr.audit.log")
+
+CHAIN_HEIGHT = Gauge(
+    "emr_audit_chain_height", "Sequence of the last event in the hash chain, as this replica knows it."
+)
+CHECKPOINTED_HEIGHT = Gauge("emr_audit_checkpointed_height", "Last sequence covered by a signed checkpoint.")
+LAST_CHECKPOINT_TIMESTAMP = Gauge(
+    "emr_audit_last_checkpoint_timestamp_seconds", "Unix time the latest checkpoint was signed (0: none yet)."
+)
+INTEGRITY_FAILURES = Counter(
+    "emr_audit_integrity_failures_total", "Integrity verifications that found a broken chain or checkpoint."
+)
 
 # A checkpoint covers at most this many events, so that a proof never reads an unbounded range.
 MAX_CHECKPOINT_EVENTS = 10_000
@@ -150,6 +163,7 @@ class AuditLog:
             sequences.update((event.event_id, event.sequence) for event in linked[:inserted])
             if inserted:
                 self._tip = (linked[inserted - 1].sequence, linked[inserted - 1].hash)
+                CHAIN_HEIGHT.set(self._tip[0])
             if inserted == len(linked):
                 break
             remaining = remaining[inserted:]
@@ -191,8 +205,10 @@ class AuditLog:
         """Writes the next checkpoint when it is due; another replica writing it first is fine."""
         latest = await self._repository.latest_checkpoint()
         tip = await self._repository.tip_hint()
+        _observe_checkpoint(latest)
         if tip is None:
             return None
+        CHAIN_HEIGHT.set(max(tip[0], self._tip[0] if self._tip else 0))
         covered = latest.last_sequence if latest else 0
         since = (utc_now() - latest.created_at).total_seconds() if latest else now
         if not checkpoint_due(tip[0], covered, since, every_events, every_seconds):
@@ -210,7 +226,10 @@ class AuditLog:
             key_id=self._signer.key_id,
         )
         signed = replace(unsigned, signature=self._signer.sign(canonical_bytes(checkpoint_record(unsigned))))
-        return signed if await self._repository.add_checkpoint(signed) else None
+        if not await self._repository.add_checkpoint(signed):
+            return None
+        _observe_checkpoint(signed)
+        return signed
 
     async def run_checkpoints(self, every_events: int, every_seconds: float, poll_seconds: float) -> None:
         started = time.monotonic()
@@ -300,6 +319,8 @@ class AuditLog:
             tail_end = min(tail_end, last)
         # The chain pins the first bad event exactly; a checkpoint mismatch only bounds it.
         finding = verifier.finish(tail_end) or first_finding(findings)
+        if finding is not None:
+            INTEGRITY_FAILURES.inc()
         return IntegrityReport(finding, verifier.checked, checked_checkpoints)
 
     # --- queries -----------------------------------------------------------------------------------
@@ -413,3 +434,9 @@ def _page_position(page_token: str) -> int:
     if not isinstance(after, int) or after < 0:
         raise InvalidArgumentError([FieldViolation("page_token", "not a token this service issued")])
     return after
+
+
+def _observe_checkpoint(checkpoint: Checkpoint | None) -> None:
+    if checkpoint is not None:
+        CHECKPOINTED_HEIGHT.set(checkpoint.last_sequence)
+        LAST_CHECKPOINT_TIMESTAMP.set(checkpoint.created_at.timestamp())

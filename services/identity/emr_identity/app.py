@@ -18,7 +18,8 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
     await recorder.open()
-    servicer = PatientIdentityServicer(IdentityService(PersonRepository(db)))
+    service = IdentityService(PersonRepository(db))
+    servicer = PatientIdentityServicer(service)
     return ServiceApp(
         bindings=[
             ServiceBinding(
@@ -28,6 +29,6 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
         indexes=(*INDEXES, *SPOOL_INDEXES),
         audit_sink=recorder,
         audit_rules=AUDIT_RULES,
-        background=[recorder.replay_forever],
+        background=[recorder.replay_forever, service.watch_review_queue],
         on_stop=[audit_channel.close],
     )

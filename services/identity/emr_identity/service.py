@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
+
+from prometheus_client import Counter, Gauge
 
 from emr_identity.domain import (
     EventKind,
@@ -34,11 +38,21 @@ from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentErr
 from emr_runtime.idempotency import check_request_id, derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
 
+log = logging.getLogger("emr.identity")
+
 # Merge chains are short (a merged person's survivor is rarely merged again); this bounds a loop
 # over corrupted data.
 MAX_MERGE_HOPS = 16
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+
+# Labelled by outcome only (created, existing, linked, review): never by patient or facility.
+MATCH_OUTCOMES = Counter(
+    "emr_identity_match_outcomes_total", "Registrations linked, by how the matcher decided.", ("outcome",)
+)
+for _outcome in Outcome:
+    MATCH_OUTCOMES.labels(_outcome.value)
+REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,9 @@ class IdentityService:
         )
         if record.outcome is None:
             record = await self._persons.finish_record(await self._link(stored, record, actor_id, now))
-        assert record.outcome is not None  # finish_record stores one
+            assert record.outcome is not None  # finish_record stores one
+            MATCH_OUTCOMES.labels(record.outcome.value).inc()
+        assert record.outcome is not None
         return RegistrationResult(
             person=(await self._view(record.person_id, "patient_id")).person,
             outcome=record.outcome,
@@ -357,6 +373,15 @@ class IdentityService:
         return f"fy:{fold(name)}|{query.birth_year}", name if query.exact_name else ""
 
     # --- review -----------------------------------------------------------------------------------
+
+    async def watch_review_queue(self, interval: float = 15.0) -> None:
+        """Keeps the review queue gauge current (read from the database: replicas share the queue)."""
+        while True:
+            try:
+                REVIEW_QUEUE_SIZE.set(await self._persons.open_task_count())
+            except Exception:
+                log.warning("review queue size not refreshed")
+            await asyncio.sleep(interval)
 
     async def list_review_tasks(self, requested_size: int, token: str) -> tuple[list[ReviewTask], str]:
         size = page_size(requested_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

@@ -255,11 +255,14 @@ class ChangeFeedRepository:
         }
         return await self._changes.find_one(query, {"_id": 1}) is not None
 
-    async def append(self, record: ClinicalRecord) -> None:
-        """Step 3: appends the change under a fresh sequence. Callers on a recovery path check
-        ``recorded`` first: appending a change already in the feed would leave a hole."""
-        while not await self.write(await self.reserve(), record):
-            pass  # our position was closed by a tombstone while we were slow: take the next one
+    async def append(self, record: ClinicalRecord) -> int:
+        """Step 3: appends the change under a fresh sequence and returns it. Callers on a recovery
+        path check ``recorded`` first: appending a change already in the feed would leave a hole."""
+        while True:
+            sequence = await self.reserve()
+            if await self.write(sequence, record):
+                return sequence
+            # Our position was closed by a tombstone while we were slow: take the next one.
 
     async def reserve(self) -> int:
         """Allocates the next feed position; until ``write`` fills it, it is a hole in the feed."""

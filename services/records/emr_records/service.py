@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from emr.identity.v1 import identity_pb2
+from prometheus_client import Counter, Gauge
 
 from emr_records.domain import (
     Change,
@@ -43,6 +44,15 @@ from emr_runtime.paging import decode_page_token, encode_page_token
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200
 
+# Bounded labels: six resource types, two kinds (created, updated).
+WRITES = Counter("emr_records_writes_total", "Resource versions written, by type.", ("resource_type", "kind"))
+for _type in ResourceType:
+    for _kind in ("created", "updated"):
+        WRITES.labels(_type.value, _kind)
+CHANGE_FEED_HEAD = Gauge(
+    "emr_records_change_feed_head", "Highest change feed sequence this replica has written."
+)
+
 
 class RecordsService:
     def __init__(
@@ -55,6 +65,7 @@ class RecordsService:
     ) -> None:
         self._resources = resources
         self._feed = feed
+        self._feed_head = 0
         self._patients = patients
         self._settle = change_settle
         self._verify_patients = verify_patients
@@ -70,6 +81,8 @@ class RecordsService:
         if stored.request_fingerprint != record.request_fingerprint:
             raise ConflictError("request_id was already used for a different resource", "request_id")
         await self._finish(stored, fresh=inserted)
+        if inserted:
+            WRITES.labels(stored.resource_type.value, "created").inc()
         return stored
 
     async def update(self, raw: ResourceInput, expected_version: int) -> ClinicalRecord:
@@ -102,6 +115,7 @@ class RecordsService:
                 "expected_version",
             )
         await self._finish(stored, fresh=inserted)
+        WRITES.labels(stored.resource_type.value, "updated").inc()
         return stored
 
     async def _current(self, resource_id: str, content_type: type, field: str) -> ClinicalRecord:
@@ -136,13 +150,18 @@ class RecordsService:
         if not fresh and await self._feed.recorded(record):
             return
         await self._resources.advance(record)
-        await self._feed.append(record)
+        await self._append(record)
         await self._resources.mark_change_recorded(record)
+
+    async def _append(self, record: ClinicalRecord) -> None:
+        sequence = await self._feed.append(record)
+        self._feed_head = max(self._feed_head, sequence)
+        CHANGE_FEED_HEAD.set(self._feed_head)
 
     async def _recover_change(self, record: ClinicalRecord) -> None:
         """Records a version's change that a crash may or may not have recorded already."""
         if not await self._feed.recorded(record):
-            await self._feed.append(record)
+            await self._append(record)
         await self._resources.mark_change_recorded(record)
 
     async def sweep_outbox(self, interval: float = 5.0) -> None:

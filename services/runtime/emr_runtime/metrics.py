@@ -35,6 +35,12 @@ CLIENT_HANDLING_SECONDS = Histogram(
     _SERVER_LABELS,
     buckets=LATENCY_BUCKETS,
 )
+MONGODB_COMMAND_SECONDS = Histogram(
+    "emr_mongodb_command_duration_seconds",
+    "Latency of MongoDB commands as the driver saw them, by command name and outcome (ok, error).",
+    ("command", "outcome"),
+    buckets=LATENCY_BUCKETS,
+)
 
 
 def code_label(code: grpc.StatusCode) -> str:

@@ -63,12 +63,11 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 BuildApp = Callable[[SettingsT, Database], Awaitable[ServiceApp]]
 
 
-def build_server(app: ServiceApp) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        TracingInterceptor(),
-        MetricsInterceptor(),
-        ErrorInterceptor(),
-    ]
+def build_server(app: ServiceApp, metrics: bool = True) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """``metrics=False`` (metrics port 0) leaves out the server metrics interceptor: nothing reads them."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(), ErrorInterceptor()]
+    if metrics:
+        interceptors.insert(1, MetricsInterceptor())
     if app.audit_sink is not None:
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
     server = grpc.aio.server(
@@ -95,7 +94,7 @@ async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -
     app = await build(settings, db)
     await ensure_indexes(db, app.indexes)
 
-    server, health_servicer = build_server(app)
+    server, health_servicer = build_server(app, metrics=settings.metrics_port != 0)
     address = f"{settings.listen_host}:{settings.grpc_port}"
     port = server.add_insecure_port(address)
     await server.start()

@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from pymongo import monitoring
 
+from emr_runtime.metrics import MONGODB_COMMAND_SECONDS
+
 PLATFORM_NAMESPACE = "emr-platform"
 
 
@@ -59,8 +61,9 @@ def inject_context(metadata: Mapping[str, str] | None = None) -> list[tuple[str,
 
 
 class MongoCommandTracing(monitoring.CommandListener):
-    """A client span per MongoDB command, child of the span that issued it. Only the command name,
-    database and collection are recorded: never the statement, filter or documents."""
+    """A client span per MongoDB command, child of the span that issued it, and its latency in the
+    ``emr_mongodb_command_duration_seconds`` histogram. Only the command name, database and collection
+    are recorded: never the statement, filter or documents."""
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer("emr_runtime.mongodb")
@@ -81,11 +84,13 @@ class MongoCommandTracing(monitoring.CommandListener):
         self._spans[(event.request_id, event.operation_id or 0)] = span
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        MONGODB_COMMAND_SECONDS.labels(event.command_name, "ok").observe(event.duration_micros / 1e6)
         span = self._spans.pop((event.request_id, event.operation_id or 0), None)
         if span is not None:
             span.end()
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        MONGODB_COMMAND_SECONDS.labels(event.command_name, "error").observe(event.duration_micros / 1e6)
         span = self._spans.pop((event.request_id, event.operation_id or 0), None)
         if span is not None:
             span.set_status(trace.Status(trace.StatusCode.ERROR, event.failure.get("codeName", "failed")))
