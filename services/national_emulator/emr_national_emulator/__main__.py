@@ -7,4 +7,4 @@ from emr_national_emulator.settings import EmulatorSettings
 
 if __name__ == "__main__":
     settings = EmulatorSettings()
-    uvicorn.run(create_app(), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
