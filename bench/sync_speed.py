@@ -94,21 +94,34 @@ async def create_backlog(stack: Stack, encounters: int) -> None:
         for number in range(encounters):
             work.put_nowait(patient_ids[number % len(patient_ids)])
 
+        async def create(patient_id: str) -> None:
+            request = records_pb2.CreateEncounterRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=patient_id,
+                facility_code="79001",
+                encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+                status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+                start_time=stamp(-3600),
+                end_time=stamp(-600),
+                reason="Khám sức khỏe",
+            )
+            for attempt in range(5):
+                try:
+                    await records.CreateEncounter(request)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    # FerretDB's SQLite backend sometimes answers "database is locked" under
+                    # concurrent writes; the same request_id makes the retry safe.
+                    if error.code() != grpc.StatusCode.INTERNAL or attempt == 4:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+
         async def writer() -> None:
             while not work.empty():
-                await records.CreateEncounter(
-                    records_pb2.CreateEncounterRequest(
-                        request_id=str(uuid.uuid4()),
-                        patient_id=work.get_nowait(),
-                        facility_code="79001",
-                        encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
-                        status=records_pb2.ENCOUNTER_STATUS_FINISHED,
-                        start_time=stamp(-3600),
-                        end_time=stamp(-600),
-                        reason="Khám sức khỏe",
-                    )
-                )
+                await create(work.get_nowait())
 
+        # One write first: concurrent first writes race to create records' sequence counter.
+        await create(work.get_nowait())
         await asyncio.gather(*(writer() for _ in range(WRITERS)))
 
 
