@@ -43,6 +43,8 @@ SYNC_ENV = {
     "SYNC_FIRST_RETRY_DELAY_SECONDS": "0.2",
     "SYNC_MAX_RETRY_DELAY_SECONDS": "1",
     "SYNC_METRICS_PORT": "0",
+    # A stable name: the restarted replica takes its own leases back at once, not after they expire.
+    "SYNC_REPLICA_ID": "bench-sync",
     "OTEL_SDK_DISABLED": "true",
 }
 
