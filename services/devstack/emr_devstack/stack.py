@@ -138,6 +138,7 @@ class Stack:
                 "SYNC_GRPC_PORT": str(p.sync),
                 "SYNC_METRICS_PORT": str(p.sync_metrics),
                 "SYNC_RECORDS_TARGET": self.target("records"),
+                "SYNC_IDENTITY_TARGET": self.target("identity"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
                 "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
             },

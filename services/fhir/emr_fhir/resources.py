@@ -636,3 +636,22 @@ def operation_outcome(code: str, diagnostics: str, expression: list[str] | None 
     if expression:
         issue["expression"] = expression
     return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def transaction_bundle(
+    patient: identity_pb2.Patient,
+    encounter: records_pb2.Encounter,
+    resources: Sequence[records_pb2.ClinicalResource],
+) -> FhirJson:
+    """A Bundle of type "transaction" for one encounter: the Patient, the Encounter (as of the
+    version given) and every resource attached to it, each a PUT of its logical id, so that the
+    receiver upserts and a resend changes nothing. Built from ``collection_bundle``, so references
+    resolve inside the bundle the same way."""
+    everything = [records_pb2.ClinicalResource(encounter=encounter), *resources]
+    collection = collection_bundle(patient, everything)
+    entries = []
+    for entry in collection["entry"]:
+        resource = entry["resource"]
+        request = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+        entries.append({**entry, "request": request})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

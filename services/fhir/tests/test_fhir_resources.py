@@ -53,6 +53,7 @@ from emr_fhir.resources import (
     patient_resource,
     procedure_resource,
     searchset_bundle,
+    transaction_bundle,
 )
 
 CREATED = datetime(2024, 6, 15, 8, 30, 5, 123000, tzinfo=UTC)
@@ -1125,3 +1126,19 @@ def test_everything_bundle_is_the_export_as_a_searchset() -> None:
     assert [(link.relation, link.url) for link in bundle.link] == [("self", self_url)]
     assert [e["fullUrl"] for e in bundle_json["entry"]] == [e["fullUrl"] for e in collection["entry"]]
     assert [e["resource"] for e in bundle_json["entry"]] == [e["resource"] for e in collection["entry"]]
+
+
+def test_transaction_bundle_puts_patient_encounter_and_attached_resources() -> None:
+    encounter, *attached = every_resource()
+    bundle_json = transaction_bundle(patient_message(), encounter.encounter, attached)
+    bundle = Bundle.model_validate(bundle_json)
+    assert bundle.type == "transaction"
+    requests = [(entry.request.method, entry.request.url) for entry in bundle.entry]
+    resources = [entry["resource"] for entry in bundle_json["entry"]]
+    assert requests == [("PUT", f"{r['resourceType']}/{r['id']}") for r in resources]
+    assert resources[0]["resourceType"] == "Patient"
+    assert resources[1]["resourceType"] == "Encounter"
+    assert resources[1]["id"] == ENCOUNTER_ID
+    assert {r["resourceType"] for r in resources} == set(FHIR_MODELS)
+    full_urls = {entry["fullUrl"] for entry in bundle_json["entry"]}
+    assert [ref for ref in references_in(resources) if ref not in full_urls] == []

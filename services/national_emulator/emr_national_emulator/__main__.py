@@ -11,4 +11,4 @@ if __name__ == "__main__":
     settings = EmulatorSettings()
     configure_logging("national-emulator", settings.log_level)
     configure_tracing("national-emulator")
-    uvicorn.run(create_app(), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)

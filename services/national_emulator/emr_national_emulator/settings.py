@@ -12,3 +12,6 @@ class EmulatorSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to")
     port: int = Field(8090, ge=1, le=65535)
     log_level: str = Field("info")
+    client_id: str = Field("emr-platform", description="The OAuth2 client the token endpoint accepts")
+    client_secret: str = Field("dev-secret", description="That client's secret")
+    token_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of issued access tokens")

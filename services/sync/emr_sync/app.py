@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import timedelta
 
 from emr.sync.v1 import sync_pb2_grpc
@@ -9,22 +11,47 @@ from emr.sync.v1 import sync_pb2_grpc
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.server import ServiceApp, ServiceBinding
-from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
+from emr_sync.clients import IDENTITY_SERVICE, RECORDS_SERVICE, NationalClient, PatientDirectory, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
-from emr_sync.service import SyncService
+from emr_sync.service import PipelineConfig, SyncService
 from emr_sync.servicer import SERVICE_NAME, NationalSyncServicer
 from emr_sync.settings import SyncSettings
 
 
+def pipeline_config(settings: SyncSettings) -> PipelineConfig:
+    return PipelineConfig(
+        owner=settings.replica_id or f"{socket.gethostname()}:{os.getpid()}",
+        batch_size=settings.batch_size,
+        partitions=settings.partitions,
+        partitions_per_round=min(settings.partitions_per_round, settings.partitions),
+        lease=timedelta(seconds=settings.lease_seconds),
+        concurrency=settings.concurrency,
+        first_retry_delay=timedelta(seconds=settings.first_retry_delay_seconds),
+        max_retry_delay=timedelta(seconds=settings.max_retry_delay_seconds),
+        circuit_failure_threshold=settings.circuit_failure_threshold,
+        circuit_open=timedelta(seconds=settings.circuit_open_seconds),
+        circuit_max_open=timedelta(seconds=settings.circuit_max_open_seconds),
+    )
+
+
 async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     records_channel = create_channel(settings.records_target, RECORDS_SERVICE)
-    national = NationalClient(settings.national_url, settings.http_timeout_seconds)
+    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
+    national = NationalClient(
+        settings.national_url,
+        settings.http_timeout_seconds,
+        settings.national_client_id,
+        settings.national_client_secret,
+        settings.national_token_path,
+        timedelta(seconds=settings.default_retry_after_seconds),
+        settings.concurrency,
+    )
     service = SyncService(
         SyncRepository(db),
         RecordsFeed(records_channel),
+        PatientDirectory(identity_channel),
         national,
-        settings.batch_size,
-        timedelta(seconds=settings.max_retry_delay_seconds),
+        pipeline_config(settings),
     )
 
     async def run_pipeline() -> None:
@@ -40,5 +67,5 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
         ],
         indexes=INDEXES,
         background=[run_pipeline],
-        on_stop=[records_channel.close, national.close],
+        on_stop=[records_channel.close, identity_channel.close, national.close],
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+import random
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,27 +13,39 @@ from typing import Any
 from emr_runtime.errors import Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 
-FIRST_RETRY_DELAY = timedelta(seconds=1)
+# The longest reason kept with a dead letter: enough for a validation message, never a payload.
+MAX_REASON_LENGTH = 500
 
 
 class DeliveryStatus(enum.Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
-    FAILED = "failed"
+    DEAD = "dead"
+
+
+class DeliveryKind(enum.Enum):
+    FHIR_TRANSACTION = "fhir"
+    CLAIM_XML = "claim"
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One resource version to deliver; its id is also the Idempotency-Key the national side
-    deduplicates on, so a resend after a lost answer is never applied twice."""
+    """One payload about one resource version. Its id is also the Idempotency-Key the national side
+    deduplicates on, so a resend after a lost answer is never applied twice. ``sequence`` orders a
+    patient's deliveries (feed order), and ``partition`` is the unit of work replicas lease.
+    ``payload`` is the bytes to send when queued; the queue stores it apart (read back empty)."""
 
     delivery_id: str
+    kind: DeliveryKind
     resource_type: str
     resource_id: str
     resource_version: int
     patient_id: str
     facility_code: str
-    payload: dict[str, Any]
+    sequence: int
+    partition: int
+    payload: Any
+    committed_at: datetime
     created_at: datetime
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: int = 0
@@ -43,45 +58,174 @@ class Delivery:
 @dataclass(frozen=True)
 class SyncStatus:
     pending: int
+    in_flight: int
     delivered: int
     failed: int
+    dead_lettered: int
+    oldest_pending_at: datetime | None
     last_error: str
     last_delivered_at: datetime | None
     records_cursor: int
+    national_reachable: bool
+    national_checked_at: datetime | None
 
 
-def delivery_id(resource_type: str, resource_id: str, version: int) -> str:
-    return f"{resource_type}/{resource_id}/_history/{version}"
+class SendOutcome(enum.Enum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"  # network, timeout, 5xx: retry with backoff; counts against the circuit
+    THROTTLED = "throttled"  # 429: wait Retry-After; the endpoint is alive
+    REJECTED = "rejected"  # 4xx validation: retrying cannot help; dead letter
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The national side's answer, reduced to what sync acts on (never patient data)."""
+
+    outcome: SendOutcome
+    transaction_id: str = ""
+    error: str = ""
+    retry_after: timedelta | None = None
+
+
+def delivery_id(kind: DeliveryKind, resource_type: str, resource_id: str, version: int) -> str:
+    """Idempotency-Key: one per (payload kind, resource, version)."""
+    base = f"{resource_type}/{resource_id}/_history/{version}"
+    return base if kind is DeliveryKind.FHIR_TRANSACTION else f"Claim/{base}"
+
+
+def delivery_sequence(feed_sequence: int, kind: DeliveryKind) -> int:
+    """Order of a delivery among its patient's: feed order, the bundle before its claim."""
+    return feed_sequence * 2 + (0 if kind is DeliveryKind.FHIR_TRANSACTION else 1)
+
+
+def partition_of(patient_id: str, partitions: int) -> int:
+    """A patient's partition: stable across processes (crc32, not Python's salted hash), so every
+    replica agrees and one patient's deliveries are only ever sent by one lease holder."""
+    return zlib.crc32(patient_id.encode()) % partitions
 
 
 def new_delivery(
+    kind: DeliveryKind,
     resource_type: str,
     resource_id: str,
     version: int,
     patient_id: str,
     facility_code: str,
-    payload: dict[str, Any],
+    feed_sequence: int,
+    partitions: int,
+    payload: Any,
+    committed_at: datetime,
     now: datetime,
 ) -> Delivery:
     return Delivery(
-        delivery_id=delivery_id(resource_type, resource_id, version),
+        delivery_id=delivery_id(kind, resource_type, resource_id, version),
+        kind=kind,
         resource_type=resource_type,
         resource_id=resource_id,
         resource_version=version,
         patient_id=patient_id,
         facility_code=facility_code,
+        sequence=delivery_sequence(feed_sequence, kind),
+        partition=partition_of(patient_id, partitions),
         payload=payload,
+        committed_at=committed_at,
         created_at=now,
         next_attempt_at=now,
     )
 
 
-def retry_delay(attempts: int, longest: timedelta) -> timedelta:
-    """Exponential backoff: 1 s after the first failure, doubling, capped at ``longest``."""
+def retry_delay(
+    attempts: int, first: timedelta, longest: timedelta, rng: random.Random | None = None
+) -> timedelta:
+    """Exponential backoff with jitter: ``first`` after the first failure, doubling, capped at
+    ``longest``; the wait is drawn from [half, all] of that, so replicas that failed together do not
+    retry together."""
     # The exponent is bounded so that a delivery failing for days cannot overflow timedelta.
     doublings = min(max(attempts - 1, 0), 32)
-    delay: timedelta = FIRST_RETRY_DELAY * 2**doublings
-    return min(delay, longest)
+    ceiling: timedelta = min(first * 2**doublings, longest)
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+def sendable_runs(open_deliveries: Iterable[Delivery], now: datetime) -> list[list[Delivery]]:
+    """Per patient, the deliveries that may be sent now, in order: from the patient's oldest open
+    delivery up to (not including) the first that is not due yet. A patient whose oldest delivery
+    waits for its retry sends nothing, so version n+1 never overtakes version n."""
+    runs: dict[str, list[Delivery]] = {}
+    blocked: set[str] = set()
+    for delivery in sorted(open_deliveries, key=lambda d: d.sequence):
+        if delivery.patient_id in blocked:
+            continue
+        if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
+            blocked.add(delivery.patient_id)
+            continue
+        runs.setdefault(delivery.patient_id, []).append(delivery)
+    return [run for run in runs.values() if run]
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Stops hammering a dead endpoint: after ``threshold`` transient failures in a row the circuit
+    opens for ``open_for``; then one probe is let through (half open); its success closes the
+    circuit, its failure opens it again for twice as long (up to ``longest``)."""
+
+    def __init__(self, threshold: int, open_for: timedelta, longest: timedelta) -> None:
+        self._threshold = threshold
+        self._base = open_for
+        self._longest = longest
+        self._open_for = open_for
+        self._failures = 0
+        self._opened_until: datetime | None = None
+        self._probing = False
+        self._probe_started: datetime | None = None
+        self.state = CircuitState.CLOSED
+
+    def allow(self, now: datetime) -> bool:
+        """Whether a request may go out now (in half-open state, only the single probe)."""
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN and self._opened_until is not None and now >= self._opened_until:
+            self.state = CircuitState.HALF_OPEN
+            self._probing = False
+        if self.state is CircuitState.HALF_OPEN and (
+            not self._probing
+            or (self._probe_started is not None and now >= self._probe_started + self._open_for)
+        ):
+            # One probe at a time; a probe that never reported back is replaced after a pause.
+            self._probing = True
+            self._probe_started = now
+            return True
+        return False
+
+    def retry_at(self) -> datetime | None:
+        return self._opened_until if self.state is CircuitState.OPEN else None
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._open_for = self._base
+        self._probing = False
+        self.state = CircuitState.CLOSED
+
+    def record_failure(self, now: datetime) -> None:
+        self._failures += 1
+        if self.state is CircuitState.HALF_OPEN:
+            self._open(now)
+            self._open_for = min(self._open_for * 2, self._longest)
+        elif self.state is CircuitState.CLOSED and self._failures >= self._threshold:
+            self._open(now)
+
+    def _open(self, now: datetime) -> None:
+        self.state = CircuitState.OPEN
+        self._opened_until = now + self._open_for
+        self._probing = False
+
+
+def short_reason(text: str) -> str:
+    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 1] + "…"
 
 
 def check_facility_filter(facility_code: str) -> str:
@@ -91,3 +235,16 @@ def check_facility_filter(facility_code: str) -> str:
         violations.add("facility_code", "empty for all facilities, or a 5-character facility code")
     violations.raise_if_any()
     return code
+
+
+def check_period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    violations = Violations()
+    if start is None:
+        violations.add("start_time", "required")
+    if end is None:
+        violations.add("end_time", "required")
+    elif start is not None and end <= start:
+        violations.add("end_time", "must be after start_time")
+    violations.raise_if_any()
+    assert start is not None and end is not None
+    return start, end

@@ -1,24 +1,95 @@
-"""Sync use cases: take changes into a durable queue, deliver them, report on it.
+"""Sync use cases: take changes into a durable queue, deliver them, report on it, repair it.
 
-Store and forward: a change is queued (idempotently) before the feed cursor moves past it, and a
-delivery is marked delivered only after the national side acknowledged it, so a crash anywhere
-resends at worst, and the Idempotency-Key makes a resend harmless.
+Store and forward: a change's payloads are queued (idempotently) before the feed cursor moves past
+it, and a delivery is marked delivered only after the national side acknowledged it, so a crash
+anywhere resends at worst, and the Idempotency-Key makes a resend harmless. Replicas share the work
+through leases: one intake lease for the feed, and one lease per partition of patients for
+delivery, so one patient's deliveries go out from one replica at a time, oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from datetime import timedelta
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
 
-from emr_fhir.resources import encounter_resource
+from emr.records.v1 import records_pb2
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from emr_fhir.resources import transaction_bundle
 from emr_runtime.clock import utc_now
-from emr_sync.clients import NationalClient, RecordsFeed
-from emr_sync.domain import DeliveryStatus, SyncStatus, check_facility_filter, new_delivery, retry_delay
+from emr_runtime.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    Violations,
+)
+from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
+from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_sync.claim_xml import claim_xml, is_insurance_claim
+from emr_sync.clients import NationalClient, PatientDirectory, RecordsFeed
+from emr_sync.domain import (
+    CircuitBreaker,
+    CircuitState,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    SendOutcome,
+    SendResult,
+    SyncStatus,
+    check_facility_filter,
+    check_period,
+    new_delivery,
+    retry_delay,
+    sendable_runs,
+    short_reason,
+)
 from emr_sync.repository import SyncRepository
 
 log = logging.getLogger("emr.sync")
 RECORDS_CURSOR = "records"
+INTAKE_LEASE = "intake"
+# Encounter versions that are reported: a finished visit, and its withdrawal when entered in error.
+REPORTED_STATUSES = (records_pb2.ENCOUNTER_STATUS_FINISHED, records_pb2.ENCOUNTER_STATUS_ENTERED_IN_ERROR)
+RECONCILE_CHUNK = 500
+RECONCILE_LIMIT = 200_000
+MAX_LISTED_REQUEUES = 1000
+# Encounters whose payloads are built at once: each costs audited reads in identity and records.
+INTAKE_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    owner: str
+    batch_size: int
+    partitions: int
+    partitions_per_round: int
+    lease: timedelta
+    concurrency: int
+    first_retry_delay: timedelta
+    max_retry_delay: timedelta
+    circuit_failure_threshold: int
+    circuit_open: timedelta
+    circuit_max_open: timedelta
+
+
+def _validation_reason(error: ValidationError) -> str:
+    """Where the payload is invalid and how, from the error's locations and types only (the
+    messages can quote input values, which are patient data)."""
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in error.errors()[:3]]
+    return short_reason("invalid FHIR R4 Bundle: " + "; ".join(parts))
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class SyncService:
@@ -26,77 +97,352 @@ class SyncService:
         self,
         repository: SyncRepository,
         feed: RecordsFeed,
+        patients: PatientDirectory,
         national: NationalClient,
-        batch_size: int,
-        max_retry_delay: timedelta,
+        config: PipelineConfig,
     ) -> None:
         self._repository = repository
         self._feed = feed
+        self._patients = patients
         self._national = national
-        self._batch_size = batch_size
-        self._max_retry_delay = max_retry_delay
+        self._config = config
+        self._breaker = CircuitBreaker(
+            config.circuit_failure_threshold, config.circuit_open, config.circuit_max_open
+        )
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._paused_until: datetime | None = None
+        self._reachable: bool | None = None
+        self._intake_lease_until: datetime | None = None
 
+    # --- intake ---------------------------------------------------------------------------------
     async def intake_once(self) -> int:
-        """Queues the next run of records changes; returns how many changes were read."""
-        after = await self._repository.cursor(RECORDS_CURSOR)
-        response = await self._feed.changes_after(after, self._batch_size)
+        """Queues the payloads of the next run of records changes; returns how many changes were read."""
+        config = self._config
         now = utc_now()
-        deliveries = [
-            new_delivery(
+        # The lease is renewed when half of it is used up, not every round: an idle replica writes little.
+        if self._intake_lease_until is None or now >= self._intake_lease_until - config.lease / 2:
+            until = now + config.lease
+            if not await self._repository.claim_lease(INTAKE_LEASE, config.owner, until, now):
+                self._intake_lease_until = None
+                return 0
+            self._intake_lease_until = until
+        after = await self._repository.cursor(RECORDS_CURSOR)
+        response = await self._feed.changes_after(after, config.batch_size)
+        reported = [
+            change
+            for change in response.changes
+            if change.resource_type == "Encounter" and change.encounter.status in REPORTED_STATUSES
+        ]
+        limiter = asyncio.Semaphore(INTAKE_CONCURRENCY)
+
+        async def payloads(change: records_pb2.Change) -> list[Delivery]:
+            async with limiter:
+                return await self._deliveries_of(change)
+
+        built = await asyncio.gather(*(payloads(change) for change in reported))
+        await self._repository.enqueue([delivery for group in built for delivery in group])
+        if response.next_after_sequence != after:
+            await self._repository.save_cursor(RECORDS_CURSOR, response.next_after_sequence)
+        return len(response.changes)
+
+    async def _deliveries_of(self, change: records_pb2.Change) -> list[Delivery]:
+        """The FHIR transaction of a reported encounter version, and its claim when BHYT paid."""
+        encounter = change.encounter
+        now = utc_now()
+
+        def delivery(kind: DeliveryKind, payload: bytes, problem: str = "") -> Delivery:
+            queued = new_delivery(
+                kind,
                 change.resource_type,
                 change.resource_id,
                 change.resource_version,
                 change.patient_id,
                 change.facility_code,
-                encounter_resource(change.encounter),
+                change.sequence,
+                self._config.partitions,
+                payload,
+                change.commit_time.ToDatetime(tzinfo=now.tzinfo),
                 now,
             )
-            for change in response.changes
-            if change.resource_type == "Encounter"
-        ]
-        await self._repository.enqueue(deliveries)
-        if response.next_after_sequence != after:
-            await self._repository.save_cursor(RECORDS_CURSOR, response.next_after_sequence)
-        return len(response.changes)
+            # A payload that cannot be built is a permanent problem: a dead letter from the start.
+            return replace(queued, status=DeliveryStatus.DEAD, last_error=problem) if problem else queued
 
-    async def deliver_once(self) -> int:
-        """Sends the deliveries that are due, oldest first; returns how many were attempted."""
-        due = await self._repository.due(utc_now(), self._batch_size)
-        for delivery in due:
-            result = await self._national.send(delivery.resource_type, delivery.delivery_id, delivery.payload)
+        patient = await self._patients.get(change.patient_id)
+        if patient is None:
+            return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", "patient unknown to the identity service")]
+        attached = await self._feed.attached(encounter.encounter_id)
+        bundle = transaction_bundle(patient, encounter, attached)
+        try:
+            Bundle.model_validate(bundle)
+        except ValidationError as error:
+            return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
+        queued = [delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle))]
+        if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED and is_insurance_claim(encounter):
+            queued.append(delivery(DeliveryKind.CLAIM_XML, claim_xml(patient, encounter, attached, now)))
+        return queued
+
+    # --- delivery -------------------------------------------------------------------------------
+    def blocked_until(self, now: datetime) -> datetime | None:
+        """When sending may resume, while the circuit is open or the national side asked to wait."""
+        moments = [m for m in (self._paused_until, self._breaker.retry_at()) if m is not None and m > now]
+        return max(moments) if moments else None
+
+    async def deliver_round(self) -> int:
+        """Leases partitions, sends what is due in them (per patient in order, patients in
+        parallel), releases them; returns how many sends were attempted."""
+        config = self._config
+        now = utc_now()
+        if self.blocked_until(now) is not None or not await self._repository.any_due(now):
+            return 0
+        held: list[int] = []
+        for partition in random.sample(range(config.partitions), config.partitions):
+            if len(held) >= config.partitions_per_round:
+                break
+            if await self._repository.claim_lease(
+                f"partition:{partition}", config.owner, now + config.lease, now
+            ):
+                held.append(partition)
+        if not held:
+            return 0
+        lost: set[int] = set()
+        keeper = asyncio.create_task(self._keep_leases(held, lost))
+        marked = False
+        try:
+            runs: list[list[Delivery]] = []
+            for partition in held:
+                open_deliveries = await self._repository.open_in_partition(partition, config.batch_size)
+                partition_runs = sendable_runs(open_deliveries, utc_now())
+                ids = [d.delivery_id for run in partition_runs for d in run]
+                if ids:
+                    marked = True
+                    await self._repository.mark_in_flight(ids, config.owner, utc_now() + config.lease)
+                runs.extend(partition_runs)
+            sent = await asyncio.gather(*(self._send_run(run, lost) for run in runs))
+            return sum(sent)
+        finally:
+            keeper.cancel()
+            # What this round marked in flight but did not send (a patient stopped at a failure) waits again.
+            if marked:
+                await self._repository.clear_in_flight(config.owner)
+            for partition in held:
+                await self._repository.release_lease(f"partition:{partition}", config.owner)
+
+    async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
+        """Renews the round's leases; a lease that could not be renewed stops its sends."""
+        config = self._config
+        while True:
+            await asyncio.sleep(config.lease.total_seconds() / 3)
             now = utc_now()
-            if result.delivered:
-                await self._repository.mark_delivered(delivery.delivery_id, result.transaction_id, now)
-            else:
-                delay = retry_delay(delivery.attempts + 1, self._max_retry_delay)
-                await self._repository.mark_failed(delivery.delivery_id, result.error, now + delay, now)
-                log.warning(
-                    "delivery failed",
-                    extra={"delivery_attempts": delivery.attempts + 1, "error": result.error},
-                )
-        return len(due)
+            for partition in held:
+                if not await self._repository.claim_lease(
+                    f"partition:{partition}", config.owner, now + config.lease, now
+                ):
+                    lost.add(partition)
+
+    async def _send_run(self, run: list[Delivery], lost: set[int]) -> int:
+        """Sends one patient's due deliveries in order, stopping at the first that must wait."""
+        attempted = 0
+        for delivery in run:
+            async with self._slots:
+                now = utc_now()
+                if delivery.partition in lost or self.blocked_until(now) or not self._breaker.allow(now):
+                    return attempted
+                payload = await self._repository.payload(delivery.delivery_id)
+                result = await self._national.send(delivery.kind, delivery.delivery_id, payload)
+            attempted += 1
+            if not await self._record(delivery, result):
+                return attempted
+        return attempted
+
+    async def _record(self, delivery: Delivery, result: SendResult) -> bool:
+        """Stores the outcome of one attempt; True when the patient's next delivery may follow."""
+        now = utc_now()
+        if result.outcome is SendOutcome.DELIVERED:
+            self._breaker.record_success()
+            await self._repository.mark_delivered(delivery.delivery_id, result.transaction_id, now)
+            await self._note_reachability(True, now)
+            return True
+        if result.outcome is SendOutcome.REJECTED:
+            # The endpoint answered: it is alive; only this payload is wrong. The rest flows on.
+            self._breaker.record_success()
+            await self._repository.mark_dead(delivery.delivery_id, result.error, now)
+            await self._note_reachability(True, now)
+            log.warning("delivery dead-lettered", extra={"error": result.error})
+            return True
+        if result.outcome is SendOutcome.THROTTLED:
+            # Alive but busy: the circuit need not open (a probe answered 429 closes it); the pause
+            # of Retry-After stops this replica hammering.
+            self._breaker.record_success()
+            wait = result.retry_after or timedelta(seconds=1)
+            self._paused_until = max(self._paused_until or now, now + wait)
+            await self._repository.mark_failed(delivery.delivery_id, result.error, now + wait, now)
+            return False
+        self._breaker.record_failure(now)
+        delay = retry_delay(
+            delivery.attempts + 1, self._config.first_retry_delay, self._config.max_retry_delay
+        )
+        if result.retry_after:
+            delay = max(delay, result.retry_after)
+        await self._repository.mark_failed(delivery.delivery_id, result.error, now + delay, now)
+        if self._breaker.state is CircuitState.OPEN:
+            await self._note_reachability(False, now)
+        log.warning(
+            "delivery failed", extra={"delivery_attempts": delivery.attempts + 1, "error": result.error}
+        )
+        return False
+
+    async def _note_reachability(self, reachable: bool, now: datetime) -> None:
+        if reachable != self._reachable:
+            self._reachable = reachable
+            await self._repository.save_reachability(reachable, now)
 
     async def run(self, poll_interval: float) -> None:
-        """Intake and delivery until cancelled; a round that moved anything is followed at once."""
+        """Intake and delivery, each in its own loop, until cancelled."""
+        partitions = [f"partition:{partition}" for partition in range(self._config.partitions)]
+        await self._repository.create_leases([INTAKE_LEASE, *partitions])
+        await asyncio.gather(
+            self._loop("intake", self.intake_once, poll_interval),
+            self._loop("delivery", self.deliver_round, poll_interval),
+        )
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], poll_interval: float) -> None:
+        """Repeats ``step``; a step that moved anything is followed at once, an idle one after a pause."""
         while True:
             try:
-                moved = await self.intake_once() + await self.deliver_once()
+                moved = await step()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("sync round failed; retrying", extra={"error_type": type(error).__name__})
+                log.warning(f"sync {name} round failed; retrying", extra={"error_type": type(error).__name__})
                 moved = 0
             if not moved:
                 await asyncio.sleep(poll_interval)
 
+    # --- operations -----------------------------------------------------------------------------
     async def status(self, facility_code: str) -> SyncStatus:
         code = check_facility_filter(facility_code)
+        now = utc_now()
         counts = await self._repository.counts(code)
+        in_flight = await self._repository.count_in_flight(code, now)
+        reachable, checked_at = await self._repository.reachability()
         return SyncStatus(
-            pending=counts.get(DeliveryStatus.PENDING.value, 0),
+            pending=counts.get(DeliveryStatus.PENDING.value, 0) - in_flight,
+            in_flight=in_flight,
             delivered=counts.get(DeliveryStatus.DELIVERED.value, 0),
-            failed=counts.get(DeliveryStatus.FAILED.value, 0),
+            failed=await self._repository.count_failed(code),
+            dead_lettered=counts.get(DeliveryStatus.DEAD.value, 0),
+            oldest_pending_at=await self._repository.oldest_pending_at(code),
             last_error=await self._repository.last_error(),
             last_delivered_at=await self._repository.last_delivered_at(code),
             records_cursor=await self._repository.cursor(RECORDS_CURSOR),
+            national_reachable=reachable,
+            national_checked_at=checked_at,
         )
+
+    async def dead_letters(
+        self, facility_code: str, requested_page_size: int, page_token: str
+    ) -> tuple[list[Delivery], str]:
+        code = check_facility_filter(facility_code)
+        size = page_size(requested_page_size, 20, 100)
+        position = decode_page_token(page_token)
+        after = None
+        if position is not None:
+            try:
+                after = (datetime.fromisoformat(position["dead_at"]), str(position["id"]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise InvalidArgumentError(
+                    [FieldViolation("page_token", "not a token this service issued")]
+                ) from error
+        page = await self._repository.dead_letters(code, after, size + 1)
+        next_token = ""
+        if len(page) > size:
+            page = page[:size]
+            last = page[-1]
+            dead_at = await self._repository.dead_at(last.delivery_id)
+            assert dead_at is not None
+            next_token = encode_page_token({"dead_at": dead_at.isoformat(), "id": last.delivery_id})
+        return page, next_token
+
+    async def dead_at(self, delivery_id: str) -> datetime | None:
+        return await self._repository.dead_at(delivery_id)
+
+    async def _once(
+        self,
+        kind: str,
+        request_id: str,
+        content: dict[str, Any],
+        action: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Runs a repair operation once per request_id; a repeat returns the first result."""
+        operation_id = derive_id(kind, request_id)
+        digest = fingerprint(json.dumps(content, sort_keys=True, default=str).encode())
+        stored = await self._repository.begin_operation(operation_id, digest)
+        if stored["fingerprint"] != digest:
+            raise ConflictError("request_id was already used for a different request", "request_id")
+        if "result" in stored:
+            return dict(stored["result"])
+        result = await action()
+        await self._repository.finish_operation(operation_id, result)
+        return result
+
+    async def retry_dead_letter(self, request_id: str, delivery_id: str) -> str:
+        violations = Violations()
+        check_request_id(violations, request_id)
+        if not delivery_id.strip():
+            violations.add("delivery_id", "required")
+        violations.raise_if_any()
+
+        async def action() -> dict[str, Any]:
+            if not await self._repository.exists(delivery_id):
+                raise NotFoundError("DeadLetter", "delivery_id", delivery_id)
+            if not await self._repository.requeue_dead(delivery_id, utc_now()):
+                raise ConflictError("the delivery is not dead-lettered", "delivery_id")
+            return {"delivery_id": delivery_id}
+
+        result = await self._once("retry-dead-letter", request_id, {"delivery_id": delivery_id}, action)
+        return str(result["delivery_id"])
+
+    async def replay(self, request_id: str, from_time: datetime | None, facility_code: str) -> int:
+        violations = Violations()
+        check_request_id(violations, request_id)
+        if from_time is None:
+            violations.add("from_time", "required")
+        violations.raise_if_any()
+        assert from_time is not None
+        code = check_facility_filter(facility_code)
+
+        async def action() -> dict[str, Any]:
+            return {"requeued": await self._repository.requeue_committed_since(from_time, code, utc_now())}
+
+        content = {"from_time": from_time.isoformat(), "facility_code": code}
+        return int((await self._once("replay", request_id, content, action))["requeued"])
+
+    async def reconcile(
+        self, request_id: str, start: datetime | None, end: datetime | None
+    ) -> tuple[int, list[str], int]:
+        """(receipts checked, ids re-queued (at most MAX_LISTED_REQUEUES), how many re-queued)."""
+        violations = Violations()
+        check_request_id(violations, request_id)
+        violations.raise_if_any()
+        period_start, period_end = check_period(start, end)
+
+        async def action() -> dict[str, Any]:
+            receipts = await self._repository.delivered_between(period_start, period_end, RECONCILE_LIMIT)
+            missing: list[str] = []
+            for chunk in _chunks([delivery_id for delivery_id, _ in receipts], RECONCILE_CHUNK):
+                try:
+                    held = await self._national.acknowledged(chunk)
+                except Exception as error:
+                    raise DependencyUnavailableError("national system") from error
+                missing.extend(key for key in chunk if key not in held)
+            requeued = await self._repository.requeue_ids(missing, utc_now())
+            return {"checked": len(receipts), "requeued": requeued, "ids": missing[:MAX_LISTED_REQUEUES]}
+
+        content = {"start": period_start.isoformat(), "end": period_end.isoformat()}
+        result = await self._once("reconcile", request_id, content, action)
+        return int(result["checked"]), list(result["ids"]), int(result["requeued"])
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -15,10 +15,34 @@ class SyncSettings(ServiceSettings):
     metrics_port: int = Field(9454, ge=0, le=65535)
     mongodb_database: str = Field("emr_sync", min_length=1)
     records_target: str = Field("127.0.0.1:50052", description="host:port of the records service")
+    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
     national_url: str = Field("http://127.0.0.1:8090", description="Base URL of the national system's API")
+    national_client_id: str = Field("emr-platform", description="OAuth2 client id at the national system")
+    national_client_secret: str = Field(
+        "dev-secret", description="OAuth2 client secret (set a real one outside dev)"
+    )
+    national_token_path: str = Field("/oauth/token", description="Token endpoint, relative to the URL")
     poll_interval_seconds: float = Field(1.0, gt=0, description="Pause between feed polls when idle")
-    batch_size: int = Field(100, ge=1, le=1000, description="Changes taken and deliveries sent per round")
+    batch_size: int = Field(
+        100, ge=1, le=1000, description="Changes taken, and deliveries per partition, per round"
+    )
     http_timeout_seconds: float = Field(
         10.0, gt=0, description="Deadline of one delivery to the national system"
     )
+    first_retry_delay_seconds: float = Field(1.0, gt=0, description="Wait after a first failed attempt")
     max_retry_delay_seconds: float = Field(300.0, gt=0, description="Longest wait between two attempts")
+    default_retry_after_seconds: float = Field(
+        5.0, gt=0, description="Wait after HTTP 429 when the answer has no Retry-After"
+    )
+    concurrency: int = Field(16, ge=1, le=256, description="Deliveries in flight at once per replica")
+    partitions: int = Field(
+        16, ge=1, le=1024, description="Work partitions (patients hashed); same value on every replica"
+    )
+    partitions_per_round: int = Field(
+        8, ge=1, le=1024, description="Partitions one replica leases per round (others take the rest)"
+    )
+    lease_seconds: float = Field(30.0, gt=0, description="Lifetime of a work lease; renewed while working")
+    replica_id: str = Field("", description="Name of this replica in leases; empty: host:pid")
+    circuit_failure_threshold: int = Field(5, ge=1, description="Failures in a row that open the circuit")
+    circuit_open_seconds: float = Field(5.0, gt=0, description="First pause of an open circuit")
+    circuit_max_open_seconds: float = Field(300.0, gt=0, description="Longest pause of an open circuit")

@@ -1,101 +1,137 @@
-"""Unit tests of the sync domain: deliveries, retry backoff and the facility filter (pure, no I/O)."""
+"""Unit tests of the sync domain: ids, ordering, backoff, circuit breaker, filters (pure, no I/O)."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 
 import pytest
 
 from emr_runtime.errors import InvalidArgumentError
 from emr_sync.domain import (
-    FIRST_RETRY_DELAY,
-    DeliveryStatus,
+    CircuitBreaker,
+    CircuitState,
+    Delivery,
+    DeliveryKind,
     check_facility_filter,
+    check_period,
     delivery_id,
     new_delivery,
+    partition_of,
     retry_delay,
+    sendable_runs,
+    short_reason,
 )
 
 NOW = datetime(2024, 6, 15, 8, 30, tzinfo=UTC)
+FIRST = timedelta(seconds=1)
 LONGEST = timedelta(minutes=5)
 
 
-@pytest.mark.parametrize(
-    ("attempts", "seconds"),
-    [(0, 1), (1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 64), (8, 128), (9, 256)],
-)
-def test_retry_delay_doubles_from_one_second(attempts: int, seconds: int) -> None:
-    assert timedelta(seconds=1) == FIRST_RETRY_DELAY
-    assert retry_delay(attempts, LONGEST) == timedelta(seconds=seconds)
+def delivery(
+    patient: str, feed_sequence: int, kind: DeliveryKind = DeliveryKind.FHIR_TRANSACTION
+) -> Delivery:
+    return new_delivery(
+        kind, "Encounter", f"enc-{feed_sequence}", 1, patient, "79001", feed_sequence, 16, {}, NOW, NOW
+    )
 
 
-@pytest.mark.parametrize("attempts", [10, 11, 20, 40])
-def test_retry_delay_is_capped(attempts: int) -> None:
-    assert retry_delay(attempts, LONGEST) == LONGEST
+def test_idempotency_key_per_kind_resource_and_version() -> None:
+    assert delivery_id(DeliveryKind.FHIR_TRANSACTION, "Encounter", "e1", 3) == "Encounter/e1/_history/3"
+    assert delivery_id(DeliveryKind.CLAIM_XML, "Encounter", "e1", 3) == "Claim/Encounter/e1/_history/3"
 
 
-def test_retry_delay_each_step_doubles_until_the_cap() -> None:
-    longest = timedelta(hours=1)
-    delays = [retry_delay(attempts, longest) for attempts in range(1, 20)]
-    for previous, current in pairwise(delays):
-        assert current == min(previous * 2, longest)
-    assert delays[-1] == longest
+def test_claim_follows_its_bundle_and_precedes_the_next_change() -> None:
+    bundle = delivery("p", 7)
+    claim = delivery("p", 7, DeliveryKind.CLAIM_XML)
+    later = delivery("p", 8)
+    assert bundle.sequence < claim.sequence < later.sequence
 
 
-def test_retry_delay_cap_below_the_first_delay() -> None:
-    assert retry_delay(1, timedelta(milliseconds=250)) == timedelta(milliseconds=250)
+def test_partition_is_stable_and_in_range() -> None:
+    assert partition_of("0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d", 16) == partition_of(
+        "0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d", 16
+    )
+    spread = {partition_of(f"patient-{i}", 16) for i in range(500)}
+    assert spread == set(range(16))
 
 
-def test_delivery_id_format() -> None:
-    assert delivery_id("Encounter", "enc-1", 3) == "Encounter/enc-1/_history/3"
+@pytest.mark.parametrize("attempts", [1, 2, 3, 5, 8])
+def test_retry_delay_is_jittered_within_half_to_full_exponential(attempts: int) -> None:
+    ceiling = min(FIRST * 2 ** (attempts - 1), LONGEST)
+    rng = random.Random(attempts)
+    for _ in range(50):
+        delay = retry_delay(attempts, FIRST, LONGEST, rng)
+        assert ceiling / 2 <= delay <= ceiling
 
 
-def test_delivery_id_differs_by_version_and_resource() -> None:
-    ids = {
-        delivery_id("Encounter", "enc-1", 1),
-        delivery_id("Encounter", "enc-1", 2),
-        delivery_id("Encounter", "enc-2", 1),
-        delivery_id("Patient", "enc-1", 1),
-    }
-    assert len(ids) == 4
+@pytest.mark.parametrize("attempts", [10, 40, 10_000])
+def test_retry_delay_is_capped_and_never_overflows(attempts: int) -> None:
+    assert retry_delay(attempts, FIRST, LONGEST) <= LONGEST
 
 
-def test_new_delivery_is_pending_and_due_now() -> None:
-    payload = {"resourceType": "Encounter", "id": "enc-1"}
-    delivery = new_delivery("Encounter", "enc-1", 2, "patient-1", "79001", payload, NOW)
-    assert delivery.delivery_id == "Encounter/enc-1/_history/2"
-    assert delivery.status is DeliveryStatus.PENDING
-    assert delivery.attempts == 0
-    assert delivery.next_attempt_at == NOW
-    assert delivery.created_at == NOW
-    assert delivery.resource_type == "Encounter"
-    assert delivery.resource_id == "enc-1"
-    assert delivery.resource_version == 2
-    assert delivery.patient_id == "patient-1"
-    assert delivery.facility_code == "79001"
-    assert delivery.payload == payload
-    assert delivery.last_error == ""
-    assert delivery.delivered_at is None
-    assert delivery.transaction_id == ""
+def test_sendable_runs_keep_patient_order_and_stop_at_a_backing_off_delivery() -> None:
+    first, second, third = delivery("a", 1), delivery("a", 2), delivery("a", 3)
+    other = delivery("b", 4)
+    assert sendable_runs([third, other, first, second], NOW) == [[first, second, third], [other]]
+
+    waiting = Delivery(**{**first.__dict__, "next_attempt_at": NOW + timedelta(seconds=5)})
+    assert sendable_runs([third, waiting, second, other], NOW) == [[other]]
+    due_later = Delivery(**{**second.__dict__, "next_attempt_at": NOW + timedelta(seconds=5)})
+    assert sendable_runs([first, due_later, third], NOW) == [[first]]
 
 
-@pytest.mark.parametrize(("raw", "code"), [("", ""), ("   ", ""), ("79001", "79001"), (" ab12c ", "AB12C")])
-def test_facility_filter_accepted(raw: str, code: str) -> None:
-    assert check_facility_filter(raw) == code
+def test_circuit_opens_after_threshold_probes_and_closes_on_success() -> None:
+    breaker = CircuitBreaker(3, timedelta(seconds=10), timedelta(seconds=60))
+    for _ in range(2):
+        breaker.record_failure(NOW)
+    assert breaker.allow(NOW)
+    breaker.record_failure(NOW)
+    assert breaker.state is CircuitState.OPEN
+    assert not breaker.allow(NOW + timedelta(seconds=9))
+    assert breaker.retry_at() == NOW + timedelta(seconds=10)
+    probe_time = NOW + timedelta(seconds=10)
+    assert breaker.allow(probe_time)  # the single probe
+    assert not breaker.allow(probe_time)
+    breaker.record_failure(probe_time)
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.retry_at() == probe_time + timedelta(seconds=10)
+    later = probe_time + timedelta(seconds=10)
+    assert breaker.allow(later)
+    breaker.record_failure(later)
+    assert breaker.retry_at() == later + timedelta(seconds=20)  # doubled after a failed probe
+    assert breaker.allow(later + timedelta(seconds=20))
+    breaker.record_success()
+    assert breaker.state.value == CircuitState.CLOSED.value
+    assert breaker.allow(later + timedelta(seconds=20))
 
 
-@pytest.mark.parametrize("raw", ["7900", "790011", "79 01", "79-01", "ALL"])
-def test_facility_filter_rejected(raw: str) -> None:
-    with pytest.raises(InvalidArgumentError) as caught:
-        check_facility_filter(raw)
-    assert [v.field for v in caught.value.violations] == ["facility_code"]
+def test_short_reason_is_bounded() -> None:
+    assert short_reason("bad") == "bad"
+    assert len(short_reason("x" * 2000)) == 500
 
 
-def test_retry_delay_stays_capped_after_days_of_failures() -> None:
-    from datetime import timedelta
+@pytest.mark.parametrize(("given", "expected"), [("", ""), ("79001", "79001"), (" 79001 ", "79001")])
+def test_facility_filter_accepts_empty_or_a_code(given: str, expected: str) -> None:
+    assert check_facility_filter(given) == expected
 
-    from emr_sync.domain import retry_delay
 
-    assert retry_delay(48, timedelta(seconds=300)) == timedelta(seconds=300)
-    assert retry_delay(10_000, timedelta(seconds=300)) == timedelta(seconds=300)
+def test_facility_filter_rejects_a_bad_code() -> None:
+    with pytest.raises(InvalidArgumentError):
+        check_facility_filter("7")
+
+
+def test_period_must_be_given_and_ordered() -> None:
+    assert check_period(NOW, NOW + timedelta(hours=1)) == (NOW, NOW + timedelta(hours=1))
+    for start, end in [(None, NOW), (NOW, None), (NOW, NOW), (NOW, NOW - timedelta(seconds=1))]:
+        with pytest.raises(InvalidArgumentError):
+            check_period(start, end)
+
+
+def test_a_probe_that_never_reports_is_replaced_after_a_pause() -> None:
+    breaker = CircuitBreaker(1, timedelta(seconds=10), timedelta(seconds=60))
+    breaker.record_failure(NOW)
+    probe_time = NOW + timedelta(seconds=10)
+    assert breaker.allow(probe_time)
+    assert not breaker.allow(probe_time + timedelta(seconds=9))
+    assert breaker.allow(probe_time + timedelta(seconds=10))

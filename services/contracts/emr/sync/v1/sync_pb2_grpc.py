@@ -40,6 +40,26 @@ class NationalSyncServiceStub:
                 request_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusRequest.SerializeToString,
                 response_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/emr.sync.v1.NationalSyncService/ListDeadLetters',
+                request_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetter = channel.unary_unary(
+                '/emr.sync.v1.NationalSyncService/RetryDeadLetter',
+                request_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterRequest.SerializeToString,
+                response_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.Replay = channel.unary_unary(
+                '/emr.sync.v1.NationalSyncService/Replay',
+                request_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReplayRequest.SerializeToString,
+                response_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReplayResponse.FromString,
+                _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/emr.sync.v1.NationalSyncService/Reconcile',
+                request_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class NationalSyncServiceServicer:
@@ -53,6 +73,36 @@ class NationalSyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """ListDeadLetters lists deliveries the national system rejected for good, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetter(self, request, context):
+        """RetryDeadLetter puts a dead-lettered delivery back in the queue (after the data was fixed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Replay(self, request, context):
+        """Replay re-queues every delivery of changes committed at or after a time; the national side
+        deduplicates by Idempotency-Key, so only what it no longer holds is applied again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request, context):
+        """Reconcile compares local receipts of a period with what the national side acknowledges and
+        re-queues what it is missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NationalSyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +110,26 @@ def add_NationalSyncServiceServicer_to_server(servicer, server):
                     servicer.GetSyncStatus,
                     request_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusRequest.FromString,
                     response_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetter,
+                    request_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterRequest.FromString,
+                    response_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterResponse.SerializeToString,
+            ),
+            'Replay': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replay,
+                    request_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReplayRequest.FromString,
+                    response_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReplayResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileRequest.FromString,
+                    response_serializer=emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +160,114 @@ class NationalSyncService:
             '/emr.sync.v1.NationalSyncService/GetSyncStatus',
             emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusRequest.SerializeToString,
             emr_dot_sync_dot_v1_dot_sync__pb2.GetSyncStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.sync.v1.NationalSyncService/ListDeadLetters',
+            emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersRequest.SerializeToString,
+            emr_dot_sync_dot_v1_dot_sync__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.sync.v1.NationalSyncService/RetryDeadLetter',
+            emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterRequest.SerializeToString,
+            emr_dot_sync_dot_v1_dot_sync__pb2.RetryDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.sync.v1.NationalSyncService/Replay',
+            emr_dot_sync_dot_v1_dot_sync__pb2.ReplayRequest.SerializeToString,
+            emr_dot_sync_dot_v1_dot_sync__pb2.ReplayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.sync.v1.NationalSyncService/Reconcile',
+            emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileRequest.SerializeToString,
+            emr_dot_sync_dot_v1_dot_sync__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,462 @@
+"""National sync through real processes: records and identity, sync replicas of their own (own
+database, fast retry settings) and an emulator of their own with injected faults. Every test checks
+what the receiver applied: every (resource, version) exactly once, each patient's in order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+import pytest
+from emr.identity.v1 import identity_pb2
+from emr.records.v1 import records_pb2
+from emr.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from pymongo import AsyncMongoClient
+
+from emr_devstack.processes import ManagedProcess, free_port
+from emr_devstack.stack import Stack
+from emr_runtime.caller import caller_metadata
+
+T = TypeVar("T")
+CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
+FAST_SYNC = {
+    "SYNC_POLL_INTERVAL_SECONDS": "0.1",
+    "SYNC_LEASE_SECONDS": "1.5",
+    "SYNC_FIRST_RETRY_DELAY_SECONDS": "0.1",
+    "SYNC_MAX_RETRY_DELAY_SECONDS": "0.5",
+    "SYNC_CIRCUIT_FAILURE_THRESHOLD": "3",
+    "SYNC_CIRCUIT_OPEN_SECONDS": "0.2",
+    "SYNC_CIRCUIT_MAX_OPEN_SECONDS": "0.5",
+    "SYNC_HTTP_TIMEOUT_SECONDS": "3",
+    "SYNC_DEFAULT_RETRY_AFTER_SECONDS": "0.5",
+    "SYNC_PARTITIONS": "8",
+    "SYNC_PARTITIONS_PER_ROUND": "4",
+}
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 60.0) -> T:
+    """Polls ``probe`` until it returns a value: asynchronous delivery has a deadline, not a delay."""
+    deadline = time.monotonic() + within_seconds
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.1)
+
+
+def stamp(moment: datetime) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(moment)
+    return result
+
+
+@dataclass
+class SyncSite:
+    """Sync replicas and their national emulator, started for one test."""
+
+    stack: Stack
+    database: str
+    emulator_port: int
+    replicas: dict[str, tuple[ManagedProcess, int]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    def start_replica(self, name: str) -> None:
+        ports = self.stack.with_ports(sync=free_port(), sync_metrics=free_port())
+        process = self.stack.start_service(
+            "sync",
+            ports=ports,
+            name=name,
+            extra_env={
+                **FAST_SYNC,
+                "SYNC_MONGODB_DATABASE": self.database,
+                "SYNC_NATIONAL_URL": self.emulator_url,
+                "SYNC_REPLICA_ID": name,
+                "SYNC_METRICS_PORT": "0",
+            },
+        )
+        self.replicas[name] = (process, ports.sync)
+        self.names.append(name)
+
+    def stub(self, name: str) -> sync_pb2_grpc.NationalSyncServiceStub:
+        return sync_pb2_grpc.NationalSyncServiceStub(
+            grpc.aio.insecure_channel(f"127.0.0.1:{self.replicas[name][1]}")
+        )
+
+
+@pytest.fixture
+async def site(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[SyncSite]:
+    emulator_port = free_port()
+    name = f"emulator-{uuid.uuid4().hex[:6]}"
+    stack.start_service(
+        "national_emulator",
+        ports=stack.with_ports(national_emulator=emulator_port),
+        name=name,
+        # Tokens live 2 s, so every test also renews its token.
+        extra_env={"NATIONAL_EMULATOR_TOKEN_TTL_SECONDS": "2", "NATIONAL_EMULATOR_LOG_LEVEL": "warning"},
+    )
+    result = SyncSite(stack, f"emr_sync_test_{uuid.uuid4().hex[:8]}", emulator_port)
+    # These replicas start where the feed is now: what other tests wrote is not theirs to send.
+    last = await mongo["emr_records"]["changes"].find_one({}, sort=[("_id", -1)])
+    start = int(last["_id"]) if last else 0
+    await mongo[result.database]["cursors"].insert_one({"_id": "records", "after": start})
+    yield result
+    for process_name in [*result.names, name]:
+        stack.processes.pop(process_name).stop()
+
+
+async def set_faults(site: SyncSite, **faults: Any) -> None:
+    async with httpx.AsyncClient(base_url=site.emulator_url) as http:
+        (await http.put("/admin/faults", json=faults)).raise_for_status()
+
+
+async def emulator(site: SyncSite, path: str, **params: str) -> Any:
+    async with httpx.AsyncClient(base_url=site.emulator_url) as http:
+        response = await http.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+
+async def register(identity: Any, facility_code: str, *, cccd: bool = True, bhyt: str = "") -> str:
+    serial = uuid.uuid4().int % 10**6
+    identifiers = [
+        identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079092{serial:06d}")
+        if cccd
+        else identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_PASSPORT, value=f"C{serial:07d}")
+    ]
+    if bhyt:
+        identifiers.append(identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value=bhyt))
+    response = await identity.RegisterPatient(
+        identity_pb2.RegisterPatientRequest(
+            request_id=str(uuid.uuid4()),
+            full_name="Lê Văn Tám",
+            birth_date="1992-03-14",
+            sex=identity_pb2.SEX_MALE,
+            facility_code=facility_code,
+            identifiers=identifiers,
+        ),
+        metadata=CLINICIAN,
+    )
+    return str(response.patient.patient_id)
+
+
+async def finished_encounter(
+    records: Any, patient_id: str, facility_code: str, *, bhyt: str = "", revisions: int = 0
+) -> list[tuple[str, int]]:
+    """A finished visit (and ``revisions`` further versions of it): its (id, version) pairs."""
+    now = datetime.now(UTC)
+    created = await records.CreateEncounter(
+        records_pb2.CreateEncounterRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code=facility_code,
+            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+            start_time=stamp(now - timedelta(hours=1)),
+            end_time=stamp(now - timedelta(minutes=5)),
+            reason="Khám định kỳ",
+            department="K01",
+            insurance=records_pb2.EncounterInsurance(bhyt_number=bhyt, benefit_level=4) if bhyt else None,
+        ),
+        metadata=CLINICIAN,
+    )
+    encounter = created.encounter
+    versions = [(encounter.encounter_id, int(encounter.version))]
+    for revision in range(revisions):
+        encounter.reason = f"Khám định kỳ, bổ sung {revision + 1}"
+        updated = await records.UpdateResource(
+            records_pb2.UpdateResourceRequest(
+                request_id=str(uuid.uuid4()),
+                resource=records_pb2.ClinicalResource(encounter=encounter),
+                expected_version=encounter.version,
+            ),
+            metadata=CLINICIAN,
+        )
+        encounter = updated.resource.encounter
+        versions.append((encounter.encounter_id, int(encounter.version)))
+    return versions
+
+
+async def applied_encounters(site: SyncSite, patient_id: str) -> list[tuple[str, int]]:
+    """The encounter versions the emulator applied for a patient, in the order it applied them."""
+    held = await emulator(site, "/deliveries", patient_id=patient_id, kind="fhir")
+    found = []
+    for item in held["items"]:
+        (encounter,) = [e for e in item["entries"] if e["resource_type"] == "Encounter"]
+        found.append((encounter["id"], int(encounter["version"])))
+    return found
+
+
+async def status(site: SyncSite, name: str, facility_code: str) -> sync_pb2.GetSyncStatusResponse:
+    response: sync_pb2.GetSyncStatusResponse = await site.stub(name).GetSyncStatus(
+        sync_pb2.GetSyncStatusRequest(facility_code=facility_code)
+    )
+    return response
+
+
+async def all_delivered(site: SyncSite, name: str, facility_code: str, expected: int) -> None:
+    async def done() -> bool | None:
+        current = await status(site, name, facility_code)
+        return True if current.delivered == expected else None
+
+    await eventually(done)
+
+
+async def assert_exactly_once_in_order(site: SyncSite, expected: dict[str, list[tuple[str, int]]]) -> None:
+    for patient_id, versions in expected.items():
+        assert await applied_encounters(site, patient_id) == versions
+    resources = await emulator(site, "/resources", resource_type="Encounter")
+    ours = {pair for versions in expected.values() for pair in versions}
+    held = [(r["id"], int(r["version"])) for r in resources["items"] if (r["id"], int(r["version"])) in ours]
+    assert sorted(held) == sorted(ours)
+
+
+async def test_outage_backlog_ages_then_drains_exactly_once_in_patient_order(
+    site: SyncSite, identity: Any, records: Any, facility_code: str
+) -> None:
+    await set_faults(site, outage_seconds=3600)
+    site.start_replica("outage-a")
+    site.start_replica("outage-b")
+    expected: dict[str, list[tuple[str, int]]] = {}
+    for _ in range(4):
+        patient_id = await register(identity, facility_code)
+        expected[patient_id] = []
+        for _ in range(3):
+            expected[patient_id] += await finished_encounter(records, patient_id, facility_code, revisions=1)
+    total = sum(len(v) for v in expected.values())
+
+    async def backlog_queued() -> sync_pb2.GetSyncStatusResponse | None:
+        current = await status(site, "outage-a", facility_code)
+        queued = current.pending + current.in_flight == total and current.failed > 0
+        return current if queued and not current.national_reachable else None
+
+    first = await eventually(backlog_queued)
+    assert first.delivered == 0
+    assert first.HasField("oldest_pending_time")
+    assert "503" in first.last_error
+
+    async def older() -> sync_pb2.GetSyncStatusResponse | None:
+        current = await status(site, "outage-b", facility_code)
+        return (
+            current if current.oldest_pending_age_seconds > first.oldest_pending_age_seconds + 0.5 else None
+        )
+
+    aged = await eventually(older)
+    assert aged.oldest_pending_time == first.oldest_pending_time
+    assert aged.delivered == 0
+
+    await set_faults(site, outage_seconds=0)
+    await all_delivered(site, "outage-a", facility_code, total)
+    await assert_exactly_once_in_order(site, expected)
+    final = await status(site, "outage-b", facility_code)
+    assert (final.pending, final.in_flight, final.dead_lettered) == (0, 0, 0)
+    assert not final.HasField("oldest_pending_time")
+    assert final.national_reachable
+    assert final.HasField("last_delivered_time")
+
+
+async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
+    site: SyncSite, identity: Any, records: Any, facility_code: str, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    # Queued during an outage, then sent slowly: replica a is surely mid-batch when it is killed.
+    await set_faults(site, outage_seconds=3600)
+    site.start_replica("kill-a")
+    site.start_replica("kill-b")
+    expected: dict[str, list[tuple[str, int]]] = {}
+    for _ in range(6):
+        patient_id = await register(identity, facility_code)
+        expected[patient_id] = []
+        for _ in range(2):
+            expected[patient_id] += await finished_encounter(records, patient_id, facility_code, revisions=1)
+    total = sum(len(v) for v in expected.values())
+    deliveries = mongo[site.database]["deliveries"]
+    ours = [encounter_id for versions in expected.values() for encounter_id, _ in versions]
+
+    async def queued() -> bool | None:
+        current = await status(site, "kill-b", facility_code)
+        return True if current.pending + current.in_flight == total else None
+
+    await eventually(queued)
+    await set_faults(site, outage_seconds=0, latency_ms=300)
+
+    async def a_is_sending() -> bool | None:
+        found = await deliveries.find_one(
+            {
+                "resource_id": {"$in": ours},
+                "in_flight_by": "kill-a",
+                "in_flight_until": {"$gt": datetime.now(UTC)},
+                "status": "pending",
+            }
+        )
+        return True if found else None
+
+    await eventually(a_is_sending)
+    process, _ = site.replicas["kill-a"]
+    process.signal(signal.SIGKILL)
+    process.wait(10)
+
+    await all_delivered(site, "kill-b", facility_code, total)
+    await assert_exactly_once_in_order(site, expected)
+    held = await deliveries.count_documents(
+        {"resource_id": {"$in": ours}, "status": "delivered", "transaction_id": {"$ne": ""}}
+    )
+    assert held == total
+
+
+async def test_commit_then_drop_and_throttling_apply_nothing_twice(
+    site: SyncSite, identity: Any, records: Any, facility_code: str, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    await set_faults(
+        site, drop_after_commit_rate=0.5, throttle_rate=0.1, retry_after_seconds=1, error_rate=0.1
+    )
+    site.start_replica("drop-a")
+    expected: dict[str, list[tuple[str, int]]] = {}
+    for _ in range(4):
+        patient_id = await register(identity, facility_code)
+        expected[patient_id] = []
+        for _ in range(3):
+            expected[patient_id] += await finished_encounter(records, patient_id, facility_code)
+    total = sum(len(v) for v in expected.values())
+
+    await all_delivered(site, "drop-a", facility_code, total)
+    await assert_exactly_once_in_order(site, expected)
+    stats = await emulator(site, "/stats")
+    assert stats["duplicates_received"] > 0  # answers were lost after commit and the resends deduplicated
+    # The receipt kept locally is the national side's transaction id of the first (applied) submission.
+    deliveries = mongo[site.database]["deliveries"]
+    for versions in expected.values():
+        for encounter_id, version in versions:
+            key = f"Encounter/{encounter_id}/_history/{version}"
+            local = await deliveries.find_one({"_id": key})
+            assert local is not None
+            national = await emulator(site, f"/deliveries/{key}")
+            assert local["transaction_id"] == national["transaction_id"]
+            assert local["receipts"][-1]["transaction_id"] == national["transaction_id"]
+
+
+async def test_rejected_payload_is_dead_lettered_and_the_rest_flows(
+    site: SyncSite, identity: Any, records: Any, facility_code: str
+) -> None:
+    site.start_replica("dead-a")
+    without_cccd = await register(identity, facility_code, cccd=False)
+    rejected = await finished_encounter(records, without_cccd, facility_code)
+    expected: dict[str, list[tuple[str, int]]] = {}
+    for _ in range(3):
+        patient_id = await register(identity, facility_code)
+        expected[patient_id] = await finished_encounter(records, patient_id, facility_code, revisions=1)
+    total = sum(len(v) for v in expected.values())
+
+    await all_delivered(site, "dead-a", facility_code, total)
+    await assert_exactly_once_in_order(site, expected)
+    stub = site.stub("dead-a")
+
+    async def dead_lettered() -> sync_pb2.ListDeadLettersResponse | None:
+        page = await stub.ListDeadLetters(sync_pb2.ListDeadLettersRequest(facility_code=facility_code))
+        return page if len(page.dead_letters) == 1 else None
+
+    page = await eventually(dead_lettered)
+    (letter,) = page.dead_letters
+    assert letter.delivery_id == f"Encounter/{rejected[0][0]}/_history/1"
+    assert letter.kind == sync_pb2.DELIVERY_KIND_FHIR_TRANSACTION
+    assert letter.patient_id == without_cccd
+    assert "CCCD" in letter.reason
+    assert letter.attempts == 1
+    assert letter.HasField("dead_time")
+    assert (await status(site, "dead-a", facility_code)).dead_lettered == 1
+    assert await applied_encounters(site, without_cccd) == []
+
+    request = sync_pb2.RetryDeadLetterRequest(request_id=str(uuid.uuid4()), delivery_id=letter.delivery_id)
+    assert (await stub.RetryDeadLetter(request)).delivery_id == letter.delivery_id
+
+    async def rejected_again() -> sync_pb2.DeadLetter | None:
+        again = await stub.ListDeadLetters(sync_pb2.ListDeadLettersRequest(facility_code=facility_code))
+        return again.dead_letters[0] if again.dead_letters and again.dead_letters[0].attempts == 2 else None
+
+    await eventually(rejected_again)
+    # A repeated request returns its first result; the same id for another delivery is refused.
+    assert (await stub.RetryDeadLetter(request)).delivery_id == letter.delivery_id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.RetryDeadLetter(
+            sync_pb2.RetryDeadLetterRequest(
+                request_id=request.request_id, delivery_id="Encounter/x/_history/1"
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.RetryDeadLetter(
+            sync_pb2.RetryDeadLetterRequest(
+                request_id=str(uuid.uuid4()), delivery_id="Encounter/x/_history/1"
+            )
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reconcile_resends_what_the_national_side_lost_and_replay_is_deduplicated(
+    site: SyncSite, identity: Any, records: Any, facility_code: str
+) -> None:
+    site.start_replica("reconcile-a")
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    bhyt = f"DN479{uuid.uuid4().int % 10**10:010d}"
+    patient_id = await register(identity, facility_code, bhyt=bhyt)
+    versions = await finished_encounter(records, patient_id, facility_code, bhyt=bhyt, revisions=2)
+    await all_delivered(site, "reconcile-a", facility_code, len(versions) * 2)  # bundles and claims
+    lost = f"Encounter/{versions[1][0]}/_history/{versions[1][1]}"
+    async with httpx.AsyncClient(base_url=site.emulator_url) as http:
+        assert (await http.post(f"/admin/forget/{lost}")).json() == {"forgotten": True}
+    stub = site.stub("reconcile-a")
+    request = sync_pb2.ReconcileRequest(
+        request_id=str(uuid.uuid4()),
+        start_time=stamp(started),
+        end_time=stamp(datetime.now(UTC) + timedelta(seconds=1)),
+    )
+    outcome = await stub.Reconcile(request)
+    assert outcome.requeued == 1
+    assert list(outcome.requeued_delivery_ids) == [lost]
+    assert outcome.checked >= len(versions) * 2
+    assert await stub.Reconcile(request) == outcome  # a repeat returns the first result
+
+    async def resent() -> bool | None:
+        return (
+            True
+            if lost in {i["idempotency_key"] for i in (await emulator(site, "/deliveries"))["items"]}
+            else None
+        )
+
+    await eventually(resent)
+    await all_delivered(site, "reconcile-a", facility_code, len(versions) * 2)
+
+    # The claims carry the Decision 130 envelope with the visit's XML1.
+    claim = await emulator(site, f"/deliveries/Claim/Encounter/{versions[0][0]}/_history/1")
+    assert claim["content"]["MA_LK"] == versions[0][0]
+    assert claim["content"]["MA_THE_BHYT"] == bhyt
+
+    # Replay re-sends what was committed since a time; the national side applies none of it twice.
+    before = await emulator(site, "/stats")
+    replayed = await stub.Replay(
+        sync_pb2.ReplayRequest(request_id=str(uuid.uuid4()), from_time=stamp(started))
+    )
+    assert replayed.requeued >= len(versions) * 2
+
+    async def replay_done() -> bool | None:
+        after = await emulator(site, "/stats")
+        done = after["duplicates_received"] >= before["duplicates_received"] + replayed.requeued
+        return True if done else None
+
+    await eventually(replay_done)
+    assert (await emulator(site, "/stats"))["held"] == before["held"]
+    # Every version once; the lost one was applied again after its successors (it had been lost).
+    applied = await applied_encounters(site, patient_id)
+    assert sorted(applied) == sorted(versions)
