@@ -320,3 +320,22 @@ class Clinical:
 @pytest.fixture
 def clinical(identity: Any, records: Any) -> Clinical:
     return Clinical(identity, records)
+
+
+async def count_stored_documents(mongo: Any) -> dict[str, int]:
+    """What the identity and records services hold, collection by collection: a refused call must
+    leave this unchanged. Work in the background is left out: audit spools (audited reads of sync),
+    tombstones that close abandoned feed positions, and sync's queue (fed later from earlier tests)."""
+    counts: dict[str, int] = {}
+    for database in ("emr_identity", "emr_records"):
+        for collection in await mongo[database].list_collection_names():
+            if collection == "audit_spool":
+                continue
+            query = {"tombstone": {"$ne": True}} if collection == "changes" else {}
+            counts[f"{database}.{collection}"] = await mongo[database][collection].count_documents(query)
+    return counts
+
+
+@pytest.fixture
+def stored_documents(mongo: Any) -> Callable[[], Any]:
+    return lambda: count_stored_documents(mongo)

@@ -22,18 +22,6 @@ def stamp(offset_seconds: int) -> Timestamp:
     return result
 
 
-async def document_counts(mongo: Any) -> dict[str, int]:
-    """How many documents every collection of every service holds, except the audit log itself
-    (a refused call is still an access, and is audited)."""
-    counts = {}
-    for database in ("emr_identity", "emr_records", "emr_sync"):
-        for collection in await mongo[database].list_collection_names():
-            if collection == "audit_spool":  # sync's audited background reads may spool meanwhile
-                continue
-            counts[f"{database}.{collection}"] = await mongo[database][collection].count_documents({})
-    return counts
-
-
 async def expect_error(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -78,19 +66,19 @@ async def expect_error(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError
 )
 async def test_register_patient_rejects_bad_fields(
     identity: Any,
-    mongo: Any,
+    stored_documents: Any,
     registration: Any,
     facility_code: str,
     bad_fields: Any,
     overrides: Any,
     fields: Any,
 ) -> None:
-    before = await document_counts(mongo)
+    before = await stored_documents()
     error = await expect_error(
         identity.RegisterPatient(registration(facility_code, **overrides)), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert bad_fields(error) == fields
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 async def test_get_patient_names_the_field(identity: Any, bad_fields: Any) -> None:
@@ -106,17 +94,17 @@ async def test_get_patient_names_the_field(identity: Any, bad_fields: Any) -> No
 
 
 async def test_request_id_reused_for_different_content_is_refused(
-    identity: Any, mongo: Any, registration: Any, facility_code: str
+    identity: Any, stored_documents: Any, registration: Any, facility_code: str
 ) -> None:
     first = registration(facility_code)
     created = await identity.RegisterPatient(first)
     repeated = await identity.RegisterPatient(first)
     assert repeated == created
-    before = await document_counts(mongo)
+    before = await stored_documents()
     changed = registration(facility_code, request_id=first.request_id, full_name="Lê Văn Tám")
     error = await expect_error(identity.RegisterPatient(changed), grpc.StatusCode.ABORTED)
     assert "request_id" in (error.details() or "")
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 def encounter_request(
@@ -135,15 +123,15 @@ def encounter_request(
 
 
 async def test_create_encounter_for_unknown_patient_is_not_found(
-    records: Any, mongo: Any, facility_code: str
+    records: Any, stored_documents: Any, facility_code: str
 ) -> None:
-    before = await document_counts(mongo)
+    before = await stored_documents()
     error = await expect_error(
         records.CreateEncounter(encounter_request(str(uuid.uuid4()), facility_code)),
         grpc.StatusCode.NOT_FOUND,
     )
     assert "patient_id" in (error.details() or "")
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 @pytest.mark.parametrize(
@@ -161,7 +149,7 @@ async def test_create_encounter_for_unknown_patient_is_not_found(
 async def test_create_encounter_rejects_bad_fields(
     identity: Any,
     records: Any,
-    mongo: Any,
+    stored_documents: Any,
     registration: Any,
     facility_code: str,
     bad_fields: Any,
@@ -169,13 +157,13 @@ async def test_create_encounter_rejects_bad_fields(
     fields: Any,
 ) -> None:
     patient = (await identity.RegisterPatient(registration(facility_code))).patient
-    before = await document_counts(mongo)
+    before = await stored_documents()
     error = await expect_error(
         records.CreateEncounter(encounter_request(patient.patient_id, facility_code, **overrides)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert bad_fields(error) == fields
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 async def test_encounter_reads_name_the_field(records: Any, bad_fields: Any) -> None:

@@ -221,17 +221,6 @@ async def test_timeline_pages_are_stable_and_filters_apply(
     assert listed.next_page_token
 
 
-async def document_counts(mongo: Any) -> dict[str, int]:
-    # The audit spool is left out: sync's background reads for the national report are audited
-    # too, and spooled while audit is slow to answer.
-    db = mongo["emr_records"]
-    return {
-        name: await db[name].count_documents({})
-        for name in await db.list_collection_names()
-        if name != "audit_spool"
-    }
-
-
 @pytest.mark.parametrize(
     ("mutate", "code", "field"),
     [
@@ -270,7 +259,7 @@ async def document_counts(mongo: Any) -> dict[str, int]:
 async def test_bad_observations_are_refused_and_nothing_is_written(
     clinical: Any,
     records: Any,
-    mongo: Any,
+    stored_documents: Any,
     facility_code: str,
     bad_fields: Any,
     mutate: Any,
@@ -281,7 +270,7 @@ async def test_bad_observations_are_refused_and_nothing_is_written(
     encounter_id = await clinical.encounter(patient_id, facility_code)
     resource = clinical.every_resource(patient_id, facility_code, encounter_id)[0]
     mutate(resource)
-    before = await document_counts(mongo)
+    before = await stored_documents()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await clinical.create(resource)
     assert caught.value.code().name == code
@@ -289,11 +278,11 @@ async def test_bad_observations_are_refused_and_nothing_is_written(
         assert bad_fields(caught.value) == [field]
     else:
         assert field in (caught.value.details() or "")
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 async def test_procedure_ending_before_it_starts_and_oversized_documents_are_refused(
-    clinical: Any, records: Any, mongo: Any, facility_code: str, bad_fields: Any
+    clinical: Any, records: Any, stored_documents: Any, facility_code: str, bad_fields: Any
 ) -> None:
     patient_id = await clinical.patient(facility_code)
     encounter_id = await clinical.encounter(patient_id, facility_code)
@@ -301,7 +290,7 @@ async def test_procedure_ending_before_it_starts_and_oversized_documents_are_ref
     procedure, document = resources[3], resources[4]
     procedure.procedure.performed_end_time.CopyFrom(clinical.timestamp(-7200))
     document.document_reference.content = b"x" * (1024 * 1024 + 1)
-    before = await document_counts(mongo)
+    before = await stored_documents()
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await clinical.create(procedure)
@@ -314,7 +303,7 @@ async def test_procedure_ending_before_it_starts_and_oversized_documents_are_ref
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await records.CreateResource(records_pb2.CreateResourceRequest(request_id=str(uuid.uuid4())))
     assert bad_fields(caught.value) == ["resource"]
-    assert await document_counts(mongo) == before
+    assert await stored_documents() == before
 
 
 async def test_tampered_document_bytes_are_detected_on_read(

@@ -93,10 +93,19 @@ async def retry_transient(operation: Callable[[], Awaitable[T]], attempts: int =
 async def next_sequence(db: Database, counter: str) -> int:
     """Allocates the next number of a named counter atomically (findAndModify with $inc). The
     counter is every writer's hot spot, so lock races on it are retried here."""
-    document = await retry_transient(
-        lambda: db["counters"].find_one_and_update(
-            {"_id": counter}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-    )
+
+    async def increment() -> Document | None:
+        update = {"$inc": {"value": 1}}
+        try:
+            return await db["counters"].find_one_and_update(
+                {"_id": counter}, update, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:
+            # Two first increments raced to create the counter; it exists now.
+            return await db["counters"].find_one_and_update(
+                {"_id": counter}, update, return_document=ReturnDocument.AFTER
+            )
+
+    document = await retry_transient(increment)
     assert document is not None  # upsert always returns the document
     return int(document["value"])

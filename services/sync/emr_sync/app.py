@@ -57,6 +57,9 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     async def run_pipeline() -> None:
         await service.run(settings.poll_interval_seconds)
 
+    async def report_backlog() -> None:
+        await service.report_backlog(max(settings.poll_interval_seconds, 1.0))
+
     return ServiceApp(
         bindings=[
             ServiceBinding(
@@ -66,6 +69,6 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
             )
         ],
         indexes=INDEXES,
-        background=[run_pipeline],
+        background=[run_pipeline, report_backlog],
         on_stop=[records_channel.close, identity_channel.close, national.close],
     )

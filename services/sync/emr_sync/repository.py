@@ -300,6 +300,16 @@ class SyncRepository:
         )
         return {document["_id"]: int(document["n"]) async for document in cursor}
 
+    async def counts_by_facility(self) -> dict[tuple[str, str], int]:
+        """(facility code, status) -> number of deliveries."""
+        cursor = await self._deliveries.aggregate(
+            [{"$group": {"_id": {"facility": "$facility_code", "status": "$status"}, "n": {"$sum": 1}}}]
+        )
+        return {
+            (document["_id"]["facility"], document["_id"]["status"]): int(document["n"])
+            async for document in cursor
+        }
+
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
         return await self._deliveries.count_documents(
             {"status": _PENDING, "in_flight_until": {"$gt": now}, **_facility(facility_code)}

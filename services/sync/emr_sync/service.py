@@ -52,6 +52,7 @@ from emr_sync.domain import (
     sendable_runs,
     short_reason,
 )
+from emr_sync.metrics import DEAD_LETTERS, DELIVERIES, OLDEST_PENDING_AGE, PENDING_DELIVERIES
 from emr_sync.repository import SyncRepository
 
 log = logging.getLogger("emr.sync")
@@ -106,6 +107,7 @@ class SyncService:
         self._patients = patients
         self._national = national
         self._config = config
+        self._reported_facilities: set[str] = set()
         self._breaker = CircuitBreaker(
             config.circuit_failure_threshold, config.circuit_open, config.circuit_max_open
         )
@@ -258,17 +260,20 @@ class SyncService:
         """Stores the outcome of one attempt; True when the patient's next delivery may follow."""
         now = utc_now()
         if result.outcome is SendOutcome.DELIVERED:
+            DELIVERIES.labels("delivered").inc()
             self._breaker.record_success()
             await self._repository.mark_delivered(delivery.delivery_id, result.transaction_id, now)
             await self._note_reachability(True, now)
             return True
         if result.outcome is SendOutcome.REJECTED:
             # The endpoint answered: it is alive; only this payload is wrong. The rest flows on.
+            DELIVERIES.labels("dead_lettered").inc()
             self._breaker.record_success()
             await self._repository.mark_dead(delivery.delivery_id, result.error, now)
             await self._note_reachability(True, now)
             log.warning("delivery dead-lettered", extra={"error": result.error})
             return True
+        DELIVERIES.labels("failed").inc()
         if result.outcome is SendOutcome.THROTTLED:
             # Alive but busy: the circuit need not open (a probe answered 429 closes it); the pause
             # of Retry-After stops this replica hammering.
@@ -319,6 +324,25 @@ class SyncService:
                 await asyncio.sleep(poll_interval)
 
     # --- operations -----------------------------------------------------------------------------
+    async def report_backlog(self, interval: float) -> None:
+        """Keeps the backlog gauges current, per facility; a facility once seen stays, at 0 when
+        caught up, so that its series do not vanish from dashboards."""
+        while True:
+            try:
+                counts = await self._repository.counts_by_facility()
+                now = utc_now()
+                for facility in sorted({facility for facility, _ in counts} | self._reported_facilities):
+                    self._reported_facilities.add(facility)
+                    PENDING_DELIVERIES.labels(facility).set(
+                        counts.get((facility, DeliveryStatus.PENDING.value), 0)
+                    )
+                    DEAD_LETTERS.labels(facility).set(counts.get((facility, DeliveryStatus.DEAD.value), 0))
+                    oldest = await self._repository.oldest_pending_at(facility)
+                    OLDEST_PENDING_AGE.labels(facility).set((now - oldest).total_seconds() if oldest else 0)
+            except Exception as error:
+                log.warning("backlog metrics not refreshed", extra={"error_type": type(error).__name__})
+            await asyncio.sleep(interval)
+
     async def status(self, facility_code: str) -> SyncStatus:
         code = check_facility_filter(facility_code)
         now = utc_now()
