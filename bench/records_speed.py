@@ -168,9 +168,9 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
 
     async with create_channel(stack.target("records"), RECORDS_SERVICE, default_deadline=120) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
-        big = await register(stack, str(uuid.uuid4()))
+        big = await register(stack, "Đỗ Văn Nhiều", "1961-07-21")
         await seed_timeline(stack, big, 2000)
-        small = await register(stack, str(uuid.uuid4()))
+        small = await register(stack, "Lý Thị Ít", "1994-11-03")
         await seed_timeline(stack, small, 10)
         big_p95 = await timeline_p95(stub, big, 300)
         small_p95 = await timeline_p95(stub, small, 300)
@@ -180,14 +180,15 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
         print(f"  ratio: {big_p95 / small_p95:.2f}  (target <= 2)")
 
 
-async def register(stack: Stack, request_id: str) -> str:
+async def register(stack: Stack, full_name: str, birth_date: str) -> str:
+    """A new synthetic person; names and birth dates differ so that identity never links two."""
     async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=120) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         response = await identity.RegisterPatient(
             identity_pb2.RegisterPatientRequest(
-                request_id=request_id,
-                full_name="Bệnh Nhân Ít Hồ Sơ",
-                birth_date="1985-02-02",
+                request_id=str(uuid.uuid4()),
+                full_name=full_name,
+                birth_date=birth_date,
                 sex=identity_pb2.SEX_UNKNOWN,
                 facility_code="79001",
             )

@@ -139,11 +139,14 @@ async def register(identity: Any, facility_code: str, *, cccd: bool = True, bhyt
     ]
     if bhyt:
         identifiers.append(identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value=bhyt))
+    # A different person each time (identity links registrations that look alike); born in 1992, male,
+    # as the CCCD's century/sex and year digits say.
+    given = ("Tám", "Bình", "Cường", "Dũng", "Hải", "Khoa", "Lâm", "Minh", "Nam", "Phúc", "Quang", "Sơn")
     response = await identity.RegisterPatient(
         identity_pb2.RegisterPatientRequest(
             request_id=str(uuid.uuid4()),
-            full_name="Lê Văn Tám",
-            birth_date="1992-03-14",
+            full_name=f"Lê Văn {given[serial % len(given)]} {serial:06d}",
+            birth_date=f"1992-{serial % 12 + 1:02d}-{serial % 28 + 1:02d}",
             sex=identity_pb2.SEX_MALE,
             facility_code=facility_code,
             identifiers=identifiers,

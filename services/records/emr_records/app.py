@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from emr.records.v1 import records_pb2_grpc
 
-from emr_records.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_records.repository import INDEXES, ChangeFeedRepository, ResourceRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
@@ -14,6 +13,7 @@ from emr_records.settings import RecordsSettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
+from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
@@ -25,7 +25,7 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     service = RecordsService(
         ResourceRepository(db),
         ChangeFeedRepository(db),
-        PatientDirectory(identity_channel),
+        PatientDirectory(identity_channel, "records", "PATIENT_REFERENCE_CHECK", deadline_seconds=3.0),
         timedelta(seconds=settings.change_settle_seconds),
         verify_patients=settings.verify_patients,
     )

@@ -28,7 +28,6 @@ from emr_records.domain import (
     validate_resource,
     verify_document,
 )
-from emr_records.patients import PatientDirectory
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -40,6 +39,7 @@ from emr_runtime.errors import (
 )
 from emr_runtime.idempotency import derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token
+from emr_runtime.patients import PatientDirectory
 
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200

@@ -10,8 +10,9 @@ from emr.sync.v1 import sync_pb2_grpc
 
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
+from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
-from emr_sync.clients import IDENTITY_SERVICE, RECORDS_SERVICE, NationalClient, PatientDirectory, RecordsFeed
+from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
 from emr_sync.service import PipelineConfig, SyncService
 from emr_sync.servicer import SERVICE_NAME, NationalSyncServicer
@@ -49,7 +50,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     service = SyncService(
         SyncRepository(db),
         RecordsFeed(records_channel),
-        PatientDirectory(identity_channel),
+        PatientDirectory(identity_channel, "sync", "NATIONAL_REPORTING"),
         national,
         pipeline_config(settings),
     )

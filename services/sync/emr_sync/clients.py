@@ -11,17 +11,14 @@ from typing import Any
 
 import grpc
 import httpx
-from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from opentelemetry import propagate
 
 from emr_runtime.caller import caller_metadata
 from emr_runtime.clock import utc_now
-from emr_runtime.errors import DependencyUnavailableError
 from emr_sync.domain import DeliveryKind, SendOutcome, SendResult, short_reason
 
 RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
-IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
 _METADATA = caller_metadata("service:sync", purpose_of_use="NATIONAL_REPORTING")
 # A token is renewed when this share of its lifetime has passed, well before it expires.
 TOKEN_RENEW_FRACTION = 0.75
@@ -53,29 +50,6 @@ class RecordsFeed:
             timeout=self._deadline,
         )
         return list(response.resources)
-
-
-class PatientDirectory:
-    """Identity's GetPatient, for the Patient of a bundle and the claim's CCCD and BHYT."""
-
-    def __init__(self, channel: grpc.aio.Channel, deadline_seconds: float = 5.0) -> None:
-        self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
-        self._deadline = deadline_seconds
-
-    async def get(self, patient_id: str) -> identity_pb2.Patient | None:
-        """The patient; None when identity does not know it (a permanent problem of that change)."""
-        try:
-            response = await self._stub.GetPatient(
-                identity_pb2.GetPatientRequest(patient_id=patient_id),
-                timeout=self._deadline,
-                metadata=_METADATA,
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return None
-            raise DependencyUnavailableError("identity") from error
-        patient: identity_pb2.Patient = response.patient
-        return patient
 
 
 def retry_after(response: httpx.Response, default: timedelta) -> timedelta:

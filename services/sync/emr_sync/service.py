@@ -34,8 +34,9 @@ from emr_runtime.errors import (
 )
 from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.patients import PatientDirectory
 from emr_sync.claim_xml import claim_xml, is_insurance_claim
-from emr_sync.clients import NationalClient, PatientDirectory, RecordsFeed
+from emr_sync.clients import NationalClient, RecordsFeed
 from emr_sync.domain import (
     CircuitBreaker,
     CircuitState,
@@ -169,7 +170,8 @@ class SyncService:
             # A payload that cannot be built is a permanent problem: a dead letter from the start.
             return replace(queued, status=DeliveryStatus.DEAD, last_error=problem) if problem else queued
 
-        patient = await self._patients.get(change.patient_id)
+        view = await self._patients.get(change.patient_id)
+        patient = view.patient if view is not None else None
         if patient is None:
             return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", "patient unknown to the identity service")]
         attached = await self._feed.attached(encounter.encounter_id)

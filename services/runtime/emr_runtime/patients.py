@@ -1,4 +1,6 @@
-"""The records service's view of the identity service."""
+"""Identity as other services see it: who a patient is, following merges. One client for every
+service that looks patients up (records, sync), each naming itself and its purpose to identity,
+which audits the look-up as made on the caller's behalf."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ from emr_runtime.caller import caller_metadata
 from emr_runtime.errors import DependencyUnavailableError
 
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
-# The look-up is made by this service on the caller's behalf; identity audits it as such.
-_METADATA = caller_metadata("service:records", purpose_of_use="PATIENT_REFERENCE_CHECK")
 
 
 class PatientDirectory:
-    def __init__(self, channel: grpc.aio.Channel, deadline_seconds: float = 3.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, service: str, purpose_of_use: str, deadline_seconds: float = 5.0
+    ) -> None:
         self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+        self._metadata = caller_metadata(f"service:{service}", purpose_of_use=purpose_of_use)
         self._deadline = deadline_seconds
 
     async def get(self, patient_id: str) -> PatientView | None:
@@ -27,7 +30,7 @@ class PatientDirectory:
             response = await self._stub.GetPatient(
                 identity_pb2.GetPatientRequest(patient_id=patient_id),
                 timeout=self._deadline,
-                metadata=_METADATA,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
