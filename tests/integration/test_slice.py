@@ -27,7 +27,7 @@ T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-01", "79001", "TREATMENT")
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 20.0) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 60.0) -> T:
     """Polls ``probe`` until it returns a value: asynchronous delivery has a deadline, not a delay."""
     deadline = time.monotonic() + within_seconds
     while True:
