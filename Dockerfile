@@ -17,11 +17,27 @@ ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-
 RUN test -n "$SERVICE" || { echo "--build-arg SERVICE=<service> is required" >&2; exit 1; }
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --cache-dir /uv-cache/pip --quiet "uv==${UV_VERSION}"
 WORKDIR /src
+# Third-party dependencies first, from the lock and the workspace members' metadata only: this layer
+# is reused until the lock changes (uv needs every member's pyproject.toml to read the workspace).
+# Wheels come from the uv cache (a build volume in `make images`) when it has them.
 COPY pyproject.toml uv.lock ./
+COPY services/contracts/pyproject.toml services/contracts/
+COPY services/runtime/pyproject.toml services/runtime/
+COPY services/fhir/pyproject.toml services/fhir/
+COPY services/identity/pyproject.toml services/identity/
+COPY services/records/pyproject.toml services/records/
+COPY services/audit/pyproject.toml services/audit/
+COPY services/sync/pyproject.toml services/sync/
+COPY services/gateway/pyproject.toml services/gateway/
+COPY services/national_emulator/pyproject.toml services/national_emulator/
+COPY services/devstack/pyproject.toml services/devstack/
+RUN /opt/uv/bin/uv sync --frozen --no-dev --package "emr-$(echo "$SERVICE" | tr _ -)" \
+      --no-install-workspace --python python3 --quiet
+# Then our own packages (uv would compile the whole venv again; only ours are new).
 COPY services/ services/
-# Third-party wheels come from the uv cache (a build volume in `make images`) when it has them.
-RUN /opt/uv/bin/uv sync --frozen --no-dev --package "emr-$(echo "$SERVICE" | tr _ -)" --no-editable \
-      --python python3 --quiet \
+RUN UV_COMPILE_BYTECODE=0 /opt/uv/bin/uv sync --frozen --no-dev --package "emr-$(echo "$SERVICE" | tr _ -)" \
+      --no-editable --python python3 --quiet \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib/python3*/site-packages/emr* \
  && printf '#!/bin/sh\nexec /opt/venv/bin/python -m emr_%s "$@"\n' "$SERVICE" > /opt/venv/bin/emr-service \
  && chmod 0755 /opt/venv/bin/emr-service
 # The health checker of `helm test` and skaffold verify.
