@@ -81,7 +81,7 @@ def _to_proto(table: Mapping[int, E], member: E | None) -> Any:
     return next(number for number, value in table.items() if value is member) if member is not None else 0
 
 
-def _time(message: Message, field: str) -> datetime | None:
+def time_filter(message: Message, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     return to_storage_precision(getattr(message, field).ToDatetime(tzinfo=UTC))
@@ -115,8 +115,8 @@ def _encounter_content(m: records_pb2.Encounter | records_pb2.CreateEncounterReq
     return EncounterContent(
         encounter_class=_CLASSES.get(m.encounter_class),
         status=_ENCOUNTER_STATUSES.get(m.status),
-        start_time=_time(m, "start_time"),
-        end_time=_time(m, "end_time"),
+        start_time=time_filter(m, "start_time"),
+        end_time=time_filter(m, "end_time"),
         reason=m.reason,
         department=m.department,
         practitioner_id=m.practitioner_id,
@@ -131,7 +131,7 @@ def _observation_content(m: records_pb2.Observation) -> ObservationContent:
     return ObservationContent(
         loinc_code=m.loinc_code,
         status=_OBSERVATION_STATUSES.get(m.status),
-        effective_time=_time(m, "effective_time"),
+        effective_time=time_filter(m, "effective_time"),
         value_quantity=_quantity(m, "value_quantity"),
         value_coding=Coding(coding.system, coding.code, coding.display) if coding is not None else None,
         value_text=m.value_text,
@@ -146,8 +146,8 @@ def _condition_content(m: records_pb2.Condition) -> ConditionContent:
         icd10_code=m.icd10_code,
         clinical_status=_CLINICAL_STATUSES.get(m.clinical_status),
         role=_ROLES.get(m.role),
-        recorded_time=_time(m, "recorded_time"),
-        onset_time=_time(m, "onset_time"),
+        recorded_time=time_filter(m, "recorded_time"),
+        onset_time=time_filter(m, "onset_time"),
     )
 
 
@@ -156,7 +156,7 @@ def _medication_request_content(m: records_pb2.MedicationRequest) -> MedicationR
         drug_code=m.drug_code,
         drug_name=m.drug_name,
         status=_MEDICATION_STATUSES.get(m.status),
-        authored_time=_time(m, "authored_time"),
+        authored_time=time_filter(m, "authored_time"),
         dose=_quantity(m, "dose"),
         route=m.route,
         doses_per_day=m.doses_per_day,
@@ -169,8 +169,8 @@ def _procedure_content(m: records_pb2.Procedure) -> ProcedureContent:
     return ProcedureContent(
         code=m.code,
         status=_PROCEDURE_STATUSES.get(m.status),
-        performed_start_time=_time(m, "performed_start_time"),
-        performed_end_time=_time(m, "performed_end_time"),
+        performed_start_time=time_filter(m, "performed_start_time"),
+        performed_end_time=time_filter(m, "performed_end_time"),
         performer_id=m.performer_id,
     )
 
@@ -182,12 +182,12 @@ def _document_content(m: records_pb2.DocumentReference) -> DocumentContent:
         status=_DOCUMENT_STATUSES.get(m.status),
         content_type=m.content_type,
         content=m.content,
-        document_time=_time(m, "document_time"),
+        document_time=time_filter(m, "document_time"),
         content_sha256=m.content_sha256,
         signer_id=signature.signer_id,
         certificate_thumbprint=signature.certificate_thumbprint,
         signature_algorithm=signature.algorithm,
-        signed_time=_time(signature, "signed_time") if m.HasField("signature") else None,
+        signed_time=time_filter(signature, "signed_time") if m.HasField("signature") else None,
     )
 
 
@@ -269,7 +269,7 @@ def encounter_message(record: ClinicalRecord) -> records_pb2.Encounter:
     return message
 
 
-def _observation_message(record: ClinicalRecord) -> records_pb2.Observation:
+def observation_message(record: ClinicalRecord) -> records_pb2.Observation:
     c = record.content
     assert isinstance(c, ObservationContent)
     message = records_pb2.Observation(
@@ -375,7 +375,7 @@ def _document_message(record: ClinicalRecord) -> records_pb2.DocumentReference:
 
 _MESSAGE_BUILDERS: dict[ResourceType, Any] = {
     ResourceType.ENCOUNTER: encounter_message,
-    ResourceType.OBSERVATION: _observation_message,
+    ResourceType.OBSERVATION: observation_message,
     ResourceType.CONDITION: _condition_message,
     ResourceType.MEDICATION_REQUEST: _medication_request_message,
     ResourceType.PROCEDURE: _procedure_message,
@@ -389,10 +389,6 @@ def resource_message(record: ClinicalRecord) -> records_pb2.ClinicalResource:
         _MESSAGE_BUILDERS[record.resource_type](record)
     )
     return message
-
-
-def observation_message(record: ClinicalRecord) -> records_pb2.Observation:
-    return _observation_message(record)
 
 
 def version_message(record: ClinicalRecord) -> records_pb2.ResourceVersion:
@@ -428,7 +424,3 @@ def change_message(change: Change, record: ClinicalRecord) -> records_pb2.Change
         message.encounter.CopyFrom(encounter_message(record))
     message.commit_time.FromDatetime(change.committed_at)
     return message
-
-
-def time_filter(message: Message, field: str) -> datetime | None:
-    return _time(message, field)

@@ -36,6 +36,7 @@ from emr_runtime.errors import (
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    Violations,
 )
 from emr_runtime.idempotency import derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token
@@ -181,13 +182,12 @@ class RecordsService:
     async def get(
         self, resource_type: ResourceType | None, resource_id: str, field: str = "resource_id"
     ) -> ClinicalRecord:
-        violations = []
+        violations = Violations()
         if resource_type is None:
-            violations.append(FieldViolation("resource_type", "required: a resource type"))
+            violations.add("resource_type", "required: a resource type")
         if not resource_id.strip():
-            violations.append(FieldViolation(field, "required"))
-        if violations:
-            raise InvalidArgumentError(violations)
+            violations.add(field, "required")
+        violations.raise_if_any()
         assert resource_type is not None
         record = await self._resources.get(resource_id)
         if record is None or record.resource_type is not resource_type:
