@@ -97,7 +97,7 @@ def stack(
 @pytest.fixture(scope="session")
 async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
     opened = {
-        name: grpc.aio.insecure_channel(stack.target(name))
+        name: stack.client_tls.aio_channel(stack.target(name))
         for name in ("identity", "records", "audit", "sync")
     }
     yield opened

@@ -92,11 +92,11 @@ def audit_database() -> str:
 
 
 @pytest.fixture
-async def open_channel() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
+async def open_channel(stack: Stack) -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     opened: list[grpc.aio.Channel] = []
 
     def open_(target: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(target)
+        channel = stack.client_tls.aio_channel(target)
         opened.append(channel)
         return channel
 

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 from emr.records.v1 import records_pb2, records_pb2_grpc
 
@@ -36,7 +35,7 @@ async def feed_records(stack: Any) -> AsyncIterator[records_pb2_grpc.ClinicalRec
             "RECORDS_VERIFY_PATIENTS": "false",
         },
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.records}") as channel:
+    async with stack.client_tls.aio_channel(f"127.0.0.1:{ports.records}") as channel:
         yield records_pb2_grpc.ClinicalRecordsServiceStub(channel)
     assert process.stop() == 0
 

@@ -93,7 +93,7 @@ class SyncSite:
 
     def stub(self, name: str) -> sync_pb2_grpc.NationalSyncServiceStub:
         return sync_pb2_grpc.NationalSyncServiceStub(
-            grpc.aio.insecure_channel(f"127.0.0.1:{self.replicas[name][1]}")
+            self.stack.client_tls.aio_channel(f"127.0.0.1:{self.replicas[name][1]}")
         )
 
 

@@ -133,9 +133,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def grpc_serving(target: str, service: str = "") -> bool:
-    """True when the standard gRPC health check of ``service`` answers SERVING."""
-    with grpc.insecure_channel(target) as channel:
+def grpc_serving(target: str, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> bool:
+    """True when the standard gRPC health check of ``service`` answers SERVING (over TLS when
+    ``credentials`` are given)."""
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
+    )
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=1.0

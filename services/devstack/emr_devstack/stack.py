@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from emr_devstack.certs import TlsFiles, ensure_dev_certificates, tls_files
 from emr_devstack.processes import (
     ManagedProcess,
     free_port,
@@ -42,6 +43,11 @@ class Ports:
     records_metrics: int = 9452
     audit_metrics: int = 9453
     sync_metrics: int = 9454
+    # Plaintext grpc.health.v1 only (the API ports speak mutual TLS).
+    identity_health: int = 50061
+    records_health: int = 50062
+    audit_health: int = 50063
+    sync_health: int = 50064
     gateway: int = 8080
     national_emulator: int = 8090
 
@@ -61,6 +67,16 @@ class Stack:
     # Set for every service, e.g. OTEL_* to export traces to a collector.
     environment: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    @property
+    def certs_dir(self) -> Path:
+        """The development CA and certificates (emr_devstack.certs), made on start when missing."""
+        return self.run_dir / "certs"
+
+    @property
+    def client_tls(self) -> TlsFiles:
+        """The certificate of tools and tests calling the services."""
+        return tls_files(self.certs_dir, "client")
 
     @property
     def effective_mongodb_uri(self) -> str:
@@ -114,11 +130,17 @@ class Stack:
     def service_env(self, service: str, ports: Ports | None = None) -> dict[str, str]:
         """Environment of one service: the same variables a user sets (see README)."""
         p = ports or self.ports
-        common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1", **self.environment}
+        common = {
+            "MONGODB_URI": self.effective_mongodb_uri,
+            "PYTHONUNBUFFERED": "1",
+            **(tls_files(self.certs_dir, service).env() if service != "national_emulator" else {}),
+            **self.environment,
+        }
         per_service: dict[str, dict[str, str]] = {
             "audit": {
                 "AUDIT_GRPC_PORT": str(p.audit),
                 "AUDIT_METRICS_PORT": str(p.audit_metrics),
+                "AUDIT_HEALTH_PORT": str(p.audit_health),
                 # One development key per run folder, shared by every audit replica started here.
                 "AUDIT_SIGNING_KEY_FILE": str(self.run_dir / "audit-signing-key.pem"),
                 "AUDIT_SIGNING_KEY_GENERATE": "true",
@@ -126,17 +148,20 @@ class Stack:
             "identity": {
                 "IDENTITY_GRPC_PORT": str(p.identity),
                 "IDENTITY_METRICS_PORT": str(p.identity_metrics),
+                "IDENTITY_HEALTH_PORT": str(p.identity_health),
                 "IDENTITY_AUDIT_TARGET": self.target("audit"),
             },
             "records": {
                 "RECORDS_GRPC_PORT": str(p.records),
                 "RECORDS_METRICS_PORT": str(p.records_metrics),
+                "RECORDS_HEALTH_PORT": str(p.records_health),
                 "RECORDS_IDENTITY_TARGET": self.target("identity"),
                 "RECORDS_AUDIT_TARGET": self.target("audit"),
             },
             "sync": {
                 "SYNC_GRPC_PORT": str(p.sync),
                 "SYNC_METRICS_PORT": str(p.sync_metrics),
+                "SYNC_HEALTH_PORT": str(p.sync_health),
                 "SYNC_RECORDS_TARGET": self.target("records"),
                 "SYNC_IDENTITY_TARGET": self.target("identity"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
@@ -171,12 +196,16 @@ class Stack:
         self.processes[name] = process
         port = getattr(p, service)
         if service in GRPC_SERVICES:
-            wait_until(process, lambda: grpc_serving(f"127.0.0.1:{port}"), 60, "SERVING")
+            credentials = self.client_tls.channel_credentials()
+            wait_until(
+                process, lambda: grpc_serving(f"127.0.0.1:{port}", credentials=credentials), 60, "SERVING"
+            )
         else:
             wait_until(process, lambda: port_open(port), 60, "listening")
         return process
 
     def start(self) -> None:
+        ensure_dev_certificates(self.certs_dir)
         if self.mongodb_uri is None:
             self.start_ferretdb()
         for service in START_ORDER:
@@ -191,6 +220,11 @@ class Stack:
         return codes
 
     def with_ports(self, **changes: int) -> Ports:
+        """The stack's ports with ``changes``; a service given another API port also gets its own
+        health port (two instances cannot share one)."""
+        for service in GRPC_SERVICES:
+            if service in changes and f"{service}_health" not in changes:
+                changes[f"{service}_health"] = free_port()
         return replace(self.ports, **changes)
 
 

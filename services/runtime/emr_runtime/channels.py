@@ -14,6 +14,7 @@ from opentelemetry import trace
 
 from emr_runtime import metrics
 from emr_runtime.telemetry import inject_context
+from emr_runtime.tls import TlsSettings
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 _tracer = trace.get_tracer("emr_runtime.client")
@@ -83,15 +84,19 @@ def create_channel(
     service_full_name: str,
     default_deadline: float = DEFAULT_DEADLINE_SECONDS,
     max_receive_message_bytes: int | None = None,
+    tls: TlsSettings | None = None,
 ) -> grpc.aio.Channel:
     """A channel to one platform service (``host:port``), with deadlines and retries applied;
-    ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers."""
+    ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers. It is
+    mutual TLS when ``tls`` (default: this process's ``TLS_*`` variables) names certificates."""
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _retry_service_config(service_full_name)),
     ]
     if max_receive_message_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
-    return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[_ClientInterceptor(default_deadline)]
-    )
+    interceptors = [_ClientInterceptor(default_deadline)]
+    tls = tls if tls is not None else TlsSettings()
+    if tls.enabled:
+        return grpc.aio.secure_channel(target, tls.channel_credentials(), options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -59,6 +59,14 @@ class TooLargeError(DomainError):
         super().__init__(f"{field} is larger than {limit_bytes} bytes")
 
 
+class RateLimitedError(DomainError):
+    """The calling client application used up its request rate (RESOURCE_EXHAUSTED; retry later)."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__("request rate of this client application exceeded; retry later")
+
+
 class DataIntegrityError(DomainError):
     """Stored data no longer matches its recorded hash (DATA_LOSS); never the caller's fault."""
 

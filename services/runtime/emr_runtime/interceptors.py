@@ -30,6 +30,7 @@ from emr_runtime.errors import (
     DomainError,
     InvalidArgumentError,
     NotFoundError,
+    RateLimitedError,
     TooLargeError,
 )
 from emr_runtime.telemetry import current_trace_id, extract_context
@@ -200,6 +201,14 @@ def status_for(error: DomainError) -> status_pb2.Status:
                         field=error.field, description=f"at most {error.limit_bytes} bytes"
                     )
                 ]
+            )
+        )
+    elif isinstance(error, RateLimitedError):
+        code = code_pb2.RESOURCE_EXHAUSTED
+        delay_nanos = max(int(error.retry_after_seconds * 1e9), 1_000_000)
+        detail.Pack(
+            error_details_pb2.RetryInfo(
+                retry_delay={"seconds": delay_nanos // 10**9, "nanos": delay_nanos % 10**9}
             )
         )
     elif isinstance(error, DataIntegrityError):

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
+from emr_runtime.guard import GuardInterceptor
 from emr_runtime.interceptors import (
     AuditInterceptor,
     AuditRule,
@@ -32,10 +33,9 @@ from emr_runtime.logs import configure_logging
 from emr_runtime.metrics import start_metrics_server
 from emr_runtime.settings import ServiceSettings
 from emr_runtime.telemetry import configure_tracing
+from emr_runtime.tls import TlsSettings
 
 log = logging.getLogger("emr.server")
-
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,29 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 BuildApp = Callable[[SettingsT, Database], Awaitable[ServiceApp]]
 
 
-def build_server(app: ServiceApp, metrics: bool = True) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """``metrics=False`` (metrics port 0) leaves out the server metrics interceptor: nothing reads them."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(), ErrorInterceptor()]
-    if metrics:
+def build_server(
+    app: ServiceApp, settings: ServiceSettings
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """Metrics port 0 leaves out the server metrics interceptor: nothing reads them."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        TracingInterceptor(),
+        ErrorInterceptor(),
+        GuardInterceptor(
+            settings.default_deadline_seconds,
+            settings.stream_default_deadline_seconds,
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+        ),
+    ]
+    if settings.metrics_port != 0:
         interceptors.insert(1, MetricsInterceptor())
     if app.audit_sink is not None:
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
     )
     for binding in app.bindings:
@@ -87,6 +98,19 @@ def build_server(app: ServiceApp, metrics: bool = True) -> tuple[grpc.aio.Server
     return server, health_servicer
 
 
+def _plaintext_health_server(
+    health_servicer: health_aio.HealthServicer, settings: ServiceSettings
+) -> grpc.aio.Server | None:
+    """grpc.health.v1 alone on ``health_port`` without TLS: the kubelet's gRPC probe cannot present
+    a client certificate. It answers what the main port's health answers, and nothing else."""
+    if settings.health_port == 0:
+        return None
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4096)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"{settings.listen_host}:{settings.health_port}")
+    return server
+
+
 async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -> None:
     tracer_provider = configure_tracing(service)
     mongo = create_mongo_client(settings.mongodb_uri, f"emr-{service}")
@@ -94,15 +118,31 @@ async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -
     app = await build(settings, db)
     await ensure_indexes(db, app.indexes)
 
-    server, health_servicer = build_server(app, metrics=settings.metrics_port != 0)
+    server, health_servicer = build_server(app, settings)
     address = f"{settings.listen_host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    tls = TlsSettings()
+    if tls.enabled:
+        port = server.add_secure_port(address, tls.server_credentials())
+    else:
+        log.warning("TLS_* not set: serving plaintext (development only)")
+        port = server.add_insecure_port(address)
+    health_server = _plaintext_health_server(health_servicer, settings)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     start_metrics_server(settings.listen_host, settings.metrics_port)
     tasks = [asyncio.create_task(job()) for job in app.background]
     for name in ("", *(b.full_name for b in app.bindings)):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"grpc_port": port, "metrics_port": settings.metrics_port})
+    log.info(
+        "serving",
+        extra={
+            "grpc_port": port,
+            "tls": tls.enabled,
+            "health_port": settings.health_port,
+            "metrics_port": settings.metrics_port,
+        },
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,6 +153,8 @@ async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_seconds)
+    if health_server is not None:
+        await health_server.stop(None)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

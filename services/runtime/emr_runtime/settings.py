@@ -33,3 +33,24 @@ class ServiceSettings(BaseSettings):
         description="MongoDB connection string shared by all services",
     )
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving grpc.health.v1 only (the kubelet's gRPC probe speaks no TLS); 0: off",
+    )
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request or response message, in bytes"
+    )
+    default_deadline_seconds: float = Field(
+        30.0, gt=0, description="Deadline of an incoming unary call whose client sent none"
+    )
+    stream_default_deadline_seconds: float = Field(
+        3600.0, gt=0, description="Deadline of an incoming server stream whose client sent none"
+    )
+    rate_limit_per_second: float = Field(
+        1000.0, ge=0, description="Calls a second one client application may make (per replica); 0: no limit"
+    )
+    rate_limit_burst: int = Field(
+        2000, ge=1, description="Calls a client application may save up and make at once"
+    )

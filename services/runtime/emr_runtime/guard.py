@@ -1,0 +1,207 @@
+"""What every incoming call passes before a servicer sees it (the hardening of the transport):
+
+- a request that does not parse as its message type is INVALID_ARGUMENT naming ``request`` (gRPC
+  would answer INTERNAL);
+- a client application over its request rate gets RESOURCE_EXHAUSTED (token bucket per client
+  application, per replica);
+- every string field is at most its length limit (``string_limit``: one generic rule by field name,
+  so a new field is covered without a table edit); a longer one is INVALID_ARGUMENT naming it;
+- a call whose client sent no deadline gets the default one (a longer one for server streams, whose
+  clients resume from their cursor), so that no call runs forever.
+
+Health checks pass untouched: probes must never be rate limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from emr_runtime.caller import caller_from_metadata
+from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError
+from emr_runtime.interceptors import HEALTH_SERVICE, Call, ScopedInterceptor
+
+DEFAULT_STRING_LIMIT = 2048
+# Per-field limits, by field name: the first rule whose name ends the field's name applies.
+# Identifiers and codes are short everywhere in the contracts; free text gets the default.
+STRING_LIMITS_BY_NAME: tuple[tuple[str, int], ...] = (
+    ("page_token", 1024),
+    ("_id", 128),
+    ("_code", 64),
+    ("code", 64),
+)
+UNIDENTIFIED_CLIENT = "unidentified"
+
+
+def string_limit(field: FieldDescriptor) -> int:
+    """The most characters a string field may carry."""
+    for suffix, limit in STRING_LIMITS_BY_NAME:
+        if field.name.endswith(suffix):
+            return limit
+    return DEFAULT_STRING_LIMIT
+
+
+@dataclass(frozen=True)
+class _Checks:
+    strings: dict[str, int]  # field name -> limit
+    messages: frozenset[str]  # message-typed fields to descend into (maps: none in the contracts)
+
+
+@cache
+def _checks(descriptor: Descriptor) -> _Checks:
+    strings: dict[str, int] = {}
+    messages: set[str] = set()
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            strings[field.name] = string_limit(field)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
+            messages.add(field.name)
+    return _Checks(strings, frozenset(messages))
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def length_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every string field of ``message`` (at any depth) longer than its limit, by field path."""
+    checks = _checks(message.DESCRIPTOR)
+    found: list[FieldViolation] = []
+    for field, value in message.ListFields():
+        name = field.name
+        path = f"{prefix}{name}"
+        repeated = field.is_repeated
+        if name in checks.strings:
+            limit = checks.strings[name]
+            items = enumerate(value) if repeated else ((None, value),)
+            for index, text in items:
+                if len(text) > limit:
+                    at = path if index is None else f"{path}[{index}]"
+                    found.append(FieldViolation(at, f"at most {limit} characters"))
+        elif name in checks.messages:
+            if repeated:
+                for index, item in enumerate(value):
+                    found.extend(length_violations(item, f"{path}[{index}]."))
+            else:
+                found.extend(length_violations(value, f"{path}."))
+    return found
+
+
+class MalformedRequest:
+    """Stands in for a request whose bytes do not parse, so that the guard can refuse it."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(deserializer: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, RuntimeError):
+            return MalformedRequest(type_name)
+
+    return deserialize
+
+
+class TokenBuckets:
+    """One token bucket per key: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    MAX_KEYS = 10_000  # keys come from callers: bound the memory they can take
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = max(burst, 1.0)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str) -> float:
+        """Takes one token; returns 0 when granted, else the seconds until one is available."""
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        if tokens >= 1.0:
+            self._remember(key, tokens - 1.0, now)
+            return 0.0
+        self._remember(key, tokens, now)
+        return (1.0 - tokens) / self._rate
+
+    def _remember(self, key: str, tokens: float, now: float) -> None:
+        if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
+            # Forget buckets that have refilled: forgetting them changes nothing.
+            full_after = self._burst / self._rate
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+        self._buckets[key] = (tokens, now)
+
+
+class GuardInterceptor(ScopedInterceptor):
+    """Applies the module's checks; sits inside the error interceptor, which maps what it raises."""
+
+    def __init__(
+        self,
+        default_deadline_seconds: float,
+        stream_default_deadline_seconds: float,
+        rate_per_second: float,
+        burst: float,
+    ) -> None:
+        self._default_deadline = default_deadline_seconds
+        self._stream_default_deadline = stream_default_deadline_seconds
+        self._buckets = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
+
+    def applies_to(self, full_method: str) -> bool:
+        return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await super().intercept_service(continuation, handler_call_details)
+        deserializer = getattr(handler, "request_deserializer", None)
+        if handler is None or deserializer is None or not self.applies_to(handler_call_details.method):
+            return handler
+        tolerant = _tolerant(deserializer, handler_call_details.method)
+        return handler._replace(request_deserializer=tolerant)  # type: ignore[attr-defined,no-any-return]
+
+    @asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        if isinstance(call.request, MalformedRequest):
+            raise InvalidArgumentError([FieldViolation("request", "not a valid serialized request message")])
+        if self._buckets is not None:
+            caller = caller_from_metadata(call.context.invocation_metadata())
+            wait = self._buckets.take(caller.client_application or UNIDENTIFIED_CLIENT)
+            if wait > 0:
+                raise RateLimitedError(wait)
+        violations = length_violations(call.request)
+        if violations:
+            raise InvalidArgumentError(violations)
+        if _has_deadline(call.context):
+            yield
+            return
+        deadline = self._stream_default_deadline if call.streaming else self._default_deadline
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # a timeout of the handler's own, not ours
+            await call.context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no deadline was sent; the default of {deadline:g} s passed",
+            )
+
+
+def _has_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    remaining = context.time_remaining()
+    # gRPC reports "no deadline" as None or as an effectively infinite remainder.
+    return remaining is not None and remaining < 10 * 365 * 86400
