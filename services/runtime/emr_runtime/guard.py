@@ -5,7 +5,8 @@
 - a client application over its request rate gets RESOURCE_EXHAUSTED (token bucket per client
   application, per replica);
 - every string field is at most its length limit (``string_limit``: one generic rule by field name,
-  so a new field is covered without a table edit); a longer one is INVALID_ARGUMENT naming it;
+  so a new field is covered without a table edit) and every timestamp is one a calendar holds;
+  a violation is INVALID_ARGUMENT naming the field;
 - a call whose client sent no deadline gets the default one (a longer one for server streams, whose
   clients resume from their cursor), so that no call runs forever.
 
@@ -40,6 +41,11 @@ STRING_LIMITS_BY_NAME: tuple[tuple[str, int], ...] = (
     ("code", 64),
 )
 UNIDENTIFIED_CLIENT = "unidentified"
+TIMESTAMP = "google.protobuf.Timestamp"
+# The range google.protobuf.Timestamp defines (0001-01-01 to 9999-12-31): outside it, converting to
+# a datetime fails.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 
 def string_limit(field: FieldDescriptor) -> int:
@@ -53,27 +59,38 @@ def string_limit(field: FieldDescriptor) -> int:
 @dataclass(frozen=True)
 class _Checks:
     strings: dict[str, int]  # field name -> limit
-    messages: frozenset[str]  # message-typed fields to descend into (maps: none in the contracts)
+    timestamps: frozenset[str]  # google.protobuf.Timestamp fields
+    messages: frozenset[str]  # other message-typed fields to descend into (maps: none in the contracts)
 
 
 @cache
 def _checks(descriptor: Descriptor) -> _Checks:
     strings: dict[str, int] = {}
+    timestamps: set[str] = set()
     messages: set[str] = set()
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_STRING:
             strings[field.name] = string_limit(field)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
-            messages.add(field.name)
-    return _Checks(strings, frozenset(messages))
+            if field.message_type.full_name == TIMESTAMP:
+                timestamps.add(field.name)
+            else:
+                messages.add(field.name)
+    return _Checks(strings, frozenset(timestamps), frozenset(messages))
+
+
+def _valid_timestamp(stamp: Message) -> bool:
+    seconds, nanos = stamp.seconds, stamp.nanos  # type: ignore[attr-defined]
+    return MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos < 1_000_000_000
 
 
 def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
-def length_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
-    """Every string field of ``message`` (at any depth) longer than its limit, by field path."""
+def request_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every string field of ``message`` (at any depth) longer than its limit and every timestamp
+    out of the range of google.protobuf.Timestamp, by field path."""
     checks = _checks(message.DESCRIPTOR)
     found: list[FieldViolation] = []
     for field, value in message.ListFields():
@@ -87,12 +104,18 @@ def length_violations(message: Message, prefix: str = "") -> list[FieldViolation
                 if len(text) > limit:
                     at = path if index is None else f"{path}[{index}]"
                     found.append(FieldViolation(at, f"at most {limit} characters"))
+        elif name in checks.timestamps:
+            items = enumerate(value) if repeated else ((None, value),)
+            for index, stamp in items:
+                if not _valid_timestamp(stamp):
+                    at = path if index is None else f"{path}[{index}]"
+                    found.append(FieldViolation(at, "not a valid time"))
         elif name in checks.messages:
             if repeated:
                 for index, item in enumerate(value):
-                    found.extend(length_violations(item, f"{path}[{index}]."))
+                    found.extend(request_violations(item, f"{path}[{index}]."))
             else:
-                found.extend(length_violations(value, f"{path}."))
+                found.extend(request_violations(value, f"{path}."))
     return found
 
 
@@ -181,7 +204,7 @@ class GuardInterceptor(ScopedInterceptor):
             wait = self._buckets.take(caller.client_application or UNIDENTIFIED_CLIENT)
             if wait > 0:
                 raise RateLimitedError(wait)
-        violations = length_violations(call.request)
+        violations = request_violations(call.request)
         if violations:
             raise InvalidArgumentError(violations)
         if _has_deadline(call.context):
