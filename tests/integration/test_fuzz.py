@@ -77,6 +77,7 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if kind == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if kind == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         numbers = [value.number for value in field.enum_type.values]
         return st.integers(min(numbers) - 2, max(numbers) + 3)  # unknown values too
     if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -92,6 +93,7 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
 
 def _field_value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
         return None if depth >= MAX_DEPTH else messages(field.message_type, depth + 1)
     return _scalar(field)
 
@@ -131,8 +133,10 @@ def _call(channel: grpc.aio.Channel, method: MethodDescriptor, payload: bytes) -
     (a change stream never ends by itself: its short deadline ends it)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     if method.server_streaming:
-        return channel.unary_stream(path)(payload, timeout=STREAM_DEADLINE_SECONDS, metadata=CALLER)
-    return channel.unary_unary(path)(payload, timeout=CALL_DEADLINE_SECONDS, metadata=CALLER)
+        stream: Any = channel.unary_stream(path)  # no serializers: the payload goes out as it is
+        return stream(payload, timeout=STREAM_DEADLINE_SECONDS, metadata=CALLER)
+    unary: Any = channel.unary_unary(path)
+    return unary(payload, timeout=CALL_DEADLINE_SECONDS, metadata=CALLER)
 
 
 async def _answer(channel: grpc.aio.Channel, method: MethodDescriptor, payload: bytes) -> grpc.StatusCode:

@@ -72,7 +72,7 @@ def _checks(descriptor: Descriptor) -> _Checks:
         if field.type == FieldDescriptor.TYPE_STRING:
             strings[field.name] = string_limit(field)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
-            if field.message_type.full_name == TIMESTAMP:
+            if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
                 timestamps.add(field.name)
             else:
                 messages.add(field.name)
@@ -80,7 +80,8 @@ def _checks(descriptor: Descriptor) -> _Checks:
 
 
 def _valid_timestamp(stamp: Message) -> bool:
-    seconds, nanos = stamp.seconds, stamp.nanos  # type: ignore[attr-defined]
+    seconds: int = stamp.seconds  # type: ignore[attr-defined]
+    nanos: int = stamp.nanos  # type: ignore[attr-defined]
     return MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos < 1_000_000_000
 
 
