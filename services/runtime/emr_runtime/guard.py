@@ -48,10 +48,10 @@ MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 
-def string_limit(field: FieldDescriptor) -> int:
-    """The most characters a string field may carry."""
+def string_limit(field_name: str) -> int:
+    """The most characters a string field of this name may carry."""
     for suffix, limit in STRING_LIMITS_BY_NAME:
-        if field.name.endswith(suffix):
+        if field_name.endswith(suffix):
             return limit
     return DEFAULT_STRING_LIMIT
 
@@ -70,7 +70,7 @@ def _checks(descriptor: Descriptor) -> _Checks:
     messages: set[str] = set()
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_STRING:
-            strings[field.name] = string_limit(field)
+            strings[field.name] = string_limit(field.name)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
             if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
                 timestamps.add(field.name)

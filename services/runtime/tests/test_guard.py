@@ -15,10 +15,11 @@ from emr_runtime.guard import (
 
 
 def test_limits_follow_field_names() -> None:
-    fields = identity_pb2.RegisterPatientRequest.DESCRIPTOR.fields_by_name
-    assert string_limit(fields["request_id"]) == 128
-    assert string_limit(fields["facility_code"]) == 64
-    assert string_limit(fields["full_name"]) == DEFAULT_STRING_LIMIT
+    assert string_limit("request_id") == 128
+    assert string_limit("facility_code") == 64
+    assert string_limit("icd10_code") == 64
+    assert string_limit("page_token") == 1024
+    assert string_limit("full_name") == DEFAULT_STRING_LIMIT
 
 
 def test_violations_name_nested_and_repeated_fields() -> None:
