@@ -7,7 +7,7 @@ VENV := .venv/bin
 BUF := $(EMR_BIN)/buf
 
 .PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration fmt clean \
-	images deploy-test kind-up kind-down dev deploy
+	images deploy-test kind-up kind-down dev deploy certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ integration: bootstrap ## cross-service tests against real processes and FerretD
 fmt: bootstrap ## format and autofix
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
+
+certs: bootstrap ## development CA and per-service mTLS certificates in .run/certs (CERTS_ARGS="--force ...")
+	bash scripts/dev-certs.sh --out $${EMR_RUN_DIR:-.run}/certs $(CERTS_ARGS)
 
 clean: ## remove local state of `make up` (.run)
 	rm -rf .run

@@ -40,7 +40,10 @@ EMR platform is up ({elapsed(started)}). Logs: {RUN_DIR}/logs/  Stop: Ctrl-C or 
   national emulator  http://127.0.0.1:{p.national_emulator}/deliveries
   MongoDB   {stack.effective_mongodb_uri}
 
-Try: grpcurl -plaintext 127.0.0.1:{p.identity} list
+gRPC ports speak mutual TLS with the development CA in {stack.certs_dir}/; health alone, plaintext,
+on 127.0.0.1:{p.identity_health} (identity) to :{p.sync_health} (sync).
+Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \
+       -key {stack.certs_dir}/client-key.pem 127.0.0.1:{p.identity} list
 """,
             flush=True,
         )

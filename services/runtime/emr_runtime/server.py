@@ -102,11 +102,12 @@ def _plaintext_health_server(
     health_servicer: health_aio.HealthServicer, settings: ServiceSettings
 ) -> grpc.aio.Server | None:
     """grpc.health.v1 alone on ``health_port`` without TLS: the kubelet's gRPC probe cannot present
-    a client certificate. It answers what the main port's health answers, and nothing else."""
+    a client certificate. It answers what the main port's health answers, and no API."""
     if settings.health_port == 0:
         return None
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4096)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)  # grpcurl
     server.add_insecure_port(f"{settings.listen_host}:{settings.health_port}")
     return server
 
