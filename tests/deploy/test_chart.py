@@ -188,7 +188,7 @@ def test_production_values_use_the_secret_and_the_real_national_system() -> None
             "registry.example.org/emr/emr-"
         )
     audit_pod = deployments["audit"]["spec"]["template"]["spec"]
-    assert audit_pod["volumes"][-1]["secret"] == {
+    assert next(v for v in audit_pod["volumes"] if v["name"] == "signing-key")["secret"] == {
         "secretName": "emr-audit-signing-key",
         "defaultMode": 0o440,
         "items": [{"key": "ed25519.pem", "path": "signing-key.pem"}],
@@ -240,8 +240,10 @@ def test_helm_test_hook_checks_every_service() -> None:
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = hook["spec"]["containers"][0]["args"]
     checked = {arg.split("=")[0]: arg.split("=")[1] for arg in args if "=" in arg}
+    # gRPC services through their plaintext health port: the API port requires a client certificate.
     assert checked == {
-        service: f"emr-emr-platform-{service.replace('_', '-')}:{getattr(Ports(), service)}"
+        service: f"emr-emr-platform-{service.replace('_', '-')}:"
+        f"{getattr(Ports(), f'{service}_health' if service in GRPC_SERVICES else service)}"
         for service in START_ORDER
     }
 
@@ -285,3 +287,70 @@ def test_podman_audit_pods_generate_their_key_in_a_writable_volume() -> None:
     assert env["AUDIT_SIGNING_KEY_FILE"].startswith(mount["mountPath"] + "/")
     assert mount["readOnly"] is False
     assert "emptyDir" in volume
+
+
+MTLS_COMPONENTS = {*GRPC_SERVICES, "gateway"}
+
+
+def tls_of(deployment: Manifest) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """A Deployment's TLS_* variables and the volume mounted at /etc/emr-tls (None: none)."""
+    pod = deployment["spec"]["template"]["spec"]
+    env = {v["name"]: v["value"] for v in pod["containers"][0]["env"] if v["name"].startswith("TLS_")}
+    return env, next((v for v in pod["volumes"] if v["name"] == "tls"), None)
+
+
+def test_mtls_certificates_from_cert_manager_secrets_or_the_chart() -> None:
+    files = {
+        "TLS_CA_FILE": "/etc/emr-tls/ca.crt",
+        "TLS_CERT_FILE": "/etc/emr-tls/tls.crt",
+        "TLS_KEY_FILE": "/etc/emr-tls/tls.key",
+    }
+    production = render([PRODUCTION_VALUES])
+    certificates = of_kind(production, "Certificate")
+    assert set(certificates) == MTLS_COMPONENTS - {"national_emulator"}
+    for name, certificate in certificates.items():
+        spec = certificate["spec"]
+        assert spec["issuerRef"] == {
+            "name": "emr-platform-ca",
+            "kind": "ClusterIssuer",
+            "group": "cert-manager.io",
+        }
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert f"emr-emr-platform-{name}.default.svc.cluster.local" in spec["dnsNames"]
+    for name, deployment in of_kind(production, "Deployment").items():
+        env, volume = tls_of(deployment)
+        if name in MTLS_COMPONENTS:
+            assert env == files, name
+            assert volume is not None and volume["secret"]["secretName"] == f"emr-emr-platform-{name}-tls"
+        else:
+            assert (env, volume) == ({}, None), name
+
+    # Default: Secrets made outside the chart (by name); nothing issued here.
+    default = render(
+        settings={"mongodb.uri": "mongodb://db:27017/", "tls.secretNames.records": "hospital-pki-records"}
+    )
+    assert not [m for m in default if m["kind"] == "Certificate" or m.get("type") == "kubernetes.io/tls"]
+    assert (
+        tls_of(of_kind(default, "Deployment")["records"])[1]["secret"]["secretName"] == "hospital-pki-records"
+    )  # type: ignore[index]
+
+    # Dev clusters: the chart makes one CA and a certificate per component.
+    secrets = [m for m in render([DEV_VALUES]) if m["kind"] == "Secret" and m["type"] == "kubernetes.io/tls"]
+    assert len(secrets) == len(MTLS_COMPONENTS)
+    assert len({s["data"]["ca.crt"] for s in secrets}) == 1
+
+    with pytest.raises(ToolError, match="issuerRef.name"):
+        render(settings={"mongodb.uri": "mongodb://db:27017/", "tls.source": "certManager"})
+
+
+def test_probes_use_the_plaintext_health_port() -> None:
+    documented = Ports()
+    for service, deployment in of_kind(render([DEV_VALUES]), "Deployment").items():
+        if service not in GRPC_SERVICES:
+            continue
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        health = getattr(documented, f"{service}_health")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": health}, (service, probe)
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env[f"{service.upper()}_HEALTH_PORT"] == str(health)

@@ -104,8 +104,15 @@ def test_port_forwards_and_verify_reach_every_service() -> None:
         forwarded[forward["resourceName"]] = forward["port"]
     assert len(forwarded) == len(START_ORDER)
 
+    # Verify asks gRPC services on their plaintext health port (the API port requires a client certificate).
+    health_ports = {
+        name: next((port["port"] for port in service["spec"]["ports"] if port["name"] == "health"), None)
+        for name, service in services.items()
+    }
     checked = {arg.split("=")[1] for arg in CONFIG["verify"][0]["container"]["args"] if "=" in arg}
-    assert checked == {f"{name}.{release['namespace']}:{port}" for name, port in forwarded.items()}
+    assert checked == {
+        f"{name}.{release['namespace']}:{health_ports[name] or port}" for name, port in forwarded.items()
+    }
     job = yaml.safe_load(
         (REPO / CONFIG["verify"][0]["executionMode"]["kubernetesCluster"]["jobManifestPath"]).read_text()
     )

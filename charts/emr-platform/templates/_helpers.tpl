@@ -97,3 +97,39 @@ when the chart makes it). */}}
 {{/* Folder the audit pods find their signing key in: the Secret, or a writable emptyDir when each pod
 generates its own (audit.signingKey.generateInPod). */}}
 {{- define "emr.auditSigningKeyDir" -}}/etc/emr-audit{{- end -}}
+
+{{/* Address (host:port) of a gRPC service's plaintext health port. Arguments: (list $ "identity"). */}}
+{{- define "emr.healthAddress" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $svc := index $root.Values.services $name -}}
+{{- if $root.Values.hostNetwork -}}
+{{- printf "127.0.0.1:%v" $svc.healthPort -}}
+{{- else -}}
+{{- printf "%s:%v" (include "emr.componentName" (list $root $name)) $svc.healthPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether a component speaks mutual TLS. Arguments: (list $ "identity"); "true" or "". */}}
+{{- define "emr.mtls" -}}
+{{- $root := index . 0 -}}
+{{- $svc := index $root.Values.services (index . 1) -}}
+{{- if and $root.Values.tls.enabled $svc.mtls -}}true{{- end -}}
+{{- end -}}
+
+{{/* Name of a component's TLS Secret (tls.crt, tls.key, ca.crt). Arguments: (list $ "identity"). */}}
+{{- define "emr.tlsSecretName" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- default (printf "%s-tls" (include "emr.componentName" (list $root $name))) (index $root.Values.tls.secretNames $name) -}}
+{{- end -}}
+
+{{- define "emr.tlsDir" -}}/etc/emr-tls{{- end -}}
+
+{{/* The DNS names a component's certificate carries: its Service and the Service's FQDNs. */}}
+{{- define "emr.tlsDnsNames" -}}
+{{- $root := index . 0 -}}
+{{- $service := include "emr.componentName" (list $root (index . 1)) -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.%s" $service $ns $root.Values.tls.clusterDomain) "localhost" | toJson -}}
+{{- end -}}

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from emr_devstack.certs import TlsFiles, ensure_dev_certificates, tls_files
 from emr_devstack.processes import grpc_serving, port_open
 from emr_devstack.stack import CACHE_BIN, GRPC_SERVICES, Ports
 
@@ -33,6 +34,7 @@ KUBERNETES_VERSION = "1.37.0"
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 
 Manifest = dict[str, Any]
@@ -134,6 +136,15 @@ class PodmanPlatform:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
 
+    @property
+    def certs_dir(self) -> Path:
+        """The development CA and certificates the pods mount (tls.source=hostPath)."""
+        return self.run_dir / "certs"
+
+    @property
+    def client_tls(self) -> TlsFiles:
+        return tls_files(self.certs_dir, "client")
+
     def settings(self) -> dict[str, str]:
         """The values that put the services on this platform's ports and database."""
         p = self.ports
@@ -143,10 +154,12 @@ class PodmanPlatform:
             "services.sync.env.SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
             "services.gateway.port": str(p.gateway),
             "services.national_emulator.port": str(p.national_emulator),
+            "tls.hostPath": str(self.certs_dir),
         }
         for service in GRPC_SERVICES:
             chosen[f"services.{service}.port"] = str(getattr(p, service))
             chosen[f"services.{service}.metricsPort"] = str(getattr(p, f"{service}_metrics"))
+            chosen[f"services.{service}.healthPort"] = str(getattr(p, f"{service}_health"))
         return chosen
 
     def render(self) -> list[Manifest]:
@@ -164,6 +177,10 @@ class PodmanPlatform:
 
     def start(self, seconds: float = 90) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dev_certificates(self.certs_dir)
+        # The pods run as user 10001 and read the keys from this host folder (the test's own).
+        for key in self.certs_dir.glob("*-key.pem"):
+            key.chmod(0o644)
         manifests = self.render()
         # podman 4.3 reads a secretKeyRef from its own secret store, as JSON of base64 values; it
         # cannot read back a Secret it played itself. The chart's Secrets go in that way. (It cannot
@@ -183,8 +200,10 @@ class PodmanPlatform:
             secret_file.unlink()
         workloads = self._write("workloads.yaml", [m for m in manifests if m["kind"] in PODMAN_PLAYABLE])
         podman("kube", "play", "--network", "host", str(workloads))
+        credentials = self.client_tls.channel_credentials()
         for service in GRPC_SERVICES:
-            wait_for(partial(grpc_serving, self.target(service)), seconds, f"{service} SERVING", self.logs)
+            serving = partial(grpc_serving, self.target(service), credentials=credentials)
+            wait_for(serving, seconds, f"{service} SERVING", self.logs)
         for service in ("gateway", "national_emulator"):
             wait_for(
                 partial(port_open, getattr(self.ports, service)), seconds, f"{service} listening", self.logs
