@@ -25,7 +25,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -137,15 +136,19 @@ async def get_patient_latency(stack: Stack, calls: int) -> tuple[list[float], li
             **stack.service_env("identity"),
             "IDENTITY_GRPC_PORT": str(without_port),
             "IDENTITY_METRICS_PORT": "0",
+            "IDENTITY_HEALTH_PORT": "0",
         },
         stack.run_dir / "logs" / "identity-without-audit.log",
     ).start()
     stack.processes["identity-without-audit"] = without
-    wait_until(without, lambda: grpc_serving(f"127.0.0.1:{without_port}"), 60, "SERVING")
+    credentials = stack.client_tls.channel_credentials()
+    wait_until(
+        without, lambda: grpc_serving(f"127.0.0.1:{without_port}", credentials=credentials), 60, "SERVING"
+    )
     metadata = caller_metadata("dr-bench", "79001", "TREATMENT", role="physician")
     async with (
-        grpc.aio.insecure_channel(stack.target("identity")) as audited_channel,
-        grpc.aio.insecure_channel(f"127.0.0.1:{without_port}") as plain_channel,
+        stack.client_tls.aio_channel(stack.target("identity")) as audited_channel,
+        stack.client_tls.aio_channel(f"127.0.0.1:{without_port}") as plain_channel,
     ):
         audited = identity_pb2_grpc.PatientIdentityServiceStub(audited_channel)
         plain = identity_pb2_grpc.PatientIdentityServiceStub(plain_channel)

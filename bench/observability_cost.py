@@ -23,7 +23,6 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,10 @@ def registration(serial: int) -> pb.RegisterPatientRequest:
     )
 
 
-async def calls_per_second(target: str, patient_ids: list[str], concurrency: int, seconds: float) -> float:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def calls_per_second(
+    stack: Stack, target: str, patient_ids: list[str], concurrency: int, seconds: float
+) -> float:
+    async with stack.client_tls.aio_channel(target) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         for patient_id in patient_ids[:20]:  # warm-up: connection, caches
             await stub.GetPatient(pb.GetPatientRequest(patient_id=patient_id), metadata=READER)
@@ -96,7 +97,7 @@ def scrape_every_second(port: int, stop: threading.Event) -> None:
 async def measure(
     stack: Stack, on: Ports, off: Ports, collector: SpanCounter, args: argparse.Namespace
 ) -> None:
-    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+    async with stack.client_tls.aio_channel(stack.target("identity")) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = [
             (await stub.RegisterPatient(registration(i), metadata=READER)).patient.patient_id
@@ -112,7 +113,7 @@ async def measure(
                 scraper = threading.Thread(target=scrape_every_second, args=(ports.identity_metrics, stop))
                 scraper.start()
             rate = await calls_per_second(
-                f"127.0.0.1:{ports.identity}", patient_ids, args.concurrency, args.seconds
+                stack, f"127.0.0.1:{ports.identity}", patient_ids, args.concurrency, args.seconds
             )
             stop.set()
             if scraper is not None:
@@ -147,8 +148,8 @@ def main() -> None:
     receiver.start()
     with tempfile.TemporaryDirectory(prefix="observability-cost-") as run_dir:
         stack = Stack(run_dir=Path(run_dir), ports=Ports.free(), mongodb_uri=os.environ.get("MONGODB_URI"))
-        on = replace(stack.ports, identity=free_port(), identity_metrics=free_port())
-        off = replace(stack.ports, identity=free_port(), identity_metrics=0)
+        on = stack.with_ports(identity=free_port(), identity_metrics=free_port())
+        off = stack.with_ports(identity=free_port(), identity_metrics=0)
         try:
             if stack.mongodb_uri is None:
                 stack.start_ferretdb()

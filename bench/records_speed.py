@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import sys
@@ -217,6 +218,8 @@ def main() -> None:
     parser.add_argument("--visits", type=int, default=300, help="visits per throughput run")
     args = parser.parse_args()
     stack = Stack(run_dir=Path(tempfile.mkdtemp(prefix="records-bench-")), ports=Ports.free())
+    # This process calls the services with the development client certificate (create_channel reads TLS_*).
+    os.environ.update(stack.client_tls.env())
     try:
         stack.start_ferretdb()
         for service in ("audit", "identity", "records"):

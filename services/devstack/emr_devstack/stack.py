@@ -187,6 +187,7 @@ class Stack:
         instances under another ``name`` with other ports and settings."""
         p = ports or self.ports
         name = name or service
+        ensure_dev_certificates(self.certs_dir)
         process = ManagedProcess(
             name,
             [sys.executable, "-m", f"emr_{service}"],
