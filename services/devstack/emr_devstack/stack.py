@@ -188,16 +188,15 @@ class Stack:
         p = ports or self.ports
         name = name or service
         ensure_dev_certificates(self.certs_dir)
+        env = {**self.service_env(service, p), **(extra_env or {})}
         process = ManagedProcess(
-            name,
-            [sys.executable, "-m", f"emr_{service}"],
-            {**self.service_env(service, p), **(extra_env or {})},
-            self.run_dir / "logs" / f"{name}.log",
+            name, [sys.executable, "-m", f"emr_{service}"], env, self.run_dir / "logs" / f"{name}.log"
         ).start()
         self.processes[name] = process
         port = getattr(p, service)
         if service in GRPC_SERVICES:
-            credentials = self.client_tls.channel_credentials()
+            # An instance started with TLS_* emptied (benches' baseline) speaks plaintext.
+            credentials = self.client_tls.channel_credentials() if env.get("TLS_CA_FILE") else None
             wait_until(
                 process, lambda: grpc_serving(f"127.0.0.1:{port}", credentials=credentials), 60, "SERVING"
             )
