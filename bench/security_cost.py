@@ -31,6 +31,7 @@ from pathlib import Path
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
+from emr_devstack import load
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Ports, Stack
 from emr_runtime.caller import caller_metadata
@@ -101,21 +102,12 @@ async def calls_per_second(
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         for patient_id in patient_ids[:20]:  # warm-up: connection, caches
             await stub.GetPatient(pb.GetPatientRequest(patient_id=patient_id), metadata=metadata, timeout=30)
-        done = 0
-        deadline = time.perf_counter() + seconds
 
-        async def worker(offset: int) -> None:
-            nonlocal done
-            index = offset
-            while time.perf_counter() < deadline:
-                request = pb.GetPatientRequest(patient_id=patient_ids[index % len(patient_ids)])
-                await stub.GetPatient(request, metadata=metadata, timeout=30)
-                done += 1
-                index += concurrency
+        async def get(index: int) -> object:
+            request = pb.GetPatientRequest(patient_id=patient_ids[index % len(patient_ids)])
+            return await stub.GetPatient(request, metadata=metadata, timeout=30)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        return await load.calls_per_second(get, concurrency, seconds)
 
 
 async def new_connection_ms(deployment: Deployment, patient_id: str, connections: int) -> float:

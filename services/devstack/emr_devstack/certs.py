@@ -57,6 +57,21 @@ def tls_files(directory: Path, name: str) -> TlsFiles:
     return TlsFiles(directory / "ca.pem", directory / f"{name}.pem", directory / f"{name}-key.pem")
 
 
+class DevCertificates:
+    """For platforms run from a folder (Stack, PodmanPlatform): where their development CA and
+    certificates live (made on start when missing), and the certificate tools and tests call with."""
+
+    run_dir: Path
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.run_dir / "certs"
+
+    @property
+    def client_tls(self) -> TlsFiles:
+        return tls_files(self.certs_dir, "client")
+
+
 def service_dns_names(name: str, release: str, namespace: str) -> list[str]:
     """The names a caller may dial: the chart's Service (``<fullname>-<service>``) and its FQDNs."""
     fullname = release if "emr-platform" in release else f"{release}-emr-platform"

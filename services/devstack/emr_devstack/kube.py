@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from emr_devstack.certs import TlsFiles, ensure_dev_certificates, tls_files
+from emr_devstack.certs import DevCertificates, ensure_dev_certificates
 from emr_devstack.processes import grpc_serving, port_open
 from emr_devstack.stack import CACHE_BIN, GRPC_SERVICES, Ports
 
@@ -112,10 +112,11 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str, diagnose:
 
 
 @dataclass
-class PodmanPlatform:
+class PodmanPlatform(DevCertificates):
     """The chart rendered with ``ci/podman-values.yaml`` and run by ``podman kube play``: every
     service as a pod on the host network, bound to 127.0.0.1 on ``ports``, using the MongoDB at
-    ``mongodb_uri`` through the chart's Secret. Answers ``target``/``url`` like ``Stack``."""
+    ``mongodb_uri`` through the chart's Secret, mounting the development certificates of
+    ``certs_dir`` (tls.source=hostPath). Answers ``target``/``url`` like ``Stack``."""
 
     run_dir: Path
     release: str
@@ -135,15 +136,6 @@ class PodmanPlatform:
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
-
-    @property
-    def certs_dir(self) -> Path:
-        """The development CA and certificates the pods mount (tls.source=hostPath)."""
-        return self.run_dir / "certs"
-
-    @property
-    def client_tls(self) -> TlsFiles:
-        return tls_files(self.certs_dir, "client")
 
     def settings(self) -> dict[str, str]:
         """The values that put the services on this platform's ports and database."""

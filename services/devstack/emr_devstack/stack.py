@@ -16,7 +16,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from emr_devstack.certs import TlsFiles, ensure_dev_certificates, tls_files
+from emr_devstack.certs import DevCertificates, ensure_dev_certificates, tls_files
 from emr_devstack.processes import (
     ManagedProcess,
     free_port,
@@ -57,7 +57,7 @@ class Ports:
 
 
 @dataclass
-class Stack:
+class Stack(DevCertificates):
     """FerretDB (unless ``mongodb_uri`` names another server) and every service, as child processes."""
 
     run_dir: Path
@@ -67,16 +67,6 @@ class Stack:
     # Set for every service, e.g. OTEL_* to export traces to a collector.
     environment: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
-
-    @property
-    def certs_dir(self) -> Path:
-        """The development CA and certificates (emr_devstack.certs), made on start when missing."""
-        return self.run_dir / "certs"
-
-    @property
-    def client_tls(self) -> TlsFiles:
-        """The certificate of tools and tests calling the services."""
-        return tls_files(self.certs_dir, "client")
 
     @property
     def effective_mongodb_uri(self) -> str:
