@@ -70,7 +70,10 @@ async def run(identity: Any, records: Any, audit: Any, tools: Any) -> dict[str, 
 
     async def arrived() -> list[audit_pb2.AuditEvent] | None:
         events = await tools.all_events(audit, patient_id=patient_id)
-        return events if any(e.operation.endswith("/ListEncounters") for e in events) else None
+        # Sync reads the finished encounter for national delivery in the background: wait for its
+        # reads too, so that no event of this patient arrives after the run is taken.
+        done = ("/ListEncounters", "/GetEncounterBundle")
+        return events if all(any(e.operation.endswith(op) for e in events) for op in done) else None
 
     events = await tools.poll_until(arrived)
     return {
