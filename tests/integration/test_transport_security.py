@@ -126,10 +126,11 @@ async def test_rate_limit_is_per_client_application(
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(caught.value)
     assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-    # Another application has its own bucket.
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await strict_records.GetEncounter(request, metadata=as_application("his-b"))
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # Another application has its own bucket; so has a caller naming none (by its certificate).
+    for metadata in (as_application("his-b"), CALLER):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await strict_records.GetEncounter(request, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_stream_without_a_deadline_gets_the_default(

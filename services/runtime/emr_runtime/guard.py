@@ -3,7 +3,7 @@
 - a request that does not parse as its message type is INVALID_ARGUMENT naming ``request`` (gRPC
   would answer INTERNAL);
 - a client application over its request rate gets RESOURCE_EXHAUSTED (token bucket per client
-  application, per replica);
+  application, per replica; see ``client_key``);
 - every string field is at most its length limit (``string_limit``: one generic rule by field name,
   so a new field is covered without a table edit) and every timestamp is one a calendar holds;
   a violation is INVALID_ARGUMENT naming the field;
@@ -201,8 +201,7 @@ class GuardInterceptor(ScopedInterceptor):
         if isinstance(call.request, MalformedRequest):
             raise InvalidArgumentError([FieldViolation("request", "not a valid serialized request message")])
         if self._buckets is not None:
-            caller = caller_from_metadata(call.context.invocation_metadata())
-            wait = self._buckets.take(caller.client_application or UNIDENTIFIED_CLIENT)
+            wait = self._buckets.take(client_key(call.context))
             if wait > 0:
                 raise RateLimitedError(wait)
         violations = request_violations(call.request)
@@ -223,6 +222,17 @@ class GuardInterceptor(ScopedInterceptor):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no deadline was sent; the default of {deadline:g} s passed",
             )
+
+
+def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Whose bucket a call draws from: the caller's client application; without one, the subject of
+    its TLS client certificate (so each platform service calling another has its own bucket);
+    else one shared bucket."""
+    application = caller_from_metadata(context.invocation_metadata()).client_application
+    if application:
+        return application
+    name = next(iter(context.auth_context().get("x509_common_name") or ()), b"")
+    return f"certificate:{name.decode(errors='replace')}" if name else UNIDENTIFIED_CLIENT
 
 
 def _has_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> bool:

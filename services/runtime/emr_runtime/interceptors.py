@@ -238,6 +238,7 @@ def _translate(error: Exception) -> DomainError | None:
     if isinstance(error, grpc.aio.AioRpcError) and error.code() in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # a callee's rate limit: retry later, never INTERNAL
     ):
         return DependencyUnavailableError("a platform service")
     return None
