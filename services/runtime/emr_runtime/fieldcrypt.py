@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -137,6 +138,11 @@ class FieldCrypt:
                 "FIELD_BLIND_INDEX_KEY is not set: give base64 of at least 32 random bytes"
             )
         return cls(keys, current, _decode_key(index_key, "FIELD_BLIND_INDEX_KEY", "the key", exact=False))
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, str]) -> FieldCrypt:
+        """The keyring of these environment variables (e.g. the dev stack's), not of this process's."""
+        return cls.from_settings(FieldEncryptionSettings.model_validate(dict(variables)))
 
     @staticmethod
     def generate_key() -> str:

@@ -31,7 +31,10 @@ def keyring(keys: str, current: str, index_key: str = INDEX_KEY) -> FieldCrypt:
 
 def test_text_roundtrip_hides_the_value_and_differs_each_time() -> None:
     crypt = keyring(f"k1:{OLD_KEY}", "k1")
-    first, second = crypt.encrypt("identity.cccd", "079190000001"), crypt.encrypt("identity.cccd", "079190000001")
+    first, second = (
+        crypt.encrypt("identity.cccd", "079190000001"),
+        crypt.encrypt("identity.cccd", "079190000001"),
+    )
     assert first != second  # a fresh nonce every time: equal values are not linkable
     assert "079190000001" not in first and first.startswith("enc1:k1:")
     assert crypt.decrypt("identity.cccd", first) == "079190000001"
