@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from bson import CodecOptions
@@ -90,7 +90,8 @@ async def dump(client: AsyncMongoClient[dict[str, Any]]) -> dict[str, list[bytes
     for database_name in await client.list_database_names():
         database = client.get_database(database_name, codec_options=RAW)
         for collection_name in await database.list_collection_names():
-            found = [document.raw async for document in database[collection_name].find({})]
+            cursor = database[collection_name].find({})
+            found = [cast(RawBSONDocument, document).raw async for document in cursor]
             documents[f"{database_name}.{collection_name}"] = found
     return documents
 
@@ -268,7 +269,8 @@ async def test_rotated_keys_write_with_the_new_key_and_read_the_old(
             ),
             metadata=CLINICIAN,
         )
-        return response.patient
+        patient: identity_pb2.Patient = response.patient
+        return patient
 
     first = service_instance("identity", old_keys)
     before = await register(first.target, values["cccd"], values["phone"])
