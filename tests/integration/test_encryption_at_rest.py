@@ -91,7 +91,7 @@ async def dump(client: AsyncMongoClient[dict[str, Any]]) -> dict[str, list[bytes
         database = client.get_database(database_name, codec_options=RAW)
         for collection_name in await database.list_collection_names():
             cursor = database[collection_name].find({})
-            found = [cast(RawBSONDocument, document).raw async for document in cursor]
+            found = [bytes(cast(RawBSONDocument, document).raw) async for document in cursor]
             documents[f"{database_name}.{collection_name}"] = found
     return documents
 
