@@ -10,12 +10,10 @@ external national system, which is meant to receive the identifiers (the test ch
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx
 from bson import CodecOptions
@@ -30,23 +28,14 @@ from emr_devstack.stack import DEV_FIELD_ENCRYPTION
 from emr_runtime.caller import caller_metadata
 from emr_runtime.fieldcrypt import FieldCrypt
 
-T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-at-rest", "79001", "TREATMENT")
 RAW = CodecOptions(document_class=RawBSONDocument)
 CCCD = identity_pb2.IDENTIFIER_SYSTEM_CCCD
 BHYT = identity_pb2.IDENTIFIER_SYSTEM_BHYT
 PASSPORT = identity_pb2.IDENTIFIER_SYSTEM_PASSPORT
 MRN = identity_pb2.IDENTIFIER_SYSTEM_MRN
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + within_seconds
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.2)
+# Born 1992-03-14, female (the registration fixture's demographics, which the CCCDs below fit).
+NAME = "Lâm Thị Ngọc Bích"
 
 
 def stamp(offset_seconds: int) -> Timestamp:
@@ -97,17 +86,21 @@ async def dump(client: AsyncMongoClient[dict[str, Any]]) -> dict[str, list[bytes
 
 
 async def test_no_identifier_or_phone_is_stored_in_plaintext(
-    stack: Any, identity: Any, records: Any, sync: Any, mongo: Any, facility_code: str
+    stack: Any,
+    identity: Any,
+    records: Any,
+    sync: Any,
+    mongo: Any,
+    facility_code: str,
+    registration: Any,
+    tools: Any,
 ) -> None:
     values = synthetic_values()
     other_facility = f"{(int(facility_code) + 50_000) % 100_000:05d}"
     registered = await identity.RegisterPatient(
-        identity_pb2.RegisterPatientRequest(
-            request_id=str(uuid.uuid4()),
-            full_name="Lâm Thị Ngọc Bích",
-            birth_date="1992-03-14",
-            sex=identity_pb2.SEX_FEMALE,
-            facility_code=facility_code,
+        registration(
+            facility_code,
+            full_name=NAME,
             phone=values["phone"],
             identifiers=[
                 identity_pb2.Identifier(system=CCCD, value=values["cccd"]),
@@ -123,12 +116,9 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
 
     # The same citizen at another hospital, with the phone in +84 form: resolved by the CCCD claim.
     again = await identity.RegisterPatient(
-        identity_pb2.RegisterPatientRequest(
-            request_id=str(uuid.uuid4()),
-            full_name="Lâm Thị Ngọc Bích",
-            birth_date="1992-03-14",
-            sex=identity_pb2.SEX_FEMALE,
-            facility_code=other_facility,
+        registration(
+            other_facility,
+            full_name=NAME,
             phone=f"+84 {values['phone'][1:]}",
             identifiers=[
                 identity_pb2.Identifier(system=CCCD, value=values["cccd"]),
@@ -174,11 +164,10 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
     assert updated.patient.phone == values["phone_updated"]
     by_new_phone = await identity.MatchPatient(
         identity_pb2.MatchPatientRequest(
-            demographics=identity_pb2.RegisterPatientRequest(
-                full_name="Lâm Thị Ngọc Bích",
-                birth_date="1992-03-14",
-                sex=identity_pb2.SEX_FEMALE,
-                facility_code=facility_code,
+            demographics=registration(
+                facility_code,
+                request_id="",
+                full_name=NAME,
                 phone=values["phone_updated"],
                 identifiers=[identity_pb2.Identifier(system=CCCD, value=values["cccd"])],
             )
@@ -215,7 +204,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
             kinds = {item["kind"] for item in held["items"]}
             return held["items"] if {"fhir", "claim"} <= kinds else None
 
-        delivered = await eventually(both_delivered)
+        delivered = await tools.poll_until(both_delivered, 60.0)
         received = [(await http.get(f"/deliveries/{item['idempotency_key']}")).text for item in delivered]
     assert any(values["cccd"] in text for text in received)
 
@@ -223,7 +212,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
         status = await sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(facility_code=facility_code))
         return status if status.delivered >= 2 and status.pending == 0 else None
 
-    await eventually(sync_settled)
+    await tools.poll_until(sync_settled, 60.0)
 
     documents = await dump(mongo)
     # Not vacuous: the run's data is in the dump, in its encrypted and indexed forms.
@@ -249,7 +238,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
 
 
 async def test_rotated_keys_write_with_the_new_key_and_read_the_old(
-    service_instance: Any, open_channel: Any, mongo: Any, facility_code: str
+    service_instance: Any, open_channel: Any, mongo: Any, facility_code: str, registration: Any
 ) -> None:
     database = f"emr_identity_rotation_{uuid.uuid4().hex[:8]}"  # its own: other tests never read it
     old_keys = {**DEV_FIELD_ENCRYPTION, "IDENTITY_MONGODB_DATABASE": database}
@@ -258,14 +247,8 @@ async def test_rotated_keys_write_with_the_new_key_and_read_the_old(
     async def register(target: str, cccd: str, phone: str) -> identity_pb2.Patient:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(open_channel(target))
         response = await stub.RegisterPatient(
-            identity_pb2.RegisterPatientRequest(
-                request_id=str(uuid.uuid4()),
-                full_name="Vũ Thị Mai",
-                birth_date="1992-03-14",
-                sex=identity_pb2.SEX_FEMALE,
-                facility_code=facility_code,
-                phone=phone,
-                identifiers=[identity_pb2.Identifier(system=CCCD, value=cccd)],
+            registration(
+                facility_code, phone=phone, identifiers=[identity_pb2.Identifier(system=CCCD, value=cccd)]
             ),
             metadata=CLINICIAN,
         )

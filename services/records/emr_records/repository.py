@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import types
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -82,26 +83,17 @@ def _decode(kind: Any, value: Any) -> Any:
     return value
 
 
-def _content_kind(resource_type: ResourceType, name: str) -> str:
-    return f"records.{resource_type.value}.{name}"
-
-
-def _stored_content(crypt: FieldCrypt, resource_type: ResourceType, content: Document) -> Document:
-    encrypted = {
-        name: crypt.encrypt(_content_kind(resource_type, name), content[name])
+def _with_content_fields(
+    resource_type: ResourceType, content: Document, transform: Callable[[str, str], str]
+) -> Document:
+    """The content with its identifier fields passed through ``transform(kind, value)``
+    (``FieldCrypt.encrypt`` on the way in, ``decrypt`` on the way out)."""
+    changed = {
+        name: transform(f"records.{resource_type.value}.{name}", content[name])
         for name in ENCRYPTED_CONTENT_FIELDS.get(resource_type, ())
         if content.get(name)
     }
-    return {**content, **encrypted}
-
-
-def _read_content(crypt: FieldCrypt, resource_type: ResourceType, content: Document) -> Document:
-    decrypted = {
-        name: crypt.decrypt(_content_kind(resource_type, name), content[name])
-        for name in ENCRYPTED_CONTENT_FIELDS.get(resource_type, ())
-        if content.get(name)
-    }
-    return {**content, **decrypted}
+    return {**content, **changed}
 
 
 def _record_document(crypt: FieldCrypt, record: ClinicalRecord) -> Document:
@@ -115,7 +107,7 @@ def _record_document(crypt: FieldCrypt, record: ClinicalRecord) -> Document:
         "time": record.time,
         "code": record.code,
         "status": record.status,
-        "content": _stored_content(crypt, record.resource_type, to_plain(record.content)),
+        "content": _with_content_fields(record.resource_type, to_plain(record.content), crypt.encrypt),
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "author_id": record.author_id,
@@ -133,7 +125,8 @@ def _record(crypt: FieldCrypt, document: Document) -> ClinicalRecord:
         facility_code=document["facility_code"],
         encounter_id=document["encounter_id"],
         content=_decode(
-            CONTENT_TYPES[resource_type], _read_content(crypt, resource_type, document["content"])
+            CONTENT_TYPES[resource_type],
+            _with_content_fields(resource_type, document["content"], crypt.decrypt),
         ),
         version=document["version"],
         created_at=document["created_at"],
