@@ -16,6 +16,7 @@ import uuid
 from typing import Any, cast
 
 import httpx
+import pytest
 from bson import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -24,6 +25,7 @@ from emr.sync.v1 import sync_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
+from emr_devstack.processes import StartupError
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION
 from emr_runtime.caller import caller_metadata
 from emr_runtime.fieldcrypt import FieldCrypt
@@ -290,3 +292,12 @@ async def test_rotated_keys_write_with_the_new_key_and_read_the_old(
     assert stored_after["identifiers"][0]["value"].startswith("enc1:k2:")
     second.stop()
     await mongo.drop_database(database)
+
+
+def test_a_service_with_a_bad_key_does_not_start_and_says_why(service_instance: Any) -> None:
+    """Each kind of bad configuration is named (unit tests); here: the service stops at start."""
+    with pytest.raises(StartupError) as raised:
+        service_instance("records", {**DEV_FIELD_ENCRYPTION, "FIELD_ENCRYPTION_CURRENT_KEY_ID": "k9"})
+    assert "key id 'k9' is not in FIELD_ENCRYPTION_KEYS (ids there: dev1)" in str(raised.value)
+    secret = DEV_FIELD_ENCRYPTION["FIELD_ENCRYPTION_KEYS"].partition(":")[2]
+    assert secret not in str(raised.value)
