@@ -98,8 +98,10 @@ class FieldCrypt:
     keys: dict[str, bytes] = field(repr=False)
     current_key_id: str
     blind_index_key: bytes = field(repr=False)
+    _ciphers: dict[str, AESGCM] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_ciphers", {key_id: AESGCM(key) for key_id, key in self.keys.items()})
         if self.current_key_id not in self.keys:
             raise FieldCryptConfigError(
                 f"FIELD_ENCRYPTION_CURRENT_KEY_ID: key id {self.current_key_id!r} is not in "
@@ -157,17 +159,17 @@ class FieldCrypt:
     def _encrypt(self, kind: str, plaintext: bytes) -> tuple[str, bytes]:
         nonce = os.urandom(NONCE_BYTES)
         key_id = self.current_key_id
-        sealed = AESGCM(self.keys[key_id]).encrypt(nonce, plaintext, self._associated_data(kind, key_id))
+        sealed = self._ciphers[key_id].encrypt(nonce, plaintext, self._associated_data(kind, key_id))
         return key_id, nonce + sealed
 
     def _decrypt(self, kind: str, key_id: str, data: bytes) -> bytes:
-        key = self.keys.get(key_id)
-        if key is None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
             raise FieldDecryptionError(
                 f"a {kind} value was encrypted with key id {key_id!r}, which is not in FIELD_ENCRYPTION_KEYS"
             )
         try:
-            return AESGCM(key).decrypt(
+            return cipher.decrypt(
                 data[:NONCE_BYTES], data[NONCE_BYTES:], self._associated_data(kind, key_id)
             )
         except (InvalidTag, ValueError):
