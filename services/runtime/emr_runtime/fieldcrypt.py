@@ -169,9 +169,7 @@ class FieldCrypt:
                 f"a {kind} value was encrypted with key id {key_id!r}, which is not in FIELD_ENCRYPTION_KEYS"
             )
         try:
-            return cipher.decrypt(
-                data[:NONCE_BYTES], data[NONCE_BYTES:], self._associated_data(kind, key_id)
-            )
+            return cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], self._associated_data(kind, key_id))
         except (InvalidTag, ValueError):
             raise FieldDecryptionError(
                 f"a {kind} value does not decrypt with key {key_id!r}: altered, or copied from another field"
