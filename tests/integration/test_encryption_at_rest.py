@@ -98,7 +98,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
     tools: Any,
 ) -> None:
     values = synthetic_values()
-    other_facility = f"{(int(facility_code) + 50_000) % 100_000:05d}"
+    other_facility = f"AR{facility_code[-3:]}"  # letters: never another test's facility code
     registered = await identity.RegisterPatient(
         registration(
             facility_code,
