@@ -35,12 +35,13 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).parent))
 from identity_quality import TODAY, registration_input
 
-from emr_devstack.stack import Ports, Stack
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
 from emr_identity.domain import IdentifierSystem, Outcome, PersonStatus, new_person, validate_registration
 from emr_identity.linkage import FacilityRecord
 from emr_identity.matching import blocking_keys, match_record
 from emr_identity.repository import COLLECTIONS, PersonRepository
 from emr_identity.synthetic import SyntheticRecord, generate
+from emr_runtime.fieldcrypt import FieldCrypt
 
 DATABASE = "emr_identity_bench"
 pb = identity_pb2
@@ -97,7 +98,8 @@ async def load(uri: str, persons: int, seed: int) -> tuple[list[SyntheticRecord]
     db = client[DATABASE]
     for collection in COLLECTIONS:
         await db.drop_collection(collection)
-    await PersonRepository(db).bulk_load(entries, blocks)
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
+    await PersonRepository(db, crypt).bulk_load(entries, blocks)
     await client.close()
     return population, [person.person_id for person, _ in entries]
 

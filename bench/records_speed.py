@@ -33,11 +33,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import free_port
-from emr_devstack.stack import Ports, Stack
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
 from emr_records.domain import ObservationContent, ObservationStatus, Quantity, ResourceInput, new_record
 from emr_records.repository import ResourceRepository
 from emr_runtime.channels import create_channel
 from emr_runtime.clock import utc_now
+from emr_runtime.fieldcrypt import FieldCrypt
 
 CONCURRENCY = 32
 # Clients retry UNAVAILABLE (every platform write is idempotent by request_id), as integrators should.
@@ -120,7 +121,8 @@ async def seed_timeline(stack: Stack, patient_id: str, entries: int) -> None:
     entries through the API takes many minutes on FerretDB, and only reads are measured here. They
     never reach the change feed (no sync runs in this bench)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.effective_mongodb_uri, tz_aware=True)
-    repository = ResourceRepository(client["emr_records"])
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
+    repository = ResourceRepository(client["emr_records"], crypt)
     now = utc_now()
     for index in range(entries):
         content = ObservationContent(

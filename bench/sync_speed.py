@@ -30,7 +30,9 @@ from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
-from emr_devstack.stack import Ports, Stack
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
+from emr_runtime.fieldcrypt import FieldCrypt
+from emr_sync.repository import PAYLOAD_KIND
 
 CONCURRENCY = 16
 ENCOUNTERS_PER_PATIENT = 10
@@ -194,7 +196,8 @@ async def measure(stack: Stack, encounters: int, raw: int) -> None:
     del stack.processes["sync"]
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.effective_mongodb_uri)
     cursor = client["emr_sync"]["payloads"].find({}).limit(raw)
-    payloads = [bytes(document["body"]) async for document in cursor]
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # payloads are stored sealed
+    payloads = [crypt.unseal(PAYLOAD_KIND, bytes(document["body"])) async for document in cursor]
     await client.close()
     async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
         (await http.put("/admin/faults", json={"outage_seconds": 0})).raise_for_status()

@@ -183,6 +183,11 @@ def test_production_values_use_the_secret_and_the_real_national_system() -> None
             "name": "emr-mongodb",
             "key": "connection-uri",
         }
+        if service != "audit":  # the services that store identifiers take their keys from the Secret
+            assert env["FIELD_ENCRYPTION_KEYS"]["valueFrom"]["secretKeyRef"] == {
+                "name": "emr-field-encryption",
+                "key": "keys",
+            }
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4317"
         assert deployments[service]["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
             "registry.example.org/emr/emr-"

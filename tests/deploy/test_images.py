@@ -15,7 +15,13 @@ from packaging.requirements import Requirement
 
 from emr_devstack.kube import REPO, podman, podman_env, run, wait_for
 from emr_devstack.processes import free_port, grpc_serving
-from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Stack
+from emr_devstack.stack import (
+    DEV_FIELD_ENCRYPTION,
+    FIELD_ENCRYPTING_SERVICES,
+    GRPC_SERVICES,
+    START_ORDER,
+    Stack,
+)
 
 # On a fresh machine the session's first test also builds the base image and every image (minutes).
 pytestmark = pytest.mark.timeout(1800)
@@ -70,6 +76,8 @@ def started(images: dict[str, str], ferretdb: Stack) -> Iterator[dict[str, int]]
     try:
         for service in START_ORDER:
             env = {"MONGODB_URI": ferretdb.effective_mongodb_uri}
+            if service in FIELD_ENCRYPTING_SERVICES:  # they refuse to start without keys
+                env.update(DEV_FIELD_ENCRYPTION)
             for variable in PORT_VARIABLES[service]:
                 env[variable] = str(free_port())
             ports[service] = int(env[PORT_VARIABLES[service][0]])

@@ -13,9 +13,11 @@ import pytest
 from emr.records.v1 import records_pb2, records_pb2_grpc
 
 from emr_devstack.processes import free_port
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION
 from emr_records.domain import ObservationContent, ObservationStatus, Quantity, ResourceInput, new_record
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_runtime.clock import utc_now
+from emr_runtime.fieldcrypt import FieldCrypt
 
 DATABASE = "emr_records_feed"
 SETTLE_SECONDS = 3.0
@@ -109,7 +111,8 @@ def slow_observation(patient_id: str) -> Any:
 
 async def test_consumer_never_misses_a_write_that_commits_late(feed_records: Any, mongo: Any) -> None:
     db = mongo[DATABASE]
-    resources, feed = ResourceRepository(db), ChangeFeedRepository(db)
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
+    resources, feed = ResourceRepository(db, crypt), ChangeFeedRepository(db)
     patient_id = str(uuid.uuid4())
     consumer = Consumer(feed_records, await head_of_feed(feed_records))
 

@@ -7,6 +7,10 @@ from typing import Any
 
 from emr.identity.v1 import identity_pb2
 
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION
+from emr_identity.repository import stored_key
+from emr_runtime.fieldcrypt import FieldCrypt
+
 
 async def test_concurrent_registrations_of_one_cccd_yield_one_person(
     identity: Any, mongo: Any, registration: Any, facility_code: str
@@ -20,8 +24,10 @@ async def test_concurrent_registrations_of_one_cccd_yield_one_person(
     outcomes = sorted(r.outcome for r in responses)
     assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_CREATED) == 1
     assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_EXISTING) == 23
+    # The CCCD is stored encrypted; the persons holding it carry its claim key (a blind index).
+    claim_key = stored_key(FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION), f"CCCD:{cccd}")
     active = await mongo["emr_identity"]["persons"].count_documents(
-        {"identifiers.value": cccd, "status": "active"}
+        {"claim_keys": claim_key, "status": "active"}
     )
     assert active == 1
     # A repeat of any of the requests returns what it returned the first time.

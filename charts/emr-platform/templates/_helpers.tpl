@@ -88,6 +88,11 @@ app.kubernetes.io/component: {{ include "emr.component" (index . 1) }}
 {{- end -}}
 {{- end -}}
 
+{{/* Name of the Secret that holds the field encryption keys (keys, current-key-id, blind-index-key). */}}
+{{- define "emr.fieldEncryptionSecretName" -}}
+{{- default (printf "%s-field-encryption" (include "emr.fullname" .)) .Values.fieldEncryption.existingSecret -}}
+{{- end -}}
+
 {{/* Name of the Secret that holds the audit checkpoint signing key (PEM under the key signing-key.pem
 when the chart makes it). */}}
 {{- define "emr.auditSigningKeySecretName" -}}

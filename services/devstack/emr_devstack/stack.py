@@ -30,6 +30,15 @@ GRPC_SERVICES = ("audit", "identity", "records", "sync")
 HTTP_SERVICES = ("national_emulator", "gateway")
 # Start order: everything a service calls is up before it.
 START_ORDER = ("audit", "identity", "records", "national_emulator", "sync", "gateway")
+# Keys of field encryption at rest (identifiers, phones) for `make up` and tests: development only,
+# public in this repository. Production takes its own from a Secret (README, "Encryption at rest").
+DEV_FIELD_ENCRYPTION = {
+    "FIELD_ENCRYPTION_KEYS": "dev1:0EjKlHtR6Ngq3BJUNgUSSde9mJVQ1Q+kJlkEj0I4S3U=",
+    "FIELD_ENCRYPTION_CURRENT_KEY_ID": "dev1",
+    "FIELD_BLIND_INDEX_KEY": "hVbqYPh55CZv1wfWp4/DQdRmaYPbz7A0bZaNNScPsVk=",
+}
+# The services that store identifiers or phone numbers, and so need those keys.
+FIELD_ENCRYPTING_SERVICES = ("identity", "records", "sync")
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,8 @@ class Stack(DevCertificates):
                 "GATEWAY_RECORDS_TARGET": self.target("records"),
             },
         }
-        return {**common, **per_service[service]}
+        keys = DEV_FIELD_ENCRYPTION if service in FIELD_ENCRYPTING_SERVICES else {}
+        return {**common, **keys, **per_service[service]}
 
     def start_service(
         self,

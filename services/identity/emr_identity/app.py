@@ -11,14 +11,16 @@ from emr_identity.settings import IdentitySettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
 async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
+    crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
     await recorder.open()
-    service = IdentityService(PersonRepository(db))
+    service = IdentityService(PersonRepository(db, crypt))
     servicer = PatientIdentityServicer(service)
     return ServiceApp(
         bindings=[

@@ -27,6 +27,7 @@ from emr_identity.linkage import FacilityRecord, ReviewTask
 from emr_identity.matching import Candidate, Contribution, MatchRecord, MatchScore, NameFrequencies
 from emr_identity.vietnamese import NameParts
 from emr_runtime.db import Database, Document, IndexSpec, insert_or_get, next_sequence
+from emr_runtime.fieldcrypt import FieldCrypt
 
 PERSONS = "persons"
 CLAIMS = "identifier_claims"
@@ -42,15 +43,45 @@ REVIEW_SEQUENCE = "identity_review_tasks"
 OPEN_REVIEW_TASKS = "identity_open_review_tasks"
 
 INDEXES = (IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),)
+# National identifiers and phone numbers are stored encrypted (emr_runtime.fieldcrypt); MRNs, a
+# facility's own numbers, stay readable.
+ENCRYPTED_SYSTEMS = frozenset({IdentifierSystem.CCCD, IdentifierSystem.BHYT, IdentifierSystem.PASSPORT})
+# Claim and block keys "<prefix>:<value>" whose value is an identifier or a phone number: stored as
+# "<prefix>#<blind index>", so that exact look-ups work without the value in the database.
+INDEXED_KEY_PREFIXES = frozenset({"CCCD", "cccd", "bhyt", "pp", "ph"})
 
 
-def _person_document(person: Person) -> Document:
+def stored_key(crypt: FieldCrypt, key: str) -> str:
+    """The ``_id`` under which a claim or block key is stored (idempotent: a stored key maps to itself)."""
+    prefix, separator, value = key.partition(":")
+    if separator and prefix in INDEXED_KEY_PREFIXES:
+        return f"{prefix}#{crypt.blind_index(prefix.lower(), value)}"
+    return key
+
+
+def _identifier_kind(system: IdentifierSystem) -> str:
+    return f"identity.identifier.{system.value}"
+
+
+def _identifier_document(crypt: FieldCrypt, identifier: Identifier) -> Document:
+    value = identifier.value
+    if identifier.system in ENCRYPTED_SYSTEMS:
+        value = crypt.encrypt(_identifier_kind(identifier.system), value)
+    return {"system": identifier.system.value, "value": value, "facility_code": identifier.facility_code}
+
+
+def _identifier(crypt: FieldCrypt, document: Document) -> Identifier:
+    system = IdentifierSystem(document["system"])
+    value = document["value"]
+    if system in ENCRYPTED_SYSTEMS:
+        value = crypt.decrypt(_identifier_kind(system), value)
+    return Identifier(system, value, document.get("facility_code", ""))
+
+
+def _person_document(crypt: FieldCrypt, person: Person) -> Document:
     return {
         "_id": person.person_id,
-        "identifiers": [
-            {"system": i.system.value, "value": i.value, "facility_code": i.facility_code}
-            for i in person.identifiers
-        ],
+        "identifiers": [_identifier_document(crypt, i) for i in person.identifiers],
         "full_name": person.full_name,
         "birth_date": person.birth_date.isoformat(),
         "sex": person.sex.value,
@@ -59,8 +90,8 @@ def _person_document(person: Person) -> Document:
         "status": person.status.value,
         "request_fingerprint": person.request_fingerprint,
         "superseded_by": person.superseded_by,
-        "claim_keys": list(person.claim_keys),
-        "phone": person.phone,
+        "claim_keys": [stored_key(crypt, key) for key in person.claim_keys],
+        "phone": crypt.encrypt("identity.phone", person.phone),
         "province_code": person.province_code,
         "record_ids": list(person.record_ids),
         "merged_into": person.merged_into,
@@ -71,13 +102,11 @@ def _person_document(person: Person) -> Document:
     }
 
 
-def _person(document: Document) -> Person:
+def _person(crypt: FieldCrypt, document: Document) -> Person:
+    """A stored person; its ``claim_keys`` are in stored form (``stored_key``)."""
     return Person(
         person_id=document["_id"],
-        identifiers=tuple(
-            Identifier(IdentifierSystem(i["system"]), i["value"], i.get("facility_code", ""))
-            for i in document["identifiers"]
-        ),
+        identifiers=tuple(_identifier(crypt, i) for i in document["identifiers"]),
         full_name=document["full_name"],
         birth_date=date.fromisoformat(document["birth_date"]),
         sex=Sex(document["sex"]),
@@ -87,7 +116,7 @@ def _person(document: Document) -> Person:
         request_fingerprint=document["request_fingerprint"],
         superseded_by=document.get("superseded_by", ""),
         claim_keys=tuple(document.get("claim_keys", ())),
-        phone=document.get("phone", ""),
+        phone=crypt.decrypt("identity.phone", document.get("phone", "")),
         province_code=document.get("province_code", ""),
         record_ids=tuple(document.get("record_ids", ())),
         merged_into=document.get("merged_into", ""),
@@ -98,32 +127,32 @@ def _person(document: Document) -> Person:
     )
 
 
-def _match_document(match: MatchRecord) -> Document:
+def _match_document(crypt: FieldCrypt, match: MatchRecord) -> Document:
     return {
         "family": match.names.family,
         "middle": match.names.middle,
         "given": match.names.given,
         "birth_date": match.birth_date.isoformat(),
         "sex": match.sex,
-        "phone": match.phone,
+        "phone": crypt.encrypt("identity.phone", match.phone),
         "province_code": match.province_code,
-        "cccd": match.cccd,
-        "bhyt_code": match.bhyt_code,
-        "passport": match.passport,
+        "cccd": crypt.encrypt(_identifier_kind(IdentifierSystem.CCCD), match.cccd),
+        "bhyt_code": crypt.encrypt(_identifier_kind(IdentifierSystem.BHYT), match.bhyt_code),
+        "passport": crypt.encrypt(_identifier_kind(IdentifierSystem.PASSPORT), match.passport),
     }
 
 
-def _match(record_id: str, document: Document) -> MatchRecord:
+def _match(crypt: FieldCrypt, record_id: str, document: Document) -> MatchRecord:
     return MatchRecord(
         record_id=record_id,
         names=NameParts(document["family"], document["middle"], document["given"]),
         birth_date=date.fromisoformat(document["birth_date"]),
         sex=document["sex"],
-        phone=document["phone"],
+        phone=crypt.decrypt("identity.phone", document["phone"]),
         province_code=document["province_code"],
-        cccd=document["cccd"],
-        bhyt_code=document["bhyt_code"],
-        passport=document["passport"],
+        cccd=crypt.decrypt(_identifier_kind(IdentifierSystem.CCCD), document["cccd"]),
+        bhyt_code=crypt.decrypt(_identifier_kind(IdentifierSystem.BHYT), document["bhyt_code"]),
+        passport=crypt.decrypt(_identifier_kind(IdentifierSystem.PASSPORT), document["passport"]),
     )
 
 
@@ -160,12 +189,12 @@ def _candidates(documents: Iterable[Document]) -> tuple[Candidate, ...]:
     )
 
 
-def _record_document(record: FacilityRecord) -> Document:
+def _record_document(crypt: FieldCrypt, record: FacilityRecord) -> Document:
     return {
         "_id": record.record_id,
         "person_id": record.person_id,
         "facility_code": record.facility_code,
-        "match": _match_document(record.match),
+        "match": _match_document(crypt, record.match),
         "request_fingerprint": record.request_fingerprint,
         "created_at": record.created_at,
         "outcome": record.outcome.value if record.outcome else None,
@@ -174,13 +203,13 @@ def _record_document(record: FacilityRecord) -> Document:
     }
 
 
-def _record(document: Document) -> FacilityRecord:
+def _record(crypt: FieldCrypt, document: Document) -> FacilityRecord:
     outcome = document.get("outcome")
     return FacilityRecord(
         record_id=document["_id"],
         person_id=document["person_id"],
         facility_code=document["facility_code"],
-        match=_match(document["_id"], document["match"]),
+        match=_match(crypt, document["_id"], document["match"]),
         request_fingerprint=document["request_fingerprint"],
         created_at=document["created_at"],
         outcome=Outcome(outcome) if outcome else None,
@@ -218,8 +247,9 @@ def _event(document: Document) -> LinkEvent:
 
 
 class PersonRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, crypt: FieldCrypt) -> None:
         self._db = db
+        self._crypt = crypt
         self._persons = db[PERSONS]
         self._claims = db[CLAIMS]
         self._records = db[RECORDS]
@@ -248,18 +278,19 @@ class PersonRepository:
 
     async def insert_or_get(self, person: Person) -> Person:
         """Inserts the person; if one with its id exists already (a repeated request), returns that."""
-        stored, _ = await insert_or_get(self._persons, _person_document(person))
-        return _person(stored)
+        stored, _ = await insert_or_get(self._persons, _person_document(self._crypt, person))
+        return _person(self._crypt, stored)
 
     async def get(self, person_id: str) -> Person | None:
         document = await self._get(PERSONS, person_id)
-        return _person(document) if document else None
+        return _person(self._crypt, document) if document else None
 
     async def get_many(self, person_ids: Iterable[str]) -> list[Person]:
-        return [_person(d) for d in await self._get_many(PERSONS, person_ids)]
+        return [_person(self._crypt, d) for d in await self._get_many(PERSONS, person_ids)]
 
     async def claim(self, claim_key: str, person_id: str) -> str:
         """Claims a unique identifier for a person; returns the id of the person that owns it."""
+        claim_key = stored_key(self._crypt, claim_key)
         try:
             await self._claims.insert_one({"_id": claim_key, "person_id": person_id})
             return person_id
@@ -270,12 +301,13 @@ class PersonRepository:
 
     async def release_claims(self, person_id: str, claim_keys: Iterable[str]) -> None:
         for key in claim_keys:
-            await self._claims.delete_one({"_id": key, "person_id": person_id})
+            await self._claims.delete_one({"_id": stored_key(self._crypt, key), "person_id": person_id})
 
     async def transfer_claims(self, claim_keys: Iterable[str], from_person: str, to_person: str) -> None:
         for key in claim_keys:
             await self._claims.update_one(
-                {"_id": key, "person_id": from_person}, {"$set": {"person_id": to_person}}
+                {"_id": stored_key(self._crypt, key), "person_id": from_person},
+                {"$set": {"person_id": to_person}},
             )
 
     async def activate(self, person_id: str) -> None:
@@ -324,7 +356,7 @@ class PersonRepository:
                     "full_name": person.full_name,
                     "birth_date": person.birth_date.isoformat(),
                     "sex": person.sex.value,
-                    "phone": person.phone,
+                    "phone": self._crypt.encrypt("identity.phone", person.phone),
                     "province_code": person.province_code,
                     "version": expected_version + 1,
                 }
@@ -339,8 +371,8 @@ class PersonRepository:
     # --- facility records and blocks ----------------------------------------------------------------
 
     async def insert_or_get_record(self, record: FacilityRecord) -> FacilityRecord:
-        stored, _ = await insert_or_get(self._records, _record_document(record))
-        return _record(stored)
+        stored, _ = await insert_or_get(self._records, _record_document(self._crypt, record))
+        return _record(self._crypt, stored)
 
     async def finish_record(self, record: FacilityRecord) -> FacilityRecord:
         """Records the outcome once; a concurrent twin of the request that finished first wins."""
@@ -357,18 +389,18 @@ class PersonRepository:
         )
         stored = await self._get(RECORDS, record.record_id)
         assert stored is not None
-        return _record(stored)
+        return _record(self._crypt, stored)
 
     async def records(self, record_ids: Iterable[str]) -> list[FacilityRecord]:
-        return [_record(d) for d in await self._get_many(RECORDS, record_ids)]
+        return [_record(self._crypt, d) for d in await self._get_many(RECORDS, record_ids)]
 
     async def file_in_blocks(self, keys: Iterable[str], record_id: str) -> None:
         for key in keys:
-            await self._upsert(BLOCKS, key, {"$addToSet": {"record_ids": record_id}})
+            await self._upsert(BLOCKS, stored_key(self._crypt, key), {"$addToSet": {"record_ids": record_id}})
 
     async def block_members(self, keys: Iterable[str]) -> set[str]:
         members: set[str] = set()
-        for block in await self._get_many(BLOCKS, keys):
+        for block in await self._get_many(BLOCKS, (stored_key(self._crypt, key) for key in keys)):
             members.update(block["record_ids"])
         return members
 
@@ -478,10 +510,10 @@ class PersonRepository:
         records: list[Document] = []
         frequencies = NameFrequencies()
         for person, record in entries:
-            persons.append(_person_document(person))
-            records.append(_record_document(record))
+            persons.append(_person_document(self._crypt, person))
+            records.append(_record_document(self._crypt, record))
             frequencies.add(record.match.names)
-        blocks = [{"_id": key, "record_ids": ids} for key, ids in block_keys.items()]
+        blocks = [{"_id": stored_key(self._crypt, key), "record_ids": ids} for key, ids in block_keys.items()]
         for collection, documents in ((PERSONS, persons), (RECORDS, records), (BLOCKS, blocks)):
             for start in range(0, len(documents), 5_000):
                 await self._db[collection].insert_many(documents[start : start + 5_000], ordered=False)

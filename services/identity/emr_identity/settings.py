@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from emr_runtime.fieldcrypt import FieldEncryptionSettings
 from emr_runtime.settings import ServiceSettings
 
 
-class IdentitySettings(ServiceSettings):
+class IdentitySettings(ServiceSettings, FieldEncryptionSettings):
     model_config = SettingsConfigDict(env_prefix="IDENTITY_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50051, ge=0, le=65535)

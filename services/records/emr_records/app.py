@@ -13,17 +13,19 @@ from emr_records.settings import RecordsSettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
 async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
+    crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
     identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="records")
     await recorder.open()
     service = RecordsService(
-        ResourceRepository(db),
+        ResourceRepository(db, crypt),
         ChangeFeedRepository(db),
         PatientDirectory(identity_channel, "records", "PATIENT_REFERENCE_CHECK", deadline_seconds=3.0),
         timedelta(seconds=settings.change_settle_seconds),

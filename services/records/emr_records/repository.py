@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import types
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -32,6 +33,7 @@ from emr_records.domain import (
 )
 from emr_runtime.clock import utc_now
 from emr_runtime.db import Database, Document, IndexSpec, insert_or_get, next_sequence
+from emr_runtime.fieldcrypt import FieldCrypt
 
 RESOURCES = "resources"
 VERSIONS = "resource_versions"
@@ -60,6 +62,9 @@ INDEXES = (
 )
 
 
+# Content fields holding national identifiers, stored encrypted (emr_runtime.fieldcrypt).
+ENCRYPTED_CONTENT_FIELDS = {ResourceType.ENCOUNTER: ("bhyt_number",)}
+
 # --- content codec: dataclasses <-> BSON documents ----------------------------------------------
 
 
@@ -78,7 +83,20 @@ def _decode(kind: Any, value: Any) -> Any:
     return value
 
 
-def _record_document(record: ClinicalRecord) -> Document:
+def _with_content_fields(
+    resource_type: ResourceType, content: Document, transform: Callable[[str, str], str]
+) -> Document:
+    """The content with its identifier fields passed through ``transform(kind, value)``
+    (``FieldCrypt.encrypt`` on the way in, ``decrypt`` on the way out)."""
+    changed = {
+        name: transform(f"records.{resource_type.value}.{name}", content[name])
+        for name in ENCRYPTED_CONTENT_FIELDS.get(resource_type, ())
+        if content.get(name)
+    }
+    return {**content, **changed}
+
+
+def _record_document(crypt: FieldCrypt, record: ClinicalRecord) -> Document:
     return {
         "_id": record.resource_id,
         "resource_type": record.resource_type.value,
@@ -89,7 +107,7 @@ def _record_document(record: ClinicalRecord) -> Document:
         "time": record.time,
         "code": record.code,
         "status": record.status,
-        "content": to_plain(record.content),
+        "content": _with_content_fields(record.resource_type, to_plain(record.content), crypt.encrypt),
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "author_id": record.author_id,
@@ -98,7 +116,7 @@ def _record_document(record: ClinicalRecord) -> Document:
     }
 
 
-def _record(document: Document) -> ClinicalRecord:
+def _record(crypt: FieldCrypt, document: Document) -> ClinicalRecord:
     resource_type = ResourceType(document["resource_type"])
     return ClinicalRecord(
         resource_type=resource_type,
@@ -106,7 +124,10 @@ def _record(document: Document) -> ClinicalRecord:
         patient_id=document["patient_id"],
         facility_code=document["facility_code"],
         encounter_id=document["encounter_id"],
-        content=_decode(CONTENT_TYPES[resource_type], document["content"]),
+        content=_decode(
+            CONTENT_TYPES[resource_type],
+            _with_content_fields(resource_type, document["content"], crypt.decrypt),
+        ),
         version=document["version"],
         created_at=document["created_at"],
         updated_at=document["updated_at"],
@@ -120,14 +141,14 @@ def _version_key(record: ClinicalRecord) -> str:
     return f"{record.resource_id}:{record.version}"
 
 
-def _version_document(record: ClinicalRecord) -> Document:
+def _version_document(crypt: FieldCrypt, record: ClinicalRecord) -> Document:
     return {
         "_id": _version_key(record),
         "resource_id": record.resource_id,
         "version": record.version,
         "request_id": record.request_id,
         "content_sha256": record.content_sha256,
-        "record": _record_document(record),
+        "record": _record_document(crypt, record),
     }
 
 
@@ -147,19 +168,20 @@ def _change(document: Document) -> Change:
 
 
 class ResourceRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, crypt: FieldCrypt) -> None:
+        self._crypt = crypt
         self._resources = db[RESOURCES]
         self._versions = db[VERSIONS]
         self._pending = db[PENDING]
 
     async def store_version(self, record: ClinicalRecord) -> tuple[ClinicalRecord, bool]:
         """Step 1: writes the immutable version; returns the stored one and whether this call wrote it."""
-        stored, inserted = await insert_or_get(self._versions, _version_document(record))
-        return _record(stored["record"]), inserted
+        stored, inserted = await insert_or_get(self._versions, _version_document(self._crypt, record))
+        return _record(self._crypt, stored["record"]), inserted
 
     async def version_by_request(self, resource_id: str, request_id: str) -> ClinicalRecord | None:
         document = await self._versions.find_one({"resource_id": resource_id, "request_id": request_id})
-        return _record(document["record"]) if document else None
+        return _record(self._crypt, document["record"]) if document else None
 
     async def advance(self, record: ClinicalRecord) -> None:
         """Step 2: notes the version as pending for the feed, then moves the current state to it
@@ -173,7 +195,7 @@ class ResourceRepository:
                     "since": utc_now(),
                 }
             )
-        document = _record_document(record)
+        document = _record_document(self._crypt, record)
         if record.version == 1:
             with contextlib.suppress(DuplicateKeyError):  # already created by an earlier attempt
                 await self._resources.insert_one(document)
@@ -190,11 +212,11 @@ class ResourceRepository:
 
     async def get(self, resource_id: str) -> ClinicalRecord | None:
         document = await self._resources.find_one({"_id": resource_id})
-        return _record(document) if document else None
+        return _record(self._crypt, document) if document else None
 
     async def history(self, resource_id: str) -> list[ClinicalRecord]:
         cursor = self._versions.find({"resource_id": resource_id}).sort("version", 1)
-        return [_record(document["record"]) async for document in cursor]
+        return [_record(self._crypt, document["record"]) async for document in cursor]
 
     async def with_change_pending(self, older_than: datetime, limit: int) -> list[ClinicalRecord]:
         cursor = self._pending.find({"since": {"$lt": older_than}}).limit(limit)
@@ -207,7 +229,7 @@ class ResourceRepository:
             {"_id": {"$in": [f"{resource_id}:{version}" for resource_id, version in keys]}}
         )
         return {
-            (document["resource_id"], document["version"]): _record(document["record"])
+            (document["resource_id"], document["version"]): _record(self._crypt, document["record"])
             async for document in cursor
         }
 
@@ -233,11 +255,11 @@ class ResourceRepository:
         cursor = (
             self._resources.find({"$and": conditions}).sort([("time", -1), ("_id", -1)]).limit(query.limit)
         )
-        return [_record(document) async for document in cursor]
+        return [_record(self._crypt, document) async for document in cursor]
 
     async def attached_to(self, encounter_id: str) -> list[ClinicalRecord]:
         cursor = self._resources.find({"encounter_id": encounter_id}).sort([("time", 1), ("_id", 1)])
-        return [_record(document) async for document in cursor]
+        return [_record(self._crypt, document) async for document in cursor]
 
 
 class ChangeFeedRepository:

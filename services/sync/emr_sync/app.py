@@ -10,6 +10,7 @@ from emr.sync.v1 import sync_pb2_grpc
 
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
 from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
@@ -36,6 +37,7 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
 
 
 async def build(settings: SyncSettings, db: Database) -> ServiceApp:
+    crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
     records_channel = create_channel(settings.records_target, RECORDS_SERVICE)
     identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
     national = NationalClient(
@@ -48,7 +50,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
         settings.concurrency,
     )
     service = SyncService(
-        SyncRepository(db),
+        SyncRepository(db, crypt),
         RecordsFeed(records_channel),
         PatientDirectory(identity_channel, "sync", "NATIONAL_REPORTING"),
         national,

@@ -14,6 +14,7 @@ from pymongo import DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from emr_runtime.db import Database, IndexSpec, insert_or_get
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_sync.domain import Delivery, DeliveryKind, DeliveryStatus
 
 DELIVERIES = "deliveries"
@@ -22,7 +23,9 @@ LEASES = "leases"
 EVENTS = "sync_events"
 OPERATIONS = "operations"
 # Payloads live apart from the queue, read by _id just before sending: queue scans stay small.
+# They carry CCCD and BHYT numbers, so they are stored sealed (emr_runtime.fieldcrypt).
 PAYLOADS = "payloads"
+PAYLOAD_KIND = "sync.payload"
 INDEXES = (
     IndexSpec(DELIVERIES, (("partition", 1), ("status", 1), ("sequence", 1)), "deliveries_by_partition"),
     IndexSpec(DELIVERIES, (("facility_code", 1), ("status", 1)), "deliveries_by_facility"),
@@ -88,7 +91,8 @@ def _facility(facility_code: str) -> dict[str, Any]:
 
 
 class SyncRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, crypt: FieldCrypt) -> None:
+        self._crypt = crypt
         self._deliveries = db[DELIVERIES]
         self._cursors = db[CURSORS]
         self._leases = db[LEASES]
@@ -103,7 +107,11 @@ class SyncRepository:
             # Payloads first: a queued delivery always finds its payload.
             await self._payloads.bulk_write(
                 [
-                    UpdateOne({"_id": d.delivery_id}, {"$setOnInsert": {"body": d.payload}}, upsert=True)
+                    UpdateOne(
+                        {"_id": d.delivery_id},
+                        {"$setOnInsert": {"body": self._crypt.seal(PAYLOAD_KIND, d.payload)}},
+                        upsert=True,
+                    )
                     for d in deliveries
                 ],
                 ordered=False,
@@ -141,7 +149,7 @@ class SyncRepository:
 
     async def payload(self, delivery_id: str) -> bytes:
         document = await self._payloads.find_one({"_id": delivery_id})
-        return bytes(document["body"]) if document else b""
+        return self._crypt.unseal(PAYLOAD_KIND, bytes(document["body"])) if document else b""
 
     async def mark_in_flight(self, delivery_ids: list[str], owner: str, until: datetime) -> None:
         await self._deliveries.update_many(
