@@ -12,6 +12,8 @@ from pathlib import Path
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Stack, elapsed
+from emr_devstack.tokens import JWKS_FILE
+from emr_devstack.tokens import main as issue_token_main
 
 RUN_DIR = Path(os.environ.get("EMR_RUN_DIR", ".run"))
 PID_FILE = RUN_DIR / "devstack.pid"
@@ -40,7 +42,10 @@ EMR platform is up ({elapsed(started)}). Logs: {RUN_DIR}/logs/  Stop: Ctrl-C or 
   national emulator  http://127.0.0.1:{p.national_emulator}/deliveries
   MongoDB   {stack.effective_mongodb_uri}
 
+Development JWKS: {RUN_DIR}/{JWKS_FILE}. A token: python -m emr_devstack issue-token --facility 79001 --role doctor
 Try: grpcurl -plaintext 127.0.0.1:{p.identity} list
+     grpcurl -plaintext -H "authorization: Bearer $(python -m emr_devstack issue-token --role auditor)" \
+       127.0.0.1:{p.audit} emr.audit.v1.AuditService/GetPublicKey
 """,
             flush=True,
         )
@@ -61,4 +66,6 @@ Try: grpcurl -plaintext 127.0.0.1:{p.identity} list
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["issue-token"]:
+        sys.exit(issue_token_main(sys.argv[2:]))
     sys.exit(main())

@@ -23,6 +23,8 @@ from emr_devstack.processes import (
     port_open,
     wait_until,
 )
+from emr_devstack.tokens import JWKS_FILE, SERVICE_KEY_FILE, write_dev_keys
+from emr_runtime.auth import DEV_ISSUER
 
 CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emr-platform" / "bin"
 GRPC_SERVICES = ("audit", "identity", "records", "sync")
@@ -115,6 +117,10 @@ class Stack:
         """Environment of one service: the same variables a user sets (see README)."""
         p = ports or self.ports
         common = {"MONGODB_URI": self.effective_mongodb_uri, "PYTHONUNBUFFERED": "1", **self.environment}
+        # Tokens of the development issuer, verified against the development JWKS file; services
+        # that call others sign their own tokens with the development service key (see tokens.py).
+        trust = {"AUTH_ISSUER": DEV_ISSUER, "AUTH_JWKS_FILE": str(self.run_dir / JWKS_FILE)}
+        sign = {**trust, "AUTH_SERVICE_KEY_FILE": str(self.run_dir / SERVICE_KEY_FILE)}
         per_service: dict[str, dict[str, str]] = {
             "audit": {
                 "AUDIT_GRPC_PORT": str(p.audit),
@@ -122,17 +128,20 @@ class Stack:
                 # One development key per run folder, shared by every audit replica started here.
                 "AUDIT_SIGNING_KEY_FILE": str(self.run_dir / "audit-signing-key.pem"),
                 "AUDIT_SIGNING_KEY_GENERATE": "true",
+                **trust,
             },
             "identity": {
                 "IDENTITY_GRPC_PORT": str(p.identity),
                 "IDENTITY_METRICS_PORT": str(p.identity_metrics),
                 "IDENTITY_AUDIT_TARGET": self.target("audit"),
+                **sign,
             },
             "records": {
                 "RECORDS_GRPC_PORT": str(p.records),
                 "RECORDS_METRICS_PORT": str(p.records_metrics),
                 "RECORDS_IDENTITY_TARGET": self.target("identity"),
                 "RECORDS_AUDIT_TARGET": self.target("audit"),
+                **sign,
             },
             "sync": {
                 "SYNC_GRPC_PORT": str(p.sync),
@@ -141,6 +150,7 @@ class Stack:
                 "SYNC_IDENTITY_TARGET": self.target("identity"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
                 "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
+                **sign,
             },
             "national_emulator": {"NATIONAL_EMULATOR_PORT": str(p.national_emulator)},
             "gateway": {
@@ -162,6 +172,8 @@ class Stack:
         instances under another ``name`` with other ports and settings."""
         p = ports or self.ports
         name = name or service
+        if not (self.run_dir / JWKS_FILE).exists():
+            write_dev_keys(self.run_dir)
         process = ManagedProcess(
             name,
             [sys.executable, "-m", f"emr_{service}"],

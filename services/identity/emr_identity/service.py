@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -33,6 +34,7 @@ from emr_identity.matching import (
 )
 from emr_identity.repository import PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
+from emr_runtime.caller import Caller
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
@@ -331,6 +333,16 @@ class IdentityService:
 
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
+
+    async def treats(self, patient_id: str, caller: Caller, credentials: Sequence[tuple[str, str]]) -> bool:
+        """The access policy's treatment relationship, as identity knows it: the caller's facility
+        registered the person (or a person merged into it)."""
+        try:
+            view = await self._view(patient_id, "patient_id")
+        except (NotFoundError, InvalidArgumentError):
+            return False
+        records = await self._persons.records(view.record_ids)
+        return any(record.facility_code == caller.facility_code for record in records)
 
     async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
         size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -29,6 +29,7 @@ from emr_records.domain import (
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
+from emr_runtime.caller import Caller
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
@@ -72,6 +73,13 @@ class RecordsService:
         self._verify_patients = verify_patients
 
     # --- writes -----------------------------------------------------------------------------------
+
+    async def treats(self, patient_id: str, caller: Caller, credentials: Sequence[tuple[str, str]]) -> bool:
+        """The access policy's treatment relationship: an open encounter at the caller's facility
+        (records' own data), else a registration there (identity's, asked with the caller's own token)."""
+        if await self._resources.has_open_encounter(patient_id, caller.facility_code):
+            return True
+        return await self._patients.allows(patient_id, credentials)
 
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()

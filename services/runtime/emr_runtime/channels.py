@@ -13,6 +13,7 @@ import grpc
 from opentelemetry import trace
 
 from emr_runtime import metrics
+from emr_runtime.auth import AUTHORIZATION_KEY, ServiceToken
 from emr_runtime.telemetry import inject_context
 
 DEFAULT_DEADLINE_SECONDS = 5.0
@@ -39,8 +40,9 @@ def _retry_service_config(service_full_name: str) -> str:
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, default_deadline: float) -> None:
+    def __init__(self, default_deadline: float, token: ServiceToken | None) -> None:
         self._default_deadline = default_deadline
+        self._token = token
 
     async def intercept_unary_unary(
         self,
@@ -60,6 +62,9 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             outgoing = grpc.aio.Metadata(*(client_call_details.metadata or ()))
             for key, value in inject_context():
                 outgoing.add(key, value)
+            # The service's own identity, unless the call forwards its caller's token.
+            if self._token is not None and not outgoing.get_all(AUTHORIZATION_KEY):
+                outgoing.add(AUTHORIZATION_KEY, self._token.authorization())
             details = grpc.aio.ClientCallDetails(
                 method=client_call_details.method,
                 timeout=client_call_details.timeout
@@ -83,9 +88,11 @@ def create_channel(
     service_full_name: str,
     default_deadline: float = DEFAULT_DEADLINE_SECONDS,
     max_receive_message_bytes: int | None = None,
+    token: ServiceToken | None = None,
 ) -> grpc.aio.Channel:
     """A channel to one platform service (``host:port``), with deadlines and retries applied;
-    ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers."""
+    ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers;
+    ``token`` is the calling service's own identity, presented on calls that carry no token."""
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _retry_service_config(service_full_name)),
@@ -93,5 +100,5 @@ def create_channel(
     if max_receive_message_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
     return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[_ClientInterceptor(default_deadline)]
+        target, options=options, interceptors=[_ClientInterceptor(default_deadline, token)]
     )

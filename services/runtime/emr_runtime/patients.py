@@ -4,12 +4,13 @@ which audits the look-up as made on the caller's behalf."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from emr_runtime.caller import caller_metadata
+from emr_runtime.caller import purpose_metadata
 from emr_runtime.errors import DependencyUnavailableError
 
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
@@ -20,7 +21,8 @@ class PatientDirectory:
         self, channel: grpc.aio.Channel, service: str, purpose_of_use: str, deadline_seconds: float = 5.0
     ) -> None:
         self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
-        self._metadata = caller_metadata(f"service:{service}", purpose_of_use=purpose_of_use)
+        # The service's own token comes from the channel (emr_runtime.channels).
+        self._metadata = purpose_metadata(purpose_of_use)
         self._deadline = deadline_seconds
 
     async def get(self, patient_id: str) -> PatientView | None:
@@ -40,6 +42,25 @@ class PatientDirectory:
 
     async def exists(self, patient_id: str) -> bool:
         return await self.get(patient_id) is not None
+
+    async def allows(self, patient_id: str, credentials: Sequence[tuple[str, str]]) -> bool:
+        """Whether identity lets the holder of ``credentials`` (a caller's own token) read the
+        patient: identity answers the registration half of the treatment relationship."""
+        try:
+            await self._stub.GetPatient(
+                identity_pb2.GetPatientRequest(patient_id=patient_id),
+                timeout=self._deadline,
+                metadata=tuple(credentials),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                return False
+            raise DependencyUnavailableError("identity") from error
+        return True
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from emr_runtime.access import AccessInterceptor, TreatmentRelationship
+from emr_runtime.auth import AuthSettings, TokenVerifier
 from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
 from emr_runtime.interceptors import (
     AuditInterceptor,
@@ -57,19 +59,27 @@ class ServiceApp:
     audit_rules: Mapping[str, AuditRule] = field(default_factory=dict)
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Answers the policy's treatment-relationship question (identity, records).
+    treatment: TreatmentRelationship | None = None
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 BuildApp = Callable[[SettingsT, Database], Awaitable[ServiceApp]]
 
 
-def build_server(app: ServiceApp, metrics: bool = True) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """``metrics=False`` (metrics port 0) leaves out the server metrics interceptor: nothing reads them."""
+def build_server(
+    app: ServiceApp, metrics: bool = True, verifier: TokenVerifier | None = None
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """``metrics=False`` (metrics port 0) leaves out the server metrics interceptor: nothing reads them;
+    ``verifier=None`` (AUTH_ENABLED=false) leaves out authentication and the access policy."""
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(), ErrorInterceptor()]
     if metrics:
         interceptors.insert(1, MetricsInterceptor())
     if app.audit_sink is not None:
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
+    if verifier is not None:
+        # Inside audit: denials of audited methods are recorded there, with the verified caller.
+        interceptors.append(AccessInterceptor(verifier, app.audit_rules, app.audit_sink, app.treatment))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -94,7 +104,13 @@ async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -
     app = await build(settings, db)
     await ensure_indexes(db, app.indexes)
 
-    server, health_servicer = build_server(app, metrics=settings.metrics_port != 0)
+    auth = AuthSettings()
+    if not auth.enabled:
+        log.warning("authentication is off (AUTH_ENABLED=false): every call is allowed")
+    elif auth.dev_keys:
+        log.warning("AUTH_DEV_KEYS=true: the published development key is trusted; never in production")
+    verifier = TokenVerifier(auth) if auth.enabled else None
+    server, health_servicer = build_server(app, metrics=settings.metrics_port != 0, verifier=verifier)
     address = f"{settings.listen_host}:{settings.grpc_port}"
     port = server.add_insecure_port(address)
     await server.start()

@@ -8,9 +8,11 @@ from datetime import timedelta
 
 from emr.sync.v1 import sync_pb2_grpc
 
+from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
+from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
 from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
@@ -36,8 +38,9 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
 
 
 async def build(settings: SyncSettings, db: Database) -> ServiceApp:
-    records_channel = create_channel(settings.records_target, RECORDS_SERVICE)
-    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
+    token = ServiceToken.from_settings(AuthSettings(), "sync", role=SYNC_SERVICE)
+    records_channel = create_channel(settings.records_target, RECORDS_SERVICE, token=token)
+    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE, token=token)
     national = NationalClient(
         settings.national_url,
         settings.http_timeout_seconds,
