@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from identity_quality import TODAY, registration_input
 
 from emr_devstack.stack import Ports, Stack
+from emr_devstack.tokens import dev_channel
 from emr_identity.domain import IdentifierSystem, Outcome, PersonStatus, new_person, validate_registration
 from emr_identity.linkage import FacilityRecord
 from emr_identity.matching import blocking_keys, match_record
@@ -167,7 +168,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
         if identity is not None:
             identity.stop()  # a fresh process reads the new index's name counts
         stack.start_service("identity", extra_env={"IDENTITY_MONGODB_DATABASE": DATABASE})
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with dev_channel(target) as channel:
             stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
             queries = match_queries(population, args.samples, args.seed + 1)
             await latencies(stub, queries[:2])  # warm-up: connections, name counts

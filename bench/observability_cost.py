@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Ports, Stack
+from emr_devstack.tokens import dev_channel
 
 pb = identity_pb2
 READER = (("x-actor-id", "bench-reader"), ("x-facility-code", "79001"), ("x-purpose-of-use", "TREATMENT"))
@@ -66,7 +67,7 @@ def registration(serial: int) -> pb.RegisterPatientRequest:
 
 
 async def calls_per_second(target: str, patient_ids: list[str], concurrency: int, seconds: float) -> float:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with dev_channel(target) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         for patient_id in patient_ids[:20]:  # warm-up: connection, caches
             await stub.GetPatient(pb.GetPatientRequest(patient_id=patient_id), metadata=READER)
@@ -96,7 +97,7 @@ def scrape_every_second(port: int, stop: threading.Event) -> None:
 async def measure(
     stack: Stack, on: Ports, off: Ports, collector: SpanCounter, args: argparse.Namespace
 ) -> None:
-    async with grpc.aio.insecure_channel(stack.target("identity")) as channel:
+    async with dev_channel(stack.target("identity")) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = [
             (await stub.RegisterPatient(registration(i), metadata=READER)).patient.patient_id

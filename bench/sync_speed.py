@@ -31,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
 from emr_devstack.stack import Ports, Stack
+from emr_devstack.tokens import dev_channel
 
 CONCURRENCY = 16
 ENCOUNTERS_PER_PATIENT = 10
@@ -77,8 +78,8 @@ async def create_backlog(stack: Stack, encounters: int) -> None:
     """Patients and finished encounters, written by WRITERS concurrent clients."""
     patients = max(encounters // ENCOUNTERS_PER_PATIENT, 1)
     async with (
-        grpc.aio.insecure_channel(stack.target("identity")) as identity_channel,
-        grpc.aio.insecure_channel(stack.target("records")) as records_channel,
+        dev_channel(stack.target("identity")) as identity_channel,
+        dev_channel(stack.target("records")) as records_channel,
     ):
         identity = identity_pb2_grpc.PatientIdentityServiceStub(identity_channel)
         records = records_pb2_grpc.ClinicalRecordsServiceStub(records_channel)
@@ -128,7 +129,7 @@ async def create_backlog(stack: Stack, encounters: int) -> None:
 
 
 async def sync_status(stack: Stack) -> sync_pb2.GetSyncStatusResponse:
-    async with grpc.aio.insecure_channel(stack.target("sync")) as channel:
+    async with dev_channel(stack.target("sync")) as channel:
         response: sync_pb2.GetSyncStatusResponse = await sync_pb2_grpc.NationalSyncServiceStub(
             channel
         ).GetSyncStatus(sync_pb2.GetSyncStatusRequest())

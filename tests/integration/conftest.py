@@ -16,6 +16,7 @@ from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import Stack
+from emr_devstack.tokens import dev_channel
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ async def open_channel() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     opened: list[grpc.aio.Channel] = []
 
     def open_(target: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(target)
+        channel = dev_channel(target)
         opened.append(channel)
         return channel
 

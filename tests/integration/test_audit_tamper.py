@@ -12,13 +12,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 import pytest
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from emr_audit.domain import chain
 from emr_audit.repository import event_document, event_from_document
 from emr_devstack.processes import free_port
+from emr_devstack.tokens import dev_channel
 
 EVENTS = 30
 Tamper = Callable[[Any], Awaitable[None]]
@@ -149,7 +149,7 @@ async def tampered_log(stack: Any, mongo: Any) -> AsyncIterator[tuple[audit_pb2_
     }
     name = f"audit-{database}"
     process = stack.start_service("audit", ports, name=name, extra_env=env)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.audit}")
+    channel = dev_channel(f"127.0.0.1:{ports.audit}")
     audit = audit_pb2_grpc.AuditServiceStub(channel)
     try:
         await audit.AppendEvents(

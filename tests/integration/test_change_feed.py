@@ -9,11 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 from emr.records.v1 import records_pb2, records_pb2_grpc
 
 from emr_devstack.processes import free_port
+from emr_devstack.tokens import dev_channel
 from emr_records.domain import ObservationContent, ObservationStatus, Quantity, ResourceInput, new_record
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_runtime.clock import utc_now
@@ -36,7 +36,7 @@ async def feed_records(stack: Any) -> AsyncIterator[records_pb2_grpc.ClinicalRec
             "RECORDS_VERIFY_PATIENTS": "false",
         },
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.records}") as channel:
+    async with dev_channel(f"127.0.0.1:{ports.records}") as channel:
         yield records_pb2_grpc.ClinicalRecordsServiceStub(channel)
     assert process.stop() == 0
 

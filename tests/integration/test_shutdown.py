@@ -7,13 +7,13 @@ import signal
 import time
 from typing import Any
 
-import grpc
 import httpx
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from emr_devstack.processes import free_port
+from emr_devstack.tokens import dev_channel
 
 SERVICE = "emr.identity.v1.PatientIdentityService"
 
@@ -48,7 +48,7 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(
     # out (then the event is spooled and the call succeeds): calls are provably in flight.
     audit_process.signal(signal.SIGSTOP)
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with dev_channel(target) as channel:
             stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
             requests = [registration(facility_code) for _ in range(4)]
             calls = [asyncio.ensure_future(stub.RegisterPatient(r, timeout=30)) for r in requests]
@@ -69,8 +69,8 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(
     # audit events spooled during the freeze reach the audit service.
     stack.start_service("identity", ports, name="identity-drain-restarted", extra_env=identity_env)
     async with (
-        grpc.aio.insecure_channel(target) as channel,
-        grpc.aio.insecure_channel(f"127.0.0.1:{ports.audit}") as audit_channel,
+        dev_channel(target) as channel,
+        dev_channel(f"127.0.0.1:{ports.audit}") as audit_channel,
     ):
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         audit = audit_pb2_grpc.AuditServiceStub(audit_channel)

@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata, dev_channel
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -92,9 +92,7 @@ class SyncSite:
         self.names.append(name)
 
     def stub(self, name: str) -> sync_pb2_grpc.NationalSyncServiceStub:
-        return sync_pb2_grpc.NationalSyncServiceStub(
-            grpc.aio.insecure_channel(f"127.0.0.1:{self.replicas[name][1]}")
-        )
+        return sync_pb2_grpc.NationalSyncServiceStub(dev_channel(f"127.0.0.1:{self.replicas[name][1]}"))
 
 
 @pytest.fixture

@@ -403,11 +403,11 @@ SERVICE_ROLE = "service"
 def accessor_role(event: AuditEvent) -> str:
     """The role a patient is told about: the requestor's declared role; platform services appear
     as "service"; never the person's id."""
+    if event.actor_id.startswith("service:"):
+        return SERVICE_ROLE
     requestor = event.requestor
     if requestor is not None and requestor.role:
         return requestor.role
-    if event.actor_id.startswith("service:"):
-        return SERVICE_ROLE
     return "unspecified"
 
 

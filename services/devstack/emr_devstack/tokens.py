@@ -19,6 +19,7 @@ from emr_runtime.auth import (
     DEV_ISSUER,
     SERVICE_ROLES,
     AuthSettings,
+    ServiceToken,
     dev_private_key,
     key_thumbprint,
     public_jwk,
@@ -83,35 +84,42 @@ def caller_metadata(
     return pairs
 
 
-class _DefaultToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds a token to calls that carry none."""
+def _with_token(details: grpc.aio.ClientCallDetails, authorization: str) -> grpc.aio.ClientCallDetails:
+    """The call's details with ``authorization`` added unless the call carries a token."""
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if not metadata.get_all(AUTHORIZATION_KEY):
+        metadata.add(AUTHORIZATION_KEY, authorization)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
+
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, authorization: str) -> None:
         self._authorization = authorization
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if not metadata.get_all(AUTHORIZATION_KEY):
-            metadata.add(AUTHORIZATION_KEY, self._authorization)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_token(client_call_details, self._authorization), request)
+
+
+# grpc.aio registers an interceptor for one kind of call only: streams need their own.
+class _StreamToken(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, authorization: str) -> None:
+        self._authorization = authorization
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_with_token(client_call_details, self._authorization), request)
 
 
 def dev_channel(target: str, subject: str = "dev-admin", **options: Any) -> grpc.aio.Channel:
     """A channel whose calls act as a development admin unless they carry their own token."""
     token = issue_token(subject, roles=(ADMIN,))
-    return grpc.aio.insecure_channel(target, interceptors=[_DefaultToken(f"Bearer {token}")], **options)
+    interceptors = [_UnaryToken(f"Bearer {token}"), _StreamToken(f"Bearer {token}")]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, **options)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -127,3 +135,9 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     print(issue_token(args.subject, args.facility, args.role, args.client, args.minutes * 60))
     return 0
+
+
+def dev_admin_token(subject: str = "dev-admin") -> ServiceToken:
+    """A renewing development admin token for ``emr_runtime.channels.create_channel(token=...)``."""
+    key = dev_private_key()
+    return ServiceToken(subject, ADMIN, key, key_thumbprint(key), DEV_ISSUER, AUDIENCE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -334,15 +333,20 @@ class IdentityService:
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
 
-    async def treats(self, patient_id: str, caller: Caller, credentials: Sequence[tuple[str, str]]) -> bool:
-        """The access policy's treatment relationship, as identity knows it: the caller's facility
-        registered the person (or a person merged into it)."""
+    async def treats(self, patient_id: str, caller: Caller) -> bool:
+        """The access policy's treatment relationship, as identity knows it: a registration."""
+        return await self.registered_at(patient_id, caller.facility_code)
+
+    async def registered_at(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the facility registered the person (or a person merged into it)."""
+        if not facility_code:
+            return False
         try:
             view = await self._view(patient_id, "patient_id")
         except (NotFoundError, InvalidArgumentError):
             return False
         records = await self._persons.records(view.record_ids)
-        return any(record.facility_code == caller.facility_code for record in records)
+        return any(record.facility_code == facility_code for record in records)
 
     async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
         size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

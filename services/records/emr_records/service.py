@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -74,12 +74,12 @@ class RecordsService:
 
     # --- writes -----------------------------------------------------------------------------------
 
-    async def treats(self, patient_id: str, caller: Caller, credentials: Sequence[tuple[str, str]]) -> bool:
+    async def treats(self, patient_id: str, caller: Caller) -> bool:
         """The access policy's treatment relationship: an open encounter at the caller's facility
-        (records' own data), else a registration there (identity's, asked with the caller's own token)."""
+        (records' own data), else a registration there (identity's data, asked through its client)."""
         if await self._resources.has_open_encounter(patient_id, caller.facility_code):
             return True
-        return await self._patients.allows(patient_id, credentials)
+        return await self._patients.registered_at(patient_id, caller.facility_code)
 
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()

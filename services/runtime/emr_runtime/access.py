@@ -10,7 +10,7 @@ Health and reflection stay open.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol
@@ -44,9 +44,8 @@ _DENIED_CALL = AuditRule(audit_pb2.AUDIT_ACTION_EXECUTE, "", lambda request, res
 class TreatmentRelationship(Protocol):
     """The service's answer to the one policy question that needs data."""
 
-    async def treats(self, patient_id: str, caller: Caller, credentials: Sequence[tuple[str, str]]) -> bool:
-        """Whether ``caller.facility_code`` treats the patient (open encounter or registration).
-        ``credentials`` is the call's own authorization, for asking another service on its behalf."""
+    async def treats(self, patient_id: str, caller: Caller) -> bool:
+        """Whether ``caller.facility_code`` treats the patient (open encounter or registration)."""
         ...
 
 
@@ -107,16 +106,7 @@ class AccessInterceptor(ScopedInterceptor):
             )
 
     async def _require_treatment(self, call: Call, patient_id: str, caller: Caller, role: str) -> None:
-        credentials = [
-            (key, value)
-            for key, value in call.context.invocation_metadata() or ()
-            if key in (AUTHORIZATION_KEY, PURPOSE_OF_USE_KEY) and isinstance(value, str)
-        ]
-        if not (
-            self._relationship
-            and patient_id
-            and await self._relationship.treats(patient_id, caller, credentials)
-        ):
+        if not (self._relationship and patient_id and await self._relationship.treats(patient_id, caller)):
             await self._deny(call, policy.treatment_denial(call.full_method, role))
 
     async def _deny(self, call: Call, reason: str) -> None:

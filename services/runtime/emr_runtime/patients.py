@@ -4,7 +4,6 @@ which audits the look-up as made on the caller's behalf."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -43,24 +42,20 @@ class PatientDirectory:
     async def exists(self, patient_id: str) -> bool:
         return await self.get(patient_id) is not None
 
-    async def allows(self, patient_id: str, credentials: Sequence[tuple[str, str]]) -> bool:
-        """Whether identity lets the holder of ``credentials`` (a caller's own token) read the
-        patient: identity answers the registration half of the treatment relationship."""
+    async def registered_at(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the facility registered the patient (the registration half of the access
+        policy's treatment relationship, which identity owns)."""
         try:
-            await self._stub.GetPatient(
-                identity_pb2.GetPatientRequest(patient_id=patient_id),
+            response = await self._stub.CheckRegistration(
+                identity_pb2.CheckRegistrationRequest(patient_id=patient_id, facility_code=facility_code),
                 timeout=self._deadline,
-                metadata=tuple(credentials),
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in (
-                grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.NOT_FOUND,
-                grpc.StatusCode.INVALID_ARGUMENT,
-            ):
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 return False
             raise DependencyUnavailableError("identity") from error
-        return True
+        return bool(response.registered)
 
 
 @dataclass(frozen=True)
