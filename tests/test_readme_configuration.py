@@ -12,6 +12,7 @@ from emr_gateway.settings import GatewaySettings
 from emr_identity.settings import IdentitySettings
 from emr_national_emulator.settings import EmulatorSettings
 from emr_records.settings import RecordsSettings
+from emr_runtime.auth import AuthSettings
 from emr_sync.settings import SyncSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,7 +20,15 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.mark.parametrize(
     "settings",
-    [IdentitySettings, RecordsSettings, AuditSettings, SyncSettings, GatewaySettings, EmulatorSettings],
+    [
+        IdentitySettings,
+        RecordsSettings,
+        AuditSettings,
+        SyncSettings,
+        GatewaySettings,
+        EmulatorSettings,
+        AuthSettings,
+    ],
 )
 def test_every_setting_is_documented_with_its_default(settings: type[BaseSettings]) -> None:
     table = README.read_text()

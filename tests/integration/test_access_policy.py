@@ -236,7 +236,10 @@ async def test_break_the_glass_read_succeeds_loudly(
     assert "x-break-glass-reason" in (refused.value.details() or "")
 
     response = await records.GetPatientTimeline(timeline, metadata=[*doctor, (BREAK_GLASS_KEY, reason)])
-    assert {entry.resource.WhichOneof("resource") for entry in response.entries} >= {"encounter", "observation"}
+    assert {entry.resource.WhichOneof("resource") for entry in response.entries} >= {
+        "encounter",
+        "observation",
+    }
     assert break_glass_count(stack, "GetPatientTimeline") == counted_before + 1
 
     async def flagged() -> list[audit_pb2.AuditEvent] | None:

@@ -69,6 +69,7 @@ class SyncSite:
     emulator_port: int
     replicas: dict[str, tuple[ManagedProcess, int]] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     @property
     def emulator_url(self) -> str:
@@ -92,7 +93,10 @@ class SyncSite:
         self.names.append(name)
 
     def stub(self, name: str) -> sync_pb2_grpc.NationalSyncServiceStub:
-        return sync_pb2_grpc.NationalSyncServiceStub(dev_channel(f"127.0.0.1:{self.replicas[name][1]}"))
+        # Kept: a channel with interceptors that nothing references is closed when collected.
+        if name not in self.channels:
+            self.channels[name] = dev_channel(f"127.0.0.1:{self.replicas[name][1]}")
+        return sync_pb2_grpc.NationalSyncServiceStub(self.channels[name])
 
 
 @pytest.fixture

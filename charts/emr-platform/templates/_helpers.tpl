@@ -97,3 +97,4 @@ when the chart makes it). */}}
 {{/* Folder the audit pods find their signing key in: the Secret, or a writable emptyDir when each pod
 generates its own (audit.signingKey.generateInPod). */}}
 {{- define "emr.auditSigningKeyDir" -}}/etc/emr-audit{{- end -}}
+{{- define "emr.authDir" -}}/etc/emr-auth{{- end -}}
