@@ -270,22 +270,26 @@ async def test_a_nurse_cannot_break_the_glass(records: Any, world: World) -> Non
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_denials_of_unaudited_methods_are_audited_too(audit: Any, tools: Any) -> None:
+async def test_denials_of_unaudited_methods_are_audited_too(audit: Any, sync: Any, tools: Any) -> None:
     actor = f"lab-curious-{uuid.uuid4().hex[:6]}"
     lab = caller_metadata(actor, "79001", "TREATMENT", role="lab")
-    with pytest.raises(grpc.aio.AioRpcError) as denied:
-        await audit.QueryEvents(audit_pb2.QueryEventsRequest(page_size=1), metadata=lab)
-    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for call in (
+        audit.QueryEvents(audit_pb2.QueryEventsRequest(page_size=1), metadata=lab),
+        sync.ListDeadLetters(sync_pb2.ListDeadLettersRequest(), metadata=lab),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     async def recorded() -> list[audit_pb2.AuditEvent] | None:
         events = await tools.all_events(audit, actor_id=actor)
-        return events or None
+        return events if len(events) == 2 else None
 
-    (event,) = await tools.poll_until(recorded)
-    assert (event.outcome, event.operation) == (
-        audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE,
-        "/emr.audit.v1.AuditService/QueryEvents",
-    )
+    events = await tools.poll_until(recorded)
+    assert sorted((e.source_service, e.operation, e.outcome) for e in events) == [
+        ("audit", "/emr.audit.v1.AuditService/QueryEvents", audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE),
+        ("sync", "/emr.sync.v1.NationalSyncService/ListDeadLetters", audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,7 @@ class Stack:
                 "SYNC_METRICS_PORT": str(p.sync_metrics),
                 "SYNC_RECORDS_TARGET": self.target("records"),
                 "SYNC_IDENTITY_TARGET": self.target("identity"),
+                "SYNC_AUDIT_TARGET": self.target("audit"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
                 "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
                 **sign,
