@@ -10,6 +10,7 @@ Health and reflection stay open.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -37,6 +38,10 @@ BREAK_GLASS_ACCESSES = Counter(
     "Calls a doctor made outside the normal scope with a break-the-glass reason.",
     ("grpc_service", "grpc_method"),
 )
+# A relationship found holds for this long without asking again (a clinician reads the same patient
+# many times in a row); a closed encounter or an unmerge takes effect within this time.
+TREATING_CACHE_SECONDS = 60.0
+TREATING_CACHE_SIZE = 10_000
 # Denials of methods that are not audited anyway are recorded under this rule.
 _DENIED_CALL = AuditRule(audit_pb2.AUDIT_ACTION_EXECUTE, "", lambda request, response: "")
 
@@ -63,6 +68,8 @@ class AccessInterceptor(ScopedInterceptor):
         self._audited_elsewhere = audit_sink is not None
         self._audit_sink = audit_sink
         self._relationship = relationship
+        # Treatment relationships found recently, (patient, facility) -> until (monotonic).
+        self._treating: dict[tuple[str, str], float] = {}
 
     def applies_to(self, full_method: str) -> bool:
         return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
@@ -106,8 +113,14 @@ class AccessInterceptor(ScopedInterceptor):
             )
 
     async def _require_treatment(self, call: Call, patient_id: str, caller: Caller, role: str) -> None:
+        key = (patient_id, caller.facility_code)
+        if self._treating.get(key, 0.0) > time.monotonic():
+            return
         if not (self._relationship and patient_id and await self._relationship.treats(patient_id, caller)):
             await self._deny(call, policy.treatment_denial(call.full_method, role))
+        if len(self._treating) >= TREATING_CACHE_SIZE:
+            self._treating.pop(next(iter(self._treating)))
+        self._treating[key] = time.monotonic() + TREATING_CACHE_SECONDS
 
     async def _deny(self, call: Call, reason: str) -> None:
         if self._audit_sink is not None and not (

@@ -311,15 +311,17 @@ class ServiceToken:
     def from_settings(
         cls, settings: AuthSettings, service: str, role: str = "platform-service"
     ) -> ServiceToken | None:
-        """None when authentication is off (nothing to present)."""
-        if not settings.enabled:
-            return None
+        """The service's token from its configured key. A key is used even when this service
+        checks no tokens itself (AUTH_ENABLED=false): the services it calls may. None only when
+        neither a key nor authentication is configured."""
         if settings.service_key_file:
             key = load_private_key(settings.service_key_file)
             key_id = key_thumbprint(key)
         elif settings.dev_keys:
             key = dev_private_key()
             key_id = key_thumbprint(key)
+        elif not settings.enabled:
+            return None
         else:
             raise ValueError(f"{service} calls other services: set AUTH_SERVICE_KEY_FILE")
         return cls(service, role, key, key_id, settings.service_issuer, settings.audience)
