@@ -69,7 +69,8 @@ def started(images: dict[str, str], ferretdb: Stack) -> Iterator[dict[str, int]]
     names = []
     try:
         for service in START_ORDER:
-            env = {"MONGODB_URI": ferretdb.effective_mongodb_uri}
+            # The gRPC services refuse to start without token keys: the published development key.
+            env = {"MONGODB_URI": ferretdb.effective_mongodb_uri, "AUTH_DEV_KEYS": "true"}
             for variable in PORT_VARIABLES[service]:
                 env[variable] = str(free_port())
             ports[service] = int(env[PORT_VARIABLES[service][0]])

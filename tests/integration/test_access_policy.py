@@ -16,6 +16,7 @@ from emr.records.v1 import records_pb2, records_pb2_grpc
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from emr_devstack.observability import scrape
@@ -315,10 +316,15 @@ async def test_a_missing_or_bad_token_is_unauthenticated_with_its_reason(
     assert reason in (refused.value.details() or "")
 
 
-async def test_health_stays_open_without_a_token(stack: Stack) -> None:
+async def test_health_and_reflection_stay_open_without_a_token(stack: Stack) -> None:
     for service in ("identity", "records", "audit", "sync"):
         async with grpc.aio.insecure_channel(stack.target(service)) as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
+            listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            services = [s.name async for reply in listing for s in reply.list_services_response.service]
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert "grpc.health.v1.Health" in services and len(services) >= 3
