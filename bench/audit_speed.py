@@ -44,7 +44,7 @@ from emr_audit.service import AuditLog
 from emr_audit.signing import CheckpointSigner
 from emr_devstack.processes import ManagedProcess, free_port, grpc_serving, wait_until
 from emr_devstack.stack import Ports, Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 from emr_runtime.db import create_mongo_client, ensure_indexes
 
 CHECKPOINT_EVERY_EVENTS = 500
@@ -145,10 +145,10 @@ async def get_patient_latency(stack: Stack, calls: int) -> tuple[list[float], li
     wait_until(
         without, lambda: grpc_serving(f"127.0.0.1:{without_port}", credentials=credentials), 60, "SERVING"
     )
-    metadata = caller_metadata("dr-bench", "79001", "TREATMENT", role="physician")
+    metadata = caller_metadata("dr-bench", "79001", "TREATMENT", role="doctor")
     async with (
-        stack.client_tls.aio_channel(stack.target("identity")) as audited_channel,
-        stack.client_tls.aio_channel(f"127.0.0.1:{without_port}") as plain_channel,
+        stack.dev_channel(stack.target("identity")) as audited_channel,
+        stack.dev_channel(f"127.0.0.1:{without_port}") as plain_channel,
     ):
         audited = identity_pb2_grpc.PatientIdentityServiceStub(audited_channel)
         plain = identity_pb2_grpc.PatientIdentityServiceStub(plain_channel)

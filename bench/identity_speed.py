@@ -169,7 +169,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
         if identity is not None:
             identity.stop()  # a fresh process reads the new index's name counts
         stack.start_service("identity", extra_env={"IDENTITY_MONGODB_DATABASE": DATABASE})
-        async with stack.client_tls.aio_channel(target) as channel:
+        async with stack.dev_channel(target) as channel:
             stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
             queries = match_queries(population, args.samples, args.seed + 1)
             await latencies(stub, queries[:2])  # warm-up: connections, name counts

@@ -67,7 +67,7 @@ def registration(serial: int) -> pb.RegisterPatientRequest:
 async def calls_per_second(
     stack: Stack, target: str, patient_ids: list[str], concurrency: int, seconds: float
 ) -> float:
-    async with stack.client_tls.aio_channel(target) as channel:
+    async with stack.dev_channel(target) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         for patient_id in patient_ids[:20]:  # warm-up: connection, caches
             await stub.GetPatient(pb.GetPatientRequest(patient_id=patient_id), metadata=READER)
@@ -88,7 +88,7 @@ def scrape_every_second(port: int, stop: threading.Event) -> None:
 async def measure(
     stack: Stack, on: Ports, off: Ports, collector: SpanCounter, args: argparse.Namespace
 ) -> None:
-    async with stack.client_tls.aio_channel(stack.target("identity")) as channel:
+    async with stack.dev_channel(stack.target("identity")) as channel:
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = [
             (await stub.RegisterPatient(registration(i), metadata=READER)).patient.patient_id

@@ -34,6 +34,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import free_port
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
+from emr_devstack.tokens import dev_admin_token
 from emr_records.domain import ObservationContent, ObservationStatus, Quantity, ResourceInput, new_record
 from emr_records.repository import ResourceRepository
 from emr_runtime.channels import create_channel
@@ -90,7 +91,9 @@ async def visit(stub: Any, patient_id: str) -> None:
 
 async def write_throughput(target: str, patient_ids: list[str], visits: int) -> float:
     """Visits per second with CONCURRENCY clients sharing one channel."""
-    async with create_channel(target, RECORDS_SERVICE, default_deadline=120) as channel:
+    async with create_channel(
+        target, RECORDS_SERVICE, default_deadline=120, token=dev_admin_token()
+    ) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         await visit(stub, patient_ids[0])  # warm up connection and caches
         queue = list(range(visits))
@@ -140,7 +143,9 @@ async def seed_timeline(stack: Stack, patient_id: str, entries: int) -> None:
 
 
 async def measure(stack: Stack, off_target: str, visits: int) -> None:
-    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=120) as channel:
+    async with create_channel(
+        stack.target("identity"), IDENTITY_SERVICE, default_deadline=120, token=dev_admin_token()
+    ) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         patient_ids = []
         for index in range(CONCURRENCY):
@@ -169,7 +174,9 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
     )
     print(f"  ratio on/off: {on / off:.2f}  (target >= 0.6)")
 
-    async with create_channel(stack.target("records"), RECORDS_SERVICE, default_deadline=120) as channel:
+    async with create_channel(
+        stack.target("records"), RECORDS_SERVICE, default_deadline=120, token=dev_admin_token()
+    ) as channel:
         stub = records_pb2_grpc.ClinicalRecordsServiceStub(channel)
         big = await register(stack, "Đỗ Văn Nhiều", "1961-07-21")
         await seed_timeline(stack, big, 2000)
@@ -185,7 +192,9 @@ async def measure(stack: Stack, off_target: str, visits: int) -> None:
 
 async def register(stack: Stack, full_name: str, birth_date: str) -> str:
     """A new synthetic person; names and birth dates differ so that identity never links two."""
-    async with create_channel(stack.target("identity"), IDENTITY_SERVICE, default_deadline=120) as channel:
+    async with create_channel(
+        stack.target("identity"), IDENTITY_SERVICE, default_deadline=120, token=dev_admin_token()
+    ) as channel:
         identity = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         response = await identity.RegisterPatient(
             identity_pb2.RegisterPatientRequest(

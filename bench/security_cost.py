@@ -34,7 +34,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr_devstack import load
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Ports, Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 pb = identity_pb2
 READER = tuple(caller_metadata("bench-reader", "79001", "TREATMENT"))

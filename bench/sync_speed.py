@@ -79,8 +79,8 @@ async def create_backlog(stack: Stack, encounters: int) -> None:
     """Patients and finished encounters, written by WRITERS concurrent clients."""
     patients = max(encounters // ENCOUNTERS_PER_PATIENT, 1)
     async with (
-        stack.client_tls.aio_channel(stack.target("identity")) as identity_channel,
-        stack.client_tls.aio_channel(stack.target("records")) as records_channel,
+        stack.dev_channel(stack.target("identity")) as identity_channel,
+        stack.dev_channel(stack.target("records")) as records_channel,
     ):
         identity = identity_pb2_grpc.PatientIdentityServiceStub(identity_channel)
         records = records_pb2_grpc.ClinicalRecordsServiceStub(records_channel)
@@ -130,7 +130,7 @@ async def create_backlog(stack: Stack, encounters: int) -> None:
 
 
 async def sync_status(stack: Stack) -> sync_pb2.GetSyncStatusResponse:
-    async with stack.client_tls.aio_channel(stack.target("sync")) as channel:
+    async with stack.dev_channel(stack.target("sync")) as channel:
         response: sync_pb2.GetSyncStatusResponse = await sync_pb2_grpc.NationalSyncServiceStub(
             channel
         ).GetSyncStatus(sync_pb2.GetSyncStatusRequest())

@@ -26,7 +26,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Ports, Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 
 class TraceCollector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -96,9 +96,9 @@ def stack(
 
 @pytest.fixture(scope="session")
 async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    # Calls that name no caller act as a development admin (emr_devstack.tokens).
     opened = {
-        name: stack.client_tls.aio_channel(stack.target(name))
-        for name in ("identity", "records", "audit", "sync")
+        name: stack.dev_channel(stack.target(name)) for name in ("identity", "records", "audit", "sync")
     }
     yield opened
     for channel in opened.values():

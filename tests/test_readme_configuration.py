@@ -12,6 +12,7 @@ from emr_gateway.settings import GatewaySettings
 from emr_identity.settings import IdentitySettings
 from emr_national_emulator.settings import EmulatorSettings
 from emr_records.settings import RecordsSettings
+from emr_runtime.auth import AuthSettings
 from emr_runtime.tls import TlsSettings
 from emr_sync.settings import SyncSettings
 
@@ -28,6 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
         GatewaySettings,
         EmulatorSettings,
         TlsSettings,
+        AuthSettings,
     ],
 )
 def test_every_setting_is_documented_with_its_default(settings: type[BaseSettings]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +359,32 @@ def test_probes_use_the_plaintext_health_port() -> None:
             assert container[probe]["grpc"] == {"port": health}, (service, probe)
         env = {v["name"]: v.get("value") for v in container["env"]}
         assert env[f"{service.upper()}_HEALTH_PORT"] == str(health)
+
+
+def test_production_tokens_are_verified_with_the_identity_providers_jwks_and_the_services_key() -> None:
+    manifests = render([PRODUCTION_VALUES])
+    deployments = of_kind(manifests, "Deployment")
+    (jwks,) = [
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("auth-jwks")
+    ]
+    assert json.loads(jwks["data"]["jwks.json"])["keys"][0]["kid"] == "emr-services-2026"
+    for service in GRPC_SERVICES:
+        pod = deployments[service]["spec"]["template"]["spec"]
+        env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+        assert env["AUTH_JWKS_URL"].startswith("https://idp.")
+        assert env["AUTH_DEV_KEYS"] == "false" and env["AUTH_ENABLED"] == "true"
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert env["AUTH_JWKS_FILE"].startswith(mounts["auth-jwks"] + "/")
+        assert volumes["auth-jwks"]["configMap"]["name"] == jwks["metadata"]["name"]
+        assert env["AUTH_SERVICE_KEY_FILE"].startswith(mounts["auth-service-key"] + "/")
+        assert volumes["auth-service-key"]["secret"]["secretName"] == "emr-service-signing-key"
+    gateway_env = {
+        v["name"] for v in deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert not {name for name in gateway_env if name.startswith("AUTH_")}  # it forwards callers' tokens
+
+
+def test_a_release_without_token_keys_fails_with_the_way_out() -> None:
+    with pytest.raises(ToolError, match=r"auth\.jwksUrl"):
+        render([DEV_VALUES], {"auth.devKeys": "false"})

@@ -75,8 +75,10 @@ def started(images: dict[str, str], ferretdb: Stack) -> Iterator[dict[str, int]]
     names = []
     try:
         for service in START_ORDER:
-            env = {"MONGODB_URI": ferretdb.effective_mongodb_uri}
-            if service in FIELD_ENCRYPTING_SERVICES:  # they refuse to start without keys
+            # They refuse to start without token keys (the published development key) and, those that
+            # store identifiers, without field encryption keys.
+            env = {"MONGODB_URI": ferretdb.effective_mongodb_uri, "AUTH_DEV_KEYS": "true"}
+            if service in FIELD_ENCRYPTING_SERVICES:
                 env.update(DEV_FIELD_ENCRYPTION)
             for variable in PORT_VARIABLES[service]:
                 env[variable] = str(free_port())

@@ -96,7 +96,7 @@ async def open_channel(stack: Stack) -> AsyncIterator[Callable[[str], grpc.aio.C
     opened: list[grpc.aio.Channel] = []
 
     def open_(target: str) -> grpc.aio.Channel:
-        channel = stack.client_tls.aio_channel(target)
+        channel = stack.dev_channel(target)
         opened.append(channel)
         return channel
 

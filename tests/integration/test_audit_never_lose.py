@@ -15,7 +15,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 BURST = 12
 
@@ -77,7 +77,7 @@ async def test_audit_down_during_a_burst_every_event_arrives_in_order_with_a_val
     identity = identity_pb2_grpc.PatientIdentityServiceStub(open_channel(identity_service.target))
     records = records_pb2_grpc.ClinicalRecordsServiceStub(open_channel(records_service.target))
     actor = f"dr-burst-{uuid.uuid4().hex[:6]}"
-    metadata = caller_metadata(actor, facility_code, "TREATMENT", role="physician")
+    metadata = caller_metadata(actor, facility_code, "TREATMENT", role="doctor")
 
     audit_service.stop()
     identity_calls: list[tuple[str, str]] = []

@@ -17,7 +17,7 @@ from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 FULL_NAME = "Hoàng Thị Ngọc Ánh"
 BIRTH_DATE = "1991-11-23"
@@ -32,12 +32,13 @@ def stamp(moment: datetime) -> Timestamp:
 
 @pytest.fixture(scope="module")
 async def run(identity: Any, records: Any, audit: Any, tools: Any) -> dict[str, Any]:
-    """A clinician and a nurse of two facilities touch one synthetic patient's data."""
+    """A doctor and a nurse touch one synthetic patient's data."""
     serial = uuid.uuid4().int % 10**6
     cccd = f"079191{serial:06d}"
     started = datetime.now(UTC) - timedelta(seconds=1)
-    doctor = caller_metadata(f"dr-q-{serial}", "79001", "TREATMENT", role="physician")
-    nurse = caller_metadata(f"rn-q-{serial}", "79002", "TREATMENT", role="nurse")
+    doctor = caller_metadata(f"dr-q-{serial}", "79001", "TREATMENT", role="doctor")
+    # The nurse's facility treats the patient (registered there): the access policy allows her reads.
+    nurse = caller_metadata(f"rn-q-{serial}", "79001", "TREATMENT", role="nurse")
     registered = await identity.RegisterPatient(
         identity_pb2.RegisterPatientRequest(
             request_id=str(uuid.uuid4()),
@@ -97,7 +98,7 @@ async def test_events_are_ibalp_shaped(run: dict[str, Any]) -> None:
     assert (requestor.type, requestor.who, requestor.role, requestor.facility_code) == (
         audit_pb2.AUDIT_AGENT_TYPE_USER,
         run["doctor"],
-        "physician",
+        "doctor",
         "79001",
     )
     assert requestor.network_address.startswith("ipv4:127.0.0.1:")
@@ -119,8 +120,8 @@ async def test_query_filters_combine_and_page(audit: Any, run: dict[str, Any], t
         audit, patient_id=patient_id, actor_id=run["nurse"], subtype=audit_pb2.AUDIT_EVENT_SUBTYPE_READ
     )
     assert [e.operation.rsplit("/", 1)[1] for e in nurse_reads] == ["GetPatient"] * 3
-    by_facility = await tools.all_events(audit, facility_code="79002", actor_id=run["nurse"])
-    assert len(by_facility) == 4 and all(e.actor_facility_code == "79002" for e in by_facility)
+    by_facility = await tools.all_events(audit, facility_code="79001", actor_id=run["nurse"])
+    assert len(by_facility) == 4 and all(e.actor_facility_code == "79001" for e in by_facility)
     in_window = await tools.all_events(
         audit, patient_id=patient_id, start_time=stamp(run["started"]), end_time=stamp(datetime.now(UTC))
     )
@@ -163,10 +164,10 @@ async def test_patient_access_report_says_who_by_role_and_facility_not_by_name(
     summary = {(s.accessor_role, s.facility_code, s.resource_type): s.access_count for s in report.summaries}
     people = {key: count for key, count in summary.items() if key[0] != "service"}
     assert people == {
-        ("physician", "79001", "Patient"): 1,
-        ("physician", "79001", "Encounter"): 1,
-        ("nurse", "79002", "Patient"): 3,
-        ("nurse", "79002", "Encounter"): 1,
+        ("doctor", "79001", "Patient"): 1,
+        ("doctor", "79001", "Encounter"): 1,
+        ("nurse", "79001", "Patient"): 3,
+        ("nurse", "79001", "Encounter"): 1,
     }
     # records' checks of the patient with identity appear as a platform service, not a person.
     assert sum(summary.values()) == len(run["events"])

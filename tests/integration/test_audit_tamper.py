@@ -148,7 +148,7 @@ async def tampered_log(stack: Any, mongo: Any) -> AsyncIterator[tuple[audit_pb2_
     }
     name = f"audit-{database}"
     process = stack.start_service("audit", ports, name=name, extra_env=env)
-    channel = stack.client_tls.aio_channel(f"127.0.0.1:{ports.audit}")
+    channel = stack.dev_channel(f"127.0.0.1:{ports.audit}")
     audit = audit_pb2_grpc.AuditServiceStub(channel)
     try:
         await audit.AppendEvents(

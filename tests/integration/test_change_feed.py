@@ -37,7 +37,7 @@ async def feed_records(stack: Any) -> AsyncIterator[records_pb2_grpc.ClinicalRec
             "RECORDS_VERIFY_PATIENTS": "false",
         },
     )
-    async with stack.client_tls.aio_channel(f"127.0.0.1:{ports.records}") as channel:
+    async with stack.dev_channel(f"127.0.0.1:{ports.records}") as channel:
         yield records_pb2_grpc.ClinicalRecordsServiceStub(channel)
     assert process.stop() == 0
 

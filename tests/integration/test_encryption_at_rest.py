@@ -27,7 +27,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 from emr_runtime.fieldcrypt import FieldCrypt
 
 CLINICIAN = caller_metadata("dr-synthetic-at-rest", "79001", "TREATMENT")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from emr_devstack.processes import grpc_serving
 from emr_devstack.stack import GRPC_SERVICES, Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 STRUCTURED_EXAMPLES = 10
 RAW_EXAMPLES = 5

@@ -26,11 +26,11 @@ from fhir.resources.R4B.procedure import Procedure
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_devstack.processes import free_port
+from emr_devstack.tokens import issue_token
 from emr_fhir.resources import EXT_CONTENT_SHA256
 
 PORTAL_HEADERS = {
-    "X-Actor-Id": "portal-fhir-test",
-    "X-Facility-Code": "79002",
+    "Authorization": f"Bearer {issue_token('portal-fhir-test', '79002')}",
     "X-Purpose-Of-Use": "TREATMENT",
 }
 HEART_RATE = "8867-4"
@@ -110,7 +110,7 @@ async def test_encounter_search_pages_with_self_and_next_links(
     created = [await clinical.encounter(patient_id, facility_code, hours * 3600) for hours in (30, 20, 10)]
     newest_first = list(reversed(created))
 
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         first, first_json = searchset(
             await http.get(
                 "/fhir/Encounter", params={"patient": patient_id, "_count": "2"}, headers=PORTAL_HEADERS
@@ -144,7 +144,7 @@ async def test_encounter_search_pages_with_self_and_next_links(
 
 
 async def test_encounter_search_of_a_patient_without_encounters_is_an_empty_searchset(stack: Any) -> None:
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         bundle, body = searchset(await http.get("/fhir/Encounter", params={"patient": str(uuid.uuid4())}))
     assert "entry" not in body
     assert set(links(bundle)) == {"self"}
@@ -154,7 +154,7 @@ async def test_encounter_search_is_audited_as_the_http_caller(
     stack: Any, clinical: Any, audit: Any, facility_code: str
 ) -> None:
     patient_id = await clinical.patient(facility_code)
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         searchset(await http.get("/fhir/Encounter", params={"patient": patient_id}, headers=PORTAL_HEADERS))
 
     deadline = time.monotonic() + 20
@@ -174,7 +174,7 @@ async def test_encounter_search_is_audited_as_the_http_caller(
 
 async def test_bad_search_requests_get_operation_outcomes(stack: Any) -> None:
     patient_id = str(uuid.uuid4())
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         for path, params, named in [
             ("/fhir/Encounter", {}, "patient"),
             ("/fhir/Encounter", {"patient": ""}, "patient"),
@@ -243,7 +243,7 @@ async def test_observation_search_by_code_with_or_without_system(
     )
     newest_first = [r.observation.observation_id for r in reversed(heart_rates)]
 
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         first, first_json = searchset(
             await http.get(
                 "/fhir/Observation",
@@ -284,7 +284,7 @@ async def test_everything_returns_every_resource_type_as_valid_fhir(
     for resource in resources:
         await clinical.create(resource)
 
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         response = await http.get(f"/fhir/Patient/{patient_id}/$everything", headers=PORTAL_HEADERS)
     bundle, body = searchset(response)
     assert links(bundle)["self"] == f"{stack.url('gateway')}/fhir/Patient/{patient_id}/$everything"
@@ -319,6 +319,6 @@ def _references(node: Any) -> list[str]:
 
 
 async def test_everything_of_an_unknown_patient_is_not_found(stack: Any) -> None:
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=PORTAL_HEADERS) as http:
         response = await http.get(f"/fhir/Patient/{uuid.uuid4()}/$everything")
     assert "patient_id" in outcome(response, 404, "not-found")

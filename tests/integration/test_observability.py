@@ -26,14 +26,11 @@ from emr_devstack.observability import (
     scrape,
 )
 from emr_devstack.stack import Stack
+from emr_devstack.tokens import caller_metadata
 
 SERVICES = ("identity", "records", "audit", "sync")
 IDENTITY = "emr.identity.v1.PatientIdentityService"
-CLINICIAN = (
-    ("x-actor-id", "dr-synthetic-02"),
-    ("x-facility-code", "79001"),
-    ("x-purpose-of-use", "TREATMENT"),
-)
+CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
 
 
 def metrics_ports(stack: Stack) -> dict[str, int]:

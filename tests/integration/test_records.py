@@ -16,7 +16,7 @@ from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
 
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 DOCTOR = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
 

@@ -47,7 +47,7 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(
     # out (then the event is spooled and the call succeeds): calls are provably in flight.
     audit_process.signal(signal.SIGSTOP)
     try:
-        async with stack.client_tls.aio_channel(target) as channel:
+        async with stack.dev_channel(target) as channel:
             stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
             requests = [registration(facility_code) for _ in range(4)]
             calls = [asyncio.ensure_future(stub.RegisterPatient(r, timeout=30)) for r in requests]
@@ -68,8 +68,8 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(
     # audit events spooled during the freeze reach the audit service.
     stack.start_service("identity", ports, name="identity-drain-restarted", extra_env=identity_env)
     async with (
-        stack.client_tls.aio_channel(target) as channel,
-        stack.client_tls.aio_channel(f"127.0.0.1:{ports.audit}") as audit_channel,
+        stack.dev_channel(target) as channel,
+        stack.dev_channel(f"127.0.0.1:{ports.audit}") as audit_channel,
     ):
         stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
         audit = audit_pb2_grpc.AuditServiceStub(audit_channel)

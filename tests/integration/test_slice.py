@@ -21,7 +21,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata, issue_token
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-01", "79001", "TREATMENT")
@@ -133,8 +133,9 @@ async def test_gateway_serves_patient_as_fhir_r4(
 ) -> None:
     registered = await identity.RegisterPatient(registration(facility_code))
     patient_id = registered.patient.patient_id
-    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
-        response = await http.get(f"/fhir/Patient/{patient_id}", headers={"X-Actor-Id": "portal-test"})
+    portal = {"Authorization": f"Bearer {issue_token('portal-test')}"}
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=portal) as http:
+        response = await http.get(f"/fhir/Patient/{patient_id}")
         missing = await http.get(f"/fhir/Patient/{uuid.uuid4()}")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/fhir+json")

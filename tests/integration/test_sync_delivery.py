@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import Stack
-from emr_runtime.caller import caller_metadata
+from emr_devstack.tokens import caller_metadata
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -69,6 +69,7 @@ class SyncSite:
     emulator_port: int
     replicas: dict[str, tuple[ManagedProcess, int]] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     @property
     def emulator_url(self) -> str:
@@ -92,9 +93,10 @@ class SyncSite:
         self.names.append(name)
 
     def stub(self, name: str) -> sync_pb2_grpc.NationalSyncServiceStub:
-        return sync_pb2_grpc.NationalSyncServiceStub(
-            self.stack.client_tls.aio_channel(f"127.0.0.1:{self.replicas[name][1]}")
-        )
+        # Kept: a channel with interceptors that nothing references is closed when collected.
+        if name not in self.channels:
+            self.channels[name] = self.stack.dev_channel(f"127.0.0.1:{self.replicas[name][1]}")
+        return sync_pb2_grpc.NationalSyncServiceStub(self.channels[name])
 
 
 @pytest.fixture

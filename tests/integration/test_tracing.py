@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from emr_devstack.tokens import issue_token
+
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 
@@ -25,7 +27,10 @@ async def test_one_trace_spans_gateway_records_identity_and_audit(
     async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
         response = await http.get(
             f"/fhir/Patient/{patient_id}/$everything",
-            headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01", "X-Actor-Id": "portal-trace-test"},
+            headers={
+                "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01",
+                "Authorization": f"Bearer {issue_token('portal-trace-test')}",
+            },
         )
     assert response.status_code == 200
 

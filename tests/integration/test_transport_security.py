@@ -21,13 +21,16 @@ from grpc_status import rpc_status
 from emr_devstack.certs import ensure_dev_certificates, tls_files
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Stack
-from emr_runtime.caller import CLIENT_APPLICATION_KEY, caller_metadata
+from emr_devstack.tokens import caller_metadata, issue_token
+from emr_runtime.caller import PURPOSE_OF_USE_KEY
 
 CALLER = caller_metadata("dr-synthetic-07", "79001", "TREATMENT")
 
 
 def as_application(name: str) -> list[tuple[str, str]]:
-    return [*CALLER, (CLIENT_APPLICATION_KEY, name)]
+    """A caller whose token names ``name`` as its client application (the rate limit's key)."""
+    token = issue_token("dr-synthetic-07", "79001", client_application=name)
+    return [("authorization", f"Bearer {token}"), (PURPOSE_OF_USE_KEY, "TREATMENT")]
 
 
 async def refused(channel: grpc.aio.Channel) -> grpc.StatusCode:
@@ -55,7 +58,7 @@ async def test_api_ports_refuse_plaintext_and_callers_without_a_platform_certifi
     async with grpc.aio.secure_channel(target, foreign_cert) as foreign_ca:
         assert await refused(foreign_ca) == grpc.StatusCode.UNAVAILABLE
     # The platform's own client certificate gets through to the service (which knows no such patient).
-    async with stack.client_tls.aio_channel(target) as trusted:
+    async with stack.dev_channel(target) as trusted:
         assert await refused(trusted) == grpc.StatusCode.NOT_FOUND
 
 
@@ -107,7 +110,7 @@ async def strict_records(stack: Stack) -> AsyncIterator[records_pb2_grpc.Clinica
             "RECORDS_STREAM_DEFAULT_DEADLINE_SECONDS": "1",
         },
     )
-    async with stack.client_tls.aio_channel(f"127.0.0.1:{ports.records}") as channel:
+    async with stack.dev_channel(f"127.0.0.1:{ports.records}") as channel:
         yield records_pb2_grpc.ClinicalRecordsServiceStub(channel)
     assert process.stop() == 0
     stack.processes.pop(name, None)
@@ -126,7 +129,7 @@ async def test_rate_limit_is_per_client_application(
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(caught.value)
     assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-    # Another application has its own bucket; so has a caller naming none (by its certificate).
+    # Another application has its own bucket; so has the development client (emr-dev).
     for metadata in (as_application("his-b"), CALLER):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await strict_records.GetEncounter(request, metadata=metadata)

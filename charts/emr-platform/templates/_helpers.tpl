@@ -138,3 +138,4 @@ generates its own (audit.signingKey.generateInPod). */}}
 {{- $ns := $root.Release.Namespace -}}
 {{- list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.%s" $service $ns $root.Values.tls.clusterDomain) "localhost" | toJson -}}
 {{- end -}}
+{{- define "emr.authDir" -}}/etc/emr-auth{{- end -}}

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from emr.audit.v1 import audit_pb2_grpc
 
+from emr_audit import converters
 from emr_audit.repository import INDEXES, AuditRepository
 from emr_audit.service import AuditLog
 from emr_audit.servicer import SERVICE_NAME, AuditServicer
 from emr_audit.settings import AuditSettings
 from emr_audit.signing import load_signer
+from emr_runtime.audit import audit_event
 from emr_runtime.db import Database
+from emr_runtime.interceptors import AuditRule, AuditSink, Call
 from emr_runtime.server import ServiceApp, ServiceBinding
+
+
+class OwnLogSink(AuditSink):
+    """Audit's own denials (PERMISSION_DENIED) go straight into its own log."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    async def record_call(self, rule: AuditRule, call: Call, outcome: str) -> None:
+        await self._log.append([converters.event_from_message(audit_event(rule, call, outcome, "audit"))])
 
 
 async def build(settings: AuditSettings, db: Database) -> ServiceApp:
@@ -31,4 +44,5 @@ async def build(settings: AuditSettings, db: Database) -> ServiceApp:
         ],
         indexes=INDEXES,
         background=[checkpoints],
+        audit_sink=OwnLogSink(log),
     )

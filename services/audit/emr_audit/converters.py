@@ -139,6 +139,7 @@ def event_from_message(message: audit_pb2.AuditEvent, index: int = 0) -> AuditEv
             for entity in message.entities
         ),
         retention_class=_RETENTION.get(message.retention_class, RetentionClass.STANDARD),
+        break_glass_reason=message.break_glass_reason,
         previous_hash=message.previous_hash,
         hash=message.hash,
     )
@@ -192,6 +193,7 @@ def event_message(event: AuditEvent) -> audit_pb2.AuditEvent:
             for entity in event.entities
         ],
         retention_class=_RETENTION_TO_PROTO[event.retention_class],
+        break_glass_reason=event.break_glass_reason,
         previous_hash=event.previous_hash,
         hash=event.hash,
     )
@@ -231,6 +233,7 @@ def patient_access(event: AuditEvent) -> audit_pb2.PatientAccess:
         resource_type=event.resource_type,
         purpose_of_use=event.purpose_of_use,
         outcome=_OUTCOMES_TO_PROTO[event.outcome] if event.outcome else audit_pb2.AUDIT_OUTCOME_UNSPECIFIED,
+        break_glass_reason=event.break_glass_reason,
     )
     if event.occurred_at is not None:
         access.occurred_time.FromDatetime(event.occurred_at)

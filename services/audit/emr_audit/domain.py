@@ -140,6 +140,8 @@ class AuditEvent:
     agents: tuple[Agent, ...] = ()
     entities: tuple[Entity, ...] = ()
     retention_class: RetentionClass = RetentionClass.STANDARD
+    # A doctor's declared reason for reading outside the normal scope (break-the-glass).
+    break_glass_reason: str = ""
     previous_hash: bytes = b""
     hash: bytes = b""
 
@@ -173,7 +175,14 @@ def validate_events(events: Sequence[AuditEvent]) -> None:
             violations.add(f"{path}.occurred_time", "required")
         if not event.source_service:
             violations.add(f"{path}.source_service", "required")
-        for name in ("actor_id", "patient_id", "resource_id", "request_id", "operation"):
+        for name in (
+            "actor_id",
+            "patient_id",
+            "resource_id",
+            "request_id",
+            "operation",
+            "break_glass_reason",
+        ):
             if len(getattr(event, name)) > 256:
                 violations.add(f"{path}.{name}", "at most 256 characters")
         if event.sequence:
@@ -265,6 +274,8 @@ def event_fields(event: AuditEvent) -> dict[str, Any]:
             }
             for entity in event.entities
         ],
+        # Only when set: events stored before the field existed keep the hash they were chained with.
+        **({"break_glass_reason": event.break_glass_reason} if event.break_glass_reason else {}),
     }
 
 
@@ -392,11 +403,11 @@ SERVICE_ROLE = "service"
 def accessor_role(event: AuditEvent) -> str:
     """The role a patient is told about: the requestor's declared role; platform services appear
     as "service"; never the person's id."""
+    if event.actor_id.startswith("service:"):
+        return SERVICE_ROLE
     requestor = event.requestor
     if requestor is not None and requestor.role:
         return requestor.role
-    if event.actor_id.startswith("service:"):
-        return SERVICE_ROLE
     return "unspecified"
 
 

@@ -115,6 +115,7 @@ def event_from_document(document: dict[str, Any]) -> AuditEvent:
             for entity in get("entities") or ()
         ),
         retention_class=_enum_or_none(RetentionClass, get("retention_class")) or RetentionClass.STANDARD,
+        break_glass_reason=str(get("break_glass_reason", "")),
         previous_hash=bytes(get("previous_hash") or b""),
         hash=bytes(get("hash") or b""),
     )

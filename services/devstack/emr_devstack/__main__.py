@@ -12,6 +12,8 @@ from pathlib import Path
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Stack, elapsed
+from emr_devstack.tokens import JWKS_FILE
+from emr_devstack.tokens import main as issue_token_main
 
 RUN_DIR = Path(os.environ.get("EMR_RUN_DIR", ".run"))
 PID_FILE = RUN_DIR / "devstack.pid"
@@ -42,8 +44,13 @@ EMR platform is up ({elapsed(started)}). Logs: {RUN_DIR}/logs/  Stop: Ctrl-C or 
 
 gRPC ports speak mutual TLS with the development CA in {stack.certs_dir}/; health alone, plaintext,
 on 127.0.0.1:{p.identity_health} (identity) to :{p.sync_health} (sync).
+Development JWKS: {RUN_DIR}/{JWKS_FILE}. A token: python -m emr_devstack issue-token --facility 79001 --role doctor
 Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \
        -key {stack.certs_dir}/client-key.pem 127.0.0.1:{p.identity} list
+     grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \
+       -key {stack.certs_dir}/client-key.pem \
+       -H "authorization: Bearer $(python -m emr_devstack issue-token --role auditor)" \
+       127.0.0.1:{p.audit} emr.audit.v1.AuditService/GetPublicKey
 """,
             flush=True,
         )
@@ -64,4 +71,6 @@ Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["issue-token"]:
+        sys.exit(issue_token_main(sys.argv[2:]))
     sys.exit(main())

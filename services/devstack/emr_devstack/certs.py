@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from emr_devstack.tokens import dev_channel
+
 # Every process that speaks gRPC to another: the four gRPC services, the gateway (a client only),
 # and "client" for tools and tests (grpcurl, pytest, benches).
 CERTIFICATE_NAMES = ("identity", "records", "audit", "sync", "gateway", "client")
@@ -70,6 +72,11 @@ class DevCertificates:
     @property
     def client_tls(self) -> TlsFiles:
         return tls_files(self.certs_dir, "client")
+
+    def dev_channel(self, target: str, subject: str = "dev-admin") -> grpc.aio.Channel:
+        """A mutual-TLS channel as the tools' certificate whose calls act as a development admin
+        unless they carry their own token."""
+        return dev_channel(target, subject, credentials=self.client_tls.channel_credentials())
 
 
 def service_dns_names(name: str, release: str, namespace: str) -> list[str]:

@@ -24,6 +24,8 @@ from emr_devstack.processes import (
     port_open,
     wait_until,
 )
+from emr_devstack.tokens import JWKS_FILE, SERVICE_KEY_FILE, write_dev_keys
+from emr_runtime.auth import DEV_ISSUER
 
 CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emr-platform" / "bin"
 GRPC_SERVICES = ("audit", "identity", "records", "sync")
@@ -135,6 +137,10 @@ class Stack(DevCertificates):
             **(tls_files(self.certs_dir, service).env() if service != "national_emulator" else {}),
             **self.environment,
         }
+        # Tokens of the development issuer, verified against the development JWKS file; services
+        # that call others sign their own tokens with the development service key (see tokens.py).
+        trust = {"AUTH_ISSUER": DEV_ISSUER, "AUTH_JWKS_FILE": str(self.run_dir / JWKS_FILE)}
+        sign = {**trust, "AUTH_SERVICE_KEY_FILE": str(self.run_dir / SERVICE_KEY_FILE)}
         per_service: dict[str, dict[str, str]] = {
             "audit": {
                 "AUDIT_GRPC_PORT": str(p.audit),
@@ -143,12 +149,14 @@ class Stack(DevCertificates):
                 # One development key per run folder, shared by every audit replica started here.
                 "AUDIT_SIGNING_KEY_FILE": str(self.run_dir / "audit-signing-key.pem"),
                 "AUDIT_SIGNING_KEY_GENERATE": "true",
+                **trust,
             },
             "identity": {
                 "IDENTITY_GRPC_PORT": str(p.identity),
                 "IDENTITY_METRICS_PORT": str(p.identity_metrics),
                 "IDENTITY_HEALTH_PORT": str(p.identity_health),
                 "IDENTITY_AUDIT_TARGET": self.target("audit"),
+                **sign,
             },
             "records": {
                 "RECORDS_GRPC_PORT": str(p.records),
@@ -156,6 +164,7 @@ class Stack(DevCertificates):
                 "RECORDS_HEALTH_PORT": str(p.records_health),
                 "RECORDS_IDENTITY_TARGET": self.target("identity"),
                 "RECORDS_AUDIT_TARGET": self.target("audit"),
+                **sign,
             },
             "sync": {
                 "SYNC_GRPC_PORT": str(p.sync),
@@ -163,8 +172,10 @@ class Stack(DevCertificates):
                 "SYNC_HEALTH_PORT": str(p.sync_health),
                 "SYNC_RECORDS_TARGET": self.target("records"),
                 "SYNC_IDENTITY_TARGET": self.target("identity"),
+                "SYNC_AUDIT_TARGET": self.target("audit"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
                 "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
+                **sign,
             },
             "national_emulator": {"NATIONAL_EMULATOR_PORT": str(p.national_emulator)},
             "gateway": {
@@ -188,6 +199,8 @@ class Stack(DevCertificates):
         p = ports or self.ports
         name = name or service
         ensure_dev_certificates(self.certs_dir)
+        if not (self.run_dir / JWKS_FILE).exists():
+            write_dev_keys(self.run_dir)
         env = {**self.service_env(service, p), **(extra_env or {})}
         process = ManagedProcess(
             name, [sys.executable, "-m", f"emr_{service}"], env, self.run_dir / "logs" / f"{name}.log"

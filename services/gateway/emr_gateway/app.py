@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException
 from emr_fhir.resources import everything_bundle, operation_outcome, patient_resource, searchset_bundle
 from emr_gateway import search
 from emr_gateway.settings import GatewaySettings
-from emr_runtime.caller import caller_metadata
+from emr_runtime.auth import AUTHORIZATION_KEY
+from emr_runtime.caller import BREAK_GLASS_KEY, purpose_metadata
 from emr_runtime.channels import create_channel
 from emr_runtime.web import create_web_app
 
@@ -69,12 +70,18 @@ def outcome_for(error: grpc.aio.AioRpcError) -> JSONResponse:
 
 
 def caller(
-    x_actor_id: Annotated[str, Header()] = "",
-    x_facility_code: Annotated[str, Header()] = "",
+    authorization: Annotated[str, Header()] = "",
     x_purpose_of_use: Annotated[str, Header()] = "",
+    x_break_glass_reason: Annotated[str, Header()] = "",
 ) -> list[tuple[str, str]]:
-    """The HTTP caller's identity headers as gRPC metadata, for the audit log of each service."""
-    return caller_metadata(x_actor_id or "gateway-anonymous", x_facility_code, x_purpose_of_use)
+    """The HTTP caller's bearer token, purpose and break-the-glass reason as gRPC metadata: the
+    gateway has no identity of its own; every service verifies and authorizes the caller itself."""
+    metadata = purpose_metadata(x_purpose_of_use)
+    if authorization:
+        metadata.append((AUTHORIZATION_KEY, authorization))
+    if x_break_glass_reason:
+        metadata.append((BREAK_GLASS_KEY, x_break_glass_reason))
+    return metadata
 
 
 Caller = Annotated[list[tuple[str, str]], Depends(caller)]

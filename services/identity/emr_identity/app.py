@@ -9,6 +9,7 @@ from emr_identity.service import IdentityService
 from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
 from emr_identity.settings import IdentitySettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
@@ -17,7 +18,8 @@ from emr_runtime.server import ServiceApp, ServiceBinding
 
 async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
-    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
+    token = ServiceToken.from_settings(AuthSettings(), "identity")
+    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
     await recorder.open()
     service = IdentityService(PersonRepository(db, crypt))
@@ -33,4 +35,5 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.watch_review_queue],
         on_stop=[audit_channel.close],
+        treatment=service,
     )

@@ -33,6 +33,7 @@ from emr_identity.matching import (
 )
 from emr_identity.repository import PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
+from emr_runtime.caller import Caller
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
@@ -331,6 +332,21 @@ class IdentityService:
 
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
+
+    async def treats(self, patient_id: str, caller: Caller) -> bool:
+        """The access policy's treatment relationship, as identity knows it: a registration."""
+        return await self.registered_at(patient_id, caller.facility_code)
+
+    async def registered_at(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the facility registered the person (or a person merged into it)."""
+        if not facility_code:
+            return False
+        try:
+            view = await self._view(patient_id, "patient_id")
+        except (NotFoundError, InvalidArgumentError):
+            return False
+        records = await self._persons.records(view.record_ids)
+        return any(record.facility_code == facility_code for record in records)
 
     async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
         size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

@@ -122,6 +122,12 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         events = await self._service.history(request.patient_id)
         return identity_pb2.GetPersonHistoryResponse(events=[converters.event_message(e) for e in events])
 
+    async def CheckRegistration(
+        self, request: identity_pb2.CheckRegistrationRequest, context: Context
+    ) -> identity_pb2.CheckRegistrationResponse:
+        registered = await self._service.registered_at(request.patient_id, request.facility_code)
+        return identity_pb2.CheckRegistrationResponse(registered=registered)
+
 
 def _registered_patient_id(request: Any, response: Any) -> str:
     return str(response.patient.patient_id) if response is not None else ""

@@ -11,6 +11,7 @@ from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
 from emr_records.settings import RecordsSettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
@@ -20,8 +21,9 @@ from emr_runtime.server import ServiceApp, ServiceBinding
 
 async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
-    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
-    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
+    token = ServiceToken.from_settings(AuthSettings(), "records")
+    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE, token=token)
+    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
     recorder = AuditRecorder(audit_channel, db, source_service="records")
     await recorder.open()
     service = RecordsService(
@@ -44,4 +46,5 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.sweep_outbox],
         on_stop=[identity_channel.close, audit_channel.close],
+        treatment=service,
     )

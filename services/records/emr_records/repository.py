@@ -27,6 +27,7 @@ from emr_records.domain import (
     Change,
     ChangeKind,
     ClinicalRecord,
+    EncounterStatus,
     ResourceType,
     TimelineQuery,
     to_plain,
@@ -256,6 +257,19 @@ class ResourceRepository:
             self._resources.find({"$and": conditions}).sort([("time", -1), ("_id", -1)]).limit(query.limit)
         )
         return [_record(self._crypt, document) async for document in cursor]
+
+    async def has_open_encounter(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the patient has a planned or in-progress encounter at the facility."""
+        found = await self._resources.find_one(
+            {
+                "patient_id": patient_id,
+                "resource_type": ResourceType.ENCOUNTER.value,
+                "facility_code": facility_code,
+                "status": {"$in": [EncounterStatus.PLANNED.value, EncounterStatus.IN_PROGRESS.value]},
+            },
+            projection={"_id": 1},
+        )
+        return found is not None
 
     async def attached_to(self, encounter_id: str) -> list[ClinicalRecord]:
         cursor = self._resources.find({"encounter_id": encounter_id}).sort([("time", 1), ("_id", 1)])

@@ -29,6 +29,7 @@ from emr_records.domain import (
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
+from emr_runtime.caller import Caller
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
@@ -72,6 +73,13 @@ class RecordsService:
         self._verify_patients = verify_patients
 
     # --- writes -----------------------------------------------------------------------------------
+
+    async def treats(self, patient_id: str, caller: Caller) -> bool:
+        """The access policy's treatment relationship: an open encounter at the caller's facility
+        (records' own data), else a registration there (identity's data, asked through its client)."""
+        if await self._resources.has_open_encounter(patient_id, caller.facility_code):
+            return True
+        return await self._patients.registered_at(patient_id, caller.facility_code)
 
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()

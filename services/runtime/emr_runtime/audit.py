@@ -70,57 +70,7 @@ class AuditRecorder(AuditSink):
         SPOOL_DEPTH.set(depth)
 
     def event_for(self, rule: AuditRule, call: Call, outcome: str) -> audit_pb2.AuditEvent:
-        caller = caller_from_metadata(call.context.invocation_metadata())
-        patient_id = rule.patient_id(call.request, call.response)
-        resource_id = rule.resource_id(call.request, call.response)
-        event = audit_pb2.AuditEvent(
-            event_id=str(uuid.uuid4()),
-            action=rule.action,  # type: ignore[arg-type]
-            subtype=rule.subtype,  # type: ignore[arg-type]
-            outcome=_OUTCOMES[outcome],
-            actor_id=caller.actor_id,
-            actor_facility_code=caller.facility_code,
-            purpose_of_use=caller.purpose_of_use,
-            source_service=self._source_service,
-            operation=call.full_method,
-            resource_type=rule.resource_type,
-            patient_id=patient_id,
-            resource_id=resource_id,
-            request_id=str(getattr(call.request, "request_id", "")),
-            trace_id=current_trace_id(),
-            retention_class=audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
-            agents=[
-                audit_pb2.AuditAgent(
-                    type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION
-                    if caller.actor_id.startswith("service:")
-                    else audit_pb2.AUDIT_AGENT_TYPE_USER,
-                    who=caller.actor_id,
-                    role=_code(caller.role),
-                    facility_code=_code(caller.facility_code),
-                    client_application=_code(caller.client_application),
-                    network_address=_code(urllib.parse.unquote(call.context.peer() or "")),
-                    requestor=True,
-                ),
-                audit_pb2.AuditAgent(
-                    type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION,
-                    who=self._source_service,
-                    role="service",
-                ),
-            ],
-        )
-        if patient_id:
-            event.entities.add(
-                role=audit_pb2.AUDIT_ENTITY_ROLE_PATIENT, patient_id=patient_id, resource_type="Patient"
-            )
-        if resource_id and rule.resource_type != "Patient":
-            event.entities.add(
-                role=audit_pb2.AUDIT_ENTITY_ROLE_RESOURCE,
-                patient_id=patient_id,
-                resource_type=rule.resource_type,
-                resource_id=resource_id,
-            )
-        event.occurred_time.FromDatetime(utc_now())
-        return event
+        return audit_event(rule, call, outcome, self._source_service)
 
     async def record_call(self, rule: AuditRule, call: Call, outcome: str) -> None:
         await self.record(self.event_for(rule, call, outcome))
@@ -206,6 +156,62 @@ class AuditRecorder(AuditSink):
             except (grpc.aio.AioRpcError, PyMongoError) as error:
                 log.info("audit spool replay waits for audit", extra={"error_type": type(error).__name__})
             await asyncio.sleep(self._replay_interval)
+
+
+def audit_event(rule: AuditRule, call: Call, outcome: str, source_service: str) -> audit_pb2.AuditEvent:
+    """The audit event of one call, with the verified caller; ids only, never clinical content."""
+    caller = caller_from_metadata(call.context.invocation_metadata())
+    patient_id = rule.patient_id(call.request, call.response)
+    resource_id = rule.resource_id(call.request, call.response)
+    event = audit_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        action=rule.action,  # type: ignore[arg-type]
+        subtype=rule.subtype,  # type: ignore[arg-type]
+        outcome=_OUTCOMES[outcome],
+        actor_id=caller.actor_id,
+        actor_facility_code=caller.facility_code,
+        purpose_of_use=caller.purpose_of_use,
+        source_service=source_service,
+        operation=call.full_method,
+        resource_type=rule.resource_type,
+        patient_id=patient_id,
+        resource_id=resource_id,
+        request_id=str(getattr(call.request, "request_id", "")),
+        trace_id=current_trace_id(),
+        retention_class=audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
+        break_glass_reason=caller.break_glass_reason,
+        agents=[
+            audit_pb2.AuditAgent(
+                type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION
+                if caller.actor_id.startswith("service:")
+                else audit_pb2.AUDIT_AGENT_TYPE_USER,
+                who=caller.actor_id,
+                role=_code(caller.role),
+                facility_code=_code(caller.facility_code),
+                client_application=_code(caller.client_application),
+                network_address=_code(urllib.parse.unquote(call.context.peer() or "")),
+                requestor=True,
+            ),
+            audit_pb2.AuditAgent(
+                type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION,
+                who=source_service,
+                role="service",
+            ),
+        ],
+    )
+    if patient_id:
+        event.entities.add(
+            role=audit_pb2.AUDIT_ENTITY_ROLE_PATIENT, patient_id=patient_id, resource_type="Patient"
+        )
+    if resource_id and rule.resource_type != "Patient":
+        event.entities.add(
+            role=audit_pb2.AUDIT_ENTITY_ROLE_RESOURCE,
+            patient_id=patient_id,
+            resource_type=rule.resource_type,
+            resource_id=resource_id,
+        )
+    event.occurred_time.FromDatetime(utc_now())
+    return event
 
 
 def _code(value: str) -> str:

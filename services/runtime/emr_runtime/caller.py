@@ -1,50 +1,54 @@
-"""Who is calling: read from request metadata. Authentication (JWT) replaces the source of these
-values later; every consumer reads them through ``caller_from_metadata`` only."""
+"""Who is calling. The access interceptor (emr_runtime.access) verifies the bearer token and keeps
+the verified caller for the duration of the call; every consumer reads it through
+``caller_from_metadata`` only. The purpose of use stays a header the caller declares."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 
-ACTOR_ID_KEY = "x-actor-id"
-FACILITY_CODE_KEY = "x-facility-code"
 PURPOSE_OF_USE_KEY = "x-purpose-of-use"
-ROLE_KEY = "x-actor-role"
-CLIENT_APPLICATION_KEY = "x-client-application"
+# A doctor's reason to read outside the normal scope (break-the-glass); see emr_runtime.policy.
+BREAK_GLASS_KEY = "x-break-glass-reason"
 UNKNOWN_ACTOR = "anonymous"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The subject, facility and declared purpose of an incoming call."""
+    """The verified subject, facility and roles of an incoming call, and its declared purpose."""
 
     actor_id: str
     facility_code: str
     purpose_of_use: str
+    # The role the call was allowed under (all roles of the token when it was not allowed).
     role: str = ""
     client_application: str = ""
+    roles: tuple[str, ...] = ()
+    # Set when a doctor read outside the normal scope with a break-the-glass reason.
+    break_glass_reason: str = ""
+
+
+ANONYMOUS = Caller(UNKNOWN_ACTOR, "", "")
+# Per call: grpc.aio runs each call in its own task, so a value set here is the call's alone.
+_verified_caller: ContextVar[Caller] = ContextVar("emr_verified_caller", default=ANONYMOUS)
+
+
+def set_verified_caller(caller: Caller) -> None:
+    _verified_caller.set(caller)
 
 
 def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
-    values = {key: value for key, value in metadata or () if isinstance(value, str)}
-    return Caller(
-        actor_id=values.get(ACTOR_ID_KEY, "")[:128] or UNKNOWN_ACTOR,
-        facility_code=values.get(FACILITY_CODE_KEY, "")[:16],
-        purpose_of_use=values.get(PURPOSE_OF_USE_KEY, "")[:32],
-        role=values.get(ROLE_KEY, "")[:64],
-        client_application=values.get(CLIENT_APPLICATION_KEY, "")[:64],
-    )
+    """The verified caller of the current call (anonymous when authentication is off or failed),
+    with the purpose of use its metadata declares."""
+    purpose = metadata_value(metadata, PURPOSE_OF_USE_KEY)
+    return replace(_verified_caller.get(), purpose_of_use=purpose[:32])
 
 
-def caller_metadata(
-    actor_id: str, facility_code: str = "", purpose_of_use: str = "", role: str = ""
-) -> list[tuple[str, str]]:
-    """Outgoing metadata that identifies the caller (for clients: gateway, tests, tools)."""
-    pairs = [(ACTOR_ID_KEY, actor_id)]
-    if facility_code:
-        pairs.append((FACILITY_CODE_KEY, facility_code))
-    if purpose_of_use:
-        pairs.append((PURPOSE_OF_USE_KEY, purpose_of_use))
-    if role:
-        pairs.append((ROLE_KEY, role))
-    return pairs
+def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, wanted: str) -> str:
+    return next((value for key, value in metadata or () if key == wanted and isinstance(value, str)), "")
+
+
+def purpose_metadata(purpose_of_use: str) -> list[tuple[str, str]]:
+    """Outgoing metadata declaring the purpose of a call (the identity comes from the token)."""
+    return [(PURPOSE_OF_USE_KEY, purpose_of_use)] if purpose_of_use else []

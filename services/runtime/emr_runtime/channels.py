@@ -13,6 +13,7 @@ import grpc
 from opentelemetry import trace
 
 from emr_runtime import metrics
+from emr_runtime.auth import AUTHORIZATION_KEY, ServiceToken
 from emr_runtime.telemetry import inject_context
 from emr_runtime.tls import TlsSettings
 
@@ -40,8 +41,9 @@ def _retry_service_config(service_full_name: str) -> str:
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, default_deadline: float) -> None:
+    def __init__(self, default_deadline: float, token: ServiceToken | None) -> None:
         self._default_deadline = default_deadline
+        self._token = token
 
     async def intercept_unary_unary(
         self,
@@ -61,6 +63,9 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             outgoing = grpc.aio.Metadata(*(client_call_details.metadata or ()))
             for key, value in inject_context():
                 outgoing.add(key, value)
+            # The service's own identity, unless the call forwards its caller's token.
+            if self._token is not None and not outgoing.get_all(AUTHORIZATION_KEY):
+                outgoing.add(AUTHORIZATION_KEY, self._token.authorization())
             details = grpc.aio.ClientCallDetails(
                 method=client_call_details.method,
                 timeout=client_call_details.timeout
@@ -85,17 +90,19 @@ def create_channel(
     default_deadline: float = DEFAULT_DEADLINE_SECONDS,
     max_receive_message_bytes: int | None = None,
     tls: TlsSettings | None = None,
+    token: ServiceToken | None = None,
 ) -> grpc.aio.Channel:
     """A channel to one platform service (``host:port``), with deadlines and retries applied;
     ``max_receive_message_bytes`` raises gRPC's 4 MiB default for calls with large answers. It is
-    mutual TLS when ``tls`` (default: this process's ``TLS_*`` variables) names certificates."""
+    mutual TLS when ``tls`` (default: this process's ``TLS_*`` variables) names certificates;
+    ``token`` is the calling service's own identity, presented on calls that carry no token."""
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _retry_service_config(service_full_name)),
     ]
     if max_receive_message_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
-    interceptors = [_ClientInterceptor(default_deadline)]
+    interceptors = [_ClientInterceptor(default_deadline, token)]
     tls = tls if tls is not None else TlsSettings()
     if tls.enabled:
         return grpc.aio.secure_channel(target, tls.channel_credentials(), options, interceptors=interceptors)

@@ -102,3 +102,11 @@ class Violations:
     def raise_if_any(self) -> None:
         if self._items:
             raise InvalidArgumentError(self._items)
+
+
+class UnauthenticatedError(DomainError):
+    """No valid bearer token (UNAUTHENTICATED); the message says what is wrong with the token."""
+
+
+class PermissionDeniedError(DomainError):
+    """The verified caller may not make this call (PERMISSION_DENIED); the message says which rule."""

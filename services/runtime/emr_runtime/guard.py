@@ -2,13 +2,15 @@
 
 - a request that does not parse as its message type is INVALID_ARGUMENT naming ``request`` (gRPC
   would answer INTERNAL);
-- a client application over its request rate gets RESOURCE_EXHAUSTED (token bucket per client
-  application, per replica; see ``client_key``);
 - every string field is at most its length limit (``string_limit``: one generic rule by field name,
   so a new field is covered without a table edit) and every timestamp is one a calendar holds;
   a violation is INVALID_ARGUMENT naming the field;
 - a call whose client sent no deadline gets the default one (a longer one for server streams, whose
   clients resume from their cursor), so that no call runs forever.
+
+``RateLimitInterceptor``: a client application over its request rate gets RESOURCE_EXHAUSTED (token
+bucket per client application, per replica; see ``client_key``). It sits inside the access
+interceptor, so the application is the verified token's, never a claim a caller merely asserts.
 
 Health checks pass untouched: probes must never be rate limited.
 """
@@ -170,16 +172,9 @@ class TokenBuckets:
 class GuardInterceptor(ScopedInterceptor):
     """Applies the module's checks; sits inside the error interceptor, which maps what it raises."""
 
-    def __init__(
-        self,
-        default_deadline_seconds: float,
-        stream_default_deadline_seconds: float,
-        rate_per_second: float,
-        burst: float,
-    ) -> None:
+    def __init__(self, default_deadline_seconds: float, stream_default_deadline_seconds: float) -> None:
         self._default_deadline = default_deadline_seconds
         self._stream_default_deadline = stream_default_deadline_seconds
-        self._buckets = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
 
     def applies_to(self, full_method: str) -> bool:
         return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
@@ -200,10 +195,6 @@ class GuardInterceptor(ScopedInterceptor):
     async def scope(self, call: Call) -> AsyncIterator[None]:
         if isinstance(call.request, MalformedRequest):
             raise InvalidArgumentError([FieldViolation("request", "not a valid serialized request message")])
-        if self._buckets is not None:
-            wait = self._buckets.take(client_key(call.context))
-            if wait > 0:
-                raise RateLimitedError(wait)
         violations = request_violations(call.request)
         if violations:
             raise InvalidArgumentError(violations)
@@ -222,6 +213,23 @@ class GuardInterceptor(ScopedInterceptor):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no deadline was sent; the default of {deadline:g} s passed",
             )
+
+
+class RateLimitInterceptor(ScopedInterceptor):
+    """Token bucket per client application (``client_key``); health checks are never limited."""
+
+    def __init__(self, rate_per_second: float, burst: float) -> None:
+        self._buckets = TokenBuckets(rate_per_second, burst)
+
+    def applies_to(self, full_method: str) -> bool:
+        return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
+
+    @asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        wait = self._buckets.take(client_key(call.context))
+        if wait > 0:
+            raise RateLimitedError(wait)
+        yield
 
 
 def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Server interceptors shared by every service, outermost first: tracing, metrics, errors, audit.
+"""Server interceptors shared by every service, outermost first: tracing, metrics, errors, audit,
+access (emr_runtime.access).
 
 Each interceptor wraps a call in an async context manager (``scope``); the base class applies it to
 unary and server-streaming methods alike, so a new concern is one small class.
@@ -30,8 +31,10 @@ from emr_runtime.errors import (
     DomainError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitedError,
     TooLargeError,
+    UnauthenticatedError,
 )
 from emr_runtime.telemetry import current_trace_id, extract_context
 
@@ -218,6 +221,14 @@ def status_for(error: DomainError) -> status_pb2.Status:
                 reason="INTEGRITY_CHECK_FAILED",
                 domain=ERROR_DOMAIN,
                 metadata={"resource_type": error.resource_type},
+            )
+        )
+    elif isinstance(error, UnauthenticatedError | PermissionDeniedError):
+        unauthenticated = isinstance(error, UnauthenticatedError)
+        code = code_pb2.UNAUTHENTICATED if unauthenticated else code_pb2.PERMISSION_DENIED
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason="UNAUTHENTICATED" if unauthenticated else "PERMISSION_DENIED", domain=ERROR_DOMAIN
             )
         )
     elif isinstance(error, DependencyUnavailableError):

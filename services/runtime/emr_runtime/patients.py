@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from emr_runtime.caller import caller_metadata
+from emr_runtime.caller import purpose_metadata
 from emr_runtime.errors import DependencyUnavailableError
 
 IDENTITY_SERVICE = "emr.identity.v1.PatientIdentityService"
@@ -20,7 +20,8 @@ class PatientDirectory:
         self, channel: grpc.aio.Channel, service: str, purpose_of_use: str, deadline_seconds: float = 5.0
     ) -> None:
         self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
-        self._metadata = caller_metadata(f"service:{service}", purpose_of_use=purpose_of_use)
+        # The service's own token comes from the channel (emr_runtime.channels).
+        self._metadata = purpose_metadata(purpose_of_use)
         self._deadline = deadline_seconds
 
     async def get(self, patient_id: str) -> PatientView | None:
@@ -40,6 +41,21 @@ class PatientDirectory:
 
     async def exists(self, patient_id: str) -> bool:
         return await self.get(patient_id) is not None
+
+    async def registered_at(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the facility registered the patient (the registration half of the access
+        policy's treatment relationship, which identity owns)."""
+        try:
+            response = await self._stub.CheckRegistration(
+                identity_pb2.CheckRegistrationRequest(patient_id=patient_id, facility_code=facility_code),
+                timeout=self._deadline,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return False
+            raise DependencyUnavailableError("identity") from error
+        return bool(response.registered)
 
 
 @dataclass(frozen=True)

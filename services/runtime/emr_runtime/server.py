@@ -19,8 +19,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from emr_runtime.access import AccessInterceptor, TreatmentRelationship
+from emr_runtime.auth import AuthSettings, TokenVerifier
 from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
-from emr_runtime.guard import GuardInterceptor
+from emr_runtime.guard import GuardInterceptor, RateLimitInterceptor
 from emr_runtime.interceptors import (
     AuditInterceptor,
     AuditRule,
@@ -57,6 +59,8 @@ class ServiceApp:
     audit_rules: Mapping[str, AuditRule] = field(default_factory=dict)
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Answers the policy's treatment-relationship question (identity, records).
+    treatment: TreatmentRelationship | None = None
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
@@ -64,23 +68,25 @@ BuildApp = Callable[[SettingsT, Database], Awaitable[ServiceApp]]
 
 
 def build_server(
-    app: ServiceApp, settings: ServiceSettings
+    app: ServiceApp, settings: ServiceSettings, verifier: TokenVerifier | None = None
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """Metrics port 0 leaves out the server metrics interceptor: nothing reads them."""
+    """Metrics port 0 leaves out the server metrics interceptor: nothing reads them; ``verifier=None``
+    (AUTH_ENABLED=false) leaves out authentication and the access policy."""
     interceptors: list[grpc.aio.ServerInterceptor] = [
         TracingInterceptor(),
         ErrorInterceptor(),
-        GuardInterceptor(
-            settings.default_deadline_seconds,
-            settings.stream_default_deadline_seconds,
-            settings.rate_limit_per_second,
-            settings.rate_limit_burst,
-        ),
+        GuardInterceptor(settings.default_deadline_seconds, settings.stream_default_deadline_seconds),
     ]
     if settings.metrics_port != 0:
         interceptors.insert(1, MetricsInterceptor())
     if app.audit_sink is not None:
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
+    if verifier is not None:
+        # Inside audit: denials of audited methods are recorded there, with the verified caller.
+        interceptors.append(AccessInterceptor(verifier, app.audit_rules, app.audit_sink, app.treatment))
+    if settings.rate_limit_per_second > 0:
+        # Innermost: the bucket is the verified client application's.
+        interceptors.append(RateLimitInterceptor(settings.rate_limit_per_second, settings.rate_limit_burst))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -119,7 +125,13 @@ async def serve(service: str, settings: SettingsT, build: BuildApp[SettingsT]) -
     app = await build(settings, db)
     await ensure_indexes(db, app.indexes)
 
-    server, health_servicer = build_server(app, settings)
+    auth = AuthSettings()
+    if not auth.enabled:
+        log.warning("authentication is off (AUTH_ENABLED=false): every call is allowed")
+    elif auth.dev_keys:
+        log.warning("AUTH_DEV_KEYS=true: the published development key is trusted; never in production")
+    verifier = TokenVerifier(auth) if auth.enabled else None
+    server, health_servicer = build_server(app, settings, verifier)
     address = f"{settings.listen_host}:{settings.grpc_port}"
     tls = TlsSettings()
     if tls.enabled:

@@ -9,13 +9,11 @@ import pytest
 from google.rpc import error_details_pb2
 
 from emr_runtime.caller import (
-    ACTOR_ID_KEY,
-    FACILITY_CODE_KEY,
     PURPOSE_OF_USE_KEY,
     UNKNOWN_ACTOR,
     Caller,
     caller_from_metadata,
-    caller_metadata,
+    purpose_metadata,
 )
 from emr_runtime.errors import (
     ConflictError,
@@ -260,30 +258,20 @@ def test_caller_defaults(metadata: list[tuple[str, str]] | None) -> None:
     assert UNKNOWN_ACTOR == "anonymous"
 
 
-def test_caller_from_metadata_reads_values() -> None:
-    metadata = [(ACTOR_ID_KEY, "doctor-17"), (FACILITY_CODE_KEY, "79001"), (PURPOSE_OF_USE_KEY, "TREAT")]
-    assert caller_from_metadata(metadata) == Caller("doctor-17", "79001", "TREAT")
+def test_caller_reads_only_the_purpose_from_metadata() -> None:
+    # Identity comes from the verified token alone (emr_runtime.access), never from headers.
+    metadata = [("x-actor-id", "doctor-17"), ("x-facility-code", "79001"), (PURPOSE_OF_USE_KEY, "TREAT")]
+    assert caller_from_metadata(metadata) == Caller(UNKNOWN_ACTOR, "", "TREAT")
 
 
-def test_caller_empty_actor_is_anonymous() -> None:
-    assert caller_from_metadata([(ACTOR_ID_KEY, "")]).actor_id == UNKNOWN_ACTOR
+def test_caller_ignores_binary_values_and_truncates_the_purpose() -> None:
+    assert caller_from_metadata([(PURPOSE_OF_USE_KEY, b"TREAT")]).purpose_of_use == ""
+    assert caller_from_metadata([(PURPOSE_OF_USE_KEY, "p" * 100)]).purpose_of_use == "p" * 32
 
 
-def test_caller_ignores_binary_values() -> None:
-    metadata: list[tuple[str, str | bytes]] = [(ACTOR_ID_KEY, b"doctor-17"), (FACILITY_CODE_KEY, b"79001")]
-    assert caller_from_metadata(metadata) == Caller(UNKNOWN_ACTOR, "", "")
-
-
-def test_caller_values_are_truncated() -> None:
-    metadata = [(ACTOR_ID_KEY, "a" * 500), (FACILITY_CODE_KEY, "f" * 100), (PURPOSE_OF_USE_KEY, "p" * 100)]
-    caller = caller_from_metadata(metadata)
-    assert caller == Caller("a" * 128, "f" * 16, "p" * 32)
-
-
-def test_caller_metadata_round_trip() -> None:
-    assert caller_metadata("doctor-17") == [(ACTOR_ID_KEY, "doctor-17")]
-    pairs = caller_metadata("doctor-17", "79001", "TREAT")
-    assert caller_from_metadata(pairs) == Caller("doctor-17", "79001", "TREAT")
+def test_purpose_metadata_round_trip() -> None:
+    assert purpose_metadata("") == []
+    assert caller_from_metadata(purpose_metadata("TREAT")).purpose_of_use == "TREAT"
 
 
 def test_deeply_nested_or_oversized_token_is_invalid_argument_not_a_crash() -> None:

@@ -8,10 +8,13 @@ from datetime import timedelta
 
 from emr.sync.v1 import sync_pb2_grpc
 
+from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
+from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
+from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
 from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
@@ -38,8 +41,13 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
 
 async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
-    records_channel = create_channel(settings.records_target, RECORDS_SERVICE)
-    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE)
+    token = ServiceToken.from_settings(AuthSettings(), "sync", role=SYNC_SERVICE)
+    records_channel = create_channel(settings.records_target, RECORDS_SERVICE, token=token)
+    identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE, token=token)
+    # Sync's RPCs touch no patient's data; its recorder audits the calls the access policy denies.
+    audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
+    recorder = AuditRecorder(audit_channel, db, source_service="sync")
+    await recorder.open()
     national = NationalClient(
         settings.national_url,
         settings.http_timeout_seconds,
@@ -71,7 +79,8 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
                 sync_pb2_grpc.add_NationalSyncServiceServicer_to_server,
             )
         ],
-        indexes=INDEXES,
-        background=[run_pipeline, report_backlog],
-        on_stop=[records_channel.close, identity_channel.close, national.close],
+        indexes=(*INDEXES, *SPOOL_INDEXES),
+        audit_sink=recorder,
+        background=[run_pipeline, report_backlog, recorder.replay_forever],
+        on_stop=[records_channel.close, identity_channel.close, audit_channel.close, national.close],
     )

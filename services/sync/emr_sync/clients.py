@@ -14,12 +14,13 @@ import httpx
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from opentelemetry import propagate
 
-from emr_runtime.caller import caller_metadata
+from emr_runtime.caller import purpose_metadata
 from emr_runtime.clock import utc_now
 from emr_sync.domain import DeliveryKind, SendOutcome, SendResult, short_reason
 
 RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
-_METADATA = caller_metadata("service:sync", purpose_of_use="NATIONAL_REPORTING")
+# The sync service's own token (role sync-service) comes from the channel.
+_METADATA = purpose_metadata("NATIONAL_REPORTING")
 # A token is renewed when this share of its lifetime has passed, well before it expires.
 TOKEN_RENEW_FRACTION = 0.75
 CONTENT_TYPES = {

@@ -17,6 +17,7 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     mongodb_database: str = Field("emr_sync", min_length=1)
     records_target: str = Field("127.0.0.1:50052", description="host:port of the records service")
     identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
+    audit_target: str = Field("127.0.0.1:50053", description="host:port of the audit service (denied calls)")
     national_url: str = Field("http://127.0.0.1:8090", description="Base URL of the national system's API")
     national_client_id: str = Field("emr-platform", description="OAuth2 client id at the national system")
     national_client_secret: str = Field(

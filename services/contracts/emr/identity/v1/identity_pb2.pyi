@@ -362,6 +362,20 @@ class LinkEvent(_message.Message):
     time: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[LinkEventKind, str]] = ..., patient_id: _Optional[str] = ..., other_patient_id: _Optional[str] = ..., record_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class CheckRegistrationRequest(_message.Message):
+    __slots__ = ("patient_id", "facility_code")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    facility_code: str
+    def __init__(self, patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ...) -> None: ...
+
+class CheckRegistrationResponse(_message.Message):
+    __slots__ = ("registered",)
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    def __init__(self, registered: _Optional[bool] = ...) -> None: ...
+
 class GetPersonHistoryRequest(_message.Message):
     __slots__ = ("patient_id",)
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -85,6 +85,11 @@ class PatientIdentityServiceStub:
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.SerializeToString,
                 response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.FromString,
                 _registered_method=True)
+        self.CheckRegistration = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/CheckRegistration',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.FromString,
+                _registered_method=True)
 
 
 class PatientIdentityServiceServicer:
@@ -171,6 +176,15 @@ class PatientIdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckRegistration(self, request, context):
+        """CheckRegistration says whether a facility registered a person (or a person merged into it):
+        the registration half of the access policy's treatment relationship, asked by the records
+        service. Platform services only; NOT_FOUND is never returned (an unknown id is not registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatientIdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +237,11 @@ def add_PatientIdentityServiceServicer_to_server(servicer, server):
                     servicer.GetPersonHistory,
                     request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.FromString,
                     response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.SerializeToString,
+            ),
+            'CheckRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckRegistration,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +515,33 @@ class PatientIdentityService:
             '/emr.identity.v1.PatientIdentityService/GetPersonHistory',
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryRequest.SerializeToString,
             emr_dot_identity_dot_v1_dot_identity__pb2.GetPersonHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/CheckRegistration',
+            emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

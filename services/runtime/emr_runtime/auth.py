@@ -1,0 +1,334 @@
+"""Authentication: bearer JWTs (RS256, ES256) verified against JWKS keys, and the tokens a service
+mints for its own calls to other services.
+
+Token claims (documented in the README, section Security):
+- ``sub``: the user or application acting (``service:<name>`` for the platform's own services);
+- ``facility``: the facility code (mã cơ sở KCB) the user works at;
+- ``roles``: list of platform roles (``emr_runtime.policy.ROLES``);
+- ``azp`` (or ``client_id``): the hospital application that obtained the token;
+- ``iss``, ``aud``, ``exp``, ``nbf`` checked with a small clock skew.
+
+Keys come from a JWKS file (re-read when it changes) and/or a JWKS URL (cached, fetched again when
+a token names a key id it has not seen: the identity provider rotated its keys), so keys rotate
+without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from emr_runtime.caller import Caller
+from emr_runtime.errors import UnauthenticatedError
+
+log = logging.getLogger("emr.auth")
+
+ALGORITHMS = ("RS256", "ES256")
+AUTHORIZATION_KEY = "authorization"
+# Roles only the platform's own services hold: accepted from tokens of the service issuer only, so
+# that an identity provider's token can never act as a platform service.
+SERVICE_ROLES = frozenset({"sync-service", "platform-service"})
+SERVICE_TOKEN_SECONDS = 600
+# A token naming an unknown key id makes the URL be fetched again, at most this often.
+MIN_REFETCH_SECONDS = 30.0
+DEV_ISSUER = "emr-dev-idp"
+# The development key is derived from this published seed: anyone can mint tokens with it, which
+# is what `make up`, tests and the podman CI run need, and why production never enables it.
+_DEV_SEED = b"emr-platform development signing key - public, never for production"
+
+
+class AuthSettings(BaseSettings):
+    """How incoming bearer tokens are verified and how a service signs its own (AUTH_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore", frozen=True)
+
+    enabled: bool = Field(True, description="Verify bearer tokens and apply the access policy")
+    issuer: str = Field("", description="Expected iss of users' tokens (the hospitals' identity provider)")
+    audience: str = Field("emr-platform", description="Expected aud of every token")
+    jwks_url: str = Field("", description="JWKS URL of the identity provider")
+    jwks_file: str = Field("", description="JWKS file (e.g. the platform services' public keys)")
+    jwks_refresh_seconds: float = Field(300.0, gt=0, description="How long fetched JWKS keys are cached")
+    clock_skew_seconds: float = Field(30.0, ge=0, le=300, description="Leeway for exp and nbf")
+    service_issuer: str = Field("emr-platform-services", description="iss of service tokens")
+    service_key_file: str = Field("", description="PEM private key this service signs its tokens with")
+    dev_keys: bool = Field(False, description="Trust and sign with the published development key")
+
+
+def dev_private_key() -> ec.EllipticCurvePrivateKey:
+    """The development P-256 key (deterministic, public: dev and tests only)."""
+    secret = int.from_bytes(hashlib.sha256(_DEV_SEED).digest(), "big")
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    return ec.derive_private_key(secret % (order - 1) + 1, ec.SECP256R1())
+
+
+def public_jwk(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, key_id: str) -> dict[str, str]:
+    """The public half of a signing key as a JWK (what goes into the JWKS)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        text, algorithm = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()), "ES256"
+    else:
+        text, algorithm = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()), "RS256"
+    jwk: dict[str, str] = json.loads(text)
+    jwk.update(kid=key_id, use="sig", alg=algorithm)
+    return jwk
+
+
+def key_thumbprint(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+    """RFC 7638 JWK thumbprint: a key id that follows from the key itself."""
+    jwk = public_jwk(key, "")
+    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def load_private_key(path: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("AUTH_SERVICE_KEY_FILE must hold an EC P-256 or RSA private key")
+    return key
+
+
+def sign_token(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    key_id: str,
+    claims: Mapping[str, Any],
+    lifetime_seconds: float,
+) -> str:
+    """A signed JWT with ``iat``/``nbf``/``exp``/``jti`` added to ``claims``."""
+    now = int(time.time())
+    payload = {"iat": now, "nbf": now, "exp": now + int(lifetime_seconds), "jti": str(uuid.uuid4()), **claims}
+    algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+    return jwt.encode(payload, key, algorithm=algorithm, headers={"kid": key_id})
+
+
+class KeySet:
+    """The verification keys by key id, from a file and/or a URL, kept fresh without a restart."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._file = settings.jwks_file
+        self._url = settings.jwks_url
+        self._refresh = settings.jwks_refresh_seconds
+        self._static: dict[str, jwt.PyJWK] = {}
+        if settings.dev_keys:
+            key = dev_private_key()
+            self._static[key_thumbprint(key)] = jwt.PyJWK(public_jwk(key, key_thumbprint(key)))
+        self._file_keys: dict[str, jwt.PyJWK] = {}
+        self._file_stamp: tuple[float, int] | None = None
+        self._url_keys: dict[str, jwt.PyJWK] = {}
+        self._url_fetched = float("-inf")
+        self._lock = asyncio.Lock()
+        if not (self._file or self._url or self._static):
+            raise ValueError(
+                "authentication is enabled but no keys are configured: set AUTH_JWKS_URL or AUTH_JWKS_FILE"
+            )
+
+    def from_provider(self, key_id: str) -> bool:
+        """Whether the key came from the identity provider's URL (it may not sign service tokens)."""
+        return key_id in self._url_keys and key_id not in self._static and key_id not in self._file_keys
+
+    async def key(self, key_id: str) -> jwt.PyJWK | None:
+        self._reload_file()
+        found = self._static.get(key_id) or self._file_keys.get(key_id) or self._url_keys.get(key_id)
+        if found is not None or not self._url:
+            if found is not None and self._url and time.monotonic() - self._url_fetched > self._refresh:
+                await self._fetch_url()
+            return found
+        # Unknown key id: the provider may have rotated; fetch again (not more often than needed).
+        if time.monotonic() - self._url_fetched > min(self._refresh, MIN_REFETCH_SECONDS):
+            await self._fetch_url()
+        return self._url_keys.get(key_id)
+
+    def _reload_file(self) -> None:
+        if not self._file:
+            return
+        try:
+            stat = os.stat(self._file)
+        except OSError:
+            log.warning("JWKS file unreadable; keeping the keys read before")
+            return
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._file_stamp:
+            try:
+                self._file_keys = _parse_jwks(Path(self._file).read_text())
+                self._file_stamp = stamp
+            except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError):
+                log.warning("JWKS file invalid; keeping the keys read before")
+
+    async def _fetch_url(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._url_fetched < 1.0:
+                return  # another call fetched it just now
+            self._url_fetched = time.monotonic()
+            try:
+                text = await asyncio.to_thread(_http_get, self._url)
+                self._url_keys = _parse_jwks(text)
+            except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as error:
+                log.warning(
+                    "JWKS URL fetch failed; keeping the keys fetched before",
+                    extra={"error_type": type(error).__name__},
+                )
+
+
+def _http_get(url: str) -> str:
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("AUTH_JWKS_URL must be an http(s) URL")
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (scheme checked above)
+        body: bytes = response.read(1024 * 1024)
+    return body.decode()
+
+
+def _parse_jwks(text: str) -> dict[str, jwt.PyJWK]:
+    keys: dict[str, jwt.PyJWK] = {}
+    for entry in json.loads(text).get("keys", []):
+        if entry.get("kid") and entry.get("kty") in ("RSA", "EC"):
+            keys[str(entry["kid"])] = jwt.PyJWK(entry)
+    return keys
+
+
+class TokenVerifier:
+    """Turns ``authorization: Bearer <JWT>`` into a verified Caller or an UnauthenticatedError whose
+    reason helps the integrator (what is wrong with the token) and tells nothing else."""
+
+    def __init__(self, settings: AuthSettings, keys: KeySet | None = None) -> None:
+        self._keys = keys or KeySet(settings)
+        self._issuers = {i for i in (settings.issuer, settings.service_issuer) if i}
+        if settings.dev_keys:
+            self._issuers.add(DEV_ISSUER)
+        self._service_issuer = settings.service_issuer
+        self._audience = settings.audience
+        self._leeway = settings.clock_skew_seconds
+
+    async def caller(self, authorization: str | None) -> Caller:
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise UnauthenticatedError("the bearer token is not a well-formed JWT") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise UnauthenticatedError("the token's alg must be RS256 or ES256")
+        key_id = str(header.get("kid", ""))
+        key = await self._keys.key(key_id)
+        if key is None:
+            raise UnauthenticatedError("the token's kid names no key of the configured JWKS")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[str(header["alg"])],
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise UnauthenticatedError("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise UnauthenticatedError("the token is not valid yet (nbf/iat in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise UnauthenticatedError(f"the token's aud must include {self._audience!r}") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise UnauthenticatedError(f"the token lacks the {error.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise UnauthenticatedError("the token's signature does not verify") from None
+        except jwt.InvalidTokenError:
+            raise UnauthenticatedError("the token is invalid") from None
+        if claims.get("iss") not in self._issuers:
+            raise UnauthenticatedError("the token's iss is not a trusted issuer")
+        if claims["iss"] == self._service_issuer and self._keys.from_provider(key_id):
+            raise UnauthenticatedError("service tokens must be signed by a platform service key")
+        return self._caller(claims)
+
+    def _caller(self, claims: Mapping[str, Any]) -> Caller:
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise UnauthenticatedError("the token's roles claim must be a list of strings")
+        if claims["iss"] != self._service_issuer:
+            roles = [r for r in roles if r not in SERVICE_ROLES]
+        facility = claims.get("facility", "")
+        if not isinstance(facility, str):
+            raise UnauthenticatedError("the token's facility claim must be a string")
+        client = claims.get("azp") or claims.get("client_id") or ""
+        return Caller(
+            actor_id=str(claims["sub"])[:128],
+            facility_code=facility[:16],
+            purpose_of_use="",
+            role=" ".join(roles)[:64],
+            client_application=str(client)[:64],
+            roles=tuple(roles),
+        )
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise UnauthenticatedError("missing 'authorization: Bearer <JWT>' metadata")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthenticatedError("the authorization metadata must be 'Bearer <JWT>'")
+    return token.strip()
+
+
+class ServiceToken:
+    """The token a platform service presents on its own calls (``sub`` = ``service:<name>``),
+    signed with its configured key (whose public half is in every service's JWKS), renewed before
+    it expires."""
+
+    def __init__(
+        self,
+        service: str,
+        role: str,
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        key_id: str,
+        issuer: str,
+        audience: str,
+    ) -> None:
+        self._claims = {
+            "iss": issuer,
+            "aud": audience,
+            "sub": f"service:{service}",
+            "roles": [role],
+            "azp": f"emr-{service}",
+        }
+        self._key = key
+        self._key_id = key_id
+        self._token = ""
+        self._renew_at = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: AuthSettings, service: str, role: str = "platform-service"
+    ) -> ServiceToken | None:
+        """The service's token from its configured key. A key is used even when this service
+        checks no tokens itself (AUTH_ENABLED=false): the services it calls may. None only when
+        neither a key nor authentication is configured."""
+        if settings.service_key_file:
+            key = load_private_key(settings.service_key_file)
+            key_id = key_thumbprint(key)
+        elif settings.dev_keys:
+            key = dev_private_key()
+            key_id = key_thumbprint(key)
+        elif not settings.enabled:
+            return None
+        else:
+            raise ValueError(f"{service} calls other services: set AUTH_SERVICE_KEY_FILE")
+        return cls(service, role, key, key_id, settings.service_issuer, settings.audience)
+
+    def authorization(self) -> str:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            self._token = sign_token(self._key, self._key_id, self._claims, SERVICE_TOKEN_SECONDS)
+            self._renew_at = now + SERVICE_TOKEN_SECONDS * 0.75
+        return f"Bearer {self._token}"

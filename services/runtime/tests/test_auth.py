@@ -1,0 +1,220 @@
+"""Unit tests of authentication (token verification, JWKS rotation, service tokens) and of the
+pure policy decisions. Keys are generated per test; no I/O beyond a temporary JWKS file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from emr.identity.v1 import identity_pb2
+from emr.records.v1 import records_pb2
+
+from emr_runtime import policy
+from emr_runtime.auth import (
+    AuthSettings,
+    ServiceToken,
+    TokenVerifier,
+    key_thumbprint,
+    public_jwk,
+    sign_token,
+)
+from emr_runtime.caller import Caller
+from emr_runtime.errors import UnauthenticatedError
+
+ISSUER = "https://idp.example.invalid/realms/hospitals"
+AUDIENCE = "emr-platform"
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def write_jwks(path: Path, *keys: Key) -> None:
+    path.write_text(json.dumps({"keys": [public_jwk(k, key_thumbprint(k)) for k in keys]}))
+
+
+def verifier_for(path: Path) -> TokenVerifier:
+    return TokenVerifier(AuthSettings(jwks_file=str(path), issuer=ISSUER, clock_skew_seconds=30))
+
+
+def token(key: Key, lifetime: float = 300, **overrides: Any) -> str:
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "dr-synthetic-07",
+        "facility": "79001",
+        "roles": ["doctor"],
+        "azp": "his-benh-vien-a",
+        **overrides,
+    }
+    return sign_token(key, key_thumbprint(key), claims, lifetime)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Key, Path]:
+    key = ec_key()
+    path = tmp_path / "jwks.json"
+    write_jwks(path, key)
+    return key, path
+
+
+async def test_a_valid_es256_token_becomes_the_caller(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    caller = await verifier_for(path).caller(f"Bearer {token(key)}")
+    assert (caller.actor_id, caller.facility_code, caller.roles, caller.client_application) == (
+        "dr-synthetic-07",
+        "79001",
+        ("doctor",),
+        "his-benh-vien-a",
+    )
+
+
+async def test_rs256_is_accepted_too(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_jwks(tmp_path / "jwks.json", key)
+    caller = await verifier_for(tmp_path / "jwks.json").caller(f"Bearer {token(key)}")
+    assert caller.roles == ("doctor",)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda key: None, "missing 'authorization"),
+        (lambda key: "Basic abc", "must be 'Bearer <JWT>'"),
+        (lambda key: "Bearer not-a-jwt", "not a well-formed JWT"),
+        (lambda key: f"Bearer {token(key, lifetime=-120)}", "expired"),
+        (lambda key: f"Bearer {token(key, nbf=int(time.time()) + 600)}", "not valid yet"),
+        (lambda key: f"Bearer {token(key, aud='another-api')}", "aud must include"),
+        (lambda key: f"Bearer {token(key, iss='https://elsewhere.invalid')}", "not a trusted issuer"),
+        (lambda key: f"Bearer {token(ec_key())}", "kid names no key"),
+        (lambda key: f"Bearer {token(key, roles='doctor')}", "roles claim must be a list"),
+        (
+            lambda key: "Bearer " + jwt.encode({"sub": "x"}, "secret-secret-secret-secret-32b!", "HS256"),
+            "alg must be RS256 or ES256",
+        ),
+    ],
+)
+async def test_a_bad_token_is_unauthenticated_with_a_helpful_reason(
+    keys: tuple[Key, Path], make: Any, reason: str
+) -> None:
+    key, path = keys
+    with pytest.raises(UnauthenticatedError) as caught:
+        await verifier_for(path).caller(make(key))
+    assert reason in caught.value.message
+
+
+async def test_a_forged_signature_is_refused(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    header, payload, _ = token(key).split(".")
+    forged = token(key, roles=["admin"]).split(".")[2]
+    with pytest.raises(UnauthenticatedError, match="signature"):
+        await verifier_for(path).caller(f"Bearer {header}.{payload[:-2]}AA.{forged}")
+
+
+async def test_small_clock_skew_is_tolerated(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    caller = await verifier_for(path).caller(f"Bearer {token(key, nbf=int(time.time()) + 10)}")
+    assert caller.actor_id == "dr-synthetic-07"
+
+
+async def test_service_roles_count_only_from_the_service_issuer(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    verifier = verifier_for(path)
+    from_idp = await verifier.caller(f"Bearer {token(key, roles=['sync-service', 'nurse'])}")
+    assert from_idp.roles == ("nurse",)
+    from_service = await verifier.caller(
+        f"Bearer {token(key, iss='emr-platform-services', roles=['sync-service'])}"
+    )
+    assert from_service.roles == ("sync-service",)
+
+
+async def test_keys_rotate_without_a_restart(tmp_path: Path) -> None:
+    old, new = ec_key(), ec_key()
+    path = tmp_path / "jwks.json"
+    write_jwks(path, old)
+    verifier = verifier_for(path)
+    assert (await verifier.caller(f"Bearer {token(old)}")).roles == ("doctor",)
+    write_jwks(path, new)
+    assert (await verifier.caller(f"Bearer {token(new)}")).roles == ("doctor",)
+    with pytest.raises(UnauthenticatedError, match="kid"):
+        await verifier.caller(f"Bearer {token(old)}")
+
+
+async def test_a_service_token_verifies_where_its_key_is_in_the_jwks(tmp_path: Path) -> None:
+    key = ec_key()
+    write_jwks(tmp_path / "jwks.json", key)
+    pem = tmp_path / "service.pem"
+    from cryptography.hazmat.primitives import serialization
+
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    settings = AuthSettings(jwks_file=str(tmp_path / "jwks.json"), service_key_file=str(pem))
+    service_token = ServiceToken.from_settings(settings, "records")
+    assert service_token is not None
+    authorization = service_token.authorization()
+    assert service_token.authorization() == authorization  # reused until renewal is due
+    caller = await TokenVerifier(settings).caller(authorization)
+    assert (caller.actor_id, caller.roles) == ("service:records", ("platform-service",))
+
+
+def test_enabled_without_keys_fails_at_start() -> None:
+    with pytest.raises(ValueError, match="AUTH_JWKS"):
+        TokenVerifier(AuthSettings())
+
+
+# --- policy --------------------------------------------------------------------------------------
+
+IDENTITY = "/emr.identity.v1.PatientIdentityService/"
+RECORDS = "/emr.records.v1.ClinicalRecordsService/"
+
+
+def caller(*roles: str, facility: str = "79001") -> Caller:
+    return Caller("someone", facility, "TREATMENT", roles=roles)
+
+
+def test_writes_are_for_the_callers_own_facility() -> None:
+    here = identity_pb2.RegisterPatientRequest(facility_code="79001")
+    there = identity_pb2.RegisterPatientRequest(facility_code="79002")
+    assert policy.decide(f"{IDENTITY}RegisterPatient", caller("registrar"), here).allowed
+    denied = policy.decide(f"{IDENTITY}RegisterPatient", caller("registrar"), there)
+    assert not denied.allowed and "own facility" in denied.reason
+    observation = records_pb2.ClinicalResource(observation=records_pb2.Observation(facility_code="79002"))
+    request = records_pb2.CreateResourceRequest(resource=observation)
+    assert not policy.decide(f"{RECORDS}CreateResource", caller("lab"), request).allowed
+    assert policy.decide(f"{RECORDS}CreateResource", caller("lab", facility="79002"), request).allowed
+
+
+def test_patient_reads_need_treatment_unless_a_doctor_breaks_the_glass() -> None:
+    request = records_pb2.GetPatientTimelineRequest(patient_id="p")
+    method = f"{RECORDS}GetPatientTimeline"
+    assert policy.decide(method, caller("nurse"), request).needs_treatment
+    nurse_glass = policy.decide(method, caller("nurse"), request, "emergency")
+    assert nurse_glass.needs_treatment and not nurse_glass.break_glass
+    doctor_glass = policy.decide(method, caller("doctor"), request, "unconscious in ER")
+    assert doctor_glass.allowed and doctor_glass.break_glass and not doctor_glass.needs_treatment
+    # Break-the-glass opens reads only.
+    update = identity_pb2.UpdatePatientRequest(patient_id="p")
+    assert policy.decide(f"{IDENTITY}UpdatePatient", caller("doctor"), update, "x").needs_treatment
+
+
+def test_roles_outside_the_rule_and_facilityless_hospital_tokens_are_denied() -> None:
+    request = records_pb2.GetPatientTimelineRequest(patient_id="p")
+    assert not policy.decide(f"{RECORDS}GetPatientTimeline", caller("lab"), request).allowed
+    assert not policy.decide(f"{RECORDS}GetPatientTimeline", caller("doctor", facility=""), request).allowed
+    assert not policy.decide(f"{RECORDS}GetPatientTimeline", caller(), request).allowed
+    assert not policy.decide("/emr.unknown.v1.X/Y", caller("admin"), request).allowed
+
+
+def test_platform_roles_are_not_facility_scoped() -> None:
+    request = records_pb2.GetEncounterBundleRequest(encounter_id="e")
+    decision = policy.decide(f"{RECORDS}GetEncounterBundle", caller("sync-service", facility=""), request)
+    assert decision.allowed and not decision.needs_treatment and decision.role == "sync-service"

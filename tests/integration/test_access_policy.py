@@ -1,0 +1,330 @@
+"""Authentication, the access policy and break-the-glass against the real platform: every RPC of
+every service × every role, as the one policy table (emr_runtime.policy) says; cross-facility
+reads; denials audited as failures; break-the-glass flagged, counted and in the access report."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.records.v1 import records_pb2, records_pb2_grpc
+from emr.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from emr_devstack.observability import scrape
+from emr_devstack.stack import Stack
+from emr_devstack.tokens import caller_metadata, issue_token
+from emr_runtime.caller import BREAK_GLASS_KEY
+from emr_runtime.policy import POLICY, ROLES
+
+SERVICES = {
+    "identity": (identity_pb2, identity_pb2_grpc, "PatientIdentityService"),
+    "records": (records_pb2, records_pb2_grpc, "ClinicalRecordsService"),
+    "audit": (audit_pb2, audit_pb2_grpc, "AuditService"),
+    "sync": (sync_pb2, sync_pb2_grpc, "NationalSyncService"),
+}
+DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+@dataclass(frozen=True)
+class World:
+    """A patient registered at ``facility`` with an encounter and an observation there."""
+
+    facility: str
+    other_facility: str
+    patient_id: str
+    encounter_id: str
+    observation_id: str
+
+
+@pytest.fixture
+async def world(clinical: Any) -> World:
+    suffix = uuid.uuid4().int % 9000
+    facility, other = f"7{suffix:04d}", f"8{suffix:04d}"
+    patient_id = await clinical.patient(facility)
+    encounter_id = await clinical.encounter(patient_id, facility)
+    observation = clinical.every_resource(patient_id, facility, encounter_id)[0]
+    created = await clinical.create(observation)
+    return World(facility, other, patient_id, encounter_id, created.observation.observation_id)
+
+
+def requests_for(world: World) -> dict[str, Message]:
+    """A request per RPC that satisfies the facility scope of a caller of ``world.facility``:
+    only the role decides. Writes are incomplete on purpose (INVALID_ARGUMENT after the policy
+    allowed them): the table test never writes."""
+    observation = records_pb2.ClinicalResource(
+        observation=records_pb2.Observation(facility_code=world.facility)
+    )
+    p, e, r, f = world.patient_id, world.encounter_id, world.observation_id, world.facility
+    observation_type = records_pb2.RESOURCE_TYPE_OBSERVATION
+    return {
+        "RegisterPatient": identity_pb2.RegisterPatientRequest(facility_code=f),
+        "GetPatient": identity_pb2.GetPatientRequest(patient_id=p),
+        "UpdatePatient": identity_pb2.UpdatePatientRequest(patient_id=p),
+        "MatchPatient": identity_pb2.MatchPatientRequest(),
+        "SearchPatients": identity_pb2.SearchPatientsRequest(),
+        "ListReviewTasks": identity_pb2.ListReviewTasksRequest(page_size=1),
+        "ResolveReviewTask": identity_pb2.ResolveReviewTaskRequest(),
+        "MergePatients": identity_pb2.MergePatientsRequest(),
+        "UnmergePatients": identity_pb2.UnmergePatientsRequest(),
+        "GetPersonHistory": identity_pb2.GetPersonHistoryRequest(patient_id=p),
+        "CheckRegistration": identity_pb2.CheckRegistrationRequest(patient_id=p, facility_code=f),
+        "CreateEncounter": records_pb2.CreateEncounterRequest(facility_code=f),
+        "GetEncounter": records_pb2.GetEncounterRequest(encounter_id=e),
+        "ListEncounters": records_pb2.ListEncountersRequest(patient_id=p),
+        "ListChanges": records_pb2.ListChangesRequest(after_sequence=10**12, limit=1),
+        "StreamChanges": records_pb2.StreamChangesRequest(after_sequence=10**12),
+        "CreateResource": records_pb2.CreateResourceRequest(resource=observation),
+        "UpdateResource": records_pb2.UpdateResourceRequest(resource=observation),
+        "GetResource": records_pb2.GetResourceRequest(resource_type=observation_type, resource_id=r),
+        "GetResourceHistory": records_pb2.GetResourceHistoryRequest(
+            resource_type=observation_type, resource_id=r
+        ),
+        "GetPatientTimeline": records_pb2.GetPatientTimelineRequest(patient_id=p),
+        "ListObservations": records_pb2.ListObservationsRequest(patient_id=p),
+        "GetEncounterBundle": records_pb2.GetEncounterBundleRequest(encounter_id=e),
+        "ExportPatient": records_pb2.ExportPatientRequest(patient_id=p),
+        "AppendEvents": audit_pb2.AppendEventsRequest(),
+        "QueryEvents": audit_pb2.QueryEventsRequest(patient_id=p, page_size=1),
+        "GetPatientAccessReport": audit_pb2.GetPatientAccessReportRequest(patient_id=p),
+        "GetCheckpoint": audit_pb2.GetCheckpointRequest(),
+        "GetPublicKey": audit_pb2.GetPublicKeyRequest(),
+        "GetInclusionProof": audit_pb2.GetInclusionProofRequest(sequence=1),
+        "VerifyIntegrity": audit_pb2.VerifyIntegrityRequest(from_sequence=1, to_sequence=1),
+        "ExportEvents": audit_pb2.ExportEventsRequest(from_sequence=1, to_sequence=1),
+        "GetSyncStatus": sync_pb2.GetSyncStatusRequest(),
+        "ListDeadLetters": sync_pb2.ListDeadLettersRequest(),
+        "RetryDeadLetter": sync_pb2.RetryDeadLetterRequest(),
+        "Replay": sync_pb2.ReplayRequest(),
+        "Reconcile": sync_pb2.ReconcileRequest(),
+    }
+
+
+def every_rpc() -> list[str]:
+    """Every method of every platform service, as its descriptor lists it."""
+    methods: list[str] = []
+    for module, _, service in SERVICES.values():
+        descriptor = module.DESCRIPTOR.services_by_name[service]
+        methods.extend(f"/{descriptor.full_name}/{method.name}" for method in descriptor.methods)
+    return methods
+
+
+def test_every_rpc_of_every_service_has_a_policy() -> None:
+    assert sorted(every_rpc()) == sorted(POLICY)
+
+
+async def outcome(stub: Any, method: str, request: Message, metadata: Any) -> grpc.StatusCode:
+    call = getattr(stub, method)(request, metadata=metadata, timeout=10)
+    try:
+        if hasattr(call, "read"):  # server streaming: the policy answers before the first message
+            message = await call.read()
+            call.cancel()
+            return grpc.StatusCode.OK if message is not grpc.aio.EOF else await call.code()
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_every_rpc_times_every_role_is_what_the_table_says(
+    stack: Stack, channels: dict[str, grpc.aio.Channel], world: World
+) -> None:
+    requests = requests_for(world)
+    stubs = {
+        name: getattr(grpc_module, f"{service}Stub")(channels[name])
+        for name, (_, grpc_module, service) in SERVICES.items()
+    }
+    wrong: list[str] = []
+    for role in sorted(ROLES):
+        metadata = caller_metadata(f"{role}-table", world.facility, "TREATMENT", role=role)
+        for full_method, rule in POLICY.items():
+            service_name = full_method.split("/")[1]
+            name = next(
+                n for n, (m, _, s) in SERVICES.items() if f"{m.DESCRIPTOR.package}.{s}" == service_name
+            )
+            method = full_method.rsplit("/", 1)[1]
+            code = await outcome(stubs[name], method, requests[method], metadata)
+            allowed = role in rule.roles
+            if (allowed and code in DENIED) or (not allowed and code != grpc.StatusCode.PERMISSION_DENIED):
+                wrong.append(f"{role} {method}: {code.name} (table says {'allow' if allowed else 'deny'})")
+    assert wrong == []
+
+
+async def test_a_nurse_of_another_facility_is_denied_and_the_denial_is_audited(
+    identity: Any, records: Any, audit: Any, world: World, tools: Any
+) -> None:
+    actor = f"rn-elsewhere-{uuid.uuid4().hex[:6]}"
+    nurse = caller_metadata(actor, world.other_facility, "TREATMENT", role="nurse")
+    for call in (
+        identity.GetPatient(identity_pb2.GetPatientRequest(patient_id=world.patient_id), metadata=nurse),
+        records.GetPatientTimeline(
+            records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id), metadata=nurse
+        ),
+        # By id: the patient is known only from the record, checked before it leaves records.
+        records.GetEncounter(
+            records_pb2.GetEncounterRequest(encounter_id=world.encounter_id), metadata=nurse
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "treatment relationship" in (denied.value.details() or "")
+
+    async def failures() -> list[audit_pb2.AuditEvent] | None:
+        events = await tools.all_events(audit, actor_id=actor)
+        return events if len(events) == 3 else None
+
+    events = await tools.poll_until(failures)
+    assert {e.outcome for e in events} == {audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE}
+    assert sorted(e.operation.rsplit("/", 1)[1] for e in events) == [
+        "GetEncounter",
+        "GetPatient",
+        "GetPatientTimeline",
+    ]
+    assert all(e.actor_facility_code == world.other_facility for e in events)
+
+
+async def test_an_open_encounter_at_their_facility_lets_a_nurse_read_records(
+    clinical: Any, records: Any, world: World
+) -> None:
+    facility = f"6{uuid.uuid4().int % 10000:04d}"
+    doctor = caller_metadata("dr-visiting", facility, "TREATMENT", role="doctor")
+    nurse = caller_metadata("rn-visiting", facility, "TREATMENT", role="nurse")
+    timeline = records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id)
+    with pytest.raises(grpc.aio.AioRpcError) as before:
+        await records.GetPatientTimeline(timeline, metadata=nurse)
+    assert before.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await records.CreateEncounter(
+        records_pb2.CreateEncounterRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=world.patient_id,
+            facility_code=facility,
+            encounter_class=records_pb2.ENCOUNTER_CLASS_EMERGENCY,
+            status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
+            start_time=clinical.timestamp(-60),
+        ),
+        metadata=doctor,
+    )
+    assert (await records.GetPatientTimeline(timeline, metadata=nurse)).entries
+
+
+def break_glass_count(stack: Stack, method: str) -> float:
+    for family in text_string_to_metric_families(scrape(stack.ports.records_metrics)):
+        for sample in family.samples:
+            if sample.name == "emr_break_glass_access_total" and sample.labels["grpc_method"] == method:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_break_the_glass_read_succeeds_loudly(
+    stack: Stack, records: Any, audit: Any, world: World, tools: Any
+) -> None:
+    actor = f"dr-er-{uuid.uuid4().hex[:6]}"
+    doctor = caller_metadata(actor, world.other_facility, "EMERGENCY", role="doctor")
+    reason = "unconscious patient in ER, no registration here"
+    counted_before = break_glass_count(stack, "GetPatientTimeline")
+    timeline = records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await records.GetPatientTimeline(timeline, metadata=doctor)
+    assert "x-break-glass-reason" in (refused.value.details() or "")
+
+    response = await records.GetPatientTimeline(timeline, metadata=[*doctor, (BREAK_GLASS_KEY, reason)])
+    assert {entry.resource.WhichOneof("resource") for entry in response.entries} >= {
+        "encounter",
+        "observation",
+    }
+    assert break_glass_count(stack, "GetPatientTimeline") == counted_before + 1
+
+    async def flagged() -> list[audit_pb2.AuditEvent] | None:
+        events = await tools.all_events(audit, actor_id=actor, patient_id=world.patient_id)
+        return events if len(events) == 2 else None
+
+    events = sorted(await tools.poll_until(flagged), key=lambda e: e.sequence)
+    assert [(e.outcome, e.break_glass_reason) for e in events] == [
+        (audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE, ""),
+        (audit_pb2.AUDIT_OUTCOME_SUCCESS, reason),
+    ]
+    report = await audit.GetPatientAccessReport(
+        audit_pb2.GetPatientAccessReportRequest(patient_id=world.patient_id)
+    )
+    glass = [a for a in report.accesses if a.break_glass_reason]
+    assert [(a.accessor_role, a.facility_code, a.break_glass_reason) for a in glass] == [
+        ("doctor", world.other_facility, reason)
+    ]
+
+
+async def test_a_nurse_cannot_break_the_glass(records: Any, world: World) -> None:
+    nurse = caller_metadata("rn-glass", world.other_facility, "EMERGENCY", role="nurse")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await records.GetPatientTimeline(
+            records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id),
+            metadata=[*nurse, (BREAK_GLASS_KEY, "emergency")],
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_denials_of_unaudited_methods_are_audited_too(audit: Any, sync: Any, tools: Any) -> None:
+    actor = f"lab-curious-{uuid.uuid4().hex[:6]}"
+    lab = caller_metadata(actor, "79001", "TREATMENT", role="lab")
+    for call in (
+        audit.QueryEvents(audit_pb2.QueryEventsRequest(page_size=1), metadata=lab),
+        sync.ListDeadLetters(sync_pb2.ListDeadLettersRequest(), metadata=lab),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    async def recorded() -> list[audit_pb2.AuditEvent] | None:
+        events = await tools.all_events(audit, actor_id=actor)
+        return events if len(events) == 2 else None
+
+    events = await tools.poll_until(recorded)
+    assert sorted((e.source_service, e.operation, e.outcome) for e in events) == [
+        ("audit", "/emr.audit.v1.AuditService/QueryEvents", audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE),
+        ("sync", "/emr.sync.v1.NationalSyncService/ListDeadLetters", audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "missing 'authorization: Bearer <JWT>'"),
+        ("Bearer abc.def", "not a well-formed JWT"),
+        (f"Bearer {issue_token('late', lifetime_seconds=-600)}", "expired"),
+        (f"Bearer {issue_token('aud', aud='someone-else')}", "aud must include"),
+    ],
+)
+async def test_a_missing_or_bad_token_is_unauthenticated_with_its_reason(
+    stack: Stack, authorization: str | None, reason: str
+) -> None:
+    metadata = [("authorization", authorization)] if authorization else []
+    async with stack.client_tls.aio_channel(stack.target("identity")) as channel:
+        stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetPatient(
+                identity_pb2.GetPatientRequest(patient_id=str(uuid.uuid4())), metadata=metadata
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason in (refused.value.details() or "")
+
+
+async def test_health_and_reflection_stay_open_without_a_token(stack: Stack) -> None:
+    for service in ("identity", "records", "audit", "sync"):
+        async with stack.client_tls.aio_channel(stack.target(service)) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            services = [s.name async for reply in listing for s in reply.list_services_response.service]
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert "grpc.health.v1.Health" in services and len(services) >= 3
