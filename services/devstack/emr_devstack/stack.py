@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from emr_devstack.ferretdb_sqlite import add_id_lookup_indexes
 from emr_devstack.processes import (
     ManagedProcess,
     free_port,
@@ -174,7 +175,15 @@ class Stack:
             wait_until(process, lambda: grpc_serving(f"127.0.0.1:{port}"), 60, "SERVING")
         else:
             wait_until(process, lambda: port_open(port), 60, "listening")
+        self.index_ferretdb_ids()  # the service created its collections at start
         return process
+
+    def index_ferretdb_ids(self) -> int:
+        """Adds the `_id` lookup index our FerretDB (SQLite) lacks to every collection it has
+        now (see emr_devstack.ferretdb_sqlite); nothing when ``mongodb_uri`` names another server."""
+        if "ferretdb" not in self.processes:
+            return 0
+        return add_id_lookup_indexes(self.run_dir / "ferretdb")
 
     def start(self) -> None:
         if self.mongodb_uri is None:

@@ -18,7 +18,9 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
     await recorder.open()
-    service = IdentityService(PersonRepository(db))
+    persons = PersonRepository(db)
+    await persons.create_collections()
+    service = IdentityService(persons)
     servicer = PatientIdentityServicer(service)
     return ServiceApp(
         bindings=[

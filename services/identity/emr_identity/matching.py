@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
 
-from emr_identity.domain import IdentifierSystem, Registration
+from emr_identity.domain import IdentifierSystem, Registration, identifier_key, phone_key
 from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
@@ -276,13 +276,14 @@ def blocking_keys(record: MatchRecord) -> frozenset[str]:
         f"fy:{names.folded_full}|{record.birth_date.year}",
     }
     if record.phone:
-        keys.add(f"ph:{record.phone}")
-    if record.cccd:
-        keys.add(f"cccd:{record.cccd}")
-    if record.bhyt_code:
-        keys.add(f"bhyt:{record.bhyt_code}")
-    if record.passport:
-        keys.add(f"pp:{record.passport}")
+        keys.add(phone_key(record.phone))
+    for system, value in (
+        (IdentifierSystem.CCCD, record.cccd),
+        (IdentifierSystem.BHYT, record.bhyt_code),
+        (IdentifierSystem.PASSPORT, record.passport),
+    ):
+        if value:
+            keys.add(identifier_key(system, value))
     return frozenset(keys)
 
 

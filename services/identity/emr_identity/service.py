@@ -18,6 +18,7 @@ from emr_identity.domain import (
     RegistrationInput,
     check_patient_id,
     new_person,
+    phone_key,
     validate_registration,
 )
 from emr_identity.linkage import FacilityRecord, ReviewTask, review_task_id
@@ -178,12 +179,15 @@ class IdentityService:
     async def _attach(
         self, record: FacilityRecord, person_id: str, kind: EventKind, actor_id: str, now: datetime
     ) -> None:
-        await self._persons.add_record(person_id, record.record_id)
-        await self._persons.file_in_blocks(blocking_keys(record.match), record.record_id)
         frequencies = await self._name_frequencies()  # loaded before this record is counted
-        await self._persons.count_names(record.match.names)
+        # Independent single-document writes, each idempotent: concurrently, not one after another.
+        await asyncio.gather(
+            self._persons.add_record(person_id, record.record_id),
+            self._persons.file_in_blocks(blocking_keys(record.match), record.record_id),
+            self._persons.count_names(record.match.names),
+            self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id),
+        )
         frequencies.add(record.match.names)
-        await self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id)
 
     async def _log(
         self,
@@ -244,7 +248,7 @@ class IdentityService:
             province_code=registration.province_code,
             version=expected_version + 1,
         )
-        if not await self._persons.update_demographics(updated, expected_version):
+        if not await self._persons.update_demographics(updated, expected_version, raw.request_id):
             raise ConflictError(
                 "the person changed since expected_version; read it again", "expected_version"
             )
@@ -366,7 +370,7 @@ class IdentityService:
             phone = normalize_phone(query.phone)
             if not phone:
                 raise InvalidArgumentError([FieldViolation("phone", "a Vietnamese phone number")])
-            return f"ph:{phone}", ""
+            return phone_key(phone), ""
         if not 1900 <= query.birth_year <= 2200:
             raise InvalidArgumentError([FieldViolation("birth_year", "required with full_name, e.g. 1990")])
         name = normalize_name(query.full_name).lower()
@@ -465,7 +469,7 @@ class IdentityService:
             raise InvalidArgumentError(
                 [FieldViolation("merged_patient_id", "already merged into the survivor")]
             )
-        if not await self._persons.merge(survivor.person.person_id, merged.person_id):
+        if not await self._persons.merge(survivor.person.person_id, merged.person_id, request_id):
             raise ConflictError("merged_patient_id is not an active person", "merged_patient_id")
         now = utc_now()
         for one, two in (
@@ -489,7 +493,7 @@ class IdentityService:
             if merged.status is not PersonStatus.MERGED:
                 raise ConflictError("merged_patient_id is not merged", "merged_patient_id")
             survivor_id = merged.merged_into
-            await self._persons.unmerge(merged.person_id, survivor_id)
+            await self._persons.unmerge(merged.person_id, survivor_id, request_id)
             now = utc_now()
             for one, two in ((merged.person_id, survivor_id), (survivor_id, merged.person_id)):
                 await self._log(EventKind.UNMERGED, one, request_id, actor_id, now, two, reason=reason)
