@@ -1,6 +1,6 @@
 """Every database call of the identity repository filters on exactly ``{"_id": value}``, the only
 filter FerretDB 1.x hands to its backend: no RPC can scan a collection. Checked on the code (pure,
-no I/O); tests/integration/test_identity_scans.py checks with explain, on the queries the RPCs
+no I/O); tests/integration/test_identity_linkage.py checks with explain, on the queries the RPCs
 really issue, that the database serves each without a scan."""
 
 from __future__ import annotations
