@@ -441,11 +441,9 @@ class PersonRepository:
             *(self._upsert(BLOCKS, key, {"$addToSet": {"record_ids": record_id}}) for key in keys)
         )
 
-    async def block_members(self, keys: Iterable[str]) -> set[str]:
-        members: set[str] = set()
-        for block in await self._get_many(BLOCKS, keys):
-            members.update(block["record_ids"])
-        return members
+    async def blocks(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The record ids filed under each key (in the order filed); keys without records are absent."""
+        return {block["_id"]: list(block["record_ids"]) for block in await self._get_many(BLOCKS, keys)}
 
     # --- name frequencies ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -28,7 +29,9 @@ from emr_identity.matching import (
     MatchRecord,
     MatchResult,
     NameFrequencies,
+    block_kind,
     blocking_keys,
+    candidate_record_ids,
     decide,
     match_record,
 )
@@ -53,6 +56,13 @@ MATCH_OUTCOMES = Counter(
 )
 for _outcome in Outcome:
     MATCH_OUTCOMES.labels(_outcome.value)
+# Block reads whose members were more than retrieval scores (see matching.MAX_BLOCK_MEMBERS), by
+# the kind of key (gd, fmd, fy, ph, cccd, bhyt, pp): a sign that kind of key needs narrowing.
+OVERSIZED_BLOCKS = Counter(
+    "emr_identity_oversized_blocks_total",
+    "Block reads that left out the oldest members of a block over the size cap, by key kind.",
+    ("kind",),
+)
 REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
 
 
@@ -278,7 +288,7 @@ class IdentityService:
     async def _match(
         self, match: MatchRecord, exclude: set[str], rejected: frozenset[str] = frozenset()
     ) -> MatchResult:
-        record_ids = await self._persons.block_members(blocking_keys(match))
+        record_ids = await self._block_members(blocking_keys(match))
         record_ids.discard(match.record_id)
         records = [r for r in await self._persons.records(record_ids) if r.outcome is not None]
         owners = await self._current_persons({r.person_id for r in records})
@@ -288,6 +298,12 @@ class IdentityService:
             if r.person_id in owners and owners[r.person_id] not in exclude
         ]
         return decide(match, candidates, await self._name_frequencies(), rejected)
+
+    async def _block_members(self, keys: Iterable[str]) -> set[str]:
+        record_ids, oversized = candidate_record_ids(await self._persons.blocks(keys))
+        for key in oversized:
+            OVERSIZED_BLOCKS.labels(block_kind(key)).inc()
+        return record_ids
 
     async def _current_persons(self, person_ids: set[str]) -> dict[str, str]:
         """For each person id, the active person it resolves to through merges (absent if none)."""
@@ -341,9 +357,7 @@ class IdentityService:
         position = decode_page_token(query.page_token)
         offset = int(position.get("offset", 0)) if position else 0
         key, exact = self._search_key(query)
-        records = [
-            r for r in await self._persons.records(await self._persons.block_members([key])) if r.outcome
-        ]
+        records = [r for r in await self._persons.records(await self._block_members([key])) if r.outcome]
         if exact:
             records = [r for r in records if r.match.names.full == exact]
         owners = await self._current_persons({r.person_id for r in records})
