@@ -17,7 +17,7 @@ from emr_identity.matching import (
     decide,
     score,
 )
-from emr_identity.synthetic import generate
+from emr_identity.synthetic import duplicates_of, generate
 from emr_identity.vietnamese import split_name
 
 DIEP = "Nguyễn Thị Ngọc Điệp"
@@ -173,3 +173,12 @@ def test_candidate_record_ids_join_blocks_and_cap_each_at_its_newest_members() -
 def test_block_kind_is_the_key_prefix_alone() -> None:
     assert block_kind("cccd:079090001234") == "cccd"
     assert block_kind("fy:nguyen van an|1990") == "fy"
+
+
+def test_duplicates_of_re_register_persons_of_the_population_reproducibly() -> None:
+    population = generate(200, 0.0, 5)
+    copies = duplicates_of(population, 50, 6)
+    assert copies == duplicates_of(population, 50, 6)
+    keys = {p.person_key for p in population}
+    assert {c.person_key for c in copies} <= keys
+    assert len({c.mrn for c in copies}) == 50
