@@ -364,9 +364,6 @@ class PersonRepository:
             await self._persons.update_one({"_id": person_id}, {"$set": stored["change"]})
         return False
 
-    async def add_record(self, person_id: str, record_id: str) -> None:
-        await self._persons.update_one({"_id": person_id}, {"$addToSet": {"record_ids": record_id}})
-
     async def merge(self, survivor_id: str, merged_id: str, origin: str) -> bool:
         """Marks an active person merged into the survivor; False if it was not active."""
         merged = await self._transition(
@@ -413,25 +410,14 @@ class PersonRepository:
 
     # --- facility records and blocks ----------------------------------------------------------------
 
-    async def insert_or_get_record(self, record: FacilityRecord) -> FacilityRecord:
-        stored, _ = await insert_or_get(self._records, _record_document(record))
-        return _record(stored)
+    async def insert_or_get_record(self, record: FacilityRecord) -> tuple[FacilityRecord, bool]:
+        """Writes a finished record once; the stored one if it exists, and whether this call wrote it."""
+        stored, inserted = await insert_or_get(self._records, _record_document(record))
+        return _record(stored), inserted
 
-    async def finish_record(self, record: FacilityRecord) -> FacilityRecord:
-        """Records the outcome once; a concurrent twin of the request that finished first wins."""
-        change, _ = await self._claim_transition(
-            f"outcome:{record.record_id}",
-            {
-                "person_id": record.person_id,
-                "outcome": record.outcome.value if record.outcome else None,
-                "candidates": _candidates_document(record.candidates),
-                "review_task_id": record.review_task_id,
-            },
-        )
-        await self._records.update_one({"_id": record.record_id}, {"$set": change})
-        stored = await self._get(RECORDS, record.record_id)
-        assert stored is not None
-        return _record(stored)
+    async def get_record(self, record_id: str) -> FacilityRecord | None:
+        document = await self._get(RECORDS, record_id)
+        return _record(document) if document else None
 
     async def records(self, record_ids: Iterable[str]) -> list[FacilityRecord]:
         return [_record(d) for d in await self._get_many(RECORDS, record_ids)]
@@ -512,8 +498,9 @@ class PersonRepository:
 
     # --- link log -----------------------------------------------------------------------------------
 
-    async def append_event(self, event: LinkEvent) -> None:
-        """Writes the event once (its id is derived from the request) and lists it on the person."""
+    async def append_event(self, event: LinkEvent, attach_record: bool = False) -> None:
+        """Writes the event once (its id is derived from the request) and lists it on the person,
+        with its record among the person's records if ``attach_record``."""
         await insert_or_get(
             self._events,
             {
@@ -530,7 +517,10 @@ class PersonRepository:
                 "request_fingerprint": event.request_fingerprint,
             },
         )
-        await self._persons.update_one({"_id": event.person_id}, {"$addToSet": {"event_ids": event.event_id}})
+        added: Document = {"event_ids": event.event_id}
+        if attach_record:
+            added["record_ids"] = event.record_id
+        await self._persons.update_one({"_id": event.person_id}, {"$addToSet": added})
 
     async def events(self, event_ids: Iterable[str]) -> list[LinkEvent]:
         return [_event(d) for d in await self._get_many(EVENTS, event_ids)]

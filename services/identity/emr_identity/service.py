@@ -120,20 +120,28 @@ class IdentityService:
         if stored.request_fingerprint != candidate.request_fingerprint:
             raise ConflictError("request_id was already used for a different registration", "request_id")
         record_id = derive_id("record", registration.request_id)
-        record = await self._persons.insert_or_get_record(
-            FacilityRecord(
-                record_id=record_id,
-                person_id=stored.person_id,
-                facility_code=registration.facility_code,
-                match=match_record(registration, record_id),
-                request_fingerprint=registration.fingerprint,
-                created_at=now,
+        # The record is written once, finished (with its outcome): the first of two concurrent twins
+        # of the request to write it wins, and a repeat finds it. Until then it is absent, which
+        # candidate retrieval treats like an unfinished record (its blocks may list it already).
+        record = await self._persons.get_record(record_id)
+        if record is None:
+            linked = await self._link(
+                stored,
+                FacilityRecord(
+                    record_id=record_id,
+                    person_id=stored.person_id,
+                    facility_code=registration.facility_code,
+                    match=match_record(registration, record_id),
+                    request_fingerprint=registration.fingerprint,
+                    created_at=now,
+                ),
+                actor_id,
+                now,
             )
-        )
-        if record.outcome is None:
-            record = await self._persons.finish_record(await self._link(stored, record, actor_id, now))
-            assert record.outcome is not None  # finish_record stores one
-            MATCH_OUTCOMES.labels(record.outcome.value).inc()
+            record, inserted = await self._persons.insert_or_get_record(linked)
+            if inserted:
+                assert linked.outcome is not None
+                MATCH_OUTCOMES.labels(linked.outcome.value).inc()
         assert record.outcome is not None
         return RegistrationResult(
             person=(await self._view(record.person_id, "patient_id")).person,
@@ -149,8 +157,9 @@ class IdentityService:
             return replace(record, person_id=stored.superseded_by, outcome=Outcome.EXISTING)
         if stored.status is not PersonStatus.PROVISIONAL:
             return replace(record, outcome=Outcome.CREATED)  # finished before a crash; keep it
-        for claim_key in stored.claim_keys:
-            owner_id = await self._persons.claim(claim_key, stored.person_id)
+        # Claimed at once; the first key owned by another person (CCCD first) decides.
+        owners = await asyncio.gather(*(self._persons.claim(k, stored.person_id) for k in stored.claim_keys))
+        for owner_id in owners:
             if owner_id != stored.person_id:
                 # The owner may have stopped before activating; its document is complete, so finish it.
                 await self._persons.activate(owner_id)
@@ -190,12 +199,15 @@ class IdentityService:
         self, record: FacilityRecord, person_id: str, kind: EventKind, actor_id: str, now: datetime
     ) -> None:
         frequencies = await self._name_frequencies()  # loaded before this record is counted
-        # Independent single-document writes, each idempotent: concurrently, not one after another.
+        # Idempotent writes to different documents, so concurrently rather than one after another
+        # (two concurrent updates of one document may lose one on FerretDB 1.x, which reads and
+        # writes a document in separate steps). The person gets the record and the event in one update.
         await asyncio.gather(
-            self._persons.add_record(person_id, record.record_id),
             self._persons.file_in_blocks(blocking_keys(record.match), record.record_id),
             self._persons.count_names(record.match.names),
-            self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id),
+            self._log(
+                kind, person_id, record.record_id, actor_id, now, record_id=record.record_id, attach=True
+            ),
         )
         frequencies.add(record.match.names)
 
@@ -209,10 +221,12 @@ class IdentityService:
         other_person_id: str = "",
         record_id: str = "",
         reason: str = "",
+        attach: bool = False,
         **details: str | int,
     ) -> None:
         """Appends to the person's link log; the event id derives from what caused it (``origin``),
-        so a repeated request does not log twice. ``details``: LinkEvent's optional fields."""
+        so a repeated request does not log twice. ``attach``: also lists ``record_id`` among the
+        person's records (same update). ``details``: LinkEvent's optional fields."""
         event = LinkEvent(
             event_id=derive_id(f"event:{kind.value}:{person_id}", origin),
             kind=kind,
@@ -224,7 +238,7 @@ class IdentityService:
             reason=reason,
             **details,  # type: ignore[arg-type]
         )
-        await self._persons.append_event(event)
+        await self._persons.append_event(event, attach_record=attach)
 
     # --- update -----------------------------------------------------------------------------------
 
