@@ -6,6 +6,8 @@ matches expression indexes by their text, so its plan for every lookup is ``SCAN
 lookup reads the whole table (explain shows the plan). An index on the expression FerretDB queries
 turns that into ``SEARCH <table> USING INDEX``, as MongoDB's built-in ``_id`` index does. FerretDB
 keeps its own index list in its metadata table and ignores this one; dropping the collection drops it.
+Each of FerretDB's pooled SQLite connections sees the new index from its next statement on (an
+EXPLAIN alone may still show the plan of the schema that connection loaded before).
 """
 
 from __future__ import annotations
