@@ -210,7 +210,9 @@ async def seed(stack: Stack, args: argparse.Namespace, size: int) -> Index:
         flush=True,
     )
     index = Index(size, person_ids, [request_of(r, "") for r in picks])
-    index.stub = identity_pb2_grpc.PatientIdentityServiceStub(stack.dev_channel(f"127.0.0.1:{ports.identity}"))
+    index.stub = identity_pb2_grpc.PatientIdentityServiceStub(
+        stack.dev_channel(f"127.0.0.1:{ports.identity}")
+    )
     return index
 
 

@@ -13,11 +13,12 @@ import pytest
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from pymongo import AsyncMongoClient, monitoring
 
-from emr_devstack.stack import Stack
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
 from emr_identity.repository import COLLECTIONS, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import PatientIdentityServicer
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
+from emr_runtime.fieldcrypt import FieldCrypt
 
 pb = identity_pb2
 
@@ -371,7 +372,7 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
     db = client[SCAN_CHECK_DATABASE]
     for collection in COLLECTIONS:
         await db.drop_collection(collection)
-    persons = PersonRepository(db)
+    persons = PersonRepository(db, FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))  # the stack's keys
     await persons.create_collections()
     stack.index_ferretdb_ids()  # what the stack does after each service start
     server = grpc.aio.server()
@@ -412,6 +413,10 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
         assert review.outcome == pb.REGISTRATION_OUTCOME_REVIEW_REQUIRED
         await rpc("MatchPatient", pb.MatchPatientRequest(demographics=similar))
         await rpc("GetPatient", pb.GetPatientRequest(patient_id=first.patient.patient_id))
+        await rpc(
+            "CheckRegistration",
+            pb.CheckRegistrationRequest(patient_id=first.patient.patient_id, facility_code=facility_code),
+        )
         await rpc("SearchPatients", pb.SearchPatientsRequest(identifier=cccd))
         await rpc(
             "SearchPatients", pb.SearchPatientsRequest(full_name=first.patient.full_name, birth_year=1992)
