@@ -8,6 +8,7 @@ from typing import Any
 from emr.identity.v1 import identity_pb2
 
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION
+from emr_identity.domain import IdentifierSystem, identifier_key
 from emr_identity.repository import stored_key
 from emr_runtime.fieldcrypt import FieldCrypt
 
@@ -24,10 +25,14 @@ async def test_concurrent_registrations_of_one_cccd_yield_one_person(
     outcomes = sorted(r.outcome for r in responses)
     assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_CREATED) == 1
     assert outcomes.count(identity_pb2.REGISTRATION_OUTCOME_EXISTING) == 23
-    # The CCCD is stored encrypted; the persons holding it carry its claim key (a blind index).
-    claim_key = stored_key(FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION), f"CCCD:{cccd}")
+    # The CCCD is stored encrypted; the persons holding it carry its claim key (a blind index). A new
+    # person's resolution (active, or superseded by the owner of its CCCD) is stored apart from its
+    # status (see emr_identity.repository._status).
+    claim_key = stored_key(
+        FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION), identifier_key(IdentifierSystem.CCCD, cccd)
+    )
     active = await mongo["emr_identity"]["persons"].count_documents(
-        {"claim_keys": claim_key, "status": "active"}
+        {"claim_keys": claim_key, "$or": [{"status": "active"}, {"resolution": "active"}]}
     )
     assert active == 1
     # A repeat of any of the requests returns what it returned the first time.

@@ -5,13 +5,20 @@ from __future__ import annotations
 import random
 import unicodedata
 import uuid
+from collections import defaultdict
 from typing import Any
 
 import grpc
 import pytest
-from emr.identity.v1 import identity_pb2
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from pymongo import AsyncMongoClient, monitoring
 
+from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
+from emr_identity.repository import COLLECTIONS, PersonRepository
+from emr_identity.service import IdentityService
+from emr_identity.servicer import PatientIdentityServicer
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
+from emr_runtime.fieldcrypt import FieldCrypt
 
 pb = identity_pb2
 
@@ -58,7 +65,10 @@ def again(
 
 
 async def test_nfd_registration_of_an_nfc_person_links_to_it(identity: Any, facility_code: str) -> None:
-    first = await identity.RegisterPatient(unique_person(facility_code))
+    request = unique_person(facility_code)
+    while unicodedata.normalize("NFD", request.full_name) == request.full_name:
+        request = unique_person(facility_code)  # a name without diacritics has no other NFD form
+    first = await identity.RegisterPatient(request)
     assert first.outcome == pb.REGISTRATION_OUTCOME_CREATED
     nfd_name = unicodedata.normalize("NFD", first.patient.full_name)
     assert nfd_name != first.patient.full_name
@@ -300,15 +310,175 @@ async def test_override_accepts_a_known_inconsistent_cccd(identity: Any, facilit
     assert response.outcome == pb.REGISTRATION_OUTCOME_CREATED
 
 
-async def test_every_identity_read_is_an_id_lookup(mongo: Any) -> None:
-    """The repository reads only by _id (test_identity_repository_reads checks the code); here the
-    database confirms such a read is served without a collection scan."""
-    db = mongo["emr_identity"]
-    for collection in ("persons", "facility_records", "blocks", "review_tasks", "link_events", "name_counts"):
-        plan = await db.command(
-            "explain", {"find": collection, "filter": {"_id": "x"}}, verbosity="queryPlanner"
+# --- no RPC scans a collection ------------------------------------------------------------------
+# No identity RPC scans a collection: every query each RPC sends to the database is explained on
+# that database, which must serve it from an index.
+#
+# The RPCs run on a real gRPC server in this process (the identity servicer, service and repository
+# over the test's FerretDB), so that a PyMongo command listener sees every command each RPC issues.
+# On FerretDB 1.x (SQLite) explain reports ``filterPushdown`` (whether the filter reached SQL at all;
+# FerretDB filters anything else by reading every document) and SQLite's plan (``SCAN <table>`` for
+# a full scan, ``SEARCH <table> USING INDEX`` for an index lookup). On MongoDB, the winning plan must
+# not be a COLLSCAN.
+SCAN_CHECK_DATABASE = "emr_identity_scan_check"
+# Commands that select documents by a filter, and where the filter is.
+FILTERED = {"find": "filter", "findAndModify": "query", "update": "updates", "delete": "deletes"}
+# Commands that need no filter: an insert is checked against the unique _id index.
+UNFILTERED = {"insert"}
+
+
+class Commands(monitoring.CommandListener):
+    """Every command sent while an RPC runs, by RPC name."""
+
+    def __init__(self) -> None:
+        self.rpc = ""
+        self.seen: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.rpc and event.database_name == SCAN_CHECK_DATABASE:
+            self.seen[self.rpc].append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def filters_of(name: str, command: dict[str, Any]) -> list[dict[str, Any]]:
+    key = FILTERED[name]
+    if key in ("updates", "deletes"):
+        return [dict(statement["q"]) for statement in command[key]]
+    return [dict(command[key])]
+
+
+async def explained(db: Any, collection: str, query: dict[str, Any]) -> Any:
+    """The database's plan for ``query``. SQLite plans an EXPLAIN with the schema its pooled
+    connection last loaded, and a connection loads a newer one (with an index added since) at its
+    next real statement; so each attempt first runs the query for real."""
+    for _ in range(5):
+        await db[collection].find_one(query)
+        plan = await db.command("explain", {"find": collection, "filter": query}, verbosity="queryPlanner")
+        if not any("detail=SCAN" in str(step) for step in plan.get("queryPlanner", {}).get("Plan", [])):
+            break
+    return plan
+
+
+async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: str) -> None:
+    commands = Commands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        stack.effective_mongodb_uri, tz_aware=True, event_listeners=[commands]
+    )
+    db = client[SCAN_CHECK_DATABASE]
+    for collection in COLLECTIONS:
+        await db.drop_collection(collection)
+    persons = PersonRepository(db, FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))  # the stack's keys
+    await persons.create_collections()
+    stack.index_ferretdb_ids()  # what the stack does after each service start
+    server = grpc.aio.server()
+    identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server(
+        PatientIdentityServicer(IdentityService(persons)), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+
+    async def rpc(name: str, request: Any) -> Any:
+        commands.rpc = name
+        try:
+            return await getattr(stub, name)(request, timeout=30)
+        finally:
+            commands.rpc = ""
+
+    try:
+        cccd = pb.Identifier(system=pb.IDENTIFIER_SYSTEM_CCCD, value=f"079192{uuid.uuid4().int % 10**6:06d}")
+        first_request = unique_person(facility_code, phone="", birth_date="1992-03-14", identifiers=[cccd])
+        first = await rpc("RegisterPatient", first_request)
+        assert first.outcome == pb.REGISTRATION_OUTCOME_CREATED
+        same_card = await rpc("RegisterPatient", again(first_request, "99011"))
+        assert same_card.outcome == pb.REGISTRATION_OUTCOME_EXISTING
+        linked = await rpc(
+            "RegisterPatient",
+            again(first_request, "99012", identifiers=[], full_name=first.patient.full_name),
         )
-        if "filterPushdown" in plan:  # FerretDB: the filter runs in the backend's SQL, not in Go
-            assert plan["filterPushdown"] is True, (collection, plan)
-        else:  # MongoDB
-            assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), (collection, plan)
+        assert linked.outcome == pb.REGISTRATION_OUTCOME_LINKED_EXISTING
+        similar = again(
+            unique_person(facility_code, phone=""),
+            "99013",
+            full_name=first.patient.full_name,
+            birth_date="1992-01-05",
+        )
+        review = await rpc("RegisterPatient", similar)
+        assert review.outcome == pb.REGISTRATION_OUTCOME_REVIEW_REQUIRED
+        await rpc("MatchPatient", pb.MatchPatientRequest(demographics=similar))
+        await rpc("GetPatient", pb.GetPatientRequest(patient_id=first.patient.patient_id))
+        await rpc(
+            "CheckRegistration",
+            pb.CheckRegistrationRequest(patient_id=first.patient.patient_id, facility_code=facility_code),
+        )
+        await rpc("SearchPatients", pb.SearchPatientsRequest(identifier=cccd))
+        await rpc(
+            "SearchPatients", pb.SearchPatientsRequest(full_name=first.patient.full_name, birth_year=1992)
+        )
+        await rpc("SearchPatients", pb.SearchPatientsRequest(phone="0912345678"))
+        await rpc("ListReviewTasks", pb.ListReviewTasksRequest(page_size=5))
+        await rpc(
+            "ResolveReviewTask",
+            pb.ResolveReviewTaskRequest(
+                request_id=str(uuid.uuid4()),
+                review_task_id=review.review_task_id,
+                resolution=pb.REVIEW_RESOLUTION_DIFFERENT_PERSONS,
+            ),
+        )
+        await rpc(
+            "UpdatePatient",
+            pb.UpdatePatientRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=first.patient.patient_id,
+                expected_version=1,
+                full_name=first.patient.full_name,
+                birth_date=first.patient.birth_date,
+                sex=first.patient.sex,
+                phone="0912345678",
+            ),
+        )
+        await rpc(
+            "MergePatients",
+            pb.MergePatientsRequest(
+                request_id=str(uuid.uuid4()),
+                survivor_patient_id=first.patient.patient_id,
+                merged_patient_id=review.patient.patient_id,
+                reason="test",
+            ),
+        )
+        await rpc(
+            "UnmergePatients",
+            pb.UnmergePatientsRequest(
+                request_id=str(uuid.uuid4()), merged_patient_id=review.patient.patient_id, reason="test"
+            ),
+        )
+        await rpc("GetPersonHistory", pb.GetPersonHistoryRequest(patient_id=first.patient.patient_id))
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+    rpcs = {m.name for m in pb.DESCRIPTOR.services_by_name["PatientIdentityService"].methods}
+    assert set(commands.seen) == rpcs  # every RPC was exercised and read the database
+    for name, sent in commands.seen.items():
+        for command_name, command in sent:
+            assert command_name in FILTERED or command_name in UNFILTERED, (name, command_name)
+            if command_name in UNFILTERED:
+                continue
+            collection = command[command_name]
+            for query in filters_of(command_name, command):
+                assert list(query) == ["_id"] and isinstance(query["_id"], str), (name, command_name, query)
+                plan = await explained(db, collection, query)
+                if "filterPushdown" in plan:  # FerretDB: the filter must reach SQL, and SQL an index
+                    assert plan["filterPushdown"] is True, (name, collection, plan)
+                    steps = [str(step) for step in plan["queryPlanner"]["Plan"]]
+                    assert any("USING INDEX" in s for s in steps), (name, collection, steps)
+                    assert not any("detail=SCAN" in s for s in steps), (name, collection, steps)
+                else:  # MongoDB
+                    assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), (name, plan)
+    await client.close()

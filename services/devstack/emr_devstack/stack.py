@@ -17,6 +17,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from emr_devstack.certs import DevCertificates, ensure_dev_certificates, tls_files
+from emr_devstack.ferretdb_sqlite import add_id_lookup_indexes
 from emr_devstack.processes import (
     ManagedProcess,
     free_port,
@@ -215,7 +216,15 @@ class Stack(DevCertificates):
             )
         else:
             wait_until(process, lambda: port_open(port), 60, "listening")
+        self.index_ferretdb_ids()  # the service created its collections at start
         return process
+
+    def index_ferretdb_ids(self) -> int:
+        """Adds the `_id` lookup index our FerretDB (SQLite) lacks to every collection it has
+        now (see emr_devstack.ferretdb_sqlite); nothing when ``mongodb_uri`` names another server."""
+        if "ferretdb" not in self.processes:
+            return 0
+        return add_id_lookup_indexes(self.run_dir / "ferretdb")
 
     def start(self) -> None:
         ensure_dev_certificates(self.certs_dir)

@@ -22,7 +22,9 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
     recorder = AuditRecorder(audit_channel, db, source_service="identity")
     await recorder.open()
-    service = IdentityService(PersonRepository(db, crypt))
+    persons = PersonRepository(db, crypt)
+    await persons.create_collections()
+    service = IdentityService(persons)
     servicer = PatientIdentityServicer(service)
     return ServiceApp(
         bindings=[

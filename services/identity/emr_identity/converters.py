@@ -17,6 +17,7 @@ from emr_identity.domain import (
     Sex,
     normalize_identifier_value,
 )
+from emr_identity.domain import identifier_key as key_of_identifier
 from emr_identity.linkage import ReviewTask
 from emr_identity.matching import Candidate, Decision
 from emr_identity.service import RegistrationResult, SearchQuery
@@ -149,17 +150,15 @@ def search_query(request: identity_pb2.SearchPatientsRequest) -> SearchQuery:
     if request.HasField("identifier"):
         system = _SYSTEMS.get(request.identifier.system)
         value = normalize_identifier_value(request.identifier.value)
-        prefixes = {
-            IdentifierSystem.CCCD: "cccd",
-            IdentifierSystem.BHYT: "bhyt",
-            IdentifierSystem.PASSPORT: "pp",
-        }
-        if system not in prefixes or not value:
+        if (
+            system not in (IdentifierSystem.CCCD, IdentifierSystem.BHYT, IdentifierSystem.PASSPORT)
+            or not value
+        ):
             raise InvalidArgumentError([FieldViolation("identifier", "a CCCD, BHYT or PASSPORT value")])
         assert system is not None
         if system is IdentifierSystem.BHYT:
             value = bhyt_social_insurance_code(value) or value
-        identifier_key = f"{prefixes[system]}:{value}"
+        identifier_key = key_of_identifier(system, value)
     return SearchQuery(
         identifier_key=identifier_key,
         full_name=request.full_name,

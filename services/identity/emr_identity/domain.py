@@ -35,6 +35,29 @@ class IdentifierSystem(enum.Enum):
     MRN = "MRN"
 
 
+# Key prefixes per system; MRN keys also carry the facility (an MRN is unique per facility only).
+_KEY_PREFIXES = {
+    IdentifierSystem.CCCD: "cccd",
+    IdentifierSystem.BHYT: "bhyt",
+    IdentifierSystem.PASSPORT: "pp",
+    IdentifierSystem.MRN: "mrn",
+}
+
+
+def identifier_key(system: IdentifierSystem, value: str, facility_code: str = "") -> str:
+    """The one key an identifier is stored and looked up under (uniqueness claims, blocks, search):
+    every place that keys by an identifier value calls this, so the value can become a blind index
+    (e.g. an HMAC) here alone. ``value`` is normalised (a BHYT: its 10-digit social insurance code)."""
+    if system is IdentifierSystem.MRN:
+        return f"mrn:{facility_code}:{value}"
+    return f"{_KEY_PREFIXES[system]}:{value}"
+
+
+def phone_key(phone: str) -> str:
+    """The one key a normalised phone number is stored and looked up under (see identifier_key)."""
+    return f"ph:{phone}"
+
+
 class Sex(enum.Enum):
     MALE = "male"
     FEMALE = "female"
@@ -81,10 +104,8 @@ class Identifier:
     @property
     def claim_key(self) -> str | None:
         """Key under which this identifier is unique across persons; None if it need not be."""
-        if self.system is IdentifierSystem.CCCD:
-            return f"CCCD:{self.value}"
-        if self.system is IdentifierSystem.MRN:
-            return f"MRN:{self.facility_code}:{self.value}"
+        if self.system in (IdentifierSystem.CCCD, IdentifierSystem.MRN):
+            return identifier_key(self.system, self.value, self.facility_code)
         return None
 
 
@@ -309,9 +330,9 @@ def check_patient_id(patient_id: str, field_name: str = "patient_id") -> str:
 
 
 def new_person(registration: Registration, person_id: str, now: datetime) -> Person:
-    claim_keys = tuple(key for key in (i.claim_key for i in registration.identifiers) if key is not None)
     # CCCD first: it decides which person a registration resolves to.
-    claim_keys = tuple(sorted(claim_keys, key=lambda key: not key.startswith("CCCD:")))
+    ordered = sorted(registration.identifiers, key=lambda i: i.system is not IdentifierSystem.CCCD)
+    claim_keys = tuple(key for key in (i.claim_key for i in ordered) if key is not None)
     return Person(
         person_id=person_id,
         identifiers=registration.identifiers,

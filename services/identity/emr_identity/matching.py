@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
 
-from emr_identity.domain import IdentifierSystem, Registration
+from emr_identity.domain import IdentifierSystem, Registration, identifier_key, phone_key
 from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
@@ -32,6 +33,12 @@ PRIOR_MIDDLE_SHARE = 0.05
 PRIOR_GIVEN_SHARE = 0.01
 # Smallest share a name can have in the index, so that one unseen name does not dominate a score.
 MIN_NAME_SHARE = 2e-4
+# Most members of one block that retrieval scores. Every blocking key carries a birth date, a birth
+# year or a unique number, so blocks stay small as the index grows (bench/identity_speed.py prints
+# the largest); a block above this is a sign that a key is too broad (e.g. a phone shared by a
+# whole ward) and should be narrowed. Its newest members are scored and the rest left out, never
+# silently: the service counts each such read in emr_identity_oversized_blocks_total.
+MAX_BLOCK_MEMBERS = 500
 
 
 @dataclass(frozen=True)
@@ -276,14 +283,36 @@ def blocking_keys(record: MatchRecord) -> frozenset[str]:
         f"fy:{names.folded_full}|{record.birth_date.year}",
     }
     if record.phone:
-        keys.add(f"ph:{record.phone}")
-    if record.cccd:
-        keys.add(f"cccd:{record.cccd}")
-    if record.bhyt_code:
-        keys.add(f"bhyt:{record.bhyt_code}")
-    if record.passport:
-        keys.add(f"pp:{record.passport}")
+        keys.add(phone_key(record.phone))
+    for system, value in (
+        (IdentifierSystem.CCCD, record.cccd),
+        (IdentifierSystem.BHYT, record.bhyt_code),
+        (IdentifierSystem.PASSPORT, record.passport),
+    ):
+        if value:
+            keys.add(identifier_key(system, value))
     return frozenset(keys)
+
+
+def block_kind(key: str) -> str:
+    """The kind of a blocking key (``gd``, ``fmd``, ``fy``, ``ph``, ``cccd`` …): its prefix, which
+    carries no patient data (a label for metrics)."""
+    return key.partition(":")[0]
+
+
+def candidate_record_ids(
+    blocks: Mapping[str, Sequence[str]], limit: int = MAX_BLOCK_MEMBERS
+) -> tuple[set[str], list[str]]:
+    """The record ids to score from the blocks read (key -> members in the order filed), and the
+    keys of blocks over ``limit``, of which only the newest ``limit`` members are kept."""
+    record_ids: set[str] = set()
+    oversized: list[str] = []
+    for key, members in blocks.items():
+        if len(members) > limit:
+            oversized.append(key)
+            members = members[-limit:]
+        record_ids.update(members)
+    return record_ids, oversized
 
 
 def _conflicting_cccd(found: MatchScore) -> bool:

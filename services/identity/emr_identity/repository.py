@@ -1,17 +1,23 @@
 """MongoDB storage of persons, facility records, blocks, review tasks and the link log.
 
-Every read is a lookup by ``_id`` (through ``_get``), so no RPC scans a collection: candidate
-retrieval reads one block document per blocking key (``_id`` = the key) listing record ids, then the
-records and persons by id. On MongoDB these are IDHACK/index lookups; FerretDB pushes them down.
+Every read, update and delete names exactly one document by ``_id`` and nothing else (the filter is
+``{"_id": value}``), so no RPC scans a collection: candidate retrieval reads one block document per
+blocking key (``_id`` = the key) listing record ids, then the records and persons by id. On MongoDB
+these are IDHACK lookups. FerretDB 1.x hands SQL only a filter that is exactly ``{_id: value}``
+(any other filter reads the whole table into FerretDB), and serves it with an index once
+emr_devstack.ferretdb_sqlite has added one. Conditional state changes therefore do not filter on
+the state: they first claim the change by inserting a document with a derived ``_id`` into
+``state_transitions`` (the unique ``_id`` lets one writer win, as a compare-and-set), then apply it
+by ``_id``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from emr_identity.domain import (
     EventKind,
@@ -36,7 +42,13 @@ BLOCKS = "blocks"
 REVIEW_TASKS = "review_tasks"
 EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
-COLLECTIONS = (PERSONS, CLAIMS, RECORDS, BLOCKS, REVIEW_TASKS, EVENTS, NAME_COUNTS)
+TRANSITIONS = "state_transitions"
+COUNTERS = "counters"
+COLLECTIONS = (PERSONS, CLAIMS, RECORDS, BLOCKS, REVIEW_TASKS, EVENTS, NAME_COUNTS, TRANSITIONS, COUNTERS)
+NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
+# Name counts live in one document (one $inc per registration).
+NAME_COUNTS_ID = "names"
+NAME_KINDS = ("family", "middle", "given")
 REVIEW_SEQUENCE = "identity_review_tasks"
 # Open review tasks, kept by $inc on open and close: counting them would scan the collection. A
 # crash between a task's write and its $inc leaves the count off by one (it feeds a gauge only).
@@ -48,7 +60,7 @@ INDEXES = (IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),)
 ENCRYPTED_SYSTEMS = frozenset({IdentifierSystem.CCCD, IdentifierSystem.BHYT, IdentifierSystem.PASSPORT})
 # Claim and block keys "<prefix>:<value>" whose value is an identifier or a phone number: stored as
 # "<prefix>#<blind index>", so that exact look-ups work without the value in the database.
-INDEXED_KEY_PREFIXES = frozenset({"CCCD", "cccd", "bhyt", "pp", "ph"})
+INDEXED_KEY_PREFIXES = frozenset({"cccd", "bhyt", "pp", "ph"})
 
 
 def stored_key(crypt: FieldCrypt, key: str) -> str:
@@ -102,6 +114,15 @@ def _person_document(crypt: FieldCrypt, person: Person) -> Document:
     }
 
 
+def _status(document: Document) -> PersonStatus:
+    """A new person's document stays ``provisional`` in ``status``; its one-time resolution is kept
+    apart (``resolution``), so that re-applying it can never undo a later merge written to ``status``."""
+    status = PersonStatus(document["status"])
+    if status is PersonStatus.PROVISIONAL and document.get("resolution"):
+        return PersonStatus(document["resolution"])
+    return status
+
+
 def _person(crypt: FieldCrypt, document: Document) -> Person:
     """A stored person; its ``claim_keys`` are in stored form (``stored_key``)."""
     return Person(
@@ -112,7 +133,7 @@ def _person(crypt: FieldCrypt, document: Document) -> Person:
         sex=Sex(document["sex"]),
         registering_facility_code=document["registering_facility_code"],
         created_at=document["created_at"],
-        status=PersonStatus(document["status"]),
+        status=_status(document),
         request_fingerprint=document["request_fingerprint"],
         superseded_by=document.get("superseded_by", ""),
         claim_keys=tuple(document.get("claim_keys", ())),
@@ -257,6 +278,19 @@ class PersonRepository:
         self._tasks = db[REVIEW_TASKS]
         self._events = db[EVENTS]
         self._name_counts = db[NAME_COUNTS]
+        self._transitions = db[TRANSITIONS]
+
+    async def create_collections(self) -> None:
+        """Creates the collections at start-up rather than at first write, so that a database-side
+        step (the `_id` lookup index of emr_devstack.ferretdb_sqlite) finds them all."""
+        existing = set(await self._db.list_collection_names())
+        for name in COLLECTIONS:
+            if name not in existing:
+                try:
+                    await self._db.create_collection(name)
+                except (CollectionInvalid, OperationFailure) as error:
+                    if isinstance(error, OperationFailure) and error.code != NAMESPACE_EXISTS:
+                        raise  # CollectionInvalid: another replica created it meanwhile
 
     async def _get(self, collection: str, document_id: str) -> Document | None:
         """The one read primitive: a lookup by ``_id``."""
@@ -300,69 +334,108 @@ class PersonRepository:
             return str(owner["person_id"])
 
     async def release_claims(self, person_id: str, claim_keys: Iterable[str]) -> None:
+        # Only the owning person's registration changes its claims, so read-then-delete is safe.
         for key in claim_keys:
-            await self._claims.delete_one({"_id": stored_key(self._crypt, key), "person_id": person_id})
+            stored = stored_key(self._crypt, key)
+            claim = await self._get(CLAIMS, stored)
+            if claim is not None and claim["person_id"] == person_id:
+                await self._claims.delete_one({"_id": stored})
 
     async def transfer_claims(self, claim_keys: Iterable[str], from_person: str, to_person: str) -> None:
         for key in claim_keys:
-            await self._claims.update_one(
-                {"_id": stored_key(self._crypt, key), "person_id": from_person},
-                {"$set": {"person_id": to_person}},
-            )
+            stored = stored_key(self._crypt, key)
+            claim = await self._get(CLAIMS, stored)
+            if claim is not None and claim["person_id"] == from_person:
+                await self._claims.update_one({"_id": stored}, {"$set": {"person_id": to_person}})
+
+    async def _claim_transition(self, transition_id: str, change: Document) -> tuple[Document, bool]:
+        """Claims a state change once (first writer wins); returns the winning change and whether
+        it is this call's."""
+        stored, inserted = await insert_or_get(self._transitions, {"_id": transition_id, "change": change})
+        return stored["change"], inserted
+
+    async def _resolve(self, person_id: str, resolution: PersonStatus, owner_id: str = "") -> Document:
+        """Resolves a provisional person once: ACTIVE, or SUPERSEDED by ``owner_id``. Applying the
+        winning resolution again (a retry, a rival) writes the same values."""
+        change, _ = await self._claim_transition(
+            f"resolve:{person_id}", {"resolution": resolution.value, "superseded_by": owner_id}
+        )
+        await self._persons.update_one({"_id": person_id}, {"$set": change})
+        return change
 
     async def activate(self, person_id: str) -> None:
-        await self._persons.update_one(
-            {"_id": person_id, "status": PersonStatus.PROVISIONAL.value},
-            {"$set": {"status": PersonStatus.ACTIVE.value}},
-        )
+        document = await self._get(PERSONS, person_id)
+        if document is not None and _status(document) is PersonStatus.PROVISIONAL:
+            await self._resolve(person_id, PersonStatus.ACTIVE)
 
     async def supersede(self, person_id: str, owner_id: str) -> bool:
-        """Marks a provisional person as resolved to another; False if it was activated meanwhile."""
-        result = await self._persons.update_one(
-            {"_id": person_id, "status": PersonStatus.PROVISIONAL.value},
-            {"$set": {"status": PersonStatus.SUPERSEDED.value, "superseded_by": owner_id}},
+        """Marks a provisional person as resolved to another; False if it was resolved otherwise."""
+        change = await self._resolve(person_id, PersonStatus.SUPERSEDED, owner_id)
+        return change == {"resolution": PersonStatus.SUPERSEDED.value, "superseded_by": owner_id}
+
+    async def _transition(
+        self, person_id: str, allowed: Callable[[Person], bool], change: Document, origin: str
+    ) -> bool:
+        """Changes a person if ``allowed`` holds for its current state: the change claims the
+        person's next revision (``<person>:r<n>``), so of two concurrent changes one wins and the
+        other gets False. ``origin`` (the request) makes a retry after a crash apply its own claim.
+        A claim whose writer stopped before applying it is applied by the next writer who meets
+        it (that writer gets False and its caller retries or reports a conflict)."""
+        document = await self._get(PERSONS, person_id)
+        if document is None or not allowed(_person(self._crypt, document)):
+            return False
+        revision = int(document.get("revision", 0)) + 1
+        stored, inserted = await insert_or_get(
+            self._transitions,
+            {"_id": f"{person_id}:r{revision}", "change": {**change, "revision": revision}, "origin": origin},
         )
-        return result.modified_count == 1
+        if inserted or stored["origin"] == origin:
+            await self._persons.update_one({"_id": person_id}, {"$set": stored["change"]})
+            return True
+        current = await self._get(PERSONS, person_id)
+        if current is not None and int(current.get("revision", 0)) < revision:
+            await self._persons.update_one({"_id": person_id}, {"$set": stored["change"]})
+        return False
 
-    async def add_record(self, person_id: str, record_id: str) -> None:
-        await self._persons.update_one({"_id": person_id}, {"$addToSet": {"record_ids": record_id}})
-
-    async def merge(self, survivor_id: str, merged_id: str) -> bool:
+    async def merge(self, survivor_id: str, merged_id: str, origin: str) -> bool:
         """Marks an active person merged into the survivor; False if it was not active."""
-        result = await self._persons.update_one(
-            {"_id": merged_id, "status": PersonStatus.ACTIVE.value},
-            {"$set": {"status": PersonStatus.MERGED.value, "merged_into": survivor_id}},
+        merged = await self._transition(
+            merged_id,
+            lambda p: p.status is PersonStatus.ACTIVE,
+            {"status": PersonStatus.MERGED.value, "merged_into": survivor_id},
+            origin,
         )
-        if result.modified_count == 1:
+        if merged:
             await self._persons.update_one(
                 {"_id": survivor_id}, {"$addToSet": {"merged_person_ids": merged_id}}
             )
-        return result.modified_count == 1
+        return merged
 
-    async def unmerge(self, merged_id: str, survivor_id: str) -> bool:
-        result = await self._persons.update_one(
-            {"_id": merged_id, "status": PersonStatus.MERGED.value, "merged_into": survivor_id},
-            {"$set": {"status": PersonStatus.ACTIVE.value, "merged_into": ""}},
+    async def unmerge(self, merged_id: str, survivor_id: str, origin: str) -> bool:
+        restored = await self._transition(
+            merged_id,
+            lambda p: p.status is PersonStatus.MERGED and p.merged_into == survivor_id,
+            {"status": PersonStatus.ACTIVE.value, "merged_into": ""},
+            origin,
         )
         await self._persons.update_one({"_id": survivor_id}, {"$pull": {"merged_person_ids": merged_id}})
-        return result.modified_count == 1
+        return restored
 
-    async def update_demographics(self, person: Person, expected_version: int) -> bool:
+    async def update_demographics(self, person: Person, expected_version: int, origin: str) -> bool:
         """Replaces the demographics if the stored version is ``expected_version``; False if not."""
-        result = await self._persons.update_one(
-            {"_id": person.person_id, "version": expected_version, "status": PersonStatus.ACTIVE.value},
+        return await self._transition(
+            person.person_id,
+            lambda p: p.version == expected_version and p.status is PersonStatus.ACTIVE,
             {
-                "$set": {
-                    "full_name": person.full_name,
-                    "birth_date": person.birth_date.isoformat(),
-                    "sex": person.sex.value,
-                    "phone": self._crypt.encrypt("identity.phone", person.phone),
-                    "province_code": person.province_code,
-                    "version": expected_version + 1,
-                }
+                "full_name": person.full_name,
+                "birth_date": person.birth_date.isoformat(),
+                "sex": person.sex.value,
+                "phone": self._crypt.encrypt("identity.phone", person.phone),
+                "province_code": person.province_code,
+                "version": expected_version + 1,
             },
+            origin,
         )
-        return result.modified_count == 1
 
     async def reject_pair(self, person_id: str, other_id: str) -> None:
         await self._persons.update_one({"_id": person_id}, {"$addToSet": {"rejected_person_ids": other_id}})
@@ -370,59 +443,51 @@ class PersonRepository:
 
     # --- facility records and blocks ----------------------------------------------------------------
 
-    async def insert_or_get_record(self, record: FacilityRecord) -> FacilityRecord:
-        stored, _ = await insert_or_get(self._records, _record_document(self._crypt, record))
-        return _record(self._crypt, stored)
+    async def insert_or_get_record(self, record: FacilityRecord) -> tuple[FacilityRecord, bool]:
+        """Writes a finished record once; the stored one if it exists, and whether this call wrote it."""
+        stored, inserted = await insert_or_get(self._records, _record_document(self._crypt, record))
+        return _record(self._crypt, stored), inserted
 
-    async def finish_record(self, record: FacilityRecord) -> FacilityRecord:
-        """Records the outcome once; a concurrent twin of the request that finished first wins."""
-        await self._records.update_one(
-            {"_id": record.record_id, "outcome": None},
-            {
-                "$set": {
-                    "person_id": record.person_id,
-                    "outcome": record.outcome.value if record.outcome else None,
-                    "candidates": _candidates_document(record.candidates),
-                    "review_task_id": record.review_task_id,
-                }
-            },
-        )
-        stored = await self._get(RECORDS, record.record_id)
-        assert stored is not None
-        return _record(self._crypt, stored)
+    async def get_record(self, record_id: str) -> FacilityRecord | None:
+        document = await self._get(RECORDS, record_id)
+        return _record(self._crypt, document) if document else None
 
     async def records(self, record_ids: Iterable[str]) -> list[FacilityRecord]:
         return [_record(self._crypt, d) for d in await self._get_many(RECORDS, record_ids)]
 
     async def file_in_blocks(self, keys: Iterable[str], record_id: str) -> None:
-        for key in keys:
-            await self._upsert(BLOCKS, stored_key(self._crypt, key), {"$addToSet": {"record_ids": record_id}})
+        await asyncio.gather(
+            *(
+                self._upsert(BLOCKS, stored_key(self._crypt, key), {"$addToSet": {"record_ids": record_id}})
+                for key in keys
+            )
+        )
 
-    async def block_members(self, keys: Iterable[str]) -> set[str]:
-        members: set[str] = set()
-        for block in await self._get_many(BLOCKS, (stored_key(self._crypt, key) for key in keys)):
-            members.update(block["record_ids"])
-        return members
+    async def blocks(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The record ids filed under each key (in the order filed); keys without records are absent."""
+        by_stored_key = {stored_key(self._crypt, key): key for key in keys}
+        return {
+            by_stored_key[block["_id"]]: list(block["record_ids"])
+            for block in await self._get_many(BLOCKS, by_stored_key)
+        }
 
     # --- name frequencies ---------------------------------------------------------------------------
 
     async def count_names(self, names: NameParts) -> None:
-        for kind, folded in (
-            ("family", names.folded_family),
-            ("middle", names.folded_middle),
-            ("given", names.folded_given),
+        increments = {"total": 1}
+        for kind, folded in zip(
+            NAME_KINDS, (names.folded_family, names.folded_middle, names.folded_given), strict=True
         ):
             if folded:  # a one-word name has no middle (and no given) part
-                await self._upsert(NAME_COUNTS, kind, {"$inc": {f"counts.{folded.replace('.', ' ')}": 1}})
-        await self._upsert(NAME_COUNTS, "total", {"$inc": {"value": 1}})
+                increments[f"{kind}.{folded.replace('.', ' ')}"] = 1
+        await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$inc": increments})
 
     async def name_frequencies(self) -> NameFrequencies:
         frequencies = NameFrequencies()
-        for kind in ("family", "middle", "given"):
-            document = await self._get(NAME_COUNTS, kind)
-            getattr(frequencies, kind).update(document["counts"] if document else {})
-        total = await self._get(NAME_COUNTS, "total")
-        frequencies.total = int(total["value"]) if total else 0
+        document = await self._get(NAME_COUNTS, NAME_COUNTS_ID) or {}
+        for kind in NAME_KINDS:
+            getattr(frequencies, kind).update(document.get(kind, {}))
+        frequencies.total = int(document.get("total", 0))
         return frequencies
 
     # --- review tasks -------------------------------------------------------------------------------
@@ -431,7 +496,7 @@ class PersonRepository:
         return await next_sequence(self._db, REVIEW_SEQUENCE)
 
     async def last_review_sequence(self) -> int:
-        counter = await self._get("counters", REVIEW_SEQUENCE)
+        counter = await self._get(COUNTERS, REVIEW_SEQUENCE)
         return int(counter["value"]) if counter else 0
 
     async def insert_task(self, task: ReviewTask) -> None:
@@ -448,7 +513,7 @@ class PersonRepository:
             },
         )
         if inserted and task.open:
-            await self._upsert("counters", OPEN_REVIEW_TASKS, {"$inc": {"value": 1}})
+            await self._upsert(COUNTERS, OPEN_REVIEW_TASKS, {"$inc": {"value": 1}})
 
     async def get_task(self, task_id: str) -> ReviewTask | None:
         document = await self._get(REVIEW_TASKS, task_id)
@@ -458,22 +523,24 @@ class PersonRepository:
         return [_task(d) for d in await self._get_many(REVIEW_TASKS, task_ids)]
 
     async def open_task_count(self) -> int:
-        counter = await self._get("counters", OPEN_REVIEW_TASKS)
+        counter = await self._get(COUNTERS, OPEN_REVIEW_TASKS)
         return int(counter["value"]) if counter else 0
 
     async def close_task(self, task_id: str, resolution: str) -> bool:
-        result = await self._tasks.update_one(
-            {"_id": task_id, "open": True}, {"$set": {"open": False, "resolution": resolution}}
+        """Closes a task once; False if another resolution closed it first."""
+        change, closed = await self._claim_transition(
+            f"close:{task_id}", {"open": False, "resolution": resolution}
         )
-        if result.modified_count != 1:
-            return False
-        await self._upsert("counters", OPEN_REVIEW_TASKS, {"$inc": {"value": -1}})
-        return True
+        await self._tasks.update_one({"_id": task_id}, {"$set": change})
+        if closed:
+            await self._upsert(COUNTERS, OPEN_REVIEW_TASKS, {"$inc": {"value": -1}})
+        return closed
 
     # --- link log -----------------------------------------------------------------------------------
 
-    async def append_event(self, event: LinkEvent) -> None:
-        """Writes the event once (its id is derived from the request) and lists it on the person."""
+    async def append_event(self, event: LinkEvent, attach_record: bool = False) -> None:
+        """Writes the event once (its id is derived from the request) and lists it on the person,
+        with its record among the person's records if ``attach_record``."""
         await insert_or_get(
             self._events,
             {
@@ -490,7 +557,10 @@ class PersonRepository:
                 "request_fingerprint": event.request_fingerprint,
             },
         )
-        await self._persons.update_one({"_id": event.person_id}, {"$addToSet": {"event_ids": event.event_id}})
+        added: Document = {"event_ids": event.event_id}
+        if attach_record:
+            added["record_ids"] = event.record_id
+        await self._persons.update_one({"_id": event.person_id}, {"$addToSet": added})
 
     async def events(self, event_ids: Iterable[str]) -> list[LinkEvent]:
         return [_event(d) for d in await self._get_many(EVENTS, event_ids)]
@@ -517,7 +587,7 @@ class PersonRepository:
         for collection, documents in ((PERSONS, persons), (RECORDS, records), (BLOCKS, blocks)):
             for start in range(0, len(documents), 5_000):
                 await self._db[collection].insert_many(documents[start : start + 5_000], ordered=False)
-        for kind in ("family", "middle", "given"):
-            counts = {name: n for name, n in getattr(frequencies, kind).items() if name}
-            await self._upsert(NAME_COUNTS, kind, {"$set": {"counts": counts}})
-        await self._upsert(NAME_COUNTS, "total", {"$set": {"value": frequencies.total}})
+        counts: Document = {
+            kind: {n: c for n, c in getattr(frequencies, kind).items() if n} for kind in NAME_KINDS
+        }
+        await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$set": {**counts, "total": frequencies.total}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from emr_identity.domain import (
     RegistrationInput,
     check_patient_id,
     new_person,
+    phone_key,
     validate_registration,
 )
 from emr_identity.linkage import FacilityRecord, ReviewTask, review_task_id
@@ -27,7 +29,9 @@ from emr_identity.matching import (
     MatchRecord,
     MatchResult,
     NameFrequencies,
+    block_kind,
     blocking_keys,
+    candidate_record_ids,
     decide,
     match_record,
 )
@@ -53,6 +57,13 @@ MATCH_OUTCOMES = Counter(
 )
 for _outcome in Outcome:
     MATCH_OUTCOMES.labels(_outcome.value)
+# Block reads whose members were more than retrieval scores (see matching.MAX_BLOCK_MEMBERS), by
+# the kind of key (gd, fmd, fy, ph, cccd, bhyt, pp): a sign that kind of key needs narrowing.
+OVERSIZED_BLOCKS = Counter(
+    "emr_identity_oversized_blocks_total",
+    "Block reads that left out the oldest members of a block over the size cap, by key kind.",
+    ("kind",),
+)
 REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
 
 
@@ -110,20 +121,28 @@ class IdentityService:
         if stored.request_fingerprint != candidate.request_fingerprint:
             raise ConflictError("request_id was already used for a different registration", "request_id")
         record_id = derive_id("record", registration.request_id)
-        record = await self._persons.insert_or_get_record(
-            FacilityRecord(
-                record_id=record_id,
-                person_id=stored.person_id,
-                facility_code=registration.facility_code,
-                match=match_record(registration, record_id),
-                request_fingerprint=registration.fingerprint,
-                created_at=now,
+        # The record is written once, finished (with its outcome): the first of two concurrent twins
+        # of the request to write it wins, and a repeat finds it. Until then it is absent, which
+        # candidate retrieval treats like an unfinished record (its blocks may list it already).
+        record = await self._persons.get_record(record_id)
+        if record is None:
+            linked = await self._link(
+                stored,
+                FacilityRecord(
+                    record_id=record_id,
+                    person_id=stored.person_id,
+                    facility_code=registration.facility_code,
+                    match=match_record(registration, record_id),
+                    request_fingerprint=registration.fingerprint,
+                    created_at=now,
+                ),
+                actor_id,
+                now,
             )
-        )
-        if record.outcome is None:
-            record = await self._persons.finish_record(await self._link(stored, record, actor_id, now))
-            assert record.outcome is not None  # finish_record stores one
-            MATCH_OUTCOMES.labels(record.outcome.value).inc()
+            record, inserted = await self._persons.insert_or_get_record(linked)
+            if inserted:
+                assert linked.outcome is not None
+                MATCH_OUTCOMES.labels(linked.outcome.value).inc()
         assert record.outcome is not None
         return RegistrationResult(
             person=(await self._view(record.person_id, "patient_id")).person,
@@ -139,8 +158,9 @@ class IdentityService:
             return replace(record, person_id=stored.superseded_by, outcome=Outcome.EXISTING)
         if stored.status is not PersonStatus.PROVISIONAL:
             return replace(record, outcome=Outcome.CREATED)  # finished before a crash; keep it
-        for claim_key in stored.claim_keys:
-            owner_id = await self._persons.claim(claim_key, stored.person_id)
+        # Claimed at once; the first key owned by another person (CCCD first) decides.
+        owners = await asyncio.gather(*(self._persons.claim(k, stored.person_id) for k in stored.claim_keys))
+        for owner_id in owners:
             if owner_id != stored.person_id:
                 # The owner may have stopped before activating; its document is complete, so finish it.
                 await self._persons.activate(owner_id)
@@ -179,12 +199,18 @@ class IdentityService:
     async def _attach(
         self, record: FacilityRecord, person_id: str, kind: EventKind, actor_id: str, now: datetime
     ) -> None:
-        await self._persons.add_record(person_id, record.record_id)
-        await self._persons.file_in_blocks(blocking_keys(record.match), record.record_id)
         frequencies = await self._name_frequencies()  # loaded before this record is counted
-        await self._persons.count_names(record.match.names)
+        # Idempotent writes to different documents, so concurrently rather than one after another
+        # (two concurrent updates of one document may lose one on FerretDB 1.x, which reads and
+        # writes a document in separate steps). The person gets the record and the event in one update.
+        await asyncio.gather(
+            self._persons.file_in_blocks(blocking_keys(record.match), record.record_id),
+            self._persons.count_names(record.match.names),
+            self._log(
+                kind, person_id, record.record_id, actor_id, now, record_id=record.record_id, attach=True
+            ),
+        )
         frequencies.add(record.match.names)
-        await self._log(kind, person_id, record.record_id, actor_id, now, record_id=record.record_id)
 
     async def _log(
         self,
@@ -196,10 +222,12 @@ class IdentityService:
         other_person_id: str = "",
         record_id: str = "",
         reason: str = "",
+        attach: bool = False,
         **details: str | int,
     ) -> None:
         """Appends to the person's link log; the event id derives from what caused it (``origin``),
-        so a repeated request does not log twice. ``details``: LinkEvent's optional fields."""
+        so a repeated request does not log twice. ``attach``: also lists ``record_id`` among the
+        person's records (same update). ``details``: LinkEvent's optional fields."""
         event = LinkEvent(
             event_id=derive_id(f"event:{kind.value}:{person_id}", origin),
             kind=kind,
@@ -211,7 +239,7 @@ class IdentityService:
             reason=reason,
             **details,  # type: ignore[arg-type]
         )
-        await self._persons.append_event(event)
+        await self._persons.append_event(event, attach_record=attach)
 
     # --- update -----------------------------------------------------------------------------------
 
@@ -245,7 +273,7 @@ class IdentityService:
             province_code=registration.province_code,
             version=expected_version + 1,
         )
-        if not await self._persons.update_demographics(updated, expected_version):
+        if not await self._persons.update_demographics(updated, expected_version, raw.request_id):
             raise ConflictError(
                 "the person changed since expected_version; read it again", "expected_version"
             )
@@ -275,7 +303,7 @@ class IdentityService:
     async def _match(
         self, match: MatchRecord, exclude: set[str], rejected: frozenset[str] = frozenset()
     ) -> MatchResult:
-        record_ids = await self._persons.block_members(blocking_keys(match))
+        record_ids = await self._block_members(blocking_keys(match))
         record_ids.discard(match.record_id)
         records = [r for r in await self._persons.records(record_ids) if r.outcome is not None]
         owners = await self._current_persons({r.person_id for r in records})
@@ -285,6 +313,12 @@ class IdentityService:
             if r.person_id in owners and owners[r.person_id] not in exclude
         ]
         return decide(match, candidates, await self._name_frequencies(), rejected)
+
+    async def _block_members(self, keys: Iterable[str]) -> set[str]:
+        record_ids, oversized = candidate_record_ids(await self._persons.blocks(keys))
+        for key in oversized:
+            OVERSIZED_BLOCKS.labels(block_kind(key)).inc()
+        return record_ids
 
     async def _current_persons(self, person_ids: set[str]) -> dict[str, str]:
         """For each person id, the active person it resolves to through merges (absent if none)."""
@@ -353,9 +387,7 @@ class IdentityService:
         position = decode_page_token(query.page_token)
         offset = int(position.get("offset", 0)) if position else 0
         key, exact = self._search_key(query)
-        records = [
-            r for r in await self._persons.records(await self._persons.block_members([key])) if r.outcome
-        ]
+        records = [r for r in await self._persons.records(await self._block_members([key])) if r.outcome]
         if exact:
             records = [r for r in records if r.match.names.full == exact]
         owners = await self._current_persons({r.person_id for r in records})
@@ -382,7 +414,7 @@ class IdentityService:
             phone = normalize_phone(query.phone)
             if not phone:
                 raise InvalidArgumentError([FieldViolation("phone", "a Vietnamese phone number")])
-            return f"ph:{phone}", ""
+            return phone_key(phone), ""
         if not 1900 <= query.birth_year <= 2200:
             raise InvalidArgumentError([FieldViolation("birth_year", "required with full_name, e.g. 1990")])
         name = normalize_name(query.full_name).lower()
@@ -481,7 +513,7 @@ class IdentityService:
             raise InvalidArgumentError(
                 [FieldViolation("merged_patient_id", "already merged into the survivor")]
             )
-        if not await self._persons.merge(survivor.person.person_id, merged.person_id):
+        if not await self._persons.merge(survivor.person.person_id, merged.person_id, request_id):
             raise ConflictError("merged_patient_id is not an active person", "merged_patient_id")
         now = utc_now()
         for one, two in (
@@ -505,7 +537,7 @@ class IdentityService:
             if merged.status is not PersonStatus.MERGED:
                 raise ConflictError("merged_patient_id is not merged", "merged_patient_id")
             survivor_id = merged.merged_into
-            await self._persons.unmerge(merged.person_id, survivor_id)
+            await self._persons.unmerge(merged.person_id, survivor_id, request_id)
             now = utc_now()
             for one, two in ((merged.person_id, survivor_id), (survivor_id, merged.person_id)):
                 await self._log(EventKind.UNMERGED, one, request_id, actor_id, now, two, reason=reason)

@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
-from emr_identity.vietnamese import fold
+from emr_identity.vietnamese import fold, normalize_phone
 
 # Surname shares (per cent), after published estimates; the rest share REMAINING_SURNAMES evenly.
 SURNAMES: dict[str, float] = {
@@ -496,6 +496,27 @@ def generate(records: int, duplicate_rate: float, seed: int) -> list[SyntheticRe
         out.append(
             replace(
                 record, facility_code=facility, mrn=f"HS{serial:08d}", phone=_phone_written(rng, record.phone)
+            )
+        )
+    return out
+
+
+def duplicates_of(population: list[SyntheticRecord], count: int, seed: int) -> list[SyntheticRecord]:
+    """``count`` re-registrations, at other facilities and with realistic entry errors, of persons
+    drawn from ``population`` (e.g. an index loaded from ``generate(n, 0.0, seed)``)."""
+    rng = random.Random(seed)  # noqa: S311 -- reproducible synthetic data, not secrets
+    out = []
+    for serial in range(count):
+        original = rng.choice(population)
+        # A generated record carries its phone as written at the desk; errors start from the number.
+        record = _duplicate(rng, replace(original, phone=normalize_phone(original.phone) or ""))
+        facility = f"{rng.choice(PROVINCES)}{rng.randrange(1000):03d}"
+        out.append(
+            replace(
+                record,
+                facility_code=facility,
+                mrn=f"DUP{serial:08d}",
+                phone=_phone_written(rng, record.phone),
             )
         )
     return out

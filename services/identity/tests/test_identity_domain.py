@@ -18,10 +18,13 @@ from emr_identity.domain import (
     RegistrationInput,
     Sex,
     check_patient_id,
+    identifier_key,
     new_person,
     normalize_identifier_value,
+    phone_key,
     validate_registration,
 )
+from emr_identity.matching import blocking_keys, match_record
 from emr_identity.vietnamese import NameParts, normalize_name
 from emr_runtime.errors import InvalidArgumentError
 
@@ -466,7 +469,7 @@ def test_new_person_puts_the_cccd_claim_key_first() -> None:
     )
     registration = validate_registration(raw, TODAY)
     person = new_person(registration, "person-1", NOW)
-    assert person.claim_keys == ("CCCD:079090001234", "MRN:79001:HS-1", "MRN:01001:HS-9")
+    assert person.claim_keys == ("cccd:079090001234", "mrn:79001:HS-1", "mrn:01001:HS-9")
 
 
 def test_new_person_fields() -> None:
@@ -490,11 +493,52 @@ def test_new_person_fields() -> None:
 @pytest.mark.parametrize(
     ("identifier", "claim_key"),
     [
-        (Identifier(IdentifierSystem.CCCD, "079090001234"), "CCCD:079090001234"),
-        (Identifier(IdentifierSystem.MRN, "HS-1", "79001"), "MRN:79001:HS-1"),
+        (Identifier(IdentifierSystem.CCCD, "079090001234"), "cccd:079090001234"),
+        (Identifier(IdentifierSystem.MRN, "HS-1", "79001"), "mrn:79001:HS-1"),
         (Identifier(IdentifierSystem.BHYT, "7901234567"), None),
         (Identifier(IdentifierSystem.PASSPORT, "C1234567"), None),
     ],
 )
 def test_claim_key(identifier: Identifier, claim_key: str | None) -> None:
     assert identifier.claim_key == claim_key
+
+
+# --- lookup keys (the one place identifier and phone values become keys) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "value", "facility_code", "key"),
+    [
+        (IdentifierSystem.CCCD, "079090001234", "", "cccd:079090001234"),
+        (IdentifierSystem.BHYT, "7901234567", "", "bhyt:7901234567"),
+        (IdentifierSystem.PASSPORT, "C1234567", "", "pp:C1234567"),
+        (IdentifierSystem.MRN, "HS-1", "79001", "mrn:79001:HS-1"),
+    ],
+)
+def test_identifier_key(system: IdentifierSystem, value: str, facility_code: str, key: str) -> None:
+    assert identifier_key(system, value, facility_code) == key
+
+
+def test_identifier_keys_of_different_systems_or_facilities_differ() -> None:
+    keys = {identifier_key(s, "123456789012", "79001") for s in IdentifierSystem}
+    keys.add(identifier_key(IdentifierSystem.MRN, "123456789012", "01001"))
+    assert len(keys) == len(IdentifierSystem) + 1
+
+
+def test_phone_key_differs_from_every_identifier_key() -> None:
+    assert phone_key("0912345678") == "ph:0912345678"
+    assert phone_key("0912345678") not in {identifier_key(s, "0912345678") for s in IdentifierSystem}
+
+
+def test_claim_and_block_keys_come_from_identifier_key() -> None:
+    registration = validate_registration(
+        registration_input(identifiers=(cccd("079090001234"), bhyt("7901234567")), phone="0912345678"),
+        TODAY,
+    )
+    person = new_person(registration, "person-3", NOW)
+    record = match_record(registration, "record-3")
+    assert person.claim_keys == (identifier_key(IdentifierSystem.CCCD, "079090001234"),)
+    keys = blocking_keys(record)
+    assert identifier_key(IdentifierSystem.CCCD, "079090001234") in keys
+    assert identifier_key(IdentifierSystem.BHYT, "7901234567") in keys
+    assert phone_key("0912345678") in keys

@@ -11,11 +11,13 @@ from emr_identity.matching import (
     Decision,
     MatchRecord,
     NameFrequencies,
+    block_kind,
     blocking_keys,
+    candidate_record_ids,
     decide,
     score,
 )
-from emr_identity.synthetic import generate
+from emr_identity.synthetic import duplicates_of, generate
 from emr_identity.vietnamese import split_name
 
 DIEP = "Nguyễn Thị Ngọc Điệp"
@@ -158,3 +160,25 @@ def test_different_cccds_never_link_automatically() -> None:
     # Same phone, name and birth date with another card: worth a look, never an automatic link.
     assert decide(a, [("p1", b)], POPULATION).decision is Decision.REVIEW
     assert decide(a, [("p1", replace(b, phone=""))], POPULATION).decision is Decision.NEW
+
+
+def test_candidate_record_ids_join_blocks_and_cap_each_at_its_newest_members() -> None:
+    blocks = {"gd:lan|19900105": ["r1", "r2"], "ph:0912345678": [f"p{i}" for i in range(7)]}
+    record_ids, oversized = candidate_record_ids(blocks, limit=3)
+    assert record_ids == {"r1", "r2", "p4", "p5", "p6"}
+    assert oversized == ["ph:0912345678"]
+    assert candidate_record_ids(blocks, limit=7) == ({"r1", "r2", *(f"p{i}" for i in range(7))}, [])
+
+
+def test_block_kind_is_the_key_prefix_alone() -> None:
+    assert block_kind("cccd:079090001234") == "cccd"
+    assert block_kind("fy:nguyen van an|1990") == "fy"
+
+
+def test_duplicates_of_re_register_persons_of_the_population_reproducibly() -> None:
+    population = generate(200, 0.0, 5)
+    copies = duplicates_of(population, 50, 6)
+    assert copies == duplicates_of(population, 50, 6)
+    keys = {p.person_key for p in population}
+    assert {c.person_key for c in copies} <= keys
+    assert len({c.mrn for c in copies}) == 50
