@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/security_cost.py --patients 200 --rounds 4 --seconds 8 --concurrency 16
 
-Starts FerretDB (unless MONGODB_URI is set) and, per mode, an audit and an identity process on the
-same databases (``MODES``):
+Starts FerretDB (unless MONGODB_URI is set) and, per mode, an audit and an identity process
+(``MODES``; one identity database, an audit database per mode):
 - "off": plaintext ports and channels (no TLS_* variables), AUTH_ENABLED=false: no token, no policy;
 - "mtls": every port and channel mutual TLS (the client presents the development client
   certificate), no token checked;
@@ -94,7 +94,14 @@ def deploy(stack: Stack, mode: Mode) -> Deployment:
     ports = stack.with_ports(
         audit=audit_port, audit_metrics=free_port(), identity=identity_port, identity_metrics=free_port()
     )
-    env = {**UNLIMITED, **mode.env, "IDENTITY_AUDIT_TARGET": f"127.0.0.1:{audit_port}"}
+    env = {
+        **UNLIMITED,
+        **mode.env,
+        "IDENTITY_AUDIT_TARGET": f"127.0.0.1:{audit_port}",
+        # Each mode's audit keeps its own chain: audits sharing one chain would each first catch
+        # up with what the others appended (a cost of the bench's layout, not of security).
+        "AUDIT_MONGODB_DATABASE": f"emr_audit_bench_{mode.name.replace('+', '_')}",
+    }
     stack.start_service("audit", ports, name=f"audit-{mode.name}", extra_env=env)
     stack.start_service("identity", ports, name=f"identity-{mode.name}", extra_env=env)
     opener = stack.client_tls.aio_channel if mode.tls else grpc.aio.insecure_channel

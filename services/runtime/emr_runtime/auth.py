@@ -24,7 +24,7 @@ import os
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +202,23 @@ def _parse_jwks(text: str) -> dict[str, jwt.PyJWK]:
 
 class TokenVerifier:
     """Turns ``authorization: Bearer <JWT>`` into a verified Caller or an UnauthenticatedError whose
-    reason helps the integrator (what is wrong with the token) and tells nothing else."""
+    reason helps the integrator (what is wrong with the token) and tells nothing else.
 
-    def __init__(self, settings: AuthSettings, keys: KeySet | None = None) -> None:
+    A token verified once is trusted again, without its signature checked, until its ``exp`` but
+    at most ``REVERIFY_SECONDS`` (so a key withdrawn from the JWKS stops working within that time):
+    an app presents the same token on every call, and the signature check is most of the cost."""
+
+    REVERIFY_SECONDS = 60.0
+    MAX_REMEMBERED = 10_000  # tokens come from callers: bound the memory they can take
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        keys: KeySet | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verified: dict[str, tuple[Caller, float]] = {}  # token -> (caller, trusted until)
+        self._clock = clock
         self._keys = keys or KeySet(settings)
         self._issuers = {i for i in (settings.issuer, settings.service_issuer) if i}
         if settings.dev_keys:
@@ -215,6 +229,20 @@ class TokenVerifier:
 
     async def caller(self, authorization: str | None) -> Caller:
         token = _bearer(authorization)
+        now = self._clock()
+        remembered = self._verified.get(token)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        caller, expires_at = await self._verify(token)
+        if len(self._verified) >= self.MAX_REMEMBERED:
+            self._verified = {t: v for t, v in self._verified.items() if now < v[1]}
+            if len(self._verified) >= self.MAX_REMEMBERED:
+                self._verified.clear()
+        self._verified[token] = (caller, min(expires_at, now + self.REVERIFY_SECONDS))
+        return caller
+
+    async def _verify(self, token: str) -> tuple[Caller, float]:
+        """The token's caller and its expiry (seconds since the epoch), or UnauthenticatedError."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -250,7 +278,7 @@ class TokenVerifier:
             raise UnauthenticatedError("the token's iss is not a trusted issuer")
         if claims["iss"] == self._service_issuer and self._keys.from_provider(key_id):
             raise UnauthenticatedError("service tokens must be signed by a platform service key")
-        return self._caller(claims)
+        return self._caller(claims), float(claims["exp"])
 
     def _caller(self, claims: Mapping[str, Any]) -> Caller:
         roles = claims.get("roles", [])

@@ -139,11 +139,43 @@ async def test_keys_rotate_without_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     write_jwks(path, old)
     verifier = verifier_for(path)
-    assert (await verifier.caller(f"Bearer {token(old)}")).roles == ("doctor",)
+    assert (await verifier.caller(f"Bearer {token(old, sub='before')}")).roles == ("doctor",)
     write_jwks(path, new)
     assert (await verifier.caller(f"Bearer {token(new)}")).roles == ("doctor",)
     with pytest.raises(UnauthenticatedError, match="kid"):
-        await verifier.caller(f"Bearer {token(old)}")
+        await verifier.caller(f"Bearer {token(old, sub='after')}")
+
+
+def verifier_at(path: Path, now: list[float]) -> TokenVerifier:
+    settings = AuthSettings(jwks_file=str(path), issuer=ISSUER, clock_skew_seconds=0)
+    return TokenVerifier(settings, clock=lambda: now[0])
+
+
+async def test_a_verified_token_is_trusted_again_until_its_expiry(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    now = [time.time()]
+    verifier = verifier_at(path, now)
+    presented = f"Bearer {token(key, lifetime=30)}"
+    assert (await verifier.caller(presented)).actor_id == "dr-synthetic-07"
+    write_jwks(path, ec_key())  # makes any new verification of the token fail
+    now[0] += 20
+    assert (await verifier.caller(presented)).actor_id == "dr-synthetic-07"  # remembered
+    now[0] += 20  # past its exp (and before the reverify time): verified again
+    with pytest.raises(UnauthenticatedError):
+        await verifier.caller(presented)
+
+
+async def test_a_withdrawn_key_stops_working_within_the_reverify_time(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    now = [time.time()]
+    verifier = verifier_at(path, now)
+    presented = f"Bearer {token(key, lifetime=3600)}"
+    await verifier.caller(presented)
+    write_jwks(path, ec_key())  # the key is withdrawn
+    assert (await verifier.caller(presented)).actor_id == "dr-synthetic-07"  # remembered
+    now[0] += TokenVerifier.REVERIFY_SECONDS + 1
+    with pytest.raises(UnauthenticatedError, match="kid"):
+        await verifier.caller(presented)
 
 
 async def test_a_service_token_verifies_where_its_key_is_in_the_jwks(tmp_path: Path) -> None:
