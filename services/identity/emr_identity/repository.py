@@ -32,7 +32,15 @@ from emr_identity.domain import (
 from emr_identity.linkage import FacilityRecord, ReviewTask
 from emr_identity.matching import Candidate, Contribution, MatchRecord, MatchScore, NameFrequencies
 from emr_identity.vietnamese import NameParts
-from emr_runtime.db import Database, Document, IndexSpec, insert_or_get, next_sequence
+from emr_runtime.db import (
+    SEQUENCE_CLAIMS,
+    Database,
+    Document,
+    IndexSpec,
+    insert_or_get,
+    last_sequence,
+    next_sequence,
+)
 from emr_runtime.fieldcrypt import FieldCrypt
 
 PERSONS = "persons"
@@ -44,7 +52,18 @@ EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
 TRANSITIONS = "state_transitions"
 COUNTERS = "counters"
-COLLECTIONS = (PERSONS, CLAIMS, RECORDS, BLOCKS, REVIEW_TASKS, EVENTS, NAME_COUNTS, TRANSITIONS, COUNTERS)
+COLLECTIONS = (
+    PERSONS,
+    CLAIMS,
+    RECORDS,
+    BLOCKS,
+    REVIEW_TASKS,
+    EVENTS,
+    NAME_COUNTS,
+    TRANSITIONS,
+    COUNTERS,
+    SEQUENCE_CLAIMS,
+)
 NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
 # Name counts live in one document (one $inc per registration).
 NAME_COUNTS_ID = "names"
@@ -496,8 +515,7 @@ class PersonRepository:
         return await next_sequence(self._db, REVIEW_SEQUENCE)
 
     async def last_review_sequence(self) -> int:
-        counter = await self._get(COUNTERS, REVIEW_SEQUENCE)
-        return int(counter["value"]) if counter else 0
+        return await last_sequence(self._db, REVIEW_SEQUENCE)
 
     async def insert_task(self, task: ReviewTask) -> None:
         _, inserted = await insert_or_get(
