@@ -287,6 +287,7 @@ async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     total = sum(len(v) for v in expected.values())
     deliveries = mongo[site.database]["deliveries"]
     ours = [encounter_id for versions in expected.values() for encounter_id, _ in versions]
+    our_keys = {f"Encounter/{i}/_history/{v}" for versions in expected.values() for i, v in versions}
 
     async def queued() -> bool | None:
         current = await status(site, "kill-b", facility_code)
@@ -296,15 +297,13 @@ async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     await set_faults(site, outage_seconds=0, latency_ms=300)
 
     async def a_is_sending() -> bool | None:
-        found = await deliveries.find_one(
-            {
-                "resource_id": {"$in": ours},
-                "in_flight_by": "kill-a",
-                "in_flight_until": {"$gt": datetime.now(UTC)},
-                "status": "pending",
-            }
-        )
-        return True if found else None
+        # A replica lists what it is sending in the lease of the partition it holds.
+        leases = mongo[site.database]["leases"].find({"owner": "kill-a"})
+        async for lease in leases:
+            live = lease["expires_at"] > datetime.now(UTC)
+            if live and our_keys & {entry["_id"] for entry in lease.get("in_flight", [])}:
+                return True
+        return None
 
     await eventually(a_is_sending)
     process, _ = site.replicas["kill-a"]
