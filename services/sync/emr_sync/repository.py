@@ -343,11 +343,10 @@ class SyncRepository:
         return counts
 
     async def backlog_by_facility(self) -> dict[str, tuple[int, int, datetime | None]]:
-        """Facility code -> (pending, dead-lettered, oldest pending time), in two queries."""
-        pending = await self._queue.aggregate(
-            [{"$group": {"_id": "$facility_code", "n": {"$sum": 1}, "oldest": {"$min": "$created_at"}}}]
-        )
-        found = {document["_id"]: (int(document["n"]), document["oldest"]) async for document in pending}
+        """Facility code -> (pending, dead-lettered, oldest pending time)."""
+        # FerretDB 1.x groups with $sum and $count only ($min is not there): the oldest is a query.
+        pending = await self._queue.aggregate([{"$group": {"_id": "$facility_code", "n": {"$sum": 1}}}])
+        pending_counts = {document["_id"]: int(document["n"]) async for document in pending}
         dead = await self._deliveries.aggregate(
             [
                 {"$match": {"status": DeliveryStatus.DEAD.value}},
@@ -357,11 +356,11 @@ class SyncRepository:
         dead_counts = {document["_id"]: int(document["n"]) async for document in dead}
         return {
             facility: (
-                found.get(facility, (0, None))[0],
+                pending_counts.get(facility, 0),
                 dead_counts.get(facility, 0),
-                found.get(facility, (0, None))[1],
+                await self.oldest_pending_at(facility) if facility in pending_counts else None,
             )
-            for facility in found.keys() | dead_counts.keys()
+            for facility in pending_counts.keys() | dead_counts.keys()
         }
 
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
