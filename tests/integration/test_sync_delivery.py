@@ -297,11 +297,14 @@ async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     await set_faults(site, outage_seconds=0, latency_ms=300)
 
     async def a_is_sending() -> bool | None:
-        # A replica lists what it is sending in the lease of the partition it holds.
-        leases = mongo[site.database]["leases"].find({"owner": "kill-a"})
-        async for lease in leases:
-            live = lease["expires_at"] > datetime.now(UTC)
-            if live and our_keys & {entry["_id"] for entry in lease.get("in_flight", [])}:
+        # A replica lists what it is sending per partition, while it holds the partition's lease.
+        sync_db = mongo[site.database]
+        async for listed in sync_db["in_flight"].find({"owner": "kill-a"}):
+            lease = await sync_db["leases"].find_one({"_id": listed["_id"]})
+            live = (
+                lease is not None and lease["owner"] == "kill-a" and lease["expires_at"] > datetime.now(UTC)
+            )
+            if live and our_keys & {entry["_id"] for entry in listed.get("deliveries", [])}:
                 return True
         return None
 

@@ -7,7 +7,8 @@ and a scan decodes every document: a delivery is never updated on its way out. W
 (with their payload, compressed) sit in ``queue``, read by one query per round; a round's outcomes
 move them to ``deliveries`` in bulk (one insert_many, then one delete_many). Only a failed attempt
 updates its queue document. Payloads are also kept in ``payloads`` for re-sends (replay, reconcile,
-dead-letter retries). Deliveries in flight are listed in the partition's lease document.
+dead-letter retries). What a lease holder is sending is listed in ``in_flight``, one document per
+partition (not in the lease document: leases are claimed often and must stay small).
 
 No transactions: a lease is one findAndModify on one document (claimed when free or expired);
 queueing inserts by delivery id (a repeat is a duplicate key, ignored); a delivery is written to
@@ -33,6 +34,7 @@ DELIVERIES = "deliveries"
 QUEUE = "queue"
 CURSORS = "cursors"
 LEASES = "leases"
+IN_FLIGHT = "in_flight"
 EVENTS = "sync_events"
 OPERATIONS = "operations"
 PAYLOADS = "payloads"
@@ -154,6 +156,7 @@ class SyncRepository:
         self._deliveries = db[DELIVERIES]
         self._cursors = db[CURSORS]
         self._leases = db[LEASES]
+        self._in_flight = db[IN_FLIGHT]
         self._events = db[EVENTS]
         self._operations = db[OPERATIONS]
         self._payloads = db[PAYLOADS]
@@ -191,17 +194,14 @@ class SyncRepository:
         return [_delivery(document, _PENDING) async for document in cursor]
 
     async def mark_in_flight(self, lease: str, owner: str, deliveries: list[Delivery]) -> None:
-        """Lists, in the partition's lease document, what its holder is about to send."""
-        await self._leases.update_one(
-            {"_id": lease, "owner": owner},
-            {
-                "$set": {
-                    "in_flight": [
-                        {"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries
-                    ]
-                }
-            },
+        """Lists what the holder of the partition ``lease`` is about to send."""
+        sending = [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
+        await self._in_flight.update_one(
+            {"_id": lease}, {"$set": {"owner": owner, "deliveries": sending}}, upsert=True
         )
+
+    async def clear_in_flight(self, lease: str, owner: str) -> None:
+        await self._in_flight.update_one({"_id": lease, "owner": owner}, {"$set": {"deliveries": []}})
 
     async def mark_failed(
         self, delivery_id: str, error: str, next_attempt_at: datetime, now: datetime
@@ -325,9 +325,7 @@ class SyncRepository:
         )
 
     async def release_lease(self, name: str, owner: str) -> None:
-        await self._leases.update_one(
-            {"_id": name, "owner": owner}, {"$set": {"expires_at": _EPOCH, "in_flight": []}}
-        )
+        await self._leases.update_one({"_id": name, "owner": owner}, {"$set": {"expires_at": _EPOCH}})
 
     # --- status ---------------------------------------------------------------------------------
     async def counts(self, facility_code: str) -> dict[str, int]:
@@ -364,14 +362,19 @@ class SyncRepository:
         }
 
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
-        """Deliveries listed in flight by a live lease."""
+        """Deliveries listed in flight by the live holder of their partition's lease."""
+        live = {
+            (lease["_id"], lease["owner"])
+            async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"owner": 1})
+        }
         total = 0
-        async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"in_flight": 1}):
-            total += sum(
-                1
-                for entry in lease.get("in_flight", [])
-                if not facility_code or entry["facility_code"] == facility_code
-            )
+        async for listed in self._in_flight.find({}):
+            if (listed["_id"], listed.get("owner")) in live:
+                total += sum(
+                    1
+                    for entry in listed.get("deliveries", [])
+                    if not facility_code or entry["facility_code"] == facility_code
+                )
         return total
 
     async def count_failed(self, facility_code: str) -> int:

@@ -235,6 +235,7 @@ class SyncService:
             # Outcomes before the leases go: the next holder must not find these still queued.
             await self._repository.settle(ended)
             for partition in held:
+                await self._repository.clear_in_flight(_lease(partition), config.owner)
                 await self._repository.release_lease(_lease(partition), config.owner)
 
     async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
