@@ -234,12 +234,13 @@ class SyncRepository:
         bodies = {
             document["_id"]: bytes(document["body"]) async for document in self._payloads.find(_by_ids(ids))
         }
+        # A payload that could never be built was dead-lettered without one: it is sent empty, and
+        # refused again with the national side's reason.
         await _insert_new(
             self._queue,
             [
-                {**_queued(d, bodies[d.delivery_id]), "next_attempt_at": now, "requeued_at": now}
+                {**_queued(d, bodies.get(d.delivery_id) or stored_body(b"")), "next_attempt_at": now}
                 for d in ended
-                if d.delivery_id in bodies
             ],
         )
         result = await self._deliveries.update_many(
@@ -345,13 +346,15 @@ class SyncRepository:
         # FerretDB 1.x groups with $sum and $count only ($min is not there): the oldest is a query.
         pending = await self._queue.aggregate([{"$group": {"_id": "$facility_code", "n": {"$sum": 1}}}])
         pending_counts = {document["_id"]: int(document["n"]) async for document in pending}
-        dead = await self._deliveries.aggregate(
-            [
-                {"$match": {"status": DeliveryStatus.DEAD.value}},
-                {"$group": {"_id": "$facility_code", "n": {"$sum": 1}}},
-            ]
+        ended = await self._deliveries.aggregate(
+            [{"$group": {"_id": {"facility": "$facility_code", "status": "$status"}, "n": {"$sum": 1}}}]
         )
-        dead_counts = {document["_id"]: int(document["n"]) async for document in dead}
+        dead_counts: dict[str, int] = {}
+        async for document in ended:
+            # Every facility that ever had a delivery is reported, at 0 when caught up.
+            dead = document["_id"]["status"] == DeliveryStatus.DEAD.value
+            facility = document["_id"]["facility"]
+            dead_counts[facility] = dead_counts.get(facility, 0) + (int(document["n"]) if dead else 0)
         return {
             facility: (
                 pending_counts.get(facility, 0),
