@@ -57,9 +57,10 @@ async def run(identity: Any, records: Any, audit: Any, tools: Any) -> dict[str, 
             patient_id=patient_id,
             facility_code="79001",
             encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+            # In progress: sync reads (audited) only finished visits, and its reads would land at
+            # any moment in the counts these tests compare.
+            status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
             start_time=Timestamp(seconds=now - 3600),
-            end_time=Timestamp(seconds=now - 600),
             reason=REASON,
         ),
         metadata=doctor,
