@@ -5,7 +5,7 @@ Prints, in one run:
   (one token, an Idempotency-Key each, the same concurrency as sync);
 - the rate at which sync drains a backlog of finished encounters (20,000 by default): from the start
   of the sync process until the emulator holds every one and sync has recorded every receipt;
-- their ratio (target >= 0.6).
+- their ratio (target >= 0.6), against the faster of two raw runs (before and after the drain).
 
 The backlog is written straight into sync's queue through its repository (SyncRepository.enqueue,
 what intake does after building payloads), with Bundles built by the same function as intake
@@ -208,13 +208,17 @@ async def measure(stack: Stack, encounters: int, raw: int) -> None:
     await poll(all_recorded, "sync recording every receipt", 0.5)
     drain_seconds = time.monotonic() - drain_started
     drain_rate = encounters / drain_seconds
+    # Measured again after the drain: a short run is at the mercy of whatever else the machine does,
+    # and the ratio is taken against the faster of the two.
+    raw_rate_after = await raw_ingest_rate(stack, payloads)
     async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
         stats = (await http.get("/stats")).json()
     final = await sync_status(stack)
     print(
         f"national emulator raw ingest (plain client, concurrency {CONCURRENCY}, {raw} bundles): "
-        f"{raw_rate:8.1f} bundles/s"
+        f"{max(raw_rate, raw_rate_after):8.1f} bundles/s  (before the drain {raw_rate:.1f}, after {raw_rate_after:.1f})"
     )
+    raw_rate = max(raw_rate, raw_rate_after)
     print(
         f"sync draining a backlog of {encounters} encounters:                       {drain_rate:8.1f} bundles/s"
         f"  ({drain_seconds:.0f}s from sync's start to every receipt recorded; the emulator held all "
@@ -222,7 +226,7 @@ async def measure(stack: Stack, encounters: int, raw: int) -> None:
     )
     print(f"ratio sync/raw: {drain_rate / raw_rate:.2f}  (target >= 0.6)")
     print(
-        f"emulator: {stats['held']} held ({raw} from the plain client), "
+        f"emulator: {stats['held']} held ({2 * raw} from the plain client), "
         f"{stats['duplicates_received']} duplicates received; sync: {final.delivered} delivered, "
         f"{final.pending} pending, {final.dead_lettered} dead-lettered"
     )
