@@ -289,6 +289,7 @@ async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     total = sum(len(v) for v in expected.values())
     deliveries = mongo[site.database]["deliveries"]
     ours = [encounter_id for versions in expected.values() for encounter_id, _ in versions]
+    our_keys = {f"Encounter/{i}/_history/{v}" for versions in expected.values() for i, v in versions}
 
     async def queued() -> bool | None:
         current = await status(site, "kill-b", facility_code)
@@ -298,15 +299,16 @@ async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     await set_faults(site, outage_seconds=0, latency_ms=300)
 
     async def a_is_sending() -> bool | None:
-        found = await deliveries.find_one(
-            {
-                "resource_id": {"$in": ours},
-                "in_flight_by": "kill-a",
-                "in_flight_until": {"$gt": datetime.now(UTC)},
-                "status": "pending",
-            }
-        )
-        return True if found else None
+        # A replica lists what it is sending per partition, while it holds the partition's lease.
+        sync_db = mongo[site.database]
+        async for listed in sync_db["in_flight"].find({"owner": "kill-a"}):
+            lease = await sync_db["leases"].find_one({"_id": listed["_id"]})
+            live = (
+                lease is not None and lease["owner"] == "kill-a" and lease["expires_at"] > datetime.now(UTC)
+            )
+            if live and our_keys & {entry["_id"] for entry in listed.get("deliveries", [])}:
+                return True
+        return None
 
     await eventually(a_is_sending)
     process, _ = site.replicas["kill-a"]

@@ -31,6 +31,7 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
         partitions_per_round=min(settings.partitions_per_round, settings.partitions),
         lease=timedelta(seconds=settings.lease_seconds),
         concurrency=settings.concurrency,
+        deliveries_per_round=settings.deliveries_per_round,
         first_retry_delay=timedelta(seconds=settings.first_retry_delay_seconds),
         max_retry_delay=timedelta(seconds=settings.max_retry_delay_seconds),
         circuit_failure_threshold=settings.circuit_failure_threshold,
@@ -69,7 +70,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
         await service.run(settings.poll_interval_seconds)
 
     async def report_backlog() -> None:
-        await service.report_backlog(max(settings.poll_interval_seconds, 1.0))
+        await service.report_backlog(settings.backlog_metrics_interval_seconds)
 
     return ServiceApp(
         bindings=[

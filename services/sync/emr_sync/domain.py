@@ -6,7 +6,7 @@ import enum
 import random
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ class Delivery:
     """One payload about one resource version. Its id is also the Idempotency-Key the national side
     deduplicates on, so a resend after a lost answer is never applied twice. ``sequence`` orders a
     patient's deliveries (feed order), and ``partition`` is the unit of work replicas lease.
-    ``payload`` is the bytes to send when queued; the queue stores it apart (read back empty)."""
+    ``payload`` is the bytes to send (empty once the delivery has ended)."""
 
     delivery_id: str
     kind: DeliveryKind
@@ -53,6 +53,32 @@ class Delivery:
     last_error: str = ""
     delivered_at: datetime | None = None
     transaction_id: str = ""
+    dead_at: datetime | None = None
+
+
+def delivered(delivery: Delivery, transaction_id: str, now: datetime) -> Delivery:
+    """The delivery after the national side acknowledged it with ``transaction_id``."""
+    return replace(
+        delivery,
+        status=DeliveryStatus.DELIVERED,
+        attempts=delivery.attempts + 1,
+        delivered_at=now,
+        transaction_id=transaction_id,
+        last_error="",
+        payload=b"",
+    )
+
+
+def dead_lettered(delivery: Delivery, reason: str, now: datetime) -> Delivery:
+    """The delivery after the national side refused it for good."""
+    return replace(
+        delivery,
+        status=DeliveryStatus.DEAD,
+        attempts=delivery.attempts + 1,
+        last_error=reason,
+        dead_at=now,
+        payload=b"",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,73 @@
-"""MongoDB storage of sync state: deliveries (the durable queue, its receipts and dead letters),
-feed cursors, work leases, the national system's reachability and operations' results.
+"""MongoDB storage of sync state: the queue of deliveries waiting to be sent, the deliveries that
+reached an end (delivered with their receipts, or dead-lettered), payloads, feed cursors, work
+leases, the national system's reachability and operations' results.
 
-No transactions: a lease is one findAndModify on one document (claimed when free or expired), a
-delivery's state changes are single-document updates, and queueing is an upsert with $setOnInsert.
+Shaped for FerretDB 1.x on SQLite, where every update or delete is a scan of its whole collection
+and a scan decodes every document: a delivery is never updated on its way out. Waiting deliveries
+(with their payload, compressed) sit in ``queue``, read by one query per round; a round's outcomes
+move them to ``deliveries`` in bulk (one insert_many, then one delete_many). Only a failed attempt
+updates its queue document. Payloads are also kept in ``payloads`` for re-sends (replay, reconcile,
+dead-letter retries). What a lease holder is sending is listed in ``in_flight``, one document per
+partition (not in the lease document: leases are claimed often and must stay small).
+
+No transactions: a lease is one findAndModify on one document (claimed when free or expired);
+queueing inserts by delivery id (a repeat is a duplicate key, ignored); a delivery is written to
+``deliveries`` before it leaves ``queue``, so a crash between the two resends it (harmlessly: the
+national side deduplicates by key) and never loses it.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from emr_runtime.db import Database, IndexSpec, insert_or_get
 from emr_runtime.fieldcrypt import FieldCrypt
 from emr_sync.domain import Delivery, DeliveryKind, DeliveryStatus
 
 DELIVERIES = "deliveries"
+QUEUE = "queue"
 CURSORS = "cursors"
 LEASES = "leases"
+IN_FLIGHT = "in_flight"
 EVENTS = "sync_events"
 OPERATIONS = "operations"
-# Payloads live apart from the queue, read by _id just before sending: queue scans stay small.
-# They carry CCCD and BHYT numbers, so they are stored sealed (emr_runtime.fieldcrypt).
+# Payloads (also kept for replay, reconcile and dead-letter retries) carry CCCD and BHYT numbers:
+# stored sealed (stored_body).
 PAYLOADS = "payloads"
 PAYLOAD_KIND = "sync.payload"
 INDEXES = (
-    IndexSpec(DELIVERIES, (("partition", 1), ("status", 1), ("sequence", 1)), "deliveries_by_partition"),
+    IndexSpec(QUEUE, (("partition", 1), ("sequence", 1)), "queue_by_partition"),
+    IndexSpec(QUEUE, (("next_attempt_at", 1),), "queue_next_due"),
+    IndexSpec(QUEUE, (("facility_code", 1), ("created_at", 1)), "queue_oldest"),
     IndexSpec(DELIVERIES, (("facility_code", 1), ("status", 1)), "deliveries_by_facility"),
     IndexSpec(DELIVERIES, (("status", 1), ("delivered_at", -1)), "deliveries_last_delivered"),
-    IndexSpec(DELIVERIES, (("status", 1), ("created_at", 1)), "deliveries_oldest"),
-    IndexSpec(DELIVERIES, (("status", 1), ("next_attempt_at", 1)), "deliveries_next_due"),
     IndexSpec(DELIVERIES, (("status", 1), ("dead_at", -1)), "deliveries_dead"),
     IndexSpec(DELIVERIES, (("committed_at", 1),), "deliveries_by_commit_time"),
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PENDING = DeliveryStatus.PENDING.value
+_DUPLICATE_KEY = 11000
 
 
-def _document(delivery: Delivery) -> dict[str, Any]:
+def stored_body(crypt: FieldCrypt, payload: bytes) -> bytes:
+    """A payload as stored: compressed, because FerretDB decodes every byte of a collection it
+    scans, then sealed, because it carries CCCD and BHYT numbers (emr_runtime.fieldcrypt)."""
+    return crypt.seal(PAYLOAD_KIND, zlib.compress(payload, 1))
+
+
+def sent_body(crypt: FieldCrypt, stored: bytes) -> bytes:
+    return zlib.decompress(crypt.unseal(PAYLOAD_KIND, stored))
+
+
+def _fields(delivery: Delivery) -> dict[str, Any]:
     return {
-        "_id": delivery.delivery_id,
         "kind": delivery.kind.value,
         "resource_type": delivery.resource_type,
         "resource_id": delivery.resource_id,
@@ -52,18 +78,35 @@ def _document(delivery: Delivery) -> dict[str, Any]:
         "partition": delivery.partition,
         "committed_at": delivery.committed_at,
         "created_at": delivery.created_at,
-        "status": delivery.status.value,
         "attempts": delivery.attempts,
         "next_attempt_at": delivery.next_attempt_at,
         "last_error": delivery.last_error,
-        "delivered_at": delivery.delivered_at,
-        "transaction_id": delivery.transaction_id,
-        "in_flight_until": _EPOCH,
-        "dead_at": delivery.created_at if delivery.status is DeliveryStatus.DEAD else None,
     }
 
 
-def _delivery(document: dict[str, Any]) -> Delivery:
+def _queued(delivery: Delivery, body: bytes) -> dict[str, Any]:
+    return {"_id": delivery.delivery_id, **_fields(delivery), "body": body}
+
+
+def _ended(delivery: Delivery) -> dict[str, Any]:
+    """A delivery's document in ``deliveries``: its end (delivered or dead) and its receipts."""
+    delivered = delivery.status is DeliveryStatus.DELIVERED
+    return {
+        "_id": delivery.delivery_id,
+        **_fields(delivery),
+        "status": delivery.status.value,
+        "delivered_at": delivery.delivered_at,
+        "transaction_id": delivery.transaction_id,
+        "dead_at": delivery.dead_at,
+        # Receipts are kept: the national side forgets after weeks, this does not.
+        "receipts": [{"transaction_id": delivery.transaction_id, "at": delivery.delivered_at}]
+        if delivered
+        else [],
+    }
+
+
+def _delivery(crypt: FieldCrypt, document: Mapping[str, Any], status: str | None = None) -> Delivery:
+    body = document.get("body")
     return Delivery(
         delivery_id=document["_id"],
         kind=DeliveryKind(document["kind"]),
@@ -74,55 +117,68 @@ def _delivery(document: dict[str, Any]) -> Delivery:
         facility_code=document["facility_code"],
         sequence=document["sequence"],
         partition=document["partition"],
-        payload=b"",
+        payload=sent_body(crypt, bytes(body)) if body is not None else b"",
         committed_at=document["committed_at"],
         created_at=document["created_at"],
-        status=DeliveryStatus(document["status"]),
+        status=DeliveryStatus(status or document["status"]),
         attempts=document["attempts"],
         next_attempt_at=document.get("next_attempt_at"),
         last_error=document.get("last_error", ""),
         delivered_at=document.get("delivered_at"),
         transaction_id=document.get("transaction_id", ""),
+        dead_at=document.get("dead_at"),
     )
+
+
+def _by_ids(ids: list[str]) -> dict[str, Any]:
+    # FerretDB finds one _id without a scan only when the filter is exactly {_id: value}.
+    return {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}}
 
 
 def _facility(facility_code: str) -> dict[str, Any]:
     return {"facility_code": facility_code} if facility_code else {}
 
 
+async def _insert_new(
+    collection: AsyncCollection[dict[str, Any]], documents: list[dict[str, Any]]
+) -> set[str]:
+    """Inserts documents by _id; returns the ids that were already there (left unchanged)."""
+    if not documents:
+        return set()
+    try:
+        await collection.insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        errors = error.details.get("writeErrors", [])
+        if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+            raise
+        return {documents[e["index"]]["_id"] for e in errors}
+    return set()
+
+
 class SyncRepository:
     def __init__(self, db: Database, crypt: FieldCrypt) -> None:
         self._crypt = crypt
+        self._queue = db[QUEUE]
         self._deliveries = db[DELIVERIES]
         self._cursors = db[CURSORS]
         self._leases = db[LEASES]
+        self._in_flight = db[IN_FLIGHT]
         self._events = db[EVENTS]
         self._operations = db[OPERATIONS]
         self._payloads = db[PAYLOADS]
 
     # --- queue ----------------------------------------------------------------------------------
     async def enqueue(self, deliveries: list[Delivery]) -> None:
-        """Adds deliveries not queued before; re-reading a change after a crash adds nothing."""
-        if deliveries:
-            # Payloads first: a queued delivery always finds its payload.
-            await self._payloads.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": d.delivery_id},
-                        {"$setOnInsert": {"body": self._crypt.seal(PAYLOAD_KIND, d.payload)}},
-                        upsert=True,
-                    )
-                    for d in deliveries
-                ],
-                ordered=False,
-            )
-            await self._deliveries.bulk_write(
-                [
-                    UpdateOne({"_id": d.delivery_id}, {"$setOnInsert": _document(d)}, upsert=True)
-                    for d in deliveries
-                ],
-                ordered=True,
-            )
+        """Adds deliveries not queued before (a payload that could not be built goes straight to
+        the dead letters); re-reading a change after a crash adds nothing it has not sent."""
+        waiting = [d for d in deliveries if d.status is DeliveryStatus.PENDING]
+        bodies = {d.delivery_id: stored_body(self._crypt, bytes(d.payload)) for d in waiting}
+        # Payloads first: a queued delivery can always be sent again later.
+        await _insert_new(self._payloads, [{"_id": key, "body": body} for key, body in bodies.items()])
+        await _insert_new(self._queue, [_queued(d, bodies[d.delivery_id]) for d in waiting])
+        await _insert_new(
+            self._deliveries, [_ended(d) for d in deliveries if d.status is not DeliveryStatus.PENDING]
+        )
 
     async def cursor(self, name: str) -> int:
         document = await self._cursors.find_one({"_id": name})
@@ -134,92 +190,68 @@ class SyncRepository:
 
     async def any_due(self, now: datetime) -> bool:
         """Whether any delivery waits and is due: an idle replica then leases nothing."""
-        found = await self._deliveries.find_one(
-            {"status": _PENDING, "next_attempt_at": {"$lte": now}}, {"_id": 1}
-        )
+        found = await self._queue.find_one({"next_attempt_at": {"$lte": now}}, {"_id": 1})
         return found is not None
 
-    async def open_in_partition(self, partition: int, limit: int) -> list[Delivery]:
-        cursor = (
-            self._deliveries.find({"partition": partition, "status": _PENDING})
-            .sort([("sequence", 1)])
-            .limit(limit)
-        )
-        return [_delivery(document) async for document in cursor]
+    async def open_in_partitions(self, partitions: list[int], limit: int) -> list[Delivery]:
+        """The oldest ``limit`` queued deliveries of these partitions, with their payloads: one
+        query (a scan on FerretDB) per round, however many are sent."""
+        cursor = self._queue.find({"partition": {"$in": partitions}}).sort([("sequence", 1)]).limit(limit)
+        return [_delivery(self._crypt, document, _PENDING) async for document in cursor]
 
-    async def payload(self, delivery_id: str) -> bytes:
-        document = await self._payloads.find_one({"_id": delivery_id})
-        return self._crypt.unseal(PAYLOAD_KIND, bytes(document["body"])) if document else b""
-
-    async def mark_in_flight(self, delivery_ids: list[str], owner: str, until: datetime) -> None:
-        await self._deliveries.update_many(
-            {"_id": {"$in": delivery_ids}, "status": _PENDING},
-            {"$set": {"in_flight_until": until, "in_flight_by": owner}},
+    async def mark_in_flight(self, lease: str, owner: str, deliveries: list[Delivery]) -> None:
+        """Lists what the holder of the partition ``lease`` is about to send."""
+        sending = [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
+        await self._in_flight.update_one(
+            {"_id": lease}, {"$set": {"owner": owner, "deliveries": sending}}, upsert=True
         )
 
-    async def clear_in_flight(self, owner: str) -> None:
-        await self._deliveries.update_many(
-            {"in_flight_by": owner, "status": _PENDING, "in_flight_until": {"$gt": _EPOCH}},
-            {"$set": {"in_flight_until": _EPOCH}},
-        )
-
-    async def mark_delivered(self, delivery_id: str, transaction_id: str, now: datetime) -> None:
-        await self._deliveries.update_one(
-            {"_id": delivery_id},
-            {
-                "$set": {
-                    "status": DeliveryStatus.DELIVERED.value,
-                    "delivered_at": now,
-                    "transaction_id": transaction_id,
-                    "in_flight_until": _EPOCH,
-                    "last_error": "",
-                },
-                "$inc": {"attempts": 1},
-                # Receipts are kept: the national side forgets after weeks, this does not.
-                "$push": {"receipts": {"transaction_id": transaction_id, "at": now}},
-            },
-        )
+    async def clear_in_flight(self, lease: str, owner: str) -> None:
+        await self._in_flight.update_one({"_id": lease, "owner": owner}, {"$set": {"deliveries": []}})
 
     async def mark_failed(
         self, delivery_id: str, error: str, next_attempt_at: datetime, now: datetime
     ) -> None:
-        await self._deliveries.update_one(
-            {"_id": delivery_id, "status": _PENDING},
-            {
-                "$set": {"last_error": error, "next_attempt_at": next_attempt_at, "in_flight_until": _EPOCH},
-                "$inc": {"attempts": 1},
-            },
+        await self._queue.update_one(
+            {"_id": delivery_id},
+            {"$set": {"last_error": error, "next_attempt_at": next_attempt_at}, "$inc": {"attempts": 1}},
         )
         await self._events.update_one(
             {"_id": "last_error"}, {"$set": {"error": error, "at": now}}, upsert=True
         )
 
-    async def mark_dead(self, delivery_id: str, reason: str, now: datetime) -> None:
-        await self._deliveries.update_one(
-            {"_id": delivery_id, "status": _PENDING},
-            {
-                "$set": {
-                    "status": DeliveryStatus.DEAD.value,
-                    "last_error": reason,
-                    "dead_at": now,
-                    "in_flight_until": _EPOCH,
-                },
-                "$inc": {"attempts": 1},
-            },
-        )
+    async def settle(self, ended: list[Delivery]) -> None:
+        """Moves deliveries that reached an end (delivered, dead) out of the queue, in bulk."""
+        if not ended:
+            return
+        again = await _insert_new(self._deliveries, [_ended(d) for d in ended])
+        for delivery in ended:
+            # Sent again (replay, reconcile, retry, a resend after a crash): one more receipt.
+            if delivery.delivery_id in again:
+                await self._deliveries.update_one({"_id": delivery.delivery_id}, _ended_again(delivery))
+        await self._queue.delete_many(_by_ids([d.delivery_id for d in ended]))
 
     async def requeue(self, query: dict[str, Any], now: datetime) -> int:
-        """Puts matching deliveries back in the queue, due at once; returns how many."""
+        """Puts matching ended deliveries back in the queue, due at once; returns how many."""
+        ended = [_delivery(self._crypt, document) async for document in self._deliveries.find(query)]
+        if not ended:
+            return 0
+        ids = [d.delivery_id for d in ended]
+        bodies = {
+            document["_id"]: bytes(document["body"]) async for document in self._payloads.find(_by_ids(ids))
+        }
+        # A payload that could never be built was dead-lettered without one: it is sent empty, and
+        # refused again with the national side's reason.
+        await _insert_new(
+            self._queue,
+            [
+                {**_queued(d, bodies.get(d.delivery_id) or stored_body(self._crypt, b"")), "next_attempt_at": now}
+                for d in ended
+            ],
+        )
         result = await self._deliveries.update_many(
-            query,
-            {
-                "$set": {
-                    "status": _PENDING,
-                    "next_attempt_at": now,
-                    "in_flight_until": _EPOCH,
-                    "requeued_at": now,
-                }
-            },
+            _by_ids(ids),
+            {"$set": {"status": _PENDING, "requeued_at": now}},
         )
         return int(result.modified_count)
 
@@ -227,7 +259,10 @@ class SyncRepository:
         return (await self.requeue({"_id": delivery_id, "status": DeliveryStatus.DEAD.value}, now)) == 1
 
     async def exists(self, delivery_id: str) -> bool:
-        return await self._deliveries.count_documents({"_id": delivery_id}, limit=1) > 0
+        for collection in (self._deliveries, self._queue):
+            if await collection.count_documents({"_id": delivery_id}, limit=1):
+                return True
+        return False
 
     async def requeue_committed_since(self, since: datetime, facility_code: str, now: datetime) -> int:
         query = {
@@ -252,9 +287,7 @@ class SyncRepository:
     async def requeue_ids(self, delivery_ids: list[str], now: datetime) -> int:
         if not delivery_ids:
             return 0
-        return await self.requeue(
-            {"_id": {"$in": delivery_ids}, "status": DeliveryStatus.DELIVERED.value}, now
-        )
+        return await self.requeue({**_by_ids(delivery_ids), "status": DeliveryStatus.DELIVERED.value}, now)
 
     async def dead_letters(
         self, facility_code: str, after: tuple[datetime, str] | None, limit: int
@@ -268,7 +301,7 @@ class SyncRepository:
         cursor = (
             self._deliveries.find(query).sort([("dead_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         )
-        return [_delivery(document) async for document in cursor]
+        return [_delivery(self._crypt, document) async for document in cursor]
 
     async def dead_at(self, delivery_id: str) -> datetime | None:
         document = await self._deliveries.find_one({"_id": delivery_id}, {"dead_at": 1})
@@ -303,34 +336,62 @@ class SyncRepository:
 
     # --- status ---------------------------------------------------------------------------------
     async def counts(self, facility_code: str) -> dict[str, int]:
+        """Deliveries by status: pending from the queue, the others from ``deliveries``."""
         cursor = await self._deliveries.aggregate(
-            [{"$match": _facility(facility_code)}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+            [
+                {"$match": {**_facility(facility_code), "status": {"$ne": _PENDING}}},
+                {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+            ]
         )
-        return {document["_id"]: int(document["n"]) async for document in cursor}
+        counts = {document["_id"]: int(document["n"]) async for document in cursor}
+        counts[_PENDING] = await self._queue.count_documents(_facility(facility_code))
+        return counts
 
-    async def counts_by_facility(self) -> dict[tuple[str, str], int]:
-        """(facility code, status) -> number of deliveries."""
-        cursor = await self._deliveries.aggregate(
+    async def backlog_by_facility(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """Facility code -> (pending, dead-lettered, oldest pending time)."""
+        # FerretDB 1.x groups with $sum and $count only ($min is not there): the oldest is a query.
+        pending = await self._queue.aggregate([{"$group": {"_id": "$facility_code", "n": {"$sum": 1}}}])
+        pending_counts = {document["_id"]: int(document["n"]) async for document in pending}
+        ended = await self._deliveries.aggregate(
             [{"$group": {"_id": {"facility": "$facility_code", "status": "$status"}, "n": {"$sum": 1}}}]
         )
+        dead_counts: dict[str, int] = {}
+        async for document in ended:
+            # Every facility that ever had a delivery is reported, at 0 when caught up.
+            dead = document["_id"]["status"] == DeliveryStatus.DEAD.value
+            facility = document["_id"]["facility"]
+            dead_counts[facility] = dead_counts.get(facility, 0) + (int(document["n"]) if dead else 0)
         return {
-            (document["_id"]["facility"], document["_id"]["status"]): int(document["n"])
-            async for document in cursor
+            facility: (
+                pending_counts.get(facility, 0),
+                dead_counts.get(facility, 0),
+                await self.oldest_pending_at(facility) if facility in pending_counts else None,
+            )
+            for facility in pending_counts.keys() | dead_counts.keys()
         }
 
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
-        return await self._deliveries.count_documents(
-            {"status": _PENDING, "in_flight_until": {"$gt": now}, **_facility(facility_code)}
-        )
+        """Deliveries listed in flight by the live holder of their partition's lease."""
+        live = {
+            (lease["_id"], lease["owner"])
+            async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"owner": 1})
+        }
+        total = 0
+        async for listed in self._in_flight.find({}):
+            if (listed["_id"], listed.get("owner")) in live:
+                total += sum(
+                    1
+                    for entry in listed.get("deliveries", [])
+                    if not facility_code or entry["facility_code"] == facility_code
+                )
+        return total
 
     async def count_failed(self, facility_code: str) -> int:
-        return await self._deliveries.count_documents(
-            {"status": _PENDING, "attempts": {"$gt": 0}, **_facility(facility_code)}
-        )
+        return await self._queue.count_documents({"attempts": {"$gt": 0}, **_facility(facility_code)})
 
     async def oldest_pending_at(self, facility_code: str) -> datetime | None:
-        document = await self._deliveries.find_one(
-            {"status": _PENDING, **_facility(facility_code)}, {"created_at": 1}, sort=[("created_at", 1)]
+        document = await self._queue.find_one(
+            _facility(facility_code), {"created_at": 1}, sort=[("created_at", 1)]
         )
         return document["created_at"] if document else None
 
@@ -364,3 +425,14 @@ class SyncRepository:
 
     async def finish_operation(self, operation_id: str, result: dict[str, Any]) -> None:
         await self._operations.update_one({"_id": operation_id}, {"$set": {"result": result}})
+
+
+def _ended_again(delivery: Delivery) -> dict[str, Any]:
+    """The update of a delivery that had ended before and ended again: its new end, one more receipt."""
+    document = _ended(delivery)
+    receipts = document.pop("receipts")
+    del document["_id"]
+    update: dict[str, Any] = {"$set": document}
+    if receipts:
+        update["$push"] = {"receipts": receipts[0]}
+    return update

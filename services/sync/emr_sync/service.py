@@ -48,6 +48,8 @@ from emr_sync.domain import (
     SyncStatus,
     check_facility_filter,
     check_period,
+    dead_lettered,
+    delivered,
     new_delivery,
     retry_delay,
     sendable_runs,
@@ -76,6 +78,7 @@ class PipelineConfig:
     partitions_per_round: int
     lease: timedelta
     concurrency: int
+    deliveries_per_round: int
     first_retry_delay: timedelta
     max_retry_delay: timedelta
     circuit_failure_threshold: int
@@ -88,6 +91,10 @@ def _validation_reason(error: ValidationError) -> str:
     messages can quote input values, which are patient data)."""
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in error.errors()[:3]]
     return short_reason("invalid FHIR R4 Bundle: " + "; ".join(parts))
+
+
+def _lease(partition: int) -> str:
+    return f"partition:{partition}"
 
 
 def _json_bytes(document: dict[str, Any]) -> bytes:
@@ -168,7 +175,11 @@ class SyncService:
                 now,
             )
             # A payload that cannot be built is a permanent problem: a dead letter from the start.
-            return replace(queued, status=DeliveryStatus.DEAD, last_error=problem) if problem else queued
+            return (
+                replace(queued, status=DeliveryStatus.DEAD, last_error=problem, dead_at=now)
+                if problem
+                else queued
+            )
 
         view = await self._patients.get(change.patient_id)
         patient = view.patient if view is not None else None
@@ -192,8 +203,9 @@ class SyncService:
         return max(moments) if moments else None
 
     async def deliver_round(self) -> int:
-        """Leases partitions, sends what is due in them (per patient in order, patients in
-        parallel), releases them; returns how many sends were attempted."""
+        """Leases partitions, reads what waits in them (one query), sends what is due (per patient
+        in order, patients in parallel), records the outcomes in bulk and releases the partitions;
+        returns how many sends were attempted."""
         config = self._config
         now = utc_now()
         if self.blocked_until(now) is not None or not await self._repository.any_due(now):
@@ -202,34 +214,29 @@ class SyncService:
         for partition in random.sample(range(config.partitions), config.partitions):
             if len(held) >= config.partitions_per_round:
                 break
-            if await self._repository.claim_lease(
-                f"partition:{partition}", config.owner, now + config.lease, now
-            ):
+            if await self._repository.claim_lease(_lease(partition), config.owner, now + config.lease, now):
                 held.append(partition)
         if not held:
             return 0
         lost: set[int] = set()
+        ended: list[Delivery] = []
         keeper = asyncio.create_task(self._keep_leases(held, lost))
-        marked = False
         try:
-            runs: list[list[Delivery]] = []
+            waiting = await self._repository.open_in_partitions(held, config.deliveries_per_round)
+            runs = sendable_runs(waiting, utc_now())
             for partition in held:
-                open_deliveries = await self._repository.open_in_partition(partition, config.batch_size)
-                partition_runs = sendable_runs(open_deliveries, utc_now())
-                ids = [d.delivery_id for run in partition_runs for d in run]
-                if ids:
-                    marked = True
-                    await self._repository.mark_in_flight(ids, config.owner, utc_now() + config.lease)
-                runs.extend(partition_runs)
-            sent = await asyncio.gather(*(self._send_run(run, lost) for run in runs))
+                due = [d for run in runs for d in run if d.partition == partition]
+                if due:
+                    await self._repository.mark_in_flight(_lease(partition), config.owner, due)
+            sent = await asyncio.gather(*(self._send_run(run, lost, ended) for run in runs))
             return sum(sent)
         finally:
             keeper.cancel()
-            # What this round marked in flight but did not send (a patient stopped at a failure) waits again.
-            if marked:
-                await self._repository.clear_in_flight(config.owner)
+            # Outcomes before the leases go: the next holder must not find these still queued.
+            await self._repository.settle(ended)
             for partition in held:
-                await self._repository.release_lease(f"partition:{partition}", config.owner)
+                await self._repository.clear_in_flight(_lease(partition), config.owner)
+                await self._repository.release_lease(_lease(partition), config.owner)
 
     async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
         """Renews the round's leases; a lease that could not be renewed stops its sends."""
@@ -239,39 +246,40 @@ class SyncService:
             now = utc_now()
             for partition in held:
                 if not await self._repository.claim_lease(
-                    f"partition:{partition}", config.owner, now + config.lease, now
+                    _lease(partition), config.owner, now + config.lease, now
                 ):
                     lost.add(partition)
 
-    async def _send_run(self, run: list[Delivery], lost: set[int]) -> int:
-        """Sends one patient's due deliveries in order, stopping at the first that must wait."""
+    async def _send_run(self, run: list[Delivery], lost: set[int], ended: list[Delivery]) -> int:
+        """Sends one patient's due deliveries in order, stopping at the first that must wait;
+        those that reached an end are added to ``ended``."""
         attempted = 0
         for delivery in run:
             async with self._slots:
                 now = utc_now()
                 if delivery.partition in lost or self.blocked_until(now) or not self._breaker.allow(now):
                     return attempted
-                payload = await self._repository.payload(delivery.delivery_id)
-                result = await self._national.send(delivery.kind, delivery.delivery_id, payload)
+                result = await self._national.send(delivery.kind, delivery.delivery_id, delivery.payload)
             attempted += 1
-            if not await self._record(delivery, result):
+            if not await self._record(delivery, result, ended):
                 return attempted
         return attempted
 
-    async def _record(self, delivery: Delivery, result: SendResult) -> bool:
-        """Stores the outcome of one attempt; True when the patient's next delivery may follow."""
+    async def _record(self, delivery: Delivery, result: SendResult, ended: list[Delivery]) -> bool:
+        """Notes the outcome of one attempt (a failure at once, an end for the round's bulk write);
+        True when the patient's next delivery may follow."""
         now = utc_now()
         if result.outcome is SendOutcome.DELIVERED:
             DELIVERIES.labels("delivered").inc()
             self._breaker.record_success()
-            await self._repository.mark_delivered(delivery.delivery_id, result.transaction_id, now)
+            ended.append(delivered(delivery, result.transaction_id, now))
             await self._note_reachability(True, now)
             return True
         if result.outcome is SendOutcome.REJECTED:
             # The endpoint answered: it is alive; only this payload is wrong. The rest flows on.
             DELIVERIES.labels("dead_lettered").inc()
             self._breaker.record_success()
-            await self._repository.mark_dead(delivery.delivery_id, result.error, now)
+            ended.append(dead_lettered(delivery, result.error, now))
             await self._note_reachability(True, now)
             log.warning("delivery dead-lettered", extra={"error": result.error})
             return True
@@ -305,7 +313,7 @@ class SyncService:
 
     async def run(self, poll_interval: float) -> None:
         """Intake and delivery, each in its own loop, until cancelled."""
-        partitions = [f"partition:{partition}" for partition in range(self._config.partitions)]
+        partitions = [_lease(partition) for partition in range(self._config.partitions)]
         await self._repository.create_leases([INTAKE_LEASE, *partitions])
         await asyncio.gather(
             self._loop("intake", self.intake_once, poll_interval),
@@ -331,15 +339,13 @@ class SyncService:
         caught up, so that its series do not vanish from dashboards."""
         while True:
             try:
-                counts = await self._repository.counts_by_facility()
+                backlog = await self._repository.backlog_by_facility()
                 now = utc_now()
-                for facility in sorted({facility for facility, _ in counts} | self._reported_facilities):
+                for facility in sorted(backlog.keys() | self._reported_facilities):
                     self._reported_facilities.add(facility)
-                    PENDING_DELIVERIES.labels(facility).set(
-                        counts.get((facility, DeliveryStatus.PENDING.value), 0)
-                    )
-                    DEAD_LETTERS.labels(facility).set(counts.get((facility, DeliveryStatus.DEAD.value), 0))
-                    oldest = await self._repository.oldest_pending_at(facility)
+                    pending, dead, oldest = backlog.get(facility, (0, 0, None))
+                    PENDING_DELIVERIES.labels(facility).set(pending)
+                    DEAD_LETTERS.labels(facility).set(dead)
                     OLDEST_PENDING_AGE.labels(facility).set((now - oldest).total_seconds() if oldest else 0)
             except Exception as error:
                 log.warning("backlog metrics not refreshed", extra={"error_type": type(error).__name__})
@@ -349,10 +355,12 @@ class SyncService:
         code = check_facility_filter(facility_code)
         now = utc_now()
         counts = await self._repository.counts(code)
-        in_flight = await self._repository.count_in_flight(code, now)
+        queued = counts.get(DeliveryStatus.PENDING.value, 0)
+        # A round's outcomes leave the queue a moment before its in-flight list is cleared.
+        in_flight = min(await self._repository.count_in_flight(code, now), queued)
         reachable, checked_at = await self._repository.reachability()
         return SyncStatus(
-            pending=counts.get(DeliveryStatus.PENDING.value, 0) - in_flight,
+            pending=queued - in_flight,
             in_flight=in_flight,
             delivered=counts.get(DeliveryStatus.DELIVERED.value, 0),
             failed=await self._repository.count_failed(code),

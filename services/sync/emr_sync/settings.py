@@ -25,8 +25,12 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     )
     national_token_path: str = Field("/oauth/token", description="Token endpoint, relative to the URL")
     poll_interval_seconds: float = Field(1.0, gt=0, description="Pause between feed polls when idle")
-    batch_size: int = Field(
-        100, ge=1, le=1000, description="Changes taken, and deliveries per partition, per round"
+    batch_size: int = Field(100, ge=1, le=1000, description="Changes taken per intake round")
+    deliveries_per_round: int = Field(
+        5000, ge=1, le=20_000, description="Queued deliveries read (one query) per delivery round"
+    )
+    backlog_metrics_interval_seconds: float = Field(
+        5.0, gt=0, description="Pause between refreshes of the backlog gauges (each reads the queue)"
     )
     http_timeout_seconds: float = Field(
         10.0, gt=0, description="Deadline of one delivery to the national system"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,8 +14,11 @@ from emr_sync.domain import (
     CircuitState,
     Delivery,
     DeliveryKind,
+    DeliveryStatus,
     check_facility_filter,
     check_period,
+    dead_lettered,
+    delivered,
     delivery_id,
     new_delivery,
     partition_of,
@@ -46,6 +50,28 @@ def test_claim_follows_its_bundle_and_precedes_the_next_change() -> None:
     claim = delivery("p", 7, DeliveryKind.CLAIM_XML)
     later = delivery("p", 8)
     assert bundle.sequence < claim.sequence < later.sequence
+
+
+def test_an_ended_delivery_counts_its_attempt_and_keeps_no_payload() -> None:
+    later = NOW + timedelta(minutes=3)
+    retried = replace(delivery("p", 1), attempts=2, last_error="HTTP 503", payload=b"{}")
+    done = delivered(retried, "tx-1", later)
+    assert (done.status, done.attempts, done.transaction_id, done.delivered_at) == (
+        DeliveryStatus.DELIVERED,
+        3,
+        "tx-1",
+        later,
+    )
+    assert (done.last_error, done.payload, done.dead_at) == ("", b"", None)
+    dead = dead_lettered(retried, "HTTP 422: no CCCD", later)
+    assert (dead.status, dead.attempts, dead.last_error, dead.dead_at, dead.payload) == (
+        DeliveryStatus.DEAD,
+        3,
+        "HTTP 422: no CCCD",
+        later,
+        b"",
+    )
+    assert (dead.delivered_at, dead.transaction_id) == (None, "")
 
 
 def test_partition_is_stable_and_in_range() -> None:
