@@ -32,7 +32,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
@@ -124,7 +123,9 @@ def backlog(encounters: int, partitions: int) -> list[Delivery]:
 
 async def seed(stack: Stack, deliveries: list[Delivery]) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.effective_mongodb_uri, tz_aware=True)
-    repository = SyncRepository(client[SyncSettings().mongodb_database], FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))
+    repository = SyncRepository(
+        client[SyncSettings().mongodb_database], FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)
+    )
     for start in range(0, len(deliveries), SEED_CHUNK):
         await repository.enqueue(deliveries[start : start + SEED_CHUNK])
     await client.close()

@@ -27,6 +27,7 @@ from pymongo import AsyncMongoClient
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Ports, Stack
 from emr_devstack.tokens import caller_metadata
+from emr_runtime.db import SEQUENCE_CLAIMS
 
 
 class TraceCollector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -324,7 +325,8 @@ def clinical(identity: Any, records: Any) -> Clinical:
 
 async def count_stored_documents(mongo: Any) -> dict[str, int]:
     """What the identity and records services hold, collection by collection: a refused call must
-    leave this unchanged. Work in the background is left out: audit spools and their counter (audited
+    leave this unchanged. Work in the background is left out: audit spools and their counter and
+    numbers (audited
     reads of sync; any audited call while audit is slow),
     tombstones that close abandoned feed positions, and sync's queue (fed later from earlier tests)."""
     counts: dict[str, int] = {}
@@ -337,6 +339,9 @@ async def count_stored_documents(mongo: Any) -> dict[str, int]:
                 query = {"tombstone": {"$ne": True}}
             elif collection == "counters":
                 query = {"_id": {"$ne": "audit_spool"}}  # the spool's position counter
+            elif collection == SEQUENCE_CLAIMS:
+                # Numbers claimed by others than the spool ("audit_spool:<n>").
+                query = {"$or": [{"_id": {"$lt": "audit_spool:"}}, {"_id": {"$gte": "audit_spool;"}}]}
             count = await mongo[database][collection].count_documents(query)
             if count:  # a collection made on the side (the spool's counter) holds nothing of interest
                 counts[f"{database}.{collection}"] = count

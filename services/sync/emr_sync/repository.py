@@ -245,7 +245,10 @@ class SyncRepository:
         await _insert_new(
             self._queue,
             [
-                {**_queued(d, bodies.get(d.delivery_id) or stored_body(self._crypt, b"")), "next_attempt_at": now}
+                {
+                    **_queued(d, bodies.get(d.delivery_id) or stored_body(self._crypt, b"")),
+                    "next_attempt_at": now,
+                }
                 for d in ended
             ],
         )
