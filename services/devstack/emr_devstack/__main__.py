@@ -45,11 +45,11 @@ EMR platform is up ({elapsed(started)}). Logs: {RUN_DIR}/logs/  Stop: Ctrl-C or 
 gRPC ports speak mutual TLS with the development CA in {stack.certs_dir}/; health alone, plaintext,
 on 127.0.0.1:{p.identity_health} (identity) to :{p.sync_health} (sync).
 Development JWKS: {RUN_DIR}/{JWKS_FILE}. A token: python -m emr_devstack issue-token --facility 79001 --role doctor
-Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \
+Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \\
        -key {stack.certs_dir}/client-key.pem 127.0.0.1:{p.identity} list
-     grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \
-       -key {stack.certs_dir}/client-key.pem \
-       -H "authorization: Bearer $(python -m emr_devstack issue-token --role auditor)" \
+     grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem \\
+       -key {stack.certs_dir}/client-key.pem \\
+       -H "authorization: Bearer $(python -m emr_devstack issue-token --role auditor)" \\
        127.0.0.1:{p.audit} emr.audit.v1.AuditService/GetPublicKey
 """,
             flush=True,
