@@ -333,7 +333,11 @@ def test_mtls_certificates_from_cert_manager_secrets_or_the_chart() -> None:
 
     # Default: Secrets made outside the chart (by name); nothing issued here.
     default = render(
-        settings={"mongodb.uri": "mongodb://db:27017/", "tls.secretNames.records": "hospital-pki-records"}
+        settings={
+            "mongodb.uri": "mongodb://db:27017/",
+            "auth.devKeys": "true",
+            "tls.secretNames.records": "hospital-pki-records",
+        }
     )
     assert not [m for m in default if m["kind"] == "Certificate" or m.get("type") == "kubernetes.io/tls"]
     records_volume = tls_of(of_kind(default, "Deployment")["records"])[1]
@@ -345,7 +349,13 @@ def test_mtls_certificates_from_cert_manager_secrets_or_the_chart() -> None:
     assert len({s["data"]["ca.crt"] for s in secrets}) == 1
 
     with pytest.raises(ToolError, match=r"issuerRef\.name"):
-        render(settings={"mongodb.uri": "mongodb://db:27017/", "tls.source": "certManager"})
+        render(
+            settings={
+                "mongodb.uri": "mongodb://db:27017/",
+                "auth.devKeys": "true",
+                "tls.source": "certManager",
+            }
+        )
 
 
 def test_probes_use_the_plaintext_health_port() -> None:
