@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument, UpdateOne
+from pymongo import DESCENDING, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -229,7 +229,10 @@ class SyncRepository:
             # Sent again (replay, reconcile, retry, a resend after a crash): one more receipt.
             if delivery.delivery_id in again:
                 await self._deliveries.update_one({"_id": delivery.delivery_id}, _ended_again(delivery))
-        await self._queue.delete_many(_by_ids([d.delivery_id for d in ended]))
+        # One delete per _id in one round trip: each is a filter FerretDB hands to its index, where
+        # one delete of {_id: {$in: [...]}} decodes the whole queue (measured on 20,000 queued,
+        # 5,000 deleted: 1.85 s against 2.62 s).
+        await self._queue.bulk_write([DeleteOne({"_id": d.delivery_id}) for d in ended], ordered=False)
 
     async def requeue(self, query: dict[str, Any], now: datetime) -> int:
         """Puts matching ended deliveries back in the queue, due at once; returns how many."""
