@@ -169,15 +169,19 @@ class TokenBuckets:
         self._buckets[key] = (tokens, now)
 
 
-class GuardInterceptor(ScopedInterceptor):
+class _ApiInterceptor(ScopedInterceptor):
+    """Applies to the API, never to health checks: probes must pass untouched."""
+
+    def applies_to(self, full_method: str) -> bool:
+        return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
+
+
+class GuardInterceptor(_ApiInterceptor):
     """Applies the module's checks; sits inside the error interceptor, which maps what it raises."""
 
     def __init__(self, default_deadline_seconds: float, stream_default_deadline_seconds: float) -> None:
         self._default_deadline = default_deadline_seconds
         self._stream_default_deadline = stream_default_deadline_seconds
-
-    def applies_to(self, full_method: str) -> bool:
-        return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
 
     async def intercept_service(
         self,
@@ -215,14 +219,11 @@ class GuardInterceptor(ScopedInterceptor):
             )
 
 
-class RateLimitInterceptor(ScopedInterceptor):
+class RateLimitInterceptor(_ApiInterceptor):
     """Token bucket per client application (``client_key``); health checks are never limited."""
 
     def __init__(self, rate_per_second: float, burst: float) -> None:
         self._buckets = TokenBuckets(rate_per_second, burst)
-
-    def applies_to(self, full_method: str) -> bool:
-        return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
 
     @asynccontextmanager
     async def scope(self, call: Call) -> AsyncIterator[None]:
