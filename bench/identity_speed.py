@@ -43,7 +43,16 @@ from emr_devstack.processes import free_port
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
 from emr_identity.domain import IdentifierSystem, Outcome, PersonStatus, new_person, validate_registration
 from emr_identity.linkage import FacilityRecord
-from emr_identity.matching import MAX_BLOCK_MEMBERS, blocking_keys, candidate_record_ids, match_record
+from emr_identity.matching import (
+    MAX_BLOCK_MEMBERS,
+    MatchRecord,
+    NameFrequencies,
+    blocking_keys,
+    candidate_records,
+    match_record,
+    proposable,
+    score,
+)
 from emr_identity.repository import COLLECTIONS, PersonRepository
 from emr_identity.synthetic import SyntheticRecord, duplicates_of, generate
 from emr_runtime.fieldcrypt import FieldCrypt
@@ -78,13 +87,14 @@ def request_of(record: SyntheticRecord, request_id: str) -> pb.RegisterPatientRe
 
 async def load(
     uri: str, database: str, persons: int, seed: int
-) -> tuple[list[SyntheticRecord], list[str], dict[str, list[str]]]:
+) -> tuple[list[SyntheticRecord], list[str], dict[str, list[MatchRecord]], NameFrequencies]:
     """An index of ``persons`` persons (no duplicates among them) in ``database``; returns the
-    population, the person ids and the blocks (key -> record ids)."""
+    population, the person ids, the blocks (key -> members) and the index's name frequencies."""
     population = generate(persons, 0.0, seed)
     now = datetime.now(UTC)
     entries = []
-    blocks: dict[str, list[str]] = defaultdict(list)
+    blocks: dict[str, list[MatchRecord]] = defaultdict(list)
+    frequencies = NameFrequencies()
     for serial, synthetic in enumerate(population):
         registration = validate_registration(registration_input(synthetic, serial), TODAY)
         person = new_person(registration, f"bench-person-{serial}", now)
@@ -100,16 +110,17 @@ async def load(
         )
 
         entries.append((replace(person, status=PersonStatus.ACTIVE, record_ids=(record_id,)), record))
+        frequencies.add(record.match.names)
         for key in blocking_keys(record.match):
-            blocks[key].append(record_id)
+            blocks[key].append(record.match)
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
     db = client[database]
     for collection in COLLECTIONS:
         await db.drop_collection(collection)
     crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
-    await PersonRepository(db, crypt).bulk_load(entries, blocks)
+    await PersonRepository(db, crypt).bulk_load(entries)
     await client.close()
-    return population, [person.person_id for person, _ in entries], blocks
+    return population, [person.person_id for person, _ in entries], blocks, frequencies
 
 
 async def latency(
@@ -150,17 +161,21 @@ async def throughput(concurrency: int, calls: Sequence[Callable[[], Awaitable[ob
     return len(calls) / (time.perf_counter() - started)
 
 
-def retrieved(picks: list[SyntheticRecord], blocks: dict[str, list[str]]) -> list[int]:
-    """How many records candidate retrieval reads for each query (the union of its blocks)."""
-    sizes = []
+def retrieval(
+    picks: list[SyntheticRecord], blocks: dict[str, list[MatchRecord]], frequencies: NameFrequencies
+) -> tuple[list[int], list[int]]:
+    """For each query, how many block members retrieval scores (the union of its blocks) and how
+    many records it then reads (the members worth proposing)."""
+    scored, read = [], []
     for pick in picks:
         match = match_record(validate_registration(registration_input(pick, 0), TODAY), "query")
-        found, _ = candidate_record_ids({k: blocks[k] for k in blocking_keys(match) if k in blocks})
-        sizes.append(len(found))
-    return sizes
+        members, _ = candidate_records({k: blocks[k] for k in blocking_keys(match) if k in blocks})
+        scored.append(len(members))
+        read.append(sum(proposable(score(match, m, frequencies)) for m in members.values()))
+    return scored, read
 
 
-def block_sizes(blocks: dict[str, list[str]]) -> str:
+def block_sizes(blocks: dict[str, list[MatchRecord]]) -> str:
     sizes = sorted(len(members) for members in blocks.values())
     over = sum(size > MAX_BLOCK_MEMBERS for size in sizes)
     return (
@@ -184,12 +199,16 @@ class Index:
 async def seed(stack: Stack, args: argparse.Namespace, size: int) -> Index:
     database = f"{DATABASE}_{size}"
     started = time.perf_counter()
-    population, person_ids, blocks = await load(stack.effective_mongodb_uri, database, size, args.seed)
+    population, person_ids, blocks, frequencies = await load(
+        stack.effective_mongodb_uri, database, size, args.seed
+    )
     picks = duplicates_of(population, args.samples, args.seed + 1)
-    reads = retrieved(picks, blocks)
+    scored, reads = retrieval(picks, blocks, frequencies)
     print(
         f"seeded persons={size} through PersonRepository.bulk_load (insert_many of prepared "
         f"documents, not the RPC) seconds={time.perf_counter() - started:.1f}; {block_sizes(blocks)}; "
+        f"block members scored per MatchPatient: mean={statistics.mean(scored):.1f} "
+        f"p95={percentile(scored, 0.95)} max={max(scored)}; "
         f"records read per MatchPatient: mean={statistics.mean(reads):.1f} "
         f"p95={percentile(reads, 0.95)} max={max(reads)}",
         flush=True,

@@ -300,19 +300,25 @@ def block_kind(key: str) -> str:
     return key.partition(":")[0]
 
 
-def candidate_record_ids(
-    blocks: Mapping[str, Sequence[str]], limit: int = MAX_BLOCK_MEMBERS
-) -> tuple[set[str], list[str]]:
-    """The record ids to score from the blocks read (key -> members in the order filed), and the
-    keys of blocks over ``limit``, of which only the newest ``limit`` members are kept."""
-    record_ids: set[str] = set()
+def candidate_records(
+    blocks: Mapping[str, Sequence[MatchRecord]], limit: int = MAX_BLOCK_MEMBERS
+) -> tuple[dict[str, MatchRecord], list[str]]:
+    """The records to score from the blocks read (key -> members in the order filed), by record
+    id, and the keys of blocks over ``limit``, of which only the newest ``limit`` members are kept."""
+    records: dict[str, MatchRecord] = {}
     oversized: list[str] = []
     for key, members in blocks.items():
         if len(members) > limit:
             oversized.append(key)
             members = members[-limit:]
-        record_ids.update(members)
-    return record_ids, oversized
+        for member in members:
+            records.setdefault(member.record_id, member)
+    return records, oversized
+
+
+def proposable(found: MatchScore, review_threshold: float = REVIEW_THRESHOLD) -> bool:
+    """Whether a score is worth proposing: a deterministic match, or at least the review threshold."""
+    return found.deterministic or found.total >= review_threshold
 
 
 def _conflicting_cccd(found: MatchScore) -> bool:
@@ -345,7 +351,7 @@ def decide(
         key=lambda c: (c.score.deterministic, c.score.total),
         reverse=True,
     )
-    ranked = [c for c in ranked if c.score.deterministic or c.score.total >= review_threshold]
+    ranked = [c for c in ranked if proposable(c.score, review_threshold)]
     if not ranked:
         return MatchResult(Decision.NEW, ())
     top = ranked[0]

@@ -2,7 +2,8 @@
 
 Every read, update and delete names exactly one document by ``_id`` and nothing else (the filter is
 ``{"_id": value}``), so no RPC scans a collection: candidate retrieval reads one block document per
-blocking key (``_id`` = the key) listing record ids, then the records and persons by id. On MongoDB
+blocking key (``_id`` = the key) listing its members with what the matcher compares of them, then
+only the records and persons worth proposing, by id. On MongoDB
 these are IDHACK lookups. FerretDB 1.x hands SQL only a filter that is exactly ``{_id: value}``
 (any other filter reads the whole table into FerretDB), and serves it with an index once
 emr_devstack.ferretdb_sqlite has added one. Conditional state changes therefore do not filter on
@@ -30,7 +31,14 @@ from emr_identity.domain import (
     Sex,
 )
 from emr_identity.linkage import FacilityRecord, ReviewTask
-from emr_identity.matching import Candidate, Contribution, MatchRecord, MatchScore, NameFrequencies
+from emr_identity.matching import (
+    Candidate,
+    Contribution,
+    MatchRecord,
+    MatchScore,
+    NameFrequencies,
+    blocking_keys,
+)
 from emr_identity.vietnamese import NameParts
 from emr_runtime.db import (
     SEQUENCE_CLAIMS,
@@ -72,6 +80,10 @@ REVIEW_SEQUENCE = "identity_review_tasks"
 # Open review tasks, kept by $inc on open and close: counting them would scan the collection. A
 # crash between a task's write and its $inc leaves the count off by one (it feeds a gauge only).
 OPEN_REVIEW_TASKS = "identity_open_review_tasks"
+
+# Locks that updates of one document take turns on (see PersonRepository._update), shared by
+# documents whose (collection, _id) hash alike: bounded memory, rare needless waits.
+UPDATE_TURN_STRIPES = 1024
 
 INDEXES = (IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),)
 # National identifiers and phone numbers are stored encrypted (emr_runtime.fieldcrypt); MRNs, a
@@ -196,6 +208,10 @@ def _match(crypt: FieldCrypt, record_id: str, document: Document) -> MatchRecord
     )
 
 
+def _block_member(crypt: FieldCrypt, match: MatchRecord) -> Document:
+    return {"record_id": match.record_id, **_match_document(crypt, match)}
+
+
 def _candidates_document(candidates: Iterable[Candidate]) -> list[Document]:
     return [
         {
@@ -298,6 +314,7 @@ class PersonRepository:
         self._events = db[EVENTS]
         self._name_counts = db[NAME_COUNTS]
         self._transitions = db[TRANSITIONS]
+        self._update_turns = [asyncio.Lock() for _ in range(UPDATE_TURN_STRIPES)]
 
     async def create_collections(self) -> None:
         """Creates the collections at start-up rather than at first write, so that a database-side
@@ -315,13 +332,26 @@ class PersonRepository:
         """The one read primitive: a lookup by ``_id``."""
         return await self._db[collection].find_one({"_id": document_id})
 
+    async def _update(
+        self, collection: str, document_id: str, update: Document, upsert: bool = False
+    ) -> None:
+        """The one write primitive for an existing document: an update by ``_id``. FerretDB 1.x
+        applies an update by reading the document and writing it back in separate steps, so two
+        concurrent updates of one document can lose one; this process's updates of a document
+        therefore take turns (replicas can still race each other; MongoDB needs none of it)."""
+        turn = self._update_turns[hash((collection, document_id)) % UPDATE_TURN_STRIPES]
+        async with turn:
+            try:
+                await self._db[collection].update_one({"_id": document_id}, update, upsert=upsert)
+            except DuplicateKeyError:
+                if not upsert:
+                    raise
+                # Another replica's upsert of the new ``_id`` won the insert: now it updates.
+                await self._db[collection].update_one({"_id": document_id}, update, upsert=True)
+
     async def _upsert(self, collection: str, document_id: str, update: Document) -> None:
-        """An update that creates the document if missing. Two concurrent upserts of a new ``_id``
-        may both try the insert; the loser's retry then finds the document and updates it."""
-        try:
-            await self._db[collection].update_one({"_id": document_id}, update, upsert=True)
-        except DuplicateKeyError:
-            await self._db[collection].update_one({"_id": document_id}, update, upsert=True)
+        """An update that creates the document if missing."""
+        await self._update(collection, document_id, update, upsert=True)
 
     async def _get_many(self, collection: str, document_ids: Iterable[str]) -> list[Document]:
         found = await asyncio.gather(*(self._get(collection, i) for i in document_ids))
@@ -365,7 +395,7 @@ class PersonRepository:
             stored = stored_key(self._crypt, key)
             claim = await self._get(CLAIMS, stored)
             if claim is not None and claim["person_id"] == from_person:
-                await self._claims.update_one({"_id": stored}, {"$set": {"person_id": to_person}})
+                await self._update(CLAIMS, stored, {"$set": {"person_id": to_person}})
 
     async def _claim_transition(self, transition_id: str, change: Document) -> tuple[Document, bool]:
         """Claims a state change once (first writer wins); returns the winning change and whether
@@ -379,7 +409,7 @@ class PersonRepository:
         change, _ = await self._claim_transition(
             f"resolve:{person_id}", {"resolution": resolution.value, "superseded_by": owner_id}
         )
-        await self._persons.update_one({"_id": person_id}, {"$set": change})
+        await self._update(PERSONS, person_id, {"$set": change})
         return change
 
     async def activate(self, person_id: str) -> None:
@@ -409,11 +439,11 @@ class PersonRepository:
             {"_id": f"{person_id}:r{revision}", "change": {**change, "revision": revision}, "origin": origin},
         )
         if inserted or stored["origin"] == origin:
-            await self._persons.update_one({"_id": person_id}, {"$set": stored["change"]})
+            await self._update(PERSONS, person_id, {"$set": stored["change"]})
             return True
         current = await self._get(PERSONS, person_id)
         if current is not None and int(current.get("revision", 0)) < revision:
-            await self._persons.update_one({"_id": person_id}, {"$set": stored["change"]})
+            await self._update(PERSONS, person_id, {"$set": stored["change"]})
         return False
 
     async def merge(self, survivor_id: str, merged_id: str, origin: str) -> bool:
@@ -425,9 +455,7 @@ class PersonRepository:
             origin,
         )
         if merged:
-            await self._persons.update_one(
-                {"_id": survivor_id}, {"$addToSet": {"merged_person_ids": merged_id}}
-            )
+            await self._update(PERSONS, survivor_id, {"$addToSet": {"merged_person_ids": merged_id}})
         return merged
 
     async def unmerge(self, merged_id: str, survivor_id: str, origin: str) -> bool:
@@ -437,7 +465,7 @@ class PersonRepository:
             {"status": PersonStatus.ACTIVE.value, "merged_into": ""},
             origin,
         )
-        await self._persons.update_one({"_id": survivor_id}, {"$pull": {"merged_person_ids": merged_id}})
+        await self._update(PERSONS, survivor_id, {"$pull": {"merged_person_ids": merged_id}})
         return restored
 
     async def update_demographics(self, person: Person, expected_version: int, origin: str) -> bool:
@@ -457,8 +485,8 @@ class PersonRepository:
         )
 
     async def reject_pair(self, person_id: str, other_id: str) -> None:
-        await self._persons.update_one({"_id": person_id}, {"$addToSet": {"rejected_person_ids": other_id}})
-        await self._persons.update_one({"_id": other_id}, {"$addToSet": {"rejected_person_ids": person_id}})
+        await self._update(PERSONS, person_id, {"$addToSet": {"rejected_person_ids": other_id}})
+        await self._update(PERSONS, other_id, {"$addToSet": {"rejected_person_ids": person_id}})
 
     # --- facility records and blocks ----------------------------------------------------------------
 
@@ -474,19 +502,25 @@ class PersonRepository:
     async def records(self, record_ids: Iterable[str]) -> list[FacilityRecord]:
         return [_record(self._crypt, d) for d in await self._get_many(RECORDS, record_ids)]
 
-    async def file_in_blocks(self, keys: Iterable[str], record_id: str) -> None:
+    async def file_in_blocks(self, keys: Iterable[str], match: MatchRecord) -> None:
+        """Files a record under its blocking keys, with what the matcher compares of it: retrieval
+        then scores a block's members from the block alone and reads only the records worth
+        proposing, however large blocks grow (a record's demographics as entered never change)."""
+        member = _block_member(self._crypt, match)
         await asyncio.gather(
             *(
-                self._upsert(BLOCKS, stored_key(self._crypt, key), {"$addToSet": {"record_ids": record_id}})
+                self._upsert(BLOCKS, stored_key(self._crypt, key), {"$push": {"members": member}})
                 for key in keys
             )
         )
 
-    async def blocks(self, keys: Iterable[str]) -> dict[str, list[str]]:
-        """The record ids filed under each key (in the order filed); keys without records are absent."""
+    async def blocks(self, keys: Iterable[str]) -> dict[str, list[MatchRecord]]:
+        """The records filed under each key (in the order filed); keys without records are absent."""
         by_stored_key = {stored_key(self._crypt, key): key for key in keys}
         return {
-            by_stored_key[block["_id"]]: list(block["record_ids"])
+            by_stored_key[block["_id"]]: [
+                _match(self._crypt, member["record_id"], member) for member in block.get("members", ())
+            ]
             for block in await self._get_many(BLOCKS, by_stored_key)
         }
 
@@ -549,7 +583,7 @@ class PersonRepository:
         change, closed = await self._claim_transition(
             f"close:{task_id}", {"open": False, "resolution": resolution}
         )
-        await self._tasks.update_one({"_id": task_id}, {"$set": change})
+        await self._update(REVIEW_TASKS, task_id, {"$set": change})
         if closed:
             await self._upsert(COUNTERS, OPEN_REVIEW_TASKS, {"$inc": {"value": -1}})
         return closed
@@ -578,7 +612,7 @@ class PersonRepository:
         added: Document = {"event_ids": event.event_id}
         if attach_record:
             added["record_ids"] = event.record_id
-        await self._persons.update_one({"_id": event.person_id}, {"$addToSet": added})
+        await self._update(PERSONS, event.person_id, {"$addToSet": added})
 
     async def events(self, event_ids: Iterable[str]) -> list[LinkEvent]:
         return [_event(d) for d in await self._get_many(EVENTS, event_ids)]
@@ -589,19 +623,21 @@ class PersonRepository:
 
     # --- bulk loading (migrations, benches) -------------------------------------------------------
 
-    async def bulk_load(
-        self, entries: Iterable[tuple[Person, FacilityRecord]], block_keys: dict[str, list[str]]
-    ) -> None:
-        """Writes active persons with their finished records, and the blocks (key -> record ids),
-        in batches, into an empty index: for loading an existing population, not for traffic."""
+    async def bulk_load(self, entries: Iterable[tuple[Person, FacilityRecord]]) -> None:
+        """Writes active persons with their finished records, and their blocks, in batches, into an
+        empty index: for loading an existing population, not for traffic."""
         persons: list[Document] = []
         records: list[Document] = []
+        members: dict[str, list[Document]] = {}
         frequencies = NameFrequencies()
         for person, record in entries:
             persons.append(_person_document(self._crypt, person))
             records.append(_record_document(self._crypt, record))
             frequencies.add(record.match.names)
-        blocks = [{"_id": stored_key(self._crypt, key), "record_ids": ids} for key, ids in block_keys.items()]
+            member = _block_member(self._crypt, record.match)
+            for key in blocking_keys(record.match):
+                members.setdefault(stored_key(self._crypt, key), []).append(member)
+        blocks = [{"_id": key, "members": filed} for key, filed in members.items()]
         for collection, documents in ((PERSONS, persons), (RECORDS, records), (BLOCKS, blocks)):
             for start in range(0, len(documents), 5_000):
                 await self._db[collection].insert_many(documents[start : start + 5_000], ordered=False)

@@ -31,9 +31,11 @@ from emr_identity.matching import (
     NameFrequencies,
     block_kind,
     blocking_keys,
-    candidate_record_ids,
+    candidate_records,
     decide,
     match_record,
+    proposable,
+    score,
 )
 from emr_identity.repository import PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
@@ -204,7 +206,7 @@ class IdentityService:
         # (two concurrent updates of one document may lose one on FerretDB 1.x, which reads and
         # writes a document in separate steps). The person gets the record and the event in one update.
         await asyncio.gather(
-            self._persons.file_in_blocks(blocking_keys(record.match), record.record_id),
+            self._persons.file_in_blocks(blocking_keys(record.match), record.match),
             self._persons.count_names(record.match.names),
             self._log(
                 kind, person_id, record.record_id, actor_id, now, record_id=record.record_id, attach=True
@@ -303,22 +305,26 @@ class IdentityService:
     async def _match(
         self, match: MatchRecord, exclude: set[str], rejected: frozenset[str] = frozenset()
     ) -> MatchResult:
-        record_ids = await self._block_members(blocking_keys(match))
-        record_ids.discard(match.record_id)
-        records = [r for r in await self._persons.records(record_ids) if r.outcome is not None]
+        members = await self._block_members(blocking_keys(match))
+        members.pop(match.record_id, None)
+        frequencies = await self._name_frequencies()
+        # Members are scored from their blocks; only those worth proposing are read, for their
+        # person and to leave out records whose registration never finished.
+        wanted = [i for i, member in members.items() if proposable(score(match, member, frequencies))]
+        records = [r for r in await self._persons.records(wanted) if r.outcome is not None]
         owners = await self._current_persons({r.person_id for r in records})
         candidates = [
             (owners[r.person_id], r.match)
             for r in records
             if r.person_id in owners and owners[r.person_id] not in exclude
         ]
-        return decide(match, candidates, await self._name_frequencies(), rejected)
+        return decide(match, candidates, frequencies, rejected)
 
-    async def _block_members(self, keys: Iterable[str]) -> set[str]:
-        record_ids, oversized = candidate_record_ids(await self._persons.blocks(keys))
+    async def _block_members(self, keys: Iterable[str]) -> dict[str, MatchRecord]:
+        members, oversized = candidate_records(await self._persons.blocks(keys))
         for key in oversized:
             OVERSIZED_BLOCKS.labels(block_kind(key)).inc()
-        return record_ids
+        return members
 
     async def _current_persons(self, person_ids: set[str]) -> dict[str, str]:
         """For each person id, the active person it resolves to through merges (absent if none)."""

@@ -8,13 +8,16 @@ from datetime import date
 
 from emr_identity.matching import (
     LINK_THRESHOLD,
+    REVIEW_THRESHOLD,
     Decision,
     MatchRecord,
+    MatchScore,
     NameFrequencies,
     block_kind,
     blocking_keys,
-    candidate_record_ids,
+    candidate_records,
     decide,
+    proposable,
     score,
 )
 from emr_identity.synthetic import duplicates_of, generate
@@ -162,12 +165,28 @@ def test_different_cccds_never_link_automatically() -> None:
     assert decide(a, [("p1", replace(b, phone=""))], POPULATION).decision is Decision.NEW
 
 
-def test_candidate_record_ids_join_blocks_and_cap_each_at_its_newest_members() -> None:
-    blocks = {"gd:lan|19900105": ["r1", "r2"], "ph:0912345678": [f"p{i}" for i in range(7)]}
-    record_ids, oversized = candidate_record_ids(blocks, limit=3)
-    assert record_ids == {"r1", "r2", "p4", "p5", "p6"}
+def test_candidate_records_join_blocks_and_cap_each_at_its_newest_members() -> None:
+    shared = record("r2")
+    blocks = {
+        "gd:lan|19900105": [record("r1"), shared],
+        "ph:0912345678": [record(f"p{i}") for i in range(7)] + [shared],
+    }
+    found, oversized = candidate_records(blocks, limit=3)
+    assert sorted(found) == ["p5", "p6", "r1", "r2"]
+    assert found["r2"] is shared
     assert oversized == ["ph:0912345678"]
-    assert candidate_record_ids(blocks, limit=7) == ({"r1", "r2", *(f"p{i}" for i in range(7))}, [])
+    found, oversized = candidate_records(blocks, limit=8)
+    assert sorted(found) == sorted(["r1", "r2", *(f"p{i}" for i in range(7))])
+    assert oversized == []
+
+
+def test_proposable_scores_are_deterministic_or_at_the_review_threshold() -> None:
+    def scored(total: float, deterministic: bool = False) -> MatchScore:
+        return MatchScore(total, (), deterministic, False)
+
+    assert proposable(scored(REVIEW_THRESHOLD))
+    assert not proposable(scored(REVIEW_THRESHOLD - 0.001))
+    assert proposable(scored(-5.0, deterministic=True))
 
 
 def test_block_kind_is_the_key_prefix_alone() -> None:
