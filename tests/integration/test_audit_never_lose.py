@@ -9,7 +9,9 @@ import time
 import uuid
 from typing import Any
 
+import grpc
 import httpx
+import pytest
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
@@ -153,3 +155,26 @@ async def test_kill_9_right_after_a_call_returned_loses_no_event(
     events = await tools.poll_until(arrived)
     assert [e.operation.rsplit("/", 1)[1] for e in events] == ["RegisterPatient"]
     assert events[0].resource_id == spooled.patient.patient_id
+
+
+async def test_a_refused_call_with_a_malformed_patient_id_is_audited_without_the_id(
+    identity: Any, audit: Any, mongo: Any, tools: Any, facility_code: str
+) -> None:
+    actor = f"dr-typed-{uuid.uuid4().hex[:6]}"
+    metadata = caller_metadata(actor, facility_code, "TREATMENT")
+    typed = "Lê Văn Tám 0912 345 678"  # a name and a phone typed into the id field (synthetic)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await identity.GetPatient(identity_pb2.GetPatientRequest(patient_id=typed), metadata=metadata)
+    assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+    async def recorded() -> list[audit_pb2.AuditEvent] | None:
+        return await tools.all_events(audit, actor_id=actor) or None
+
+    [event] = await tools.poll_until(recorded)
+    assert event.outcome == audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE
+    assert event.operation.endswith("/GetPatient")
+    assert event.patient_id == "" and not event.entities
+    assert "Tám" not in str(event) and "0912" not in str(event)
+    # Audit took it as it came: nothing was set aside as refused.
+    set_aside = await mongo["emr_identity"]["audit_spool_rejected"].find().to_list(None)
+    assert actor not in [audit_pb2.AuditEvent.FromString(d["event"]).actor_id for d in set_aside]

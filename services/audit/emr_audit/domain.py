@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from emr_runtime.audit import AUDITED_ID
 from emr_runtime.errors import DomainError, Violations
 
 MAX_EVENTS_PER_APPEND = 500
 MAX_AGENTS = 8
 MAX_ENTITIES = 16
 GENESIS_HASH = bytes(32)
-_ID = re.compile(r"[0-9A-Za-z._:/-]{1,128}")
 # Codes and roles: short tokens, never free text (free text could carry names or clinical values).
 _CODE = re.compile(r"[0-9A-Za-z._:/ \[\]-]{0,64}")
 
@@ -165,7 +165,7 @@ def validate_events(events: Sequence[AuditEvent]) -> None:
         violations.add("events", f"at most {MAX_EVENTS_PER_APPEND} events per call")
     for index, event in enumerate(events):
         path = f"events[{index}]"
-        if not _ID.fullmatch(event.event_id):
+        if not AUDITED_ID.fullmatch(event.event_id):
             violations.add(f"{path}.event_id", "required: 1 to 128 letters, digits or . _ : / -")
         if event.action is None:
             violations.add(f"{path}.action", "required: a known action")
@@ -217,7 +217,7 @@ def _validate_entities(entities: Sequence[Entity], path: str, violations: Violat
             violations.add(f"{at}.role", "required: a known entity role")
         for name in ("patient_id", "resource_id"):
             value = getattr(entity, name)
-            if value and not _ID.fullmatch(value):
+            if value and not AUDITED_ID.fullmatch(value):
                 violations.add(f"{at}.{name}", "an id: 1 to 128 letters, digits or . _ : / -")
         if not _CODE.fullmatch(entity.resource_type):
             violations.add(f"{at}.resource_type", "a resource type name")

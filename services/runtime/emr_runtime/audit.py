@@ -30,6 +30,8 @@ SPOOL_COLLECTION = "audit_spool"
 # numbers them (several replicas of a service share one spool and one order).
 SPOOL_INDEXES = (IndexSpec(SPOOL_COLLECTION, (("position", 1),), "spool_position"),)
 _NOT_A_CODE = re.compile(r"[^0-9A-Za-z._:/ \[\]-]")
+# What the audit log accepts as an id of a patient or resource (emr_audit.domain checks it).
+AUDITED_ID = re.compile(r"[0-9A-Za-z._:/-]{1,128}")
 _OUTCOMES = {
     "success": audit_pb2.AUDIT_OUTCOME_SUCCESS,
     "client_failure": audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE,
@@ -161,8 +163,8 @@ class AuditRecorder(AuditSink):
 def audit_event(rule: AuditRule, call: Call, outcome: str, source_service: str) -> audit_pb2.AuditEvent:
     """The audit event of one call, with the verified caller; ids only, never clinical content."""
     caller = caller_from_metadata(call.context.invocation_metadata())
-    patient_id = rule.patient_id(call.request, call.response)
-    resource_id = rule.resource_id(call.request, call.response)
+    patient_id = _audited_id(rule.patient_id(call.request, call.response))
+    resource_id = _audited_id(rule.resource_id(call.request, call.response))
     event = audit_pb2.AuditEvent(
         event_id=str(uuid.uuid4()),
         action=rule.action,  # type: ignore[arg-type]
@@ -212,6 +214,12 @@ def audit_event(rule: AuditRule, call: Call, outcome: str, source_service: str) 
         )
     event.occurred_time.FromDatetime(utc_now())
     return event
+
+
+def _audited_id(value: str) -> str:
+    """An id as the audit log records it. A malformed one (a refused call's) is left out: it is no
+    record's id and may be anything the caller typed; the event still records the attempt."""
+    return value if AUDITED_ID.fullmatch(value) else ""
 
 
 def _code(value: str) -> str:
