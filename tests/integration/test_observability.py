@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from emr.identity.v1 import identity_pb2
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +29,8 @@ from emr_devstack.observability import (
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata
 
-SERVICES = ("identity", "records", "audit", "sync")
+# The components serving /metrics, each on its own port.
+SERVICES = ("identity", "records", "audit", "sync", "gateway")
 IDENTITY = "emr.identity.v1.PatientIdentityService"
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
 
@@ -37,8 +39,9 @@ def metrics_ports(stack: Stack) -> dict[str, int]:
     return {service: getattr(stack.ports, f"{service}_metrics") for service in SERVICES}
 
 
-async def drive_traffic(clinical: Any, identity: Any, facility_code: str) -> None:
-    """Registrations, reads (one of them refused), clinical writes: RED, domain and sync traffic."""
+async def drive_traffic(stack: Stack, clinical: Any, identity: Any, facility_code: str) -> str:
+    """Registrations, reads (one of them refused), clinical writes, a FHIR read through the gateway:
+    RED, domain and sync traffic. Returns the patient's id."""
     patient_id = await clinical.patient(facility_code)
     encounter_id = await clinical.encounter(patient_id, facility_code)
     for resource in clinical.every_resource(patient_id, facility_code, encounter_id)[:2]:
@@ -48,6 +51,9 @@ async def drive_traffic(clinical: Any, identity: Any, facility_code: str) -> Non
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await identity.GetPatient(identity_pb2.GetPatientRequest(patient_id=""), metadata=CLINICIAN)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=dict(CLINICIAN)) as http:
+        assert (await http.get(f"/fhir/Patient/{patient_id}")).status_code == 200
+    return str(patient_id)
 
 
 async def eventually(check: Callable[[], set[str]], seconds: float) -> set[str]:
@@ -63,7 +69,7 @@ async def eventually(check: Callable[[], set[str]], seconds: float) -> set[str]:
 async def test_every_metric_of_dashboards_and_rules_is_exported(
     stack: Stack, clinical: Any, identity: Any, facility_code: str
 ) -> None:
-    await drive_traffic(clinical, identity, facility_code)
+    await drive_traffic(stack, clinical, identity, facility_code)
     used: dict[str, list[str]] = {}
     for where, expr in [*dashboard_queries(), *rule_queries()]:
         for name in metric_names(expr) - recorded_names():
@@ -144,7 +150,8 @@ def _labels_missing(prometheus: LocalPrometheus, wanted: dict[str, set[str]]) ->
 async def test_prometheus_scrapes_red_and_sync_backlog_series(
     stack: Stack, clinical: Any, identity: Any, facility_code: str, prometheus: LocalPrometheus
 ) -> None:
-    await drive_traffic(clinical, identity, facility_code)
+    patient_id = await drive_traffic(stack, clinical, identity, facility_code)
+    assert patient_id not in scrape(stack.ports.gateway_metrics)  # labelled by route template only
     red_labels = {"job", "instance", "grpc_type", "grpc_service", "grpc_method"}
     get_patient = f'grpc_service="{IDENTITY}",grpc_method="GetPatient",grpc_type="unary",job="identity"'
     red = {
@@ -154,6 +161,15 @@ async def test_prometheus_scrapes_red_and_sync_backlog_series(
         f'grpc_server_handling_seconds_bucket{{{get_patient},le="0.5"}}': red_labels | {"le"},
         # Records calls identity for every write: the client side of the same RED.
         f'grpc_client_handled_total{{job="records",grpc_service="{IDENTITY}"}}': red_labels | {"grpc_code"},
+        # The gateway's HTTP RED, by route template (never the concrete path, which holds the id).
+        'http_server_requests_total{job="gateway",route="/fhir/Patient/{patient_id}",code="200"}': {
+            "job",
+            "instance",
+            "method",
+            "route",
+            "code",
+        },
+        'http_server_request_duration_seconds_bucket{job="gateway",le="0.5"}': {"route", "method", "le"},
         # The chart's recording rules evaluate over the scraped series.
         f'emr:grpc_server_fault_ratio:rate5m{{grpc_service="{IDENTITY}"}}': {"grpc_service"},
     }

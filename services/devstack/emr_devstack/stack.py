@@ -55,6 +55,7 @@ class Ports:
     records_metrics: int = 9452
     audit_metrics: int = 9453
     sync_metrics: int = 9454
+    gateway_metrics: int = 9455
     # Plaintext grpc.health.v1 only (the API ports speak mutual TLS).
     identity_health: int = 50061
     records_health: int = 50062
@@ -181,6 +182,7 @@ class Stack(DevCertificates):
             "national_emulator": {"NATIONAL_EMULATOR_PORT": str(p.national_emulator)},
             "gateway": {
                 "GATEWAY_PORT": str(p.gateway),
+                "GATEWAY_METRICS_PORT": str(p.gateway_metrics),
                 "GATEWAY_IDENTITY_TARGET": self.target("identity"),
                 "GATEWAY_RECORDS_TARGET": self.target("records"),
             },
