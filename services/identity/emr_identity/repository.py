@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from datetime import date
+from datetime import date, timedelta
 
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
@@ -25,6 +25,8 @@ from emr_identity.domain import (
     IdentifierSystem,
     LinkEvent,
     Outcome,
+    PatientChange,
+    PatientChangeKind,
     Person,
     PersonStatus,
     Sex,
@@ -32,6 +34,7 @@ from emr_identity.domain import (
 from emr_identity.linkage import FacilityRecord, ReviewTask
 from emr_identity.matching import Candidate, Contribution, MatchRecord, MatchScore, NameFrequencies
 from emr_identity.vietnamese import NameParts
+from emr_runtime.changefeed import ChangeFeed
 from emr_runtime.db import (
     SEQUENCE_CLAIMS,
     Database,
@@ -52,6 +55,10 @@ EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
 TRANSITIONS = "state_transitions"
 COUNTERS = "counters"
+# The patient change feed (emr_runtime.changefeed): positions "<sequence>" (string ids: the one
+# filter FerretDB hands to its index is {_id: <string>}), read one position at a time.
+PATIENT_CHANGES = "patient_changes"
+PATIENT_CHANGE_COUNTER = "identity_patient_changes"
 COLLECTIONS = (
     PERSONS,
     CLAIMS,
@@ -63,6 +70,7 @@ COLLECTIONS = (
     TRANSITIONS,
     COUNTERS,
     SEQUENCE_CLAIMS,
+    PATIENT_CHANGES,
 )
 NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
 # Name counts live in one document (one $inc per registration).
@@ -73,7 +81,11 @@ REVIEW_SEQUENCE = "identity_review_tasks"
 # crash between a task's write and its $inc leaves the count off by one (it feeds a gauge only).
 OPEN_REVIEW_TASKS = "identity_open_review_tasks"
 
-INDEXES = (IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),)
+INDEXES = (
+    IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),
+    # A change is in the feed once, however often its request is retried (an insert, never a query).
+    IndexSpec(PATIENT_CHANGES, (("key", 1),), "patient_changes_by_key", unique=True),
+)
 # National identifiers and phone numbers are stored encrypted (emr_runtime.fieldcrypt); MRNs, a
 # facility's own numbers, stay readable.
 ENCRYPTED_SYSTEMS = frozenset({IdentifierSystem.CCCD, IdentifierSystem.BHYT, IdentifierSystem.PASSPORT})
@@ -609,3 +621,43 @@ class PersonRepository:
             kind: {n: c for n, c in getattr(frequencies, kind).items() if n} for kind in NAME_KINDS
         }
         await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$set": {**counts, "total": frequencies.total}})
+
+
+def _patient_change(document: Document) -> PatientChange:
+    sequence = int(document["_id"])
+    if document.get("tombstone"):
+        return PatientChange(sequence, document["committed_at"], tombstone=True)
+    return PatientChange(
+        sequence=sequence,
+        committed_at=document["committed_at"],
+        kind=PatientChangeKind(document["kind"]),
+        person_id=document["person_id"],
+        other_person_id=document.get("other_person_id", ""),
+        key=document["key"],
+    )
+
+
+class PatientChangeRepository:
+    """The patient change feed: ids and kinds only (the persons' data stays in ``persons``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._feed = ChangeFeed(
+            db,
+            PATIENT_CHANGES,
+            PATIENT_CHANGE_COUNTER,
+            lambda sequence: {"key": f"tombstone:{sequence}"},
+            position_id=str,
+            lookups_only=True,
+        )
+
+    async def append(
+        self, kind: PatientChangeKind, person_id: str, key: str, other_person_id: str = ""
+    ) -> None:
+        """Records a change once per ``key``: a repeat finds it in the feed and adds nothing."""
+        await self._feed.append(
+            {"key": key, "kind": kind.value, "person_id": person_id, "other_person_id": other_person_id}
+        )
+
+    async def next_run(self, after: int, limit: int, settle: timedelta) -> tuple[list[PatientChange], int]:
+        """The next run of changes without holes after ``after`` and the cursor to pass next."""
+        return await self._feed.next_run(after, limit, settle, _patient_change)
