@@ -34,7 +34,7 @@ from emr_identity.domain import (
 from emr_identity.linkage import FacilityRecord, ReviewTask
 from emr_identity.matching import Candidate, Contribution, MatchRecord, MatchScore, NameFrequencies
 from emr_identity.vietnamese import NameParts
-from emr_runtime.changefeed import ChangeFeed
+from emr_runtime.changefeed import ChangeFeed, Filled
 from emr_runtime.db import (
     SEQUENCE_CLAIMS,
     Database,
@@ -637,6 +637,10 @@ def _patient_change(document: Document) -> PatientChange:
     )
 
 
+def _change_fields(kind: PatientChangeKind, person_id: str, key: str, other_person_id: str) -> Document:
+    return {"key": key, "kind": kind.value, "person_id": person_id, "other_person_id": other_person_id}
+
+
 class PatientChangeRepository:
     """The patient change feed: ids and kinds only (the persons' data stays in ``persons``)."""
 
@@ -652,11 +656,21 @@ class PatientChangeRepository:
 
     async def append(
         self, kind: PatientChangeKind, person_id: str, key: str, other_person_id: str = ""
-    ) -> None:
-        """Records a change once per ``key``: a repeat finds it in the feed and adds nothing."""
-        await self._feed.append(
-            {"key": key, "kind": kind.value, "person_id": person_id, "other_person_id": other_person_id}
-        )
+    ) -> int | None:
+        """Records a change once per ``key``; returns its position (None: a repeat, in the feed already)."""
+        return await self._feed.append(_change_fields(kind, person_id, key, other_person_id))
+
+    async def reserve(self) -> int:
+        """Allocates the next position; until ``write`` fills it, it is a hole in the feed."""
+        return await self._feed.reserve()
+
+    async def write(
+        self, sequence: int, kind: PatientChangeKind, person_id: str, key: str, other_person_id: str = ""
+    ) -> bool:
+        """Fills a reserved position; False if a tombstone closed it first (reserve another). A
+        change already in the feed counts as written."""
+        filled = await self._feed.fill(sequence, _change_fields(kind, person_id, key, other_person_id))
+        return filled is not Filled.TAKEN
 
     async def next_run(self, after: int, limit: int, settle: timedelta) -> tuple[list[PatientChange], int]:
         """The next run of changes without holes after ``after`` and the cursor to pass next."""
