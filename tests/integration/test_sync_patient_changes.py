@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -28,21 +28,9 @@ from emr_identity.domain import PatientChangeKind
 from emr_identity.repository import PATIENT_CHANGE_COUNTER, PatientChangeRepository
 from emr_runtime.db import last_sequence
 
-T = TypeVar("T")
 FEED_DATABASE = "emr_identity_feed"
 SETTLE_SECONDS = 3.0
 SKIPPED = 2**62  # a cursor past every sequence: that feed is not this test's
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 60.0) -> T:
-    """Polls ``probe`` until it returns a value: asynchronous delivery has a deadline, not a delay."""
-    deadline = time.monotonic() + within_seconds
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.05)
 
 
 def person(facility_code: str) -> identity_pb2.RegisterPatientRequest:
@@ -211,6 +199,7 @@ class PatientSync:
     database: str
     emulator_url: str
     start_cursor: int
+    poll_until: Callable[..., Awaitable[Any]]
     processes: dict[str, tuple[ManagedProcess, int]]
 
     def start_replica(self, name: str, **env: str) -> None:
@@ -263,7 +252,8 @@ class PatientSync:
             found = {patient_id: await self.applied(patient_id) for patient_id in expected}
             return found if {p: len(keys) for p, keys in found.items()} == expected else None
 
-        return await eventually(done)
+        found: dict[str, list[str]] = await self.poll_until(done, 60.0)
+        return found
 
     async def patient(self, key: str) -> dict[str, Any]:
         """The Patient resource a delivery (``Patient/<id>/_history/<version>``) carried."""
@@ -274,7 +264,9 @@ class PatientSync:
 
 
 @pytest.fixture
-async def patient_sync(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[PatientSync]:
+async def patient_sync(
+    stack: Stack, mongo: AsyncMongoClient[dict[str, Any]], tools: Any
+) -> AsyncIterator[PatientSync]:
     emulator_port = free_port()
     emulator_name = f"emulator-{uuid.uuid4().hex[:6]}"
     stack.start_service(
@@ -289,7 +281,9 @@ async def patient_sync(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) ->
     await mongo[database]["cursors"].insert_many(
         [{"_id": "identity", "after": start}, {"_id": "records", "after": SKIPPED}]
     )
-    site = PatientSync(stack, mongo, database, f"http://127.0.0.1:{emulator_port}", start, {})
+    site = PatientSync(
+        stack, mongo, database, f"http://127.0.0.1:{emulator_port}", start, tools.poll_until, {}
+    )
     yield site
     for name in [*site.processes, emulator_name]:
         stack.processes.pop(name).stop()
@@ -388,7 +382,7 @@ async def test_sync_killed_mid_stream_resumes_from_its_identity_cursor(
         cursor = await patient_sync.cursor()
         return cursor if cursor >= patient_sync.start_cursor + 3 else None
 
-    await eventually(some_taken)
+    await patient_sync.poll_until(some_taken)
     process, _ = patient_sync.processes["stream-a"]
     process.signal(signal.SIGKILL)
     process.wait(10)
@@ -405,6 +399,6 @@ async def test_sync_killed_mid_stream_resumes_from_its_identity_cursor(
         status = await patient_sync.status("stream-b")
         return status if status.pending == 0 and status.in_flight == 0 else None
 
-    status = await eventually(caught_up)
+    status = await patient_sync.poll_until(caught_up)
     assert status.delivered == len(registered)
     assert status.identity_cursor == patient_sync.start_cursor + len(registered)
