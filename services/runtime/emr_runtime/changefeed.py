@@ -117,10 +117,16 @@ class ChangeFeed:
         self._tombstone_fields = tombstone_fields
         self._position_id = position_id
         self._lookups_only = lookups_only
+        self._reserving = asyncio.Lock()
 
     async def reserve(self) -> int:
-        """Allocates the next position; until ``fill`` fills it, it is a hole in the feed."""
-        return await next_sequence(self._db, self._counter)
+        """Allocates the next position; until ``fill`` fills it, it is a hole in the feed.
+
+        One reservation at a time per process: concurrent ``next_sequence`` calls all try the same
+        next numbers, one insert each, so N at once cost N² inserts (measured on FerretDB: 32 at
+        once, 29 inserts and 18.7 ms a reservation; one at a time, 1 insert and 3.0 ms)."""
+        async with self._reserving:
+            return await next_sequence(self._db, self._counter)
 
     async def fill(self, sequence: int, fields: Document) -> Filled:
         """Writes a change into a reserved position."""
