@@ -77,6 +77,7 @@ def requests_for(world: World) -> dict[str, Message]:
         "UnmergePatients": identity_pb2.UnmergePatientsRequest(),
         "GetPersonHistory": identity_pb2.GetPersonHistoryRequest(patient_id=p),
         "CheckRegistration": identity_pb2.CheckRegistrationRequest(patient_id=p, facility_code=f),
+        "ListPatientChanges": identity_pb2.ListPatientChangesRequest(after_sequence=10**12, limit=1),
         "CreateEncounter": records_pb2.CreateEncounterRequest(facility_code=f),
         "GetEncounter": records_pb2.GetEncounterRequest(encounter_id=e),
         "ListEncounters": records_pb2.ListEncountersRequest(patient_id=p),

@@ -6,6 +6,7 @@ import random
 import unicodedata
 import uuid
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from pymongo import AsyncMongoClient, monitoring
 
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
-from emr_identity.repository import COLLECTIONS, PersonRepository
+from emr_identity.repository import COLLECTIONS, PatientChangeRepository, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import PatientIdentityServicer
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
@@ -377,7 +378,8 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
     stack.index_ferretdb_ids()  # what the stack does after each service start
     server = grpc.aio.server()
     identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server(
-        PatientIdentityServicer(IdentityService(persons)), server
+        PatientIdentityServicer(IdentityService(persons, PatientChangeRepository(db), timedelta(seconds=5))),
+        server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -459,6 +461,17 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
             ),
         )
         await rpc("GetPersonHistory", pb.GetPersonHistoryRequest(patient_id=first.patient.patient_id))
+        changes = await rpc("ListPatientChanges", pb.ListPatientChangesRequest(after_sequence=0, limit=100))
+        # Two new persons (the other registrations found the first), an update, a merge, an unmerge.
+        assert [(c.kind, c.patient_id) for c in changes.changes] == [
+            (pb.PATIENT_CHANGE_KIND_REGISTERED, first.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_REGISTERED, review.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_UPDATED, first.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_MERGED, review.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_MERGE_SURVIVOR, first.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_UNMERGED, review.patient.patient_id),
+            (pb.PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR, first.patient.patient_id),
+        ]
     finally:
         await channel.close()
         await server.stop(None)

@@ -1,5 +1,5 @@
 """The thin slice end to end, through real processes: register a patient, record an encounter,
-find the audit trail, see the national system receive the encounter and sync report it."""
+find the audit trail, see the national system receive the encounter and the person and sync report it."""
 
 from __future__ import annotations
 
@@ -108,13 +108,22 @@ async def test_register_encounter_audit_and_national_delivery(
             return held["items"][0] if held["count"] else None
 
         delivery = await eventually(delivered)
+
+        # And the person, from identity's patient changes: its own Patient, versioned by the change
+        # (the encounter's bundle carries the Patient too, without a version).
+        async def patient_delivered() -> dict[str, Any] | None:
+            held = (await http.get("/resources", params={"resource_id": patient_id})).json()
+            return next((item for item in held["items"] if item["version"]), None)
+
+        patient_delivery = await eventually(patient_delivered)
     resource = FhirEncounter.model_validate(delivery["resource"])
     assert resource.status == "finished"
     assert resource.subject.reference == f"urn:uuid:{patient_id}"
+    assert FhirPatient.model_validate(patient_delivery["resource"]).active is True
 
     async def sync_reports_delivered() -> sync_pb2.GetSyncStatusResponse | None:
         status = await sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(facility_code=facility_code))
-        return status if status.delivered == 1 else None
+        return status if status.delivered == 2 else None
 
     status = await eventually(sync_reports_delivered)
     sync_reads = await audit.QueryEvents(audit_pb2.QueryEventsRequest(patient_id=patient_id))
@@ -126,6 +135,7 @@ async def test_register_encounter_audit_and_national_delivery(
     assert status.failed == 0
     assert status.HasField("last_delivered_time")
     assert status.records_cursor >= 1
+    assert status.identity_cursor >= 1
 
 
 async def test_gateway_serves_patient_as_fhir_r4(

@@ -115,6 +115,9 @@ async def site(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIt
     last = await mongo["emr_records"]["changes"].find_one({}, sort=[("_id", -1)])
     start = int(last["_id"]) if last else 0
     await mongo[result.database]["cursors"].insert_one({"_id": "records", "after": start})
+    # Identity's patient changes are test_sync_patient_changes.py's subject: these replicas take none
+    # (a cursor past every sequence), so that what they deliver is each test's encounters.
+    await mongo[result.database]["cursors"].insert_one({"_id": "identity", "after": 2**62})
     yield result
     for process_name in [*result.names, name]:
         stack.processes.pop(process_name).stop()

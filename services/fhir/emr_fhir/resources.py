@@ -655,3 +655,30 @@ def transaction_bundle(
         request = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
         entries.append({**entry, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def patient_transaction_bundle(
+    patient: identity_pb2.Patient,
+    version_id: str,
+    last_updated: Timestamp,
+    replaced_by: str = "",
+    replaces: Sequence[str] = (),
+) -> FhirJson:
+    """A Bundle of type "transaction" carrying one Patient (a PUT of its logical id), as identity's
+    patient changes are sent: ``version_id`` and ``last_updated`` name the change. A person merged
+    into another is inactive and links ``replaced-by`` the survivor; a survivor links ``replaces``
+    each person merged into it; an unmerged person is active again without the link."""
+    resource = patient_resource(patient)
+    resource["meta"] = {"versionId": version_id, "lastUpdated": _instant(last_updated)}
+    links = [{"other": {"reference": f"Patient/{other}"}, "type": "replaces"} for other in replaces]
+    if replaced_by:
+        resource["active"] = False
+        links.insert(0, {"other": {"reference": f"Patient/{replaced_by}"}, "type": "replaced-by"})
+    if links:
+        resource["link"] = links
+    entry = {
+        "fullUrl": _full_url(patient.patient_id),
+        "resource": resource,
+        "request": {"method": "PUT", "url": f"Patient/{patient.patient_id}"},
+    }
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}

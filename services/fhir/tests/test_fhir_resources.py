@@ -51,6 +51,7 @@ from emr_fhir.resources import (
     observation_resource,
     operation_outcome,
     patient_resource,
+    patient_transaction_bundle,
     procedure_resource,
     searchset_bundle,
     transaction_bundle,
@@ -1142,3 +1143,58 @@ def test_transaction_bundle_puts_patient_encounter_and_attached_resources() -> N
     assert {r["resourceType"] for r in resources} == set(FHIR_MODELS)
     full_urls = {entry["fullUrl"] for entry in bundle_json["entry"]}
     assert [ref for ref in references_in(resources) if ref not in full_urls] == []
+
+
+# --- Patient changes (identity's feed) -------------------------------------------------------------
+
+SURVIVOR_ID = "5a0e4c52-9d7b-4f61-8a33-0c1f2e3d4b5a"
+MERGED_ID = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
+COMMITTED = datetime(2024, 6, 16, 9, 0, tzinfo=UTC)
+
+
+def only_patient(bundle: dict[str, object]) -> Patient:
+    parsed = Bundle.model_validate(bundle)
+    assert parsed.type == "transaction"
+    (entry,) = parsed.entry
+    assert (entry.request.method, entry.request.url) == ("PUT", f"Patient/{PATIENT_ID}")
+    assert entry.fullUrl == f"urn:uuid:{PATIENT_ID}"
+    assert isinstance(entry.resource, Patient)
+    return entry.resource
+
+
+def test_patient_change_bundle_carries_one_patient_at_the_change_version() -> None:
+    identifiers = [
+        identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value="079190000001"),
+        identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value="7912345678"),
+    ]
+    bundle = patient_transaction_bundle(patient_message(identifiers=identifiers), "17", stamp(COMMITTED))
+    patient = only_patient(bundle)
+    assert patient.active is True
+    assert patient.meta.versionId == "17"
+    assert patient.meta.lastUpdated == COMMITTED
+    assert [(i.system, i.value) for i in patient.identifier] == [
+        (SYSTEM_CCCD, "079190000001"),
+        (SYSTEM_BHYT, "7912345678"),
+    ]
+    assert patient.link is None
+
+
+def test_merged_patient_is_inactive_and_replaced_by_the_survivor() -> None:
+    bundle = patient_transaction_bundle(patient_message(), "18", stamp(COMMITTED), replaced_by=SURVIVOR_ID)
+    patient = only_patient(bundle)
+    assert patient.active is False
+    assert [(link.type, link.other.reference) for link in patient.link] == [
+        ("replaced-by", f"Patient/{SURVIVOR_ID}")
+    ]
+
+
+def test_survivor_replaces_every_merged_person() -> None:
+    bundle = patient_transaction_bundle(
+        patient_message(), "19", stamp(COMMITTED), replaces=[MERGED_ID, SURVIVOR_ID]
+    )
+    patient = only_patient(bundle)
+    assert patient.active is True
+    assert [(link.type, link.other.reference) for link in patient.link] == [
+        ("replaces", f"Patient/{MERGED_ID}"),
+        ("replaces", f"Patient/{SURVIVOR_ID}"),
+    ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from emr.identity.v1 import identity_pb2_grpc
 
-from emr_identity.repository import INDEXES, PersonRepository
+from emr_identity.repository import INDEXES, PatientChangeRepository, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
 from emr_identity.settings import IdentitySettings
@@ -24,7 +26,9 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     await recorder.open()
     persons = PersonRepository(db, crypt)
     await persons.create_collections()
-    service = IdentityService(persons)
+    service = IdentityService(
+        persons, PatientChangeRepository(db), timedelta(seconds=settings.change_settle_seconds)
+    )
     servicer = PatientIdentityServicer(service)
     return ServiceApp(
         bindings=[

@@ -11,7 +11,10 @@ from emr_identity.domain import (
     IdentifierSystem,
     LinkEvent,
     Outcome,
+    PatientChange,
+    PatientChangeKind,
     Person,
+    PersonStatus,
     RawIdentifier,
     RegistrationInput,
     Sex,
@@ -200,4 +203,32 @@ def event_message(event: LinkEvent) -> identity_pb2.LinkEvent:
         reason=event.reason,
     )
     message.time.FromDatetime(event.at)
+    return message
+
+
+_CHANGE_KINDS = {
+    PatientChangeKind.REGISTERED: identity_pb2.PATIENT_CHANGE_KIND_REGISTERED,
+    PatientChangeKind.UPDATED: identity_pb2.PATIENT_CHANGE_KIND_UPDATED,
+    PatientChangeKind.MERGED: identity_pb2.PATIENT_CHANGE_KIND_MERGED,
+    PatientChangeKind.MERGE_SURVIVOR: identity_pb2.PATIENT_CHANGE_KIND_MERGE_SURVIVOR,
+    PatientChangeKind.UNMERGED: identity_pb2.PATIENT_CHANGE_KIND_UNMERGED,
+    PatientChangeKind.UNMERGE_SURVIVOR: identity_pb2.PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR,
+}
+
+
+def patient_change_message(change: PatientChange, person: Person | None) -> identity_pb2.PatientChange:
+    assert change.kind is not None  # tombstones never leave the service
+    message = identity_pb2.PatientChange(
+        sequence=change.sequence,
+        kind=_CHANGE_KINDS[change.kind],
+        patient_id=change.person_id,
+        other_patient_id=change.other_person_id,
+    )
+    message.commit_time.FromDatetime(change.committed_at)
+    if person is not None:
+        message.patient.CopyFrom(patient_message(person))
+        message.patient_version = person.version
+        message.merged_patient_ids.extend(person.merged_person_ids)
+        if person.status is PersonStatus.MERGED:
+            message.merged_into_patient_id = person.merged_into
     return message

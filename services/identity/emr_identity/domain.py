@@ -347,3 +347,32 @@ def new_person(registration: Registration, person_id: str, now: datetime) -> Per
         phone=registration.phone,
         province_code=registration.province_code,
     )
+
+
+# --- patient change feed ------------------------------------------------------------------------
+
+
+class PatientChangeKind(enum.Enum):
+    """What changed a person, as the patient change feed tells it (what the national side must hold)."""
+
+    REGISTERED = "registered"
+    UPDATED = "updated"
+    MERGED = "merged"  # the person was merged into ``other_person_id``
+    MERGE_SURVIVOR = "merge_survivor"  # ``other_person_id`` was merged into the person
+    UNMERGED = "unmerged"  # the person's merge into ``other_person_id`` was undone
+    UNMERGE_SURVIVOR = "unmerge_survivor"  # ``other_person_id`` was restored from the person
+
+
+@dataclass(frozen=True)
+class PatientChange:
+    """One position of the patient change feed; a tombstone fills a position whose write never
+    completed. ``key`` names the change's cause (the link-log event it follows), so that a retried
+    request records it once."""
+
+    sequence: int
+    committed_at: datetime
+    kind: PatientChangeKind | None = None
+    person_id: str = ""
+    other_person_id: str = ""
+    key: str = ""
+    tombstone: bool = False

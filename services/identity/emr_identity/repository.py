@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from datetime import date
+from datetime import date, timedelta
 
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
@@ -26,6 +26,8 @@ from emr_identity.domain import (
     IdentifierSystem,
     LinkEvent,
     Outcome,
+    PatientChange,
+    PatientChangeKind,
     Person,
     PersonStatus,
     Sex,
@@ -40,6 +42,7 @@ from emr_identity.matching import (
     blocking_keys,
 )
 from emr_identity.vietnamese import NameParts
+from emr_runtime.changefeed import ChangeFeed, Filled
 from emr_runtime.db import (
     SEQUENCE_CLAIMS,
     Database,
@@ -60,6 +63,10 @@ EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
 TRANSITIONS = "state_transitions"
 COUNTERS = "counters"
+# The patient change feed (emr_runtime.changefeed): positions "<sequence>" (string ids: the one
+# filter FerretDB hands to its index is {_id: <string>}), read one position at a time.
+PATIENT_CHANGES = "patient_changes"
+PATIENT_CHANGE_COUNTER = "identity_patient_changes"
 COLLECTIONS = (
     PERSONS,
     CLAIMS,
@@ -71,6 +78,7 @@ COLLECTIONS = (
     TRANSITIONS,
     COUNTERS,
     SEQUENCE_CLAIMS,
+    PATIENT_CHANGES,
 )
 NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
 # Name counts live in one document (one $inc per registration).
@@ -85,7 +93,11 @@ OPEN_REVIEW_TASKS = "identity_open_review_tasks"
 # documents whose (collection, _id) hash alike: bounded memory, rare needless waits.
 UPDATE_TURN_STRIPES = 1024
 
-INDEXES = (IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),)
+INDEXES = (
+    IndexSpec(CLAIMS, (("person_id", 1),), "claims_by_person"),
+    # A change is in the feed once, however often its request is retried (an insert, never a query).
+    IndexSpec(PATIENT_CHANGES, (("key", 1),), "patient_changes_by_key", unique=True),
+)
 # National identifiers and phone numbers are stored encrypted (emr_runtime.fieldcrypt); MRNs, a
 # facility's own numbers, stay readable.
 ENCRYPTED_SYSTEMS = frozenset({IdentifierSystem.CCCD, IdentifierSystem.BHYT, IdentifierSystem.PASSPORT})
@@ -645,3 +657,57 @@ class PersonRepository:
             kind: {n: c for n, c in getattr(frequencies, kind).items() if n} for kind in NAME_KINDS
         }
         await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$set": {**counts, "total": frequencies.total}})
+
+
+def _patient_change(document: Document) -> PatientChange:
+    sequence = int(document["_id"])
+    if document.get("tombstone"):
+        return PatientChange(sequence, document["committed_at"], tombstone=True)
+    return PatientChange(
+        sequence=sequence,
+        committed_at=document["committed_at"],
+        kind=PatientChangeKind(document["kind"]),
+        person_id=document["person_id"],
+        other_person_id=document.get("other_person_id", ""),
+        key=document["key"],
+    )
+
+
+def _change_fields(kind: PatientChangeKind, person_id: str, key: str, other_person_id: str) -> Document:
+    return {"key": key, "kind": kind.value, "person_id": person_id, "other_person_id": other_person_id}
+
+
+class PatientChangeRepository:
+    """The patient change feed: ids and kinds only (the persons' data stays in ``persons``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._feed = ChangeFeed(
+            db,
+            PATIENT_CHANGES,
+            PATIENT_CHANGE_COUNTER,
+            lambda sequence: {"key": f"tombstone:{sequence}"},
+            position_id=str,
+            lookups_only=True,
+        )
+
+    async def append(
+        self, kind: PatientChangeKind, person_id: str, key: str, other_person_id: str = ""
+    ) -> int | None:
+        """Records a change once per ``key``; returns its position (None: a repeat, in the feed already)."""
+        return await self._feed.append(_change_fields(kind, person_id, key, other_person_id))
+
+    async def reserve(self) -> int:
+        """Allocates the next position; until ``write`` fills it, it is a hole in the feed."""
+        return await self._feed.reserve()
+
+    async def write(
+        self, sequence: int, kind: PatientChangeKind, person_id: str, key: str, other_person_id: str = ""
+    ) -> bool:
+        """Fills a reserved position; False if a tombstone closed it first (reserve another). A
+        change already in the feed counts as written."""
+        filled = await self._feed.fill(sequence, _change_fields(kind, person_id, key, other_person_id))
+        return filled is not Filled.TAKEN
+
+    async def next_run(self, after: int, limit: int, settle: timedelta) -> tuple[list[PatientChange], int]:
+        """The next run of changes without holes after ``after`` and the cursor to pass next."""
+        return await self._feed.next_run(after, limit, settle, _patient_change)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
@@ -14,6 +14,8 @@ from emr_identity.domain import (
     EventKind,
     LinkEvent,
     Outcome,
+    PatientChange,
+    PatientChangeKind,
     Person,
     PersonStatus,
     RegistrationInput,
@@ -37,9 +39,10 @@ from emr_identity.matching import (
     proposable,
     score,
 )
-from emr_identity.repository import PersonRepository
+from emr_identity.repository import PatientChangeRepository, PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
 from emr_runtime.caller import Caller
+from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
@@ -98,8 +101,12 @@ class SearchQuery:
 
 
 class IdentityService:
-    def __init__(self, persons: PersonRepository) -> None:
+    def __init__(
+        self, persons: PersonRepository, changes: PatientChangeRepository, change_settle: timedelta
+    ) -> None:
         self._persons = persons
+        self._changes = changes
+        self._change_settle = change_settle
         self._frequencies: NameFrequencies | None = None
 
     async def _name_frequencies(self) -> NameFrequencies:
@@ -159,7 +166,9 @@ class IdentityService:
         if stored.status is PersonStatus.SUPERSEDED:
             return replace(record, person_id=stored.superseded_by, outcome=Outcome.EXISTING)
         if stored.status is not PersonStatus.PROVISIONAL:
-            return replace(record, outcome=Outcome.CREATED)  # finished before a crash; keep it
+            # Finished before a crash (or by a concurrent twin): keep it, and make sure it is in the feed.
+            await self._changed(PatientChangeKind.REGISTERED, stored.person_id, "registered")
+            return replace(record, outcome=Outcome.CREATED)
         # Claimed at once; the first key owned by another person (CCCD first) decides.
         owners = await asyncio.gather(*(self._persons.claim(k, stored.person_id) for k in stored.claim_keys))
         for owner_id in owners:
@@ -181,6 +190,7 @@ class IdentityService:
                 return replace(record, person_id=target, outcome=Outcome.LINKED, candidates=result.candidates)
         await self._persons.activate(stored.person_id)
         await self._attach(record, stored.person_id, EventKind.CREATED, actor_id, now)
+        await self._changed(PatientChangeKind.REGISTERED, stored.person_id, "registered")
         if result.decision is not Decision.REVIEW:
             return replace(record, outcome=Outcome.CREATED)
         task = ReviewTask(
@@ -255,6 +265,8 @@ class IdentityService:
         if done is not None:
             if done.request_fingerprint != raw.fingerprint:
                 raise ConflictError("request_id was already used for a different update", "request_id")
+            # A retry after a crash between the update and its change puts the change in the feed.
+            await self._changed(PatientChangeKind.UPDATED, person.person_id, f"v{done.version}")
             task = await self._persons.get_task(done.review_task_id) if done.review_task_id else None
             current = (await self._view(person.person_id, "patient_id")).person
             return RegistrationResult(
@@ -298,6 +310,7 @@ class IdentityService:
             review_task_id=task_id,
             request_fingerprint=raw.fingerprint,
         )
+        await self._changed(PatientChangeKind.UPDATED, person.person_id, f"v{updated.version}")
         return RegistrationResult(updated, Outcome.EXISTING, result.candidates, task_id)
 
     # --- matching ---------------------------------------------------------------------------------
@@ -514,6 +527,7 @@ class IdentityService:
         if done is not None:
             if done.other_person_id != survivor.person.person_id:
                 raise ConflictError("request_id was already used for a different merge", "request_id")
+            await self._merge_changed(merged.person_id, survivor.person.person_id, request_id)
             return (await self._view(survivor.person.person_id, "survivor_patient_id")).person
         if survivor.person.person_id == merged.person_id:
             raise InvalidArgumentError(
@@ -527,6 +541,7 @@ class IdentityService:
             (survivor.person.person_id, merged.person_id),
         ):
             await self._log(EventKind.MERGED, one, request_id, actor_id, now, two, reason=reason)
+        await self._merge_changed(merged.person_id, survivor.person.person_id, request_id)
         return (await self._view(survivor.person.person_id, "survivor_patient_id")).person
 
     async def unmerge(
@@ -549,6 +564,8 @@ class IdentityService:
                 await self._log(EventKind.UNMERGED, one, request_id, actor_id, now, two, reason=reason)
         else:
             survivor_id = done.other_person_id
+        await self._changed(PatientChangeKind.UNMERGED, merged.person_id, request_id, survivor_id)
+        await self._changed(PatientChangeKind.UNMERGE_SURVIVOR, survivor_id, request_id, merged.person_id)
         restored = await self._persons.get(merged.person_id)
         survivor = await self._view(survivor_id, "merged_patient_id")
         assert restored is not None
@@ -560,3 +577,28 @@ class IdentityService:
             raise NotFoundError("Patient", "patient_id", patient_id)
         # The person lists its events in the order they were appended (one write each).
         return await self._persons.events(person.event_ids)
+
+    # --- patient change feed ------------------------------------------------------------------------
+
+    async def _changed(
+        self, kind: PatientChangeKind, person_id: str, cause: str, other_person_id: str = ""
+    ) -> None:
+        """Puts a change of a person into the feed, after the change is stored (a reader of the feed
+        then finds the person changed). Its key derives from the cause (a request, a version), so a
+        retry of the request adds nothing."""
+        key = derive_id(f"change:{kind.value}:{person_id}", cause)
+        await self._changes.append(kind, person_id, key, other_person_id)
+
+    async def _merge_changed(self, merged_id: str, survivor_id: str, request_id: str) -> None:
+        await self._changed(PatientChangeKind.MERGED, merged_id, request_id, survivor_id)
+        await self._changed(PatientChangeKind.MERGE_SURVIVOR, survivor_id, request_id, merged_id)
+
+    async def patient_changes(
+        self, after_sequence: int, requested_limit: int
+    ) -> tuple[list[tuple[PatientChange, Person | None]], int]:
+        """The next run of patient changes without holes, each with its person as it is now (its
+        own record, not followed through merges; None if it cannot be read)."""
+        limit = check_feed_request(after_sequence, requested_limit)
+        changes, next_after = await self._changes.next_run(after_sequence, limit, self._change_settle)
+        persons = {p.person_id: p for p in await self._persons.get_many({c.person_id for c in changes})}
+        return [(change, persons.get(change.person_id)) for change in changes], next_after

@@ -128,6 +128,15 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         registered = await self._service.registered_at(request.patient_id, request.facility_code)
         return identity_pb2.CheckRegistrationResponse(registered=registered)
 
+    async def ListPatientChanges(
+        self, request: identity_pb2.ListPatientChangesRequest, context: Context
+    ) -> identity_pb2.ListPatientChangesResponse:
+        changes, next_after = await self._service.patient_changes(request.after_sequence, request.limit)
+        return identity_pb2.ListPatientChangesResponse(
+            changes=[converters.patient_change_message(change, person) for change, person in changes],
+            next_after_sequence=next_after,
+        )
+
 
 def _registered_patient_id(request: Any, response: Any) -> str:
     return str(response.patient.patient_id) if response is not None else ""
@@ -149,6 +158,8 @@ def _nobody(request: Any, response: Any) -> str:
     return ""
 
 
+# The patient change feed (ListPatientChanges) is the platform's own feed to sync, not an access on a
+# patient's behalf; sync audits what it exports (as records' change feed).
 AUDIT_RULES = {
     f"/{SERVICE_NAME}/RegisterPatient": AuditRule(
         audit_pb2.AUDIT_ACTION_CREATE, "Patient", _registered_patient_id, _registered_patient_id

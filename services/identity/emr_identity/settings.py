@@ -16,3 +16,6 @@ class IdentitySettings(ServiceSettings, FieldEncryptionSettings):
     metrics_port: int = Field(9451, ge=0, le=65535)
     mongodb_database: str = Field("emr_identity", min_length=1)
     audit_target: str = Field("127.0.0.1:50053", description="host:port of the audit service")
+    change_settle_seconds: float = Field(
+        5.0, gt=0, description="How long a hole in the patient change feed may stay open before it is skipped"
+    )

@@ -718,42 +718,6 @@ class Change:
     tombstone: bool = False
 
 
-@dataclass(frozen=True)
-class FeedPlan:
-    """What a feed read can hand out now, and which holes are old enough to fill with tombstones."""
-
-    ready: tuple[Change, ...]
-    holes_to_close: tuple[int, ...]
-
-
-def plan_feed(after: int, changes: list[Change], now: datetime, settle: timedelta) -> FeedPlan:
-    """Changes are handed out only as a run without holes, so a consumer that resumes from its
-    cursor never skips a write that commits late. A hole (a sequence allocated but not yet written)
-    blocks the run until a later change is older than ``settle``: the writer of the hole has then
-    long given up, and the hole is closed with a tombstone (a late write then fails and retries
-    under a new sequence)."""
-    ready: list[Change] = []
-    expected = after + 1
-    for change in changes:
-        if change.sequence != expected:
-            if now - change.committed_at < settle:
-                break
-            return FeedPlan(tuple(ready), tuple(range(expected, change.sequence)))
-        ready.append(change)
-        expected += 1
-    return FeedPlan(tuple(ready), ())
-
-
-def check_feed_request(after_sequence: int, limit: int) -> int:
-    violations = Violations()
-    if after_sequence < 0:
-        violations.add("after_sequence", "must not be negative")
-    if limit < 0 or limit > 1000:
-        violations.add("limit", "must be between 0 and 1000")
-    violations.raise_if_any()
-    return limit or 100
-
-
 # --- reads --------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import enum
 import types
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pymongo.errors import DuplicateKeyError
@@ -32,8 +32,9 @@ from emr_records.domain import (
     TimelineQuery,
     to_plain,
 )
+from emr_runtime.changefeed import ChangeFeed, Filled
 from emr_runtime.clock import utc_now
-from emr_runtime.db import Database, Document, IndexSpec, insert_or_get, next_sequence
+from emr_runtime.db import Database, Document, IndexSpec, insert_or_get
 from emr_runtime.fieldcrypt import FieldCrypt
 
 RESOURCES = "resources"
@@ -276,10 +277,28 @@ class ResourceRepository:
         return [_record(self._crypt, document) async for document in cursor]
 
 
+def _tombstone_fields(sequence: int) -> Document:
+    # Resource fields unique per tombstone: they share the (resource, version) unique index.
+    return {"resource_type": "", "resource_id": f"tombstone:{sequence}", "resource_version": 0}
+
+
+def _change_fields(record: ClinicalRecord) -> Document:
+    return {
+        "kind": (ChangeKind.CREATED if record.version == 1 else ChangeKind.UPDATED).value,
+        "resource_type": record.resource_type.value,
+        "resource_id": record.resource_id,
+        "resource_version": record.version,
+        "patient_id": record.patient_id,
+        "facility_code": record.facility_code,
+    }
+
+
 class ChangeFeedRepository:
+    """The records change feed (emr_runtime.changefeed), one change per resource version."""
+
     def __init__(self, db: Database) -> None:
-        self._db = db
         self._changes = db[CHANGES]
+        self._feed = ChangeFeed(db, CHANGES, CHANGE_COUNTER, _tombstone_fields)
 
     async def recorded(self, record: ClinicalRecord) -> bool:
         """Whether the change of this version is in the feed (a query by resource, not by key: only
@@ -291,56 +310,20 @@ class ChangeFeedRepository:
         }
         return await self._changes.find_one(query, {"_id": 1}) is not None
 
-    async def append(self, record: ClinicalRecord) -> int:
-        """Step 3: appends the change under a fresh sequence and returns it. Callers on a recovery
-        path check ``recorded`` first: appending a change already in the feed would leave a hole."""
-        while True:
-            sequence = await self.reserve()
-            if await self.write(sequence, record):
-                return sequence
-            # Our position was closed by a tombstone while we were slow: take the next one.
+    async def append(self, record: ClinicalRecord) -> int | None:
+        """Step 3: appends the change under a fresh sequence and returns it (None: it was in the
+        feed already)."""
+        return await self._feed.append(_change_fields(record))
 
     async def reserve(self) -> int:
         """Allocates the next feed position; until ``write`` fills it, it is a hole in the feed."""
-        return await next_sequence(self._db, CHANGE_COUNTER)
+        return await self._feed.reserve()
 
     async def write(self, sequence: int, record: ClinicalRecord) -> bool:
         """Fills a reserved position with the change of ``record``; False if a tombstone closed the
         position first (the caller reserves another). A change already recorded counts as written."""
-        try:
-            await self._changes.insert_one(
-                {
-                    "_id": sequence,
-                    "kind": (ChangeKind.CREATED if record.version == 1 else ChangeKind.UPDATED).value,
-                    "resource_type": record.resource_type.value,
-                    "resource_id": record.resource_id,
-                    "resource_version": record.version,
-                    "patient_id": record.patient_id,
-                    "facility_code": record.facility_code,
-                    # Taken after the reservation: the feed's hole timeout relies on it.
-                    "committed_at": utc_now(),
-                }
-            )
-            return True
-        except DuplicateKeyError:
-            # Either a concurrent retry recorded this version, or a tombstone took the position.
-            return await self.recorded(record)
+        return await self._feed.fill(sequence, _change_fields(record)) is not Filled.TAKEN
 
-    async def after(self, sequence: int, limit: int) -> list[Change]:
-        cursor = self._changes.find({"_id": {"$gt": sequence}}).sort("_id", 1).limit(limit)
-        return [_change(document) async for document in cursor]
-
-    async def close_hole(self, sequence: int, now: datetime) -> None:
-        """Fills an abandoned sequence with a tombstone; a no-op if the real change got there first."""
-        with contextlib.suppress(DuplicateKeyError):
-            # Resource fields unique per tombstone: they share the (resource, version) unique index.
-            await self._changes.insert_one(
-                {
-                    "_id": sequence,
-                    "tombstone": True,
-                    "resource_type": "",
-                    "resource_id": f"tombstone:{sequence}",
-                    "resource_version": 0,
-                    "committed_at": now,
-                }
-            )
+    async def next_run(self, after: int, limit: int, settle: timedelta) -> tuple[list[Change], int]:
+        """The next run of changes without holes after ``after`` and the cursor to pass next."""
+        return await self._feed.next_run(after, limit, settle, _change)

@@ -18,18 +18,17 @@ from emr_records.domain import (
     ResourceInput,
     ResourceType,
     TimelineQuery,
-    check_feed_request,
     encounter_field_path,
     id_field_path,
     new_record,
     next_version,
-    plan_feed,
     resource_type_of,
     validate_resource,
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_runtime.caller import Caller
+from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
@@ -164,8 +163,9 @@ class RecordsService:
 
     async def _append(self, record: ClinicalRecord) -> None:
         sequence = await self._feed.append(record)
-        self._feed_head = max(self._feed_head, sequence)
-        CHANGE_FEED_HEAD.set(self._feed_head)
+        if sequence is not None:
+            self._feed_head = max(self._feed_head, sequence)
+            CHANGE_FEED_HEAD.set(self._feed_head)
 
     async def _recover_change(self, record: ClinicalRecord) -> None:
         """Records a version's change that a crash may or may not have recorded already."""
@@ -259,16 +259,7 @@ class RecordsService:
     ) -> tuple[list[tuple[Change, ClinicalRecord]], int]:
         """The next run of changes without holes, each with the resource as of its version."""
         limit = check_feed_request(after_sequence, requested_limit)
-        plan = plan_feed(
-            after_sequence, await self._feed.after(after_sequence, limit), utc_now(), self._settle
-        )
-        if plan.holes_to_close:
-            now = utc_now()
-            for sequence in plan.holes_to_close:
-                await self._feed.close_hole(sequence, now)
-            plan = plan_feed(after_sequence, await self._feed.after(after_sequence, limit), now, self._settle)
-        next_after = plan.ready[-1].sequence if plan.ready else after_sequence
-        changes = [change for change in plan.ready if not change.tombstone]
+        changes, next_after = await self._feed.next_run(after_sequence, limit, self._settle)
         versions = await self._resources.versions([(c.resource_id, c.resource_version) for c in changes])
         return [(c, versions[(c.resource_id, c.resource_version)]) for c in changes], next_after
 

@@ -100,6 +100,8 @@ POLICY: dict[str, Rule] = {
     f"{_IDENTITY}UnmergePatients": Rule(_roles()),
     f"{_IDENTITY}GetPersonHistory": Rule(_roles(AUDITOR)),
     f"{_IDENTITY}CheckRegistration": Rule(_roles(PLATFORM_SERVICE)),
+    # Every person's changes, for the national system: the sync service's alone.
+    f"{_IDENTITY}ListPatientChanges": Rule(_roles(SYNC_SERVICE)),
     # --- records: clinical writes at the caller's facility, reads of treated patients ----------
     f"{_RECORDS}CreateEncounter": _own_facility_write(REGISTRAR, DOCTOR, NURSE),
     f"{_RECORDS}GetEncounter": _patient_read(DOCTOR, NURSE, SYNC_SERVICE),

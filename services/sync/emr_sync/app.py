@@ -16,7 +16,7 @@ from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
-from emr_sync.clients import RECORDS_SERVICE, NationalClient, RecordsFeed
+from emr_sync.clients import RECORDS_SERVICE, IdentityFeed, NationalClient, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
 from emr_sync.service import PipelineConfig, SyncService
 from emr_sync.servicer import SERVICE_NAME, NationalSyncServicer
@@ -61,6 +61,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     service = SyncService(
         SyncRepository(db, crypt),
         RecordsFeed(records_channel),
+        IdentityFeed(identity_channel),
         PatientDirectory(identity_channel, "sync", "NATIONAL_REPORTING"),
         national,
         pipeline_config(settings),

@@ -1,5 +1,5 @@
-"""Sync's outside world: the records change feed and encounter bundles (gRPC), patients from
-identity (gRPC), and the national system (HTTP with OAuth2 client-credentials tokens)."""
+"""Sync's outside world: the records change feed and encounter bundles (gRPC), patients and their
+change feed from identity (gRPC), and the national system (HTTP with OAuth2 client-credentials tokens)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import httpx
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from opentelemetry import propagate
 
@@ -51,6 +52,22 @@ class RecordsFeed:
             timeout=self._deadline,
         )
         return list(response.resources)
+
+
+class IdentityFeed:
+    """Identity's patient change feed (registrations, updates, merges, unmerges)."""
+
+    def __init__(self, channel: grpc.aio.Channel, deadline_seconds: float = 10.0) -> None:
+        self._stub = identity_pb2_grpc.PatientIdentityServiceStub(channel)
+        self._deadline = deadline_seconds
+
+    async def changes_after(self, after_sequence: int, limit: int) -> identity_pb2.ListPatientChangesResponse:
+        response: identity_pb2.ListPatientChangesResponse = await self._stub.ListPatientChanges(
+            identity_pb2.ListPatientChangesRequest(after_sequence=after_sequence, limit=limit),
+            metadata=_METADATA,
+            timeout=self._deadline,
+        )
+        return response
 
 
 def retry_after(response: httpx.Response, default: timedelta) -> timedelta:

@@ -38,6 +38,7 @@ def status_response(status: SyncStatus, now: datetime) -> sync_pb2.GetSyncStatus
         dead_lettered=status.dead_lettered,
         last_error=status.last_error,
         records_cursor=status.records_cursor,
+        identity_cursor=status.identity_cursor,
         national_reachable=status.national_reachable,
     )
     if status.last_delivered_at is not None:

@@ -94,6 +94,7 @@ class SyncStatus:
     records_cursor: int
     national_reachable: bool
     national_checked_at: datetime | None
+    identity_cursor: int = 0
 
 
 class SendOutcome(enum.Enum):

@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from emr_fhir.resources import transaction_bundle
+from emr_fhir.resources import patient_transaction_bundle, transaction_bundle
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
@@ -36,7 +37,7 @@ from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
 from emr_runtime.patients import PatientDirectory
 from emr_sync.claim_xml import claim_xml, is_insurance_claim
-from emr_sync.clients import NationalClient, RecordsFeed
+from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
 from emr_sync.domain import (
     CircuitBreaker,
     CircuitState,
@@ -60,6 +61,7 @@ from emr_sync.repository import SyncRepository
 
 log = logging.getLogger("emr.sync")
 RECORDS_CURSOR = "records"
+IDENTITY_CURSOR = "identity"
 INTAKE_LEASE = "intake"
 # Encounter versions that are reported: a finished visit, and its withdrawal when entered in error.
 REPORTED_STATUSES = (records_pb2.ENCOUNTER_STATUS_FINISHED, records_pb2.ENCOUNTER_STATUS_ENTERED_IN_ERROR)
@@ -93,6 +95,43 @@ def _validation_reason(error: ValidationError) -> str:
     return short_reason("invalid FHIR R4 Bundle: " + "; ".join(parts))
 
 
+def patient_change_delivery(change: identity_pb2.PatientChange, partitions: int, now: datetime) -> Delivery:
+    """The delivery of one patient change: a transaction Bundle of the Patient (merged: inactive,
+    replaced-by its survivor; a survivor: replaces), keyed ``Patient/<id>/_history/<feed sequence>``
+    (the feed position, as merges leave the demographics version unchanged), in the patient's
+    partition. A payload that cannot be built is a dead letter from the start."""
+    patient = change.patient if change.HasField("patient") else None
+    queued = new_delivery(
+        DeliveryKind.FHIR_TRANSACTION,
+        "Patient",
+        change.patient_id,
+        change.sequence,
+        change.patient_id,
+        patient.registering_facility_code if patient is not None else "",
+        change.sequence,
+        partitions,
+        b"",
+        change.commit_time.ToDatetime(tzinfo=now.tzinfo),
+        now,
+    )
+    if patient is None:
+        problem = "patient unknown to the identity service"
+    else:
+        bundle = patient_transaction_bundle(
+            patient,
+            str(change.sequence),
+            change.commit_time,
+            replaced_by=change.merged_into_patient_id,
+            replaces=change.merged_patient_ids,
+        )
+        try:
+            Bundle.model_validate(bundle)
+            return replace(queued, payload=_json_bytes(bundle))
+        except ValidationError as error:
+            problem = _validation_reason(error)
+    return replace(queued, status=DeliveryStatus.DEAD, last_error=problem, dead_at=now)
+
+
 def _lease(partition: int) -> str:
     return f"partition:{partition}"
 
@@ -106,12 +145,14 @@ class SyncService:
         self,
         repository: SyncRepository,
         feed: RecordsFeed,
+        patient_changes: IdentityFeed,
         patients: PatientDirectory,
         national: NationalClient,
         config: PipelineConfig,
     ) -> None:
         self._repository = repository
         self._feed = feed
+        self._patient_changes = patient_changes
         self._patients = patients
         self._national = national
         self._config = config
@@ -126,7 +167,8 @@ class SyncService:
 
     # --- intake ---------------------------------------------------------------------------------
     async def intake_once(self) -> int:
-        """Queues the payloads of the next run of records changes; returns how many changes were read."""
+        """Queues the payloads of the next run of records changes and of identity's patient changes
+        (each feed with its own cursor); returns how many changes were read."""
         config = self._config
         now = utc_now()
         # The lease is renewed when half of it is used up, not every round: an idle replica writes little.
@@ -136,6 +178,28 @@ class SyncService:
                 self._intake_lease_until = None
                 return 0
             self._intake_lease_until = until
+        # Each feed flows on when the other's service is down; a failure is raised after both ran.
+        taken = await asyncio.gather(
+            self._take_records_changes(), self._take_patient_changes(), return_exceptions=True
+        )
+        for outcome in taken:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum(n for n in taken if isinstance(n, int))
+
+    async def _take_patient_changes(self) -> int:
+        after = await self._repository.cursor(IDENTITY_CURSOR)
+        response = await self._patient_changes.changes_after(after, self._config.batch_size)
+        now = utc_now()
+        await self._repository.enqueue(
+            [patient_change_delivery(change, self._config.partitions, now) for change in response.changes]
+        )
+        if response.next_after_sequence != after:
+            await self._repository.save_cursor(IDENTITY_CURSOR, response.next_after_sequence)
+        return len(response.changes)
+
+    async def _take_records_changes(self) -> int:
+        config = self._config
         after = await self._repository.cursor(RECORDS_CURSOR)
         response = await self._feed.changes_after(after, config.batch_size)
         reported = [
@@ -369,6 +433,7 @@ class SyncService:
             last_error=await self._repository.last_error(),
             last_delivered_at=await self._repository.last_delivered_at(code),
             records_cursor=await self._repository.cursor(RECORDS_CURSOR),
+            identity_cursor=await self._repository.cursor(IDENTITY_CURSOR),
             national_reachable=reachable,
             national_checked_at=checked_at,
         )

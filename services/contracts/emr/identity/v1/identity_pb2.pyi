@@ -57,6 +57,16 @@ class LinkEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LINK_EVENT_KIND_REJECTED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_REVIEW_OPENED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_UPDATED: _ClassVar[LinkEventKind]
+
+class PatientChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATIENT_CHANGE_KIND_UNSPECIFIED: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_REGISTERED: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_UPDATED: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_MERGED: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_MERGE_SURVIVOR: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_UNMERGED: _ClassVar[PatientChangeKind]
+    PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR: _ClassVar[PatientChangeKind]
 IDENTIFIER_SYSTEM_UNSPECIFIED: IdentifierSystem
 IDENTIFIER_SYSTEM_CCCD: IdentifierSystem
 IDENTIFIER_SYSTEM_BHYT: IdentifierSystem
@@ -87,6 +97,13 @@ LINK_EVENT_KIND_UNMERGED: LinkEventKind
 LINK_EVENT_KIND_REJECTED: LinkEventKind
 LINK_EVENT_KIND_REVIEW_OPENED: LinkEventKind
 LINK_EVENT_KIND_UPDATED: LinkEventKind
+PATIENT_CHANGE_KIND_UNSPECIFIED: PatientChangeKind
+PATIENT_CHANGE_KIND_REGISTERED: PatientChangeKind
+PATIENT_CHANGE_KIND_UPDATED: PatientChangeKind
+PATIENT_CHANGE_KIND_MERGED: PatientChangeKind
+PATIENT_CHANGE_KIND_MERGE_SURVIVOR: PatientChangeKind
+PATIENT_CHANGE_KIND_UNMERGED: PatientChangeKind
+PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR: PatientChangeKind
 
 class Identifier(_message.Message):
     __slots__ = ("system", "value", "facility_code")
@@ -405,3 +422,41 @@ class GetPatientResponse(_message.Message):
     record_ids: _containers.RepeatedScalarFieldContainer[str]
     merged_patient_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., merged_from_patient_id: _Optional[str] = ..., record_ids: _Optional[_Iterable[str]] = ..., merged_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PatientChange(_message.Message):
+    __slots__ = ("sequence", "kind", "patient_id", "patient_version", "other_patient_id", "commit_time", "patient", "merged_into_patient_id", "merged_patient_ids")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_FIELD_NUMBER: _ClassVar[int]
+    MERGED_INTO_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: PatientChangeKind
+    patient_id: str
+    patient_version: int
+    other_patient_id: str
+    commit_time: _timestamp_pb2.Timestamp
+    patient: Patient
+    merged_into_patient_id: str
+    merged_patient_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[PatientChangeKind, str]] = ..., patient_id: _Optional[str] = ..., patient_version: _Optional[int] = ..., other_patient_id: _Optional[str] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., patient: _Optional[_Union[Patient, _Mapping]] = ..., merged_into_patient_id: _Optional[str] = ..., merged_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPatientChangesRequest(_message.Message):
+    __slots__ = ("after_sequence", "limit")
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    limit: int
+    def __init__(self, after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListPatientChangesResponse(_message.Message):
+    __slots__ = ("changes", "next_after_sequence")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[PatientChange]
+    next_after_sequence: int
+    def __init__(self, changes: _Optional[_Iterable[_Union[PatientChange, _Mapping]]] = ..., next_after_sequence: _Optional[int] = ...) -> None: ...

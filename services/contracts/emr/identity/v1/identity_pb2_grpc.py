@@ -90,6 +90,11 @@ class PatientIdentityServiceStub:
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.SerializeToString,
                 response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.FromString,
                 _registered_method=True)
+        self.ListPatientChanges = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ListPatientChanges',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.FromString,
+                _registered_method=True)
 
 
 class PatientIdentityServiceServicer:
@@ -185,6 +190,15 @@ class PatientIdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPatientChanges(self, request, context):
+        """ListPatientChanges returns committed patient changes after a cursor, in commit order, without
+        gaps: new persons, demographic updates, merges and unmerges (what the national system must
+        hold of a person). The sync service's feed; consumers keep after_sequence durably.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatientIdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +256,11 @@ def add_PatientIdentityServiceServicer_to_server(servicer, server):
                     servicer.CheckRegistration,
                     request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.FromString,
                     response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.SerializeToString,
+            ),
+            'ListPatientChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPatientChanges,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -542,6 +561,33 @@ class PatientIdentityService:
             '/emr.identity.v1.PatientIdentityService/CheckRegistration',
             emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationRequest.SerializeToString,
             emr_dot_identity_dot_v1_dot_identity__pb2.CheckRegistrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPatientChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ListPatientChanges',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

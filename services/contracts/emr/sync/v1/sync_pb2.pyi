@@ -26,7 +26,7 @@ class GetSyncStatusRequest(_message.Message):
     def __init__(self, facility_code: _Optional[str] = ...) -> None: ...
 
 class GetSyncStatusResponse(_message.Message):
-    __slots__ = ("pending", "delivered", "failed", "last_error", "last_delivered_time", "records_cursor", "in_flight", "dead_lettered", "oldest_pending_time", "oldest_pending_age_seconds", "national_reachable", "national_checked_time")
+    __slots__ = ("pending", "delivered", "failed", "last_error", "last_delivered_time", "records_cursor", "in_flight", "dead_lettered", "oldest_pending_time", "oldest_pending_age_seconds", "national_reachable", "national_checked_time", "identity_cursor")
     PENDING_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class GetSyncStatusResponse(_message.Message):
     OLDEST_PENDING_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NATIONAL_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     NATIONAL_CHECKED_TIME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_CURSOR_FIELD_NUMBER: _ClassVar[int]
     pending: int
     delivered: int
     failed: int
@@ -51,7 +52,8 @@ class GetSyncStatusResponse(_message.Message):
     oldest_pending_age_seconds: float
     national_reachable: bool
     national_checked_time: _timestamp_pb2.Timestamp
-    def __init__(self, pending: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_delivered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., records_cursor: _Optional[int] = ..., in_flight: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., oldest_pending_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., oldest_pending_age_seconds: _Optional[float] = ..., national_reachable: _Optional[bool] = ..., national_checked_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    identity_cursor: int
+    def __init__(self, pending: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_delivered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., records_cursor: _Optional[int] = ..., in_flight: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., oldest_pending_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., oldest_pending_age_seconds: _Optional[float] = ..., national_reachable: _Optional[bool] = ..., national_checked_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity_cursor: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("delivery_id", "kind", "resource_type", "resource_id", "resource_version", "patient_id", "facility_code", "reason", "attempts", "dead_time")
