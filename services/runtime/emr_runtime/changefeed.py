@@ -168,10 +168,15 @@ class ChangeFeed:
 
     async def read(self, after: int, limit: int) -> list[Document]:
         """Up to ``limit`` stored positions after ``after``, in order (holes are absent)."""
+        # The counter first: a reader that is up to date (the usual poll) reads nothing else. A
+        # range read on FerretDB 1.x reads the whole collection (measured with 20,000 changes: 494
+        # ms a read, against 4.6 ms for this check).
+        head = min(await last_sequence(self._db, self._counter), after + limit)
+        if head <= after:
+            return []
         if not self._lookups_only:
             cursor = self._changes.find({"_id": {"$gt": after}}).sort("_id", 1).limit(limit)
             return [document async for document in cursor]
-        head = min(await last_sequence(self._db, self._counter), after + limit)
         found = await asyncio.gather(
             *(self._changes.find_one({"_id": self._position_id(s)}) for s in range(after + 1, head + 1))
         )
