@@ -159,7 +159,7 @@ async def test_an_abandoned_position_is_skipped_after_the_settle_time(feed_recor
     assert await consumer.poll_once() == 0
     # ... and once it is older than the settle time, it is closed and the feed moves on.
     await consumer.poll_until({(observation_id, 1)})
-    tombstone = await db["changes"].find_one({"_id": abandoned})
+    tombstone = await db["changes"].find_one({"_id": str(abandoned)})
     assert tombstone is not None
     assert tombstone["tombstone"] is True
     assert [rid for _, rid, _ in consumer.seen] == [observation_id]

@@ -25,6 +25,8 @@ from pymongo import AsyncMongoClient
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata
+from emr_records.repository import CHANGE_COUNTER
+from emr_runtime.db import last_sequence
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -112,8 +114,7 @@ async def site(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIt
     )
     result = SyncSite(stack, f"emr_sync_test_{uuid.uuid4().hex[:8]}", emulator_port)
     # These replicas start where the feed is now: what other tests wrote is not theirs to send.
-    last = await mongo["emr_records"]["changes"].find_one({}, sort=[("_id", -1)])
-    start = int(last["_id"]) if last else 0
+    start = await last_sequence(mongo["emr_records"], CHANGE_COUNTER)
     await mongo[result.database]["cursors"].insert_one({"_id": "records", "after": start})
     # Identity's patient changes are test_sync_patient_changes.py's subject: these replicas take none
     # (a cursor past every sequence), so that what they deliver is each test's encounters.
