@@ -140,7 +140,7 @@ async def tampered_log(stack: Any, mongo: Any) -> AsyncIterator[tuple[audit_pb2_
     """One audit instance with its own database: 30 events under one checkpoint, and no more
     checkpoints (so that restoring the documents restores the log exactly)."""
     database = f"emr_audit_tamper_{uuid.uuid4().hex[:8]}"
-    ports = stack.with_ports(audit=free_port(), audit_metrics=free_port())
+    ports = stack.with_ports(audit=free_port())
     env = {
         "AUDIT_MONGODB_DATABASE": database,
         "AUDIT_CHECKPOINT_EVERY_EVENTS": str(EVENTS),

@@ -26,7 +26,7 @@ SETTLE_SECONDS = 3.0
 @pytest.fixture(scope="module")
 async def feed_records(stack: Any) -> AsyncIterator[records_pb2_grpc.ClinicalRecordsServiceStub]:
     """A records instance of its own database, with a short hole timeout."""
-    ports = stack.with_ports(records=free_port(), records_metrics=free_port())
+    ports = stack.with_ports(records=free_port())
     process = stack.start_service(
         "records",
         ports,

@@ -30,9 +30,7 @@ async def started_calls(metrics_port: int, method: str) -> float:
 async def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(
     stack: Any, registration: Any, facility_code: str
 ) -> None:
-    ports = stack.with_ports(
-        identity=free_port(), identity_metrics=free_port(), audit=free_port(), audit_metrics=free_port()
-    )
+    ports = stack.with_ports(identity=free_port(), audit=free_port())
     audit_process = stack.start_service(
         "audit", ports, name="audit-drain", extra_env={"AUDIT_MONGODB_DATABASE": "emr_audit_drain"}
     )

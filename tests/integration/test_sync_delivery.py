@@ -78,7 +78,7 @@ class SyncSite:
         return f"http://127.0.0.1:{self.emulator_port}"
 
     def start_replica(self, name: str) -> None:
-        ports = self.stack.with_ports(sync=free_port(), sync_metrics=free_port())
+        ports = self.stack.with_ports(sync=free_port())
         process = self.stack.start_service(
             "sync",
             ports=ports,

@@ -56,7 +56,7 @@ def person(facility_code: str) -> identity_pb2.RegisterPatientRequest:
 @pytest.fixture(scope="module")
 async def feed_identity(stack: Stack) -> AsyncIterator[identity_pb2_grpc.PatientIdentityServiceStub]:
     """An identity instance of its own database, with a short hole timeout."""
-    ports = stack.with_ports(identity=free_port(), identity_metrics=free_port())
+    ports = stack.with_ports(identity=free_port())
     process = stack.start_service(
         "identity",
         ports,
@@ -203,7 +203,7 @@ class PatientSync:
     processes: dict[str, tuple[ManagedProcess, int]]
 
     def start_replica(self, name: str, **env: str) -> None:
-        ports = self.stack.with_ports(sync=free_port(), sync_metrics=free_port())
+        ports = self.stack.with_ports(sync=free_port())
         process = self.stack.start_service(
             "sync",
             ports=ports,

@@ -97,7 +97,7 @@ async def test_too_long_fields_bad_times_and_garbage_bytes_name_the_field(
 async def strict_records(stack: Stack) -> AsyncIterator[records_pb2_grpc.ClinicalRecordsServiceStub]:
     """A records instance with tight limits: 64 KiB messages, 3 calls saved up per application and
     almost no refill, a one-second default deadline for streams."""
-    ports = stack.with_ports(records=free_port(), records_metrics=free_port())
+    ports = stack.with_ports(records=free_port())
     name = f"records-strict-{uuid.uuid4().hex[:6]}"
     process = stack.start_service(
         "records",

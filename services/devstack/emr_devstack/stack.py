@@ -245,10 +245,12 @@ class Stack(DevCertificates):
 
     def with_ports(self, **changes: int) -> Ports:
         """The stack's ports with ``changes``; a service given another API port also gets its own
-        health port (two instances cannot share one)."""
-        for service in GRPC_SERVICES:
-            if service in changes and f"{service}_health" not in changes:
-                changes[f"{service}_health"] = free_port()
+        health and metrics ports (two instances cannot share one)."""
+        own = {f.name for f in fields(Ports)}
+        for service in [name for name in changes if name in own]:
+            for port in (f"{service}_health", f"{service}_metrics"):
+                if port in own and port not in changes:
+                    changes[port] = free_port()
         return replace(self.ports, **changes)
 
 
