@@ -5,7 +5,8 @@ leases, the national system's reachability and operations' results.
 Shaped for FerretDB 1.x on SQLite, where every update or delete is a scan of its whole collection
 and a scan decodes every document: a delivery is never updated on its way out. Waiting deliveries
 (with their payload, compressed) sit in ``queue``, read by one query per round; a round's outcomes
-move them to ``deliveries`` in bulk (one insert_many, then one delete_many). Only a failed attempt
+move them to ``deliveries`` in bulk, a chunk at a time (one insert_many, then one bulk of deletes by
+_id). Only a failed attempt
 updates its queue document. Payloads are also kept in ``payloads`` for re-sends (replay, reconcile,
 dead-letter retries). What a lease holder is sending is listed in ``in_flight``, one document per
 partition (not in the lease document: leases are claimed often and must stay small).
@@ -206,8 +207,11 @@ class SyncRepository:
             {"_id": lease}, {"$set": {"owner": owner, "deliveries": sending}}, upsert=True
         )
 
-    async def clear_in_flight(self, lease: str, owner: str) -> None:
-        await self._in_flight.update_one({"_id": lease, "owner": owner}, {"$set": {"deliveries": []}})
+    async def narrow_in_flight(self, lease: str, owner: str, deliveries: list[Delivery]) -> None:
+        """Shortens the list of the holder of ``lease`` to what it is still sending (empty: clears
+        it); a list another replica took over is left alone."""
+        sending = [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
+        await self._in_flight.update_one({"_id": lease, "owner": owner}, {"$set": {"deliveries": sending}})
 
     async def mark_failed(
         self, delivery_id: str, error: str, next_attempt_at: datetime, now: datetime

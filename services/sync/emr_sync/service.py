@@ -70,6 +70,11 @@ RECONCILE_LIMIT = 200_000
 MAX_LISTED_REQUEUES = 1000
 # Encounters whose payloads are built at once: each costs audited reads in identity and records.
 INTAKE_CONCURRENCY = 4
+# Delivery rounds one replica runs at once, on different partitions: while one round reads its
+# deliveries or writes its last outcomes, the other keeps the national side busy.
+ROUNDS_AT_ONCE = 2
+# Outcomes written at a time while a round goes on (one insert, one bulk delete).
+SETTLE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,52 @@ def _json_bytes(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class RoundOutcomes:
+    """A delivery round's ended deliveries (delivered, dead-lettered), settled a chunk at a time
+    while the round goes on: the queue and the in-flight lists shrink as the round drains, and its
+    end leaves little to write before the leases go."""
+
+    def __init__(
+        self, repository: SyncRepository, owner: str, due: list[Delivery], chunk: int = SETTLE_CHUNK
+    ) -> None:
+        self._repository = repository
+        self._owner = owner
+        self._chunk = chunk
+        self._sending: dict[int, dict[str, Delivery]] = {}
+        for delivery in due:
+            self._sending.setdefault(delivery.partition, {})[delivery.delivery_id] = delivery
+        self._ended: list[Delivery] = []
+        self._writing = asyncio.Lock()
+
+    async def add(self, delivery: Delivery) -> None:
+        self._ended.append(delivery)
+        if len(self._ended) >= self._chunk and not self._writing.locked():
+            try:
+                await self.settle()
+            except Exception as error:
+                # The sends go on; the round's end writes these (or fails, and they are resent).
+                log.warning("round outcomes not written yet", extra={"error_type": type(error).__name__})
+
+    async def settle(self) -> None:
+        """Writes the outcomes noted so far; on failure they stay noted for the next call."""
+        async with self._writing:
+            chunk, self._ended = self._ended, []
+            if not chunk:
+                return
+            try:
+                await self._repository.settle(chunk)
+            except BaseException:
+                self._ended[:0] = chunk
+                raise
+            touched = {delivery.partition for delivery in chunk}
+            for delivery in chunk:
+                self._sending[delivery.partition].pop(delivery.delivery_id, None)
+            for partition in sorted(touched):
+                await self._repository.narrow_in_flight(
+                    _lease(partition), self._owner, list(self._sending[partition].values())
+                )
+
+
 class SyncService:
     def __init__(
         self,
@@ -164,6 +215,8 @@ class SyncService:
         self._paused_until: datetime | None = None
         self._reachable: bool | None = None
         self._intake_lease_until: datetime | None = None
+        # Partitions this replica's rounds hold: its concurrent rounds never take the same one.
+        self._partitions_in_rounds: set[int] = set()
 
     # --- intake ---------------------------------------------------------------------------------
     async def intake_once(self) -> int:
@@ -268,8 +321,8 @@ class SyncService:
 
     async def deliver_round(self) -> int:
         """Leases partitions, reads what waits in them (one query), sends what is due (per patient
-        in order, patients in parallel), records the outcomes in bulk and releases the partitions;
-        returns how many sends were attempted."""
+        in order, patients in parallel), records the outcomes a chunk at a time and releases the
+        partitions; returns how many sends were attempted."""
         config = self._config
         now = utc_now()
         if self.blocked_until(now) is not None or not await self._repository.any_due(now):
@@ -278,29 +331,40 @@ class SyncService:
         for partition in random.sample(range(config.partitions), config.partitions):
             if len(held) >= config.partitions_per_round:
                 break
+            # Checked and taken with no await between: the leases are this replica's either way.
+            if partition in self._partitions_in_rounds:
+                continue
+            self._partitions_in_rounds.add(partition)
             if await self._repository.claim_lease(_lease(partition), config.owner, now + config.lease, now):
                 held.append(partition)
+            else:
+                self._partitions_in_rounds.discard(partition)
         if not held:
             return 0
         lost: set[int] = set()
-        ended: list[Delivery] = []
+        outcomes: RoundOutcomes | None = None
         keeper = asyncio.create_task(self._keep_leases(held, lost))
         try:
             waiting = await self._repository.open_in_partitions(held, config.deliveries_per_round)
             runs = sendable_runs(waiting, utc_now())
+            outcomes = RoundOutcomes(self._repository, config.owner, [d for run in runs for d in run])
             for partition in held:
                 due = [d for run in runs for d in run if d.partition == partition]
                 if due:
                     await self._repository.mark_in_flight(_lease(partition), config.owner, due)
-            sent = await asyncio.gather(*(self._send_run(run, lost, ended) for run in runs))
+            sent = await asyncio.gather(*(self._send_run(run, lost, outcomes) for run in runs))
             return sum(sent)
         finally:
             keeper.cancel()
-            # Outcomes before the leases go: the next holder must not find these still queued.
-            await self._repository.settle(ended)
-            for partition in held:
-                await self._repository.clear_in_flight(_lease(partition), config.owner)
-                await self._repository.release_lease(_lease(partition), config.owner)
+            try:
+                # Outcomes before the leases go: the next holder must not find these still queued.
+                if outcomes is not None:
+                    await outcomes.settle()
+                for partition in held:
+                    await self._repository.narrow_in_flight(_lease(partition), config.owner, [])
+                    await self._repository.release_lease(_lease(partition), config.owner)
+            finally:
+                self._partitions_in_rounds.difference_update(held)
 
     async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
         """Renews the round's leases; a lease that could not be renewed stops its sends."""
@@ -314,9 +378,9 @@ class SyncService:
                 ):
                     lost.add(partition)
 
-    async def _send_run(self, run: list[Delivery], lost: set[int], ended: list[Delivery]) -> int:
+    async def _send_run(self, run: list[Delivery], lost: set[int], outcomes: RoundOutcomes) -> int:
         """Sends one patient's due deliveries in order, stopping at the first that must wait;
-        those that reached an end are added to ``ended``."""
+        those that reached an end go to ``outcomes``."""
         attempted = 0
         for delivery in run:
             async with self._slots:
@@ -325,25 +389,25 @@ class SyncService:
                     return attempted
                 result = await self._national.send(delivery.kind, delivery.delivery_id, delivery.payload)
             attempted += 1
-            if not await self._record(delivery, result, ended):
+            if not await self._record(delivery, result, outcomes):
                 return attempted
         return attempted
 
-    async def _record(self, delivery: Delivery, result: SendResult, ended: list[Delivery]) -> bool:
-        """Notes the outcome of one attempt (a failure at once, an end for the round's bulk write);
+    async def _record(self, delivery: Delivery, result: SendResult, outcomes: RoundOutcomes) -> bool:
+        """Notes the outcome of one attempt (a failure at once, an end for the round's chunked writes);
         True when the patient's next delivery may follow."""
         now = utc_now()
         if result.outcome is SendOutcome.DELIVERED:
             DELIVERIES.labels("delivered").inc()
             self._breaker.record_success()
-            ended.append(delivered(delivery, result.transaction_id, now))
+            await outcomes.add(delivered(delivery, result.transaction_id, now))
             await self._note_reachability(True, now)
             return True
         if result.outcome is SendOutcome.REJECTED:
             # The endpoint answered: it is alive; only this payload is wrong. The rest flows on.
             DELIVERIES.labels("dead_lettered").inc()
             self._breaker.record_success()
-            ended.append(dead_lettered(delivery, result.error, now))
+            await outcomes.add(dead_lettered(delivery, result.error, now))
             await self._note_reachability(True, now)
             log.warning("delivery dead-lettered", extra={"error": result.error})
             return True
@@ -381,7 +445,7 @@ class SyncService:
         await self._repository.create_leases([INTAKE_LEASE, *partitions])
         await asyncio.gather(
             self._loop("intake", self.intake_once, poll_interval),
-            self._loop("delivery", self.deliver_round, poll_interval),
+            *(self._loop("delivery", self.deliver_round, poll_interval) for _ in range(ROUNDS_AT_ONCE)),
         )
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], poll_interval: float) -> None:

@@ -45,7 +45,7 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
         16, ge=1, le=1024, description="Work partitions (patients hashed); same value on every replica"
     )
     partitions_per_round: int = Field(
-        8, ge=1, le=1024, description="Partitions one replica leases per round (others take the rest)"
+        8, ge=1, le=1024, description="Partitions one delivery round leases (two rounds at once per replica)"
     )
     lease_seconds: float = Field(30.0, gt=0, description="Lifetime of a work lease; renewed while working")
     replica_id: str = Field("", description="Name of this replica in leases; empty: host:pid")
