@@ -328,19 +328,28 @@ class SyncService:
         if self.blocked_until(now) is not None or not await self._repository.any_due(now):
             return 0
         held: list[int] = []
-        for partition in random.sample(range(config.partitions), config.partitions):
-            if len(held) >= config.partitions_per_round:
-                break
-            # Checked and taken with no await between: the leases are this replica's either way.
-            if partition in self._partitions_in_rounds:
-                continue
-            self._partitions_in_rounds.add(partition)
-            if await self._repository.claim_lease(_lease(partition), config.owner, now + config.lease, now):
-                held.append(partition)
-            else:
-                self._partitions_in_rounds.discard(partition)
-        if not held:
-            return 0
+        # Partitions this round tried, won or not: this replica's other round skips them meanwhile.
+        tried: list[int] = []
+        try:
+            for partition in random.sample(range(config.partitions), config.partitions):
+                if len(held) >= config.partitions_per_round:
+                    break
+                # Checked and taken with no await between: the leases are this replica's either way.
+                if partition in self._partitions_in_rounds:
+                    continue
+                self._partitions_in_rounds.add(partition)
+                tried.append(partition)
+                if await self._repository.claim_lease(
+                    _lease(partition), config.owner, now + config.lease, now
+                ):
+                    held.append(partition)
+            return await self._deliver_in(held) if held else 0
+        finally:
+            self._partitions_in_rounds.difference_update(tried)
+
+    async def _deliver_in(self, held: list[int]) -> int:
+        """A round's sends in the partitions it holds; they are released at its end."""
+        config = self._config
         lost: set[int] = set()
         outcomes: RoundOutcomes | None = None
         keeper = asyncio.create_task(self._keep_leases(held, lost))
@@ -356,15 +365,12 @@ class SyncService:
             return sum(sent)
         finally:
             keeper.cancel()
-            try:
-                # Outcomes before the leases go: the next holder must not find these still queued.
-                if outcomes is not None:
-                    await outcomes.settle()
-                for partition in held:
-                    await self._repository.narrow_in_flight(_lease(partition), config.owner, [])
-                    await self._repository.release_lease(_lease(partition), config.owner)
-            finally:
-                self._partitions_in_rounds.difference_update(held)
+            # Outcomes before the leases go: the next holder must not find these still queued.
+            if outcomes is not None:
+                await outcomes.settle()
+            for partition in held:
+                await self._repository.narrow_in_flight(_lease(partition), config.owner, [])
+                await self._repository.release_lease(_lease(partition), config.owner)
 
     async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
         """Renews the round's leases; a lease that could not be renewed stops its sends."""
