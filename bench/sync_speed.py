@@ -8,8 +8,8 @@ Prints, in one run:
 - their ratio (target >= 0.6), against the faster of two raw runs (before and after the drain).
 
 The backlog is written straight into sync's queue through its repository (SyncRepository.enqueue,
-what intake does after building payloads), with Bundles built by the same function as intake
-(emr_fhir.resources.transaction_bundle, one synthetic patient per 10 encounters): writing 20,000
+what intake does after building payloads), made by emr_sync.synthetic.encounter_backlog with intake's
+own Bundle function (one synthetic patient per 10 encounters): writing 20,000
 encounters through the identity and records APIs takes far longer on FerretDB than the drain itself,
 and only the drain is measured here. Sync then sends them to the emulator over real HTTP.
 
@@ -22,31 +22,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from emr.identity.v1 import identity_pb2
-from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from fhir.resources.R4B.bundle import Bundle
-from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Ports, Stack
-from emr_fhir.resources import transaction_bundle
-from emr_runtime.clock import utc_now
 from emr_runtime.fieldcrypt import FieldCrypt
-from emr_sync.domain import Delivery, DeliveryKind, new_delivery
+from emr_sync.domain import Delivery
 from emr_sync.repository import SyncRepository
 from emr_sync.settings import SyncSettings
+from emr_sync.synthetic import encounter_backlog
 
 CONCURRENCY = 16
 ENCOUNTERS_PER_PATIENT = 10
@@ -59,66 +53,6 @@ SYNC_ENV = {
     "SYNC_REPLICA_ID": "bench-sync",
     "OTEL_SDK_DISABLED": "true",
 }
-
-
-def stamp(moment: Any) -> Timestamp:
-    result = Timestamp()
-    result.FromDatetime(moment)
-    return result
-
-
-def backlog(encounters: int, partitions: int) -> list[Delivery]:
-    """Finished encounters of synthetic patients, as intake would queue them."""
-    now = utc_now()
-    deliveries = []
-    patient = identity_pb2.Patient()
-    for number in range(encounters):
-        if number % ENCOUNTERS_PER_PATIENT == 0:
-            index = number // ENCOUNTERS_PER_PATIENT
-            patient = identity_pb2.Patient(
-                patient_id=str(uuid.uuid4()),
-                full_name=f"Bệnh Nhân Thử {index}",
-                birth_date="1985-07-20",
-                sex=identity_pb2.SEX_MALE,
-                registering_facility_code="79001",
-                identifiers=[
-                    identity_pb2.Identifier(
-                        system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079085{index:06d}"
-                    )
-                ],
-                version=1,
-            )
-        encounter = records_pb2.Encounter(
-            encounter_id=str(uuid.uuid4()),
-            patient_id=patient.patient_id,
-            facility_code="79001",
-            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
-            start_time=stamp(now - timedelta(hours=1)),
-            end_time=stamp(now - timedelta(minutes=10)),
-            reason="Khám sức khỏe",
-            version=1,
-        )
-        bundle = transaction_bundle(patient, encounter, [])
-        if number == 0:
-            Bundle.model_validate(bundle)  # what intake checks; one is enough to know the shape holds
-        payload = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
-        deliveries.append(
-            new_delivery(
-                DeliveryKind.FHIR_TRANSACTION,
-                "Encounter",
-                encounter.encounter_id,
-                1,
-                patient.patient_id,
-                "79001",
-                number + 1,
-                partitions,
-                payload,
-                now,
-                now,
-            )
-        )
-    return deliveries
 
 
 async def seed(stack: Stack, deliveries: list[Delivery]) -> None:
@@ -184,7 +118,8 @@ async def poll(probe: Any, what: str, every: float, within_seconds: float = 7200
 
 async def measure(stack: Stack, encounters: int, raw: int) -> None:
     started = time.monotonic()
-    deliveries = backlog(encounters, SyncSettings().partitions)
+    deliveries = encounter_backlog(encounters, SyncSettings().partitions, ENCOUNTERS_PER_PATIENT)
+    Bundle.model_validate_json(deliveries[0].payload)  # what intake checks; one shows the shape holds
     await seed(stack, deliveries)
     print(
         f"backlog: {encounters} finished encounters queued through SyncRepository.enqueue "

@@ -5,7 +5,6 @@ what the receiver applied: every (resource, version) exactly once, each patient'
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 import uuid
@@ -26,17 +25,16 @@ from pymongo import AsyncMongoClient
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
 from emr_devstack.tokens import caller_metadata
-from emr_fhir.resources import transaction_bundle
 from emr_records.repository import CHANGE_COUNTER
 from emr_runtime.db import last_sequence
 from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
-from emr_sync.domain import DeliveryKind, new_delivery
 from emr_sync.repository import SyncRepository
 from emr_sync.service import SyncService
 from emr_sync.settings import SyncSettings
+from emr_sync.synthetic import encounter_backlog
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -489,46 +487,8 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     # In process, so that both rounds start at the same moment, as a replica's rounds do on a backlog.
     settings = SyncSettings(partitions=8, partitions_per_round=4, replica_id="rounds", concurrency=8)
     repository = SyncRepository(mongo[site.database], FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))
-    now = datetime.now(UTC)
-    queued = []
-    for number in range(48):
-        patient = identity_pb2.Patient(
-            patient_id=str(uuid.uuid4()),
-            full_name="Bệnh Nhân Thử",
-            birth_date="1990-01-01",
-            identifiers=[
-                identity_pb2.Identifier(
-                    system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079090{number:06d}"
-                )
-            ],
-            version=1,
-        )
-        encounter = records_pb2.Encounter(
-            encounter_id=str(uuid.uuid4()),
-            patient_id=patient.patient_id,
-            facility_code="79001",
-            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
-            start_time=stamp(now - timedelta(hours=1)),
-            end_time=stamp(now),
-            version=1,
-        )
-        payload = json.dumps(transaction_bundle(patient, encounter, [])).encode()
-        queued.append(
-            new_delivery(
-                DeliveryKind.FHIR_TRANSACTION,
-                "Encounter",
-                encounter.encounter_id,
-                1,
-                patient.patient_id,
-                "79001",
-                number + 1,
-                settings.partitions,
-                payload,
-                now,
-                now,
-            )
-        )
+    # One encounter per patient: every partition has deliveries, so a shared one would be sent twice.
+    queued = encounter_backlog(48, settings.partitions, per_patient=1)
     await repository.enqueue(queued)
     await repository.create_leases([f"partition:{p}" for p in range(settings.partitions)])
     unused = grpc.aio.insecure_channel("127.0.0.1:1")  # rounds read no feed and no patient
