@@ -6,8 +6,7 @@ Shaped for FerretDB 1.x on SQLite, where every update or delete is a scan of its
 and a scan decodes every document: a delivery is never updated on its way out. Waiting deliveries
 (with their payload, compressed) sit in ``queue``, read by one query per round; a round's outcomes
 move them to ``deliveries`` in bulk, a chunk at a time (one insert_many, then one bulk of deletes by
-_id). Only a failed attempt
-updates its queue document. Payloads are also kept in ``payloads`` for re-sends (replay, reconcile,
+_id). Only a failed attempt updates its queue document. Payloads are also kept in ``payloads`` for re-sends (replay, reconcile,
 dead-letter retries). What a lease holder is sending is listed in ``in_flight``, one document per
 partition (not in the lease document: leases are claimed often and must stay small).
 
@@ -136,6 +135,11 @@ def _by_ids(ids: list[str]) -> dict[str, Any]:
     return {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}}
 
 
+def _in_flight(deliveries: list[Delivery]) -> list[dict[str, Any]]:
+    """A partition's in-flight list: what status counts (ids, per facility), no payloads."""
+    return [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
+
+
 def _facility(facility_code: str) -> dict[str, Any]:
     return {"facility_code": facility_code} if facility_code else {}
 
@@ -202,16 +206,16 @@ class SyncRepository:
 
     async def mark_in_flight(self, lease: str, owner: str, deliveries: list[Delivery]) -> None:
         """Lists what the holder of the partition ``lease`` is about to send."""
-        sending = [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
         await self._in_flight.update_one(
-            {"_id": lease}, {"$set": {"owner": owner, "deliveries": sending}}, upsert=True
+            {"_id": lease}, {"$set": {"owner": owner, "deliveries": _in_flight(deliveries)}}, upsert=True
         )
 
     async def narrow_in_flight(self, lease: str, owner: str, deliveries: list[Delivery]) -> None:
         """Shortens the list of the holder of ``lease`` to what it is still sending (empty: clears
         it); a list another replica took over is left alone."""
-        sending = [{"_id": d.delivery_id, "facility_code": d.facility_code} for d in deliveries]
-        await self._in_flight.update_one({"_id": lease, "owner": owner}, {"$set": {"deliveries": sending}})
+        await self._in_flight.update_one(
+            {"_id": lease, "owner": owner}, {"$set": {"deliveries": _in_flight(deliveries)}}
+        )
 
     async def mark_failed(
         self, delivery_id: str, error: str, next_attempt_at: datetime, now: datetime

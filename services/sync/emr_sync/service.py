@@ -171,6 +171,11 @@ class RoundOutcomes:
                 # The sends go on; the round's end writes these (or fails, and they are resent).
                 log.warning("round outcomes not written yet", extra={"error_type": type(error).__name__})
 
+    async def list_in_flight(self) -> None:
+        """Lists the round's due deliveries in flight, per partition, before the first is sent."""
+        for partition, sending in self._sending.items():
+            await self._repository.mark_in_flight(_lease(partition), self._owner, list(sending.values()))
+
     async def settle(self) -> None:
         """Writes the outcomes noted so far; on failure they stay noted for the next call."""
         async with self._writing:
@@ -357,10 +362,7 @@ class SyncService:
             waiting = await self._repository.open_in_partitions(held, config.deliveries_per_round)
             runs = sendable_runs(waiting, utc_now())
             outcomes = RoundOutcomes(self._repository, config.owner, [d for run in runs for d in run])
-            for partition in held:
-                due = [d for run in runs for d in run if d.partition == partition]
-                if due:
-                    await self._repository.mark_in_flight(_lease(partition), config.owner, due)
+            await outcomes.list_in_flight()
             sent = await asyncio.gather(*(self._send_run(run, lost, outcomes) for run in runs))
             return sum(sent)
         finally:
