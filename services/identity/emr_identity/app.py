@@ -41,5 +41,5 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.watch_review_queue],
         on_stop=[audit_channel.close],
-        treatment=service,
+        visibility=service,
     )

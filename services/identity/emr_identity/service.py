@@ -41,12 +41,12 @@ from emr_identity.matching import (
 )
 from emr_identity.repository import PatientChangeRepository, PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
-from emr_runtime.caller import Caller
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.visibility import Visibility
 
 log = logging.getLogger("emr.identity")
 
@@ -386,9 +386,12 @@ class IdentityService:
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
 
-    async def treats(self, patient_id: str, caller: Caller) -> bool:
-        """The access policy's treatment relationship, as identity knows it: a registration."""
-        return await self.registered_at(patient_id, caller.facility_code)
+    async def visibility(
+        self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
+    ) -> Visibility:
+        """The access model's answer, as identity knows it: the facility's own registration."""
+        registered = await self.registered_at(patient_id, facility_code)
+        return Visibility(facility_code, registered=registered)
 
     async def registered_at(self, patient_id: str, facility_code: str) -> bool:
         """Whether the facility registered the person (or a person merged into it)."""
