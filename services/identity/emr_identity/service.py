@@ -46,7 +46,6 @@ from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token, page_size
-from emr_runtime.visibility import Visibility
 
 log = logging.getLogger("emr.identity")
 
@@ -385,13 +384,6 @@ class IdentityService:
 
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
-
-    async def visibility(
-        self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
-    ) -> Visibility:
-        """The access model's answer, as identity knows it: the facility's own registration."""
-        registered = await self.registered_at(patient_id, facility_code)
-        return Visibility(facility_code, registered=registered)
 
     async def registered_at(self, patient_id: str, facility_code: str) -> bool:
         """Whether the facility registered the person (or a person merged into it)."""
