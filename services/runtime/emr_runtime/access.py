@@ -1,6 +1,7 @@
-"""The access interceptor: authenticates every call (bearer JWT), applies the policy table
-(emr_runtime.policy), asks the service whether the caller's facility treats the patient when the
-table says so, and turns break-the-glass reads into loud, counted, flagged accesses.
+"""The access interceptor: authorizes the caller that the authentication interceptor
+(emr_runtime.authn) verified: applies the policy table (emr_runtime.policy), asks the service
+whether the caller's facility treats the patient when the table says so, and turns break-the-glass
+reads into loud, counted, flagged accesses.
 
 It runs inside the audit interceptor, so a denial of an audited method is recorded by that one
 (outcome client failure, with the verified caller); denials of other methods are recorded here.
@@ -20,11 +21,11 @@ from emr.audit.v1 import audit_pb2
 from prometheus_client import Counter
 
 from emr_runtime import policy
-from emr_runtime.auth import AUTHORIZATION_KEY, TokenVerifier
 from emr_runtime.caller import (
     BREAK_GLASS_KEY,
-    PURPOSE_OF_USE_KEY,
     Caller,
+    caller_from_metadata,
+    is_verified,
     metadata_value,
     set_verified_caller,
 )
@@ -57,12 +58,10 @@ class TreatmentRelationship(Protocol):
 class AccessInterceptor(ScopedInterceptor):
     def __init__(
         self,
-        verifier: TokenVerifier,
         audit_rules: Mapping[str, AuditRule],
         audit_sink: AuditSink | None,
         relationship: TreatmentRelationship | None = None,
     ) -> None:
-        self._verifier = verifier
         self._audit_rules = dict(audit_rules)
         # Audited methods are recorded by the (outer) audit interceptor when there is one.
         self._audited_elsewhere = audit_sink is not None
@@ -77,12 +76,9 @@ class AccessInterceptor(ScopedInterceptor):
     @asynccontextmanager
     async def scope(self, call: Call) -> AsyncIterator[None]:
         metadata = call.context.invocation_metadata()
-        try:
-            caller = await self._verifier.caller(metadata_value(metadata, AUTHORIZATION_KEY))
-        except UnauthenticatedError as error:
-            log.info("unauthenticated call", extra={"grpc_method": call.full_method, "reason": error.message})
-            raise
-        set_verified_caller(replace(caller, purpose_of_use=metadata_value(metadata, PURPOSE_OF_USE_KEY)[:32]))
+        if not is_verified():  # fail closed if ever wired without the authentication interceptor
+            raise UnauthenticatedError("missing 'authorization: Bearer <JWT>' metadata", "missing")
+        caller = caller_from_metadata(metadata)
         reason = metadata_value(metadata, BREAK_GLASS_KEY).strip()[: policy.BREAK_GLASS_REASON_MAX]
         decision = policy.decide(call.full_method, caller, call.request, reason)
         if not decision.allowed:

@@ -8,9 +8,11 @@
 - a call whose client sent no deadline gets the default one (a longer one for server streams, whose
   clients resume from their cursor), so that no call runs forever.
 
-``RateLimitInterceptor``: a client application over its request rate gets RESOURCE_EXHAUSTED (token
-bucket per client application, per replica; see ``client_key``). It sits inside the access
-interceptor, so the application is the verified token's, never a claim a caller merely asserts.
+Two rate limits answer RESOURCE_EXHAUSTED (token buckets per replica, ``TokenBuckets``):
+- ``PeerRateLimitInterceptor``, per peer address, in front of authentication: a stranger's flood is
+  refused before its token is parsed (``peer_address``; platform components are exempt);
+- ``RateLimitInterceptor``, per client application, after authentication, so the application is
+  the verified token's, never a claim a caller merely asserts (see ``client_key``).
 
 Health checks pass untouched: probes must never be rate limited.
 """
@@ -18,7 +20,9 @@ Health checks pass untouched: probes must never be rate limited.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,10 +32,12 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import Counter
 
 from emr_runtime.caller import caller_from_metadata
 from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError
 from emr_runtime.interceptors import HEALTH_SERVICE, Call, ScopedInterceptor
+from emr_runtime.tls import client_certificate_name, from_platform_component
 
 DEFAULT_STRING_LIMIT = 2048
 # Per-field limits, by field name: the first rule whose name ends the field's name applies.
@@ -48,6 +54,16 @@ TIMESTAMP = "google.protobuf.Timestamp"
 # a datetime fails.
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
+# An IPv6 peer is limited by its /64: one host or home network commonly holds a whole /64, so a
+# single address would let it rotate through 2**64 buckets.
+IPV6_PEER_PREFIX = 64
+UNKNOWN_PEER = "unknown"
+RATE_LIMITED_CALLS = Counter(
+    "emr_rate_limited_calls_total",
+    "Calls refused RESOURCE_EXHAUSTED by a rate limit: per peer address (limit=peer, before "
+    "authentication) or per client application (limit=client_application).",
+    ("limit",),
+)
 
 
 def string_limit(field_name: str) -> int:
@@ -229,8 +245,56 @@ class RateLimitInterceptor(_ApiInterceptor):
     async def scope(self, call: Call) -> AsyncIterator[None]:
         wait = self._buckets.take(client_key(call.context))
         if wait > 0:
+            RATE_LIMITED_CALLS.labels("client_application").inc()
             raise RateLimitedError(wait)
         yield
+
+
+class PeerRateLimitInterceptor(_ApiInterceptor):
+    """Token bucket per peer address (``peer_address``), in front of authentication, so that one
+    address's flood of calls without a valid token is refused at the cheapest point.
+
+    Calls presenting a platform component's certificate (``emr_runtime.tls.PLATFORM_CERTIFICATE_NAMES``)
+    are exempt: the gateway forwards every hospital app's HTTP calls from one address, and services
+    call each other from a few pods (in dev and tests every process is 127.0.0.1), so limiting them
+    per address would starve the platform; they are still limited per client application after
+    authentication. Everyone else, including tools with the development client certificate, is
+    limited; the default is high enough for that (``ServiceSettings.peer_rate_limit_per_second``)."""
+
+    def __init__(self, rate_per_second: float, burst: float) -> None:
+        self._buckets = TokenBuckets(rate_per_second, burst)
+
+    @asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        if not from_platform_component(call.context):
+            wait = self._buckets.take(peer_address(call.context.peer()))
+            if wait > 0:
+                RATE_LIMITED_CALLS.labels("peer").inc()
+                raise RateLimitedError(wait)
+        yield
+
+
+def peer_address(peer: str) -> str:
+    """The rate-limit key of a gRPC peer string: its IP address without the port (``ipv4:10.0.0.7:5100``
+    -> ``10.0.0.7``; ``ipv6:%5B::ffff:10.0.0.7%5D:5100`` -> ``10.0.0.7``; other IPv6 addresses by
+    their /64, ``ipv6:%5B2001:db8::1%5D:5100`` -> ``2001:db8::/64``); ``unix`` for a Unix socket;
+    ``unknown`` for anything else."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return "unix"
+    if scheme not in ("ipv4", "ipv6"):
+        return UNKNOWN_PEER
+    host = urllib.parse.unquote(rest).rpartition(":")[0]  # gRPC escapes IPv6 brackets as %5B, %5D
+    host = host.removeprefix("[").removesuffix("]").partition("%")[0]  # and a zone: fe80::1%eth0
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return UNKNOWN_PEER
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PEER_PREFIX), strict=False))
+    return str(address)
 
 
 def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -240,8 +304,8 @@ def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     application = caller_from_metadata(context.invocation_metadata()).client_application
     if application:
         return application
-    name = next(iter(context.auth_context().get("x509_common_name") or ()), b"")
-    return f"certificate:{name.decode(errors='replace')}" if name else UNIDENTIFIED_CLIENT
+    name = client_certificate_name(context)
+    return f"certificate:{name}" if name else UNIDENTIFIED_CLIENT
 
 
 def _has_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
