@@ -10,8 +10,8 @@ caller whom the policy denies is audited, which shows the count would see an eve
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ from emr_devstack.processes import free_port, poll_until
 from emr_devstack.stack import Ports, Stack
 from emr_devstack.tokens import AUDIENCE, caller_metadata, issue_token
 from emr_runtime.auth import DEV_ISSUER, dev_private_key, key_thumbprint, sign_token
+from emr_runtime.guard import PEER_REFUSAL_PAUSE_MAX_SECONDS
 
 STRANGER_KEY = ec.generate_private_key(ec.SECP256R1())
 VALID_CLAIMS = {"iss": DEV_ISSUER, "aud": AUDIENCE, "sub": "mallory", "roles": ["admin"], "azp": "evil-app"}
@@ -163,7 +164,8 @@ async def test_attack_table(
 
 # --- one address's flood ------------------------------------------------------------------------
 
-PEER_BURST = 10
+PEER_BURST = 40  # with a failed authentication costing UNAUTHENTICATED_PEER_COST (20): two strangers' calls
+FLOOD = 30
 
 
 @pytest.fixture(scope="module")
@@ -198,24 +200,26 @@ async def test_a_flood_from_one_address_is_refused_while_health_answers_and_othe
     patient_id = str(uuid.uuid4())
     request = identity_pb2.GetPatientRequest(patient_id=patient_id)
     ipv4 = stranger_channel(f"127.0.0.1:{port}")
-    flood = identity_pb2_grpc.PatientIdentityServiceStub(ipv4)
+    stranger = identity_pb2_grpc.PatientIdentityServiceStub(ipv4)
 
-    async def one_call() -> grpc.StatusCode:
-        try:
-            await flood.GetPatient(request, timeout=10)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                status = rpc_status.from_call(error)
-                assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-            return error.code()
-        return grpc.StatusCode.OK
-
-    outcomes = Counter(await asyncio.gather(*(one_call() for _ in range(4 * PEER_BURST))))
-    assert outcomes == {
-        grpc.StatusCode.UNAUTHENTICATED: PEER_BURST,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 3 * PEER_BURST,
-    }
-    assert await metric(metrics_port, "emr_rate_limited_calls_total", limit="peer") == 3 * PEER_BURST
+    # Each failed authentication costs the address 20 calls of its 40: the third call is refused
+    # before its token is read.
+    assert [await status_of(stranger.GetPatient(request, timeout=10)) for _ in range(3)] == [
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ]
+    # The flood: every call refused, each answered after a pause (so a caller that calls again
+    # as soon as it is answered waits instead of keeping the replica busy), with a RetryInfo.
+    started = time.monotonic()
+    errors = await asyncio.gather(*(refusal(stranger.GetPatient(request, timeout=10)) for _ in range(FLOOD)))
+    assert {error.code() for error in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert time.monotonic() - started >= PEER_REFUSAL_PAUSE_MAX_SECONDS
+    for error in errors:
+        status = rpc_status.from_call(error)
+        assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    assert await metric(metrics_port, "emr_rate_limited_calls_total", limit="peer") == 1 + FLOOD
+    assert await metric(metrics_port, "emr_unauthenticated_calls_total", reason="missing") == 2
 
     # Health keeps answering that address, on the API port and on the plaintext health port.
     checked = await health_pb2_grpc.HealthStub(ipv4).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -226,22 +230,31 @@ async def test_a_flood_from_one_address_is_refused_while_health_answers_and_othe
         )
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
     # The address is refused even with a valid token: the limit comes before the token is read.
-    with pytest.raises(grpc.aio.AioRpcError) as limited:
-        await flood.GetPatient(request, metadata=ADMIN, timeout=10)
-    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await status_of(stranger.GetPatient(request, metadata=ADMIN, timeout=10)) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
-    # Another address is served, and so is a platform component from the flooded address.
-    for channel in (stranger_channel(f"[::1]:{port}"), stranger_channel(f"127.0.0.1:{port}", "records")):
-        with pytest.raises(grpc.aio.AioRpcError) as served:
-            await identity_pb2_grpc.PatientIdentityServiceStub(channel).GetPatient(
-                request, metadata=ADMIN, timeout=10
-            )
-        assert served.value.code() == grpc.StatusCode.NOT_FOUND  # answered: nobody has this patient
+    # Another address with valid tokens may make its whole budget (authenticated calls cost one
+    # each), and a platform component is never limited per address, even from the flooded one.
+    other_address = identity_pb2_grpc.PatientIdentityServiceStub(stranger_channel(f"[::1]:{port}"))
+    platform = identity_pb2_grpc.PatientIdentityServiceStub(stranger_channel(f"127.0.0.1:{port}", "records"))
+    answered = [
+        await status_of(other_address.GetPatient(request, metadata=ADMIN, timeout=10))
+        for _ in range(PEER_BURST)
+    ]
+    answered.append(await status_of(platform.GetPatient(request, metadata=ADMIN, timeout=10)))
+    assert set(answered) == {grpc.StatusCode.NOT_FOUND}  # served: nobody has this patient
 
-    # Those two answered calls are the patient's only audit events: the flood added none.
+    # Those answered calls are the patient's only audit events: the strangers added none.
     async def served_recorded() -> list[audit_pb2.AuditEvent] | None:
         events = await audit_events_of(audit, patient_id)
-        return events if len(events) >= 2 else None
+        return events if len(events) >= PEER_BURST + 1 else None
 
     events = await poll_until(served_recorded)
-    assert [e.actor_id for e in events] == ["security-test-admin"] * 2
+    assert [e.actor_id for e in events] == ["security-test-admin"] * (PEER_BURST + 1)
+
+
+async def refusal(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    return refused.value

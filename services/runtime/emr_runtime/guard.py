@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 
 from emr_runtime.caller import caller_from_metadata
-from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError
+from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError, UnauthenticatedError
 from emr_runtime.interceptors import HEALTH_SERVICE, Call, ScopedInterceptor
 from emr_runtime.tls import client_certificate_name, from_platform_component
 
@@ -58,6 +58,16 @@ MAX_TIMESTAMP_SECONDS = 253_402_300_799
 # single address would let it rotate through 2**64 buckets.
 IPV6_PEER_PREFIX = 64
 UNKNOWN_PEER = "unknown"
+# A call refused UNAUTHENTICATED costs its address this many calls of its per-peer budget: an
+# address whose calls carry valid tokens may make the whole budget, a stranger's failures a
+# twentieth of it (with the defaults, 50 a second).
+UNAUTHENTICATED_PEER_COST = 20
+# A call refused by the per-peer limit is answered after a pause (its retry delay, at most this,
+# never past its deadline): a client that calls again as soon as it is answered, as a flood does,
+# then waits instead of keeping the replica busy refusing it. At most MAX_PAUSED_REFUSALS wait at
+# once per replica (each holds a little memory); beyond them refusals are answered at once.
+PEER_REFUSAL_PAUSE_MAX_SECONDS = 1.0
+MAX_PAUSED_REFUSALS = 1000
 RATE_LIMITED_CALLS = Counter(
     "emr_rate_limited_calls_total",
     "Calls refused RESOURCE_EXHAUSTED by a rate limit: per peer address (limit=peer, before "
@@ -177,10 +187,18 @@ class TokenBuckets:
         self._remember(key, tokens, now)
         return (1.0 - tokens) / self._rate
 
+    def charge(self, key: str, tokens: float) -> None:
+        """Takes ``tokens`` more from ``key``'s bucket, into debt down to minus the burst: later
+        calls wait until it has refilled past the debt."""
+        now = self._clock()
+        held, at = self._buckets.get(key, (self._burst, now))
+        held = min(self._burst, held + (now - at) * self._rate)
+        self._remember(key, max(held - tokens, -self._burst), now)
+
     def _remember(self, key: str, tokens: float, now: float) -> None:
         if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
-            # Forget buckets that have refilled: forgetting them changes nothing.
-            full_after = self._burst / self._rate
+            # Forget buckets that have refilled (from the deepest debt): forgetting them changes nothing.
+            full_after = 2 * self._burst / self._rate
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
         self._buckets[key] = (tokens, now)
 
@@ -252,7 +270,9 @@ class RateLimitInterceptor(_ApiInterceptor):
 
 class PeerRateLimitInterceptor(_ApiInterceptor):
     """Token bucket per peer address (``peer_address``), in front of authentication, so that one
-    address's flood of calls without a valid token is refused at the cheapest point.
+    address's flood of calls without a valid token is refused at the cheapest point: a call refused
+    UNAUTHENTICATED costs the address ``UNAUTHENTICATED_PEER_COST`` calls, and a refusal here is
+    answered after a pause (``PEER_REFUSAL_PAUSE_MAX_SECONDS``).
 
     Calls presenting a platform component's certificate (``emr_runtime.tls.PLATFORM_CERTIFICATE_NAMES``)
     are exempt: the gateway forwards every hospital app's HTTP calls from one address, and services
@@ -263,15 +283,39 @@ class PeerRateLimitInterceptor(_ApiInterceptor):
 
     def __init__(self, rate_per_second: float, burst: float) -> None:
         self._buckets = TokenBuckets(rate_per_second, burst)
+        self._paused = 0
 
     @asynccontextmanager
     async def scope(self, call: Call) -> AsyncIterator[None]:
-        if not from_platform_component(call.context):
-            wait = self._buckets.take(peer_address(call.context.peer()))
-            if wait > 0:
-                RATE_LIMITED_CALLS.labels("peer").inc()
-                raise RateLimitedError(wait)
-        yield
+        if from_platform_component(call.context):
+            yield
+            return
+        peer = peer_address(call.context.peer())
+        wait = self._buckets.take(peer)
+        if wait > 0:
+            RATE_LIMITED_CALLS.labels("peer").inc()
+            await self._pause(call, wait)
+            raise RateLimitedError(wait)
+        try:
+            yield
+        except UnauthenticatedError:
+            self._buckets.charge(peer, UNAUTHENTICATED_PEER_COST - 1)
+            raise
+
+    async def _pause(self, call: Call, wait: float) -> None:
+        if self._paused >= MAX_PAUSED_REFUSALS:
+            return
+        pause = min(wait, PEER_REFUSAL_PAUSE_MAX_SECONDS)
+        remaining = call.context.time_remaining()
+        if remaining is not None:
+            pause = min(pause, remaining - 0.1)  # answered before the caller's deadline
+        if pause <= 0:
+            return
+        self._paused += 1
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            self._paused -= 1
 
 
 def peer_address(peer: str) -> str:

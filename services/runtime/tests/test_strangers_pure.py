@@ -14,7 +14,7 @@ import pytest
 from emr_runtime.authn import LogSampler
 from emr_runtime.channels import _ClientInterceptor, metadata_problem
 from emr_runtime.errors import UNAUTHENTICATED_REASONS, UnauthenticatedError
-from emr_runtime.guard import peer_address
+from emr_runtime.guard import TokenBuckets, peer_address
 
 
 @pytest.mark.parametrize(
@@ -155,3 +155,16 @@ async def test_a_call_with_metadata_grpc_refuses_is_never_started() -> None:
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "x-purpose-of-use" in str(caught.value.details()) and "điều" not in str(caught.value.details())
     assert started == []
+
+
+def test_a_charge_puts_a_peer_in_debt_down_to_minus_the_burst() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(rate=10.0, burst=5, clock=lambda: now[0])
+    buckets.charge("192.0.2.1", 3)
+    assert [buckets.take("192.0.2.1") for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("192.0.2.1") == pytest.approx(0.1)
+    buckets.charge("192.0.2.1", 100)  # a failed authentication's cost, and more: the debt is capped
+    assert buckets.take("192.0.2.1") == pytest.approx((1 + 5) / 10)
+    assert buckets.take("192.0.2.2") == 0.0  # another address owes nothing
+    now[0] = 0.6
+    assert buckets.take("192.0.2.1") == 0.0
