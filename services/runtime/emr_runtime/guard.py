@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,11 +63,12 @@ UNKNOWN_PEER = "unknown"
 # address whose calls carry valid tokens may make the whole budget, a stranger's failures a
 # twentieth of it (with the defaults, 50 a second).
 UNAUTHENTICATED_PEER_COST = 20
-# A call refused by the per-peer limit is answered after a pause (its retry delay, at most this,
-# never past its deadline): a client that calls again as soon as it is answered, as a flood does,
-# then waits instead of keeping the replica busy refusing it. At most MAX_PAUSED_REFUSALS wait at
-# once per replica (each holds a little memory); beyond them refusals are answered at once.
-PEER_REFUSAL_PAUSE_MAX_SECONDS = 1.0
+# A call refused by the per-peer limit is answered after a pause of half to all of this (spread,
+# so that a flood's calls do not come back all at once; never past the call's deadline): a client
+# that calls again as soon as it is answered, as a flood does, then waits instead of keeping the
+# replica busy refusing it. At most MAX_PAUSED_REFUSALS wait at once per replica (each holds a
+# little memory); beyond them refusals are answered at once.
+PEER_REFUSAL_PAUSE_SECONDS = 1.0
 MAX_PAUSED_REFUSALS = 1000
 RATE_LIMITED_CALLS = Counter(
     "emr_rate_limited_calls_total",
@@ -272,7 +274,7 @@ class PeerRateLimitInterceptor(_ApiInterceptor):
     """Token bucket per peer address (``peer_address``), in front of authentication, so that one
     address's flood of calls without a valid token is refused at the cheapest point: a call refused
     UNAUTHENTICATED costs the address ``UNAUTHENTICATED_PEER_COST`` calls, and a refusal here is
-    answered after a pause (``PEER_REFUSAL_PAUSE_MAX_SECONDS``).
+    answered after a pause (``PEER_REFUSAL_PAUSE_SECONDS``).
 
     Calls presenting a platform component's certificate (``emr_runtime.tls.PLATFORM_CERTIFICATE_NAMES``)
     are exempt: the gateway forwards every hospital app's HTTP calls from one address, and services
@@ -294,7 +296,7 @@ class PeerRateLimitInterceptor(_ApiInterceptor):
         wait = self._buckets.take(peer)
         if wait > 0:
             RATE_LIMITED_CALLS.labels("peer").inc()
-            await self._pause(call, wait)
+            await self._pause(call)
             raise RateLimitedError(wait)
         try:
             yield
@@ -302,10 +304,10 @@ class PeerRateLimitInterceptor(_ApiInterceptor):
             self._buckets.charge(peer, UNAUTHENTICATED_PEER_COST - 1)
             raise
 
-    async def _pause(self, call: Call, wait: float) -> None:
+    async def _pause(self, call: Call) -> None:
         if self._paused >= MAX_PAUSED_REFUSALS:
             return
-        pause = min(wait, PEER_REFUSAL_PAUSE_MAX_SECONDS)
+        pause = PEER_REFUSAL_PAUSE_SECONDS * random.uniform(0.5, 1.0)  # noqa: S311 (a spread, not a secret)
         remaining = call.context.time_remaining()
         if remaining is not None:
             pause = min(pause, remaining - 0.1)  # answered before the caller's deadline
