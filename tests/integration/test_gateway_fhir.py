@@ -227,7 +227,9 @@ async def test_a_forwarded_header_grpc_cannot_carry_is_400_naming_it(
 ) -> None:
     """Before, a non-ASCII X-Purpose-Of-Use never got an answer: gRPC refused the metadata and the
     gateway's call waited for a status forever, holding its memory."""
-    headers = {**PORTAL_HEADERS, header: value}
+    headers = {name.encode(): text.encode() for name, text in PORTAL_HEADERS.items()} | {
+        header.encode(): value
+    }
     async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=10) as http:
         for path in (f"/fhir/Patient/{uuid.uuid4()}", f"/fhir/Encounter?patient={uuid.uuid4()}"):
             diagnostics = outcome(await http.get(path, headers=headers), 400, "invalid")

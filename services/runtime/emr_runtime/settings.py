@@ -58,8 +58,9 @@ class ServiceSettings(BaseSettings):
     # (2 cores, bench/security_cost.py), its costliest common read. So an address may make about
     # twice what one replica can serve (the same as one client application may): a legitimate
     # address (a hospital's NAT with several apps) is never refused while the replica could still
-    # serve it, and a stranger's flood beyond that is refused before its token is even parsed.
-    # Platform components (by certificate) are exempt: see emr_runtime.guard.PeerRateLimitInterceptor.
+    # serve it, and a stranger's flood beyond that is refused before its token is even parsed (a
+    # failed authentication counts as 20 calls, so a stranger gets 50 a second: see
+    # emr_runtime.guard.PeerRateLimitInterceptor, which also exempts platform components).
     peer_rate_limit_per_second: float = Field(
         1000.0,
         ge=0,
