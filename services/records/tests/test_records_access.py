@@ -35,8 +35,8 @@ def caller_of() -> Iterator[Any]:
 
 
 def test_a_caller_lists_its_own_facility_and_what_referrals_open_or_everything_a_grant_opens() -> None:
-    assert facilities_seen(Visibility(OWN, registered=True)) == {OWN}
-    assert facilities_seen(Visibility(OWN, facilities=frozenset({OTHER}))) == {OWN, OTHER}
+    assert facilities_seen(Visibility(OWN, registered=True)) == frozenset({OWN})
+    assert facilities_seen(Visibility(OWN, facilities=frozenset({OTHER}))) == frozenset({OWN, OTHER})
     assert facilities_seen(Visibility(OWN, all_facilities=True)) is None
 
 
