@@ -3,9 +3,16 @@ per-process cache of answers (emr_runtime.patients), without I/O."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
 from emr.identity.v1 import identity_pb2
 
-from emr_runtime.patients import AccessCache, visibility_of
+from emr_runtime.errors import DependencyUnavailableError
+from emr_runtime.patients import AccessCache, PatientDirectory, visibility_of
 from emr_runtime.visibility import Visibility
 
 REGISTERED = Visibility("79001", registered=True)
@@ -99,3 +106,71 @@ def test_identity_answer_becomes_the_visibility_it_describes() -> None:
     )
     unknown = visibility_of("79001", identity_pb2.CheckAccessResponse())
     assert not unknown.exists and not unknown.opens_anything
+
+
+class IdentityChannel:
+    """A channel whose CheckAccess answers from a table (or fails with a status), counting calls."""
+
+    def __init__(self, answers: dict[str, identity_pb2.CheckAccessResponse | grpc.StatusCode]) -> None:
+        self.answers = answers
+        self.asked: list[identity_pb2.CheckAccessRequest] = []
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, **options: Any) -> Any:  # timeout, metadata
+            self.asked.append(request)
+            answer = self.answers[request.patient_id]
+            if isinstance(answer, grpc.StatusCode):
+                raise grpc.aio.AioRpcError(answer, grpc.aio.Metadata(), grpc.aio.Metadata(), "refused")
+            return answer
+
+        return call
+
+
+def directory(channel: IdentityChannel, cache_seconds: float = 30) -> PatientDirectory:
+    return PatientDirectory(channel, "records", "PATIENT_REFERENCE_CHECK", access_cache_seconds=cache_seconds)  # type: ignore[arg-type]
+
+
+def test_the_directory_asks_identity_once_per_fresh_answer_and_always_for_an_emergency() -> None:
+    channel = IdentityChannel({"p": identity_pb2.CheckAccessResponse(exists=True, registered=True)})
+    patients = directory(channel)
+
+    async def ask(purpose: str, export: bool = False) -> Visibility:
+        return await patients.access("p", "79001", purpose, export)
+
+    async def scenario() -> None:
+        assert (await ask("TREATMENT")).registered
+        assert (await ask("TREATMENT")).registered
+        await ask("TREATMENT", export=True)
+        await ask("EMERGENCY")
+        await ask("EMERGENCY")
+
+    asyncio.run(scenario())
+    assert [(r.purpose_of_use, r.export) for r in channel.asked] == [
+        ("TREATMENT", False),
+        ("TREATMENT", True),
+        ("EMERGENCY", False),
+        ("EMERGENCY", False),
+    ]
+    assert channel.asked[0].facility_code == "79001"
+
+
+def test_an_unknown_or_malformed_patient_is_nobody_and_other_failures_are_identity_unavailable() -> None:
+    channel = IdentityChannel(
+        {
+            "unknown": grpc.StatusCode.NOT_FOUND,
+            "bad": grpc.StatusCode.INVALID_ARGUMENT,
+            "down": grpc.StatusCode.UNAVAILABLE,
+            "old": grpc.StatusCode.UNIMPLEMENTED,
+        }
+    )
+    patients = directory(channel)
+
+    async def ask(patient_id: str) -> Visibility:
+        return await patients.access(patient_id, "79001", "TREATMENT", False)
+
+    for nobody in ("unknown", "bad"):
+        found = asyncio.run(ask(nobody))
+        assert not found.exists and not found.opens_anything
+    for failing in ("down", "old"):
+        with pytest.raises(DependencyUnavailableError):
+            asyncio.run(ask(failing))
