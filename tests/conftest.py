@@ -82,6 +82,8 @@ def stack(
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
+            # Grants, revocations and registrations made by a test count at once in the next call.
+            "RECORDS_ACCESS_CACHE_SECONDS": "0",
         },
     )
     try:

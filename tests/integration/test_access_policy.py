@@ -201,7 +201,7 @@ async def test_a_nurse_of_another_facility_is_denied_and_the_denial_is_audited(
     assert all(e.actor_facility_code == world.other_facility for e in events)
 
 
-async def test_an_open_encounter_at_their_facility_lets_a_nurse_read_records(
+async def test_an_encounter_at_their_facility_shows_a_nurse_that_facility_s_records_only(
     clinical: Any, records: Any, world: World
 ) -> None:
     facility = f"6{uuid.uuid4().int % 10000:04d}"
@@ -211,7 +211,7 @@ async def test_an_open_encounter_at_their_facility_lets_a_nurse_read_records(
     with pytest.raises(grpc.aio.AioRpcError) as before:
         await records.GetPatientTimeline(timeline, metadata=nurse)
     assert before.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    await records.CreateEncounter(
+    created = await records.CreateEncounter(
         records_pb2.CreateEncounterRequest(
             request_id=str(uuid.uuid4()),
             patient_id=world.patient_id,
@@ -222,7 +222,14 @@ async def test_an_open_encounter_at_their_facility_lets_a_nurse_read_records(
         ),
         metadata=doctor,
     )
-    assert (await records.GetPatientTimeline(timeline, metadata=nurse)).entries
+    # Opening an encounter opens the facility's own records, never the registering facility's.
+    entries = (await records.GetPatientTimeline(timeline, metadata=nurse)).entries
+    assert [entry.resource.encounter.encounter_id for entry in entries] == [created.encounter.encounter_id]
+    with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+        await records.GetEncounter(
+            records_pb2.GetEncounterRequest(encounter_id=world.encounter_id), metadata=nurse
+        )
+    assert elsewhere.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def emergency_read_count(stack: Stack, method: str) -> float:

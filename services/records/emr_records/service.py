@@ -1,11 +1,17 @@
 """Records use cases: create and update resources as immutable versions, read them, and publish
-every version through the change feed."""
+every version through the change feed.
+
+The access model (emr_runtime.visibility): a facility sees the records it created, and other
+facilities' records only as far as the patient's grants, a referral or an emergency access open them
+(identity answers that; records adds the facility's own records). Reads return only what the caller's
+facility sees; writes stay in its lane (a facility writes to its own encounters and resources only).
+Platform callers (the sync service) see everything."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -19,6 +25,7 @@ from emr_records.domain import (
     ResourceType,
     TimelineQuery,
     encounter_field_path,
+    facilities_seen,
     id_field_path,
     new_record,
     next_version,
@@ -35,12 +42,13 @@ from emr_runtime.errors import (
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     Violations,
 )
 from emr_runtime.idempotency import derive_id
 from emr_runtime.paging import decode_page_token, encode_page_token
 from emr_runtime.patients import PatientDirectory
-from emr_runtime.visibility import Visibility
+from emr_runtime.visibility import CallAccess, Visibility, current_access
 
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200
@@ -71,16 +79,23 @@ class RecordsService:
         self._settle = change_settle
         self._verify_patients = verify_patients
 
-    # --- writes -----------------------------------------------------------------------------------
+    # --- the access model ---------------------------------------------------------------------
 
     async def visibility(
         self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
     ) -> Visibility:
-        """The access model's answer: the facility's own records or registration."""
-        registered = await self._resources.has_open_encounter(
-            patient_id, facility_code
-        ) or await self._patients.registered_at(patient_id, facility_code)
-        return Visibility(facility_code, registered=registered)
+        """The access model's answer: identity's (registration, grants, referrals, emergency access),
+        and the facility's own records, which count as its registration (a facility that opened an
+        encounter for a patient it never registered sees what it wrote, and only that)."""
+        found = await self._patients.access(patient_id, facility_code, purpose_of_use, export)
+        if found.registered:
+            return found
+        for holder_id in dict.fromkeys(i for i in (patient_id, found.resolved_patient_id) if i):
+            if await self._resources.holds_records(holder_id, facility_code):
+                return replace(found, registered=True)
+        return found
+
+    # --- writes -----------------------------------------------------------------------------------
 
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()
@@ -88,6 +103,7 @@ class RecordsService:
         record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
         await self._check_references(record, raw)
         stored, inserted = await self._resources.store_version(record)
+        stay_in_lane(stored.facility_code, "request_id names a resource of another facility")
         if stored.request_fingerprint != record.request_fingerprint:
             raise ConflictError("request_id was already used for a different resource", "request_id")
         await self._finish(stored, fresh=inserted)
@@ -104,6 +120,7 @@ class RecordsService:
             )
         replayed = await self._resources.version_by_request(raw.resource_id, raw.request_id)
         if replayed is not None:
+            stay_in_lane(replayed.facility_code, _FOREIGN_UPDATE)
             if replayed.request_fingerprint != raw.fingerprint:
                 raise ConflictError("request_id was already used for a different update", "request_id")
             return replayed
@@ -132,6 +149,7 @@ class RecordsService:
         current = await self._resources.get(resource_id)
         if current is None or not isinstance(current.content, content_type):
             raise NotFoundError(content_type.__name__.removesuffix("Content"), field, resource_id)
+        stay_in_lane(current.facility_code, _FOREIGN_UPDATE)
         if await self._resources.change_pending(current):
             # The previous version's change goes into the feed before this one's, so that a
             # consumer sees versions of a resource in order.
@@ -149,6 +167,16 @@ class RecordsService:
             encounter = await self._resources.get(record.encounter_id)
             if encounter is None or encounter.resource_type is not ResourceType.ENCOUNTER:
                 raise NotFoundError("Encounter", encounter_field_path(raw), record.encounter_id)
+            if encounter.facility_code != record.facility_code:
+                stay_in_lane(encounter.facility_code, "encounter_id names an encounter of another facility")
+                raise InvalidArgumentError(
+                    [
+                        FieldViolation(
+                            encounter_field_path(raw),
+                            "belongs to another facility: a resource attaches to an encounter of its own facility",
+                        )
+                    ]
+                )
             if encounter.patient_id != record.patient_id:
                 raise InvalidArgumentError(
                     [FieldViolation(encounter_field_path(raw), "belongs to another patient")]
@@ -159,6 +187,9 @@ class RecordsService:
         call stored (a repeated request, a concurrent writer that may have stopped half way)."""
         if not fresh and await self._feed.recorded(record):
             return
+        # Before the record becomes readable: every readable record's facility counts as holding
+        # records of the patient (the access model's "its own records").
+        await self._resources.note_holder(record.patient_id, record.facility_code)
         await self._resources.advance(record)
         await self._append(record)
         await self._resources.mark_change_recorded(record)
@@ -202,6 +233,8 @@ class RecordsService:
         record = await self._resources.get(resource_id)
         if record is None or record.resource_type is not resource_type:
             raise NotFoundError(resource_type.value, field, resource_id)
+        # Read by id: the patient is known only now; the caller's facility must see this record.
+        await current_access().require(record.patient_id, record.facility_code)
         if not verify_document(record):
             raise DataIntegrityError(record.resource_type.value, record.resource_id)
         return record
@@ -219,26 +252,37 @@ class RecordsService:
         """A page of a patient's resources. With ``include_merged``, the patient is resolved through
         identity: a merged id reads as its survivor, and the survivor's record includes the persons
         merged into it (and stops including them once unmerged)."""
+        access = current_access()
+        seen = await access.require(query.patient_id)
+        query = replace(query, visible_facilities=facilities_seen(seen))
         if include_merged and self._verify_patients:
             view = await self._patients.get(query.patient_id)
             if view is not None:
                 query = replace(query, owner_ids=view.record_owner_ids)
         page = await self._resources.timeline(replace(query, limit=query.limit + 1))
         if len(page) <= query.limit:
-            return page, ""
+            return _noted(access, seen, page), ""
         last = page[query.limit - 1]
-        return page[: query.limit], encode_page_token({"t": last.time.isoformat(), "id": last.resource_id})
+        token = encode_page_token({"t": last.time.isoformat(), "id": last.resource_id})
+        return _noted(access, seen, page[: query.limit]), token
 
     async def encounter_bundle(self, encounter_id: str) -> tuple[ClinicalRecord, list[ClinicalRecord]]:
         encounter = await self.get(ResourceType.ENCOUNTER, encounter_id, field="encounter_id")
+        access = current_access()
+        seen = await access.visibility(encounter.patient_id)
         attached = [
-            r for r in await self._resources.attached_to(encounter_id) if r.resource_id != encounter_id
+            r
+            for r in await self._resources.attached_to(encounter_id)
+            if r.resource_id != encounter_id and seen.sees(r.facility_code)
         ]
-        return encounter, attached
+        return encounter, _noted(access, seen, attached)
 
     async def export(self, patient_id: str) -> tuple[identity_pb2.Patient, list[ClinicalRecord]]:
         if not patient_id.strip():
             raise InvalidArgumentError([FieldViolation("patient_id", "required")])
+        # The call's access is an export's: no emergency access counts (emr_runtime.policy).
+        access = current_access()
+        seen = await access.require(patient_id)
         view = await self._patients.get(patient_id)
         if view is None:
             raise NotFoundError("Patient", "patient_id", patient_id)
@@ -246,12 +290,21 @@ class RecordsService:
         after: tuple[datetime, str] | None = None
         while True:
             query = TimelineQuery(
-                patient_id, (), None, None, "", "", EXPORT_PAGE, after, view.record_owner_ids
+                patient_id,
+                (),
+                None,
+                None,
+                "",
+                "",
+                EXPORT_PAGE,
+                after,
+                view.record_owner_ids,
+                facilities_seen(seen),
             )
             page = await self._resources.timeline(query)
             records.extend(page)
             if len(page) < EXPORT_PAGE:
-                return view.patient, records
+                return patient_as_seen(view.patient, seen), _noted(access, seen, records)
             after = (page[-1].time, page[-1].resource_id)
 
     # --- change feed ------------------------------------------------------------------------------
@@ -275,6 +328,48 @@ class RecordsService:
                 yield item
             if not changes:
                 await asyncio.sleep(poll_interval)
+
+
+_FOREIGN_UPDATE = (
+    "resource_id names a resource of another facility; a facility updates its own resources only"
+)
+
+
+def stay_in_lane(data_facility_code: str, message: str) -> None:
+    """Writes stay in the caller's facility's lane: another facility's encounter or resource is
+    never written to, whatever the caller may read of it. Platform callers have no lane."""
+    access = current_access()
+    if not access.platform and data_facility_code != access.facility_code:
+        raise PermissionDeniedError(message)
+
+
+def _noted(access: CallAccess, seen: Visibility, records: list[ClinicalRecord]) -> list[ClinicalRecord]:
+    """The records a read returns, after noting whether an emergency access opened any of them."""
+    note_emergency_reads(access, seen, {record.facility_code for record in records})
+    return records
+
+
+def note_emergency_reads(access: CallAccess, seen: Visibility, data_facility_codes: Iterable[str]) -> None:
+    """Notes on the call (its audit event says so) that an emergency access opened data, when it
+    returns another facility's records that only the emergency access opens."""
+    for facility_code in data_facility_codes:
+        access.note_emergency(seen, facility_code)
+
+
+def patient_as_seen(patient: identity_pb2.Patient, seen: Visibility) -> identity_pb2.Patient:
+    """The person as the caller's facility may see them: unless every facility's demographics are
+    open to it, without the record numbers and the registering facility of facilities it cannot see."""
+    if seen.shares_demographics:
+        return patient
+    shown = identity_pb2.Patient()
+    shown.CopyFrom(patient)
+    del shown.identifiers[:]
+    shown.identifiers.extend(
+        i for i in patient.identifiers if not i.facility_code or seen.sees(i.facility_code)
+    )
+    if patient.registering_facility_code and not seen.sees(patient.registering_facility_code):
+        shown.registering_facility_code = ""
+    return shown
 
 
 def decode_timeline_position(page_token: str) -> tuple[datetime, str] | None:

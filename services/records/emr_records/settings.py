@@ -20,6 +20,16 @@ class RecordsSettings(ServiceSettings, FieldEncryptionSettings):
     change_settle_seconds: float = Field(
         5.0, gt=0, description="How long a hole in the change feed may stay open before it is skipped"
     )
+    access_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description=(
+            "How long an answer of identity's CheckAccess is reused: a revoked or ended grant or referral "
+            "stops opening data within this time (answers that open nothing, or that an emergency access "
+            "opened, are never reused; 0 reuses none)"
+        ),
+    )
     # Switches for measuring what the cross-cutting features cost (bench/records_speed.py); a
     # production deployment never turns them off.
     verify_patients: bool = Field(True, description="Check with identity that a resource's patient exists")

@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from emr_runtime.telemetry import MongoCommandTracing
 
@@ -50,6 +56,25 @@ class IndexSpec:
 async def ensure_indexes(db: Database, specs: Iterable[IndexSpec]) -> None:
     for spec in specs:
         await db[spec.collection].create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+
+
+NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
+
+
+async def create_collections(db: Database, names: Iterable[str]) -> None:
+    """Creates the collections that do not exist yet, at start-up rather than at first write, so
+    that a database-side step (the `_id` lookup index of emr_devstack.ferretdb_sqlite) finds them."""
+    existing = set(await db.list_collection_names())
+    for name in names:
+        if name in existing:
+            continue
+        try:
+            await db.create_collection(name)
+        except CollectionInvalid:
+            pass  # another replica created it meanwhile
+        except OperationFailure as error:
+            if error.code != NAMESPACE_EXISTS:
+                raise
 
 
 async def insert_or_get(collection: AsyncCollection[Document], document: Document) -> tuple[Document, bool]:
