@@ -20,6 +20,8 @@ from emr_identity.service import IdentityService
 from emr_identity.servicer import PatientIdentityServicer
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 
 pb = identity_pb2
 
@@ -373,12 +375,21 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
     db = client[SCAN_CHECK_DATABASE]
     for collection in COLLECTIONS:
         await db.drop_collection(collection)
-    persons = PersonRepository(db, FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))  # the stack's keys
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
+    persons = PersonRepository(db, crypt)
     await persons.create_collections()
     stack.index_ferretdb_ids()  # what the stack does after each service start
     server = grpc.aio.server()
     identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server(
-        PatientIdentityServicer(IdentityService(persons, PatientChangeRepository(db), timedelta(seconds=5))),
+        PatientIdentityServicer(
+            IdentityService(
+                persons,
+                PatientChangeRepository(db),
+                timedelta(seconds=5),
+                PageTokens(crypt.derived_key(page_token_purpose("identity"))),
+            ),
+            crypt.derived_key(REQUEST_FINGERPRINT),
+        ),
         server,
     )
     port = server.add_insecure_port("127.0.0.1:0")

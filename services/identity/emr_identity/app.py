@@ -15,6 +15,8 @@ from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
@@ -27,9 +29,12 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     persons = PersonRepository(db, crypt)
     await persons.create_collections()
     service = IdentityService(
-        persons, PatientChangeRepository(db), timedelta(seconds=settings.change_settle_seconds)
+        persons,
+        PatientChangeRepository(db),
+        timedelta(seconds=settings.change_settle_seconds),
+        PageTokens(crypt.derived_key(page_token_purpose("identity"))),
     )
-    servicer = PatientIdentityServicer(service)
+    servicer = PatientIdentityServicer(service, crypt.derived_key(REQUEST_FINGERPRINT))
     return ServiceApp(
         bindings=[
             ServiceBinding(

@@ -64,7 +64,9 @@ _EVENT_KINDS = {
 }
 
 
-def registration_input(request: identity_pb2.RegisterPatientRequest) -> RegistrationInput:
+def registration_input(
+    request: identity_pb2.RegisterPatientRequest, fingerprint_key: bytes
+) -> RegistrationInput:
     return RegistrationInput(
         request_id=request.request_id,
         identifiers=tuple(
@@ -74,7 +76,7 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
         birth_date=request.birth_date,
         sex=_SEXES.get(request.sex),
         facility_code=request.facility_code,
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
         family_name=request.family_name,
@@ -84,7 +86,7 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
     )
 
 
-def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInput:
+def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: bytes) -> RegistrationInput:
     """The new demographics, validated like a registration's (no identifiers, no facility)."""
     return RegistrationInput(
         request_id=request.request_id,
@@ -93,7 +95,7 @@ def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInpu
         birth_date=request.birth_date,
         sex=_SEXES.get(request.sex),
         facility_code="",
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
     )

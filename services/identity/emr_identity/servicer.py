@@ -22,13 +22,16 @@ def _actor(context: Context) -> str:
 
 
 class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
-    def __init__(self, service: IdentityService) -> None:
+    def __init__(self, service: IdentityService, fingerprint_key: bytes) -> None:
         self._service = service
+        self._fingerprint_key = fingerprint_key  # keys the request digests kept for idempotency
 
     async def RegisterPatient(
         self, request: identity_pb2.RegisterPatientRequest, context: Context
     ) -> identity_pb2.RegisterPatientResponse:
-        result = await self._service.register(converters.registration_input(request), _actor(context))
+        result = await self._service.register(
+            converters.registration_input(request, self._fingerprint_key), _actor(context)
+        )
         return converters.registration_response(result)
 
     async def GetPatient(
@@ -46,7 +49,10 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         self, request: identity_pb2.UpdatePatientRequest, context: Context
     ) -> identity_pb2.UpdatePatientResponse:
         result = await self._service.update(
-            converters.update_input(request), request.patient_id, request.expected_version, _actor(context)
+            converters.update_input(request, self._fingerprint_key),
+            request.patient_id,
+            request.expected_version,
+            _actor(context),
         )
         return identity_pb2.UpdatePatientResponse(
             patient=converters.patient_message(result.person),
@@ -58,7 +64,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         self, request: identity_pb2.MatchPatientRequest, context: Context
     ) -> identity_pb2.MatchPatientResponse:
         result = await self._service.match(
-            converters.registration_input(request.demographics), request.patient_id
+            converters.registration_input(request.demographics, self._fingerprint_key), request.patient_id
         )
         return identity_pb2.MatchPatientResponse(
             decision=converters.decision_value(result.decision),
