@@ -129,7 +129,7 @@ def test_signed_garbage_positions_are_refused_when_read() -> None:
 
 
 def test_a_key_too_short_is_refused_at_start() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="16 bytes"):
         PageTokens(b"short")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="32 bytes"):
         derive_key(b"short", page_token_purpose("records"))

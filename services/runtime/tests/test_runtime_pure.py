@@ -86,7 +86,7 @@ def test_fingerprint_is_not_the_plain_hash_of_the_request() -> None:
     # A database dump holds the digest: unkeyed, a 12-digit CCCD inside it is found by trying them all.
     payload = b"\x0a\x0c079192000001"
     assert fingerprint(b"k" * 32, payload) != hashlib.sha256(payload).hexdigest()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="key"):
         fingerprint(b"", payload)
 
 
