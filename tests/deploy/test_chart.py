@@ -415,9 +415,7 @@ def test_a_calling_service_without_its_own_key_fails_with_the_way_out(tmp_path: 
     values = yaml.safe_load(PRODUCTION_VALUES.read_text())
     del values["auth"]["serviceKeys"]["existingSecrets"]["records"]
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
-    with pytest.raises(
-        ToolError, match=r"services\.records calls other services.*existingSecrets\.records"
-    ):
+    with pytest.raises(ToolError, match=r"services\.records calls other services.*existingSecrets\.records"):
         render([tmp_path / "values.yaml"])
 
 
