@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emr_runtime.caller import Caller
 from emr_runtime.errors import UnauthenticatedError
+from emr_runtime.guard import PLAIN_FORBIDDEN
 
 log = logging.getLogger("emr.auth")
 
@@ -426,6 +427,11 @@ class TokenVerifier:
         facility = claims.get("facility", "")
         if not isinstance(facility, str):
             raise UnauthenticatedError("the token's facility claim must be a string")
+        # The subject and facility reach logs and every audit event as they are: held to the same
+        # characters as a request's ids (no control characters, line breaks or bidi controls).
+        for claim, value in (("sub", str(claims["sub"])), ("facility", facility)):
+            if PLAIN_FORBIDDEN.search(value):
+                raise UnauthenticatedError(f"the token's {claim} claim holds control or bidi characters")
         client = claims.get("azp") or claims.get("client_id") or ""
         return Caller(
             actor_id=str(claims["sub"])[:128],

@@ -102,6 +102,9 @@ async def test_rs256_is_accepted_too(tmp_path: Path) -> None:
         (lambda key: f"Bearer {token(key, iss='https://elsewhere.invalid')}", "not a trusted issuer"),
         (lambda key: f"Bearer {token(ec_key())}", "kid names no key"),
         (lambda key: f"Bearer {token(key, roles='doctor')}", "roles claim must be a list"),
+        (lambda key: "Bearer " + token(key, sub="dr-07\nlevel=INFO forged"), "sub claim holds control"),
+        (lambda key: "Bearer " + token(key, sub="dr-\u202e70"), "sub claim holds control or bidi"),
+        (lambda key: "Bearer " + token(key, facility="79001\x00"), "facility claim holds control"),
         (
             lambda key: "Bearer " + jwt.encode({"sub": "x"}, "secret-secret-secret-secret-32b!", "HS256"),
             "alg must be RS256 or ES256",
