@@ -322,6 +322,13 @@ PAGED_RPCS: list[tuple[str, str, PagedCall]] = [
         ),
     ),
     (
+        "identity",
+        "auditor: ListEmergencyAccesses",
+        lambda s, t: s.identity.ListEmergencyAccesses(
+            identity_pb2.ListEmergencyAccessesRequest(page_token=t), metadata=s.auditor
+        ),
+    ),
+    (
         "sync",
         "admin: ListDeadLetters",
         lambda s, t: s.sync.ListDeadLetters(sync_pb2.ListDeadLettersRequest(page_token=t), metadata=s.admin),

@@ -62,6 +62,9 @@ _SUBTYPES = {
     audit_pb2.AUDIT_EVENT_SUBTYPE_EXPORT: Subtype.EXPORT,
     audit_pb2.AUDIT_EVENT_SUBTYPE_LOGIN: Subtype.LOGIN,
     audit_pb2.AUDIT_EVENT_SUBTYPE_BREAK_GLASS: Subtype.BREAK_GLASS,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_SHARING_GRANT: Subtype.SHARING_GRANT,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_SHARING_REVOCATION: Subtype.SHARING_REVOCATION,
+    audit_pb2.AUDIT_EVENT_SUBTYPE_REFERRAL: Subtype.REFERRAL,
 }
 _SUBTYPES_TO_PROTO = {value: key for key, value in _SUBTYPES.items()}
 _AGENT_TYPES = {
@@ -140,6 +143,7 @@ def event_from_message(message: audit_pb2.AuditEvent, index: int = 0) -> AuditEv
         ),
         retention_class=_RETENTION.get(message.retention_class, RetentionClass.STANDARD),
         break_glass_reason=message.break_glass_reason,
+        emergency_access_id=message.emergency_access_id,
         previous_hash=message.previous_hash,
         hash=message.hash,
     )
@@ -194,6 +198,7 @@ def event_message(event: AuditEvent) -> audit_pb2.AuditEvent:
         ],
         retention_class=_RETENTION_TO_PROTO[event.retention_class],
         break_glass_reason=event.break_glass_reason,
+        emergency_access_id=event.emergency_access_id,
         previous_hash=event.previous_hash,
         hash=event.hash,
     )
@@ -234,6 +239,8 @@ def patient_access(event: AuditEvent) -> audit_pb2.PatientAccess:
         purpose_of_use=event.purpose_of_use,
         outcome=_OUTCOMES_TO_PROTO[event.outcome] if event.outcome else audit_pb2.AUDIT_OUTCOME_UNSPECIFIED,
         break_glass_reason=event.break_glass_reason,
+        resource_id=event.resource_id,
+        emergency_access_id=event.emergency_access_id,
     )
     if event.occurred_at is not None:
         access.occurred_time.FromDatetime(event.occurred_at)

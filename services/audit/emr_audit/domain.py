@@ -55,6 +55,9 @@ class Subtype(enum.Enum):
     EXPORT = "export"
     LOGIN = "login"
     BREAK_GLASS = "break-glass"
+    SHARING_GRANT = "sharing-grant"
+    SHARING_REVOCATION = "sharing-revocation"
+    REFERRAL = "referral"
 
 
 class AgentType(enum.Enum):
@@ -140,8 +143,10 @@ class AuditEvent:
     agents: tuple[Agent, ...] = ()
     entities: tuple[Entity, ...] = ()
     retention_class: RetentionClass = RetentionClass.STANDARD
-    # A doctor's declared reason for reading outside the normal scope (break-the-glass).
+    # The reason code of the break-the-glass declaration that covered the access (never free text).
     break_glass_reason: str = ""
+    # That declaration (emr.identity.v1.EmergencyAccess).
+    emergency_access_id: str = ""
     previous_hash: bytes = b""
     hash: bytes = b""
 
@@ -182,6 +187,7 @@ def validate_events(events: Sequence[AuditEvent]) -> None:
             "request_id",
             "operation",
             "break_glass_reason",
+            "emergency_access_id",
         ):
             if len(getattr(event, name)) > 256:
                 violations.add(f"{path}.{name}", "at most 256 characters")
@@ -276,6 +282,7 @@ def event_fields(event: AuditEvent) -> dict[str, Any]:
         ],
         # Only when set: events stored before the field existed keep the hash they were chained with.
         **({"break_glass_reason": event.break_glass_reason} if event.break_glass_reason else {}),
+        **({"emergency_access_id": event.emergency_access_id} if event.emergency_access_id else {}),
     }
 
 

@@ -116,6 +116,7 @@ def event_from_document(document: dict[str, Any]) -> AuditEvent:
         ),
         retention_class=_enum_or_none(RetentionClass, get("retention_class")) or RetentionClass.STANDARD,
         break_glass_reason=str(get("break_glass_reason", "")),
+        emergency_access_id=str(get("emergency_access_id", "")),
         previous_hash=bytes(get("previous_hash") or b""),
         hash=bytes(get("hash") or b""),
     )

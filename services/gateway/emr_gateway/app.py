@@ -19,7 +19,7 @@ from emr_fhir.resources import everything_bundle, operation_outcome, patient_res
 from emr_gateway import search
 from emr_gateway.settings import GatewaySettings
 from emr_runtime.auth import AUTHORIZATION_KEY
-from emr_runtime.caller import BREAK_GLASS_KEY, purpose_metadata
+from emr_runtime.caller import purpose_metadata
 from emr_runtime.channels import create_channel
 from emr_runtime.web import create_web_app
 
@@ -72,15 +72,13 @@ def outcome_for(error: grpc.aio.AioRpcError) -> JSONResponse:
 def caller(
     authorization: Annotated[str, Header()] = "",
     x_purpose_of_use: Annotated[str, Header()] = "",
-    x_break_glass_reason: Annotated[str, Header()] = "",
 ) -> list[tuple[str, str]]:
-    """The HTTP caller's bearer token, purpose and break-the-glass reason as gRPC metadata: the
-    gateway has no identity of its own; every service verifies and authorizes the caller itself."""
+    """The HTTP caller's bearer token and purpose as gRPC metadata: the gateway has no identity of
+    its own; every service verifies and authorizes the caller itself (an emergency access is
+    declared with identity's DeclareEmergencyAccess, not per request)."""
     metadata = purpose_metadata(x_purpose_of_use)
     if authorization:
         metadata.append((AUTHORIZATION_KEY, authorization))
-    if x_break_glass_reason:
-        metadata.append((BREAK_GLASS_KEY, x_break_glass_reason))
     return metadata
 
 

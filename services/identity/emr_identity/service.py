@@ -41,7 +41,6 @@ from emr_identity.matching import (
 )
 from emr_identity.repository import PatientChangeRepository, PersonRepository
 from emr_identity.vietnamese import fold, normalize_name, normalize_phone
-from emr_runtime.caller import Caller
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
@@ -112,6 +111,11 @@ class IdentityService:
         self._changes = changes
         self._change_settle = change_settle
         self._page_tokens = page_tokens
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """The identity service's page tokens (its sharing listings issue them too)."""
+        return self._page_tokens
         self._frequencies: NameFrequencies | None = None
 
     async def _name_frequencies(self) -> NameFrequencies:
@@ -390,10 +394,6 @@ class IdentityService:
 
     async def get(self, patient_id: str) -> PersonView:
         return await self._view(patient_id, "patient_id")
-
-    async def treats(self, patient_id: str, caller: Caller) -> bool:
-        """The access policy's treatment relationship, as identity knows it: a registration."""
-        return await self.registered_at(patient_id, caller.facility_code)
 
     async def registered_at(self, patient_id: str, facility_code: str) -> bool:
         """Whether the facility registered the person (or a person merged into it)."""

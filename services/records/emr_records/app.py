@@ -49,5 +49,5 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.sweep_outbox],
         on_stop=[identity_channel.close, audit_channel.close],
-        treatment=service,
+        visibility=service,
     )

@@ -27,7 +27,6 @@ from emr_records.domain import (
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
-from emr_runtime.caller import Caller
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -41,6 +40,7 @@ from emr_runtime.errors import (
 from emr_runtime.idempotency import derive_id
 from emr_runtime.paging import PageTokens, position_str, position_time
 from emr_runtime.patients import PatientDirectory
+from emr_runtime.visibility import Visibility
 
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200
@@ -75,12 +75,14 @@ class RecordsService:
 
     # --- writes -----------------------------------------------------------------------------------
 
-    async def treats(self, patient_id: str, caller: Caller) -> bool:
-        """The access policy's treatment relationship: an open encounter at the caller's facility
-        (records' own data), else a registration there (identity's data, asked through its client)."""
-        if await self._resources.has_open_encounter(patient_id, caller.facility_code):
-            return True
-        return await self._patients.registered_at(patient_id, caller.facility_code)
+    async def visibility(
+        self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
+    ) -> Visibility:
+        """The access model's answer: the facility's own records or registration."""
+        registered = await self._resources.has_open_encounter(
+            patient_id, facility_code
+        ) or await self._patients.registered_at(patient_id, facility_code)
+        return Visibility(facility_code, registered=registered)
 
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()

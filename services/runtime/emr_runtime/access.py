@@ -1,6 +1,8 @@
 """The access interceptor: authenticates every call (bearer JWT), applies the policy table
-(emr_runtime.policy), asks the service whether the caller's facility treats the patient when the
-table says so, and turns break-the-glass reads into loud, counted, flagged accesses.
+(emr_runtime.policy) and gives the call its ``CallAccess`` (emr_runtime.visibility): what the caller's
+facility may see of a patient. When the request names the patient, the facility's relationship with
+them is checked before the service runs; a by-id read, which learns the patient from what it reads,
+must check it in the service, and the interceptor refuses to answer one that did not.
 
 It runs inside the audit interceptor, so a denial of an audited method is recorded by that one
 (outcome client failure, with the verified caller); denials of other methods are recorded here.
@@ -10,48 +12,29 @@ Health and reflection stay open.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Protocol
 
 from emr.audit.v1 import audit_pb2
 from prometheus_client import Counter
 
 from emr_runtime import policy
 from emr_runtime.auth import AUTHORIZATION_KEY, TokenVerifier
-from emr_runtime.caller import (
-    BREAK_GLASS_KEY,
-    PURPOSE_OF_USE_KEY,
-    Caller,
-    metadata_value,
-    set_verified_caller,
-)
+from emr_runtime.caller import PURPOSE_OF_USE_KEY, metadata_value, set_verified_caller
 from emr_runtime.errors import PermissionDeniedError, UnauthenticatedError
 from emr_runtime.interceptors import HEALTH_SERVICE, AuditRule, AuditSink, Call, ScopedInterceptor
+from emr_runtime.visibility import CallAccess, VisibilitySource, purpose_of, set_call_access
 
 log = logging.getLogger("emr.access")
 
-BREAK_GLASS_ACCESSES = Counter(
-    "emr_break_glass_access_total",
-    "Calls a doctor made outside the normal scope with a break-the-glass reason.",
+EMERGENCY_ACCESSES = Counter(
+    "emr_emergency_access_reads_total",
+    "Calls whose patient data an emergency access (break the glass) opened.",
     ("grpc_service", "grpc_method"),
 )
-# A relationship found holds for this long without asking again (a clinician reads the same patient
-# many times in a row); a closed encounter or an unmerge takes effect within this time.
-TREATING_CACHE_SECONDS = 60.0
-TREATING_CACHE_SIZE = 10_000
 # Denials of methods that are not audited anyway are recorded under this rule.
 _DENIED_CALL = AuditRule(audit_pb2.AUDIT_ACTION_EXECUTE, "", lambda request, response: "")
-
-
-class TreatmentRelationship(Protocol):
-    """The service's answer to the one policy question that needs data."""
-
-    async def treats(self, patient_id: str, caller: Caller) -> bool:
-        """Whether ``caller.facility_code`` treats the patient (open encounter or registration)."""
-        ...
 
 
 class AccessInterceptor(ScopedInterceptor):
@@ -60,16 +43,14 @@ class AccessInterceptor(ScopedInterceptor):
         verifier: TokenVerifier,
         audit_rules: Mapping[str, AuditRule],
         audit_sink: AuditSink | None,
-        relationship: TreatmentRelationship | None = None,
+        visibility: VisibilitySource | None = None,
     ) -> None:
         self._verifier = verifier
         self._audit_rules = dict(audit_rules)
         # Audited methods are recorded by the (outer) audit interceptor when there is one.
         self._audited_elsewhere = audit_sink is not None
         self._audit_sink = audit_sink
-        self._relationship = relationship
-        # Treatment relationships found recently, (patient, facility) -> until (monotonic).
-        self._treating: dict[tuple[str, str], float] = {}
+        self._visibility = visibility
 
     def applies_to(self, full_method: str) -> bool:
         return super().applies_to(full_method) and not full_method.startswith(f"/{HEALTH_SERVICE}/")
@@ -82,45 +63,46 @@ class AccessInterceptor(ScopedInterceptor):
         except UnauthenticatedError as error:
             log.info("unauthenticated call", extra={"grpc_method": call.full_method, "reason": error.message})
             raise
-        set_verified_caller(replace(caller, purpose_of_use=metadata_value(metadata, PURPOSE_OF_USE_KEY)[:32]))
-        reason = metadata_value(metadata, BREAK_GLASS_KEY).strip()[: policy.BREAK_GLASS_REASON_MAX]
-        decision = policy.decide(call.full_method, caller, call.request, reason)
+        caller = replace(caller, purpose_of_use=metadata_value(metadata, PURPOSE_OF_USE_KEY)[:32])
+        set_verified_caller(caller)
+        decision = policy.decide(call.full_method, caller, call.request)
         if not decision.allowed:
             await self._deny(call, decision.reason)
-        caller = replace(
-            caller, role=decision.role, break_glass_reason=reason if decision.break_glass else ""
+        set_verified_caller(replace(caller, role=decision.role))
+        rule = policy.POLICY[call.full_method]
+        access = CallAccess(
+            caller.facility_code,
+            purpose_of(caller.purpose_of_use),
+            self._visibility,
+            platform=not decision.facility_scoped,
+            export=rule.export,
         )
-        set_verified_caller(caller)
-        if decision.break_glass:
-            BREAK_GLASS_ACCESSES.labels(call.service, call.method).inc()
-            log.warning(
-                "break-the-glass access", extra={"grpc_method": call.full_method, "actor_id": caller.actor_id}
-            )
-        rule = self._audit_rules.get(call.full_method)
-        checked = False
-        if decision.needs_treatment and rule is not None:
-            patient_id = rule.patient_id(call.request, None)
-            if patient_id:
-                await self._require_treatment(call, patient_id, caller, decision.role)
-                checked = True
-        elif decision.needs_treatment:
-            await self._deny(call, f"{call.method} has no patient to check the treatment relationship on")
+        set_call_access(access)
+        audit_rule = self._audit_rules.get(call.full_method)
+        if decision.needs_relationship:
+            named = audit_rule.patient_id(call.request, None) if audit_rule is not None else ""
+            if named:
+                await self._require(call, access, named)
+            elif audit_rule is None:
+                await self._deny(call, f"{call.method} has no patient to check the access model on")
         yield
-        if decision.needs_treatment and not checked and rule is not None:
-            # By-id reads name the patient only in what they return: checked before it leaves.
-            await self._require_treatment(
-                call, rule.patient_id(call.request, call.response), caller, decision.role
+        if decision.needs_relationship and audit_rule is not None:
+            # A by-id read names the patient only in what it returns: its service must have checked
+            # that patient; an answer nobody checked never leaves.
+            returned = audit_rule.patient_id(call.request, call.response)
+            if returned and returned not in access.checked:
+                await self._require(call, access, returned)
+        if access.emergency_access_id:
+            EMERGENCY_ACCESSES.labels(call.service, call.method).inc()
+            log.warning(
+                "emergency access read", extra={"grpc_method": call.full_method, "actor_id": caller.actor_id}
             )
 
-    async def _require_treatment(self, call: Call, patient_id: str, caller: Caller, role: str) -> None:
-        key = (patient_id, caller.facility_code)
-        if self._treating.get(key, 0.0) > time.monotonic():
-            return
-        if not (self._relationship and patient_id and await self._relationship.treats(patient_id, caller)):
-            await self._deny(call, policy.treatment_denial(call.full_method, role))
-        if len(self._treating) >= TREATING_CACHE_SIZE:
-            self._treating.pop(next(iter(self._treating)))
-        self._treating[key] = time.monotonic() + TREATING_CACHE_SECONDS
+    async def _require(self, call: Call, access: CallAccess, patient_id: str) -> None:
+        try:
+            await access.require(patient_id)
+        except PermissionDeniedError as error:
+            await self._deny(call, error.message)
 
     async def _deny(self, call: Call, reason: str) -> None:
         if self._audit_sink is not None and not (

@@ -21,6 +21,7 @@ from emr_runtime.db import Database, IndexSpec, next_sequence
 from emr_runtime.errors import DependencyUnavailableError
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
 from emr_runtime.telemetry import current_trace_id
+from emr_runtime.visibility import current_access
 
 log = logging.getLogger("emr.audit_client")
 
@@ -41,6 +42,8 @@ REJECTED_COLLECTION = "audit_spool_rejected"
 SPOOL_REJECTED = Counter(
     "emr_audit_spool_rejected_total", "Spooled audit events the audit service refused, kept aside."
 )
+# What one call records at most (the audit service takes 500 events an append; searches cap below).
+MAX_EVENTS_PER_CALL = 500
 SPOOL_DEPTH = Gauge("emr_audit_spool_depth", "Audit events waiting in the local spool for the audit service.")
 
 
@@ -75,19 +78,25 @@ class AuditRecorder(AuditSink):
         return audit_event(rule, call, outcome, self._source_service)
 
     async def record_call(self, rule: AuditRule, call: Call, outcome: str) -> None:
-        await self.record(self.event_for(rule, call, outcome))
+        hits = rule.patient_ids(call.request, call.response) if rule.patient_ids and call.response else ()
+        if hits:
+            events = [audit_event(rule, call, outcome, self._source_service, hit) for hit in hits]
+            await self.record(*events[:MAX_EVENTS_PER_CALL])
+        else:
+            await self.record(self.event_for(rule, call, outcome))
 
-    async def record(self, event: audit_pb2.AuditEvent) -> None:
+    async def record(self, *events: audit_pb2.AuditEvent) -> None:
         if not self._spooling:
             try:
                 await self._stub.AppendEvents(
-                    audit_pb2.AppendEventsRequest(events=[event]), timeout=self._append_timeout
+                    audit_pb2.AppendEventsRequest(events=events), timeout=self._append_timeout
                 )
                 return
             except grpc.aio.AioRpcError as error:
                 log.warning("audit append failed; spooling", extra={"grpc_code": error.code().name})
                 self._spooling = True
-        await self._spool_event(event)
+        for event in events:
+            await self._spool_event(event)
 
     async def _spool_event(self, event: audit_pb2.AuditEvent) -> None:
         try:
@@ -160,10 +169,16 @@ class AuditRecorder(AuditSink):
             await asyncio.sleep(self._replay_interval)
 
 
-def audit_event(rule: AuditRule, call: Call, outcome: str, source_service: str) -> audit_pb2.AuditEvent:
-    """The audit event of one call, with the verified caller; ids only, never clinical content."""
+def audit_event(
+    rule: AuditRule, call: Call, outcome: str, source_service: str, patient_id: str | None = None
+) -> audit_pb2.AuditEvent:
+    """The audit event of one call (of one of a search's hits, ``patient_id``), with the verified
+    caller; ids only, never clinical content."""
     caller = caller_from_metadata(call.context.invocation_metadata())
-    patient_id = _audited_id(rule.patient_id(call.request, call.response))
+    access = current_access()
+    if patient_id is None:
+        patient_id = rule.patient_id(call.request, call.response)
+    patient_id = _audited_id(patient_id)
     resource_id = _audited_id(rule.resource_id(call.request, call.response))
     event = audit_pb2.AuditEvent(
         event_id=str(uuid.uuid4()),
@@ -181,7 +196,8 @@ def audit_event(rule: AuditRule, call: Call, outcome: str, source_service: str) 
         request_id=str(getattr(call.request, "request_id", "")),
         trace_id=current_trace_id(),
         retention_class=audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
-        break_glass_reason=caller.break_glass_reason,
+        break_glass_reason=access.emergency_reason,
+        emergency_access_id=access.emergency_access_id,
         agents=[
             audit_pb2.AuditAgent(
                 type=audit_pb2.AUDIT_AGENT_TYPE_APPLICATION

@@ -9,8 +9,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 PURPOSE_OF_USE_KEY = "x-purpose-of-use"
-# A doctor's reason to read outside the normal scope (break-the-glass); see emr_runtime.policy.
-BREAK_GLASS_KEY = "x-break-glass-reason"
 UNKNOWN_ACTOR = "anonymous"
 
 
@@ -25,8 +23,6 @@ class Caller:
     role: str = ""
     client_application: str = ""
     roles: tuple[str, ...] = ()
-    # Set when a doctor read outside the normal scope with a break-the-glass reason.
-    break_glass_reason: str = ""
 
 
 ANONYMOUS = Caller(UNKNOWN_ACTOR, "", "")

@@ -51,7 +51,15 @@ STRING_LIMITS_BY_NAME: tuple[tuple[str, int], ...] = (
 # Free text, by field-name suffix: the only strings that may hold tab, line feed and carriage return
 # and the bidi marks U+200E/U+200F/U+061C. Every other string field (ids, codes, names, tokens, and
 # a new field until it is named here) holds no control character and no bidi mark.
-FREE_TEXT_SUFFIXES: tuple[str, ...] = ("reason", "_text", "display", "note", "comment", "description")
+FREE_TEXT_SUFFIXES: tuple[str, ...] = (
+    "reason",
+    "_text",
+    "display",
+    "note",
+    "comment",
+    "description",
+    "justification",
+)
 # Bidirectional embeddings, overrides (U+202A-U+202E) and isolates (U+2066-U+2069): they reorder
 # what is displayed ("Trojan Source"), so that a name or id shows as something else. No field.
 _BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,6 +298,9 @@ class AuditRule:
     resource_id: Callable[[Any, Any], str] = lambda request, response: ""
     # emr.audit.v1.AuditEventSubtype (e.g. MERGE, EXPORT); 0 lets the audit service derive it from action.
     subtype: int = 0
+    # Searches: the patients a successful call returned, one event each (every hit appears in that
+    # patient's access report).
+    patient_ids: Callable[[Any, Any], Sequence[str]] | None = None
 
 
 class AuditSink:

@@ -1,15 +1,17 @@
 """The access policy: ONE table, for every RPC of every service, of which roles may call it and
-with which facility scope. Pure: the interceptor (emr_runtime.access) applies it, and the services
-answer the one question that needs their data (does a facility treat this patient?).
+with which facility scope. Pure: the interceptor (emr_runtime.access) applies it; what a facility may
+see of a patient's data is the access model's question (emr_runtime.visibility), answered by the
+services from their data.
 
 Scopes:
-- ``PLATFORM``: no facility condition (searches, platform operations);
+- ``PLATFORM``: no facility condition on the call itself (platform operations; searches, whose
+  results the service filters by what the caller may see);
 - ``OWN_FACILITY``: writes: the facility the request names must be the caller's own;
-- ``PATIENT``: the call touches one patient: the caller's facility must treat the patient (an
-  open encounter or a registration there; answered by the service); doctors may read outside that
-  scope by declaring a break-the-glass reason.
+- ``PATIENT``: the call touches one patient's data: the caller's facility must have a relationship
+  with the patient (its own registration or records, a sharing grant, a referral or an emergency
+  access), and sees of the patient's data only what that relationship opens.
 Platform roles (auditor, sync-service, platform-service, admin) act for the whole city and are
-never facility-scoped; hospital roles always are.
+never facility-scoped; hospital roles always are, and need a facility claim for every call.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ ADMIN = "admin"
 HOSPITAL_ROLES = frozenset({REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST})
 PLATFORM_ROLES = frozenset({AUDITOR, SYNC_SERVICE, PLATFORM_SERVICE, ADMIN})
 ROLES = HOSPITAL_ROLES | PLATFORM_ROLES
-# May read a patient of another facility when treating them; doctors also by breaking the glass.
-TREATING_ROLES = frozenset({DOCTOR, NURSE})
+# Doctors alone may declare an emergency access (break the glass) for their facility.
 BREAK_GLASS_ROLES = frozenset({DOCTOR})
-BREAK_GLASS_REASON_MAX = 200
 
 
 class Scope(Enum):
@@ -48,12 +48,12 @@ class Scope(Enum):
 @dataclass(frozen=True)
 class Rule:
     """Who may call one RPC. ``facility_of`` reads the facility an OWN_FACILITY request names;
-    ``read`` marks PATIENT rules a doctor may break the glass for."""
+    ``export`` marks PATIENT rules that take the whole record out (no emergency access covers them)."""
 
     roles: frozenset[str]
     scope: Scope = Scope.PLATFORM
     facility_of: Callable[[Any], str] | None = None
-    read: bool = True
+    export: bool = False
 
 
 def _facility_field(request: Any) -> str:
@@ -70,11 +70,11 @@ def _roles(*names: str) -> frozenset[str]:
 
 
 def _own_facility_write(*names: str, facility_of: Callable[[Any], str] = _facility_field) -> Rule:
-    return Rule(_roles(*names), Scope.OWN_FACILITY, facility_of, read=False)
+    return Rule(_roles(*names), Scope.OWN_FACILITY, facility_of)
 
 
-def _patient_read(*names: str) -> Rule:
-    return Rule(_roles(*names), Scope.PATIENT)
+def _patient_read(*names: str, export: bool = False) -> Rule:
+    return Rule(_roles(*names), Scope.PATIENT, export=export)
 
 
 _IDENTITY = "/emr.identity.v1.PatientIdentityService/"
@@ -89,8 +89,9 @@ POLICY: dict[str, Rule] = {
     f"{_IDENTITY}GetPatient": _patient_read(
         REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST, SYNC_SERVICE, PLATFORM_SERVICE
     ),
-    f"{_IDENTITY}UpdatePatient": Rule(_roles(REGISTRAR, DOCTOR, NURSE), Scope.PATIENT, read=False),
-    # Finding a person by identifier or demographics is how a facility starts to treat them.
+    f"{_IDENTITY}UpdatePatient": _patient_read(REGISTRAR, DOCTOR, NURSE),
+    # Finding a person: results are limited to persons the caller's facility may see, identifiers
+    # masked, every returned person audited.
     f"{_IDENTITY}MatchPatient": Rule(_roles(REGISTRAR, DOCTOR, NURSE)),
     f"{_IDENTITY}SearchPatients": Rule(_roles(REGISTRAR, DOCTOR, NURSE)),
     # Data stewardship of the master patient index: platform operators.
@@ -102,6 +103,16 @@ POLICY: dict[str, Rule] = {
     f"{_IDENTITY}CheckRegistration": Rule(_roles(PLATFORM_SERVICE)),
     # Every person's changes, for the national system: the sync service's alone.
     f"{_IDENTITY}ListPatientChanges": Rule(_roles(SYNC_SERVICE)),
+    # --- identity: the patient's sharing grants, referrals and emergency access -----------------
+    f"{_IDENTITY}RecordSharingGrant": _own_facility_write(REGISTRAR),
+    f"{_IDENTITY}RevokeSharingGrant": _own_facility_write(REGISTRAR),
+    f"{_IDENTITY}ListSharingGrants": _patient_read(REGISTRAR, DOCTOR, NURSE, AUDITOR),
+    f"{_IDENTITY}RecordReferral": _own_facility_write(DOCTOR),
+    f"{_IDENTITY}DeclareEmergencyAccess": _own_facility_write(*BREAK_GLASS_ROLES),
+    # The data-protection officer reviews every break-the-glass access.
+    f"{_IDENTITY}ListEmergencyAccesses": Rule(_roles(AUDITOR)),
+    f"{_IDENTITY}ReviewEmergencyAccess": Rule(_roles(AUDITOR)),
+    f"{_IDENTITY}CheckAccess": Rule(_roles(PLATFORM_SERVICE)),
     # --- records: clinical writes at the caller's facility, reads of treated patients ----------
     f"{_RECORDS}CreateEncounter": _own_facility_write(REGISTRAR, DOCTOR, NURSE),
     f"{_RECORDS}GetEncounter": _patient_read(DOCTOR, NURSE, SYNC_SERVICE),
@@ -120,7 +131,7 @@ POLICY: dict[str, Rule] = {
     f"{_RECORDS}GetPatientTimeline": _patient_read(DOCTOR, NURSE),
     f"{_RECORDS}ListObservations": _patient_read(DOCTOR, NURSE, LAB),
     f"{_RECORDS}GetEncounterBundle": _patient_read(DOCTOR, NURSE, SYNC_SERVICE),
-    f"{_RECORDS}ExportPatient": _patient_read(DOCTOR, SYNC_SERVICE),
+    f"{_RECORDS}ExportPatient": _patient_read(DOCTOR, SYNC_SERVICE, export=True),
     # --- audit: services append; auditors read; the public key and checkpoints are public ------
     f"{_AUDIT}AppendEvents": Rule(_roles(PLATFORM_SERVICE, SYNC_SERVICE)),
     f"{_AUDIT}QueryEvents": Rule(_roles(AUDITOR)),
@@ -145,13 +156,14 @@ class Decision:
 
     allowed: bool
     role: str = ""
-    # The caller's facility must treat the patient (asked of the service).
-    needs_treatment: bool = False
-    break_glass: bool = False
+    # The call touches one patient: the caller's facility must have a relationship with them.
+    needs_relationship: bool = False
+    # A hospital role: the call sees patient data only as far as its facility's relationship opens.
+    facility_scoped: bool = False
     reason: str = ""
 
 
-def decide(full_method: str, caller: Caller, request: Any, break_glass_reason: str = "") -> Decision:
+def decide(full_method: str, caller: Caller, request: Any) -> Decision:
     """Applies the table to a verified caller: roles first, then the facility scope."""
     rule = POLICY.get(full_method)
     method = full_method.rsplit("/", 1)[-1]
@@ -162,8 +174,8 @@ def decide(full_method: str, caller: Caller, request: Any, break_glass_reason: s
         held = ", ".join(caller.roles) or "none"
         return Decision(False, reason=f"{method} is not allowed for the token's roles ({held})")
     platform = [role for role in granted if role in PLATFORM_ROLES]
-    if platform or rule.scope is Scope.PLATFORM:
-        return Decision(True, (platform or granted)[0])
+    if platform:
+        return Decision(True, platform[0])
     role = granted[0]
     if not caller.facility_code:
         return Decision(False, reason=f"{method} needs a token with a facility claim for role {role}")
@@ -172,15 +184,31 @@ def decide(full_method: str, caller: Caller, request: Any, break_glass_reason: s
         named = rule.facility_of(request)
         if named and named != caller.facility_code:
             return Decision(False, reason=f"{method}: a {role} writes for their own facility only")
-        return Decision(True, role)
-    breaker = next((r for r in granted if r in BREAK_GLASS_ROLES), "")
-    if rule.read and breaker and break_glass_reason.strip():
-        return Decision(True, breaker, break_glass=True)
-    treating = next((r for r in granted if r in TREATING_ROLES), role)
-    return Decision(True, treating, needs_treatment=True)
+        return Decision(True, role, facility_scoped=True)
+    return Decision(True, role, needs_relationship=rule.scope is Scope.PATIENT, facility_scoped=True)
 
 
-def treatment_denial(full_method: str, role: str) -> str:
-    method = full_method.rsplit("/", 1)[-1]
-    hint = " (a doctor may declare x-break-glass-reason in an emergency)" if role in BREAK_GLASS_ROLES else ""
-    return f"{method}: the caller's facility has no treatment relationship with this patient{hint}"
+_SCOPE_WORD = {Scope.PLATFORM: "all", Scope.OWN_FACILITY: "own", Scope.PATIENT: "patient"}
+_ROLE_COLUMNS = (REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST, AUDITOR, SYNC_SERVICE, PLATFORM_SERVICE, ADMIN)
+
+
+def markdown_table() -> str:
+    """The table as docs/access-model.md shows it (a test keeps the two equal): per RPC and role,
+    ``own``, ``patient``, ``all`` or nothing; platform roles are never facility-scoped."""
+    lines = [
+        "| RPC | " + " | ".join(_ROLE_COLUMNS) + " |",
+        "|---|" + "---|" * len(_ROLE_COLUMNS),
+    ]
+    for full_method, rule in POLICY.items():
+        service = full_method.split(".")[1]
+        method = full_method.rsplit("/", 1)[1]
+        cells = [
+            ("all" if role in PLATFORM_ROLES else _SCOPE_WORD[rule.scope]) if role in rule.roles else ""
+            for role in _ROLE_COLUMNS
+        ]
+        lines.append(f"| {service} `{method}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

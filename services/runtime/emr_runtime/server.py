@@ -19,7 +19,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from emr_runtime.access import AccessInterceptor, TreatmentRelationship
+from emr_runtime.access import AccessInterceptor
 from emr_runtime.auth import AuthSettings, TokenVerifier
 from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
 from emr_runtime.guard import GuardInterceptor, RateLimitInterceptor
@@ -36,6 +36,7 @@ from emr_runtime.metrics import start_metrics_server
 from emr_runtime.settings import ServiceSettings
 from emr_runtime.telemetry import configure_tracing
 from emr_runtime.tls import TlsSettings
+from emr_runtime.visibility import VisibilitySource
 
 log = logging.getLogger("emr.server")
 
@@ -59,8 +60,8 @@ class ServiceApp:
     audit_rules: Mapping[str, AuditRule] = field(default_factory=dict)
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
-    # Answers the policy's treatment-relationship question (identity, records).
-    treatment: TreatmentRelationship | None = None
+    # Answers the access model's question: what a facility may see of a patient (identity, records).
+    visibility: VisibilitySource | None = None
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
@@ -83,7 +84,7 @@ def build_server(
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
     if verifier is not None:
         # Inside audit: denials of audited methods are recorded there, with the verified caller.
-        interceptors.append(AccessInterceptor(verifier, app.audit_rules, app.audit_sink, app.treatment))
+        interceptors.append(AccessInterceptor(verifier, app.audit_rules, app.audit_sink, app.visibility))
     if settings.rate_limit_per_second > 0:
         # Innermost: the bucket is the verified client application's.
         interceptors.append(RateLimitInterceptor(settings.rate_limit_per_second, settings.rate_limit_burst))

@@ -405,17 +405,28 @@ def test_writes_are_for_the_callers_own_facility() -> None:
     assert policy.decide(f"{RECORDS}CreateResource", caller("lab", facility="79002"), request).allowed
 
 
-def test_patient_reads_need_treatment_unless_a_doctor_breaks_the_glass() -> None:
+def test_patient_calls_need_a_relationship_and_searches_a_facility_claim() -> None:
     request = records_pb2.GetPatientTimelineRequest(patient_id="p")
     method = f"{RECORDS}GetPatientTimeline"
-    assert policy.decide(method, caller("nurse"), request).needs_treatment
-    nurse_glass = policy.decide(method, caller("nurse"), request, "emergency")
-    assert nurse_glass.needs_treatment and not nurse_glass.break_glass
-    doctor_glass = policy.decide(method, caller("doctor"), request, "unconscious in ER")
-    assert doctor_glass.allowed and doctor_glass.break_glass and not doctor_glass.needs_treatment
-    # Break-the-glass opens reads only.
+    decision = policy.decide(method, caller("nurse"), request)
+    assert decision.allowed and decision.needs_relationship and decision.facility_scoped
     update = identity_pb2.UpdatePatientRequest(patient_id="p")
-    assert policy.decide(f"{IDENTITY}UpdatePatient", caller("doctor"), update, "x").needs_treatment
+    assert policy.decide(f"{IDENTITY}UpdatePatient", caller("doctor"), update).needs_relationship
+    # A search is facility-scoped (its results are filtered) and needs a facility claim.
+    search = identity_pb2.SearchPatientsRequest(phone="0912345678")
+    found = policy.decide(f"{IDENTITY}SearchPatients", caller("registrar"), search)
+    assert found.allowed and found.facility_scoped and not found.needs_relationship
+    assert not policy.decide(f"{IDENTITY}SearchPatients", caller("registrar", facility=""), search).allowed
+
+
+def test_only_doctors_declare_an_emergency_access_and_only_for_their_facility() -> None:
+    here = identity_pb2.DeclareEmergencyAccessRequest(patient_id="p", facility_code="79001")
+    there = identity_pb2.DeclareEmergencyAccessRequest(patient_id="p", facility_code="79002")
+    method = f"{IDENTITY}DeclareEmergencyAccess"
+    assert policy.decide(method, caller("doctor"), here).allowed
+    assert not policy.decide(method, caller("doctor"), there).allowed
+    assert not policy.decide(method, caller("nurse"), here).allowed
+    assert not policy.decide(method, caller("registrar"), here).allowed
 
 
 def test_roles_outside_the_rule_and_facilityless_hospital_tokens_are_denied() -> None:
@@ -429,4 +440,4 @@ def test_roles_outside_the_rule_and_facilityless_hospital_tokens_are_denied() ->
 def test_platform_roles_are_not_facility_scoped() -> None:
     request = records_pb2.GetEncounterBundleRequest(encounter_id="e")
     decision = policy.decide(f"{RECORDS}GetEncounterBundle", caller("sync-service", facility=""), request)
-    assert decision.allowed and not decision.needs_treatment and decision.role == "sync-service"
+    assert decision.allowed and not decision.facility_scoped and decision.role == "sync-service"

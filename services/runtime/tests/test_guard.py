@@ -41,7 +41,7 @@ def test_violations_name_nested_and_repeated_fields() -> None:
 
 
 def test_free_text_is_told_by_field_name() -> None:
-    for name in ("reason", "break_glass_reason", "value_text", "display"):
+    for name in ("reason", "break_glass_reason", "value_text", "display", "justification", "note"):
         assert is_free_text(name), name
     for name in ("request_id", "patient_id", "facility_code", "code", "full_name", "drug_name", "page_token"):
         assert not is_free_text(name), name

@@ -40,6 +40,9 @@ class AuditEventSubtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_EVENT_SUBTYPE_EXPORT: _ClassVar[AuditEventSubtype]
     AUDIT_EVENT_SUBTYPE_LOGIN: _ClassVar[AuditEventSubtype]
     AUDIT_EVENT_SUBTYPE_BREAK_GLASS: _ClassVar[AuditEventSubtype]
+    AUDIT_EVENT_SUBTYPE_SHARING_GRANT: _ClassVar[AuditEventSubtype]
+    AUDIT_EVENT_SUBTYPE_SHARING_REVOCATION: _ClassVar[AuditEventSubtype]
+    AUDIT_EVENT_SUBTYPE_REFERRAL: _ClassVar[AuditEventSubtype]
 
 class AuditAgentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -88,6 +91,9 @@ AUDIT_EVENT_SUBTYPE_MERGE: AuditEventSubtype
 AUDIT_EVENT_SUBTYPE_EXPORT: AuditEventSubtype
 AUDIT_EVENT_SUBTYPE_LOGIN: AuditEventSubtype
 AUDIT_EVENT_SUBTYPE_BREAK_GLASS: AuditEventSubtype
+AUDIT_EVENT_SUBTYPE_SHARING_GRANT: AuditEventSubtype
+AUDIT_EVENT_SUBTYPE_SHARING_REVOCATION: AuditEventSubtype
+AUDIT_EVENT_SUBTYPE_REFERRAL: AuditEventSubtype
 AUDIT_AGENT_TYPE_UNSPECIFIED: AuditAgentType
 AUDIT_AGENT_TYPE_USER: AuditAgentType
 AUDIT_AGENT_TYPE_APPLICATION: AuditAgentType
@@ -134,7 +140,7 @@ class AuditEntity(_message.Message):
     def __init__(self, role: _Optional[_Union[AuditEntityRole, str]] = ..., patient_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("event_id", "action", "outcome", "occurred_time", "actor_id", "actor_facility_code", "source_service", "operation", "patient_id", "resource_type", "resource_id", "purpose_of_use", "request_id", "trace_id", "sequence", "record_time", "type", "subtype", "agents", "entities", "retention_class", "previous_hash", "hash", "break_glass_reason")
+    __slots__ = ("event_id", "action", "outcome", "occurred_time", "actor_id", "actor_facility_code", "source_service", "operation", "patient_id", "resource_type", "resource_id", "purpose_of_use", "request_id", "trace_id", "sequence", "record_time", "type", "subtype", "agents", "entities", "retention_class", "previous_hash", "hash", "break_glass_reason", "emergency_access_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +165,7 @@ class AuditEvent(_message.Message):
     PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     BREAK_GLASS_REASON_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     action: AuditAction
     outcome: AuditOutcome
@@ -183,7 +190,8 @@ class AuditEvent(_message.Message):
     previous_hash: bytes
     hash: bytes
     break_glass_reason: str
-    def __init__(self, event_id: _Optional[str] = ..., action: _Optional[_Union[AuditAction, str]] = ..., outcome: _Optional[_Union[AuditOutcome, str]] = ..., occurred_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor_id: _Optional[str] = ..., actor_facility_code: _Optional[str] = ..., source_service: _Optional[str] = ..., operation: _Optional[str] = ..., patient_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., sequence: _Optional[int] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[AuditEventType, str]] = ..., subtype: _Optional[_Union[AuditEventSubtype, str]] = ..., agents: _Optional[_Iterable[_Union[AuditAgent, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[AuditEntity, _Mapping]]] = ..., retention_class: _Optional[_Union[AuditRetentionClass, str]] = ..., previous_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., break_glass_reason: _Optional[str] = ...) -> None: ...
+    emergency_access_id: str
+    def __init__(self, event_id: _Optional[str] = ..., action: _Optional[_Union[AuditAction, str]] = ..., outcome: _Optional[_Union[AuditOutcome, str]] = ..., occurred_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor_id: _Optional[str] = ..., actor_facility_code: _Optional[str] = ..., source_service: _Optional[str] = ..., operation: _Optional[str] = ..., patient_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., sequence: _Optional[int] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[AuditEventType, str]] = ..., subtype: _Optional[_Union[AuditEventSubtype, str]] = ..., agents: _Optional[_Iterable[_Union[AuditAgent, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[AuditEntity, _Mapping]]] = ..., retention_class: _Optional[_Union[AuditRetentionClass, str]] = ..., previous_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., break_glass_reason: _Optional[str] = ..., emergency_access_id: _Optional[str] = ...) -> None: ...
 
 class AppendEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -240,7 +248,7 @@ class GetPatientAccessReportRequest(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class PatientAccess(_message.Message):
-    __slots__ = ("occurred_time", "accessor_role", "facility_code", "subtype", "resource_type", "purpose_of_use", "outcome", "break_glass_reason")
+    __slots__ = ("occurred_time", "accessor_role", "facility_code", "subtype", "resource_type", "purpose_of_use", "outcome", "break_glass_reason", "resource_id", "emergency_access_id")
     OCCURRED_TIME_FIELD_NUMBER: _ClassVar[int]
     ACCESSOR_ROLE_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +257,8 @@ class PatientAccess(_message.Message):
     PURPOSE_OF_USE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     BREAK_GLASS_REASON_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
     occurred_time: _timestamp_pb2.Timestamp
     accessor_role: str
     facility_code: str
@@ -257,7 +267,9 @@ class PatientAccess(_message.Message):
     purpose_of_use: str
     outcome: AuditOutcome
     break_glass_reason: str
-    def __init__(self, occurred_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accessor_role: _Optional[str] = ..., facility_code: _Optional[str] = ..., subtype: _Optional[_Union[AuditEventSubtype, str]] = ..., resource_type: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., outcome: _Optional[_Union[AuditOutcome, str]] = ..., break_glass_reason: _Optional[str] = ...) -> None: ...
+    resource_id: str
+    emergency_access_id: str
+    def __init__(self, occurred_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accessor_role: _Optional[str] = ..., facility_code: _Optional[str] = ..., subtype: _Optional[_Union[AuditEventSubtype, str]] = ..., resource_type: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., outcome: _Optional[_Union[AuditOutcome, str]] = ..., break_glass_reason: _Optional[str] = ..., resource_id: _Optional[str] = ..., emergency_access_id: _Optional[str] = ...) -> None: ...
 
 class PatientAccessSummary(_message.Message):
     __slots__ = ("accessor_role", "facility_code", "resource_type", "access_count", "first_time", "last_time")

@@ -67,6 +67,39 @@ class PatientChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PATIENT_CHANGE_KIND_MERGE_SURVIVOR: _ClassVar[PatientChangeKind]
     PATIENT_CHANGE_KIND_UNMERGED: _ClassVar[PatientChangeKind]
     PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR: _ClassVar[PatientChangeKind]
+
+class SharingGrantKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARING_GRANT_KIND_UNSPECIFIED: _ClassVar[SharingGrantKind]
+    SHARING_GRANT_KIND_CONSENT: _ClassVar[SharingGrantKind]
+    SHARING_GRANT_KIND_REFERRAL: _ClassVar[SharingGrantKind]
+
+class ConsentEvidence(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSENT_EVIDENCE_UNSPECIFIED: _ClassVar[ConsentEvidence]
+    CONSENT_EVIDENCE_SIGNED_FORM: _ClassVar[ConsentEvidence]
+    CONSENT_EVIDENCE_VNEID_CONFIRMATION: _ClassVar[ConsentEvidence]
+    CONSENT_EVIDENCE_VERBAL_WITH_WITNESS: _ClassVar[ConsentEvidence]
+
+class SharingPurpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARING_PURPOSE_UNSPECIFIED: _ClassVar[SharingPurpose]
+    SHARING_PURPOSE_TREATMENT: _ClassVar[SharingPurpose]
+    SHARING_PURPOSE_PAYMENT: _ClassVar[SharingPurpose]
+
+class EmergencyReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EMERGENCY_REASON_UNSPECIFIED: _ClassVar[EmergencyReason]
+    EMERGENCY_REASON_LIFE_THREATENING: _ClassVar[EmergencyReason]
+    EMERGENCY_REASON_UNABLE_TO_CONSENT: _ClassVar[EmergencyReason]
+    EMERGENCY_REASON_URGENT_CARE: _ClassVar[EmergencyReason]
+    EMERGENCY_REASON_PUBLIC_HEALTH: _ClassVar[EmergencyReason]
+
+class EmergencyReviewOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EMERGENCY_REVIEW_OUTCOME_UNSPECIFIED: _ClassVar[EmergencyReviewOutcome]
+    EMERGENCY_REVIEW_OUTCOME_JUSTIFIED: _ClassVar[EmergencyReviewOutcome]
+    EMERGENCY_REVIEW_OUTCOME_UNJUSTIFIED: _ClassVar[EmergencyReviewOutcome]
 IDENTIFIER_SYSTEM_UNSPECIFIED: IdentifierSystem
 IDENTIFIER_SYSTEM_CCCD: IdentifierSystem
 IDENTIFIER_SYSTEM_BHYT: IdentifierSystem
@@ -104,6 +137,24 @@ PATIENT_CHANGE_KIND_MERGED: PatientChangeKind
 PATIENT_CHANGE_KIND_MERGE_SURVIVOR: PatientChangeKind
 PATIENT_CHANGE_KIND_UNMERGED: PatientChangeKind
 PATIENT_CHANGE_KIND_UNMERGE_SURVIVOR: PatientChangeKind
+SHARING_GRANT_KIND_UNSPECIFIED: SharingGrantKind
+SHARING_GRANT_KIND_CONSENT: SharingGrantKind
+SHARING_GRANT_KIND_REFERRAL: SharingGrantKind
+CONSENT_EVIDENCE_UNSPECIFIED: ConsentEvidence
+CONSENT_EVIDENCE_SIGNED_FORM: ConsentEvidence
+CONSENT_EVIDENCE_VNEID_CONFIRMATION: ConsentEvidence
+CONSENT_EVIDENCE_VERBAL_WITH_WITNESS: ConsentEvidence
+SHARING_PURPOSE_UNSPECIFIED: SharingPurpose
+SHARING_PURPOSE_TREATMENT: SharingPurpose
+SHARING_PURPOSE_PAYMENT: SharingPurpose
+EMERGENCY_REASON_UNSPECIFIED: EmergencyReason
+EMERGENCY_REASON_LIFE_THREATENING: EmergencyReason
+EMERGENCY_REASON_UNABLE_TO_CONSENT: EmergencyReason
+EMERGENCY_REASON_URGENT_CARE: EmergencyReason
+EMERGENCY_REASON_PUBLIC_HEALTH: EmergencyReason
+EMERGENCY_REVIEW_OUTCOME_UNSPECIFIED: EmergencyReviewOutcome
+EMERGENCY_REVIEW_OUTCOME_JUSTIFIED: EmergencyReviewOutcome
+EMERGENCY_REVIEW_OUTCOME_UNJUSTIFIED: EmergencyReviewOutcome
 
 class Identifier(_message.Message):
     __slots__ = ("system", "value", "facility_code")
@@ -460,3 +511,225 @@ class ListPatientChangesResponse(_message.Message):
     changes: _containers.RepeatedCompositeFieldContainer[PatientChange]
     next_after_sequence: int
     def __init__(self, changes: _Optional[_Iterable[_Union[PatientChange, _Mapping]]] = ..., next_after_sequence: _Optional[int] = ...) -> None: ...
+
+class SharingGrant(_message.Message):
+    __slots__ = ("sharing_grant_id", "patient_id", "kind", "grantee_facility_code", "source_facility_code", "purpose", "evidence", "evidence_reference", "start_time", "end_time", "recorded_by_facility_code", "recorded_by", "revoke_time", "revoked_by")
+    SHARING_GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_BY_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    sharing_grant_id: str
+    patient_id: str
+    kind: SharingGrantKind
+    grantee_facility_code: str
+    source_facility_code: str
+    purpose: SharingPurpose
+    evidence: ConsentEvidence
+    evidence_reference: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    recorded_by_facility_code: str
+    recorded_by: str
+    revoke_time: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, sharing_grant_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., kind: _Optional[_Union[SharingGrantKind, str]] = ..., grantee_facility_code: _Optional[str] = ..., source_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by_facility_code: _Optional[str] = ..., recorded_by: _Optional[str] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class RecordSharingGrantRequest(_message.Message):
+    __slots__ = ("request_id", "patient_id", "grantee_facility_code", "purpose", "evidence", "evidence_reference", "end_time", "facility_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    patient_id: str
+    grantee_facility_code: str
+    purpose: SharingPurpose
+    evidence: ConsentEvidence
+    evidence_reference: str
+    end_time: _timestamp_pb2.Timestamp
+    facility_code: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., grantee_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., facility_code: _Optional[str] = ...) -> None: ...
+
+class RecordSharingGrantResponse(_message.Message):
+    __slots__ = ("sharing_grant",)
+    SHARING_GRANT_FIELD_NUMBER: _ClassVar[int]
+    sharing_grant: SharingGrant
+    def __init__(self, sharing_grant: _Optional[_Union[SharingGrant, _Mapping]] = ...) -> None: ...
+
+class RevokeSharingGrantRequest(_message.Message):
+    __slots__ = ("request_id", "sharing_grant_id", "facility_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARING_GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    sharing_grant_id: str
+    facility_code: str
+    def __init__(self, request_id: _Optional[str] = ..., sharing_grant_id: _Optional[str] = ..., facility_code: _Optional[str] = ...) -> None: ...
+
+class RevokeSharingGrantResponse(_message.Message):
+    __slots__ = ("sharing_grant",)
+    SHARING_GRANT_FIELD_NUMBER: _ClassVar[int]
+    sharing_grant: SharingGrant
+    def __init__(self, sharing_grant: _Optional[_Union[SharingGrant, _Mapping]] = ...) -> None: ...
+
+class ListSharingGrantsRequest(_message.Message):
+    __slots__ = ("patient_id",)
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    def __init__(self, patient_id: _Optional[str] = ...) -> None: ...
+
+class ListSharingGrantsResponse(_message.Message):
+    __slots__ = ("sharing_grants",)
+    SHARING_GRANTS_FIELD_NUMBER: _ClassVar[int]
+    sharing_grants: _containers.RepeatedCompositeFieldContainer[SharingGrant]
+    def __init__(self, sharing_grants: _Optional[_Iterable[_Union[SharingGrant, _Mapping]]] = ...) -> None: ...
+
+class RecordReferralRequest(_message.Message):
+    __slots__ = ("request_id", "patient_id", "facility_code", "receiving_facility_code", "end_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVING_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    patient_id: str
+    facility_code: str
+    receiving_facility_code: str
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., receiving_facility_code: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RecordReferralResponse(_message.Message):
+    __slots__ = ("sharing_grant",)
+    SHARING_GRANT_FIELD_NUMBER: _ClassVar[int]
+    sharing_grant: SharingGrant
+    def __init__(self, sharing_grant: _Optional[_Union[SharingGrant, _Mapping]] = ...) -> None: ...
+
+class EmergencyAccess(_message.Message):
+    __slots__ = ("emergency_access_id", "patient_id", "facility_code", "declared_by", "reason", "justification", "start_time", "end_time", "review_outcome", "review_note", "reviewed_by", "review_time")
+    EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    JUSTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_NOTE_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_TIME_FIELD_NUMBER: _ClassVar[int]
+    emergency_access_id: str
+    patient_id: str
+    facility_code: str
+    declared_by: str
+    reason: EmergencyReason
+    justification: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    review_outcome: EmergencyReviewOutcome
+    review_note: str
+    reviewed_by: str
+    review_time: _timestamp_pb2.Timestamp
+    def __init__(self, emergency_access_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., declared_by: _Optional[str] = ..., reason: _Optional[_Union[EmergencyReason, str]] = ..., justification: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., review_outcome: _Optional[_Union[EmergencyReviewOutcome, str]] = ..., review_note: _Optional[str] = ..., reviewed_by: _Optional[str] = ..., review_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DeclareEmergencyAccessRequest(_message.Message):
+    __slots__ = ("request_id", "patient_id", "facility_code", "reason", "justification")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    JUSTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    patient_id: str
+    facility_code: str
+    reason: EmergencyReason
+    justification: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., reason: _Optional[_Union[EmergencyReason, str]] = ..., justification: _Optional[str] = ...) -> None: ...
+
+class DeclareEmergencyAccessResponse(_message.Message):
+    __slots__ = ("emergency_access",)
+    EMERGENCY_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    emergency_access: EmergencyAccess
+    def __init__(self, emergency_access: _Optional[_Union[EmergencyAccess, _Mapping]] = ...) -> None: ...
+
+class ListEmergencyAccessesRequest(_message.Message):
+    __slots__ = ("unreviewed_only", "page_size", "page_token")
+    UNREVIEWED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    unreviewed_only: bool
+    page_size: int
+    page_token: str
+    def __init__(self, unreviewed_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListEmergencyAccessesResponse(_message.Message):
+    __slots__ = ("emergency_accesses", "next_page_token")
+    EMERGENCY_ACCESSES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    emergency_accesses: _containers.RepeatedCompositeFieldContainer[EmergencyAccess]
+    next_page_token: str
+    def __init__(self, emergency_accesses: _Optional[_Iterable[_Union[EmergencyAccess, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReviewEmergencyAccessRequest(_message.Message):
+    __slots__ = ("request_id", "emergency_access_id", "outcome", "note")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    emergency_access_id: str
+    outcome: EmergencyReviewOutcome
+    note: str
+    def __init__(self, request_id: _Optional[str] = ..., emergency_access_id: _Optional[str] = ..., outcome: _Optional[_Union[EmergencyReviewOutcome, str]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ReviewEmergencyAccessResponse(_message.Message):
+    __slots__ = ("emergency_access",)
+    EMERGENCY_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    emergency_access: EmergencyAccess
+    def __init__(self, emergency_access: _Optional[_Union[EmergencyAccess, _Mapping]] = ...) -> None: ...
+
+class CheckAccessRequest(_message.Message):
+    __slots__ = ("patient_id", "facility_code", "purpose_of_use", "export")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_OF_USE_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    facility_code: str
+    purpose_of_use: str
+    export: bool
+    def __init__(self, patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., export: _Optional[bool] = ...) -> None: ...
+
+class CheckAccessResponse(_message.Message):
+    __slots__ = ("exists", "registered", "all_facilities", "visible_facility_codes", "sharing_grant_ids", "emergency_access_id", "emergency_reason", "resolved_patient_id")
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    ALL_FACILITIES_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_FACILITY_CODES_FIELD_NUMBER: _ClassVar[int]
+    SHARING_GRANT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_REASON_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    registered: bool
+    all_facilities: bool
+    visible_facility_codes: _containers.RepeatedScalarFieldContainer[str]
+    sharing_grant_ids: _containers.RepeatedScalarFieldContainer[str]
+    emergency_access_id: str
+    emergency_reason: str
+    resolved_patient_id: str
+    def __init__(self, exists: _Optional[bool] = ..., registered: _Optional[bool] = ..., all_facilities: _Optional[bool] = ..., visible_facility_codes: _Optional[_Iterable[str]] = ..., sharing_grant_ids: _Optional[_Iterable[str]] = ..., emergency_access_id: _Optional[str] = ..., emergency_reason: _Optional[str] = ..., resolved_patient_id: _Optional[str] = ...) -> None: ...

@@ -95,6 +95,46 @@ class PatientIdentityServiceStub:
                 request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.SerializeToString,
                 response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.FromString,
                 _registered_method=True)
+        self.RecordSharingGrant = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/RecordSharingGrant',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantResponse.FromString,
+                _registered_method=True)
+        self.RevokeSharingGrant = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/RevokeSharingGrant',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantResponse.FromString,
+                _registered_method=True)
+        self.ListSharingGrants = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ListSharingGrants',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsResponse.FromString,
+                _registered_method=True)
+        self.RecordReferral = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/RecordReferral',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralResponse.FromString,
+                _registered_method=True)
+        self.DeclareEmergencyAccess = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/DeclareEmergencyAccess',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessResponse.FromString,
+                _registered_method=True)
+        self.ListEmergencyAccesses = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ListEmergencyAccesses',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesResponse.FromString,
+                _registered_method=True)
+        self.ReviewEmergencyAccess = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/ReviewEmergencyAccess',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessResponse.FromString,
+                _registered_method=True)
+        self.CheckAccess = channel.unary_unary(
+                '/emr.identity.v1.PatientIdentityService/CheckAccess',
+                request_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.SerializeToString,
+                response_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.FromString,
+                _registered_method=True)
 
 
 class PatientIdentityServiceServicer:
@@ -199,6 +239,75 @@ class PatientIdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordSharingGrant(self, request, context):
+        """RecordSharingGrant records a patient's consent that a facility (or every facility) may see the
+        patient's data held by other facilities, for one purpose, until an end time. Recorded by a
+        registrar of a facility that registered the patient, with the evidence of the consent.
+        Audited (subtype SHARING_GRANT); listed in the patient's access report. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSharingGrant(self, request, context):
+        """RevokeSharingGrant ends a grant at the patient's request, from now on. Recorded by a registrar of a
+        facility that registered the patient. Audited (subtype SHARING_REVOCATION). Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSharingGrants(self, request, context):
+        """ListSharingGrants lists a patient's grants and referrals (active and ended), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordReferral(self, request, context):
+        """RecordReferral records the transfer of a patient from the caller's facility to another: the
+        receiving facility may see what the referring facility holds of the patient until end_time.
+        Audited (subtype REFERRAL). Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclareEmergencyAccess(self, request, context):
+        """DeclareEmergencyAccess breaks the glass: a doctor of the caller's facility declares an emergency
+        (a reason code and free text) and the facility may read the patient's data held anywhere for a
+        bounded time (never ExportPatient). The free text is stored encrypted and never audited in
+        plaintext. Every read under it is flagged in the audit log; the declaration waits for review by
+        the data-protection officer. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEmergencyAccesses(self, request, context):
+        """ListEmergencyAccesses lists break-the-glass declarations for review, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewEmergencyAccess(self, request, context):
+        """ReviewEmergencyAccess records the data-protection officer's verdict on a declaration.
+        Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckAccess(self, request, context):
+        """CheckAccess says what a facility may see of a patient's data: its own registration, the facilities
+        whose data grants and referrals open to it, and an active emergency access. The access model's
+        question, asked by the records service. Platform services only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatientIdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +370,46 @@ def add_PatientIdentityServiceServicer_to_server(servicer, server):
                     servicer.ListPatientChanges,
                     request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.FromString,
                     response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.SerializeToString,
+            ),
+            'RecordSharingGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSharingGrant,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantResponse.SerializeToString,
+            ),
+            'RevokeSharingGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSharingGrant,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantResponse.SerializeToString,
+            ),
+            'ListSharingGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSharingGrants,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsResponse.SerializeToString,
+            ),
+            'RecordReferral': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordReferral,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralResponse.SerializeToString,
+            ),
+            'DeclareEmergencyAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareEmergencyAccess,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessResponse.SerializeToString,
+            ),
+            'ListEmergencyAccesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEmergencyAccesses,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesResponse.SerializeToString,
+            ),
+            'ReviewEmergencyAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewEmergencyAccess,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessResponse.SerializeToString,
+            ),
+            'CheckAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAccess,
+                    request_deserializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.FromString,
+                    response_serializer=emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +737,222 @@ class PatientIdentityService:
             '/emr.identity.v1.PatientIdentityService/ListPatientChanges',
             emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesRequest.SerializeToString,
             emr_dot_identity_dot_v1_dot_identity__pb2.ListPatientChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSharingGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/RecordSharingGrant',
+            emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.RecordSharingGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSharingGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/RevokeSharingGrant',
+            emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.RevokeSharingGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSharingGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ListSharingGrants',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListSharingGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordReferral(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/RecordReferral',
+            emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.RecordReferralResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareEmergencyAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/DeclareEmergencyAccess',
+            emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.DeclareEmergencyAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEmergencyAccesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ListEmergencyAccesses',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ListEmergencyAccessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewEmergencyAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/ReviewEmergencyAccess',
+            emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.ReviewEmergencyAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.identity.v1.PatientIdentityService/CheckAccess',
+            emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessRequest.SerializeToString,
+            emr_dot_identity_dot_v1_dot_identity__pb2.CheckAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,
