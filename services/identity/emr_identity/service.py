@@ -111,12 +111,12 @@ class IdentityService:
         self._changes = changes
         self._change_settle = change_settle
         self._page_tokens = page_tokens
+        self._frequencies: NameFrequencies | None = None
 
     @property
     def page_tokens(self) -> PageTokens:
         """The identity service's page tokens (its sharing listings issue them too)."""
         return self._page_tokens
-        self._frequencies: NameFrequencies | None = None
 
     async def _name_frequencies(self) -> NameFrequencies:
         # Loaded once per process, then kept current by this process's registrations; other
