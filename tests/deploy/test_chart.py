@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from emr_audit.signing import load_signer
 from emr_devstack.kube import CHART, ToolError, helm, render, validate_manifests
 from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Ports, Stack
+from emr_runtime.auth import SERVICE_ASSERTED_ROLES, service_binding
 
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 DEV_VALUES = CHART / "ci" / "dev-values.yaml"
@@ -403,13 +405,18 @@ def test_probes_use_the_plaintext_health_port() -> None:
         assert env[f"{service.upper()}_HEALTH_PORT"] == str(health)
 
 
-def test_production_tokens_are_verified_with_the_identity_providers_jwks_and_the_services_key() -> None:
+def test_production_tokens_are_verified_with_the_identity_providers_jwks_and_the_services_keys() -> None:
     manifests = render([PRODUCTION_VALUES])
     deployments = of_kind(manifests, "Deployment")
     (jwks,) = [
         m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("auth-jwks")
     ]
-    assert json.loads(jwks["data"]["jwks.json"])["keys"][0]["kid"] == "emr-services-2026"
+    # One key per signing service, bound to it and to the roles it asserts, and nothing more.
+    entries = json.loads(jwks["data"]["jwks.json"])["keys"]
+    bindings = {e["emr_service"]: set(e["emr_roles"]) for e in entries}
+    assert bindings == {service: set(roles) for service, roles in SERVICE_ASSERTED_ROLES.items()}
+    assert len({e["kid"] for e in entries}) == len(entries)
+    assert all(service_binding(entry) for entry in entries)  # what the services accept
     for service in GRPC_SERVICES:
         pod = deployments[service]["spec"]["template"]["spec"]
         env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
@@ -419,8 +426,12 @@ def test_production_tokens_are_verified_with_the_identity_providers_jwks_and_the
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert env["AUTH_JWKS_FILE"].startswith(mounts["auth-jwks"] + "/")
         assert volumes["auth-jwks"]["configMap"]["name"] == jwks["metadata"]["name"]
-        assert env["AUTH_SERVICE_KEY_FILE"].startswith(mounts["auth-service-key"] + "/")
-        assert volumes["auth-service-key"]["secret"]["secretName"] == "emr-service-signing-key"
+        if service in SERVICE_ASSERTED_ROLES:  # its own key, in its own pods alone
+            assert env["AUTH_SERVICE_KEY_FILE"].startswith(mounts["auth-service-key"] + "/")
+            assert volumes["auth-service-key"]["secret"]["secretName"] == f"emr-{service}-service-key"
+        else:  # audit calls no service: no key at all
+            assert env["AUTH_SERVICE_KEY_FILE"] == ""
+            assert "auth-service-key" not in volumes
     gateway_env = {
         v["name"] for v in deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
@@ -430,3 +441,23 @@ def test_production_tokens_are_verified_with_the_identity_providers_jwks_and_the
 def test_a_release_without_token_keys_fails_with_the_way_out() -> None:
     with pytest.raises(ToolError, match=r"auth\.jwksUrl"):
         render([DEV_VALUES], {"auth.devKeys": "false"})
+
+
+def test_a_calling_service_without_its_own_key_fails_with_the_way_out(tmp_path: Path) -> None:
+    values = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    del values["auth"]["serviceKeys"]["existingSecrets"]["records"]
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(ToolError, match=r"services\.records calls other services.*existingSecrets\.records"):
+        render([tmp_path / "values.yaml"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"auth.serviceKey.existingSecret": "emr-service-signing-key"},  # one shared key: gone
+        {"auth.serviceKeys.existingSecrets.gateway": "emr-gateway-service-key"},  # signs nothing
+    ],
+)
+def test_a_shared_or_unknown_service_key_is_refused(overrides: dict[str, str]) -> None:
+    with pytest.raises(ToolError):
+        render([PRODUCTION_VALUES], overrides)

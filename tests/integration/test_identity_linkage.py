@@ -24,6 +24,8 @@ from emr_identity.sharing_repository import SharingRepository
 from emr_identity.sharing_service import SharingService
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 
 pb = identity_pb2
 
@@ -449,9 +451,18 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
     await sharing.create_collections()
     stack.index_ferretdb_ids()  # what the stack does after each service start
     server = grpc.aio.server()
-    identity = IdentityService(persons, PatientChangeRepository(db), timedelta(seconds=5))
+    identity = IdentityService(
+        persons,
+        PatientChangeRepository(db),
+        timedelta(seconds=5),
+        PageTokens(crypt.derived_key(page_token_purpose("identity"))),
+    )
     identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server(
-        PatientIdentityServicer(identity, SharingService(identity, persons, sharing, timedelta(hours=4))),
+        PatientIdentityServicer(
+            identity,
+            SharingService(identity, persons, sharing, timedelta(hours=4)),
+            crypt.derived_key(REQUEST_FINGERPRINT),
+        ),
         server,
     )
     port = server.add_insecure_port("127.0.0.1:0")

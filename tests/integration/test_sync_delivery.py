@@ -28,6 +28,8 @@ from emr_devstack.tokens import caller_metadata
 from emr_records.repository import CHANGE_COUNTER
 from emr_runtime.db import last_sequence
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
@@ -486,7 +488,8 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
 ) -> None:
     # In process, so that both rounds start at the same moment, as a replica's rounds do on a backlog.
     settings = SyncSettings(partitions=8, partitions_per_round=4, replica_id="rounds", concurrency=8)
-    repository = SyncRepository(mongo[site.database], FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)
+    repository = SyncRepository(mongo[site.database], crypt)
     # One encounter per patient: every partition has deliveries, so a shared one would be sent twice.
     queued = encounter_backlog(48, settings.partitions, per_patient=1)
     await repository.enqueue(queued)
@@ -508,6 +511,8 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
         PatientDirectory(unused, "sync", "NATIONAL_REPORTING"),
         national,
         pipeline_config(settings),
+        PageTokens(crypt.derived_key(page_token_purpose("sync"))),
+        crypt.derived_key(REQUEST_FINGERPRINT),
     )
     try:
         sent = await asyncio.gather(service.deliver_round(), service.deliver_round())

@@ -24,7 +24,13 @@ from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURN
 T = TypeVar("T")
 Metadata = list[tuple[str, str]]
 AUDITOR = caller_metadata("dpo-sharing", "", "", role="auditor")
-PLATFORM = caller_metadata("service:records", "", "TREATMENT", role="platform-service")
+
+
+def platform() -> list[tuple[str, str]]:
+    """The records service's own token: minted when used, as service tokens live 10 minutes."""
+    return caller_metadata("service:records", "", "TREATMENT", role="platform-service")
+
+
 JUSTIFICATION = "Synthetic: unconscious after a road accident, allergy history needed"
 
 
@@ -326,7 +332,7 @@ async def test_a_referral_opens_the_patient_to_the_receiving_facility(identity: 
     )
     assert await get_patient(identity, scene, receiving_doctor) == grpc.StatusCode.OK
     checked = await identity.CheckAccess(
-        pb.CheckAccessRequest(patient_id=scene.patient_id, facility_code=scene.elsewhere), metadata=PLATFORM
+        pb.CheckAccessRequest(patient_id=scene.patient_id, facility_code=scene.elsewhere), metadata=platform()
     )
     assert (checked.exists, checked.registered, checked.all_facilities) == (True, False, False)
     assert (list(checked.visible_facility_codes), list(checked.sharing_grant_ids)) == (
@@ -385,7 +391,7 @@ async def test_a_doctor_breaks_the_glass_the_justification_reaches_the_reviewer_
     assert declared.end_time.seconds - declared.start_time.seconds == 4 * 3600
     assert await get_patient(identity, scene, doctor) == grpc.StatusCode.OK
     checked = await identity.CheckAccess(
-        pb.CheckAccessRequest(patient_id=scene.patient_id, facility_code=scene.elsewhere), metadata=PLATFORM
+        pb.CheckAccessRequest(patient_id=scene.patient_id, facility_code=scene.elsewhere), metadata=platform()
     )
     assert (checked.all_facilities, checked.emergency_access_id, checked.emergency_reason) == (
         True,
@@ -394,7 +400,7 @@ async def test_a_doctor_breaks_the_glass_the_justification_reaches_the_reviewer_
     )
     exporting = await identity.CheckAccess(
         pb.CheckAccessRequest(patient_id=scene.patient_id, facility_code=scene.elsewhere, export=True),
-        metadata=PLATFORM,
+        metadata=platform(),
     )
     assert (exporting.all_facilities, exporting.emergency_access_id) == (False, "")
 

@@ -36,7 +36,8 @@ from emr_audit.repository import AuditRepository
 from emr_audit.signing import CheckpointSigner, load_public_key, signature_valid
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError, Violations
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.keys import page_token_purpose
+from emr_runtime.paging import PageTokens, page_size, position_int
 
 log = logging.getLogger("emr.audit.log")
 
@@ -93,6 +94,9 @@ class AuditLog:
         self._repository = repository
         self._signer = signer
         self._public_key = load_public_key(signer.public_key_pem.encode())
+        # Audit holds no field keys: its page tokens are keyed from the checkpoint key, which every
+        # replica shares and which lives as long as the log.
+        self._page_tokens = PageTokens(signer.derived_key(page_token_purpose("audit")))
         self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._hint_writer: asyncio.Task[None] | None = None
@@ -329,9 +333,12 @@ class AuditLog:
     ) -> tuple[list[AuditEvent], str]:
         selection.validate()
         limit = page_size(requested_page_size, default=100, maximum=500)
-        after = _page_position(page_token)
+        position = self._page_tokens.decode(page_token)
+        after = position_int(position, "after") if position else 0
         events = await self._repository.find(selection, after, limit + 1)
-        next_token = encode_page_token({"after": events[limit - 1].sequence}) if len(events) > limit else ""
+        next_token = (
+            self._page_tokens.encode({"after": events[limit - 1].sequence}) if len(events) > limit else ""
+        )
         return events[:limit], next_token
 
     async def access_report(
@@ -426,14 +433,6 @@ def _sequence_range(from_sequence: int, to_sequence: int) -> tuple[int, int | No
         violations.add("to_sequence", "must be 0 (the end) or at least from_sequence")
     violations.raise_if_any()
     return from_sequence or 1, to_sequence or None
-
-
-def _page_position(page_token: str) -> int:
-    position = decode_page_token(page_token) or {"after": 0}
-    after = position.get("after")
-    if not isinstance(after, int) or after < 0:
-        raise InvalidArgumentError([FieldViolation("page_token", "not a token this service issued")])
-    return after
 
 
 def _observe_checkpoint(checkpoint: Checkpoint | None) -> None:

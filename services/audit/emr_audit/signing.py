@@ -11,6 +11,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from emr_runtime.keys import derive_key
+
 log = logging.getLogger("emr.audit.signing")
 ALGORITHM = "Ed25519"
 
@@ -31,6 +33,13 @@ class CheckpointSigner:
             .decode()
         )
         self.key_id = key_id(self.public_key_raw)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (``emr_runtime.keys``) derived from this private key."""
+        raw = self._private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return derive_key(raw, purpose)
 
     def sign(self, payload: bytes) -> bytes:
         return self._private_key.sign(payload)

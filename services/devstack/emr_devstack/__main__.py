@@ -12,7 +12,7 @@ from pathlib import Path
 
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import Stack, elapsed
-from emr_devstack.tokens import JWKS_FILE
+from emr_devstack.tokens import JWKS_FILE, service_jwks_main
 from emr_devstack.tokens import main as issue_token_main
 
 RUN_DIR = Path(os.environ.get("EMR_RUN_DIR", ".run"))
@@ -73,4 +73,6 @@ Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem
 if __name__ == "__main__":
     if sys.argv[1:2] == ["issue-token"]:
         sys.exit(issue_token_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["service-jwks"]:
+        sys.exit(service_jwks_main(sys.argv[2:]))
     sys.exit(main())

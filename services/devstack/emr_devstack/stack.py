@@ -25,7 +25,7 @@ from emr_devstack.processes import (
     port_open,
     wait_until,
 )
-from emr_devstack.tokens import JWKS_FILE, SERVICE_KEY_FILE, write_dev_keys
+from emr_devstack.tokens import JWKS_FILE, service_key_file, write_dev_keys
 from emr_runtime.auth import DEV_ISSUER
 
 CACHE_BIN = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emr-platform" / "bin"
@@ -140,9 +140,12 @@ class Stack(DevCertificates):
             **self.environment,
         }
         # Tokens of the development issuer, verified against the development JWKS file; services
-        # that call others sign their own tokens with the development service key (see tokens.py).
+        # that call others sign their own tokens with their own development key (see tokens.py).
         trust = {"AUTH_ISSUER": DEV_ISSUER, "AUTH_JWKS_FILE": str(self.run_dir / JWKS_FILE)}
-        sign = {**trust, "AUTH_SERVICE_KEY_FILE": str(self.run_dir / SERVICE_KEY_FILE)}
+
+        def sign(name: str) -> dict[str, str]:
+            return {**trust, "AUTH_SERVICE_KEY_FILE": str(service_key_file(self.run_dir, name))}
+
         per_service: dict[str, dict[str, str]] = {
             "audit": {
                 "AUDIT_GRPC_PORT": str(p.audit),
@@ -158,7 +161,7 @@ class Stack(DevCertificates):
                 "IDENTITY_METRICS_PORT": str(p.identity_metrics),
                 "IDENTITY_HEALTH_PORT": str(p.identity_health),
                 "IDENTITY_AUDIT_TARGET": self.target("audit"),
-                **sign,
+                **sign("identity"),
             },
             "records": {
                 "RECORDS_GRPC_PORT": str(p.records),
@@ -166,7 +169,7 @@ class Stack(DevCertificates):
                 "RECORDS_HEALTH_PORT": str(p.records_health),
                 "RECORDS_IDENTITY_TARGET": self.target("identity"),
                 "RECORDS_AUDIT_TARGET": self.target("audit"),
-                **sign,
+                **sign("records"),
             },
             "sync": {
                 "SYNC_GRPC_PORT": str(p.sync),
@@ -177,7 +180,7 @@ class Stack(DevCertificates):
                 "SYNC_AUDIT_TARGET": self.target("audit"),
                 "SYNC_NATIONAL_URL": self.url("national_emulator"),
                 "SYNC_POLL_INTERVAL_SECONDS": str(self.sync_poll_interval),
-                **sign,
+                **sign("sync"),
             },
             "national_emulator": {"NATIONAL_EMULATOR_PORT": str(p.national_emulator)},
             "gateway": {
@@ -202,8 +205,7 @@ class Stack(DevCertificates):
         p = ports or self.ports
         name = name or service
         ensure_dev_certificates(self.certs_dir)
-        if not (self.run_dir / JWKS_FILE).exists():
-            write_dev_keys(self.run_dir)
+        write_dev_keys(self.run_dir)  # no-op when they are there (a folder of an older layout: rewritten)
         env = {**self.service_env(service, p), **(extra_env or {})}
         process = ManagedProcess(
             name, [sys.executable, "-m", f"emr_{service}"], env, self.run_dir / "logs" / f"{name}.log"

@@ -17,6 +17,8 @@ from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.server import ServiceApp, ServiceBinding
 
 
@@ -29,14 +31,17 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     persons = PersonRepository(db, crypt)
     await persons.create_collections()
     service = IdentityService(
-        persons, PatientChangeRepository(db), timedelta(seconds=settings.change_settle_seconds)
+        persons,
+        PatientChangeRepository(db),
+        timedelta(seconds=settings.change_settle_seconds),
+        PageTokens(crypt.derived_key(page_token_purpose("identity"))),
     )
     sharing_repository = SharingRepository(db, crypt)
     await sharing_repository.create_collections()
     sharing = SharingService(
         service, persons, sharing_repository, timedelta(hours=settings.emergency_access_hours)
     )
-    servicer = PatientIdentityServicer(service, sharing)
+    servicer = PatientIdentityServicer(service, sharing, crypt.derived_key(REQUEST_FINGERPRINT))
     return ServiceApp(
         bindings=[
             ServiceBinding(

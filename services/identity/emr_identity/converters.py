@@ -82,7 +82,9 @@ _EVENT_KINDS = {
 }
 
 
-def registration_input(request: identity_pb2.RegisterPatientRequest) -> RegistrationInput:
+def registration_input(
+    request: identity_pb2.RegisterPatientRequest, fingerprint_key: bytes
+) -> RegistrationInput:
     return RegistrationInput(
         request_id=request.request_id,
         identifiers=tuple(
@@ -92,7 +94,7 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
         birth_date=request.birth_date,
         sex=_SEXES.get(request.sex),
         facility_code=request.facility_code,
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
         family_name=request.family_name,
@@ -102,7 +104,7 @@ def registration_input(request: identity_pb2.RegisterPatientRequest) -> Registra
     )
 
 
-def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInput:
+def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: bytes) -> RegistrationInput:
     """The new demographics, validated like a registration's (no identifiers, no facility)."""
     return RegistrationInput(
         request_id=request.request_id,
@@ -111,7 +113,7 @@ def update_input(request: identity_pb2.UpdatePatientRequest) -> RegistrationInpu
         birth_date=request.birth_date,
         sex=_SEXES.get(request.sex),
         facility_code="",
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
     )
@@ -283,8 +285,8 @@ _REVIEW_OUTCOMES = {
 _REVIEW_OUTCOMES_TO_PROTO = {value: key for key, value in _REVIEW_OUTCOMES.items()}
 
 
-def _request_fingerprint(request: Message) -> str:
-    return fingerprint(request.SerializeToString(deterministic=True))
+def _request_fingerprint(request: Message, key: bytes) -> str:
+    return fingerprint(key, request.SerializeToString(deterministic=True))
 
 
 def _time(message: Message, field: str) -> datetime | None:
@@ -297,7 +299,7 @@ def _time(message: Message, field: str) -> datetime | None:
         raise InvalidArgumentError([FieldViolation(field, "not a valid point in time")]) from None
 
 
-def grant_input(request: identity_pb2.RecordSharingGrantRequest) -> GrantInput:
+def grant_input(request: identity_pb2.RecordSharingGrantRequest, fingerprint_key: bytes) -> GrantInput:
     return GrantInput(
         request_id=request.request_id,
         patient_id=request.patient_id,
@@ -307,48 +309,52 @@ def grant_input(request: identity_pb2.RecordSharingGrantRequest) -> GrantInput:
         evidence=_EVIDENCE.get(request.evidence),
         evidence_reference=request.evidence_reference,
         end=_time(request, "end_time"),
-        fingerprint=_request_fingerprint(request),
+        fingerprint=_request_fingerprint(request, fingerprint_key),
     )
 
 
-def revocation_input(request: identity_pb2.RevokeSharingGrantRequest) -> RevocationInput:
+def revocation_input(
+    request: identity_pb2.RevokeSharingGrantRequest, fingerprint_key: bytes
+) -> RevocationInput:
     return RevocationInput(
         request_id=request.request_id,
         grant_id=request.sharing_grant_id,
         facility_code=request.facility_code,
-        fingerprint=_request_fingerprint(request),
+        fingerprint=_request_fingerprint(request, fingerprint_key),
     )
 
 
-def referral_input(request: identity_pb2.RecordReferralRequest) -> ReferralInput:
+def referral_input(request: identity_pb2.RecordReferralRequest, fingerprint_key: bytes) -> ReferralInput:
     return ReferralInput(
         request_id=request.request_id,
         patient_id=request.patient_id,
         facility_code=request.facility_code,
         receiving_facility_code=request.receiving_facility_code,
         end=_time(request, "end_time"),
-        fingerprint=_request_fingerprint(request),
+        fingerprint=_request_fingerprint(request, fingerprint_key),
     )
 
 
-def emergency_input(request: identity_pb2.DeclareEmergencyAccessRequest) -> EmergencyInput:
+def emergency_input(
+    request: identity_pb2.DeclareEmergencyAccessRequest, fingerprint_key: bytes
+) -> EmergencyInput:
     return EmergencyInput(
         request_id=request.request_id,
         patient_id=request.patient_id,
         facility_code=request.facility_code,
         reason=_REASONS.get(request.reason),
         justification=request.justification,
-        fingerprint=_request_fingerprint(request),
+        fingerprint=_request_fingerprint(request, fingerprint_key),
     )
 
 
-def review_input(request: identity_pb2.ReviewEmergencyAccessRequest) -> ReviewInput:
+def review_input(request: identity_pb2.ReviewEmergencyAccessRequest, fingerprint_key: bytes) -> ReviewInput:
     return ReviewInput(
         request_id=request.request_id,
         emergency_access_id=request.emergency_access_id,
         outcome=_REVIEW_OUTCOMES.get(request.outcome),
         note=request.note,
-        fingerprint=_request_fingerprint(request),
+        fingerprint=_request_fingerprint(request, fingerprint_key),
     )
 
 

@@ -15,6 +15,7 @@ by ``_id``.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 
@@ -112,6 +113,23 @@ def stored_key(crypt: FieldCrypt, key: str) -> str:
     if separator and prefix in INDEXED_KEY_PREFIXES:
         return f"{prefix}#{crypt.blind_index(prefix.lower(), value)}"
     return key
+
+
+# A name part is a field name of the counts document: escaped (%XX) where it would otherwise be a
+# path ("."), an operator ("$"), an invalid key (NUL) or ambiguous ("%" itself).
+_COUNT_KEY_ESCAPES = {"%": "%25", ".": "%2E", "$": "%24", "\x00": "%00"}
+_ESCAPED_IN_COUNT_KEY = re.compile("[%.$\x00]")
+_COUNT_KEY_ESCAPE = re.compile("%(25|2E|24|00)")
+
+
+def name_count_key(name: str) -> str:
+    """The field name under which a folded name part is counted; any name, never a path or operator."""
+    return _ESCAPED_IN_COUNT_KEY.sub(lambda m: _COUNT_KEY_ESCAPES[m.group()], name)
+
+
+def name_of_count_key(key: str) -> str:
+    """The name part counted under ``key`` (the inverse of ``name_count_key``)."""
+    return _COUNT_KEY_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), key)
 
 
 def _identifier_kind(system: IdentifierSystem) -> str:
@@ -544,14 +562,15 @@ class PersonRepository:
             NAME_KINDS, (names.folded_family, names.folded_middle, names.folded_given), strict=True
         ):
             if folded:  # a one-word name has no middle (and no given) part
-                increments[f"{kind}.{folded.replace('.', ' ')}"] = 1
+                increments[f"{kind}.{name_count_key(folded)}"] = 1
         await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$inc": increments})
 
     async def name_frequencies(self) -> NameFrequencies:
         frequencies = NameFrequencies()
         document = await self._get(NAME_COUNTS, NAME_COUNTS_ID) or {}
         for kind in NAME_KINDS:
-            getattr(frequencies, kind).update(document.get(kind, {}))
+            counts = document.get(kind, {})
+            getattr(frequencies, kind).update({name_of_count_key(k): int(n) for k, n in counts.items()})
         frequencies.total = int(document.get("total", 0))
         return frequencies
 
@@ -654,7 +673,8 @@ class PersonRepository:
             for start in range(0, len(documents), 5_000):
                 await self._db[collection].insert_many(documents[start : start + 5_000], ordered=False)
         counts: Document = {
-            kind: {n: c for n, c in getattr(frequencies, kind).items() if n} for kind in NAME_KINDS
+            kind: {name_count_key(n): c for n, c in getattr(frequencies, kind).items() if n}
+            for kind in NAME_KINDS
         }
         await self._upsert(NAME_COUNTS, NAME_COUNTS_ID, {"$set": {**counts, "total": frequencies.total}})
 

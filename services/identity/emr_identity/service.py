@@ -45,7 +45,7 @@ from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.paging import PageTokens, page_size, position_int
 
 log = logging.getLogger("emr.identity")
 
@@ -101,12 +101,22 @@ class SearchQuery:
 
 class IdentityService:
     def __init__(
-        self, persons: PersonRepository, changes: PatientChangeRepository, change_settle: timedelta
+        self,
+        persons: PersonRepository,
+        changes: PatientChangeRepository,
+        change_settle: timedelta,
+        page_tokens: PageTokens,
     ) -> None:
         self._persons = persons
         self._changes = changes
         self._change_settle = change_settle
+        self._page_tokens = page_tokens
         self._frequencies: NameFrequencies | None = None
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """The identity service's page tokens (its sharing listings issue them too)."""
+        return self._page_tokens
 
     async def _name_frequencies(self) -> NameFrequencies:
         # Loaded once per process, then kept current by this process's registrations; other
@@ -398,8 +408,8 @@ class IdentityService:
 
     async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
         size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        position = decode_page_token(query.page_token)
-        offset = int(position.get("offset", 0)) if position else 0
+        position = self._page_tokens.decode(query.page_token)
+        offset = position_int(position, "offset") if position else 0
         key, exact = self._search_key(query)
         records = [r for r in await self._persons.records(await self._block_members([key])) if r.outcome]
         if exact:
@@ -408,7 +418,7 @@ class IdentityService:
         person_ids = sorted(set(owners.values()))
         page = await self._persons.get_many(person_ids[offset : offset + size])
         more = offset + size < len(person_ids)
-        return page, encode_page_token({"offset": offset + size}) if more else ""
+        return page, self._page_tokens.encode({"offset": offset + size}) if more else ""
 
     @staticmethod
     def _search_key(query: SearchQuery) -> tuple[str, str]:
@@ -447,8 +457,8 @@ class IdentityService:
 
     async def list_review_tasks(self, requested_size: int, token: str) -> tuple[list[ReviewTask], str]:
         size = page_size(requested_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        position = decode_page_token(token)
-        sequence = int(position.get("next", 1)) if position else 1
+        position = self._page_tokens.decode(token)
+        sequence = position_int(position, "next", minimum=1) if position else 1
         last = await self._persons.last_review_sequence()
         found: list[ReviewTask] = []
         while sequence <= last and len(found) < size:
@@ -456,7 +466,7 @@ class IdentityService:
             found.extend(t for t in await self._persons.tasks(review_task_id(s) for s in batch) if t.open)
             sequence = batch[-1] + 1
         found.sort(key=lambda t: t.task_id)
-        return found, encode_page_token({"next": sequence}) if sequence <= last else ""
+        return found, self._page_tokens.encode({"next": sequence}) if sequence <= last else ""
 
     async def resolve_review_task(
         self,

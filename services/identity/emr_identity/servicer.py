@@ -23,14 +23,17 @@ def _actor(context: Context) -> str:
 
 
 class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
-    def __init__(self, service: IdentityService, sharing: SharingService) -> None:
+    def __init__(self, service: IdentityService, sharing: SharingService, fingerprint_key: bytes) -> None:
         self._service = service
         self._sharing = sharing
+        self._fingerprint_key = fingerprint_key  # keys the request digests kept for idempotency
 
     async def RegisterPatient(
         self, request: identity_pb2.RegisterPatientRequest, context: Context
     ) -> identity_pb2.RegisterPatientResponse:
-        result = await self._service.register(converters.registration_input(request), _actor(context))
+        result = await self._service.register(
+            converters.registration_input(request, self._fingerprint_key), _actor(context)
+        )
         return converters.registration_response(result)
 
     async def GetPatient(
@@ -48,7 +51,10 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         self, request: identity_pb2.UpdatePatientRequest, context: Context
     ) -> identity_pb2.UpdatePatientResponse:
         result = await self._service.update(
-            converters.update_input(request), request.patient_id, request.expected_version, _actor(context)
+            converters.update_input(request, self._fingerprint_key),
+            request.patient_id,
+            request.expected_version,
+            _actor(context),
         )
         return identity_pb2.UpdatePatientResponse(
             patient=converters.patient_message(result.person),
@@ -60,7 +66,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         self, request: identity_pb2.MatchPatientRequest, context: Context
     ) -> identity_pb2.MatchPatientResponse:
         result = await self._service.match(
-            converters.registration_input(request.demographics), request.patient_id
+            converters.registration_input(request.demographics, self._fingerprint_key), request.patient_id
         )
         return identity_pb2.MatchPatientResponse(
             decision=converters.decision_value(result.decision),
@@ -144,13 +150,17 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def RecordSharingGrant(
         self, request: identity_pb2.RecordSharingGrantRequest, context: Context
     ) -> identity_pb2.RecordSharingGrantResponse:
-        grant = await self._sharing.record_grant(converters.grant_input(request), _actor(context))
+        grant = await self._sharing.record_grant(
+            converters.grant_input(request, self._fingerprint_key), _actor(context)
+        )
         return identity_pb2.RecordSharingGrantResponse(sharing_grant=converters.sharing_grant_message(grant))
 
     async def RevokeSharingGrant(
         self, request: identity_pb2.RevokeSharingGrantRequest, context: Context
     ) -> identity_pb2.RevokeSharingGrantResponse:
-        grant = await self._sharing.revoke_grant(converters.revocation_input(request), _actor(context))
+        grant = await self._sharing.revoke_grant(
+            converters.revocation_input(request, self._fingerprint_key), _actor(context)
+        )
         return identity_pb2.RevokeSharingGrantResponse(sharing_grant=converters.sharing_grant_message(grant))
 
     async def ListSharingGrants(
@@ -164,13 +174,17 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def RecordReferral(
         self, request: identity_pb2.RecordReferralRequest, context: Context
     ) -> identity_pb2.RecordReferralResponse:
-        grant = await self._sharing.record_referral(converters.referral_input(request), _actor(context))
+        grant = await self._sharing.record_referral(
+            converters.referral_input(request, self._fingerprint_key), _actor(context)
+        )
         return identity_pb2.RecordReferralResponse(sharing_grant=converters.sharing_grant_message(grant))
 
     async def DeclareEmergencyAccess(
         self, request: identity_pb2.DeclareEmergencyAccessRequest, context: Context
     ) -> identity_pb2.DeclareEmergencyAccessResponse:
-        declared = await self._sharing.declare_emergency(converters.emergency_input(request), _actor(context))
+        declared = await self._sharing.declare_emergency(
+            converters.emergency_input(request, self._fingerprint_key), _actor(context)
+        )
         return identity_pb2.DeclareEmergencyAccessResponse(
             emergency_access=converters.emergency_access_message(declared)
         )
@@ -191,7 +205,9 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def ReviewEmergencyAccess(
         self, request: identity_pb2.ReviewEmergencyAccessRequest, context: Context
     ) -> identity_pb2.ReviewEmergencyAccessResponse:
-        reviewed = await self._sharing.review_emergency(converters.review_input(request), _actor(context))
+        reviewed = await self._sharing.review_emergency(
+            converters.review_input(request, self._fingerprint_key), _actor(context)
+        )
         return identity_pb2.ReviewEmergencyAccessResponse(
             emergency_access=converters.emergency_access_message(reviewed, with_justification=True)
         )

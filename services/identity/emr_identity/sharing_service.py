@@ -39,7 +39,6 @@ from emr_identity.sharing_repository import SharingRepository
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
-    FieldViolation,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -47,7 +46,7 @@ from emr_runtime.errors import (
 )
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import derive_id
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.paging import page_size, position_int
 from emr_runtime.visibility import Visibility, current_access, purpose_of
 
 log = logging.getLogger("emr.identity.sharing")
@@ -213,10 +212,8 @@ class SharingService:
     ) -> tuple[list[EmergencyAccess], str]:
         """Declarations in declaration order, from the page token's position on."""
         size = page_size(requested_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        position = decode_page_token(token)
-        sequence = position.get("next", 1) if position else 1
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
-            raise InvalidArgumentError([FieldViolation("page_token", "not a token this service issued")])
+        position = self._identity.page_tokens.decode(token)
+        sequence = position_int(position, "next", minimum=1) if position else 1
         last = await self._sharing.last_emergency_sequence()
         found: list[EmergencyAccess] = []
         scanned = 0
@@ -229,7 +226,7 @@ class SharingService:
             )
             scanned += len(batch)
             sequence = batch[-1] + 1
-        return found, encode_page_token({"next": sequence}) if sequence <= last else ""
+        return found, self._identity.page_tokens.encode({"next": sequence}) if sequence <= last else ""
 
     async def review_emergency(self, raw: ReviewInput, actor_id: str) -> EmergencyAccess:
         """Records the data-protection officer's verdict, once: the first review's insert wins."""

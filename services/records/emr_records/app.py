@@ -15,6 +15,8 @@ from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database, create_collections
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.server import ServiceApp, ServiceBinding
 
@@ -38,13 +40,14 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
             access_cache_seconds=settings.access_cache_seconds,
         ),
         timedelta(seconds=settings.change_settle_seconds),
+        PageTokens(crypt.derived_key(page_token_purpose("records"))),
         verify_patients=settings.verify_patients,
     )
     return ServiceApp(
         bindings=[
             ServiceBinding(
                 SERVICE_NAME,
-                ClinicalRecordsServicer(service),
+                ClinicalRecordsServicer(service, crypt.derived_key(REQUEST_FINGERPRINT)),
                 records_pb2_grpc.add_ClinicalRecordsServiceServicer_to_server,
             )
         ],

@@ -202,7 +202,9 @@ _CONTENT_FROM_PROTO: dict[str, Any] = {
 
 
 def resource_input(
-    request: records_pb2.CreateResourceRequest | records_pb2.UpdateResourceRequest, author_id: str
+    request: records_pb2.CreateResourceRequest | records_pb2.UpdateResourceRequest,
+    author_id: str,
+    fingerprint_key: bytes,
 ) -> ResourceInput | None:
     """The resource of a create/update request; None when the request carries no resource."""
     which = request.resource.WhichOneof("resource")
@@ -217,13 +219,15 @@ def resource_input(
         facility_code=message.facility_code,
         encounter_id="" if which == "encounter" else message.encounter_id,
         content=to_content(message),
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         author_id=author_id,
         path=f"resource.{which}",
     )
 
 
-def encounter_input(request: records_pb2.CreateEncounterRequest, author_id: str) -> ResourceInput:
+def encounter_input(
+    request: records_pb2.CreateEncounterRequest, author_id: str, fingerprint_key: bytes
+) -> ResourceInput:
     return ResourceInput(
         request_id=request.request_id,
         resource_id="",
@@ -231,7 +235,7 @@ def encounter_input(request: records_pb2.CreateEncounterRequest, author_id: str)
         facility_code=request.facility_code,
         encounter_id="",
         content=_encounter_content(request),
-        fingerprint=fingerprint(request.SerializeToString(deterministic=True)),
+        fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         author_id=author_id,
     )
 

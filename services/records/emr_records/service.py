@@ -46,7 +46,7 @@ from emr_runtime.errors import (
     Violations,
 )
 from emr_runtime.idempotency import derive_id
-from emr_runtime.paging import decode_page_token, encode_page_token
+from emr_runtime.paging import PageTokens, position_str, position_time
 from emr_runtime.patients import PatientDirectory
 from emr_runtime.visibility import CallAccess, Visibility, current_access
 
@@ -70,8 +70,10 @@ class RecordsService:
         feed: ChangeFeedRepository,
         patients: PatientDirectory,
         change_settle: timedelta,
+        page_tokens: PageTokens,
         verify_patients: bool = True,
     ) -> None:
+        self._page_tokens = page_tokens
         self._resources = resources
         self._feed = feed
         self._feed_head = 0
@@ -263,8 +265,15 @@ class RecordsService:
         if len(page) <= query.limit:
             return _noted(access, seen, page), ""
         last = page[query.limit - 1]
-        token = encode_page_token({"t": last.time.isoformat(), "id": last.resource_id})
+        token = self._page_tokens.encode({"t": last.time.isoformat(), "id": last.resource_id})
         return _noted(access, seen, page[: query.limit]), token
+
+    def timeline_position(self, page_token: str) -> tuple[datetime, str] | None:
+        """Where a timeline page starts: after the (time, resource id) of the token's position."""
+        position = self._page_tokens.decode(page_token)
+        if position is None:
+            return None
+        return position_time(position, "t"), position_str(position, "id")
 
     async def encounter_bundle(self, encounter_id: str) -> tuple[ClinicalRecord, list[ClinicalRecord]]:
         encounter = await self.get(ResourceType.ENCOUNTER, encounter_id, field="encounter_id")
@@ -370,15 +379,3 @@ def patient_as_seen(patient: identity_pb2.Patient, seen: Visibility) -> identity
     if patient.registering_facility_code and not seen.sees(patient.registering_facility_code):
         shown.registering_facility_code = ""
     return shown
-
-
-def decode_timeline_position(page_token: str) -> tuple[datetime, str] | None:
-    position = decode_page_token(page_token)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position["t"]), str(position["id"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidArgumentError(
-            [FieldViolation("page_token", "not a token this service issued")]
-        ) from error

@@ -13,7 +13,7 @@ from emr.records.v1 import records_pb2, records_pb2_grpc
 from emr_fhir.resources import collection_bundle
 from emr_records import converters
 from emr_records.domain import ResourceType, check_timeline_query
-from emr_records.service import RecordsService, decode_timeline_position
+from emr_records.service import RecordsService
 from emr_runtime.caller import caller_from_metadata
 from emr_runtime.errors import FieldViolation, InvalidArgumentError
 from emr_runtime.interceptors import AuditRule
@@ -28,13 +28,16 @@ def _author(context: Context) -> str:
 
 
 class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
-    def __init__(self, service: RecordsService) -> None:
+    def __init__(self, service: RecordsService, fingerprint_key: bytes) -> None:
         self._service = service
+        self._fingerprint_key = fingerprint_key  # keys the request digests kept for idempotency
 
     async def CreateEncounter(
         self, request: records_pb2.CreateEncounterRequest, context: Context
     ) -> records_pb2.CreateEncounterResponse:
-        record = await self._service.create(converters.encounter_input(request, _author(context)))
+        record = await self._service.create(
+            converters.encounter_input(request, _author(context), self._fingerprint_key)
+        )
         return records_pb2.CreateEncounterResponse(encounter=converters.encounter_message(record))
 
     async def GetEncounter(
@@ -54,7 +57,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
             "",
             "",
             page_size(request.page_size, default=20, maximum=100),
-            decode_timeline_position(request.page_token),
+            self._service.timeline_position(request.page_token),
         )
         records, token = await self._service.timeline(query)
         return records_pb2.ListEncountersResponse(
@@ -79,7 +82,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
     async def CreateResource(
         self, request: records_pb2.CreateResourceRequest, context: Context
     ) -> records_pb2.CreateResourceResponse:
-        raw = converters.resource_input(request, _author(context))
+        raw = converters.resource_input(request, _author(context), self._fingerprint_key)
         if raw is None:
             raise InvalidArgumentError([FieldViolation("resource", "required: one resource")])
         record = await self._service.create(raw)
@@ -88,7 +91,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
     async def UpdateResource(
         self, request: records_pb2.UpdateResourceRequest, context: Context
     ) -> records_pb2.UpdateResourceResponse:
-        raw = converters.resource_input(request, _author(context))
+        raw = converters.resource_input(request, _author(context), self._fingerprint_key)
         if raw is None:
             raise InvalidArgumentError([FieldViolation("resource", "required: one resource")])
         record = await self._service.update(raw, request.expected_version)
@@ -121,7 +124,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
             request.facility_code,
             "",
             page_size(request.page_size, default=50, maximum=200),
-            decode_timeline_position(request.page_token),
+            self._service.timeline_position(request.page_token),
         )
         records, token = await self._service.timeline(query, include_merged=True)
         return records_pb2.GetPatientTimelineResponse(
@@ -139,7 +142,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
             "",
             request.loinc_code,
             page_size(request.page_size, default=50, maximum=200),
-            decode_timeline_position(request.page_token),
+            self._service.timeline_position(request.page_token),
         )
         records, token = await self._service.timeline(query)
         return records_pb2.ListObservationsResponse(

@@ -15,6 +15,7 @@ from emr.identity.v1 import identity_pb2
 from emr_records.domain import facilities_seen
 from emr_records.service import RecordsService, note_emergency_reads, patient_as_seen, stay_in_lane
 from emr_runtime.errors import PermissionDeniedError
+from emr_runtime.paging import PageTokens
 from emr_runtime.visibility import CallAccess, Visibility, set_call_access
 
 OWN = "79001"
@@ -102,7 +103,13 @@ class Holders:
 
 def service(answers: dict[str, Visibility], held: set[tuple[str, str]]) -> tuple[RecordsService, Holders]:
     holders = Holders(held)
-    records = RecordsService(holders, None, Directory(answers), timedelta(seconds=1))  # type: ignore[arg-type]
+    records = RecordsService(
+        holders,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Directory(answers),  # type: ignore[arg-type]
+        timedelta(seconds=1),
+        PageTokens(b"k" * 32),
+    )
     return records, holders
 
 

@@ -6,11 +6,18 @@ Token claims (documented in the README, section Security):
 - ``facility``: the facility code (mã cơ sở KCB) the user works at;
 - ``roles``: list of platform roles (``emr_runtime.policy.ROLES``);
 - ``azp`` (or ``client_id``): the hospital application that obtained the token;
-- ``iss``, ``aud``, ``exp``, ``nbf`` checked with a small clock skew.
+- ``iss``, ``aud``, ``exp``, ``nbf`` checked with a small clock skew; ``exp`` at most
+  ``AUTH_MAX_TOKEN_LIFETIME_SECONDS`` after ``iat`` (service tokens: ``SERVICE_TOKEN_SECONDS``).
 
 Keys come from a JWKS file (re-read when it changes) and/or a JWKS URL (cached, fetched again when
 a token names a key id it has not seen: the identity provider rotated its keys), so keys rotate
 without a restart.
+
+Each platform service signs its own tokens with a key of its own. Its JWKS entry names the service
+and the roles that key may assert (members ``emr_service`` and ``emr_roles``, service roles only:
+never admin, never a hospital role). A token of the service issuer is accepted only when signed by
+such a key, with ``sub`` ``service:<that service>`` and no role beyond the key's; a service key
+signs nothing else. So a stolen records key acts as records, never as sync, and never as admin.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emr_runtime.caller import Caller
 from emr_runtime.errors import UnauthenticatedError
+from emr_runtime.guard import PLAIN_FORBIDDEN
 
 log = logging.getLogger("emr.auth")
 
@@ -45,6 +55,18 @@ AUTHORIZATION_KEY = "authorization"
 # that an identity provider's token can never act as a platform service.
 SERVICE_ROLES = frozenset({"sync-service", "platform-service"})
 SERVICE_TOKEN_SECONDS = 600
+# The roles each platform service asserts in its own tokens (the development keys are bound to these;
+# production JWKS entries name theirs). Only services that call others: audit calls none, and the
+# gateway forwards its caller's token.
+SERVICE_ASSERTED_ROLES: dict[str, frozenset[str]] = {
+    "identity": frozenset({"platform-service"}),
+    "records": frozenset({"platform-service"}),
+    "sync": frozenset({"sync-service"}),
+}
+# JWKS members binding a key to a platform service.
+JWK_SERVICE = "emr_service"
+JWK_ROLES = "emr_roles"
+SERVICE_NAME = re.compile(r"[a-z][a-z_]{0,31}")
 # A token naming an unknown key id makes the URL be fetched again, at most this often.
 MIN_REFETCH_SECONDS = 30.0
 DEV_ISSUER = "emr-dev-idp"
@@ -65,16 +87,62 @@ class AuthSettings(BaseSettings):
     jwks_file: str = Field("", description="JWKS file (e.g. the platform services' public keys)")
     jwks_refresh_seconds: float = Field(300.0, gt=0, description="How long fetched JWKS keys are cached")
     clock_skew_seconds: float = Field(30.0, ge=0, le=300, description="Leeway for exp and nbf")
+    max_token_lifetime_seconds: float = Field(
+        12 * 3600.0, gt=0, description="Longest exp - iat a user's token may have (service tokens: 600 s)"
+    )
     service_issuer: str = Field("emr-platform-services", description="iss of service tokens")
     service_key_file: str = Field("", description="PEM private key this service signs its tokens with")
     dev_keys: bool = Field(False, description="Trust and sign with the published development key")
 
 
-def dev_private_key() -> ec.EllipticCurvePrivateKey:
-    """The development P-256 key (deterministic, public: dev and tests only)."""
-    secret = int.from_bytes(hashlib.sha256(_DEV_SEED).digest(), "big")
+def _p256_key(seed: bytes) -> ec.EllipticCurvePrivateKey:
+    secret = int.from_bytes(hashlib.sha256(seed).digest(), "big")
     order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
     return ec.derive_private_key(secret % (order - 1) + 1, ec.SECP256R1())
+
+
+def dev_private_key() -> ec.EllipticCurvePrivateKey:
+    """The development P-256 key of users' tokens (deterministic, public: dev and tests only). It
+    signs no service token: each service has its own (``dev_service_key``)."""
+    return _p256_key(_DEV_SEED)
+
+
+def dev_service_key(service: str) -> ec.EllipticCurvePrivateKey:
+    """The development P-256 key of one platform service, derived from the public seed."""
+    return _p256_key(_DEV_SEED + b"\x00service:" + service.encode())
+
+
+@dataclass(frozen=True)
+class ServiceKeyBinding:
+    """Whose key it is: the service whose tokens it signs and the roles they may carry."""
+
+    service: str
+    roles: frozenset[str]
+
+
+def service_binding(entry: Mapping[str, Any]) -> ServiceKeyBinding | None:
+    """The binding a JWKS entry declares; None for an entry without one. ValueError when it is
+    malformed or grants more than service roles (such a key is not trusted at all)."""
+    if JWK_SERVICE not in entry and JWK_ROLES not in entry:
+        return None
+    service, roles = entry.get(JWK_SERVICE), entry.get(JWK_ROLES)
+    if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
+        raise ValueError(f"{JWK_SERVICE} must name a platform service (lowercase letters and _)")
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+        raise ValueError(f"{JWK_ROLES} must be a non-empty list of roles")
+    if not set(roles) <= SERVICE_ROLES:
+        raise ValueError(f"{JWK_ROLES} may hold only {', '.join(sorted(SERVICE_ROLES))}")
+    return ServiceKeyBinding(service, frozenset(roles))
+
+
+def service_jwk(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, service: str, roles: frozenset[str] | set[str]
+) -> dict[str, Any]:
+    """The JWKS entry of a platform service's key: its public half, bound to the service and roles."""
+    jwk: dict[str, Any] = public_jwk(key, key_thumbprint(key))
+    jwk.update({JWK_SERVICE: service, JWK_ROLES: sorted(roles)})
+    service_binding(jwk)  # refuses what a verifier would refuse
+    return jwk
 
 
 def public_jwk(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, key_id: str) -> dict[str, str]:
@@ -124,10 +192,16 @@ class KeySet:
         self._url = settings.jwks_url
         self._refresh = settings.jwks_refresh_seconds
         self._static: dict[str, jwt.PyJWK] = {}
+        self._static_bindings: dict[str, ServiceKeyBinding] = {}
         if settings.dev_keys:
             key = dev_private_key()
             self._static[key_thumbprint(key)] = jwt.PyJWK(public_jwk(key, key_thumbprint(key)))
+            for service, roles in SERVICE_ASSERTED_ROLES.items():
+                entry = service_jwk(dev_service_key(service), service, roles)
+                self._static[entry["kid"]] = jwt.PyJWK(entry)
+                self._static_bindings[entry["kid"]] = ServiceKeyBinding(service, roles)
         self._file_keys: dict[str, jwt.PyJWK] = {}
+        self._file_bindings: dict[str, ServiceKeyBinding] = {}
         self._file_stamp: tuple[float, int] | None = None
         self._url_keys: dict[str, jwt.PyJWK] = {}
         self._url_fetched = float("-inf")
@@ -137,9 +211,14 @@ class KeySet:
                 "authentication is enabled but no keys are configured: set AUTH_JWKS_URL or AUTH_JWKS_FILE"
             )
 
-    def from_provider(self, key_id: str) -> bool:
-        """Whether the key came from the identity provider's URL (it may not sign service tokens)."""
-        return key_id in self._url_keys and key_id not in self._static and key_id not in self._file_keys
+    def binding(self, key_id: str) -> ServiceKeyBinding | None:
+        """The platform service a key belongs to (None: not a service's key). The identity
+        provider's keys (the URL's) never belong to a service."""
+        if key_id in self._static:
+            return self._static_bindings.get(key_id)
+        if key_id in self._file_keys:
+            return self._file_bindings.get(key_id)
+        return None
 
     async def key(self, key_id: str) -> jwt.PyJWK | None:
         self._reload_file()
@@ -164,7 +243,7 @@ class KeySet:
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._file_stamp:
             try:
-                self._file_keys = _parse_jwks(Path(self._file).read_text())
+                self._file_keys, self._file_bindings = _parse_jwks(Path(self._file).read_text())
                 self._file_stamp = stamp
             except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError):
                 log.warning("JWKS file invalid; keeping the keys read before")
@@ -176,7 +255,7 @@ class KeySet:
             self._url_fetched = time.monotonic()
             try:
                 text = await asyncio.to_thread(_http_get, self._url)
-                self._url_keys = _parse_jwks(text)
+                self._url_keys, _ = _parse_jwks(text)  # a provider's key is no service's
             except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as error:
                 log.warning(
                     "JWKS URL fetch failed; keeping the keys fetched before",
@@ -192,12 +271,27 @@ def _http_get(url: str) -> str:
     return body.decode()
 
 
-def _parse_jwks(text: str) -> dict[str, jwt.PyJWK]:
+def _parse_jwks(text: str) -> tuple[dict[str, jwt.PyJWK], dict[str, ServiceKeyBinding]]:
+    """The keys of a JWKS document by key id, and the service bindings its entries declare. An
+    entry whose binding is malformed or grants more than service roles is left out."""
     keys: dict[str, jwt.PyJWK] = {}
+    bindings: dict[str, ServiceKeyBinding] = {}
     for entry in json.loads(text).get("keys", []):
-        if entry.get("kid") and entry.get("kty") in ("RSA", "EC"):
-            keys[str(entry["kid"])] = jwt.PyJWK(entry)
-    return keys
+        if not (isinstance(entry, dict) and entry.get("kid") and entry.get("kty") in ("RSA", "EC")):
+            continue
+        key_id = str(entry["kid"])
+        try:
+            binding = service_binding(entry)
+        except ValueError as error:
+            log.warning(
+                "JWKS entry left out: its service binding is invalid",
+                extra={"kid": key_id, "reason": str(error)},
+            )
+            continue
+        keys[key_id] = jwt.PyJWK(entry)
+        if binding is not None:
+            bindings[key_id] = binding
+    return keys, bindings
 
 
 class TokenVerifier:
@@ -226,6 +320,7 @@ class TokenVerifier:
         self._service_issuer = settings.service_issuer
         self._audience = settings.audience
         self._leeway = settings.clock_skew_seconds
+        self._max_lifetime = settings.max_token_lifetime_seconds
 
     async def caller(self, authorization: str | None) -> Caller:
         token = _bearer(authorization)
@@ -280,11 +375,52 @@ class TokenVerifier:
             raise UnauthenticatedError("the token is invalid") from None
         if claims.get("iss") not in self._issuers:
             raise UnauthenticatedError("the token's iss is not a trusted issuer", "untrusted_issuer")
-        if claims["iss"] == self._service_issuer and self._keys.from_provider(key_id):
+        self._check_lifetime(claims)
+        caller = self._caller(claims)
+        self._check_service_key(claims, key_id, caller.roles)
+        return caller, float(claims["exp"])
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """A token may live at most the configured lifetime (a service token: its fixed one), from
+        its iat, or from now when it has none: a leaked long-lived token is a standing key."""
+        service = claims["iss"] == self._service_issuer
+        limit = SERVICE_TOKEN_SECONDS if service else self._max_lifetime
+        issued = claims.get("iat")
+        if not isinstance(issued, int | float) or isinstance(issued, bool):
+            issued = self._clock()
+        lifetime = float(claims["exp"]) - float(issued)
+        if lifetime > limit:
+            setting = "service tokens" if service else "AUTH_MAX_TOKEN_LIFETIME_SECONDS"
             raise UnauthenticatedError(
-                "service tokens must be signed by a platform service key", "untrusted_issuer"
+                f"the token's lifetime (exp - iat: {lifetime:.0f} s) exceeds the {limit:.0f} s "
+                f"this platform accepts ({setting}); get a shorter-lived token"
             )
-        return self._caller(claims), float(claims["exp"])
+
+    def _check_service_key(self, claims: Mapping[str, Any], key_id: str, roles: tuple[str, ...]) -> None:
+        """Service tokens are signed by the key of the service they name, with roles that key may
+        assert; a service's key signs nothing else."""
+        binding = self._keys.binding(key_id)
+        if claims["iss"] != self._service_issuer:
+            if binding is not None:
+                raise UnauthenticatedError(
+                    f"the token is signed by the {binding.service} service's key, which signs only "
+                    "tokens of the service issuer"
+                )
+            return
+        if binding is None:
+            raise UnauthenticatedError(
+                "service tokens must be signed by a platform service's own key (a JWKS entry with "
+                f"{JWK_SERVICE} and {JWK_ROLES})"
+            )
+        if claims["sub"] != f"service:{binding.service}":
+            raise UnauthenticatedError(
+                f"the token's sub does not match its key, which belongs to service:{binding.service}"
+            )
+        beyond = sorted(set(roles) - binding.roles)
+        if beyond:
+            raise UnauthenticatedError(
+                f"the {binding.service} service's key may not assert the role(s) {', '.join(beyond)}"
+            )
 
     def _caller(self, claims: Mapping[str, Any]) -> Caller:
         roles = claims.get("roles", [])
@@ -295,6 +431,11 @@ class TokenVerifier:
         facility = claims.get("facility", "")
         if not isinstance(facility, str):
             raise UnauthenticatedError("the token's facility claim must be a string")
+        # The subject and facility reach logs and every audit event as they are: held to the same
+        # characters as a request's ids (no control characters, line breaks or bidi controls).
+        for claim, value in (("sub", str(claims["sub"])), ("facility", facility)):
+            if PLAIN_FORBIDDEN.search(value):
+                raise UnauthenticatedError(f"the token's {claim} claim holds control or bidi characters")
         client = claims.get("azp") or claims.get("client_id") or ""
         return Caller(
             actor_id=str(claims["sub"])[:128],
@@ -317,8 +458,8 @@ def _bearer(authorization: str | None) -> str:
 
 class ServiceToken:
     """The token a platform service presents on its own calls (``sub`` = ``service:<name>``),
-    signed with its configured key (whose public half is in every service's JWKS), renewed before
-    it expires."""
+    signed with its own configured key (whose public half is in every service's JWKS, bound to this
+    service and its role), renewed before it expires."""
 
     def __init__(
         self,
@@ -352,7 +493,7 @@ class ServiceToken:
             key = load_private_key(settings.service_key_file)
             key_id = key_thumbprint(key)
         elif settings.dev_keys:
-            key = dev_private_key()
+            key = dev_service_key(service)
             key_id = key_thumbprint(key)
         elif not settings.enabled:
             return None

@@ -8,6 +8,8 @@ reach the database in plaintext.
   not decrypt.
 - ``blind_index``: HMAC-SHA256 under a separate key, for exact look-ups (unique claims, blocks)
   without storing the value. The same value of the same kind always gives the same index.
+- ``derived_key``: further keys (request fingerprints, page tokens) derived from the blind-index
+  key, so that they need no secret of their own.
 
 Keys come from configuration (``FieldEncryptionSettings``, mixed into each storing service's
 settings); errors name the variable at fault and never show key material.
@@ -28,6 +30,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings
+
+from emr_runtime.keys import derive_key
 
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 KEY_BYTES = 32
@@ -210,6 +214,12 @@ class FieldCrypt:
     def key_id_of(self, stored: str) -> str:
         """The id of the key a stored text value was encrypted with ("" for an empty value)."""
         return stored.removeprefix(TEXT_PREFIX).partition(":")[0] if stored else ""
+
+    # --- derived keys ---------------------------------------------------------------------------
+    def derived_key(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (``emr_runtime.keys``), derived from the blind-index key:
+        the secret every replica of a storing service holds and that never rotates."""
+        return derive_key(self.blind_index_key, purpose)
 
     # --- blind index ----------------------------------------------------------------------------
     def blind_index(self, kind: str, normalized_value: str) -> str:

@@ -5,6 +5,11 @@
 - every string field is at most its length limit (``string_limit``: one generic rule by field name,
   so a new field is covered without a table edit) and every timestamp is one a calendar holds;
   a violation is INVALID_ARGUMENT naming the field;
+- no string field holds a control character or a bidirectional override or isolate
+  (``forbidden_characters``, by field name too): only free text may hold tab, line feed and carriage
+  return (and the bidi marks mixed-direction prose may need); ids, codes, names and every other
+  field hold none, since they reach logs, look-ups and displays where such characters forge lines
+  or disguise what is shown;
 - a call whose client sent no deadline gets the default one (a longer one for server streams, whose
   clients resume from their cursor), so that no call runs forever.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +54,28 @@ STRING_LIMITS_BY_NAME: tuple[tuple[str, int], ...] = (
     ("_id", 128),
     ("_code", 64),
     ("code", 64),
+)
+# Free text, by field-name suffix: the only strings that may hold tab, line feed and carriage return
+# and the bidi marks U+200E/U+200F/U+061C. Every other string field (ids, codes, names, tokens, and
+# a new field until it is named here) holds no control character and no bidi mark.
+FREE_TEXT_SUFFIXES: tuple[str, ...] = (
+    "reason",
+    "_text",
+    "display",
+    "note",
+    "comment",
+    "description",
+    "justification",
+)
+# Bidirectional embeddings, overrides (U+202A-U+202E) and isolates (U+2066-U+2069): they reorder
+# what is displayed ("Trojan Source"), so that a name or id shows as something else. No field.
+_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+# C0 controls except tab, LF, CR; DEL; C1 controls.
+_CONTROLS_BUT_WHITESPACE = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+FREE_TEXT_FORBIDDEN = re.compile(f"[{_CONTROLS_BUT_WHITESPACE}{_BIDI_CONTROLS}]")
+# Also tab, LF, CR, the bidi marks (LRM, RLM, ALM) and the Unicode line and paragraph separators.
+PLAIN_FORBIDDEN = re.compile(
+    f"[{_CONTROLS_BUT_WHITESPACE}\t\n\r\u061c\u200e\u200f\u2028\u2029{_BIDI_CONTROLS}]"
 )
 UNIDENTIFIED_CLIENT = "unidentified"
 TIMESTAMP = "google.protobuf.Timestamp"
@@ -86,21 +114,45 @@ def string_limit(field_name: str) -> int:
     return DEFAULT_STRING_LIMIT
 
 
+def is_free_text(field_name: str) -> bool:
+    """Whether a string field of this name is free text (may hold tab and line breaks)."""
+    return field_name.endswith(FREE_TEXT_SUFFIXES)
+
+
+def forbidden_characters(field_name: str) -> re.Pattern[str]:
+    """The characters a string field of this name must not hold."""
+    return FREE_TEXT_FORBIDDEN if is_free_text(field_name) else PLAIN_FORBIDDEN
+
+
+def _character_violation(text: str, forbidden: re.Pattern[str]) -> str:
+    """Why ``text`` is refused for its characters, "" when it is not."""
+    found = forbidden.search(text)
+    if found is None:
+        return ""
+    character = found.group()
+    code = f"U+{ord(character):04X}"
+    if re.fullmatch(f"[{_BIDI_CONTROLS}]", character):
+        return f"must not contain a bidirectional override or isolate ({code})"
+    if forbidden is FREE_TEXT_FORBIDDEN:
+        return f"must not contain a control character ({code}); tab and line breaks are allowed"
+    return f"must not contain control characters, line breaks or bidirectional marks ({code})"
+
+
 @dataclass(frozen=True)
 class _Checks:
-    strings: dict[str, int]  # field name -> limit
+    strings: dict[str, tuple[int, re.Pattern[str]]]  # field name -> (limit, forbidden characters)
     timestamps: frozenset[str]  # google.protobuf.Timestamp fields
     messages: frozenset[str]  # other message-typed fields to descend into (maps: none in the contracts)
 
 
 @cache
 def _checks(descriptor: Descriptor) -> _Checks:
-    strings: dict[str, int] = {}
+    strings: dict[str, tuple[int, re.Pattern[str]]] = {}
     timestamps: set[str] = set()
     messages: set[str] = set()
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_STRING:
-            strings[field.name] = string_limit(field.name)
+            strings[field.name] = (string_limit(field.name), forbidden_characters(field.name))
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
             if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
                 timestamps.add(field.name)
@@ -120,8 +172,9 @@ def _is_map(field: FieldDescriptor) -> bool:
 
 
 def request_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
-    """Every string field of ``message`` (at any depth) longer than its limit and every timestamp
-    out of the range of google.protobuf.Timestamp, by field path."""
+    """Every string field of ``message`` (at any depth) longer than its limit or holding a
+    character its kind of field must not hold, and every timestamp out of the range of
+    google.protobuf.Timestamp, by field path."""
     checks = _checks(message.DESCRIPTOR)
     found: list[FieldViolation] = []
     for field, value in message.ListFields():
@@ -129,12 +182,14 @@ def request_violations(message: Message, prefix: str = "") -> list[FieldViolatio
         path = f"{prefix}{name}"
         repeated = field.is_repeated
         if name in checks.strings:
-            limit = checks.strings[name]
+            limit, forbidden = checks.strings[name]
             items = enumerate(value) if repeated else ((None, value),)
             for index, text in items:
+                at = path if index is None else f"{path}[{index}]"
                 if len(text) > limit:
-                    at = path if index is None else f"{path}[{index}]"
                     found.append(FieldViolation(at, f"at most {limit} characters"))
+                elif reason := _character_violation(text, forbidden):
+                    found.append(FieldViolation(at, reason))
         elif name in checks.timestamps:
             items = enumerate(value) if repeated else ((None, value),)
             for index, stamp in items:

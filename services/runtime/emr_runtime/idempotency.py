@@ -1,10 +1,15 @@
 """Idempotency by client-supplied request_id: the id of what a request creates is derived from its
 request_id, so a repeated request collides with its first write on a unique ``_id`` instead of
-creating a twin. A request_id reused for different content is refused."""
+creating a twin. A request_id reused for different content is refused.
+
+The digest of a request's content stored for that check is keyed (HMAC-SHA256 under a key derived
+with ``emr_runtime.keys.REQUEST_FINGERPRINT``): an unkeyed hash of a request holding a 12-digit CCCD
+would give the CCCD back to anyone with a database dump, by trying every number."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 
 from emr_runtime.errors import Violations
@@ -27,6 +32,9 @@ def derive_id(kind: str, request_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{kind}\x00{request_id}"))
 
 
-def fingerprint(payload: bytes) -> str:
-    """A digest of a request's content, stored with what it created to detect request_id reuse."""
-    return hashlib.sha256(payload).hexdigest()
+def fingerprint(key: bytes, payload: bytes) -> str:
+    """A keyed digest of a request's content, stored with what it created to detect request_id
+    reuse; ``key`` is the service's fingerprint key (``FieldCrypt.derived_key(REQUEST_FINGERPRINT)``)."""
+    if not key:
+        raise ValueError("a request fingerprint needs its key")
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()

@@ -16,11 +16,16 @@ from emr.records.v1 import records_pb2
 
 from emr_runtime import policy
 from emr_runtime.auth import (
+    SERVICE_ASSERTED_ROLES,
     AuthSettings,
     ServiceToken,
     TokenVerifier,
+    dev_private_key,
+    dev_service_key,
     key_thumbprint,
     public_jwk,
+    service_binding,
+    service_jwk,
     sign_token,
 )
 from emr_runtime.caller import Caller
@@ -35,8 +40,11 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def write_jwks(path: Path, *keys: Key) -> None:
-    path.write_text(json.dumps({"keys": [public_jwk(k, key_thumbprint(k)) for k in keys]}))
+def write_jwks(path: Path, *keys: Key, bound: dict[str, tuple[Key, set[str]]] | None = None) -> None:
+    """A JWKS of ``keys`` (bound to no service) and of each service's key in ``bound``."""
+    entries: list[dict[str, Any]] = [public_jwk(k, key_thumbprint(k)) for k in keys]
+    entries += [service_jwk(key, service, roles) for service, (key, roles) in (bound or {}).items()]
+    path.write_text(json.dumps({"keys": entries}))
 
 
 def verifier_for(path: Path) -> TokenVerifier:
@@ -94,6 +102,9 @@ async def test_rs256_is_accepted_too(tmp_path: Path) -> None:
         (lambda key: f"Bearer {token(key, iss='https://elsewhere.invalid')}", "not a trusted issuer"),
         (lambda key: f"Bearer {token(ec_key())}", "kid names no key"),
         (lambda key: f"Bearer {token(key, roles='doctor')}", "roles claim must be a list"),
+        (lambda key: "Bearer " + token(key, sub="dr-07\nlevel=INFO forged"), "sub claim holds control"),
+        (lambda key: "Bearer " + token(key, sub="dr-\u202e70"), "sub claim holds control or bidi"),
+        (lambda key: "Bearer " + token(key, facility="79001\x00"), "facility claim holds control"),
         (
             lambda key: "Bearer " + jwt.encode({"sub": "x"}, "secret-secret-secret-secret-32b!", "HS256"),
             "alg must be RS256 or ES256",
@@ -123,15 +134,184 @@ async def test_small_clock_skew_is_tolerated(keys: tuple[Key, Path]) -> None:
     assert caller.actor_id == "dr-synthetic-07"
 
 
-async def test_service_roles_count_only_from_the_service_issuer(keys: tuple[Key, Path]) -> None:
-    key, path = keys
+async def test_service_roles_count_only_from_the_service_issuer(tmp_path: Path) -> None:
+    user_key, sync_key = ec_key(), ec_key()
+    path = tmp_path / "jwks.json"
+    write_jwks(path, user_key, bound={"sync": (sync_key, {"sync-service"})})
     verifier = verifier_for(path)
-    from_idp = await verifier.caller(f"Bearer {token(key, roles=['sync-service', 'nurse'])}")
+    from_idp = await verifier.caller(f"Bearer {token(user_key, roles=['sync-service', 'nurse'])}")
     assert from_idp.roles == ("nurse",)
-    from_service = await verifier.caller(
-        f"Bearer {token(key, iss='emr-platform-services', roles=['sync-service'])}"
+    from_service = await verifier.caller(f"Bearer {service_token(sync_key, 'sync', ['sync-service'])}")
+    assert (from_service.actor_id, from_service.roles) == ("service:sync", ("sync-service",))
+
+
+# --- one key per service, with the roles it may assert ---------------------------------------------
+
+SERVICE_ISSUER = "emr-platform-services"
+
+
+def service_token(key: Key, service: str, roles: list[str], lifetime: float = 600, **overrides: Any) -> str:
+    claims: dict[str, Any] = {
+        "iss": SERVICE_ISSUER,
+        "aud": AUDIENCE,
+        "sub": f"service:{service}",
+        "roles": roles,
+        "azp": f"emr-{service}",
+        **overrides,
+    }
+    return sign_token(key, key_thumbprint(key), claims, lifetime)
+
+
+@pytest.fixture
+def platform_keys(tmp_path: Path) -> tuple[dict[str, Key], Path]:
+    """A JWKS with a user key (the provider's, say) and the keys of records and sync."""
+    keys: dict[str, Key] = {"user": ec_key(), "records": ec_key(), "sync": ec_key()}
+    path = tmp_path / "jwks.json"
+    write_jwks(
+        path,
+        keys["user"],
+        bound={"records": (keys["records"], {"platform-service"}), "sync": (keys["sync"], {"sync-service"})},
     )
-    assert from_service.roles == ("sync-service",)
+    return keys, path
+
+
+async def test_each_service_key_signs_its_own_service_tokens(
+    platform_keys: tuple[dict[str, Key], Path],
+) -> None:
+    keys, path = platform_keys
+    verifier = verifier_for(path)
+    records = await verifier.caller(
+        f"Bearer {service_token(keys['records'], 'records', ['platform-service'])}"
+    )
+    assert (records.actor_id, records.roles) == ("service:records", ("platform-service",))
+    sync = await verifier.caller(f"Bearer {service_token(keys['sync'], 'sync', ['sync-service'])}")
+    assert (sync.actor_id, sync.roles) == ("service:sync", ("sync-service",))
+
+
+@pytest.mark.parametrize(
+    ("signer", "service", "roles", "reason"),
+    [
+        # A stolen records key: it may act as records, never as sync, never as admin.
+        ("records", "records", ["sync-service"], "may not assert the role(s) sync-service"),
+        (
+            "records",
+            "records",
+            ["platform-service", "sync-service"],
+            "may not assert the role(s) sync-service",
+        ),
+        ("records", "sync", ["sync-service"], "belongs to service:records"),
+        ("records", "records", ["admin"], "may not assert the role(s) admin"),
+        ("sync", "sync", ["admin"], "may not assert the role(s) admin"),
+        ("sync", "sync", ["doctor"], "may not assert the role(s) doctor"),
+        # A key bound to no service (a user key, the provider's) signs no service token.
+        ("user", "records", ["platform-service"], "own key"),
+        ("user", "admin", ["admin"], "own key"),
+    ],
+)
+async def test_a_service_token_that_does_not_fit_its_key_is_unauthenticated(
+    platform_keys: tuple[dict[str, Key], Path], signer: str, service: str, roles: list[str], reason: str
+) -> None:
+    keys, path = platform_keys
+    with pytest.raises(UnauthenticatedError) as caught:
+        await verifier_for(path).caller(f"Bearer {service_token(keys[signer], service, roles)}")
+    assert reason in caught.value.message
+
+
+async def test_a_service_key_signs_no_users_token(platform_keys: tuple[dict[str, Key], Path]) -> None:
+    keys, path = platform_keys
+    # The records key minting a token of the users' issuer, as an admin: refused, not demoted.
+    with pytest.raises(UnauthenticatedError, match="records service's key, which signs only"):
+        await verifier_for(path).caller(f"Bearer {token(keys['records'], roles=['admin'], facility='')}")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"emr_service": "records", "emr_roles": ["admin"]},
+        {"emr_service": "records", "emr_roles": ["platform-service", "doctor"]},
+        {"emr_service": "records", "emr_roles": []},
+        {"emr_service": "records"},
+        {"emr_roles": ["platform-service"]},
+        {"emr_service": "Records!", "emr_roles": ["platform-service"]},
+    ],
+)
+async def test_a_jwks_entry_granting_more_than_service_roles_is_not_trusted_at_all(
+    tmp_path: Path, entry: dict[str, Any]
+) -> None:
+    key = ec_key()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [{**public_jwk(key, key_thumbprint(key)), **entry}]}))
+    with pytest.raises(UnauthenticatedError, match="kid names no key"):
+        await verifier_for(path).caller(f"Bearer {service_token(key, 'records', ['platform-service'])}")
+    with pytest.raises(ValueError, match="emr_"):
+        service_binding({**public_jwk(key, "k"), **entry})
+
+
+async def test_development_keys_are_one_per_service_with_its_roles() -> None:
+    verifier = TokenVerifier(AuthSettings(dev_keys=True))
+    keys = {service: dev_service_key(service) for service in SERVICE_ASSERTED_ROLES}
+    assert len({key_thumbprint(k) for k in [*keys.values(), dev_private_key()]}) == len(keys) + 1
+    assert key_thumbprint(dev_service_key("records")) == key_thumbprint(dev_service_key("records"))
+    for service, roles in SERVICE_ASSERTED_ROLES.items():
+        caller = await verifier.caller(f"Bearer {service_token(keys[service], service, sorted(roles))}")
+        assert caller.roles == tuple(sorted(roles))
+    with pytest.raises(UnauthenticatedError, match="may not assert the role"):
+        await verifier.caller(f"Bearer {service_token(keys['records'], 'records', ['sync-service'])}")
+    with pytest.raises(UnauthenticatedError, match="own key"):  # the published users' key
+        await verifier.caller(f"Bearer {service_token(dev_private_key(), 'sync', ['sync-service'])}")
+    with pytest.raises(UnauthenticatedError, match="may not assert the role"):
+        await verifier.caller(f"Bearer {service_token(keys['sync'], 'sync', ['admin'])}")
+
+
+async def test_service_tokens_of_the_settings_verify_and_carry_their_role() -> None:
+    settings = AuthSettings(dev_keys=True)
+    for service, role in (("records", "platform-service"), ("sync", "sync-service")):
+        minted = ServiceToken.from_settings(settings, service, role)
+        assert minted is not None
+        caller = await TokenVerifier(settings).caller(minted.authorization())
+        assert (caller.actor_id, caller.roles) == (f"service:{service}", (role,))
+
+
+# --- token lifetime --------------------------------------------------------------------------------
+
+
+async def test_an_over_long_users_token_is_unauthenticated(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    verifier = verifier_for(path)  # the default: 12 h
+    assert (await verifier.caller(f"Bearer {token(key, lifetime=12 * 3600)}")).roles == ("doctor",)
+    with pytest.raises(UnauthenticatedError, match=r"lifetime .* exceeds the 43200 s"):
+        await verifier.caller(f"Bearer {token(key, lifetime=12 * 3600 + 60)}")
+    with pytest.raises(UnauthenticatedError, match="AUTH_MAX_TOKEN_LIFETIME_SECONDS"):
+        await verifier.caller(f"Bearer {token(key, lifetime=365 * 86400)}")
+
+
+async def test_the_lifetime_counts_from_now_when_the_token_has_no_iat(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "dr-no-iat", "roles": ["doctor"]}
+    header = {"kid": key_thumbprint(key)}
+    short = jwt.encode({**claims, "exp": now + 600}, key, algorithm="ES256", headers=header)
+    long = jwt.encode({**claims, "exp": now + 30 * 86400}, key, algorithm="ES256", headers=header)
+    assert (await verifier_for(path).caller(f"Bearer {short}")).actor_id == "dr-no-iat"
+    with pytest.raises(UnauthenticatedError, match="lifetime"):
+        await verifier_for(path).caller(f"Bearer {long}")
+
+
+async def test_the_maximum_lifetime_is_a_setting(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    settings = AuthSettings(jwks_file=str(path), issuer=ISSUER, max_token_lifetime_seconds=300)
+    with pytest.raises(UnauthenticatedError, match="exceeds the 300 s"):
+        await TokenVerifier(settings).caller(f"Bearer {token(key, lifetime=301)}")
+
+
+async def test_a_service_token_lives_at_most_ten_minutes(platform_keys: tuple[dict[str, Key], Path]) -> None:
+    keys, path = platform_keys
+    verifier = verifier_for(path)
+    ok = service_token(keys["records"], "records", ["platform-service"], lifetime=600)
+    assert (await verifier.caller(f"Bearer {ok}")).actor_id == "service:records"
+    too_long = service_token(keys["records"], "records", ["platform-service"], lifetime=3600)
+    with pytest.raises(UnauthenticatedError, match="service tokens"):
+        await verifier.caller(f"Bearer {too_long}")
 
 
 async def test_keys_rotate_without_a_restart(tmp_path: Path) -> None:
@@ -180,7 +360,7 @@ async def test_a_withdrawn_key_stops_working_within_the_reverify_time(keys: tupl
 
 async def test_a_service_token_verifies_where_its_key_is_in_the_jwks(tmp_path: Path) -> None:
     key = ec_key()
-    write_jwks(tmp_path / "jwks.json", key)
+    write_jwks(tmp_path / "jwks.json", bound={"records": (key, {"platform-service"})})
     pem = tmp_path / "service.pem"
     from cryptography.hazmat.primitives import serialization
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import uuid
 
 import pytest
@@ -24,74 +24,13 @@ from emr_runtime.errors import (
     NotFoundError,
     Violations,
 )
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.idempotency import MAX_REQUEST_ID_LENGTH, check_request_id, derive_id, fingerprint
 from emr_runtime.interceptors import ERROR_DOMAIN, status_for
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import page_size
 
-# --- paging ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "position",
-    [
-        {"after": 0},
-        {"after": 12345, "patient_id": "patient-1"},
-        {"start": "2024-06-15T08:30:00Z", "id": "enc-1", "nested": {"a": [1, 2, None, True]}},
-        {"name": "Nguyễn Thị Ngọc Điệp"},
-        {},
-    ],
-)
-def test_page_token_round_trip(position: dict[str, object]) -> None:
-    token = encode_page_token(position)
-    assert decode_page_token(token) == position
-
-
-def test_page_token_is_url_safe_without_padding() -> None:
-    for size in range(1, 12):
-        token = encode_page_token({"k": "?" * size + "~>"})
-        assert "=" not in token
-        assert "+" not in token
-        assert "/" not in token
-        assert decode_page_token(token) == {"k": "?" * size + "~>"}
-
-
-def test_page_token_does_not_depend_on_key_order() -> None:
-    assert encode_page_token({"a": 1, "b": 2}) == encode_page_token({"b": 2, "a": 1})
-
-
-def test_empty_token_is_the_first_page() -> None:
-    assert decode_page_token("") is None
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-@pytest.mark.parametrize(
-    "token",
-    [
-        "garbage!!",
-        "a",  # not a possible base64 length
-        "%%%%",
-        _b64(b"not json"),
-        _b64(b"[1, 2, 3]"),  # JSON, but not an object
-        _b64(b'"after"'),
-        _b64(b"42"),
-        _b64(b"null"),
-        _b64(b"\xff\xfe\x00"),  # not UTF-8
-        encode_page_token({"after": 1})[:-3],  # truncated
-    ],
-)
-def test_garbage_token_names_the_field(token: str) -> None:
-    with pytest.raises(InvalidArgumentError) as caught:
-        decode_page_token(token)
-    assert [v.field for v in caught.value.violations] == ["page_token"]
-
-
-def test_garbage_token_names_a_custom_field() -> None:
-    with pytest.raises(InvalidArgumentError) as caught:
-        decode_page_token("garbage!!", field="search.page_token")
-    assert [v.field for v in caught.value.violations] == ["search.page_token"]
+# --- paging (page tokens: test_page_tokens.py) -------------------------------------------------
 
 
 @pytest.mark.parametrize(("requested", "expected"), [(0, 50), (1, 1), (73, 73), (500, 500)])
@@ -136,10 +75,30 @@ def test_derive_id_separates_kind_from_request_id() -> None:
     assert derive_id("ab", "c") != derive_id("a", "bc")
 
 
-def test_fingerprint() -> None:
-    assert fingerprint(b"abc") == fingerprint(b"abc")
-    assert fingerprint(b"abc") != fingerprint(b"abd")
-    assert fingerprint(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+def test_fingerprint_is_stable_for_one_key_and_differs_across_keys() -> None:
+    key, other_key = b"k" * 32, b"K" * 32
+    assert fingerprint(key, b"abc") == fingerprint(key, b"abc")
+    assert fingerprint(key, b"abc") != fingerprint(key, b"abd")
+    assert fingerprint(key, b"abc") != fingerprint(other_key, b"abc")
+
+
+def test_fingerprint_is_not_the_plain_hash_of_the_request() -> None:
+    # A database dump holds the digest: unkeyed, a 12-digit CCCD inside it is found by trying them all.
+    payload = b"\x0a\x0c079192000001"
+    assert fingerprint(b"k" * 32, payload) != hashlib.sha256(payload).hexdigest()
+    with pytest.raises(ValueError, match="key"):
+        fingerprint(b"", payload)
+
+
+def test_fingerprint_keys_are_derived_per_purpose_from_the_blind_index_key() -> None:
+    crypt = FieldCrypt({"k1": b"e" * 32}, "k1", b"i" * 32)
+    other = FieldCrypt({"k1": b"e" * 32}, "k1", b"j" * 32)
+    key = crypt.derived_key(REQUEST_FINGERPRINT)
+    assert key == crypt.derived_key(REQUEST_FINGERPRINT)  # replicas with the same secret agree
+    assert key != other.derived_key(REQUEST_FINGERPRINT)
+    assert key != crypt.derived_key(page_token_purpose("records"))
+    assert key not in (crypt.blind_index_key, b"i" * 32)
+    assert fingerprint(key, b"abc") != fingerprint(other.derived_key(REQUEST_FINGERPRINT), b"abc")
 
 
 @pytest.mark.parametrize("request_id", ["r", "2f8c0a36-6a4e-4a0c-9d0b-1f1b6a9f5c11", "x" * 128, "mã số 1"])
@@ -272,23 +231,6 @@ def test_caller_ignores_binary_values_and_truncates_the_purpose() -> None:
 def test_purpose_metadata_round_trip() -> None:
     assert purpose_metadata("") == []
     assert caller_from_metadata(purpose_metadata("TREAT")).purpose_of_use == "TREAT"
-
-
-def test_deeply_nested_or_oversized_token_is_invalid_argument_not_a_crash() -> None:
-    import base64
-
-    import pytest
-
-    from emr_runtime.errors import InvalidArgumentError
-    from emr_runtime.paging import decode_page_token, encode_page_token
-
-    nested = base64.urlsafe_b64encode(b"[" * 600).decode().rstrip("=")
-    with pytest.raises(InvalidArgumentError) as caught:
-        decode_page_token(nested)
-    assert [v.field for v in caught.value.violations] == ["page_token"]
-    huge = encode_page_token({"after": 1, "pad": "x" * 2000})
-    with pytest.raises(InvalidArgumentError):
-        decode_page_token(huge)
 
 
 def test_lock_races_and_lost_connections_are_transient_other_failures_are_not() -> None:

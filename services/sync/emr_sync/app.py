@@ -13,6 +13,8 @@ from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
 from emr_runtime.db import Database
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
@@ -65,6 +67,8 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
         PatientDirectory(identity_channel, "sync", "NATIONAL_REPORTING"),
         national,
         pipeline_config(settings),
+        PageTokens(crypt.derived_key(page_token_purpose("sync"))),
+        crypt.derived_key(REQUEST_FINGERPRINT),
     )
 
     async def run_pipeline() -> None:

@@ -28,13 +28,11 @@ from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
     DependencyUnavailableError,
-    FieldViolation,
-    InvalidArgumentError,
     NotFoundError,
     Violations,
 )
 from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
-from emr_runtime.paging import decode_page_token, encode_page_token, page_size
+from emr_runtime.paging import PageTokens, page_size, position_str, position_time
 from emr_runtime.patients import PatientDirectory
 from emr_sync.claim_xml import claim_xml, is_insurance_claim
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
@@ -205,7 +203,11 @@ class SyncService:
         patients: PatientDirectory,
         national: NationalClient,
         config: PipelineConfig,
+        page_tokens: PageTokens,
+        fingerprint_key: bytes,
     ) -> None:
+        self._page_tokens = page_tokens
+        self._fingerprint_key = fingerprint_key  # keys the digests of repair requests
         self._repository = repository
         self._feed = feed
         self._patient_changes = patient_changes
@@ -515,15 +517,10 @@ class SyncService:
     ) -> tuple[list[Delivery], str]:
         code = check_facility_filter(facility_code)
         size = page_size(requested_page_size, 20, 100)
-        position = decode_page_token(page_token)
+        position = self._page_tokens.decode(page_token)
         after = None
         if position is not None:
-            try:
-                after = (datetime.fromisoformat(position["dead_at"]), str(position["id"]))
-            except (KeyError, TypeError, ValueError) as error:
-                raise InvalidArgumentError(
-                    [FieldViolation("page_token", "not a token this service issued")]
-                ) from error
+            after = (position_time(position, "dead_at"), position_str(position, "id"))
         page = await self._repository.dead_letters(code, after, size + 1)
         next_token = ""
         if len(page) > size:
@@ -531,7 +528,7 @@ class SyncService:
             last = page[-1]
             dead_at = await self._repository.dead_at(last.delivery_id)
             assert dead_at is not None
-            next_token = encode_page_token({"dead_at": dead_at.isoformat(), "id": last.delivery_id})
+            next_token = self._page_tokens.encode({"dead_at": dead_at.isoformat(), "id": last.delivery_id})
         return page, next_token
 
     async def dead_at(self, delivery_id: str) -> datetime | None:
@@ -546,7 +543,7 @@ class SyncService:
     ) -> dict[str, Any]:
         """Runs a repair operation once per request_id; a repeat returns the first result."""
         operation_id = derive_id(kind, request_id)
-        digest = fingerprint(json.dumps(content, sort_keys=True, default=str).encode())
+        digest = fingerprint(self._fingerprint_key, json.dumps(content, sort_keys=True, default=str).encode())
         stored = await self._repository.begin_operation(operation_id, digest)
         if stored["fingerprint"] != digest:
             raise ConflictError("request_id was already used for a different request", "request_id")
