@@ -48,11 +48,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
         result = await self._service.update(
             converters.update_input(request), request.patient_id, request.expected_version, _actor(context)
         )
-        return identity_pb2.UpdatePatientResponse(
-            patient=converters.patient_message(result.person),
-            candidates=converters.candidate_messages(result.candidates),
-            review_task_id=result.review_task_id,
-        )
+        return converters.update_response(result)
 
     async def MatchPatient(
         self, request: identity_pb2.MatchPatientRequest, context: Context
@@ -158,6 +154,14 @@ def _nobody(request: Any, response: Any) -> str:
     return ""
 
 
+def _found_patient_ids(request: Any, response: Any) -> list[str]:
+    return [str(patient.patient_id) for patient in response.patients]
+
+
+def _candidate_patient_ids(request: Any, response: Any) -> list[str]:
+    return [str(candidate.patient_id) for candidate in response.candidates]
+
+
 # The patient change feed (ListPatientChanges) is the platform's own feed to sync, not an access on a
 # patient's behalf; sync audits what it exports (as records' change feed).
 AUDIT_RULES = {
@@ -182,6 +186,11 @@ AUDIT_RULES = {
     f"/{SERVICE_NAME}/ResolveReviewTask": AuditRule(
         audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _registered_patient_id, _registered_patient_id
     ),
-    f"/{SERVICE_NAME}/SearchPatients": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
-    f"/{SERVICE_NAME}/MatchPatient": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
+    # Every person a search returns is a hit in that person's access report (one event each).
+    f"/{SERVICE_NAME}/SearchPatients": AuditRule(
+        audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody, patient_ids=_found_patient_ids
+    ),
+    f"/{SERVICE_NAME}/MatchPatient": AuditRule(
+        audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody, patient_ids=_candidate_patient_ids
+    ),
 }
