@@ -18,7 +18,7 @@ from datetime import date
 from enum import Enum
 
 from emr_identity.domain import IdentifierSystem, Registration, identifier_key, phone_key
-from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code
+from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, fold
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
 LINK_THRESHOLD = 21.0
@@ -413,9 +413,9 @@ def same_identity(a: MatchRecord, b: MatchRecord) -> bool:
     """Whether two records name the same person within the tolerance above."""
     names_a, names_b = a.names, b.names
     if names_a.folded_full != names_b.folded_full:
-        family = _name_level(names_a.family, names_b.family, names_a.folded_family, names_b.folded_family)
-        middle = _name_level(names_a.middle, names_b.middle, names_a.folded_middle, names_b.folded_middle)
-        given = _name_level(names_a.given, names_b.given, names_a.folded_given, names_b.folded_given)
+        family = _tolerant_name_level(names_a.family, names_b.family)
+        middle = _tolerant_name_level(names_a.middle, names_b.middle)
+        given = _tolerant_name_level(names_a.given, names_b.given)
         if family not in TOLERATED_NAME_LEVELS or given not in TOLERATED_NAME_LEVELS:
             return False
         if middle not in TOLERATED_NAME_LEVELS and middle != "missing":
@@ -423,6 +423,14 @@ def same_identity(a: MatchRecord, b: MatchRecord) -> bool:
     birth_date = _compare_birth_date(a.birth_date, b.birth_date).level
     year_off_by_one = birth_date == "day_month" and abs(a.birth_date.year - b.birth_date.year) == 1
     return birth_date in TOLERATED_BIRTH_DATE_LEVELS or year_off_by_one
+
+
+def _tolerant_name_level(a: str, b: str) -> str:
+    """``_name_level`` either way round: a typo that shortens a name to two letters ("tân", "tn")
+    is a typo whichever record came first."""
+    folded_a, folded_b = fold(a), fold(b)
+    level = _name_level(a, b, folded_a, folded_b)
+    return "typo" if level == "disagree" and _name_level(b, a, folded_b, folded_a) == "typo" else level
 
 
 def shared_identifiers(a: MatchRecord, b: MatchRecord) -> tuple[str, ...]:
