@@ -201,7 +201,8 @@ class PatientIdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReviewTasks(self, request, context):
-        """ListReviewTasks lists the open review tasks (registrations between the two thresholds), oldest first.
+        """ListReviewTasks lists the open review tasks (likely duplicates, identifier conflicts, proposed
+        changes of demographics: ReviewTask.kind), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
