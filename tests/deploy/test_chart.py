@@ -207,6 +207,38 @@ def test_production_values_use_the_secret_and_the_real_national_system() -> None
     assert set(of_kind(manifests, "HorizontalPodAutoscaler")) == {"identity", "records", "gateway"}
 
 
+EMULATOR_REFUSED = r"profile production: services\.national_emulator must stay disabled"
+BARE_RELEASE = {"mongodb.uri": "mongodb://db:27017/", "auth.devKeys": "true"}
+
+
+@pytest.mark.parametrize(
+    ("values", "settings"),
+    [
+        ([PRODUCTION_VALUES], {"services.national_emulator.enabled": "true"}),
+        # The dev values turn it on: with a production profile the chart still refuses it.
+        ([DEV_VALUES], {"profile": "production"}),
+        # A release that names no profile is production.
+        ([], {**BARE_RELEASE, "services.national_emulator.enabled": "true"}),
+    ],
+    ids=["production-values", "dev-values-production-profile", "no-profile"],
+)
+def test_a_production_profile_refuses_to_render_the_national_emulator(
+    values: list[Path], settings: dict[str, str]
+) -> None:
+    # `helm template` (and so install and upgrade) fails; `helm lint` only logs a template's fail.
+    with pytest.raises(ToolError, match=EMULATOR_REFUSED):
+        render(values, settings)
+
+
+def test_the_emulator_runs_only_where_a_development_profile_asks_for_it() -> None:
+    assert "national_emulator" not in of_kind(render([PRODUCTION_VALUES]), "Deployment")
+    assert "national_emulator" not in of_kind(render(settings=BARE_RELEASE), "Deployment")
+    for values in (DEV_VALUES, CHART / "ci" / "podman-values.yaml"):
+        assert "national_emulator" in of_kind(render([values]), "Deployment"), values.name
+    with pytest.raises(ToolError, match=r"profile.*must be one of"):
+        render([DEV_VALUES], {"profile": "staging"})
+
+
 def test_observability_hooks() -> None:
     manifests = render([PRODUCTION_VALUES])
     monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]

@@ -3,21 +3,17 @@ load, outages and deliberate tampering never touch the shared platform's log."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
 
-from emr_devstack.processes import ManagedProcess, free_port
+from emr_devstack.processes import ManagedProcess, free_port, poll_until
 from emr_devstack.stack import Stack
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -103,17 +99,6 @@ async def open_channel(stack: Stack) -> AsyncIterator[Callable[[str], grpc.aio.C
     yield open_
     for channel in opened:
         await channel.close()
-
-
-async def poll_until(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 30.0) -> T:
-    """Polls ``probe`` until it returns a value: asynchronous work has a deadline, not a delay."""
-    deadline = time.monotonic() + within_seconds
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.1)
 
 
 async def checkpointed_through(audit: audit_pb2_grpc.AuditServiceStub, sequence: int) -> audit_pb2.Checkpoint:

@@ -1,6 +1,7 @@
 """Authentication, the access policy and break-the-glass against the real platform: every RPC of
 every service × every role, as the one policy table (emr_runtime.policy) says; cross-facility
-reads; denials audited as failures; break-the-glass flagged, counted and in the access report."""
+reads; denials audited as failures; reads opened by an emergency access (DeclareEmergencyAccess)
+flagged, counted and in the access report."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from emr_devstack.observability import scrape
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata, issue_token
-from emr_runtime.caller import BREAK_GLASS_KEY
 from emr_runtime.policy import POLICY, ROLES
 
 SERVICES = {
@@ -78,6 +78,14 @@ def requests_for(world: World) -> dict[str, Message]:
         "GetPersonHistory": identity_pb2.GetPersonHistoryRequest(patient_id=p),
         "CheckRegistration": identity_pb2.CheckRegistrationRequest(patient_id=p, facility_code=f),
         "ListPatientChanges": identity_pb2.ListPatientChangesRequest(after_sequence=10**12, limit=1),
+        "RecordSharingGrant": identity_pb2.RecordSharingGrantRequest(facility_code=f),
+        "RevokeSharingGrant": identity_pb2.RevokeSharingGrantRequest(facility_code=f),
+        "ListSharingGrants": identity_pb2.ListSharingGrantsRequest(patient_id=p),
+        "RecordReferral": identity_pb2.RecordReferralRequest(facility_code=f),
+        "DeclareEmergencyAccess": identity_pb2.DeclareEmergencyAccessRequest(facility_code=f),
+        "ListEmergencyAccesses": identity_pb2.ListEmergencyAccessesRequest(page_size=1),
+        "ReviewEmergencyAccess": identity_pb2.ReviewEmergencyAccessRequest(),
+        "CheckAccess": identity_pb2.CheckAccessRequest(patient_id=p, facility_code=f),
         "CreateEncounter": records_pb2.CreateEncounterRequest(facility_code=f),
         "GetEncounter": records_pb2.GetEncounterRequest(encounter_id=e),
         "ListEncounters": records_pb2.ListEncountersRequest(patient_id=p),
@@ -177,7 +185,7 @@ async def test_a_nurse_of_another_facility_is_denied_and_the_denial_is_audited(
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await call
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "treatment relationship" in (denied.value.details() or "")
+        assert "no access to this patient's data" in (denied.value.details() or "")
 
     async def failures() -> list[audit_pb2.AuditEvent] | None:
         events = await tools.all_events(audit, actor_id=actor)
@@ -217,59 +225,82 @@ async def test_an_open_encounter_at_their_facility_lets_a_nurse_read_records(
     assert (await records.GetPatientTimeline(timeline, metadata=nurse)).entries
 
 
-def break_glass_count(stack: Stack, method: str) -> float:
-    for family in text_string_to_metric_families(scrape(stack.ports.records_metrics)):
+def emergency_read_count(stack: Stack, method: str) -> float:
+    for family in text_string_to_metric_families(scrape(stack.ports.identity_metrics)):
         for sample in family.samples:
-            if sample.name == "emr_break_glass_access_total" and sample.labels["grpc_method"] == method:
+            if sample.name == "emr_emergency_access_reads_total" and sample.labels["grpc_method"] == method:
                 return float(sample.value)
     return 0.0
 
 
-async def test_break_the_glass_read_succeeds_loudly(
-    stack: Stack, records: Any, audit: Any, world: World, tools: Any
+async def test_break_the_glass_opens_the_patient_loudly(
+    stack: Stack, identity: Any, records: Any, audit: Any, world: World, tools: Any
 ) -> None:
     actor = f"dr-er-{uuid.uuid4().hex[:6]}"
-    doctor = caller_metadata(actor, world.other_facility, "EMERGENCY", role="doctor")
-    reason = "unconscious patient in ER, no registration here"
-    counted_before = break_glass_count(stack, "GetPatientTimeline")
-    timeline = records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id)
+    doctor = caller_metadata(actor, world.other_facility, "TREATMENT", role="doctor")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await records.GetPatientTimeline(timeline, metadata=doctor)
-    assert "x-break-glass-reason" in (refused.value.details() or "")
+        await records.GetPatientTimeline(
+            records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id), metadata=doctor
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "DeclareEmergencyAccess" in (refused.value.details() or "")
 
-    response = await records.GetPatientTimeline(timeline, metadata=[*doctor, (BREAK_GLASS_KEY, reason)])
-    assert {entry.resource.WhichOneof("resource") for entry in response.entries} >= {
-        "encounter",
-        "observation",
-    }
-    assert break_glass_count(stack, "GetPatientTimeline") == counted_before + 1
+    declared = (
+        await identity.DeclareEmergencyAccess(
+            identity_pb2.DeclareEmergencyAccessRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=world.patient_id,
+                facility_code=world.other_facility,
+                reason=identity_pb2.EMERGENCY_REASON_LIFE_THREATENING,
+                justification="Synthetic: unconscious patient in the ER, not registered here",
+            ),
+            metadata=doctor,
+        )
+    ).emergency_access
+    counted_before = emergency_read_count(stack, "GetPatient")
+    read = await identity.GetPatient(
+        identity_pb2.GetPatientRequest(patient_id=world.patient_id), metadata=doctor
+    )
+    assert read.patient.patient_id == world.patient_id
+    assert emergency_read_count(stack, "GetPatient") == counted_before + 1
 
     async def flagged() -> list[audit_pb2.AuditEvent] | None:
         events = await tools.all_events(audit, actor_id=actor, patient_id=world.patient_id)
-        return events if len(events) == 2 else None
+        reads = [e for e in events if e.operation.endswith("/GetPatient")]
+        return reads or None
 
-    events = sorted(await tools.poll_until(flagged), key=lambda e: e.sequence)
-    assert [(e.outcome, e.break_glass_reason) for e in events] == [
-        (audit_pb2.AUDIT_OUTCOME_CLIENT_FAILURE, ""),
-        (audit_pb2.AUDIT_OUTCOME_SUCCESS, reason),
+    reads = await tools.poll_until(flagged)
+    reason = "EMERGENCY_REASON_LIFE_THREATENING"
+    assert [(e.outcome, e.emergency_access_id, e.break_glass_reason) for e in reads] == [
+        (audit_pb2.AUDIT_OUTCOME_SUCCESS, declared.emergency_access_id, reason)
     ]
     report = await audit.GetPatientAccessReport(
-        audit_pb2.GetPatientAccessReportRequest(patient_id=world.patient_id)
+        audit_pb2.GetPatientAccessReportRequest(patient_id=world.patient_id, page_size=500)
     )
-    glass = [a for a in report.accesses if a.break_glass_reason]
-    assert [(a.accessor_role, a.facility_code, a.break_glass_reason) for a in glass] == [
-        ("doctor", world.other_facility, reason)
+    glass = [
+        (a.accessor_role, a.facility_code, a.break_glass_reason, a.emergency_access_id)
+        for a in report.accesses
     ]
+    assert ("doctor", world.other_facility, reason, declared.emergency_access_id) in glass
 
 
-async def test_a_nurse_cannot_break_the_glass(records: Any, world: World) -> None:
-    nurse = caller_metadata("rn-glass", world.other_facility, "EMERGENCY", role="nurse")
+async def test_a_nurse_cannot_break_the_glass(identity: Any, world: World) -> None:
+    nurse = caller_metadata("rn-glass", world.other_facility, "TREATMENT", role="nurse")
     with pytest.raises(grpc.aio.AioRpcError) as denied:
-        await records.GetPatientTimeline(
-            records_pb2.GetPatientTimelineRequest(patient_id=world.patient_id),
-            metadata=[*nurse, (BREAK_GLASS_KEY, "emergency")],
+        await identity.DeclareEmergencyAccess(
+            identity_pb2.DeclareEmergencyAccessRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=world.patient_id,
+                facility_code=world.other_facility,
+                reason=identity_pb2.EMERGENCY_REASON_URGENT_CARE,
+                justification="Synthetic: a nurse trying to break the glass",
+            ),
+            metadata=nurse,
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as still:
+        await identity.GetPatient(identity_pb2.GetPatientRequest(patient_id=world.patient_id), metadata=nurse)
+    assert still.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_denials_of_unaudited_methods_are_audited_too(audit: Any, sync: Any, tools: Any) -> None:

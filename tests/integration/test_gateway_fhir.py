@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from emr.audit.v1 import audit_pb2
 from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
@@ -207,6 +208,35 @@ async def test_bad_search_requests_get_operation_outcomes(stack: Any) -> None:
         outcome(await http.get("/fhir/Patient/not%20an%20id/$everything"), 400, "invalid")
         outcome(await http.get("/fhir/NoSuchType"), 404, "not-found")
         outcome(await http.post("/fhir/Encounter"), 405, "not-supported")
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Purpose-Of-Use", "trị liệu".encode()),  # UTF-8 bytes, as a browser or HIS sends them
+        ("X-Purpose-Of-Use", b"TREATMENT\x01"),
+        ("X-Purpose-Of-Use", b"T" * 65),
+        ("X-Purpose-Of-Use", "điều trị khẩn".encode()),
+        ("Authorization", b"Bearer " + b"a" * 9000),
+        ("Authorization", "Bearer ñ".encode("latin-1")),
+    ],
+    ids=["purpose-utf8", "purpose-control", "purpose-long", "purpose-utf8-d", "token-long", "token-latin1"],
+)
+async def test_a_forwarded_header_grpc_cannot_carry_is_400_naming_it(
+    stack: Any, header: str, value: bytes
+) -> None:
+    """Before, a non-ASCII X-Purpose-Of-Use never got an answer: gRPC refused the metadata and the
+    gateway's call waited for a status forever, holding its memory."""
+    headers = {name.encode(): text.encode() for name, text in PORTAL_HEADERS.items()} | {
+        header.encode(): value
+    }
+    async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=10) as http:
+        for path in (f"/fhir/Patient/{uuid.uuid4()}", f"/fhir/Encounter?patient={uuid.uuid4()}"):
+            diagnostics = outcome(await http.get(path, headers=headers), 400, "invalid")
+            assert header in diagnostics and "printable ASCII" in diagnostics
+            assert value.decode("latin-1") not in diagnostics
+        # The gateway goes on answering (the unknown patient is the identity service's 404).
+        outcome(await http.get(f"/fhir/Patient/{uuid.uuid4()}", headers=PORTAL_HEADERS), 404, "not-found")
 
 
 async def test_records_service_down_is_503_with_an_operation_outcome(stack: Any) -> None:

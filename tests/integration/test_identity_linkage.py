@@ -6,12 +6,13 @@ import random
 import unicodedata
 import uuid
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient, monitoring
 
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
@@ -19,6 +20,9 @@ from emr_devstack.tokens import caller_metadata
 from emr_identity.repository import COLLECTIONS, PatientChangeRepository, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import PatientIdentityServicer
+from emr_identity.sharing_repository import COLLECTIONS as SHARING_COLLECTIONS
+from emr_identity.sharing_repository import SharingRepository
+from emr_identity.sharing_service import SharingService
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
 from emr_runtime.fieldcrypt import FieldCrypt
 
@@ -531,20 +535,89 @@ async def explained(db: Any, collection: str, query: dict[str, Any]) -> Any:
     return plan
 
 
+async def sharing_rpcs(rpc: Any, patient_id: str, facility_code: str) -> None:
+    """Grants, a referral, a revocation, an emergency access and its review, and the access check."""
+    end = Timestamp()
+    end.FromDatetime(datetime.now(UTC) + timedelta(days=30))
+    granted = await rpc(
+        "RecordSharingGrant",
+        pb.RecordSharingGrantRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code=facility_code,
+            purpose=pb.SHARING_PURPOSE_TREATMENT,
+            evidence=pb.CONSENT_EVIDENCE_SIGNED_FORM,
+            evidence_reference="CF-scan-1",
+            end_time=end,
+        ),
+    )
+    await rpc(
+        "RecordReferral",
+        pb.RecordReferralRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code=facility_code,
+            receiving_facility_code="99021",
+            end_time=end,
+        ),
+    )
+    await rpc(
+        "RevokeSharingGrant",
+        pb.RevokeSharingGrantRequest(
+            request_id=str(uuid.uuid4()),
+            sharing_grant_id=granted.sharing_grant.sharing_grant_id,
+            facility_code=facility_code,
+        ),
+    )
+    assert (
+        len(
+            (
+                await rpc("ListSharingGrants", pb.ListSharingGrantsRequest(patient_id=patient_id))
+            ).sharing_grants
+        )
+        == 2
+    )
+    declared = await rpc(
+        "DeclareEmergencyAccess",
+        pb.DeclareEmergencyAccessRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code="99022",
+            reason=pb.EMERGENCY_REASON_URGENT_CARE,
+            justification="Synthetic emergency for the scan check",
+        ),
+    )
+    await rpc("ListEmergencyAccesses", pb.ListEmergencyAccessesRequest(unreviewed_only=True))
+    await rpc(
+        "ReviewEmergencyAccess",
+        pb.ReviewEmergencyAccessRequest(
+            request_id=str(uuid.uuid4()),
+            emergency_access_id=declared.emergency_access.emergency_access_id,
+            outcome=pb.EMERGENCY_REVIEW_OUTCOME_JUSTIFIED,
+        ),
+    )
+    checked = await rpc("CheckAccess", pb.CheckAccessRequest(patient_id=patient_id, facility_code="99021"))
+    assert list(checked.visible_facility_codes) == [facility_code]
+
+
 async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: str) -> None:
     commands = Commands()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         stack.effective_mongodb_uri, tz_aware=True, event_listeners=[commands]
     )
     db = client[SCAN_CHECK_DATABASE]
-    for collection in COLLECTIONS:
+    for collection in {*COLLECTIONS, *SHARING_COLLECTIONS}:
         await db.drop_collection(collection)
-    persons = PersonRepository(db, FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION))  # the stack's keys
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)  # the stack's keys
+    persons = PersonRepository(db, crypt)
     await persons.create_collections()
+    sharing = SharingRepository(db, crypt)
+    await sharing.create_collections()
     stack.index_ferretdb_ids()  # what the stack does after each service start
     server = grpc.aio.server()
+    identity = IdentityService(persons, PatientChangeRepository(db), timedelta(seconds=5))
     identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server(
-        PatientIdentityServicer(IdentityService(persons, PatientChangeRepository(db), timedelta(seconds=5))),
+        PatientIdentityServicer(identity, SharingService(identity, persons, sharing, timedelta(hours=4))),
         server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
@@ -585,6 +658,7 @@ async def test_no_identity_rpc_scans_a_collection(stack: Stack, facility_code: s
             "CheckRegistration",
             pb.CheckRegistrationRequest(patient_id=first.patient.patient_id, facility_code=facility_code),
         )
+        await sharing_rpcs(rpc, first.patient.patient_id, facility_code)
         await rpc("SearchPatients", pb.SearchPatientsRequest(identifier=cccd))
         await rpc(
             "SearchPatients", pb.SearchPatientsRequest(full_name=first.patient.full_name, birth_year=1992)

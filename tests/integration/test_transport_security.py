@@ -1,7 +1,7 @@
 """Transport security and hardening: mutual TLS on every API port (no plaintext, no certificate, no
-foreign CA), health alone on the plaintext health port, message size, field length and timestamp
-limits, default deadlines, per-client-application rate limits, and no secret echoed in errors or
-logs."""
+foreign CA), health alone (no reflection) on the plaintext health port, message size, field length
+and timestamp limits, default deadlines, per-client-application rate limits, and no secret echoed in
+errors or logs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from emr_devstack.certs import ensure_dev_certificates, tls_files
@@ -69,6 +70,10 @@ async def test_health_port_is_plaintext_and_serves_health_alone(stack: Stack, se
         answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
         assert await refused(channel) == grpc.StatusCode.UNIMPLEMENTED
+        # No reflection either: the unauthenticated port tells nothing about the API (the API port,
+        # behind mutual TLS, has it).
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
+        assert await reflection.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_too_long_fields_bad_times_and_garbage_bytes_name_the_field(

@@ -9,9 +9,7 @@ data)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import pytest
 from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2 as pb
 
+from emr_devstack.processes import poll_until
 from emr_devstack.tokens import caller_metadata
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
 
@@ -437,18 +436,17 @@ async def open_review_task(world: World, task_id: str) -> pb.ReviewTask:
         assert token, f"review task {task_id} is not open"
 
 
-async def access_report_with_search(world: World, within_seconds: float = 30.0) -> list[Any]:
+async def access_report_with_search(world: World) -> list[Any]:
     """The victim's accesses of subtype SEARCH in their access report, read by an auditor, once the
-    search's audit event has arrived (audit events are appended as the call ends)."""
+    search's audit event has arrived."""
     auditor = caller_metadata("auditor-takeover", "", role="auditor")
-    deadline = time.monotonic() + within_seconds
-    while True:
+
+    async def searches() -> list[Any] | None:
         report = await world.audit.GetPatientAccessReport(
             audit_pb2.GetPatientAccessReportRequest(patient_id=world.patient_id, page_size=500),
             metadata=auditor,
         )
-        searches = [a for a in report.accesses if a.subtype == audit_pb2.AUDIT_EVENT_SUBTYPE_SEARCH]
-        if searches:
-            return searches
-        assert time.monotonic() < deadline, "the search never reached the patient's access report"
-        await asyncio.sleep(0.1)
+        found = [a for a in report.accesses if a.subtype == audit_pb2.AUDIT_EVENT_SUBTYPE_SEARCH]
+        return found or None
+
+    return await poll_until(searches)

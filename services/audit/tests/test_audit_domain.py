@@ -15,6 +15,7 @@ from emr_audit.domain import (
     EventType,
     Outcome,
     Subtype,
+    event_fields,
     validate_events,
 )
 from emr_runtime.errors import InvalidArgumentError
@@ -130,6 +131,9 @@ def test_received_stamps_recorded_at_and_derives_type_without_changing_the_rest(
         (Action.UPDATE, Subtype.MERGE, Subtype.MERGE, EventType.REST),
         (Action.EXECUTE, Subtype.LOGIN, Subtype.LOGIN, EventType.USER_AUTHENTICATION),
         (Action.EXECUTE, Subtype.BREAK_GLASS, Subtype.BREAK_GLASS, EventType.EMERGENCY_OVERRIDE),
+        (Action.CREATE, Subtype.SHARING_GRANT, Subtype.SHARING_GRANT, EventType.REST),
+        (Action.UPDATE, Subtype.SHARING_REVOCATION, Subtype.SHARING_REVOCATION, EventType.REST),
+        (Action.CREATE, Subtype.REFERRAL, Subtype.REFERRAL, EventType.REST),
         (Action.EXECUTE, None, None, None),
     ],
 )
@@ -162,3 +166,13 @@ def test_oversized_batch_still_reports_bad_events() -> None:
     events = [event(i) for i in range(MAX_EVENTS_PER_APPEND + 1)]
     events[7] = event(7, action=None)
     assert fields_of(events) == ["events", "events[7].action"]
+
+
+def test_the_emergency_access_id_is_hashed_only_when_set() -> None:
+    """Events stored before the field existed keep the hash they were chained with; an event that
+    carries it cannot lose it unnoticed."""
+    plain = event(1)
+    assert "emergency_access_id" not in event_fields(plain)
+    covered = replace(plain, emergency_access_id="e-1", break_glass_reason="EMERGENCY_REASON_URGENT_CARE")
+    assert event_fields(covered)["emergency_access_id"] == "e-1"
+    assert event_fields(covered) != event_fields(replace(covered, emergency_access_id=""))

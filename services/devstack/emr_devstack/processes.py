@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 _handed_out: set[int] = set()
+T = TypeVar("T")
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -125,6 +127,17 @@ def wait_until(
             return
         time.sleep(interval)
     raise StartupError(f"{process.name} not {what} after {timeout:.0f}s:\n{process.log_tail()}")
+
+
+async def poll_until(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 30.0) -> T:
+    """Polls ``probe`` until it returns a value: asynchronous work has a deadline, not a delay."""
+    deadline = time.monotonic() + within_seconds
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.1)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from emr_fhir.resources import everything_bundle, operation_outcome, patient_resource, searchset_bundle
 from emr_gateway import search
+from emr_gateway.headers import HeaderError, checked_header
 from emr_gateway.settings import GatewaySettings
 from emr_runtime.auth import AUTHORIZATION_KEY
 from emr_runtime.caller import purpose_metadata
@@ -75,7 +76,10 @@ def caller(
 ) -> list[tuple[str, str]]:
     """The HTTP caller's bearer token and purpose as gRPC metadata: the gateway has no identity of
     its own; every service verifies and authorizes the caller itself (an emergency access is
-    declared with identity's DeclareEmergencyAccess, not per request)."""
+    declared with identity's DeclareEmergencyAccess, not per request). Each is checked first
+    (emr_gateway.headers): a value gRPC cannot carry is HTTP 400."""
+    authorization = checked_header("Authorization", authorization)
+    x_purpose_of_use = checked_header("X-Purpose-Of-Use", x_purpose_of_use)
     metadata = purpose_metadata(x_purpose_of_use)
     if authorization:
         metadata.append((AUTHORIZATION_KEY, authorization))
@@ -120,6 +124,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.exception_handler(search.SearchParameterError)
     async def search_parameter_error(request: Request, error: search.SearchParameterError) -> JSONResponse:
+        return fhir_response(operation_outcome("invalid", str(error)), 400)
+
+    @app.exception_handler(HeaderError)
+    async def header_error(request: Request, error: HeaderError) -> JSONResponse:
         return fhir_response(operation_outcome("invalid", str(error)), 400)
 
     @app.exception_handler(RequestValidationError)

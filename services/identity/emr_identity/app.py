@@ -10,6 +10,8 @@ from emr_identity.repository import INDEXES, PatientChangeRepository, PersonRepo
 from emr_identity.service import IdentityService
 from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
 from emr_identity.settings import IdentitySettings
+from emr_identity.sharing_repository import SharingRepository
+from emr_identity.sharing_service import SharingService
 from emr_runtime.audit import AUDIT_SERVICE, SPOOL_INDEXES, AuditRecorder
 from emr_runtime.auth import AuthSettings, ServiceToken
 from emr_runtime.channels import create_channel
@@ -29,7 +31,12 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
     service = IdentityService(
         persons, PatientChangeRepository(db), timedelta(seconds=settings.change_settle_seconds)
     )
-    servicer = PatientIdentityServicer(service)
+    sharing_repository = SharingRepository(db, crypt)
+    await sharing_repository.create_collections()
+    sharing = SharingService(
+        service, persons, sharing_repository, timedelta(hours=settings.emergency_access_hours)
+    )
+    servicer = PatientIdentityServicer(service, sharing)
     return ServiceApp(
         bindings=[
             ServiceBinding(
@@ -41,5 +48,5 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
         audit_rules=AUDIT_RULES,
         background=[recorder.replay_forever, service.watch_review_queue],
         on_stop=[audit_channel.close],
-        visibility=service,
+        visibility=sharing,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from emr.identity.v1 import identity_pb2
+from google.protobuf.message import Message
 
 from emr_identity.domain import (
     EventKind,
@@ -24,9 +26,25 @@ from emr_identity.domain import identifier_key as key_of_identifier
 from emr_identity.linkage import Resolution, ReviewKind, ReviewTask
 from emr_identity.matching import Candidate, Decision
 from emr_identity.service import RegistrationResult, SearchQuery, UpdateResult
+from emr_identity.sharing import (
+    ConsentEvidence,
+    EmergencyAccess,
+    EmergencyInput,
+    EmergencyReason,
+    GrantInput,
+    GrantKind,
+    Purpose,
+    ReferralInput,
+    ReviewInput,
+    ReviewOutcome,
+    RevocationInput,
+    SharingGrant,
+)
 from emr_identity.vietnamese import bhyt_social_insurance_code
+from emr_runtime.clock import to_storage_precision
 from emr_runtime.errors import FieldViolation, InvalidArgumentError
 from emr_runtime.idempotency import fingerprint
+from emr_runtime.visibility import Visibility
 
 _SYSTEMS = {
     identity_pb2.IDENTIFIER_SYSTEM_CCCD: IdentifierSystem.CCCD,
@@ -262,3 +280,163 @@ def patient_change_message(change: PatientChange, person: Person | None) -> iden
         if person.status is PersonStatus.MERGED:
             message.merged_into_patient_id = person.merged_into
     return message
+
+
+# --- sharing grants, referrals, emergency access ------------------------------------------------
+
+_GRANT_KINDS = {
+    GrantKind.CONSENT: identity_pb2.SHARING_GRANT_KIND_CONSENT,
+    GrantKind.REFERRAL: identity_pb2.SHARING_GRANT_KIND_REFERRAL,
+}
+_PURPOSES = {
+    identity_pb2.SHARING_PURPOSE_TREATMENT: Purpose.TREATMENT,
+    identity_pb2.SHARING_PURPOSE_PAYMENT: Purpose.PAYMENT,
+}
+_PURPOSES_TO_PROTO = {value: key for key, value in _PURPOSES.items()}
+_EVIDENCE = {
+    identity_pb2.CONSENT_EVIDENCE_SIGNED_FORM: ConsentEvidence.SIGNED_FORM,
+    identity_pb2.CONSENT_EVIDENCE_VNEID_CONFIRMATION: ConsentEvidence.VNEID_CONFIRMATION,
+    identity_pb2.CONSENT_EVIDENCE_VERBAL_WITH_WITNESS: ConsentEvidence.VERBAL_WITH_WITNESS,
+}
+_EVIDENCE_TO_PROTO = {value: key for key, value in _EVIDENCE.items()}
+_REASONS = {
+    identity_pb2.EMERGENCY_REASON_LIFE_THREATENING: EmergencyReason.LIFE_THREATENING,
+    identity_pb2.EMERGENCY_REASON_UNABLE_TO_CONSENT: EmergencyReason.UNABLE_TO_CONSENT,
+    identity_pb2.EMERGENCY_REASON_URGENT_CARE: EmergencyReason.URGENT_CARE,
+    identity_pb2.EMERGENCY_REASON_PUBLIC_HEALTH: EmergencyReason.PUBLIC_HEALTH,
+}
+_REASONS_TO_PROTO = {value: key for key, value in _REASONS.items()}
+_REVIEW_OUTCOMES = {
+    identity_pb2.EMERGENCY_REVIEW_OUTCOME_JUSTIFIED: ReviewOutcome.JUSTIFIED,
+    identity_pb2.EMERGENCY_REVIEW_OUTCOME_UNJUSTIFIED: ReviewOutcome.UNJUSTIFIED,
+}
+_REVIEW_OUTCOMES_TO_PROTO = {value: key for key, value in _REVIEW_OUTCOMES.items()}
+
+
+def _request_fingerprint(request: Message) -> str:
+    return fingerprint(request.SerializeToString(deterministic=True))
+
+
+def _time(message: Message, field: str) -> datetime | None:
+    """A timestamp field; None when unset; INVALID_ARGUMENT naming it when out of range."""
+    if not message.HasField(field):
+        return None
+    try:
+        return to_storage_precision(getattr(message, field).ToDatetime(tzinfo=UTC))
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError([FieldViolation(field, "not a valid point in time")]) from None
+
+
+def grant_input(request: identity_pb2.RecordSharingGrantRequest) -> GrantInput:
+    return GrantInput(
+        request_id=request.request_id,
+        patient_id=request.patient_id,
+        facility_code=request.facility_code,
+        grantee_facility_code=request.grantee_facility_code,
+        purpose=_PURPOSES.get(request.purpose),
+        evidence=_EVIDENCE.get(request.evidence),
+        evidence_reference=request.evidence_reference,
+        end=_time(request, "end_time"),
+        fingerprint=_request_fingerprint(request),
+    )
+
+
+def revocation_input(request: identity_pb2.RevokeSharingGrantRequest) -> RevocationInput:
+    return RevocationInput(
+        request_id=request.request_id,
+        grant_id=request.sharing_grant_id,
+        facility_code=request.facility_code,
+        fingerprint=_request_fingerprint(request),
+    )
+
+
+def referral_input(request: identity_pb2.RecordReferralRequest) -> ReferralInput:
+    return ReferralInput(
+        request_id=request.request_id,
+        patient_id=request.patient_id,
+        facility_code=request.facility_code,
+        receiving_facility_code=request.receiving_facility_code,
+        end=_time(request, "end_time"),
+        fingerprint=_request_fingerprint(request),
+    )
+
+
+def emergency_input(request: identity_pb2.DeclareEmergencyAccessRequest) -> EmergencyInput:
+    return EmergencyInput(
+        request_id=request.request_id,
+        patient_id=request.patient_id,
+        facility_code=request.facility_code,
+        reason=_REASONS.get(request.reason),
+        justification=request.justification,
+        fingerprint=_request_fingerprint(request),
+    )
+
+
+def review_input(request: identity_pb2.ReviewEmergencyAccessRequest) -> ReviewInput:
+    return ReviewInput(
+        request_id=request.request_id,
+        emergency_access_id=request.emergency_access_id,
+        outcome=_REVIEW_OUTCOMES.get(request.outcome),
+        note=request.note,
+        fingerprint=_request_fingerprint(request),
+    )
+
+
+def sharing_grant_message(grant: SharingGrant) -> identity_pb2.SharingGrant:
+    terms = grant.terms
+    message = identity_pb2.SharingGrant(
+        sharing_grant_id=terms.grant_id,
+        patient_id=terms.patient_id,
+        kind=_GRANT_KINDS[terms.kind],
+        grantee_facility_code=terms.grantee_facility_code,
+        source_facility_code=terms.source_facility_code,
+        purpose=_PURPOSES_TO_PROTO[terms.purpose],
+        evidence=_EVIDENCE_TO_PROTO[grant.evidence]
+        if grant.evidence
+        else identity_pb2.CONSENT_EVIDENCE_UNSPECIFIED,
+        evidence_reference=grant.evidence_reference,
+        recorded_by_facility_code=grant.recorded_by_facility_code,
+        recorded_by=grant.recorded_by,
+    )
+    message.start_time.FromDatetime(terms.start)
+    message.end_time.FromDatetime(terms.end)
+    if grant.revocation is not None:
+        message.revoke_time.FromDatetime(grant.revocation.revoked_at)
+        message.revoked_by = grant.revocation.revoked_by
+    return message
+
+
+def emergency_access_message(
+    emergency: EmergencyAccess, with_justification: bool = False
+) -> identity_pb2.EmergencyAccess:
+    """A declaration; its justification only for the reviewers (``with_justification``)."""
+    terms = emergency.terms
+    message = identity_pb2.EmergencyAccess(
+        emergency_access_id=terms.emergency_access_id,
+        patient_id=terms.patient_id,
+        facility_code=terms.facility_code,
+        declared_by=emergency.declared_by,
+        reason=_REASONS_TO_PROTO[terms.reason],
+        justification=emergency.justification if with_justification else "",
+    )
+    message.start_time.FromDatetime(terms.start)
+    message.end_time.FromDatetime(terms.end)
+    if emergency.review is not None:
+        message.review_outcome = _REVIEW_OUTCOMES_TO_PROTO[emergency.review.outcome]
+        message.review_note = emergency.review.note
+        message.reviewed_by = emergency.review.reviewed_by
+        message.review_time.FromDatetime(emergency.review.reviewed_at)
+    return message
+
+
+def check_access_response(visibility: Visibility) -> identity_pb2.CheckAccessResponse:
+    return identity_pb2.CheckAccessResponse(
+        exists=visibility.exists,
+        registered=visibility.registered,
+        all_facilities=visibility.all_facilities,
+        visible_facility_codes=sorted(visibility.facilities),
+        sharing_grant_ids=visibility.sharing_grant_ids,
+        emergency_access_id=visibility.emergency_access_id,
+        emergency_reason=visibility.emergency_reason,
+        resolved_patient_id=visibility.resolved_patient_id,
+    )

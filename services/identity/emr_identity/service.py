@@ -698,9 +698,13 @@ class IdentityService:
         return PersonView(person, merged_from, record_ids)
 
     async def get(self, patient_id: str) -> PersonView:
-        """The person as the caller may see it: the best-known demographics when the caller sees
-        every facility's data of the person (a consent grant, an emergency access, a platform role);
-        otherwise its own facility's record of the person."""
+        """The person as stored (the access model's own read: no visibility applied)."""
+        return await self._view(patient_id, "patient_id")
+
+    async def read(self, patient_id: str) -> PersonView:
+        """The person as the caller may see it (GetPatient): the best-known demographics when the
+        caller sees every facility's data of the person (a consent grant, an emergency access, a
+        platform role); otherwise its own facility's record of the person."""
         view = await self._view(patient_id, "patient_id")
         visibility = await current_access().visibility(patient_id)
         if visibility.shares_demographics:
@@ -721,13 +725,6 @@ class IdentityService:
             view.merged_from,
             tuple(r.record_id for r in visible),
         )
-
-    async def visibility(
-        self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
-    ) -> Visibility:
-        """The access model's answer, as identity knows it: the facility's own registration."""
-        registered = await self.registered_at(patient_id, facility_code)
-        return Visibility(facility_code, registered=registered)
 
     async def registered_at(self, patient_id: str, facility_code: str) -> bool:
         """Whether the facility registered the person (or a person merged into it)."""

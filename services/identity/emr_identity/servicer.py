@@ -10,6 +10,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from emr_identity import converters
 from emr_identity.service import IdentityService
+from emr_identity.sharing_service import SharingService
 from emr_runtime.caller import caller_from_metadata
 from emr_runtime.interceptors import AuditRule
 
@@ -22,8 +23,9 @@ def _actor(context: Context) -> str:
 
 
 class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
-    def __init__(self, service: IdentityService) -> None:
+    def __init__(self, service: IdentityService, sharing: SharingService) -> None:
         self._service = service
+        self._sharing = sharing
 
     async def RegisterPatient(
         self, request: identity_pb2.RegisterPatientRequest, context: Context
@@ -34,7 +36,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def GetPatient(
         self, request: identity_pb2.GetPatientRequest, context: Context
     ) -> identity_pb2.GetPatientResponse:
-        view = await self._service.get(request.patient_id)
+        view = await self._service.read(request.patient_id)
         return identity_pb2.GetPatientResponse(
             patient=converters.patient_message(view.person),
             merged_from_patient_id=view.merged_from,
@@ -133,6 +135,71 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
             next_after_sequence=next_after,
         )
 
+    # --- sharing grants, referrals, emergency access ---------------------------------------------
+
+    async def RecordSharingGrant(
+        self, request: identity_pb2.RecordSharingGrantRequest, context: Context
+    ) -> identity_pb2.RecordSharingGrantResponse:
+        grant = await self._sharing.record_grant(converters.grant_input(request), _actor(context))
+        return identity_pb2.RecordSharingGrantResponse(sharing_grant=converters.sharing_grant_message(grant))
+
+    async def RevokeSharingGrant(
+        self, request: identity_pb2.RevokeSharingGrantRequest, context: Context
+    ) -> identity_pb2.RevokeSharingGrantResponse:
+        grant = await self._sharing.revoke_grant(converters.revocation_input(request), _actor(context))
+        return identity_pb2.RevokeSharingGrantResponse(sharing_grant=converters.sharing_grant_message(grant))
+
+    async def ListSharingGrants(
+        self, request: identity_pb2.ListSharingGrantsRequest, context: Context
+    ) -> identity_pb2.ListSharingGrantsResponse:
+        grants = await self._sharing.list_grants(request.patient_id)
+        return identity_pb2.ListSharingGrantsResponse(
+            sharing_grants=[converters.sharing_grant_message(g) for g in grants]
+        )
+
+    async def RecordReferral(
+        self, request: identity_pb2.RecordReferralRequest, context: Context
+    ) -> identity_pb2.RecordReferralResponse:
+        grant = await self._sharing.record_referral(converters.referral_input(request), _actor(context))
+        return identity_pb2.RecordReferralResponse(sharing_grant=converters.sharing_grant_message(grant))
+
+    async def DeclareEmergencyAccess(
+        self, request: identity_pb2.DeclareEmergencyAccessRequest, context: Context
+    ) -> identity_pb2.DeclareEmergencyAccessResponse:
+        declared = await self._sharing.declare_emergency(converters.emergency_input(request), _actor(context))
+        return identity_pb2.DeclareEmergencyAccessResponse(
+            emergency_access=converters.emergency_access_message(declared)
+        )
+
+    async def ListEmergencyAccesses(
+        self, request: identity_pb2.ListEmergencyAccessesRequest, context: Context
+    ) -> identity_pb2.ListEmergencyAccessesResponse:
+        declared, token = await self._sharing.list_emergencies(
+            request.unreviewed_only, request.page_size, request.page_token
+        )
+        return identity_pb2.ListEmergencyAccessesResponse(
+            emergency_accesses=[
+                converters.emergency_access_message(e, with_justification=True) for e in declared
+            ],
+            next_page_token=token,
+        )
+
+    async def ReviewEmergencyAccess(
+        self, request: identity_pb2.ReviewEmergencyAccessRequest, context: Context
+    ) -> identity_pb2.ReviewEmergencyAccessResponse:
+        reviewed = await self._sharing.review_emergency(converters.review_input(request), _actor(context))
+        return identity_pb2.ReviewEmergencyAccessResponse(
+            emergency_access=converters.emergency_access_message(reviewed, with_justification=True)
+        )
+
+    async def CheckAccess(
+        self, request: identity_pb2.CheckAccessRequest, context: Context
+    ) -> identity_pb2.CheckAccessResponse:
+        visibility = await self._sharing.check_access(
+            request.patient_id, request.facility_code, request.purpose_of_use, request.export
+        )
+        return converters.check_access_response(visibility)
+
 
 def _registered_patient_id(request: Any, response: Any) -> str:
     return str(response.patient.patient_id) if response is not None else ""
@@ -194,3 +261,93 @@ AUDIT_RULES = {
         audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody, patient_ids=_candidate_patient_ids
     ),
 }
+
+# Sharing grants, referrals and emergency accesses: in the patient's access report with their own
+# subtypes and the grant (declaration) id. CheckAccess is the platform asking, not an access to data.
+
+
+def _granted_patient_id(request: Any, response: Any) -> str:
+    return str(response.sharing_grant.patient_id) if response is not None else str(request.patient_id)
+
+
+def _revoked_patient_id(request: Any, response: Any) -> str:
+    return str(response.sharing_grant.patient_id) if response is not None else ""
+
+
+def _grant_id(request: Any, response: Any) -> str:
+    return str(response.sharing_grant.sharing_grant_id) if response is not None else ""
+
+
+def _requested_grant_id(request: Any, response: Any) -> str:
+    return str(request.sharing_grant_id)
+
+
+def _declared_patient_id(request: Any, response: Any) -> str:
+    return str(response.emergency_access.patient_id) if response is not None else str(request.patient_id)
+
+
+def _reviewed_patient_id(request: Any, response: Any) -> str:
+    return str(response.emergency_access.patient_id) if response is not None else ""
+
+
+def _emergency_access_id(request: Any, response: Any) -> str:
+    return str(response.emergency_access.emergency_access_id) if response is not None else ""
+
+
+def _requested_emergency_access_id(request: Any, response: Any) -> str:
+    return str(request.emergency_access_id)
+
+
+def _listed_patient_ids(request: Any, response: Any) -> list[str]:
+    return list(dict.fromkeys(str(e.patient_id) for e in response.emergency_accesses))
+
+
+AUDIT_RULES.update(
+    {
+        f"/{SERVICE_NAME}/RecordSharingGrant": AuditRule(
+            audit_pb2.AUDIT_ACTION_CREATE,
+            "Consent",
+            _granted_patient_id,
+            _grant_id,
+            subtype=audit_pb2.AUDIT_EVENT_SUBTYPE_SHARING_GRANT,
+        ),
+        f"/{SERVICE_NAME}/RevokeSharingGrant": AuditRule(
+            audit_pb2.AUDIT_ACTION_UPDATE,
+            "Consent",
+            _revoked_patient_id,
+            _requested_grant_id,
+            subtype=audit_pb2.AUDIT_EVENT_SUBTYPE_SHARING_REVOCATION,
+        ),
+        f"/{SERVICE_NAME}/ListSharingGrants": AuditRule(
+            audit_pb2.AUDIT_ACTION_READ, "Consent", _requested_patient_id
+        ),
+        f"/{SERVICE_NAME}/RecordReferral": AuditRule(
+            audit_pb2.AUDIT_ACTION_CREATE,
+            "Consent",
+            _granted_patient_id,
+            _grant_id,
+            subtype=audit_pb2.AUDIT_EVENT_SUBTYPE_REFERRAL,
+        ),
+        f"/{SERVICE_NAME}/DeclareEmergencyAccess": AuditRule(
+            audit_pb2.AUDIT_ACTION_EXECUTE,
+            "EmergencyAccess",
+            _declared_patient_id,
+            _emergency_access_id,
+            subtype=audit_pb2.AUDIT_EVENT_SUBTYPE_BREAK_GLASS,
+        ),
+        # The reviewers read the justifications: every listed patient's report says so.
+        f"/{SERVICE_NAME}/ListEmergencyAccesses": AuditRule(
+            audit_pb2.AUDIT_ACTION_SEARCH,
+            "EmergencyAccess",
+            _nobody,
+            _nobody,
+            patient_ids=_listed_patient_ids,
+        ),
+        f"/{SERVICE_NAME}/ReviewEmergencyAccess": AuditRule(
+            audit_pb2.AUDIT_ACTION_UPDATE,
+            "EmergencyAccess",
+            _reviewed_patient_id,
+            _requested_emergency_access_id,
+        ),
+    }
+)

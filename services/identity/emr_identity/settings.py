@@ -19,3 +19,6 @@ class IdentitySettings(ServiceSettings, FieldEncryptionSettings):
     change_settle_seconds: float = Field(
         5.0, gt=0, description="How long a hole in the patient change feed may stay open before it is skipped"
     )
+    emergency_access_hours: float = Field(
+        4.0, gt=0, le=24, description="How long a declared emergency access (break the glass) lasts"
+    )

@@ -1,8 +1,9 @@
-"""The access interceptor: authenticates every call (bearer JWT), applies the policy table
-(emr_runtime.policy) and gives the call its ``CallAccess`` (emr_runtime.visibility): what the caller's
-facility may see of a patient. When the request names the patient, the facility's relationship with
-them is checked before the service runs; a by-id read, which learns the patient from what it reads,
-must check it in the service, and the interceptor refuses to answer one that did not.
+"""The access interceptor: authorizes the caller that the authentication interceptor
+(emr_runtime.authn) verified: applies the policy table (emr_runtime.policy) and gives the call its
+``CallAccess`` (emr_runtime.visibility): what the caller's facility may see of a patient. When the
+request names the patient, the facility's relationship with them is checked before the service runs;
+a by-id read, which learns the patient from what it reads, must check it in the service, and the
+interceptor refuses to answer one that did not.
 
 It runs inside the audit interceptor, so a denial of an audited method is recorded by that one
 (outcome client failure, with the verified caller); denials of other methods are recorded here.
@@ -20,8 +21,7 @@ from emr.audit.v1 import audit_pb2
 from prometheus_client import Counter
 
 from emr_runtime import policy
-from emr_runtime.auth import AUTHORIZATION_KEY, TokenVerifier
-from emr_runtime.caller import PURPOSE_OF_USE_KEY, metadata_value, set_verified_caller
+from emr_runtime.caller import caller_from_metadata, is_verified, set_verified_caller
 from emr_runtime.errors import PermissionDeniedError, UnauthenticatedError
 from emr_runtime.interceptors import HEALTH_SERVICE, AuditRule, AuditSink, Call, ScopedInterceptor
 from emr_runtime.visibility import CallAccess, VisibilitySource, purpose_of, set_call_access
@@ -40,12 +40,10 @@ _DENIED_CALL = AuditRule(audit_pb2.AUDIT_ACTION_EXECUTE, "", lambda request, res
 class AccessInterceptor(ScopedInterceptor):
     def __init__(
         self,
-        verifier: TokenVerifier,
         audit_rules: Mapping[str, AuditRule],
         audit_sink: AuditSink | None,
         visibility: VisibilitySource | None = None,
     ) -> None:
-        self._verifier = verifier
         self._audit_rules = dict(audit_rules)
         # Audited methods are recorded by the (outer) audit interceptor when there is one.
         self._audited_elsewhere = audit_sink is not None
@@ -58,13 +56,9 @@ class AccessInterceptor(ScopedInterceptor):
     @asynccontextmanager
     async def scope(self, call: Call) -> AsyncIterator[None]:
         metadata = call.context.invocation_metadata()
-        try:
-            caller = await self._verifier.caller(metadata_value(metadata, AUTHORIZATION_KEY))
-        except UnauthenticatedError as error:
-            log.info("unauthenticated call", extra={"grpc_method": call.full_method, "reason": error.message})
-            raise
-        caller = replace(caller, purpose_of_use=metadata_value(metadata, PURPOSE_OF_USE_KEY)[:32])
-        set_verified_caller(caller)
+        if not is_verified():  # fail closed if ever wired without the authentication interceptor
+            raise UnauthenticatedError("missing 'authorization: Bearer <JWT>' metadata", "missing")
+        caller = caller_from_metadata(metadata)
         decision = policy.decide(call.full_method, caller, call.request)
         if not decision.allowed:
             await self._deny(call, decision.reason)

@@ -246,13 +246,13 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
-            raise UnauthenticatedError("the bearer token is not a well-formed JWT") from None
+            raise UnauthenticatedError("the bearer token is not a well-formed JWT", "malformed") from None
         if header.get("alg") not in ALGORITHMS:
-            raise UnauthenticatedError("the token's alg must be RS256 or ES256")
+            raise UnauthenticatedError("the token's alg must be RS256 or ES256", "malformed")
         key_id = str(header.get("kid", ""))
         key = await self._keys.key(key_id)
         if key is None:
-            raise UnauthenticatedError("the token's kid names no key of the configured JWKS")
+            raise UnauthenticatedError("the token's kid names no key of the configured JWKS", "unknown_key")
         try:
             claims = jwt.decode(
                 token,
@@ -263,21 +263,27 @@ class TokenVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthenticatedError("the token has expired") from None
+            raise UnauthenticatedError("the token has expired", "expired") from None
         except jwt.ImmatureSignatureError:
-            raise UnauthenticatedError("the token is not valid yet (nbf/iat in the future)") from None
+            raise UnauthenticatedError(
+                "the token is not valid yet (nbf/iat in the future)", "not_yet_valid"
+            ) from None
         except jwt.InvalidAudienceError:
-            raise UnauthenticatedError(f"the token's aud must include {self._audience!r}") from None
+            raise UnauthenticatedError(
+                f"the token's aud must include {self._audience!r}", "wrong_audience"
+            ) from None
         except jwt.MissingRequiredClaimError as error:
             raise UnauthenticatedError(f"the token lacks the {error.claim!r} claim") from None
         except jwt.InvalidSignatureError:
-            raise UnauthenticatedError("the token's signature does not verify") from None
+            raise UnauthenticatedError("the token's signature does not verify", "bad_signature") from None
         except jwt.InvalidTokenError:
             raise UnauthenticatedError("the token is invalid") from None
         if claims.get("iss") not in self._issuers:
-            raise UnauthenticatedError("the token's iss is not a trusted issuer")
+            raise UnauthenticatedError("the token's iss is not a trusted issuer", "untrusted_issuer")
         if claims["iss"] == self._service_issuer and self._keys.from_provider(key_id):
-            raise UnauthenticatedError("service tokens must be signed by a platform service key")
+            raise UnauthenticatedError(
+                "service tokens must be signed by a platform service key", "untrusted_issuer"
+            )
         return self._caller(claims), float(claims["exp"])
 
     def _caller(self, claims: Mapping[str, Any]) -> Caller:
@@ -302,10 +308,10 @@ class TokenVerifier:
 
 def _bearer(authorization: str | None) -> str:
     if not authorization:
-        raise UnauthenticatedError("missing 'authorization: Bearer <JWT>' metadata")
+        raise UnauthenticatedError("missing 'authorization: Bearer <JWT>' metadata", "missing")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthenticatedError("the authorization metadata must be 'Bearer <JWT>'")
+        raise UnauthenticatedError("the authorization metadata must be 'Bearer <JWT>'", "missing")
     return token.strip()
 
 

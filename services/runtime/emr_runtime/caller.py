@@ -1,6 +1,7 @@
-"""Who is calling. The access interceptor (emr_runtime.access) verifies the bearer token and keeps
-the verified caller for the duration of the call; every consumer reads it through
-``caller_from_metadata`` only. The purpose of use stays a header the caller declares."""
+"""Who is calling. The authentication interceptor (emr_runtime.authn) verifies the bearer token and
+keeps the verified caller for the duration of the call (the access interceptor adds the role it
+was allowed under); every consumer reads it through ``caller_from_metadata`` only. The purpose of
+use stays a header the caller declares."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ _verified_caller: ContextVar[Caller] = ContextVar("emr_verified_caller", default
 
 def set_verified_caller(caller: Caller) -> None:
     _verified_caller.set(caller)
+
+
+def is_verified() -> bool:
+    """Whether the current call's caller was verified (authentication on and passed)."""
+    return _verified_caller.get() is not ANONYMOUS
 
 
 def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:

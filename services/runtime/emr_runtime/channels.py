@@ -1,12 +1,20 @@
 """Outgoing gRPC channels: every call gets a deadline, trace context and client metrics; calls
 that end in UNAVAILABLE are retried with backoff. Every platform RPC is safe to retry: reads are,
-and every mutating RPC is idempotent by request_id."""
+and every mutating RPC is idempotent by request_id.
+
+Outgoing metadata is checked before the call starts (``metadata_problem``): grpc.aio never ends a
+call whose metadata its core refuses (a non-ASCII value, say): the call would wait for its status
+forever, and hold its memory. Such a call fails at once with INTERNAL naming the key; and no call
+waits for its status longer than its deadline and ``STATUS_GRACE_SECONDS``, whatever else goes wrong.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -18,6 +26,11 @@ from emr_runtime.telemetry import inject_context
 from emr_runtime.tls import TlsSettings
 
 DEFAULT_DEADLINE_SECONDS = 5.0
+# A call has its status by its deadline (gRPC ends it then); past this much more, it never will.
+STATUS_GRACE_SECONDS = 1.0
+# What gRPC accepts (src/core/lib/surface/validate_metadata.cc): keys of lowercase letters, digits
+# and -_. ; values of keys not ending in -bin printable ASCII (space to tilde).
+_LEGAL_KEY = re.compile(r"[0-9a-z_.-]+")
 _tracer = trace.get_tracer("emr_runtime.client")
 
 
@@ -38,6 +51,24 @@ def _retry_service_config(service_full_name: str) -> str:
             ]
         }
     )
+
+
+def metadata_problem(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """What gRPC would refuse in outgoing ``metadata`` (naming the key, never the value), or None."""
+    for key, value in metadata:
+        if not _LEGAL_KEY.fullmatch(key):
+            return "a metadata key is not lowercase letters, digits, '-', '_' or '.'"
+        if key.endswith("-bin"):
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if not (text.isascii() and text.isprintable()):
+            return f"the value of metadata {key!r} is not printable ASCII"
+    return None
+
+
+def _local_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """An error of a call that the server never answered, as gRPC reports its own."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -66,19 +97,32 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             # The service's own identity, unless the call forwards its caller's token.
             if self._token is not None and not outgoing.get_all(AUTHORIZATION_KEY):
                 outgoing.add(AUTHORIZATION_KEY, self._token.authorization())
+            timeout = (
+                client_call_details.timeout
+                if client_call_details.timeout is not None
+                else self._default_deadline
+            )
             details = grpc.aio.ClientCallDetails(
                 method=client_call_details.method,
-                timeout=client_call_details.timeout
-                if client_call_details.timeout is not None
-                else self._default_deadline,
+                timeout=timeout,
                 metadata=outgoing,
                 credentials=client_call_details.credentials,
                 wait_for_ready=client_call_details.wait_for_ready,
             )
             metrics.CLIENT_STARTED.labels(*labels).inc()
             started = time.perf_counter()
+            problem = metadata_problem(outgoing)
+            if problem is not None:
+                metrics.CLIENT_HANDLED.labels(*labels, metrics.code_label(grpc.StatusCode.INTERNAL)).inc()
+                raise _local_error(grpc.StatusCode.INTERNAL, f"not sent: {problem}")
             call = await continuation(details, request)
-            code = await call.code()
+            try:
+                code = await asyncio.wait_for(call.code(), timeout + STATUS_GRACE_SECONDS)
+            except TimeoutError:
+                call.cancel()
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                metrics.CLIENT_HANDLED.labels(*labels, metrics.code_label(code)).inc()
+                raise _local_error(code, "the call got no status by its deadline; cancelled") from None
             metrics.CLIENT_HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - started)
             metrics.CLIENT_HANDLED.labels(*labels, metrics.code_label(code)).inc()
             return call

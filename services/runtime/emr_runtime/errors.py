@@ -104,8 +104,29 @@ class Violations:
             raise InvalidArgumentError(self._items)
 
 
+# Why a token was refused, as counted (emr_unauthenticated_calls_total{reason}) and logged.
+UNAUTHENTICATED_REASONS = frozenset(
+    {
+        "missing",  # no authorization metadata, or not "Bearer <token>"
+        "malformed",  # not a JWT, or an algorithm other than RS256/ES256
+        "unknown_key",  # kid names no key of the JWKS (e.g. signed by a stranger's key)
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "untrusted_issuer",  # also service tokens signed by the identity provider's keys
+        "invalid",  # anything else (missing or ill-typed claims)
+    }
+)
+
+
 class UnauthenticatedError(DomainError):
-    """No valid bearer token (UNAUTHENTICATED); the message says what is wrong with the token."""
+    """No valid bearer token (UNAUTHENTICATED); the message says what is wrong with the token, the
+    ``reason`` says it as one of ``UNAUTHENTICATED_REASONS`` (a metric label: a small fixed set)."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in UNAUTHENTICATED_REASONS else "invalid"
 
 
 class PermissionDeniedError(DomainError):

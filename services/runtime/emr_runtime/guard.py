@@ -8,9 +8,11 @@
 - a call whose client sent no deadline gets the default one (a longer one for server streams, whose
   clients resume from their cursor), so that no call runs forever.
 
-``RateLimitInterceptor``: a client application over its request rate gets RESOURCE_EXHAUSTED (token
-bucket per client application, per replica; see ``client_key``). It sits inside the access
-interceptor, so the application is the verified token's, never a claim a caller merely asserts.
+Two rate limits answer RESOURCE_EXHAUSTED (token buckets per replica, ``TokenBuckets``):
+- ``PeerRateLimitInterceptor``, per peer address, in front of authentication: a stranger's flood is
+  refused before its token is parsed (``peer_address``; platform components are exempt);
+- ``RateLimitInterceptor``, per client application, after authentication, so the application is
+  the verified token's, never a claim a caller merely asserts (see ``client_key``).
 
 Health checks pass untouched: probes must never be rate limited.
 """
@@ -18,7 +20,10 @@ Health checks pass untouched: probes must never be rate limited.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import random
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,10 +33,12 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import Counter
 
 from emr_runtime.caller import caller_from_metadata
-from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError
+from emr_runtime.errors import FieldViolation, InvalidArgumentError, RateLimitedError, UnauthenticatedError
 from emr_runtime.interceptors import HEALTH_SERVICE, Call, ScopedInterceptor
+from emr_runtime.tls import client_certificate_name, from_platform_component
 
 DEFAULT_STRING_LIMIT = 2048
 # Per-field limits, by field name: the first rule whose name ends the field's name applies.
@@ -48,6 +55,27 @@ TIMESTAMP = "google.protobuf.Timestamp"
 # a datetime fails.
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
+# An IPv6 peer is limited by its /64: one host or home network commonly holds a whole /64, so a
+# single address would let it rotate through 2**64 buckets.
+IPV6_PEER_PREFIX = 64
+UNKNOWN_PEER = "unknown"
+# A call refused UNAUTHENTICATED costs its address this many calls of its per-peer budget: an
+# address whose calls carry valid tokens may make the whole budget, a stranger's failures a
+# twentieth of it (with the defaults, 50 a second).
+UNAUTHENTICATED_PEER_COST = 20
+# A call refused by the per-peer limit is answered after a pause of half to all of this (spread,
+# so that a flood's calls do not come back all at once; never past the call's deadline): a client
+# that calls again as soon as it is answered, as a flood does, then waits instead of keeping the
+# replica busy refusing it. At most MAX_PAUSED_REFUSALS wait at once per replica (each holds a
+# little memory); beyond them refusals are answered at once.
+PEER_REFUSAL_PAUSE_SECONDS = 1.0
+MAX_PAUSED_REFUSALS = 1000
+RATE_LIMITED_CALLS = Counter(
+    "emr_rate_limited_calls_total",
+    "Calls refused RESOURCE_EXHAUSTED by a rate limit: per peer address (limit=peer, before "
+    "authentication) or per client application (limit=client_application).",
+    ("limit",),
+)
 
 
 def string_limit(field_name: str) -> int:
@@ -161,10 +189,18 @@ class TokenBuckets:
         self._remember(key, tokens, now)
         return (1.0 - tokens) / self._rate
 
+    def charge(self, key: str, tokens: float) -> None:
+        """Takes ``tokens`` more from ``key``'s bucket, into debt down to minus the burst: later
+        calls wait until it has refilled past the debt."""
+        now = self._clock()
+        held, at = self._buckets.get(key, (self._burst, now))
+        held = min(self._burst, held + (now - at) * self._rate)
+        self._remember(key, max(held - tokens, -self._burst), now)
+
     def _remember(self, key: str, tokens: float, now: float) -> None:
         if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
-            # Forget buckets that have refilled: forgetting them changes nothing.
-            full_after = self._burst / self._rate
+            # Forget buckets that have refilled (from the deepest debt): forgetting them changes nothing.
+            full_after = 2 * self._burst / self._rate
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
         self._buckets[key] = (tokens, now)
 
@@ -229,8 +265,82 @@ class RateLimitInterceptor(_ApiInterceptor):
     async def scope(self, call: Call) -> AsyncIterator[None]:
         wait = self._buckets.take(client_key(call.context))
         if wait > 0:
+            RATE_LIMITED_CALLS.labels("client_application").inc()
             raise RateLimitedError(wait)
         yield
+
+
+class PeerRateLimitInterceptor(_ApiInterceptor):
+    """Token bucket per peer address (``peer_address``), in front of authentication, so that one
+    address's flood of calls without a valid token is refused at the cheapest point: a call refused
+    UNAUTHENTICATED costs the address ``UNAUTHENTICATED_PEER_COST`` calls, and a refusal here is
+    answered after a pause (``PEER_REFUSAL_PAUSE_SECONDS``).
+
+    Calls presenting a platform component's certificate (``emr_runtime.tls.PLATFORM_CERTIFICATE_NAMES``)
+    are exempt: the gateway forwards every hospital app's HTTP calls from one address, and services
+    call each other from a few pods (in dev and tests every process is 127.0.0.1), so limiting them
+    per address would starve the platform; they are still limited per client application after
+    authentication. Everyone else, including tools with the development client certificate, is
+    limited; the default is high enough for that (``ServiceSettings.peer_rate_limit_per_second``)."""
+
+    def __init__(self, rate_per_second: float, burst: float) -> None:
+        self._buckets = TokenBuckets(rate_per_second, burst)
+        self._paused = 0
+
+    @asynccontextmanager
+    async def scope(self, call: Call) -> AsyncIterator[None]:
+        if from_platform_component(call.context):
+            yield
+            return
+        peer = peer_address(call.context.peer())
+        wait = self._buckets.take(peer)
+        if wait > 0:
+            RATE_LIMITED_CALLS.labels("peer").inc()
+            await self._pause(call)
+            raise RateLimitedError(wait)
+        try:
+            yield
+        except UnauthenticatedError:
+            self._buckets.charge(peer, UNAUTHENTICATED_PEER_COST - 1)
+            raise
+
+    async def _pause(self, call: Call) -> None:
+        if self._paused >= MAX_PAUSED_REFUSALS:
+            return
+        pause = PEER_REFUSAL_PAUSE_SECONDS * random.uniform(0.5, 1.0)  # noqa: S311 (a spread, not a secret)
+        remaining = call.context.time_remaining()
+        if remaining is not None:
+            pause = min(pause, remaining - 0.1)  # answered before the caller's deadline
+        if pause <= 0:
+            return
+        self._paused += 1
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            self._paused -= 1
+
+
+def peer_address(peer: str) -> str:
+    """The rate-limit key of a gRPC peer string: its IP address without the port (``ipv4:10.0.0.7:5100``
+    -> ``10.0.0.7``; ``ipv6:%5B::ffff:10.0.0.7%5D:5100`` -> ``10.0.0.7``; other IPv6 addresses by
+    their /64, ``ipv6:%5B2001:db8::1%5D:5100`` -> ``2001:db8::/64``); ``unix`` for a Unix socket;
+    ``unknown`` for anything else."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return "unix"
+    if scheme not in ("ipv4", "ipv6"):
+        return UNKNOWN_PEER
+    host = urllib.parse.unquote(rest).rpartition(":")[0]  # gRPC escapes IPv6 brackets as %5B, %5D
+    host = host.removeprefix("[").removesuffix("]").partition("%")[0]  # and a zone: fe80::1%eth0
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return UNKNOWN_PEER
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PEER_PREFIX), strict=False))
+    return str(address)
 
 
 def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -240,8 +350,8 @@ def client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     application = caller_from_metadata(context.invocation_metadata()).client_application
     if application:
         return application
-    name = next(iter(context.auth_context().get("x509_common_name") or ()), b"")
-    return f"certificate:{name.decode(errors='replace')}" if name else UNIDENTIFIED_CLIENT
+    name = client_certificate_name(context)
+    return f"certificate:{name}" if name else UNIDENTIFIED_CLIENT
 
 
 def _has_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> bool:

@@ -186,3 +186,29 @@ def decide(full_method: str, caller: Caller, request: Any) -> Decision:
             return Decision(False, reason=f"{method}: a {role} writes for their own facility only")
         return Decision(True, role, facility_scoped=True)
     return Decision(True, role, needs_relationship=rule.scope is Scope.PATIENT, facility_scoped=True)
+
+
+_SCOPE_WORD = {Scope.PLATFORM: "all", Scope.OWN_FACILITY: "own", Scope.PATIENT: "patient"}
+_ROLE_COLUMNS = (REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST, AUDITOR, SYNC_SERVICE, PLATFORM_SERVICE, ADMIN)
+
+
+def markdown_table() -> str:
+    """The table as docs/access-model.md shows it (a test keeps the two equal): per RPC and role,
+    ``own``, ``patient``, ``all`` or nothing; platform roles are never facility-scoped."""
+    lines = [
+        "| RPC | " + " | ".join(_ROLE_COLUMNS) + " |",
+        "|---|" + "---|" * len(_ROLE_COLUMNS),
+    ]
+    for full_method, rule in POLICY.items():
+        service = full_method.split(".")[1]
+        method = full_method.rsplit("/", 1)[1]
+        cells = [
+            ("all" if role in PLATFORM_ROLES else _SCOPE_WORD[rule.scope]) if role in rule.roles else ""
+            for role in _ROLE_COLUMNS
+        ]
+        lines.append(f"| {service} `{method}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

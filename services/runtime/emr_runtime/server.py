@@ -1,8 +1,9 @@
 """Server bootstrap shared by every gRPC service: a service's ``__main__`` calls ``run``.
 
-It wires the interceptors, standard health (grpc.health.v1) and reflection, the MongoDB client and
-indexes, /metrics, tracing and JSON logs; on SIGTERM or SIGINT health turns NOT_SERVING, in-flight
-calls get ``shutdown_grace_seconds`` to finish, background tasks stop, and the process exits 0.
+It wires the interceptors, standard health (grpc.health.v1), reflection (API port only), the
+MongoDB client and indexes, /metrics, tracing and JSON logs; on SIGTERM or SIGINT health turns
+NOT_SERVING, in-flight calls get ``shutdown_grace_seconds`` to finish, background tasks stop, and
+the process exits 0.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from emr_runtime.access import AccessInterceptor
 from emr_runtime.auth import AuthSettings, TokenVerifier
+from emr_runtime.authn import AuthenticationInterceptor
 from emr_runtime.db import Database, IndexSpec, create_mongo_client, ensure_indexes
-from emr_runtime.guard import GuardInterceptor, RateLimitInterceptor
+from emr_runtime.guard import GuardInterceptor, PeerRateLimitInterceptor, RateLimitInterceptor
 from emr_runtime.interceptors import (
     AuditInterceptor,
     AuditRule,
@@ -72,19 +74,28 @@ def build_server(
     app: ServiceApp, settings: ServiceSettings, verifier: TokenVerifier | None = None
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     """Metrics port 0 leaves out the server metrics interceptor: nothing reads them; ``verifier=None``
-    (AUTH_ENABLED=false) leaves out authentication and the access policy."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        TracingInterceptor(),
-        ErrorInterceptor(),
-        GuardInterceptor(settings.default_deadline_seconds, settings.stream_default_deadline_seconds),
-    ]
+    (AUTH_ENABLED=false) leaves out authentication and the access policy; a rate of 0 leaves out
+    that rate limit."""
+    # Outermost first. Strangers are refused before anything costly: the per-peer rate limit and
+    # authentication sit outside the guard, the audit interceptor and everything that reads data.
+    interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor()]
     if settings.metrics_port != 0:
-        interceptors.insert(1, MetricsInterceptor())
+        interceptors.append(MetricsInterceptor())
+    interceptors.append(ErrorInterceptor())
+    if settings.peer_rate_limit_per_second > 0:
+        interceptors.append(
+            PeerRateLimitInterceptor(settings.peer_rate_limit_per_second, settings.peer_rate_limit_burst)
+        )
+    if verifier is not None:
+        interceptors.append(AuthenticationInterceptor(verifier))
+    interceptors.append(
+        GuardInterceptor(settings.default_deadline_seconds, settings.stream_default_deadline_seconds)
+    )
     if app.audit_sink is not None:
         interceptors.append(AuditInterceptor(app.audit_sink, app.audit_rules))
     if verifier is not None:
         # Inside audit: denials of audited methods are recorded there, with the verified caller.
-        interceptors.append(AccessInterceptor(verifier, app.audit_rules, app.audit_sink, app.visibility))
+        interceptors.append(AccessInterceptor(app.audit_rules, app.audit_sink, app.visibility))
     if settings.rate_limit_per_second > 0:
         # Innermost: the bucket is the verified client application's.
         interceptors.append(RateLimitInterceptor(settings.rate_limit_per_second, settings.rate_limit_burst))
@@ -109,12 +120,13 @@ def _plaintext_health_server(
     health_servicer: health_aio.HealthServicer, settings: ServiceSettings
 ) -> grpc.aio.Server | None:
     """grpc.health.v1 alone on ``health_port`` without TLS: the kubelet's gRPC probe cannot present
-    a client certificate. It answers what the main port's health answers, and no API."""
+    a client certificate. It answers what the main port's health answers, and nothing else: no API
+    and no reflection (reflection is on the API port only, behind mutual TLS), so an unauthenticated
+    port tells a stranger nothing about the services."""
     if settings.health_port == 0:
         return None
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4096)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)  # grpcurl
     server.add_insecure_port(f"{settings.listen_host}:{settings.health_port}")
     return server
 

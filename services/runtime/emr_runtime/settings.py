@@ -54,3 +54,19 @@ class ServiceSettings(BaseSettings):
     rate_limit_burst: int = Field(
         2000, ge=1, description="Calls a client application may save up and make at once"
     )
+    # Sized to what a replica serves: one replica answers about 450 identity GetPatient a second
+    # (2 cores, bench/security_cost.py), its costliest common read. So an address may make about
+    # twice what one replica can serve (the same as one client application may): a legitimate
+    # address (a hospital's NAT with several apps) is never refused while the replica could still
+    # serve it, and a stranger's flood beyond that is refused before its token is even parsed (a
+    # failed authentication counts as 20 calls, so a stranger gets 50 a second: see
+    # emr_runtime.guard.PeerRateLimitInterceptor, which also exempts platform components).
+    peer_rate_limit_per_second: float = Field(
+        1000.0,
+        ge=0,
+        description="Calls a second one peer address may make (per replica), before authentication; "
+        "about twice what a replica serves (GetPatient ~450/s); platform components exempt; 0: no limit",
+    )
+    peer_rate_limit_burst: int = Field(
+        2000, ge=1, description="Calls a peer address may save up and make at once"
+    )

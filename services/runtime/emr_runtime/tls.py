@@ -10,10 +10,28 @@ alone; tests of the plaintext health port); setting only some of them is refused
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The platform's own processes, by the common name of their certificate (``emr-<component>``, as
+# emr_devstack.certs and the chart issue them). The CA must give these names to no one else: a call
+# presenting one is trusted to come from the platform (e.g. never limited per peer address).
+PLATFORM_COMPONENTS = ("identity", "records", "audit", "sync", "gateway")
+PLATFORM_CERTIFICATE_NAMES = frozenset(f"emr-{component}" for component in PLATFORM_COMPONENTS)
+
+
+def client_certificate_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The common name of the certificate the caller presented (verified against the platform CA
+    by the TLS handshake); empty on a plaintext port."""
+    name = next(iter(context.auth_context().get("x509_common_name") or ()), b"")
+    return name.decode(errors="replace")
+
+
+def from_platform_component(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    return client_certificate_name(context) in PLATFORM_CERTIFICATE_NAMES
 
 
 class TlsSettings(BaseSettings):
