@@ -10,6 +10,7 @@ data)."""
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import grpc
 import pytest
 from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from emr_devstack.processes import poll_until
 from emr_devstack.tokens import caller_metadata
@@ -250,6 +252,56 @@ async def rename_of_a_shared_person(world: World) -> tuple[grpc.StatusCode, Any]
     return code, "proposal" if updated.change_proposed else "overwritten"
 
 
+async def read_under_consent(world: World) -> tuple[grpc.StatusCode, Any]:
+    registrar_b = world.caller("registrar", world.facility_b)
+    await world.identity.RegisterPatient(
+        world.registration(world.facility_b, phone="0977000666"), metadata=registrar_b
+    )
+    end = Timestamp()
+    end.FromSeconds(int(time.time()) + 86400)
+    await world.identity.RecordSharingGrant(
+        pb.RecordSharingGrantRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=world.patient_id,
+            facility_code=world.facility_a,
+            grantee_facility_code=world.facility_b,
+            purpose=pb.SHARING_PURPOSE_TREATMENT,
+            evidence=pb.CONSENT_EVIDENCE_SIGNED_FORM,
+            end_time=end,
+        ),
+        metadata=world.caller("registrar", world.facility_a),
+    )
+    code, read = await outcome_of(
+        world.identity.GetPatient(pb.GetPatientRequest(patient_id=world.patient_id), metadata=registrar_b)
+    )
+    if read is None:
+        return code, None
+    # The patient's consent shares the person as every facility knows them: A's phone and BHYT.
+    assert read.patient == await world.platform_view() and read.patient.phone == world.phone
+    return code, "the person"
+
+
+async def read_in_an_emergency(world: World) -> tuple[grpc.StatusCode, Any]:
+    doctor_c = world.caller("doctor", world.facility_c)
+    await world.identity.DeclareEmergencyAccess(
+        pb.DeclareEmergencyAccessRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=world.patient_id,
+            facility_code=world.facility_c,
+            reason=pb.EMERGENCY_REASON_UNABLE_TO_CONSENT,
+            justification="Synthetic: unconscious after a fall, history of allergies needed",
+        ),
+        metadata=doctor_c,
+    )
+    code, read = await outcome_of(
+        world.identity.GetPatient(pb.GetPatientRequest(patient_id=world.patient_id), metadata=doctor_c)
+    )
+    if read is None:
+        return code, None
+    assert read.patient == await world.platform_view()
+    return code, "the person"
+
+
 async def search_by_phone_from_a_stranger(world: World) -> tuple[grpc.StatusCode, Any]:
     code, found = await outcome_of(
         world.identity.SearchPatients(
@@ -361,6 +413,20 @@ ATTACKS = [
         (OK, "proposal"),
         rename_of_a_shared_person,
         id="rename-shared",
+    ),
+    pytest.param(
+        "registrar of B, a registrant of A too, with A's consent for B",
+        "GetPatient of A",
+        (OK, "the person"),
+        read_under_consent,
+        id="read-consent",
+    ),
+    pytest.param(
+        "doctor of C, after breaking the glass",
+        "GetPatient of A",
+        (OK, "the person"),
+        read_in_an_emergency,
+        id="read-emergency",
     ),
     pytest.param(
         "registrar of C (no relationship)",
