@@ -4,20 +4,34 @@
 
 Runs the service's own pure code in-process (validation, normalisation, blocking keys, scoring and
 the link / review / new decision of emr_identity.matching) over the generated registrations in
-arrival order, with an in-memory block index standing in for the service's block collection.
-Prints pairwise precision and recall of automatic links and the share of registrations sent to
-review. ``--estimate`` also prints m/u estimates per comparison level from labelled pairs.
+arrival order, with an in-memory block index standing in for the service's block collection, and
+the registration path of the service around it: a CCCD already claimed resolves to its person, and
+a CCCD, BHYT or passport held only by persons known by another name or birth date is kept apart
+(emr_identity.matching.identifier_conflict: a person of its own and a review task).
+Prints pairwise precision and recall of automatic links (CCCD claims included), the share of
+registrations sent to review (likely duplicates and identifier conflicts), and how many of the
+conflicts were the same person after all (false conflicts). Exits 1 when a figure misses its target
+(TARGETS, the figures the matcher has met since it was written). ``--estimate`` also prints m/u
+estimates per comparison level from labelled pairs.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from collections import Counter, defaultdict
 from datetime import date
 
-from emr_identity.domain import IdentifierSystem, RawIdentifier, RegistrationInput, Sex, validate_registration
+from emr_identity.domain import (
+    IdentifierSystem,
+    RawIdentifier,
+    RegistrationInput,
+    Sex,
+    identifier_key,
+    validate_registration,
+)
 from emr_identity.matching import (
     LINK_THRESHOLD,
     REVIEW_THRESHOLD,
@@ -26,12 +40,23 @@ from emr_identity.matching import (
     NameFrequencies,
     blocking_keys,
     decide,
+    identifier_conflict,
     match_record,
     score,
+    shared_identifiers,
 )
 from emr_identity.synthetic import SyntheticRecord, generate
 
 TODAY = date(2026, 1, 1)
+# What a run must reach (with the defaults: 10% duplicates): automatic links almost never wrong,
+# almost every duplicate linked, few registrations for a human, and a same-person registration kept
+# apart as an identifier conflict rarer still.
+TARGETS = {
+    "precision": (">=", 0.995),
+    "recall": (">=", 0.99),
+    "review_share": ("<=", 0.01),
+    "false_conflict_share": ("<=", 0.001),
+}
 
 
 def registration_input(record: SyntheticRecord, serial: int) -> RegistrationInput:
@@ -59,30 +84,50 @@ def pairs(sizes: Counter[object]) -> int:
 
 def run(
     records: int, duplicate_rate: float, seed: int, estimate: bool, thresholds: tuple[float, float]
-) -> None:
+) -> dict[str, float]:
     started = time.perf_counter()
     population = generate(records, duplicate_rate, seed)
     blocks: dict[str, list[str]] = defaultdict(list)
     stored: dict[str, tuple[str, MatchRecord]] = {}  # record id -> (person id, record)
+    claims: dict[str, str] = {}  # CCCD -> the person that claimed it
+    records_of: dict[str, list[MatchRecord]] = defaultdict(list)  # person id -> its records
     frequencies = NameFrequencies()
     person_of_record: list[str] = []
-    reviews = 0
+    reviews = existing = conflicts = false_conflicts = 0
     largest_candidate_set = 0
     for serial, synthetic in enumerate(population):
         registration = validate_registration(registration_input(synthetic, serial), TODAY)
         record = match_record(registration, f"r{serial}")
         keys = blocking_keys(record)
-        candidate_ids = {rid for key in keys for rid in blocks.get(key, ())}
-        largest_candidate_set = max(largest_candidate_set, len(candidate_ids))
-        result = decide(record, [stored[rid] for rid in candidate_ids], frequencies, frozenset(), *thresholds)
-        if result.decision is Decision.LINK:
-            person_id = result.candidates[0].person_id
-        else:
-            # A review task leaves the registration as its own person until a human decides.
-            reviews += result.decision is Decision.REVIEW
+        owner = claims.get(record.cccd) if record.cccd else None
+        holder_ids = {owner} if owner else holders_of_cards(record, blocks, stored)
+        holders = {person_id: records_of[person_id] for person_id in holder_ids}
+        if identifier_conflict(record, holders):
+            # Kept apart: a person of its own and a review task.
+            conflicts += 1
+            same = {population[int(r.record_id[1:])].person_key for h in holders.values() for r in h}
+            false_conflicts += synthetic.person_key in same
             person_id = f"p{serial}"
+        elif owner is not None:
+            existing += 1
+            person_id = owner
+        else:
+            candidate_ids = {rid for key in keys for rid in blocks.get(key, ())}
+            largest_candidate_set = max(largest_candidate_set, len(candidate_ids))
+            result = decide(
+                record, [stored[rid] for rid in candidate_ids], frequencies, frozenset(), *thresholds
+            )
+            if result.decision is Decision.LINK:
+                person_id = result.candidates[0].person_id
+            else:
+                # A review task leaves the registration as its own person until a human decides.
+                reviews += result.decision is Decision.REVIEW
+                person_id = f"p{serial}"
+        if record.cccd:
+            claims.setdefault(record.cccd, person_id)
         person_of_record.append(person_id)
         stored[record.record_id] = (person_id, record)
+        records_of[person_id].append(record)
         for key in keys:
             blocks[key].append(record.record_id)
         frequencies.add(record.names)
@@ -90,17 +135,57 @@ def run(
     true_pairs = pairs(Counter(truth))
     linked_pairs = pairs(Counter(person_of_record))
     correct_pairs = pairs(Counter(zip(person_of_record, truth, strict=True)))
-    precision = correct_pairs / linked_pairs if linked_pairs else 1.0
-    recall = correct_pairs / true_pairs if true_pairs else 1.0
+    figures = {
+        "precision": correct_pairs / linked_pairs if linked_pairs else 1.0,
+        "recall": correct_pairs / true_pairs if true_pairs else 1.0,
+        "review_share": (reviews + conflicts) / records,
+        "false_conflict_share": false_conflicts / records,
+    }
     print(f"link_threshold={thresholds[0]} review_threshold={thresholds[1]}")
     print(f"records={records} duplicate_rate={duplicate_rate} seed={seed} persons_true={len(set(truth))}")
     print(f"true_pairs={true_pairs} linked_pairs={linked_pairs} correct_pairs={correct_pairs}")
     print(
-        f"precision={precision:.4f} recall={recall:.4f} review_share={reviews / records:.4f} reviews={reviews}"
+        f"precision={figures['precision']:.4f} recall={figures['recall']:.4f} "
+        f"review_share={figures['review_share']:.4f} reviews={reviews} existing_by_cccd={existing}"
+    )
+    print(
+        f"identifier_conflicts={conflicts} false_conflicts={false_conflicts} "
+        f"false_conflict_share={figures['false_conflict_share']:.5f}"
     )
     print(f"largest_candidate_set={largest_candidate_set} seconds={time.perf_counter() - started:.1f}")
     if estimate:
         print_estimates(population, stored, frequencies, seed)
+    return figures
+
+
+def holders_of_cards(
+    record: MatchRecord, blocks: dict[str, list[str]], stored: dict[str, tuple[str, MatchRecord]]
+) -> set[str]:
+    """The persons whose records carry the record's BHYT or passport (the service's
+    ``_identifier_holders``, over the in-memory blocks)."""
+    keys = [
+        identifier_key(system, value)
+        for system, value in (
+            (IdentifierSystem.BHYT, record.bhyt_code),
+            (IdentifierSystem.PASSPORT, record.passport),
+        )
+        if value
+    ]
+    return {
+        stored[rid][0]
+        for key in keys
+        for rid in blocks.get(key, ())
+        if set(shared_identifiers(record, stored[rid][1])) & {"bhyt", "passport"}
+    }
+
+
+def missed_targets(figures: dict[str, float]) -> list[str]:
+    missed = []
+    for name, (direction, target) in TARGETS.items():
+        value = figures[name]
+        if (value < target) if direction == ">=" else (value > target):
+            missed.append(f"{name}={value:.4f} (target {direction} {target})")
+    return missed
 
 
 def print_estimates(
@@ -141,13 +226,16 @@ def main() -> None:
     parser.add_argument("--link-threshold", type=float, default=LINK_THRESHOLD)
     parser.add_argument("--review-threshold", type=float, default=REVIEW_THRESHOLD)
     args = parser.parse_args()
-    run(
+    figures = run(
         args.records,
         args.duplicate_rate,
         args.seed,
         args.estimate,
         (args.link_threshold, args.review_threshold),
     )
+    missed = missed_targets(figures)
+    print("targets: " + ("; ".join(f"MISSED {m}" for m in missed) if missed else "all met"))
+    sys.exit(1 if missed else 0)
 
 
 if __name__ == "__main__":

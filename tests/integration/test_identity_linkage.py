@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient, monitoring
 
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
+from emr_devstack.tokens import caller_metadata
 from emr_identity.repository import COLLECTIONS, PatientChangeRepository, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import PatientIdentityServicer
@@ -315,6 +316,171 @@ async def test_override_accepts_a_known_inconsistent_cccd(identity: Any, facilit
     )
     response = await identity.RegisterPatient(request)
     assert response.outcome == pb.REGISTRATION_OUTCOME_CREATED
+
+
+# --- identity without takeover: conflicts, facility records, proposals ------------------------------
+
+
+def registrar(facility_code: str) -> list[tuple[str, str]]:
+    return caller_metadata(f"registrar-{facility_code}", facility_code, "TREATMENT", role="registrar")
+
+
+def with_card(facility_code: str) -> pb.RegisterPatientRequest:
+    """A synthetic (female) person with a CCCD consistent with their birth date."""
+    request = unique_person(facility_code)
+    century_and_sex = "1" if request.birth_date < "2000" else "3"
+    value = f"079{century_and_sex}{request.birth_date[2:4]}{uuid.uuid4().int % 10**6:06d}"
+    request.identifiers.append(pb.Identifier(system=pb.IDENTIFIER_SYSTEM_CCCD, value=value))
+    return request
+
+
+async def open_task(identity: Any, task_id: str) -> Any:
+    token = ""
+    while True:
+        page = await identity.ListReviewTasks(pb.ListReviewTasksRequest(page_size=100, page_token=token))
+        found = [t for t in page.review_tasks if t.review_task_id == task_id]
+        if found:
+            return found[0]
+        token = page.next_page_token
+        assert token, f"{task_id} is not open"
+
+
+async def test_an_identifier_conflict_is_reviewed_like_a_likely_duplicate(
+    identity: Any, facility_code: str
+) -> None:
+    first = await identity.RegisterPatient(with_card(facility_code))
+    card = list(first.patient.identifiers)
+    conflicting = again(
+        unique_person(facility_code), "99021", identifiers=card, birth_date=first.patient.birth_date
+    )
+    kept_apart = await identity.RegisterPatient(conflicting)
+    assert kept_apart.outcome == pb.REGISTRATION_OUTCOME_IDENTIFIER_CONFLICT
+    assert kept_apart.patient.patient_id != first.patient.patient_id and not kept_apart.candidates
+    assert await identity.RegisterPatient(conflicting) == kept_apart  # repeated request_id
+    task = await open_task(identity, kept_apart.review_task_id)
+    assert task.kind == pb.REVIEW_TASK_KIND_IDENTIFIER_CONFLICT and task.facility_code == "99021"
+    assert [c.patient_id for c in task.candidates] == [first.patient.patient_id]
+    assert task.patient_id == kept_apart.patient.patient_id
+
+    resolve = pb.ResolveReviewTaskRequest(
+        request_id=str(uuid.uuid4()),
+        review_task_id=task.review_task_id,
+        resolution=pb.REVIEW_RESOLUTION_ACCEPT_CHANGE,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.ResolveReviewTask(resolve)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    resolve.resolution = pb.REVIEW_RESOLUTION_SAME_PERSON
+    merged = await identity.ResolveReviewTask(resolve)  # e.g. the person changed name: a steward decides
+    assert merged.patient.patient_id == first.patient.patient_id
+    view = await identity.GetPatient(pb.GetPatientRequest(patient_id=kept_apart.patient.patient_id))
+    assert view.merged_from_patient_id == kept_apart.patient.patient_id and len(view.record_ids) == 2
+
+
+async def test_a_facility_alone_updates_the_person_through_its_own_record(identity: Any) -> None:
+    facility = f"UA{uuid.uuid4().hex[:3].upper()}"
+    registered = await identity.RegisterPatient(unique_person(facility), metadata=registrar(facility))
+    patient = registered.patient
+    update = pb.UpdatePatientRequest(
+        request_id=str(uuid.uuid4()),
+        patient_id=patient.patient_id,
+        expected_version=patient.version,
+        full_name=patient.full_name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        phone="0912000444",
+    )
+    updated = await identity.UpdatePatient(update, metadata=registrar(facility))
+    assert (updated.patient.version, updated.patient.phone, updated.change_proposed) == (
+        2,
+        "0912000444",
+        False,
+    )
+    assert (
+        await identity.UpdatePatient(update, metadata=registrar(facility)) == updated
+    )  # repeated request_id
+    stale = pb.UpdatePatientRequest()
+    stale.CopyFrom(update)
+    stale.request_id = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.UpdatePatient(stale, metadata=registrar(facility))
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    # The only registrant: the person itself follows (as the platform sees it).
+    person = (await identity.GetPatient(pb.GetPatientRequest(patient_id=patient.patient_id))).patient
+    assert (person.phone, person.version) == ("0912000444", 2)
+    history = await identity.GetPersonHistory(pb.GetPersonHistoryRequest(patient_id=patient.patient_id))
+    kinds = [e.kind for e in history.events]
+    assert pb.LINK_EVENT_KIND_UPDATED in kinds and pb.LINK_EVENT_KIND_FACILITY_RECORD_UPDATED in kinds
+
+
+async def test_a_proposed_change_waits_for_a_reviewer(identity: Any) -> None:
+    suffix = uuid.uuid4().hex[:3].upper()
+    first_facility, second_facility = f"UB{suffix}", f"UC{suffix}"
+    first = await identity.RegisterPatient(with_card(first_facility), metadata=registrar(first_facility))
+    shared = again(unique_person(first_facility), second_facility)
+    shared.full_name, shared.birth_date = first.patient.full_name, first.patient.birth_date
+    shared.identifiers.extend(first.patient.identifiers)
+    second = await identity.RegisterPatient(shared, metadata=registrar(second_facility))
+    assert second.outcome == pb.REGISTRATION_OUTCOME_EXISTING
+    person_id = first.patient.patient_id
+
+    async def propose(full_name: str, version: int, phone: str = "") -> Any:
+        return await identity.UpdatePatient(
+            pb.UpdatePatientRequest(
+                request_id=str(uuid.uuid4()),
+                patient_id=person_id,
+                expected_version=version,
+                full_name=full_name,
+                birth_date=first.patient.birth_date,
+                sex=first.patient.sex,
+                phone=phone,
+            ),
+            metadata=registrar(second_facility),
+        )
+
+    # Only the phone changes: the second facility's own record, no proposal, the person untouched.
+    local = await propose(first.patient.full_name, 1, phone="0912000555")
+    assert (local.change_proposed, local.review_task_id, local.patient.version) == (False, "", 2)
+    renamed = await propose("Đinh Thị Mới", 2)
+    assert renamed.change_proposed and renamed.patient.full_name == "Đinh Thị Mới"
+    person = (await identity.GetPatient(pb.GetPatientRequest(patient_id=person_id))).patient
+    assert (person.full_name, person.phone, person.version) == (
+        first.patient.full_name,
+        first.patient.phone,
+        1,
+    )
+    # The first facility still reads its own registration.
+    own = await identity.GetPatient(
+        pb.GetPatientRequest(patient_id=person_id), metadata=registrar(first_facility)
+    )
+    assert own.patient.full_name == first.patient.full_name and own.patient.phone == first.patient.phone
+
+    task = await open_task(identity, renamed.review_task_id)
+    assert task.kind == pb.REVIEW_TASK_KIND_DEMOGRAPHICS_CHANGE and list(task.candidates) == []
+    accept = pb.ResolveReviewTaskRequest(
+        request_id=str(uuid.uuid4()),
+        review_task_id=task.review_task_id,
+        resolution=pb.REVIEW_RESOLUTION_ACCEPT_CHANGE,
+        reason="marriage certificate seen",
+    )
+    accepted = await identity.ResolveReviewTask(accept)
+    assert await identity.ResolveReviewTask(accept) == accepted  # repeated request_id
+    assert (accepted.patient.full_name, accepted.patient.phone, accepted.patient.version) == (
+        "Đinh Thị Mới",
+        first.patient.phone,
+        2,
+    )
+
+    rejected_change = await propose("Đinh Thị Sai", 3)
+    reject = pb.ResolveReviewTaskRequest(
+        request_id=str(uuid.uuid4()),
+        review_task_id=rejected_change.review_task_id,
+        resolution=pb.REVIEW_RESOLUTION_REJECT_CHANGE,
+    )
+    kept = await identity.ResolveReviewTask(reject)
+    assert (kept.patient.full_name, kept.patient.version) == ("Đinh Thị Mới", 2)
+    history = await identity.GetPersonHistory(pb.GetPersonHistoryRequest(patient_id=person_id))
+    assert [e.kind for e in history.events].count(pb.LINK_EVENT_KIND_CHANGE_REJECTED) == 1
 
 
 # --- no RPC scans a collection ------------------------------------------------------------------

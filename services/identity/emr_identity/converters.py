@@ -23,9 +23,9 @@ from emr_identity.domain import (
     normalize_identifier_value,
 )
 from emr_identity.domain import identifier_key as key_of_identifier
-from emr_identity.linkage import ReviewTask
+from emr_identity.linkage import Resolution, ReviewKind, ReviewTask
 from emr_identity.matching import Candidate, Decision
-from emr_identity.service import RegistrationResult, SearchQuery
+from emr_identity.service import RegistrationResult, SearchQuery, UpdateResult
 from emr_identity.sharing import (
     ConsentEvidence,
     EmergencyAccess,
@@ -65,6 +65,7 @@ _OUTCOMES = {
     Outcome.EXISTING: identity_pb2.REGISTRATION_OUTCOME_EXISTING,
     Outcome.LINKED: identity_pb2.REGISTRATION_OUTCOME_LINKED_EXISTING,
     Outcome.REVIEW: identity_pb2.REGISTRATION_OUTCOME_REVIEW_REQUIRED,
+    Outcome.CONFLICT: identity_pb2.REGISTRATION_OUTCOME_IDENTIFIER_CONFLICT,
 }
 _DECISIONS = {
     Decision.NEW: identity_pb2.MATCH_DECISION_NEW,
@@ -79,6 +80,19 @@ _EVENT_KINDS = {
     EventKind.REJECTED: identity_pb2.LINK_EVENT_KIND_REJECTED,
     EventKind.REVIEW_OPENED: identity_pb2.LINK_EVENT_KIND_REVIEW_OPENED,
     EventKind.UPDATED: identity_pb2.LINK_EVENT_KIND_UPDATED,
+    EventKind.RECORD_UPDATED: identity_pb2.LINK_EVENT_KIND_FACILITY_RECORD_UPDATED,
+    EventKind.CHANGE_REJECTED: identity_pb2.LINK_EVENT_KIND_CHANGE_REJECTED,
+}
+_REVIEW_KINDS = {
+    ReviewKind.DUPLICATE: identity_pb2.REVIEW_TASK_KIND_LIKELY_DUPLICATE,
+    ReviewKind.IDENTIFIER_CONFLICT: identity_pb2.REVIEW_TASK_KIND_IDENTIFIER_CONFLICT,
+    ReviewKind.DEMOGRAPHICS_CHANGE: identity_pb2.REVIEW_TASK_KIND_DEMOGRAPHICS_CHANGE,
+}
+_RESOLUTIONS = {
+    identity_pb2.REVIEW_RESOLUTION_SAME_PERSON: Resolution.SAME_PERSON,
+    identity_pb2.REVIEW_RESOLUTION_DIFFERENT_PERSONS: Resolution.DIFFERENT_PERSONS,
+    identity_pb2.REVIEW_RESOLUTION_ACCEPT_CHANGE: Resolution.ACCEPT_CHANGE,
+    identity_pb2.REVIEW_RESOLUTION_REJECT_CHANGE: Resolution.REJECT_CHANGE,
 }
 
 
@@ -164,6 +178,15 @@ def registration_response(result: RegistrationResult) -> identity_pb2.RegisterPa
     )
 
 
+def update_response(result: UpdateResult) -> identity_pb2.UpdatePatientResponse:
+    return identity_pb2.UpdatePatientResponse(
+        patient=patient_message(result.person),
+        candidates=candidate_messages(result.candidates),
+        review_task_id=result.review_task_id,
+        change_proposed=result.change_proposed,
+    )
+
+
 def decision_value(decision: Decision) -> identity_pb2.MatchDecision:
     return _DECISIONS[decision]
 
@@ -199,17 +222,24 @@ def review_task_message(task: ReviewTask) -> identity_pb2.ReviewTask:
         patient_id=task.person_id,
         candidates=candidate_messages(task.candidates),
         open=task.open,
+        kind=_REVIEW_KINDS[task.kind],
+        facility_code=task.facility_code,
     )
     message.create_time.FromDatetime(task.created_at)
+    if task.proposed is not None:
+        message.proposed_demographics.CopyFrom(
+            identity_pb2.ProposedDemographics(
+                full_name=task.proposed.full_name,
+                birth_date=task.proposed.birth_date.isoformat(),
+                sex=_SEXES_TO_PROTO[task.proposed.sex],
+            )
+        )
     return message
 
 
-def resolution_value(resolution: identity_pb2.ReviewResolution) -> bool | None:
-    """True for SAME_PERSON, False for DIFFERENT_PERSONS, None when unset."""
-    return {
-        identity_pb2.REVIEW_RESOLUTION_SAME_PERSON: True,
-        identity_pb2.REVIEW_RESOLUTION_DIFFERENT_PERSONS: False,
-    }.get(resolution)
+def resolution_value(resolution: identity_pb2.ReviewResolution) -> Resolution | None:
+    """The resolution asked for; None when unset (or unknown)."""
+    return _RESOLUTIONS.get(resolution)
 
 
 def event_message(event: LinkEvent) -> identity_pb2.LinkEvent:

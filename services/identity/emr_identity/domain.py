@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from emr_identity.vietnamese import (
@@ -83,6 +83,9 @@ class Outcome(enum.Enum):
     EXISTING = "existing"
     LINKED = "linked"
     REVIEW = "review"
+    # An identifier of the registration belongs to a person known by another name or birth date
+    # (matching.identifier_conflict): a person of its own, and a review task.
+    CONFLICT = "identifier_conflict"
 
 
 class EventKind(enum.Enum):
@@ -93,6 +96,11 @@ class EventKind(enum.Enum):
     REJECTED = "rejected"
     REVIEW_OPENED = "review_opened"
     UPDATED = "updated"
+    # A facility that sees only its own data updated its record of the person (UpdatePatient); a
+    # change of the shared demographics became a proposal (review task) instead.
+    RECORD_UPDATED = "record_updated"
+    # A reviewer rejected a proposed change of the shared demographics.
+    CHANGE_REJECTED = "change_rejected"
 
 
 @dataclass(frozen=True)
@@ -316,6 +324,32 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         name_parts=split_name(full_name, raw.family_name, raw.middle_name, raw.given_name),
         phone=phone,
         province_code=province_code,
+    )
+
+
+# Search results show the last characters of identifiers and phones only: enough to tell two
+# persons apart at the desk, not enough to learn a number one did not know.
+MASK_VISIBLE_CHARACTERS = 4
+
+
+def mask(value: str) -> str:
+    """``value`` with all but its last MASK_VISIBLE_CHARACTERS characters replaced by ``*`` (a
+    value that short entirely)."""
+    if len(value) <= MASK_VISIBLE_CHARACTERS:
+        return "*" * len(value)
+    return "*" * (len(value) - MASK_VISIBLE_CHARACTERS) + value[-MASK_VISIBLE_CHARACTERS:]
+
+
+def masked(person: Person) -> Person:
+    """The person with national identifiers (CCCD, BHYT, passport) and phone masked; a facility's
+    MRNs, its own numbers, stay readable."""
+    return replace(
+        person,
+        identifiers=tuple(
+            i if i.system is IdentifierSystem.MRN else replace(i, value=mask(i.value))
+            for i in person.identifiers
+        ),
+        phone=mask(person.phone),
     )
 
 

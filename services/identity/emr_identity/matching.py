@@ -18,7 +18,7 @@ from datetime import date
 from enum import Enum
 
 from emr_identity.domain import IdentifierSystem, Registration, identifier_key, phone_key
-from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code
+from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, fold
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
 LINK_THRESHOLD = 21.0
@@ -148,15 +148,29 @@ def _compare_name(
     the name's share in the index as u; agreement only once tones are folded away counts
     FOLDED_PENALTY bits less (Lê and Lệ are different names, but entry often drops the marks)."""
     m_agree, m_typo = m
+    level = _name_level(a, b, folded_a, folded_b)
+    if level == "missing":
+        return Contribution(label, level, 0.0)
+    if level == "exact":
+        return Contribution(label, level, _weight(m_agree, share))
+    if level == "folded":
+        return Contribution(label, level, _weight(m_agree, share) - FOLDED_PENALTY)
+    if level == "typo":
+        return Contribution(label, level, _weight(m_typo, 0.01))
+    return Contribution(label, level, _weight(1 - m_agree - m_typo, 0.97))
+
+
+def _name_level(a: str, b: str, folded_a: str, folded_b: str) -> str:
+    """How two parts of a name agree: missing, exact, folded, typo or disagree."""
     if not folded_a or not folded_b:
-        return Contribution(label, "missing", 0.0)
+        return "missing"
     if a == b:
-        return Contribution(label, "exact", _weight(m_agree, share))
+        return "exact"
     if folded_a == folded_b:
-        return Contribution(label, "folded", _weight(m_agree, share) - FOLDED_PENALTY)
+        return "folded"
     if len(folded_a) >= 3 and _within_one_edit(folded_a, folded_b):
-        return Contribution(label, "typo", _weight(m_typo, 0.01))
-    return Contribution(label, "disagree", _weight(1 - m_agree - m_typo, 0.97))
+        return "typo"
+    return "disagree"
 
 
 def _compare_birth_date(a: date, b: date) -> Contribution:
@@ -326,6 +340,29 @@ def _conflicting_cccd(found: MatchScore) -> bool:
     return any(c.field == "cccd" and c.level == "disagree" for c in found.contributions)
 
 
+def rank(
+    record: MatchRecord,
+    candidates: Sequence[tuple[str, MatchRecord]],
+    frequencies: NameFrequencies,
+    rejected_person_ids: frozenset[str] = frozenset(),
+) -> list[Candidate]:
+    """Each person (of the candidate records: person id, record) scored by its best-matching record,
+    best first; persons in ``rejected_person_ids`` left out."""
+    best: dict[str, MatchScore] = {}
+    for person_id, other in candidates:
+        if person_id in rejected_person_ids:
+            continue
+        found = score(record, other, frequencies)
+        held = best.get(person_id)
+        if held is None or (found.deterministic, found.total) > (held.deterministic, held.total):
+            best[person_id] = found
+    return sorted(
+        (Candidate(p, s) for p, s in best.items()),
+        key=lambda c: (c.score.deterministic, c.score.total),
+        reverse=True,
+    )
+
+
 def decide(
     record: MatchRecord,
     candidates: list[tuple[str, MatchRecord]],
@@ -338,20 +375,11 @@ def decide(
     person at or above LINK_THRESHOLD (or by a deterministic identifier match), REVIEW between the
     thresholds or when two persons both qualify, NEW otherwise. Persons in ``rejected_person_ids``
     were judged different from this record and are never proposed."""
-    best: dict[str, MatchScore] = {}
-    for person_id, other in candidates:
-        if person_id in rejected_person_ids:
-            continue
-        found = score(record, other, frequencies)
-        held = best.get(person_id)
-        if held is None or (found.deterministic, found.total) > (held.deterministic, held.total):
-            best[person_id] = found
-    ranked = sorted(
-        (Candidate(p, s) for p, s in best.items()),
-        key=lambda c: (c.score.deterministic, c.score.total),
-        reverse=True,
-    )
-    ranked = [c for c in ranked if proposable(c.score, review_threshold)]
+    ranked = [
+        c
+        for c in rank(record, candidates, frequencies, rejected_person_ids)
+        if proposable(c.score, review_threshold)
+    ]
     if not ranked:
         return MatchResult(Decision.NEW, ())
     top = ranked[0]
@@ -364,6 +392,66 @@ def decide(
     if len(strong) == 1 and strong[0] is top:
         return MatchResult(Decision.LINK, tuple(ranked))
     return MatchResult(Decision.REVIEW, tuple(ranked))
+
+
+# --- identifiers and the identity they belong to ----------------------------------------------------
+# An identifier a person already holds (CCCD, BHYT, passport) takes a registration to that person only
+# when the registration names the same person; otherwise anyone who read a card number would receive
+# the person and their data. "The same person" uses the matcher's own comparison levels, tolerating
+# the data entry errors hospitals make (those emr_identity.synthetic models):
+# - the names agree once folded (tones lost or wrong), or each part agrees exact, folded or with one
+#   typo, where a middle name left out on one side is tolerated (a family or given name is not);
+# - the birth date agrees exactly, with day and month swapped, or with the year one off (same day
+#   and month).
+# Sex, phone and address are not compared: they change, or are mistyped, without another person
+# being meant. Everything else (another given name, another birth day) is a conflict for review.
+TOLERATED_NAME_LEVELS = frozenset({"exact", "folded", "typo"})
+TOLERATED_BIRTH_DATE_LEVELS = frozenset({"exact", "day_month_swap"})
+
+
+def same_identity(a: MatchRecord, b: MatchRecord) -> bool:
+    """Whether two records name the same person within the tolerance above."""
+    names_a, names_b = a.names, b.names
+    if names_a.folded_full != names_b.folded_full:
+        family = _tolerant_name_level(names_a.family, names_b.family)
+        middle = _tolerant_name_level(names_a.middle, names_b.middle)
+        given = _tolerant_name_level(names_a.given, names_b.given)
+        if family not in TOLERATED_NAME_LEVELS or given not in TOLERATED_NAME_LEVELS:
+            return False
+        if middle not in TOLERATED_NAME_LEVELS and middle != "missing":
+            return False
+    birth_date = _compare_birth_date(a.birth_date, b.birth_date).level
+    year_off_by_one = birth_date == "day_month" and abs(a.birth_date.year - b.birth_date.year) == 1
+    return birth_date in TOLERATED_BIRTH_DATE_LEVELS or year_off_by_one
+
+
+def _tolerant_name_level(a: str, b: str) -> str:
+    """``_name_level`` either way round: a typo that shortens a name to two letters ("tân", "tn")
+    is a typo whichever record came first."""
+    folded_a, folded_b = fold(a), fold(b)
+    level = _name_level(a, b, folded_a, folded_b)
+    return "typo" if level == "disagree" and _name_level(b, a, folded_b, folded_a) == "typo" else level
+
+
+def shared_identifiers(a: MatchRecord, b: MatchRecord) -> tuple[str, ...]:
+    """The identifiers (cccd, bhyt, passport) both records carry with the same value."""
+    pairs = (
+        ("cccd", a.cccd, b.cccd),
+        ("bhyt", a.bhyt_code, b.bhyt_code),
+        ("passport", a.passport, b.passport),
+    )
+    return tuple(label for label, one, other in pairs if one and one == other)
+
+
+def identifier_conflict(record: MatchRecord, holders: Mapping[str, Sequence[MatchRecord]]) -> bool:
+    """Whether ``record`` carries identifiers held by persons known otherwise. ``holders``: each
+    person holding one of its identifiers, with the demographics the person is known by (its
+    facility records, its current demographics). A conflict when there are holders and none of them
+    is known as the same identity: one that is, is the person the registration names, and others
+    holding the number too (an earlier conflicting registration, say) do not matter."""
+    return bool(holders) and not any(
+        same_identity(record, known) for records in holders.values() for known in records
+    )
 
 
 def match_record(registration: Registration, record_id: str) -> MatchRecord:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date, timedelta
 
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
@@ -33,7 +34,13 @@ from emr_identity.domain import (
     PersonStatus,
     Sex,
 )
-from emr_identity.linkage import FacilityRecord, ReviewTask
+from emr_identity.linkage import (
+    FacilityRecord,
+    ProposedDemographics,
+    RecordDemographics,
+    ReviewKind,
+    ReviewTask,
+)
 from emr_identity.matching import (
     Candidate,
     Contribution,
@@ -275,8 +282,30 @@ def _candidates(documents: Iterable[Document]) -> tuple[Candidate, ...]:
     )
 
 
-def _record_document(crypt: FieldCrypt, record: FacilityRecord) -> Document:
+def _demographics_document(crypt: FieldCrypt, demographics: RecordDemographics) -> Document:
     return {
+        "full_name": demographics.full_name,
+        "birth_date": demographics.birth_date.isoformat(),
+        "sex": demographics.sex.value,
+        "phone": crypt.encrypt("identity.phone", demographics.phone),
+        "province_code": demographics.province_code,
+        "version": demographics.version,
+    }
+
+
+def _demographics(crypt: FieldCrypt, document: Document) -> RecordDemographics:
+    return RecordDemographics(
+        full_name=document["full_name"],
+        birth_date=date.fromisoformat(document["birth_date"]),
+        sex=Sex(document["sex"]),
+        phone=crypt.decrypt("identity.phone", document.get("phone", "")),
+        province_code=document.get("province_code", ""),
+        version=int(document.get("version", 1)),
+    )
+
+
+def _record_document(crypt: FieldCrypt, record: FacilityRecord) -> Document:
+    document: Document = {
         "_id": record.record_id,
         "person_id": record.person_id,
         "facility_code": record.facility_code,
@@ -287,10 +316,16 @@ def _record_document(crypt: FieldCrypt, record: FacilityRecord) -> Document:
         "candidates": _candidates_document(record.candidates),
         "review_task_id": record.review_task_id,
     }
+    if record.identifiers is not None:
+        document["identifiers"] = [_identifier_document(crypt, i) for i in record.identifiers]
+    if record.demographics is not None:
+        document["demographics"] = _demographics_document(crypt, record.demographics)
+    return document
 
 
 def _record(crypt: FieldCrypt, document: Document) -> FacilityRecord:
     outcome = document.get("outcome")
+    demographics = document.get("demographics")
     return FacilityRecord(
         record_id=document["_id"],
         person_id=document["person_id"],
@@ -301,10 +336,15 @@ def _record(crypt: FieldCrypt, document: Document) -> FacilityRecord:
         outcome=Outcome(outcome) if outcome else None,
         candidates=_candidates(document.get("candidates", ())),
         review_task_id=document.get("review_task_id", ""),
+        identifiers=tuple(_identifier(crypt, i) for i in document["identifiers"])
+        if "identifiers" in document
+        else None,
+        demographics=_demographics(crypt, demographics) if demographics else None,
     )
 
 
 def _task(document: Document) -> ReviewTask:
+    proposed = document.get("proposed")
     return ReviewTask(
         task_id=document["_id"],
         person_id=document["person_id"],
@@ -313,6 +353,13 @@ def _task(document: Document) -> ReviewTask:
         created_at=document["created_at"],
         open=document["open"],
         resolution=document.get("resolution", ""),
+        kind=ReviewKind(document.get("kind", ReviewKind.DUPLICATE.value)),
+        proposed=ProposedDemographics(
+            proposed["full_name"], date.fromisoformat(proposed["birth_date"]), Sex(proposed["sex"])
+        )
+        if proposed
+        else None,
+        facility_code=document.get("facility_code", ""),
     )
 
 
@@ -525,6 +572,48 @@ class PersonRepository:
         stored, inserted = await insert_or_get(self._records, _record_document(self._crypt, record))
         return _record(self._crypt, stored), inserted
 
+    async def update_record_demographics(
+        self,
+        record_id: str,
+        demographics: RecordDemographics,
+        expected_version: int,
+        origin: str,
+        plan: Document,
+    ) -> Document | None:
+        """Replaces a facility record's demographics with ``demographics`` (at version
+        ``expected_version`` + 1) if the stored ones are at ``expected_version``; None if not. As
+        ``_transition``: the change claims its version (``record:<id>:v<n>``), so of two concurrent
+        updates one wins; ``origin`` (the request) lets a retry after a crash apply its own claim.
+        ``plan``: what the caller decided to do next, kept with the claim; returns the plan of the
+        claim applied (a retry gets the first attempt's, and does what it decided)."""
+        document = await self._get(RECORDS, record_id)
+        if document is None:
+            return None
+        current = int(document.get("demographics", {}).get("version", 1))
+        claim_id = f"record:{record_id}:v{expected_version + 1}"
+        if current != expected_version:
+            claimed = await self._get(TRANSITIONS, claim_id)
+            if claimed is None or claimed["origin"] != origin:
+                return None
+            if current < expected_version + 1:
+                await self._update(RECORDS, record_id, {"$set": {"demographics": claimed["change"]}})
+            return dict(claimed["plan"])
+        change = _demographics_document(self._crypt, replace(demographics, version=expected_version + 1))
+        stored, inserted = await insert_or_get(
+            self._transitions, {"_id": claim_id, "change": change, "origin": origin, "plan": plan}
+        )
+        if inserted or stored["origin"] == origin:
+            await self._update(RECORDS, record_id, {"$set": {"demographics": stored["change"]}})
+            return dict(stored["plan"])
+        # Another update won; it is applied here too in case its writer stopped before applying it.
+        latest = await self._get(RECORDS, record_id)
+        if (
+            latest is not None
+            and int(latest.get("demographics", {}).get("version", 1)) < expected_version + 1
+        ):
+            await self._update(RECORDS, record_id, {"$set": {"demographics": stored["change"]}})
+        return None
+
     async def get_record(self, record_id: str) -> FacilityRecord | None:
         document = await self._get(RECORDS, record_id)
         return _record(self._crypt, document) if document else None
@@ -593,6 +682,15 @@ class PersonRepository:
                 "created_at": task.created_at,
                 "open": task.open,
                 "resolution": "",
+                "kind": task.kind.value,
+                "proposed": {
+                    "full_name": task.proposed.full_name,
+                    "birth_date": task.proposed.birth_date.isoformat(),
+                    "sex": task.proposed.sex.value,
+                }
+                if task.proposed
+                else None,
+                "facility_code": task.facility_code,
             },
         )
         if inserted and task.open:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -12,19 +12,37 @@ from prometheus_client import Counter, Gauge
 
 from emr_identity.domain import (
     EventKind,
+    IdentifierSystem,
     LinkEvent,
     Outcome,
     PatientChange,
     PatientChangeKind,
     Person,
     PersonStatus,
+    Registration,
     RegistrationInput,
     check_patient_id,
+    identifier_key,
+    masked,
     new_person,
     phone_key,
     validate_registration,
 )
-from emr_identity.linkage import FacilityRecord, ReviewTask, review_task_id
+from emr_identity.linkage import (
+    RESOLUTIONS,
+    FacilityRecord,
+    ProposedDemographics,
+    Resolution,
+    ReviewKind,
+    ReviewTask,
+    facility_person,
+    known_as,
+    newest,
+    proposes_change,
+    record_demographics,
+    review_task_id,
+    shown_demographics,
+)
 from emr_identity.matching import (
     Candidate,
     Decision,
@@ -35,17 +53,28 @@ from emr_identity.matching import (
     blocking_keys,
     candidate_records,
     decide,
+    identifier_conflict,
     match_record,
     proposable,
+    rank,
     score,
+    shared_identifiers,
 )
 from emr_identity.repository import PatientChangeRepository, PersonRepository
-from emr_identity.vietnamese import fold, normalize_name, normalize_phone
+from emr_identity.vietnamese import fold, normalize_name, normalize_phone, split_name
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
-from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
+from emr_runtime.errors import (
+    ConflictError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    Violations,
+)
 from emr_runtime.idempotency import check_request_id, derive_id
 from emr_runtime.paging import PageTokens, page_size, position_int
+from emr_runtime.visibility import Visibility, current_access, denial_reason
 
 log = logging.getLogger("emr.identity")
 
@@ -54,6 +83,14 @@ log = logging.getLogger("emr.identity")
 MAX_MERGE_HOPS = 16
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+# A search page holds at most this many persons, whatever page_size asks (searches find persons at
+# a desk, they do not list the index), and one call checks the access model for at most
+# SEARCH_EXAMINED_PER_CALL persons: a page can come back short, with a token to go on.
+MAX_SEARCH_RESULTS = 20
+SEARCH_EXAMINED_PER_CALL = 100
+# Times an update on behalf of a facility that alone registered the person re-reads the person
+# when a concurrent change of it won (it then answers ABORTED).
+PERSON_UPDATE_ATTEMPTS = 3
 
 # Labelled by outcome only (created, existing, linked, review): never by patient or facility.
 MATCH_OUTCOMES = Counter(
@@ -73,10 +110,24 @@ REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (
 
 @dataclass(frozen=True)
 class RegistrationResult:
+    """What a registration tells its caller: ``person`` is the caller's own record (what it sent,
+    normalised) under the person's id; ``candidates`` only as ``disclosed`` allows."""
+
     person: Person
     outcome: Outcome
     candidates: tuple[Candidate, ...] = ()
     review_task_id: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """The person as the caller sees it after an update; ``change_proposed``: the name, birth date
+    or sex became a proposal (review task ``review_task_id``) and the person is unchanged."""
+
+    person: Person
+    candidates: tuple[Candidate, ...] = ()
+    review_task_id: str = ""
+    change_proposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,7 +182,9 @@ class IdentityService:
         """Registers a facility record once per request_id and links it: a CCCD or facility MRN
         already registered resolves to its person (claimed through unique ids, safe under
         concurrency without transactions); otherwise the matcher links automatically, opens a
-        review task, or creates a person."""
+        review task, or creates a person. A CCCD, BHYT or passport held only by persons known by
+        another name or birth date links to none of them (Outcome.CONFLICT). The caller gets back
+        its own record of the person, never what other facilities entered."""
         now = utc_now()
         registration = validate_registration(raw, now.date())
         candidate = new_person(registration, derive_id("person", registration.request_id), now)
@@ -153,6 +206,8 @@ class IdentityService:
                     match=match_record(registration, record_id),
                     request_fingerprint=registration.fingerprint,
                     created_at=now,
+                    identifiers=registration.identifiers,
+                    demographics=record_demographics(registration),
                 ),
                 actor_id,
                 now,
@@ -162,12 +217,34 @@ class IdentityService:
                 assert linked.outcome is not None
                 MATCH_OUTCOMES.labels(linked.outcome.value).inc()
         assert record.outcome is not None
+        person = (await self._view(record.person_id, "patient_id")).person
+        shown = facility_person(person.person_id, record)
+        if (await current_access().visibility(person.person_id)).shares_demographics:
+            # The version of what the caller's GetPatient shows: the person, not its own record.
+            shown = replace(shown, version=person.version)
+        disclosed = record.outcome in (Outcome.LINKED, Outcome.REVIEW)
         return RegistrationResult(
-            person=(await self._view(record.person_id, "patient_id")).person,
+            person=shown,
             outcome=record.outcome,
-            candidates=record.candidates,
+            candidates=await self._disclosed(record.candidates, visible_only=False) if disclosed else (),
             review_task_id=record.review_task_id,
         )
+
+    async def _disclosed(self, candidates: Iterable[Candidate], visible_only: bool) -> tuple[Candidate, ...]:
+        """Candidates as the caller may see them: ids and scores; the per-field contributions only
+        of persons whose every facility's demographics the caller may see (they compare with other
+        facilities' data, and would tell a registrar what those hold). ``visible_only``: persons
+        the caller's facility has no relationship with are left out."""
+        access = current_access()
+        shown: list[Candidate] = []
+        for candidate in candidates:
+            visibility = await access.visibility(candidate.person_id)
+            if visible_only and not visibility.opens_anything:
+                continue
+            if not visibility.shares_demographics:
+                candidate = replace(candidate, score=replace(candidate.score, contributions=()))
+            shown.append(candidate)
+        return tuple(shown)
 
     async def _link(
         self, stored: Person, record: FacilityRecord, actor_id: str, now: datetime
@@ -180,16 +257,23 @@ class IdentityService:
             return replace(record, outcome=Outcome.CREATED)
         # Claimed at once; the first key owned by another person (CCCD first) decides.
         owners = await asyncio.gather(*(self._persons.claim(k, stored.person_id) for k in stored.claim_keys))
-        for owner_id in owners:
+        for claim_key, owner_id in zip(stored.claim_keys, owners, strict=True):
             if owner_id != stored.person_id:
                 # The owner may have stopped before activating; its document is complete, so finish it.
                 await self._persons.activate(owner_id)
+                if claim_key.startswith(("cccd:", "cccd#")):  # as new, or as stored (blind index)
+                    holders = await self._known_demographics({owner_id})
+                    if identifier_conflict(record.match, holders):
+                        return await self._keep_apart(stored, record, holders, actor_id, now)
                 if await self._persons.supersede(stored.person_id, owner_id):
                     await self._persons.release_claims(stored.person_id, stored.claim_keys)
                     await self._attach(record, owner_id, EventKind.LINKED, actor_id, now)
                     return replace(record, person_id=owner_id, outcome=Outcome.EXISTING)
                 # A rival registration already resolved to this person (it won an earlier claim), so
                 # it stays; the matcher below decides about the contested identifier.
+        holders = await self._identifier_holders(record.match, exclude={stored.person_id})
+        if identifier_conflict(record.match, holders):
+            return await self._keep_apart(stored, record, holders, actor_id, now)
         result = await self._match(record.match, exclude={stored.person_id})
         if result.decision is Decision.LINK:
             target = result.candidates[0].person_id
@@ -216,6 +300,77 @@ class IdentityService:
         return replace(
             record, outcome=Outcome.REVIEW, candidates=result.candidates, review_task_id=task.task_id
         )
+
+    async def _keep_apart(
+        self,
+        stored: Person,
+        record: FacilityRecord,
+        holders: dict[str, list[MatchRecord]],
+        actor_id: str,
+        now: datetime,
+    ) -> FacilityRecord:
+        """An identifier conflict: the registration becomes a person of its own (the facility keeps
+        treating and recording under it, and gains no relationship with the holders), and a review
+        task asks a data steward whether it is one of them. The record names no candidate: the
+        caller learns nothing of the holders."""
+        await self._persons.activate(stored.person_id)
+        await self._attach(record, stored.person_id, EventKind.CREATED, actor_id, now)
+        await self._changed(PatientChangeKind.REGISTERED, stored.person_id, "registered")
+        known = [(person_id, match) for person_id, matches in holders.items() for match in matches]
+        task = ReviewTask(
+            task_id=review_task_id(await self._persons.next_review_sequence()),
+            person_id=stored.person_id,
+            record_id=record.record_id,
+            candidates=tuple(rank(record.match, known, await self._name_frequencies())),
+            created_at=now,
+            kind=ReviewKind.IDENTIFIER_CONFLICT,
+            facility_code=record.facility_code,
+        )
+        await self._persons.insert_task(task)
+        await self._log(
+            EventKind.REVIEW_OPENED, stored.person_id, f"{record.record_id}:review", actor_id, now
+        )
+        return replace(
+            record, person_id=stored.person_id, outcome=Outcome.CONFLICT, review_task_id=task.task_id
+        )
+
+    async def _identifier_holders(
+        self, match: MatchRecord, exclude: set[str]
+    ) -> dict[str, list[MatchRecord]]:
+        """The persons (but ``exclude``) whose finished records carry the BHYT or passport of
+        ``match``, with the demographics they are known by. (A CCCD is unique: its claim names its
+        one holder.)"""
+        keys = [
+            identifier_key(system, value)
+            for system, value in (
+                (IdentifierSystem.BHYT, match.bhyt_code),
+                (IdentifierSystem.PASSPORT, match.passport),
+            )
+            if value
+        ]
+        if not keys:
+            return {}
+        members = await self._block_members(keys)
+        sharing = [
+            record_id
+            for record_id, member in members.items()
+            if record_id != match.record_id and set(shared_identifiers(match, member)) & {"bhyt", "passport"}
+        ]
+        records = [r for r in await self._persons.records(sharing) if r.outcome is not None]
+        return await self._known_demographics({r.person_id for r in records} - exclude)
+
+    async def _known_demographics(self, person_ids: set[str]) -> dict[str, list[MatchRecord]]:
+        """Each person with what it is known by: its current demographics and its facility records
+        (and those of persons merged into it)."""
+        known: dict[str, list[MatchRecord]] = {}
+        for person in await self._persons.get_many(person_ids):
+            merged = await self._persons.get_many(person.merged_person_ids)
+            record_ids = person.record_ids + tuple(r for m in merged for r in m.record_ids)
+            records = await self._persons.records(record_ids)
+            known[person.person_id] = [known_as(person), *(r.match for r in records if r.outcome is not None)]
+        for person_id in person_ids - set(known):
+            known[person_id] = []  # unreadable: known by nothing, so never taken on trust
+        return known
 
     async def _attach(
         self, record: FacilityRecord, person_id: str, kind: EventKind, actor_id: str, now: datetime
@@ -266,27 +421,64 @@ class IdentityService:
 
     async def update(
         self, raw: RegistrationInput, patient_id: str, expected_version: int, actor_id: str
-    ) -> RegistrationResult:
+    ) -> UpdateResult:
+        """Updates a person's demographics at ``expected_version`` (the version of what the caller
+        reads: the person, or its own facility record when it sees only its own data)."""
+        view = await self._view(patient_id, "patient_id")
+        visibility = await current_access().visibility(patient_id)
+        if visibility.shares_demographics:
+            return await self._update_person(raw, view.person, expected_version, actor_id)
+        return await self._update_own_record(raw, view, visibility, expected_version, actor_id)
+
+    async def _update_person(
+        self, raw: RegistrationInput, person: Person, expected_version: int, actor_id: str
+    ) -> UpdateResult:
         """Replaces the best-known demographics at ``expected_version``, then re-evaluates this
         person's links only: likely matches open a review task (never an automatic merge)."""
-        person = (await self._view(patient_id, "patient_id")).person
         done = await self._persons.get_event(derive_id(f"event:updated:{person.person_id}", raw.request_id))
         if done is not None:
             if done.request_fingerprint != raw.fingerprint:
                 raise ConflictError("request_id was already used for a different update", "request_id")
-            # A retry after a crash between the update and its change puts the change in the feed.
-            await self._changed(PatientChangeKind.UPDATED, person.person_id, f"v{done.version}")
-            task = await self._persons.get_task(done.review_task_id) if done.review_task_id else None
+            candidates, task_id = await self._finish_update(person.person_id, done)
             current = (await self._view(person.person_id, "patient_id")).person
-            return RegistrationResult(
-                current, Outcome.EXISTING, task.candidates if task else (), done.review_task_id
-            )
+            return UpdateResult(current, await self._disclosed(candidates, visible_only=True), task_id)
         now = utc_now()
         registration = validate_registration(
             replace(raw, facility_code=person.registering_facility_code), now.date()
         )
         if expected_version < 1:
             raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
+        replaced = await self._replace_demographics(
+            person, registration, expected_version, raw.request_id, raw.fingerprint, actor_id, now
+        )
+        if replaced is None:
+            raise ConflictError(
+                "the person changed since expected_version; read it again", "expected_version"
+            )
+        updated, candidates, task_id = replaced
+        return UpdateResult(updated, await self._disclosed(candidates, visible_only=True), task_id)
+
+    async def _finish_update(self, person_id: str, done: LinkEvent) -> tuple[tuple[Candidate, ...], str]:
+        """A retry of an update that happened: puts the change in the feed (a crash may have come
+        between the update and its change) and returns what the update found."""
+        await self._changed(PatientChangeKind.UPDATED, person_id, f"v{done.version}")
+        task = await self._persons.get_task(done.review_task_id) if done.review_task_id else None
+        return (task.candidates if task else ()), done.review_task_id
+
+    async def _replace_demographics(
+        self,
+        person: Person,
+        registration: Registration,
+        expected_version: int,
+        request_id: str,
+        fingerprint: str,
+        actor_id: str,
+        now: datetime,
+        reason: str = "",
+    ) -> tuple[Person, tuple[Candidate, ...], str] | None:
+        """Replaces the person's demographics with the registration's if the person is at
+        ``expected_version`` (None if not), re-evaluates its links (likely matches open a review
+        task) and logs and feeds the change; returns the person, the candidates and the task id."""
         updated = replace(
             person,
             full_name=registration.full_name,
@@ -296,10 +488,8 @@ class IdentityService:
             province_code=registration.province_code,
             version=expected_version + 1,
         )
-        if not await self._persons.update_demographics(updated, expected_version, raw.request_id):
-            raise ConflictError(
-                "the person changed since expected_version; read it again", "expected_version"
-            )
+        if not await self._persons.update_demographics(updated, expected_version, request_id):
+            return None
         result = await self._match(
             match_record(registration, f"{person.person_id}:v{updated.version}"),
             exclude={person.person_id, *person.merged_person_ids},
@@ -312,15 +502,138 @@ class IdentityService:
         await self._log(
             EventKind.UPDATED,
             person.person_id,
+            request_id,
+            actor_id,
+            now,
+            reason=reason,
+            version=updated.version,
+            review_task_id=task_id,
+            request_fingerprint=fingerprint,
+        )
+        await self._changed(PatientChangeKind.UPDATED, person.person_id, f"v{updated.version}")
+        return updated, result.candidates, task_id
+
+    async def _replace_current_demographics(
+        self,
+        person_id: str,
+        demographics: Callable[[Person], Registration],
+        request_id: str,
+        fingerprint: str,
+        actor_id: str,
+        now: datetime,
+        reason: str = "",
+    ) -> tuple[tuple[Candidate, ...], str]:
+        """Replaces the person's demographics, at whatever version it has now, with what
+        ``demographics`` makes of it (for a change already decided: a facility's update of a person
+        it alone registered, an accepted proposal); idempotent by ``request_id``. ConflictError if
+        concurrent changes keep winning."""
+        for _ in range(PERSON_UPDATE_ATTEMPTS):
+            done = await self._persons.get_event(derive_id(f"event:updated:{person_id}", request_id))
+            if done is not None:
+                return await self._finish_update(person_id, done)
+            person = (await self._view(person_id, "patient_id")).person
+            replaced = await self._replace_demographics(
+                person, demographics(person), person.version, request_id, fingerprint, actor_id, now, reason
+            )
+            if replaced is not None:
+                return replaced[1], replaced[2]
+        raise ConflictError("the person is being changed concurrently; retry the request", "patient_id")
+
+    async def _update_own_record(
+        self,
+        raw: RegistrationInput,
+        view: PersonView,
+        visibility: Visibility,
+        expected_version: int,
+        actor_id: str,
+    ) -> UpdateResult:
+        """An update by a facility that sees only its own data: its own (newest) record of the person
+        is updated at ``expected_version``. Of the person, when the facility alone registered it, as
+        an update of the person; otherwise a new name, birth date or sex becomes a proposal for
+        review (what one facility entered never overwrites what others registered), and the phone
+        and province stay the facility's own."""
+        person = view.person
+        records = [r for r in await self._persons.records(view.record_ids) if r.outcome is not None]
+        own = newest([r for r in records if r.facility_code == visibility.facility_code])
+        if own is None:
+            raise PermissionDeniedError(
+                "the caller's facility has no registration of this patient to update: register the "
+                "patient at the facility first"
+            )
+        event_id = derive_id(f"event:record_updated:{person.person_id}", raw.request_id)
+        done = await self._persons.get_event(event_id)
+        if done is not None:
+            if done.request_fingerprint != raw.fingerprint:
+                raise ConflictError("request_id was already used for a different update", "request_id")
+            return await self._record_update_result(person.person_id, own, done.review_task_id)
+        now = utc_now()
+        registration = validate_registration(replace(raw, facility_code=own.facility_code), now.date())
+        if expected_version < 1:
+            raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
+        demographics = replace(record_demographics(registration), version=expected_version + 1)
+        alone = all(r.facility_code == own.facility_code for r in records)
+        proposed = ProposedDemographics(registration.full_name, registration.birth_date, registration.sex)
+        # A proposal when the facility changes its own name, birth date or sex of the person to
+        # something the person does not have (re-sending what it registered proposes nothing).
+        _, before = shown_demographics(own)
+        changed_here = (before.full_name, before.birth_date, before.sex) != (
+            proposed.full_name,
+            proposed.birth_date,
+            proposed.sex,
+        )
+        propose = not alone and changed_here and proposes_change(person, proposed)
+        task_id = review_task_id(await self._persons.next_review_sequence()) if propose else ""
+        plan = await self._persons.update_record_demographics(
+            own.record_id, demographics, expected_version, raw.request_id, {"proposal_task_id": task_id}
+        )
+        if plan is None:
+            raise ConflictError(
+                "the facility's record of the person changed since expected_version; read it again",
+                "expected_version",
+            )
+        task_id = str(plan.get("proposal_task_id", ""))
+        if task_id:
+            await self._persons.insert_task(
+                ReviewTask(
+                    task_id,
+                    person.person_id,
+                    own.record_id,
+                    (),
+                    now,
+                    kind=ReviewKind.DEMOGRAPHICS_CHANGE,
+                    proposed=proposed,
+                    facility_code=own.facility_code,
+                )
+            )
+        elif alone:
+            _, task_id = await self._replace_current_demographics(
+                person.person_id, lambda _: registration, raw.request_id, raw.fingerprint, actor_id, now
+            )
+        await self._log(
+            EventKind.RECORD_UPDATED,
+            person.person_id,
             raw.request_id,
             actor_id,
             now,
-            version=updated.version,
+            record_id=own.record_id,
+            version=demographics.version,
             review_task_id=task_id,
             request_fingerprint=raw.fingerprint,
         )
-        await self._changed(PatientChangeKind.UPDATED, person.person_id, f"v{updated.version}")
-        return RegistrationResult(updated, Outcome.EXISTING, result.candidates, task_id)
+        return await self._record_update_result(
+            person.person_id, replace(own, demographics=demographics), task_id
+        )
+
+    async def _record_update_result(self, person_id: str, own: FacilityRecord, task_id: str) -> UpdateResult:
+        task = await self._persons.get_task(task_id) if task_id else None
+        proposal = task is not None and task.kind is ReviewKind.DEMOGRAPHICS_CHANGE
+        candidates = task.candidates if task is not None and not proposal else ()
+        return UpdateResult(
+            facility_person(person_id, own),
+            await self._disclosed(candidates, visible_only=True),
+            task_id,
+            change_proposed=proposal,
+        )
 
     # --- matching ---------------------------------------------------------------------------------
 
@@ -362,7 +675,8 @@ class IdentityService:
         return resolved
 
     async def match(self, raw: RegistrationInput, patient_id: str = "") -> MatchResult:
-        """A dry run of registration matching; writes nothing."""
+        """A dry run of registration matching; writes nothing. The decision is the matcher's; the
+        candidates are those the caller's facility may see (as ``_disclosed``)."""
         now = utc_now()
         registration = validate_registration(replace(raw, request_id=raw.request_id or "match"), now.date())
         exclude: set[str] = set()
@@ -371,7 +685,8 @@ class IdentityService:
             on_behalf = (await self._view(patient_id, "patient_id")).person
             exclude = {on_behalf.person_id, patient_id}
             rejected = frozenset(on_behalf.rejected_person_ids)
-        return await self._match(match_record(registration, "dry-run"), exclude, rejected)
+        result = await self._match(match_record(registration, "dry-run"), exclude, rejected)
+        return MatchResult(result.decision, await self._disclosed(result.candidates, visible_only=True))
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -393,7 +708,33 @@ class IdentityService:
         return PersonView(person, merged_from, record_ids)
 
     async def get(self, patient_id: str) -> PersonView:
+        """The person as stored (the access model's own read: no visibility applied)."""
         return await self._view(patient_id, "patient_id")
+
+    async def read(self, patient_id: str) -> PersonView:
+        """The person as the caller may see it (GetPatient): the best-known demographics when the
+        caller sees every facility's data of the person (a consent grant, an emergency access, a
+        platform role); otherwise its own facility's record of the person."""
+        view = await self._view(patient_id, "patient_id")
+        visibility = await current_access().visibility(patient_id)
+        if visibility.shares_demographics:
+            return view
+        return await self._facility_view(view, visibility)
+
+    async def _facility_view(self, view: PersonView, visibility: Visibility) -> PersonView:
+        """The person as the newest record of the caller's facility shows it (or, without one, the
+        newest record the facility may see: a referring facility's), with the ids of the records it
+        may see. PermissionDeniedError when it may see none."""
+        records = [r for r in await self._persons.records(view.record_ids) if r.outcome is not None]
+        visible = [r for r in records if visibility.sees(r.facility_code)]
+        shown = newest([r for r in visible if r.facility_code == visibility.facility_code]) or newest(visible)
+        if shown is None:
+            raise PermissionDeniedError(denial_reason(export=False))
+        return PersonView(
+            facility_person(view.person.person_id, shown),
+            view.merged_from,
+            tuple(r.record_id for r in visible),
+        )
 
     async def registered_at(self, patient_id: str, facility_code: str) -> bool:
         """Whether the facility registered the person (or a person merged into it)."""
@@ -407,7 +748,9 @@ class IdentityService:
         return any(record.facility_code == facility_code for record in records)
 
     async def search(self, query: SearchQuery) -> tuple[list[Person], str]:
-        size = page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        """Persons the caller's facility may see, as it may see them (see ``get``), identifiers and
+        phone masked; at most MAX_SEARCH_RESULTS a page."""
+        size = min(page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), MAX_SEARCH_RESULTS)
         position = self._page_tokens.decode(query.page_token)
         offset = position_int(position, "offset") if position else 0
         key, exact = self._search_key(query)
@@ -416,9 +759,26 @@ class IdentityService:
             records = [r for r in records if r.match.names.full == exact]
         owners = await self._current_persons({r.person_id for r in records})
         person_ids = sorted(set(owners.values()))
-        page = await self._persons.get_many(person_ids[offset : offset + size])
-        more = offset + size < len(person_ids)
-        return page, self._page_tokens.encode({"offset": offset + size}) if more else ""
+        access = current_access()
+        found: list[Person] = []
+        examined = offset
+        while (
+            examined < len(person_ids) and len(found) < size and examined - offset < SEARCH_EXAMINED_PER_CALL
+        ):
+            person_id = person_ids[examined]
+            examined += 1
+            visibility = await access.visibility(person_id)
+            if not visibility.opens_anything:
+                continue
+            view = await self._view(person_id, "patient_id")
+            if not visibility.shares_demographics:
+                try:
+                    view = await self._facility_view(view, visibility)
+                except PermissionDeniedError:
+                    continue
+            found.append(masked(view.person))
+        more = examined < len(person_ids)
+        return found, self._page_tokens.encode({"offset": examined}) if more else ""
 
     @staticmethod
     def _search_key(query: SearchQuery) -> tuple[str, str]:
@@ -472,29 +832,40 @@ class IdentityService:
         self,
         request_id: str,
         task_id: str,
-        same_person: bool | None,
+        resolution: Resolution | None,
         candidate_id: str,
         reason: str,
         actor_id: str,
     ) -> Person:
+        """Decides a review task: SAME_PERSON merges the task's person into a candidate and
+        DIFFERENT_PERSONS remembers the pair (likely duplicates, identifier conflicts);
+        ACCEPT_CHANGE applies a proposed name, birth date and sex to the person and REJECT_CHANGE
+        leaves it (demographics changes)."""
         violations = Violations()
         check_request_id(violations, request_id)
         if not task_id.strip():
             violations.add("review_task_id", "required")
-        if same_person is None:
-            violations.add("resolution", "SAME_PERSON or DIFFERENT_PERSONS")
+        if resolution is None:
+            violations.add("resolution", "SAME_PERSON, DIFFERENT_PERSONS, ACCEPT_CHANGE or REJECT_CHANGE")
         violations.raise_if_any()
+        assert resolution is not None
         task = await self._persons.get_task(task_id)
         if task is None:
             raise NotFoundError("ReviewTask", "review_task_id", task_id)
-        resolution = "same" if same_person else "different"
+        if resolution not in RESOLUTIONS[task.kind]:
+            allowed = " or ".join(sorted(r.name for r in RESOLUTIONS[task.kind]))
+            raise InvalidArgumentError(
+                [FieldViolation("resolution", f"a {task.kind.value} task is resolved by {allowed}")]
+            )
         if not task.open:
-            if task.resolution != f"{resolution}:{request_id}":
+            if task.resolution != f"{resolution.value}:{request_id}":
                 raise ConflictError("the review task was already resolved", "review_task_id")
             return (await self._view(task.person_id, "review_task_id")).person  # a repeated request
         now = utc_now()
         proposed = [c.person_id for c in task.candidates]
-        if same_person:
+        if resolution is Resolution.SAME_PERSON:
+            if not proposed:
+                raise InvalidArgumentError([FieldViolation("resolution", "the task has no candidate")])
             survivor = candidate_id or proposed[0]
             if survivor not in proposed:
                 raise InvalidArgumentError(
@@ -503,7 +874,7 @@ class IdentityService:
             await self.merge(
                 f"{request_id}:merge", survivor, task.person_id, reason or "review: same person", actor_id
             )
-        else:
+        elif resolution is Resolution.DIFFERENT_PERSONS:
             rejected = [candidate_id] if candidate_id else proposed
             for other in rejected:
                 await self._persons.reject_pair(task.person_id, other)
@@ -511,8 +882,58 @@ class IdentityService:
                     await self._log(
                         EventKind.REJECTED, one, request_id, actor_id, now, two, task.record_id, reason
                     )
-        await self._persons.close_task(task.task_id, f"{resolution}:{request_id}")
+        elif resolution is Resolution.ACCEPT_CHANGE:
+            assert task.proposed is not None  # every demographics change carries its proposal
+            await self._accept_proposal(task, task.proposed, request_id, reason, actor_id, now)
+        else:
+            await self._log(
+                EventKind.CHANGE_REJECTED,
+                task.person_id,
+                request_id,
+                actor_id,
+                now,
+                record_id=task.record_id,
+                reason=reason,
+            )
+        await self._persons.close_task(task.task_id, f"{resolution.value}:{request_id}")
         return (await self._view(task.person_id, "review_task_id")).person
+
+    async def _accept_proposal(
+        self,
+        task: ReviewTask,
+        proposed: ProposedDemographics,
+        request_id: str,
+        reason: str,
+        actor_id: str,
+        now: datetime,
+    ) -> None:
+        """Applies a proposed name, birth date and sex to the person (the task's person, or the
+        survivor it was merged into); its phone and province stay."""
+
+        def proposal_of(person: Person) -> Registration:
+            return Registration(
+                request_id=request_id,
+                identifiers=(),
+                full_name=proposed.full_name,
+                birth_date=proposed.birth_date,
+                sex=proposed.sex,
+                facility_code=task.facility_code,
+                fingerprint="",
+                name_parts=split_name(proposed.full_name),
+                phone=person.phone,
+                province_code=person.province_code,
+            )
+
+        person_id = (await self._view(task.person_id, "review_task_id")).person.person_id
+        await self._replace_current_demographics(
+            person_id,
+            proposal_of,
+            request_id,
+            "",
+            actor_id,
+            now,
+            reason or "review: proposed change accepted",
+        )
 
     # --- merge ------------------------------------------------------------------------------------
 

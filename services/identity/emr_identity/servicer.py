@@ -39,7 +39,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
     async def GetPatient(
         self, request: identity_pb2.GetPatientRequest, context: Context
     ) -> identity_pb2.GetPatientResponse:
-        view = await self._service.get(request.patient_id)
+        view = await self._service.read(request.patient_id)
         return identity_pb2.GetPatientResponse(
             patient=converters.patient_message(view.person),
             merged_from_patient_id=view.merged_from,
@@ -56,11 +56,7 @@ class PatientIdentityServicer(identity_pb2_grpc.PatientIdentityServiceServicer):
             request.expected_version,
             _actor(context),
         )
-        return identity_pb2.UpdatePatientResponse(
-            patient=converters.patient_message(result.person),
-            candidates=converters.candidate_messages(result.candidates),
-            review_task_id=result.review_task_id,
-        )
+        return converters.update_response(result)
 
     async def MatchPatient(
         self, request: identity_pb2.MatchPatientRequest, context: Context
@@ -241,6 +237,14 @@ def _nobody(request: Any, response: Any) -> str:
     return ""
 
 
+def _found_patient_ids(request: Any, response: Any) -> list[str]:
+    return [str(patient.patient_id) for patient in response.patients]
+
+
+def _candidate_patient_ids(request: Any, response: Any) -> list[str]:
+    return [str(candidate.patient_id) for candidate in response.candidates]
+
+
 # The patient change feed (ListPatientChanges) is the platform's own feed to sync, not an access on a
 # patient's behalf; sync audits what it exports (as records' change feed).
 AUDIT_RULES = {
@@ -265,8 +269,13 @@ AUDIT_RULES = {
     f"/{SERVICE_NAME}/ResolveReviewTask": AuditRule(
         audit_pb2.AUDIT_ACTION_UPDATE, "Patient", _registered_patient_id, _registered_patient_id
     ),
-    f"/{SERVICE_NAME}/SearchPatients": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
-    f"/{SERVICE_NAME}/MatchPatient": AuditRule(audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody),
+    # Every person a search returns is a hit in that person's access report (one event each).
+    f"/{SERVICE_NAME}/SearchPatients": AuditRule(
+        audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody, patient_ids=_found_patient_ids
+    ),
+    f"/{SERVICE_NAME}/MatchPatient": AuditRule(
+        audit_pb2.AUDIT_ACTION_SEARCH, "Patient", _nobody, _nobody, patient_ids=_candidate_patient_ids
+    ),
 }
 
 # Sharing grants, referrals and emergency accesses: in the patient's access report with their own

@@ -17,8 +17,12 @@ from emr_identity.matching import (
     blocking_keys,
     candidate_records,
     decide,
+    identifier_conflict,
     proposable,
+    rank,
+    same_identity,
     score,
+    shared_identifiers,
 )
 from emr_identity.synthetic import duplicates_of, generate
 from emr_identity.vietnamese import split_name
@@ -201,3 +205,76 @@ def test_duplicates_of_re_register_persons_of_the_population_reproducibly() -> N
     keys = {p.person_key for p in population}
     assert {c.person_key for c in copies} <= keys
     assert len({c.mrn for c in copies}) == 50
+
+
+# --- identifiers and the identity they belong to ----------------------------------------------------
+
+
+def test_same_identity_tolerates_data_entry_errors() -> None:
+    registered = record(cccd="079190000001")
+    tolerated = [
+        record("b", "Nguyen Thi Ngoc Diep"),  # diacritics dropped
+        record("b", "Nguyễn Thị Ngọc Điêp"),  # a wrong tone
+        record("b", "Nguyễn Thị Ngọc Điệu"),  # a typo in the given name
+        record("b", "Nguyễn Điệp"),  # the middle name left out
+        record("b", birth_date=date(1990, 7, 3)),  # day and month swapped
+        record("b", birth_date=date(1991, 3, 7)),  # the year one off
+        record("b", sex="male", phone="", province_code="01"),  # neither sex, phone nor address count
+    ]
+    for other in tolerated:
+        assert same_identity(registered, other), other
+        assert same_identity(other, registered), other
+
+
+def test_same_identity_refuses_another_name_or_birth_date() -> None:
+    registered = record(cccd="079190000001")
+    refused = [
+        record("b", "Phạm Văn Hùng"),  # another person
+        record("b", "Nguyễn Thị Ngọc Hoa"),  # another given name
+        record("b", "Trần Thị Ngọc Điệp"),  # another family name
+        record("b", "Nguyễn Văn Ngọc Điệp"),  # another middle name
+        record("b", "Điệp"),  # a one-word name: the family and given names cannot both agree
+        record("b", birth_date=date(1990, 3, 8)),  # another day
+        record("b", birth_date=date(1992, 3, 7)),  # the year two off
+        record("b", birth_date=date(1990, 4, 7)),  # another month
+    ]
+    for other in refused:
+        assert not same_identity(registered, other), other
+
+
+def test_a_one_word_name_is_the_same_identity_as_itself() -> None:
+    assert same_identity(record(name="Điệp"), record("b", name="Diep"))
+
+
+def test_shared_identifiers_names_each_card_both_records_carry() -> None:
+    a = record(cccd="079190000001", bhyt_code="0123456789", passport="B1234567")
+    assert shared_identifiers(a, record("b", cccd="079190000001", bhyt_code="0123456789")) == ("cccd", "bhyt")
+    assert shared_identifiers(a, record("b", passport="B1234567", cccd="079190000002")) == ("passport",)
+    assert shared_identifiers(record(), record("b")) == ()  # no card on either side is not a shared card
+
+
+def test_identifier_conflict_when_no_holder_is_known_as_the_registration() -> None:
+    registration = record("new", "Phạm Văn Hùng", cccd="079190000001")
+    victim = record("r1", cccd="079190000001")
+    assert identifier_conflict(registration, {"p1": [victim]})
+    # A holder known (also) by the registration's name and birth date is the person meant...
+    assert not identifier_conflict(registration, {"p1": [victim, record("r2", "Phạm Văn Hùng")]})
+    # ...and an earlier conflicting registration holding the card does not block the real person.
+    impostor = record("r3", "Phạm Văn Hùng", cccd="079190000001")
+    assert not identifier_conflict(record("again", cccd="079190000001"), {"p1": [victim], "p2": [impostor]})
+    # Without holders there is nothing to conflict with; a holder known by nothing is never trusted.
+    assert not identifier_conflict(registration, {})
+    assert identifier_conflict(registration, {"p1": []})
+
+
+def test_rank_scores_each_person_by_its_best_record() -> None:
+    best, worse = record("r1"), record("r2", birth_date=date(1990, 3, 9))
+    ranked = rank(record("new"), [("p1", worse), ("p2", worse), ("p1", best)], POPULATION, frozenset({"p2"}))
+    assert [c.person_id for c in ranked] == ["p1"]
+    assert ranked[0].score == score(record("new"), best, POPULATION)
+
+
+def test_a_typo_leaving_two_letters_is_tolerated_whichever_record_came_first() -> None:
+    nhi, ni = record(name="Vũ Minh Nhi"), record("b", name="Vũ Minh Ni")
+    assert same_identity(nhi, ni) and same_identity(ni, nhi)
+    assert not same_identity(record(name="Vũ Minh Ni"), record("b", name="Vũ Minh An"))

@@ -33,6 +33,7 @@ class RegistrationOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REGISTRATION_OUTCOME_EXISTING: _ClassVar[RegistrationOutcome]
     REGISTRATION_OUTCOME_LINKED_EXISTING: _ClassVar[RegistrationOutcome]
     REGISTRATION_OUTCOME_REVIEW_REQUIRED: _ClassVar[RegistrationOutcome]
+    REGISTRATION_OUTCOME_IDENTIFIER_CONFLICT: _ClassVar[RegistrationOutcome]
 
 class MatchDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,11 +42,20 @@ class MatchDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MATCH_DECISION_REVIEW: _ClassVar[MatchDecision]
     MATCH_DECISION_LINK: _ClassVar[MatchDecision]
 
+class ReviewTaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVIEW_TASK_KIND_UNSPECIFIED: _ClassVar[ReviewTaskKind]
+    REVIEW_TASK_KIND_LIKELY_DUPLICATE: _ClassVar[ReviewTaskKind]
+    REVIEW_TASK_KIND_IDENTIFIER_CONFLICT: _ClassVar[ReviewTaskKind]
+    REVIEW_TASK_KIND_DEMOGRAPHICS_CHANGE: _ClassVar[ReviewTaskKind]
+
 class ReviewResolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REVIEW_RESOLUTION_UNSPECIFIED: _ClassVar[ReviewResolution]
     REVIEW_RESOLUTION_SAME_PERSON: _ClassVar[ReviewResolution]
     REVIEW_RESOLUTION_DIFFERENT_PERSONS: _ClassVar[ReviewResolution]
+    REVIEW_RESOLUTION_ACCEPT_CHANGE: _ClassVar[ReviewResolution]
+    REVIEW_RESOLUTION_REJECT_CHANGE: _ClassVar[ReviewResolution]
 
 class LinkEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +67,8 @@ class LinkEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LINK_EVENT_KIND_REJECTED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_REVIEW_OPENED: _ClassVar[LinkEventKind]
     LINK_EVENT_KIND_UPDATED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_FACILITY_RECORD_UPDATED: _ClassVar[LinkEventKind]
+    LINK_EVENT_KIND_CHANGE_REJECTED: _ClassVar[LinkEventKind]
 
 class PatientChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -115,13 +127,20 @@ REGISTRATION_OUTCOME_CREATED: RegistrationOutcome
 REGISTRATION_OUTCOME_EXISTING: RegistrationOutcome
 REGISTRATION_OUTCOME_LINKED_EXISTING: RegistrationOutcome
 REGISTRATION_OUTCOME_REVIEW_REQUIRED: RegistrationOutcome
+REGISTRATION_OUTCOME_IDENTIFIER_CONFLICT: RegistrationOutcome
 MATCH_DECISION_UNSPECIFIED: MatchDecision
 MATCH_DECISION_NEW: MatchDecision
 MATCH_DECISION_REVIEW: MatchDecision
 MATCH_DECISION_LINK: MatchDecision
+REVIEW_TASK_KIND_UNSPECIFIED: ReviewTaskKind
+REVIEW_TASK_KIND_LIKELY_DUPLICATE: ReviewTaskKind
+REVIEW_TASK_KIND_IDENTIFIER_CONFLICT: ReviewTaskKind
+REVIEW_TASK_KIND_DEMOGRAPHICS_CHANGE: ReviewTaskKind
 REVIEW_RESOLUTION_UNSPECIFIED: ReviewResolution
 REVIEW_RESOLUTION_SAME_PERSON: ReviewResolution
 REVIEW_RESOLUTION_DIFFERENT_PERSONS: ReviewResolution
+REVIEW_RESOLUTION_ACCEPT_CHANGE: ReviewResolution
+REVIEW_RESOLUTION_REJECT_CHANGE: ReviewResolution
 LINK_EVENT_KIND_UNSPECIFIED: LinkEventKind
 LINK_EVENT_KIND_CREATED: LinkEventKind
 LINK_EVENT_KIND_LINKED: LinkEventKind
@@ -130,6 +149,8 @@ LINK_EVENT_KIND_UNMERGED: LinkEventKind
 LINK_EVENT_KIND_REJECTED: LinkEventKind
 LINK_EVENT_KIND_REVIEW_OPENED: LinkEventKind
 LINK_EVENT_KIND_UPDATED: LinkEventKind
+LINK_EVENT_KIND_FACILITY_RECORD_UPDATED: LinkEventKind
+LINK_EVENT_KIND_CHANGE_REJECTED: LinkEventKind
 PATIENT_CHANGE_KIND_UNSPECIFIED: PatientChangeKind
 PATIENT_CHANGE_KIND_REGISTERED: PatientChangeKind
 PATIENT_CHANGE_KIND_UPDATED: PatientChangeKind
@@ -211,14 +232,16 @@ class UpdatePatientRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ...) -> None: ...
 
 class UpdatePatientResponse(_message.Message):
-    __slots__ = ("patient", "candidates", "review_task_id")
+    __slots__ = ("patient", "candidates", "review_task_id", "change_proposed")
     PATIENT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_PROPOSED_FIELD_NUMBER: _ClassVar[int]
     patient: Patient
     candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
     review_task_id: str
-    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ...) -> None: ...
+    change_proposed: bool
+    def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ..., change_proposed: _Optional[bool] = ...) -> None: ...
 
 class RegisterPatientRequest(_message.Message):
     __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd")
@@ -324,19 +347,35 @@ class SearchPatientsResponse(_message.Message):
     next_page_token: str
     def __init__(self, patients: _Optional[_Iterable[_Union[Patient, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ProposedDemographics(_message.Message):
+    __slots__ = ("full_name", "birth_date", "sex")
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    full_name: str
+    birth_date: str
+    sex: Sex
+    def __init__(self, full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ...) -> None: ...
+
 class ReviewTask(_message.Message):
-    __slots__ = ("review_task_id", "patient_id", "candidates", "open", "create_time")
+    __slots__ = ("review_task_id", "patient_id", "candidates", "open", "create_time", "kind", "proposed_demographics", "facility_code")
     REVIEW_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROPOSED_DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
     review_task_id: str
     patient_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[MatchCandidate]
     open: bool
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, review_task_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., open: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: ReviewTaskKind
+    proposed_demographics: ProposedDemographics
+    facility_code: str
+    def __init__(self, review_task_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., open: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[ReviewTaskKind, str]] = ..., proposed_demographics: _Optional[_Union[ProposedDemographics, _Mapping]] = ..., facility_code: _Optional[str] = ...) -> None: ...
 
 class ListReviewTasksRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -144,7 +144,10 @@ class PatientIdentityServiceServicer:
     def RegisterPatient(self, request, context):
         """RegisterPatient records a person as registered by a facility. Idempotent by request_id.
         A CCCD that is already registered returns the existing person (outcome EXISTING) instead of
-        creating a duplicate, also when two registrations race.
+        creating a duplicate, also when two registrations race, if the registration names the same
+        person (name and birth date within the matcher's tolerance); otherwise it is kept apart
+        (outcome IDENTIFIER_CONFLICT). The response carries what the caller sent, never another
+        facility's data of the person.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +156,9 @@ class PatientIdentityServiceServicer:
     def GetPatient(self, request, context):
         """GetPatient returns one person by enterprise id; NOT_FOUND names patient_id when unknown.
         A person merged into another resolves to the survivor (merged_from_patient_id says so).
+        A caller that may see every facility's data of the person (a consent grant, an emergency
+        access, a platform role) gets the person's best-known demographics; any other facility gets its
+        own registration of the person (see Patient).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,6 +168,11 @@ class PatientIdentityServiceServicer:
         """UpdatePatient replaces a person's best-known demographics if expected_version is current
         (ABORTED otherwise), then re-evaluates that person's links only: a new likely match opens a
         review task, never an automatic merge. Idempotent by request_id.
+        A facility that sees only its own data updates its own registration of the person (the version
+        it read is that registration's); the person follows only when that facility alone registered
+        it. When other facilities registered the person too, a new name, birth date or sex becomes a
+        proposal for review (change_proposed, a review task of kind DEMOGRAPHICS_CHANGE) and the person
+        is unchanged; phone and province stay the facility's own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,7 +180,9 @@ class PatientIdentityServiceServicer:
 
     def MatchPatient(self, request, context):
         """MatchPatient scores demographics against the index without writing anything (a dry run of
-        RegisterPatient's matching): candidates with per-field explanations and the decision.
+        RegisterPatient's matching): the decision, and the candidates the caller's facility may see
+        (persons it has no relationship with are left out; the decision stays). Every candidate
+        returned is audited as a search hit of that patient.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,14 +190,19 @@ class PatientIdentityServiceServicer:
 
     def SearchPatients(self, request, context):
         """SearchPatients finds persons by identifier, by name and birth year, or by phone.
-        Diacritic-insensitive unless exact_name is set. Paged.
+        Diacritic-insensitive unless exact_name is set. Paged, at most 20 persons a page. Only persons
+        the caller's facility may see (its own registrations, grants, referrals, emergency accesses),
+        as GetPatient shows them to it, with CCCD, BHYT, passport and phone masked to their last four
+        characters (e.g. "********0001"). Every person returned is audited (subtype SEARCH, in that
+        patient's access report).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListReviewTasks(self, request, context):
-        """ListReviewTasks lists the open review tasks (registrations between the two thresholds), oldest first.
+        """ListReviewTasks lists the open review tasks (likely duplicates, identifier conflicts, proposed
+        changes of demographics: ReviewTask.kind), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,7 +210,10 @@ class PatientIdentityServiceServicer:
 
     def ResolveReviewTask(self, request, context):
         """ResolveReviewTask decides a review task: SAME_PERSON merges the registration's person into the
-        candidate; DIFFERENT_PERSONS is remembered and the pair is never proposed again. Idempotent by request_id.
+        candidate; DIFFERENT_PERSONS is remembered and the pair is never proposed again (tasks of kind
+        LIKELY_DUPLICATE and IDENTIFIER_CONFLICT). ACCEPT_CHANGE applies a proposed name, birth date and
+        sex to the person, REJECT_CHANGE leaves the person as it is (kind DEMOGRAPHICS_CHANGE).
+        Idempotent by request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
