@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from emr.identity.v1 import identity_pb2
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from emr_devstack.certs import tls_files
 from emr_devstack.observability import (
     RULES,
     LocalPrometheus,
@@ -53,6 +55,26 @@ async def drive_traffic(stack: Stack, clinical: Any, identity: Any, facility_cod
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     async with httpx.AsyncClient(base_url=stack.url("gateway"), headers=dict(CLINICIAN)) as http:
         assert (await http.get(f"/fhir/Patient/{patient_id}")).status_code == 200
+    # No token (a channel of the platform CA that adds none): refused before any audit write.
+    async with tls_files(stack.certs_dir, "client").aio_channel(stack.target("identity")) as bare:
+        with pytest.raises(grpc.aio.AioRpcError) as stranger:
+            await identity_pb2_grpc.PatientIdentityServiceStub(bare).GetPatient(
+                identity_pb2.GetPatientRequest(patient_id=patient_id), timeout=10
+            )
+    assert stranger.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # A doctor of another facility breaks the glass and reads the patient under it.
+    elsewhere = caller_metadata("dr-synthetic-er", "79099", "EMERGENCY", role="doctor")
+    await identity.DeclareEmergencyAccess(
+        identity_pb2.DeclareEmergencyAccessRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code="79099",
+            reason=identity_pb2.EMERGENCY_REASON_URGENT_CARE,
+            justification="synthetic emergency to drive the metrics",
+        ),
+        metadata=elsewhere,
+    )
+    await identity.GetPatient(identity_pb2.GetPatientRequest(patient_id=patient_id), metadata=elsewhere)
     return str(patient_id)
 
 

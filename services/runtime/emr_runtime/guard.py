@@ -104,6 +104,8 @@ RATE_LIMITED_CALLS = Counter(
     "authentication) or per client application (limit=client_application).",
     ("limit",),
 )
+for _limit in ("peer", "client_application"):
+    RATE_LIMITED_CALLS.labels(_limit)  # a zero series from the start: rate() and alerts see 0, not nothing
 
 
 def string_limit(field_name: str) -> int:
