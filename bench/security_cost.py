@@ -8,8 +8,8 @@ Starts FerretDB (unless MONGODB_URI is set) and, per mode, an audit and an ident
 - "mtls": every port and channel mutual TLS (the client presents the development client
   certificate), no token checked;
 - "auth": plaintext, an ES256 bearer token verified against the JWKS and the policy table applied,
-  the caller a doctor of the registering facility (the treatment relationship is looked up in
-  identity's data, then cached for 60 s);
+  the caller a doctor of the registering facility (the access model's answer, its registration,
+  is looked up in identity's data on every call);
 - "mtls+auth": both, as the platform runs.
 Rounds turn the order of the modes so that drift of the machine hits each; it prints GetPatient
 calls per second of each round, the medians, the loss against "off" (target for "mtls+auth":
@@ -280,7 +280,7 @@ async def measure_flood(guarded: Guarded, patient_ids: list[str], args: argparse
             await doctor.GetPatient(request, metadata=DOCTOR, timeout=30)
             return started, (time.time() - started) * 1000
 
-        for index in range(50):  # warm-up: connection, token and treatment caches
+        for index in range(50):  # warm-up: connection and token caches
             await timed_read(index)
         alone = [(await timed_read(index))[1] for index in range(args.latency_calls)]
         events_before = await events_of(audit, target.patient_id)

@@ -18,6 +18,7 @@ from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from emr_devstack.processes import poll_until
 from emr_devstack.tokens import caller_metadata
 from emr_identity.synthetic import FEMALE_GIVENS, FEMALE_MIDDLES, REMAINING_SURNAMES
 
@@ -42,17 +43,6 @@ def later(seconds: float) -> Timestamp:
 
 def staff(role: str, facility: str, purpose: str = "TREATMENT") -> Metadata:
     return caller_metadata(f"{role}-{facility}-{uuid.uuid4().hex[:6]}", facility, purpose, role=role)
-
-
-async def poll_until(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 30.0) -> T:
-    """Polls ``probe`` until it returns a value: asynchronous work has a deadline, not a delay."""
-    deadline = time.monotonic() + within_seconds
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.1)
 
 
 async def events_of(audit: Any, **filters: Any) -> list[audit_pb2.AuditEvent]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import date, timedelta
 
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from emr_identity.domain import (
     EventKind,
@@ -56,6 +56,7 @@ from emr_runtime.db import (
     Database,
     Document,
     IndexSpec,
+    create_collections,
     insert_or_get,
     last_sequence,
     next_sequence,
@@ -88,7 +89,6 @@ COLLECTIONS = (
     SEQUENCE_CLAIMS,
     PATIENT_CHANGES,
 )
-NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
 # Name counts live in one document (one $inc per registration).
 NAME_COUNTS_ID = "names"
 NAME_KINDS = ("family", "middle", "given")
@@ -394,16 +394,7 @@ class PersonRepository:
         self._update_turns = [asyncio.Lock() for _ in range(UPDATE_TURN_STRIPES)]
 
     async def create_collections(self) -> None:
-        """Creates the collections at start-up rather than at first write, so that a database-side
-        step (the `_id` lookup index of emr_devstack.ferretdb_sqlite) finds them all."""
-        existing = set(await self._db.list_collection_names())
-        for name in COLLECTIONS:
-            if name not in existing:
-                try:
-                    await self._db.create_collection(name)
-                except (CollectionInvalid, OperationFailure) as error:
-                    if isinstance(error, OperationFailure) and error.code != NAMESPACE_EXISTS:
-                        raise  # CollectionInvalid: another replica created it meanwhile
+        await create_collections(self._db, COLLECTIONS)
 
     async def _get(self, collection: str, document_id: str) -> Document | None:
         """The one read primitive: a lookup by ``_id``."""

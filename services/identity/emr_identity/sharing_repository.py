@@ -26,7 +26,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from emr_identity.sharing import (
     ConsentEvidence,
@@ -45,6 +45,7 @@ from emr_runtime.db import (
     SEQUENCE_CLAIMS,
     Database,
     Document,
+    create_collections,
     insert_or_get,
     last_sequence,
     next_sequence,
@@ -68,7 +69,6 @@ COLLECTIONS = (
     SEQUENCE_CLAIMS,
 )
 EMERGENCY_SEQUENCE = "identity_emergency_accesses"
-NAMESPACE_EXISTS = 48  # the server's error code when a concurrent create won
 # Access entries read at once: one round trip for nearly every patient.
 ENTRY_BATCH = 4
 # Kinds of encrypted fields (the associated data: a value copied into another field does not decrypt).
@@ -142,16 +142,7 @@ class SharingRepository:
         self._crypt = crypt
 
     async def create_collections(self) -> None:
-        """Creates the collections at start-up, so that the `_id` lookup index of
-        emr_devstack.ferretdb_sqlite finds them."""
-        existing = set(await self._db.list_collection_names())
-        for name in COLLECTIONS:
-            if name not in existing:
-                try:
-                    await self._db.create_collection(name)
-                except (CollectionInvalid, OperationFailure) as error:
-                    if isinstance(error, OperationFailure) and error.code != NAMESPACE_EXISTS:
-                        raise  # CollectionInvalid: another replica created it meanwhile
+        await create_collections(self._db, COLLECTIONS)
 
     async def _get(self, collection: str, document_id: str) -> Document | None:
         """The one read primitive: a lookup by ``_id``."""
