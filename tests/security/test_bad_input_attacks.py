@@ -490,24 +490,29 @@ NAMES_AS_KEYS = [
 # --- service tokens that do not fit their key, and over-long tokens -------------------------------
 
 
-def bearer(key: Any, lifetime: float = 300, **claims: Any) -> Metadata:
+# Tokens are minted when a row runs, not when the table is collected: a row that ran minutes later
+# with a token minted at collection would be refused as expired, whatever else it tested.
+Mint = Callable[[], Metadata]
+
+
+def bearer(key: Any, lifetime: float = 300, **claims: Any) -> Mint:
     body = {"iss": SERVICE_ISSUER, "aud": AUDIENCE, **claims}
-    return [(AUTHORIZATION_KEY, f"Bearer {sign_token(key, key_thumbprint(key), body, lifetime)}")]
+    return lambda: [(AUTHORIZATION_KEY, f"Bearer {sign_token(key, key_thumbprint(key), body, lifetime)}")]
 
 
-def as_service(key_of: str, service: str, roles: list[str], **claims: Any) -> Metadata:
+def as_service(key_of: str, service: str, roles: list[str], **claims: Any) -> Mint:
     return bearer(dev_service_key(key_of), sub=f"service:{service}", roles=roles, **claims)
 
 
-def _review_tasks(metadata: Metadata) -> Call:
+def _review_tasks(mint: Mint) -> Call:
     # Admin only: what a forged admin would reach first.
-    return lambda s: s.identity.ListReviewTasks(identity_pb2.ListReviewTasksRequest(), metadata=metadata)
+    return lambda s: s.identity.ListReviewTasks(identity_pb2.ListReviewTasksRequest(), metadata=mint())
 
 
-def _patient_changes(metadata: Metadata) -> Call:
+def _patient_changes(mint: Mint) -> Call:
     # The sync service's alone: every person's changes.
     return lambda s: s.identity.ListPatientChanges(
-        identity_pb2.ListPatientChangesRequest(limit=1), metadata=metadata
+        identity_pb2.ListPatientChangesRequest(limit=1), metadata=mint()
     )
 
 

@@ -61,7 +61,9 @@ class Scene:
         return {self.b_encounter_id, self.b_observation.observation_id}
 
 
-SYNC = caller_metadata("service:sync", purpose_of_use="TREATMENT", role="sync-service")
+def sync_service() -> list[tuple[str, str]]:
+    """The sync service's metadata, minted when used: a service token lives 10 minutes."""
+    return caller_metadata("service:sync", purpose_of_use="TREATMENT", role="sync-service")
 
 
 def encounter_request(patient_id: str, facility: str, finished: bool) -> records_pb2.CreateEncounterRequest:
@@ -139,7 +141,7 @@ class Actor:
 
 def actor(scene: Scene, name: str) -> Actor:
     if name == "sync":
-        return Actor("", SYNC)
+        return Actor("", sync_service())
     facility = scene.a if name == "A" else scene.b
     return Actor(facility, scene.doctor(facility))
 
@@ -254,7 +256,7 @@ async def test_attack_table(
         assert await stored_documents() == before
     # Whatever happened, A's own visit is as A recorded it, and holds only A's resources.
     bundle = await records.GetEncounterBundle(
-        records_pb2.GetEncounterBundleRequest(encounter_id=scene.a_encounter_id), metadata=SYNC
+        records_pb2.GetEncounterBundleRequest(encounter_id=scene.a_encounter_id), metadata=sync_service()
     )
     assert [r.observation.observation_id for r in bundle.resources] == [scene.a_observation.observation_id]
     assert {r.observation.facility_code for r in bundle.resources} == {scene.a}
@@ -349,11 +351,11 @@ async def test_a_exports_its_own_data_with_its_record_number(records: Any, scene
 
 async def test_the_sync_service_sees_every_facility_s_records(records: Any, scene: Scene) -> None:
     request = records_pb2.ExportPatientRequest(patient_id=scene.patient_id)
-    ids, patient = exported(await records.ExportPatient(request, metadata=SYNC))
+    ids, patient = exported(await records.ExportPatient(request, metadata=sync_service()))
     assert ids == scene.a_ids | scene.b_ids
     assert scene.a_mrn in patient
     bundle = await records.GetEncounterBundle(
-        records_pb2.GetEncounterBundleRequest(encounter_id=scene.b_encounter_id), metadata=SYNC
+        records_pb2.GetEncounterBundleRequest(encounter_id=scene.b_encounter_id), metadata=sync_service()
     )
     assert [r.observation.observation_id for r in bundle.resources] == [scene.b_observation.observation_id]
 
