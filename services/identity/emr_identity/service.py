@@ -77,6 +77,14 @@ from emr_runtime.paging import PageTokens, page_size, position_int
 from emr_runtime.visibility import Visibility, current_access, denial_reason
 
 log = logging.getLogger("emr.identity")
+_LINK_CHANGES = frozenset(
+    {
+        PatientChangeKind.MERGED,
+        PatientChangeKind.MERGE_SURVIVOR,
+        PatientChangeKind.UNMERGED,
+        PatientChangeKind.UNMERGE_SURVIVOR,
+    }
+)
 
 # Merge chains are short (a merged person's survivor is rarely merged again); this bounds a loop
 # over corrupted data.
@@ -163,6 +171,9 @@ class IdentityService:
         self._change_settle = change_settle
         self._page_tokens = page_tokens
         self._frequencies: NameFrequencies | None = None
+        # Called after a merge or unmerge changed which registrations make up a person (the access
+        # model's kept answers depend on it).
+        self.links_changed: list[Callable[[], None]] = []
 
     @property
     def page_tokens(self) -> PageTokens:
@@ -1014,6 +1025,9 @@ class IdentityService:
         retry of the request adds nothing."""
         key = derive_id(f"change:{kind.value}:{person_id}", cause)
         await self._changes.append(kind, person_id, key, other_person_id)
+        if kind in _LINK_CHANGES:
+            for listener in self.links_changed:
+                listener()
 
     async def _merge_changed(self, merged_id: str, survivor_id: str, request_id: str) -> None:
         await self._changed(PatientChangeKind.MERGED, merged_id, request_id, survivor_id)

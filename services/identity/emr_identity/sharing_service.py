@@ -5,6 +5,7 @@ same answer)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -52,6 +53,9 @@ from emr_runtime.visibility import Visibility, current_access, purpose_of
 log = logging.getLogger("emr.identity.sharing")
 
 DEFAULT_PAGE_SIZE = 20
+# How long an access answer that opens something is kept (see SharingService.visibility).
+ACCESS_CACHE_SECONDS = 5.0
+ACCESS_CACHE_SIZE = 10_000
 MAX_PAGE_SIZE = 100
 # Declarations a list call looks at before it answers (a page may come back short, with a token).
 MAX_LISTING_SCAN = 1000
@@ -86,6 +90,9 @@ class SharingService:
         self._persons = persons
         self._sharing = sharing
         self._emergency_duration = emergency_duration
+        # (patient, facility, purpose, export) -> (answer, kept until, monotonic)
+        self._answers: dict[tuple[str, str, str, bool], tuple[Visibility, float]] = {}
+        identity.links_changed.append(self.forget_answers)
 
     async def _circle(self, patient_id: str, field: str = "patient_id") -> PatientCircle:
         """The patient as the access model sees it; NotFoundError naming ``field`` if unknown."""
@@ -121,6 +128,7 @@ class SharingService:
         if stored.request_fingerprint != grant.request_fingerprint:
             raise ConflictError("request_id was already used for a different request", "request_id")
         await self._sharing.add_entry(stored.terms.patient_id, stored.terms)
+        self.forget_answers()
         return stored
 
     async def record_grant(self, raw: GrantInput, actor_id: str) -> SharingGrant:
@@ -160,6 +168,7 @@ class SharingService:
                 request_fingerprint=request.fingerprint,
             )
         )
+        self.forget_answers()
         if revocation.request_id != request.request_id:
             raise ConflictError("the sharing grant was already revoked", "sharing_grant_id")
         if revocation.request_fingerprint != request.fingerprint:
@@ -201,6 +210,7 @@ class SharingService:
         if declared.request_fingerprint != request.fingerprint:
             raise ConflictError("request_id was already used for a different request", "request_id")
         await self._sharing.add_entry(declared.terms.patient_id, declared.terms)
+        self.forget_answers()
         access = current_access()
         access.emergency_access_id = declared.terms.emergency_access_id
         access.emergency_reason = declared.terms.reason.code
@@ -252,7 +262,31 @@ class SharingService:
         self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
     ) -> Visibility:
         """What ``facility_code`` may see of the patient (emr_runtime.visibility.VisibilitySource):
-        its registrations, the grants and referrals in force for it, its emergency access."""
+        its registrations, the grants and referrals in force for it, its emergency access.
+
+        A clinician reads the same patient many times in a row, and each answer costs several
+        reads: an answer that opens something (and no emergency access, which ends on its own
+        clock) is kept ``ACCESS_CACHE_SECONDS``. This replica's own grant, revocation, referral,
+        declaration, merge or unmerge forgets every kept answer at once; another replica's within
+        that time. An answer that opens nothing is never kept: a first registration counts at once."""
+        key = (patient_id, facility_code, purpose_of(purpose_of_use), export)
+        kept = self._answers.get(key)
+        if kept is not None and kept[1] > time.monotonic():
+            return kept[0]
+        found = await self._visibility(patient_id, facility_code, purpose_of_use, export)
+        if found.opens_anything and not found.emergency_access_id:
+            if len(self._answers) >= ACCESS_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = (found, time.monotonic() + ACCESS_CACHE_SECONDS)
+        return found
+
+    def forget_answers(self) -> None:
+        """Drops every kept answer: something that changes who sees whom happened here."""
+        self._answers.clear()
+
+    async def _visibility(
+        self, patient_id: str, facility_code: str, purpose_of_use: str, export: bool
+    ) -> Visibility:
         now = utc_now()
         purpose = purpose_of(purpose_of_use)
         circle = await self._circle_or_none(patient_id)
