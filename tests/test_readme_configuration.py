@@ -8,6 +8,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from emr_audit.settings import AuditSettings
+from emr_devstack.settings import DevstackSettings
 from emr_gateway.settings import GatewaySettings
 from emr_identity.settings import IdentitySettings
 from emr_national_emulator.settings import EmulatorSettings
@@ -30,6 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
         EmulatorSettings,
         TlsSettings,
         AuthSettings,
+        DevstackSettings,
     ],
 )
 def test_every_setting_is_documented_with_its_default(settings: type[BaseSettings]) -> None:

@@ -1,6 +1,6 @@
 """emr-healthcheck: asks services for their health until each answers or the deadline passes.
 
-    emr-healthcheck --grpc identity=emr-platform-identity:50051 --http gateway=emr-platform-gateway:8080
+    emr-healthcheck --grpc identity=emr-platform-identity:8051 --http gateway=emr-platform-gateway:8080
 
 A gRPC service is healthy when grpc.health.v1 Check answers SERVING; an HTTP one when GET /healthz
 answers 200. Prints one line per service and exits 1 if any is not healthy. Installed in every

@@ -11,7 +11,7 @@ from emr_runtime.settings import ServiceSettings
 class AuditSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AUDIT_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50053, ge=0, le=65535)
+    grpc_port: int = Field(8053, ge=0, le=65535)
     metrics_port: int = Field(9453, ge=0, le=65535)
     mongodb_database: str = Field("emr_audit", min_length=1)
     signing_key_file: str = Field("", description="PEM (PKCS#8) Ed25519 key that signs checkpoints")

@@ -1,4 +1,5 @@
-"""python -m emr_devstack: `make up`. Starts FerretDB and every service on the documented ports,
+"""python -m emr_devstack: `make up`. Checks that every port it needs is free (DEVSTACK_*_PORT move
+them), starts FerretDB and every service on the documented ports,
 prints the endpoints, and stops everything on Ctrl-C or SIGTERM (`make down`)."""
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from emr_devstack.processes import StartupError
+from emr_devstack.settings import DevstackSettings
 from emr_devstack.stack import Stack, elapsed
 from emr_devstack.tokens import JWKS_FILE, service_jwks_main
 from emr_devstack.tokens import main as issue_token_main
@@ -21,7 +25,17 @@ PID_FILE = RUN_DIR / "devstack.pid"
 
 def main() -> int:
     started = time.monotonic()
-    stack = Stack(run_dir=RUN_DIR.resolve(), mongodb_uri=os.environ.get("MONGODB_URI") or None)
+    try:
+        ports = DevstackSettings().ports()
+    except ValidationError as error:
+        print(f"start-up failed: bad DEVSTACK_* port setting: {error}", file=sys.stderr)
+        return 2
+    stack = Stack(run_dir=RUN_DIR.resolve(), ports=ports, mongodb_uri=os.environ.get("MONGODB_URI") or None)
+    try:
+        stack.check_ports_free()  # before anything starts: a busy port fails here, by name
+    except StartupError as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

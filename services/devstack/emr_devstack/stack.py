@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from emr_devstack.certs import DevCertificates, ensure_dev_certificates, tls_fil
 from emr_devstack.ferretdb_sqlite import add_id_lookup_indexes
 from emr_devstack.processes import (
     ManagedProcess,
+    StartupError,
     free_port,
     grpc_serving,
     port_open,
@@ -46,27 +48,77 @@ FIELD_ENCRYPTING_SERVICES = ("identity", "records", "sync")
 
 @dataclass(frozen=True)
 class Ports:
+    """Ports of `make up` (DEVSTACK_<NAME>_PORT move them; emr_devstack.settings). All below the
+    kernel's ephemeral range (32768-60999 on Linux): an outgoing connection never holds one."""
+
     mongodb: int = 27017
-    identity: int = 50051
-    records: int = 50052
-    audit: int = 50053
-    sync: int = 50054
+    identity: int = 8051
+    records: int = 8052
+    audit: int = 8053
+    sync: int = 8054
     identity_metrics: int = 9451
     records_metrics: int = 9452
     audit_metrics: int = 9453
     sync_metrics: int = 9454
     gateway_metrics: int = 9455
     # Plaintext grpc.health.v1 only (the API ports speak mutual TLS).
-    identity_health: int = 50061
-    records_health: int = 50062
-    audit_health: int = 50063
-    sync_health: int = 50064
+    identity_health: int = 8061
+    records_health: int = 8062
+    audit_health: int = 8063
+    sync_health: int = 8064
     gateway: int = 8080
     national_emulator: int = 8090
 
     @classmethod
     def free(cls) -> Ports:
         return cls(**{f.name: free_port() for f in fields(cls)})
+
+
+def port_variable(name: str) -> str:
+    """The variable that moves the port ``name`` of ``Ports`` for `make up` (emr_devstack.settings)."""
+    return f"DEVSTACK_{name.upper()}_PORT"
+
+
+def port_component(name: str) -> str:
+    """What listens on the port ``name`` of ``Ports``, in words."""
+    if name == "mongodb":
+        return "FerretDB (MongoDB)"
+    service, _, kind = name.partition("_")
+    if name == "national_emulator":
+        service, kind = "national emulator", ""
+    if service in GRPC_SERVICES:
+        return f"{service} {kind or 'gRPC'}"
+    return f"{service} {kind or 'HTTP'}"
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could not bind ``host:port`` now: something listens there, or another
+    program's connection holds it. SO_REUSEADDR as our servers set it, so the TIME_WAIT leftovers
+    of a platform just stopped do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class PortBusyError(StartupError):
+    """Ports the platform must bind are taken; the message says which and how to move them."""
+
+    def __init__(self, busy: dict[str, int]) -> None:
+        self.busy = busy
+        lines = [
+            f"  port {port}: {port_component(name)} (move it: {port_variable(name)}=<free port>)"
+            for name, port in busy.items()
+        ]
+        first = next(iter(busy.values()))
+        super().__init__(
+            f"{len(busy)} port(s) the platform needs are already in use on 127.0.0.1; nothing was started.\n"
+            + "\n".join(lines)
+            + f"\nSee who holds one: ss -tanp 'sport = :{first}'  (a running `make up`? `make down`)"
+        )
 
 
 @dataclass
@@ -229,6 +281,14 @@ class Stack(DevCertificates):
         if "ferretdb" not in self.processes:
             return 0
         return add_id_lookup_indexes(self.run_dir / "ferretdb")
+
+    def check_ports_free(self) -> None:
+        """Pre-flight of `make up`: raises PortBusyError naming every port it would bind that is
+        taken (FerretDB's only when it starts FerretDB), before anything starts."""
+        names = [f.name for f in fields(Ports) if f.name != "mongodb" or self.mongodb_uri is None]
+        busy = {name: getattr(self.ports, name) for name in names if port_in_use(getattr(self.ports, name))}
+        if busy:
+            raise PortBusyError(busy)
 
     def start(self) -> None:
         ensure_dev_certificates(self.certs_dir)

@@ -12,6 +12,6 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to")
     port: int = Field(8080, ge=1, le=65535)
     metrics_port: int = Field(9455, ge=0, le=65535, description="Port of /metrics (0: not served)")
-    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
-    records_target: str = Field("127.0.0.1:50052", description="host:port of the records service")
+    identity_target: str = Field("127.0.0.1:8051", description="host:port of the identity service")
+    records_target: str = Field("127.0.0.1:8052", description="host:port of the records service")
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))

@@ -12,11 +12,11 @@ from emr_runtime.settings import ServiceSettings
 class RecordsSettings(ServiceSettings, FieldEncryptionSettings):
     model_config = SettingsConfigDict(env_prefix="RECORDS_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50052, ge=0, le=65535)
+    grpc_port: int = Field(8052, ge=0, le=65535)
     metrics_port: int = Field(9452, ge=0, le=65535)
     mongodb_database: str = Field("emr_records", min_length=1)
-    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
-    audit_target: str = Field("127.0.0.1:50053", description="host:port of the audit service")
+    identity_target: str = Field("127.0.0.1:8051", description="host:port of the identity service")
+    audit_target: str = Field("127.0.0.1:8053", description="host:port of the audit service")
     change_settle_seconds: float = Field(
         5.0, gt=0, description="How long a hole in the change feed may stay open before it is skipped"
     )

@@ -19,7 +19,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     listen_host: str = Field("127.0.0.1", description="Address the gRPC server binds to")
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    grpc_port: int = Field(8051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off"
     )

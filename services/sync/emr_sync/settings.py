@@ -12,12 +12,12 @@ from emr_runtime.settings import ServiceSettings
 class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50054, ge=0, le=65535)
+    grpc_port: int = Field(8054, ge=0, le=65535)
     metrics_port: int = Field(9454, ge=0, le=65535)
     mongodb_database: str = Field("emr_sync", min_length=1)
-    records_target: str = Field("127.0.0.1:50052", description="host:port of the records service")
-    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service")
-    audit_target: str = Field("127.0.0.1:50053", description="host:port of the audit service (denied calls)")
+    records_target: str = Field("127.0.0.1:8052", description="host:port of the records service")
+    identity_target: str = Field("127.0.0.1:8051", description="host:port of the identity service")
+    audit_target: str = Field("127.0.0.1:8053", description="host:port of the audit service (denied calls)")
     national_url: str = Field("http://127.0.0.1:8090", description="Base URL of the national system's API")
     national_client_id: str = Field("emr-platform", description="OAuth2 client id at the national system")
     national_client_secret: str = Field(
