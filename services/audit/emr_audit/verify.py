@@ -4,7 +4,10 @@
 
 Checks every checkpoint's Ed25519 signature, every event's hash against its content, the chain
 links, no event missing from the exported range, and each inclusion proof against its signed
-checkpoint. Prints the verdict; exits 0 when intact, 1 at the first bad sequence, 2 on bad input.
+checkpoint. Events after the last signed checkpoint are linked but nothing signed vouches for them
+yet: they are reported as an unproven tail, never as intact. Prints the verdict; exits 0 when every
+event is intact and proven, 3 when the signed part is intact but an unproven tail follows, 1 at the
+first bad sequence, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ _CHECKPOINT_FIELDS = (
     "key_id",
 )
 
+EXIT_INTACT = 0
+EXIT_TAMPERED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNPROVEN_TAIL = 3
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -40,6 +48,22 @@ class Verdict:
     events: int
     proven: int
     checkpoints: int
+    first_sequence: int = 1
+    last_sequence: int = 0
+    """The range the export's header states."""
+    signed_through: int = 0
+    """The last sequence a validly signed checkpoint of this export covers (0: none)."""
+
+    @property
+    def unproven(self) -> range:
+        """Sequences of the stated range after the last signed checkpoint: linked, but not signed."""
+        return range(max(self.signed_through, self.first_sequence - 1) + 1, self.last_sequence + 1)
+
+    @property
+    def status(self) -> str:
+        if self.finding is not None:
+            return "TAMPERED"
+        return "UNPROVEN" if self.unproven else "INTACT"
 
 
 def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict:
@@ -47,9 +71,11 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
     expected_key_id = key_id(raw_public_key(public_key))
     header: dict[str, Any] | None = None
     checkpoints: dict[int, dict[str, Any]] = {}
+    signed: list[dict[str, Any]] = []
     findings: list[Finding | None] = []
     chain: ChainVerifier | None = None
-    events = proven = 0
+    events = proven = last_seen = 0
+    first = last = 0
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -57,53 +83,97 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
             line = json.loads(text)
         except ValueError as error:
             raise ValueError(f"line {number} is not JSON") from error
+        if not isinstance(line, dict):
+            raise ValueError(f"line {number} is not a JSON object")
         kind = line.get("kind")
         if kind == "export":
+            if header is not None:
+                raise ValueError(f"line {number}: a second export header")
             header = line
-            chain = ChainVerifier(expected_sequence=int(line["from_sequence"]))
+            first, last = int(line["from_sequence"]), int(line["to_sequence"])
+            chain = ChainVerifier(expected_sequence=first)
         elif kind == "checkpoint":
             checkpoint = {name: line[name] for name in _CHECKPOINT_FIELDS}
-            sequence = int(checkpoint["first_sequence"])
             signature = bytes.fromhex(line.get("signature", ""))
             if checkpoint["key_id"] != expected_key_id or not signature_valid(
                 public_key, canonical_bytes(checkpoint), signature
             ):
                 findings.append(
-                    Finding(sequence, f"checkpoint {checkpoint['index']} is not signed by this key")
+                    Finding(
+                        int(checkpoint["first_sequence"]),
+                        f"checkpoint {checkpoint['index']} is not signed by this key",
+                    )
                 )
+            else:
+                signed.append(checkpoint)
             checkpoints[int(checkpoint["index"])] = checkpoint
         elif kind == "event":
             if chain is None:
                 raise ValueError(f"line {number}: event before the export header")
             events += 1
             sequence = int(line["sequence"])
+            last_seen = max(last_seen, sequence)
+            if chain.finding is not None:
+                _name_misplaced_event(chain, sequence)
+                continue
+            if not first <= sequence <= last:
+                findings.append(Finding(sequence, f"event lies outside the stated range {first}..{last}"))
             record = line.get("event")
             stored_hash = bytes.fromhex(line["hash"])
             if not isinstance(record, dict) or record.get("sequence") != sequence:
-                chain.finding = chain.finding or Finding(sequence, "event record is missing or misnumbered")
+                chain.finding = Finding(sequence, "event record is missing or misnumbered")
                 continue
             chain.feed(sequence, canonical_bytes(record), bytes.fromhex(line["previous_hash"]), stored_hash)
-            proof = line.get("proof")
-            if proof is not None:
-                problem = _proof_problem(proof, sequence, stored_hash, checkpoints)
-                if problem:
-                    findings.append(Finding(sequence, problem))
-                else:
-                    proven += 1
+            problem = _proof_problem(line.get("proof"), sequence, stored_hash, checkpoints, signed)
+            if problem:
+                findings.append(Finding(sequence, problem))
+            elif line.get("proof") is not None:
+                proven += 1
         else:
             raise ValueError(f"line {number}: unknown kind {kind!r}")
     if header is None or chain is None:
         raise ValueError("no export header line")
-    last_covered = max((int(c["last_sequence"]) for c in checkpoints.values()), default=0)
-    findings.append(
-        chain.finish(max(min(last_covered, int(header["to_sequence"])), chain.expected_sequence - 1))
-    )
-    return Verdict(first_finding(findings), events, proven, len(checkpoints))
+    signed_through = max((int(c["last_sequence"]) for c in signed), default=0)
+    covered = max((int(c["last_sequence"]) for c in checkpoints.values()), default=0)
+    # A signed checkpoint commits to its whole range: a cut inside it is tampering, wherever the
+    # header says the export ends.
+    findings.append(chain.finish(min(covered, last) if covered >= first else None))
+    if chain.finding is None and chain.expected_sequence <= last:
+        # Past the last checkpoint only the (unsigned) header says how far the log went.
+        missing_from = chain.expected_sequence
+        findings.append(
+            Finding(
+                missing_from,
+                f"events {missing_from}..{last} are missing: the unproven tail after the last signed "
+                f"checkpoint (through {signed_through}) stops short of the stated range",
+            )
+        )
+    return Verdict(first_finding(findings), events, proven, len(checkpoints), first, last, signed_through)
+
+
+def _name_misplaced_event(chain: ChainVerifier, sequence: int) -> None:
+    """An event reported missing that turns up later was moved, not deleted: say so."""
+    finding = chain.finding
+    if finding is not None and sequence == finding.sequence and "missing" in finding.problem:
+        chain.finding = Finding(sequence, f"event {sequence} is out of order")
 
 
 def _proof_problem(
-    proof: dict[str, Any], sequence: int, leaf: bytes, checkpoints: dict[int, dict[str, Any]]
+    proof: dict[str, Any] | None,
+    sequence: int,
+    leaf: bytes,
+    checkpoints: dict[int, dict[str, Any]],
+    signed: list[dict[str, Any]],
 ) -> str:
+    if proof is None:
+        covering = next(
+            (c for c in signed if int(c["first_sequence"]) <= sequence <= int(c["last_sequence"])), None
+        )
+        if covering is None:
+            return ""  # the unproven tail
+        return f"event carries no inclusion proof though checkpoint {covering['index']} covers it"
+    if not isinstance(proof, dict):
+        return "proof is not an object"
     checkpoint = checkpoints.get(int(proof["checkpoint"]))
     if checkpoint is None:
         return "proof names a checkpoint the export does not carry"
@@ -119,6 +189,25 @@ def _proof_problem(
     return ""
 
 
+def report(verdict: Verdict) -> tuple[list[str], int]:
+    """The lines to print and the exit code."""
+    summary = f"{verdict.events} events, {verdict.proven} proven by {verdict.checkpoints} signed checkpoints"
+    if verdict.finding is not None:
+        problem = verdict.finding.problem
+        return [f"TAMPERED at sequence {verdict.finding.sequence}: {problem} ({summary})"], EXIT_TAMPERED
+    tail = verdict.unproven
+    if not tail:
+        return [f"INTACT: {summary}"], EXIT_INTACT
+    lines = [
+        f"UNPROVEN: sequences {tail.start}..{tail.stop - 1} ({len(tail)} events) follow the last signed "
+        "checkpoint: their chain links hold, but nothing signed vouches for them yet, so a rewrite or a "
+        "cut there cannot be ruled out; export again after the next checkpoint to prove them"
+    ]
+    if verdict.signed_through >= verdict.first_sequence:
+        lines.insert(0, f"INTACT through sequence {verdict.signed_through}: {summary}")
+    return lines, EXIT_UNPROVEN_TAIL
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emr_audit.verify", description=__doc__.splitlines()[0])
     parser.add_argument("--public-key", required=True, type=Path, help="PEM public key (GetPublicKey)")
@@ -130,13 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             verdict = verify_export(export, public_key)
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"cannot verify: {error}", file=sys.stderr)
-        return 2
-    summary = f"{verdict.events} events, {verdict.proven} proven by {verdict.checkpoints} signed checkpoints"
-    if verdict.finding is not None:
-        print(f"TAMPERED at sequence {verdict.finding.sequence}: {verdict.finding.problem} ({summary})")
-        return 1
-    print(f"INTACT: {summary}")
-    return 0
+        return EXIT_BAD_INPUT
+    lines, code = report(verdict)
+    print("\n".join(lines))
+    return code
 
 
 if __name__ == "__main__":
