@@ -18,7 +18,9 @@ class AuditSettings(ServiceSettings):
     signing_key_generate: bool = Field(
         False, description="Create signing_key_file when missing (development)"
     )
-    checkpoint_every_events: int = Field(1000, ge=1, description="Checkpoint after this many new events")
+    # Events after the last checkpoint are linked but unsigned: an export can only call them
+    # unproven. Both bounds keep that window small, whichever is reached first.
+    checkpoint_every_events: int = Field(200, ge=1, description="Checkpoint after this many new events")
     checkpoint_interval_seconds: float = Field(
-        60.0, gt=0, description="Checkpoint this long after the last one when there are new events"
+        5.0, gt=0, description="Checkpoint this long after the last one when there are new events"
     )
