@@ -1,6 +1,8 @@
 """A spool replayed while the database stalls drains, stores every event exactly once and leaves the
-chain without a gap: the first batch is slow (FerretDB paused for 3 s while it is in flight), audit
-stores it anyway after the caller gave up, and the retries that follow are all duplicates."""
+chain without a gap: the first batch is slow (FerretDB paused while it is in flight). A 3 s stall is
+the one seen in production (the old 2 s deadline gave up, audit stored the batch anyway, and every
+retry was all duplicates); a stall longer than the grown deadline makes the recorder give up here
+too, and the retries of what audit stored meanwhile must still go through."""
 
 from __future__ import annotations
 
@@ -12,16 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import issue_token
-from emr_runtime.audit import SPOOL_COLLECTION, AuditRecorder
+from emr_runtime.audit import SPOOL_COLLECTION, AuditRecorder, replay_deadline
 
 SPOOLED = 1100
-PAUSE_SECONDS = 3.0
 DRAIN_WITHIN_SECONDS = 90.0
 
 
@@ -79,7 +82,13 @@ def synthetic_event(actor: str, index: int) -> audit_pb2.AuditEvent:
     return event
 
 
+def replay_failures(reason: str) -> float:
+    return REGISTRY.get_sample_value("emr_audit_spool_replay_failures_total", {"reason": reason}) or 0.0
+
+
+@pytest.mark.parametrize("pause_seconds", [3.0, replay_deadline(2.0, 200, 0) + 1.0])
 async def test_a_replay_slowed_by_a_database_stall_drains_once_each_without_a_gap(
+    pause_seconds: float,
     stack: Stack,
     service_instance: Any,
     audit_database: str,
@@ -100,7 +109,8 @@ async def test_a_replay_slowed_by_a_database_stall_drains_once_each_without_a_ga
     spool = db[SPOOL_COLLECTION]
     assert await spool.count_documents({}) == SPOOLED
 
-    stall = StallOnFirstAppend(stack.processes["ferretdb"], PAUSE_SECONDS)
+    timed_out_before = replay_failures("deadline_exceeded")
+    stall = StallOnFirstAppend(stack.processes["ferretdb"], pause_seconds)
     channel = grpc.aio.secure_channel(
         audit_service.target, stack.client_tls.channel_credentials(), interceptors=[stall]
     )
@@ -121,12 +131,16 @@ async def test_a_replay_slowed_by_a_database_stall_drains_once_each_without_a_ga
         await asyncio.gather(replay, return_exceptions=True)
         await channel.close()
     assert stall.stalled_at is not None, "no append was stalled: nothing was tested"
+    timed_out = replay_failures("deadline_exceeded") - timed_out_before
+    if pause_seconds > replay_deadline(2.0, 200, 0):
+        assert timed_out >= 1  # the stalled replay gave up, visibly
 
     stored = await tools.all_events(audit, actor_id=actor)
     stored_ids = [event.event_id for event in stored]
     print(
-        f"\nspooled {SPOOLED} events; FerretDB paused {PAUSE_SECONDS:.0f} s under the first replayed "
-        f"append; drained {len(stored_ids)} stored events in {seconds:.1f} s"
+        f"\nspooled {SPOOLED} events; FerretDB paused {pause_seconds:.0f} s under the first replayed "
+        f"append; drained {len(stored_ids)} stored events in {seconds:.1f} s; "
+        f"{timed_out:.0f} replays timed out"
     )
     assert sorted(stored_ids) == sorted(event.event_id for event in events)  # each exactly once
     assert [e.event_id for e in stored] == [e.event_id for e in events]  # in spool order
