@@ -5,13 +5,13 @@ from __future__ import annotations
 from emr.audit.v1 import audit_pb2_grpc
 
 from emr_audit import converters
-from emr_audit.repository import INDEXES, AuditRepository
+from emr_audit.repository import COLLECTIONS, INDEXES, AuditRepository
 from emr_audit.service import AuditLog
 from emr_audit.servicer import SERVICE_NAME, AuditServicer
 from emr_audit.settings import AuditSettings
 from emr_audit.signing import load_signer
 from emr_runtime.audit import audit_event
-from emr_runtime.db import Database
+from emr_runtime.db import Database, create_collections
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
 from emr_runtime.server import ServiceApp, ServiceBinding
 
@@ -27,6 +27,7 @@ class OwnLogSink(AuditSink):
 
 
 async def build(settings: AuditSettings, db: Database) -> ServiceApp:
+    await create_collections(db, COLLECTIONS)
     log = AuditLog(AuditRepository(db), load_signer(settings.signing_key_file, settings.signing_key_generate))
 
     async def checkpoints() -> None:

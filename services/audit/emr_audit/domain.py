@@ -314,6 +314,25 @@ def chain(events: Sequence[AuditEvent], first_sequence: int, previous_hash: byte
     return linked
 
 
+class Refusal(enum.Enum):
+    """Why the log refused to link an event at a position (its ``_id`` or its event_id was taken)."""
+
+    ALREADY_STORED = "already_stored"  # event_ids holds its sequence
+    STORED_THERE = "stored_there"  # the position holds this very event (an answer that got lost)
+    POSITION_TAKEN = "position_taken"  # another event holds the position: link after it
+    UNINDEXED = "unindexed"  # the position is free, so the event_id was taken: stored past the hint
+
+
+def refusal_of(event_id: str, indexed_sequence: int | None, holder_event_id: str | None) -> Refusal:
+    """What a refusal means, from the event's entry in event_ids (None: none) and the event_id of
+    the link holding the refused position (None: the position is free)."""
+    if indexed_sequence is not None:
+        return Refusal.ALREADY_STORED
+    if holder_event_id is None:
+        return Refusal.UNINDEXED
+    return Refusal.STORED_THERE if holder_event_id == event_id else Refusal.POSITION_TAKEN
+
+
 @dataclass(frozen=True)
 class Finding:
     """Where the log stops being trustworthy: the first bad sequence and why."""

@@ -4,8 +4,16 @@ Without transactions the chain stays one chain because the event document *is* t
 event n+1 is inserted under ``_id`` n+1 only by a writer that has seen event n (it inserted n
 itself, or found it). The unique ``_id`` lets exactly one writer take each position; a loser finds
 the new tip and links after the winner. The unique ``event_id`` refuses a repeated event without
-taking a position. A crashed writer leaves nothing half done: one insert is one link. Ordered
-``insert_many`` stops at the first refusal, so a batch never links past a position it lost.
+taking a position. A crashed writer leaves nothing half done: one insert is one link. Links go in
+one at a time, each only after the one before it was acknowledged, so a write stopped anywhere (a
+crash, a timeout, a refusal) leaves a prefix of what it meant to link, never a later link without
+an earlier one (a batch insert's count of what went in is not trusted for that).
+
+``event_ids`` finds an event's sequence by its event_id with one ``_id`` lookup (an event_id filter
+on the event documents scans on FerretDB). A writer indexes its links after inserting them and
+before it advances the tip hint, and whoever steps past the hint indexes what it steps over, so
+every event at or before the hint is indexed; one after it may not be yet (its writer stopped), and
+a writer finds it by stepping from the hint.
 
 The ``chain`` document holds a hint of the tip (sequence and hash), advanced after each write, so
 that a writer finds the tip without scanning the log; the hint may lag behind, never run ahead.
@@ -42,6 +50,10 @@ from emr_runtime.db import Database, IndexSpec
 EVENTS = "events"
 CHECKPOINTS = "checkpoints"
 CHAIN = "chain"
+EVENT_IDS = "event_ids"
+# Collections no index creates, made at start-up (see emr_runtime.db.create_collections).
+COLLECTIONS = (EVENT_IDS,)
+_DUPLICATE_KEY = 11000
 _HEAD = "head"
 INDEXES = (
     IndexSpec(EVENTS, (("event_id", 1),), "events_event_id", unique=True),
@@ -173,6 +185,7 @@ class AuditRepository:
         self._events = db[EVENTS]
         self._checkpoints = db[CHECKPOINTS]
         self._chain = db[CHAIN]
+        self._event_ids = db[EVENT_IDS]
 
     # --- the chain ---------------------------------------------------------------------------------
     async def tip_hint(self) -> tuple[int, bytes] | None:
@@ -190,18 +203,46 @@ class AuditRepository:
                 upsert=True,
             )
 
-    async def sequences_of(self, event_ids: Sequence[str]) -> dict[str, int]:
-        cursor = self._events.find({"event_id": {"$in": list(event_ids)}}, {"_id": 1, "event_id": 1})
-        return {document["event_id"]: int(document["_id"]) async for document in cursor}
-
-    async def insert_linked(self, events: Sequence[AuditEvent]) -> int:
-        """Inserts chained events in order; returns how many went in before the first position (or
-        event_id) another writer took."""
+    async def insert_link(self, event: AuditEvent) -> bool:
+        """Inserts one chained event; False when its position or its event_id is already taken."""
         try:
-            await self._events.insert_many([event_document(event) for event in events], ordered=True)
+            await self._events.insert_one(event_document(event))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def event_id_at(self, sequence: int) -> str | None:
+        """The event_id of the link at ``sequence`` (None: nothing there): one ``_id`` lookup."""
+        document = await self._events.find_one({"_id": sequence}, {"event_id": 1})
+        return str(document.get("event_id", "")) if document else None
+
+    async def link_at(self, sequence: int) -> tuple[str, bytes] | None:
+        """(event_id, hash) of the link at ``sequence``; None: nothing there."""
+        document = await self._events.find_one({"_id": sequence}, {"event_id": 1, "hash": 1})
+        return (str(document.get("event_id", "")), bytes(document.get("hash") or b"")) if document else None
+
+    async def indexed_sequence(self, event_id: str) -> int | None:
+        """The sequence ``event_ids`` holds for ``event_id``: one ``_id`` lookup."""
+        document = await self._event_ids.find_one({"_id": event_id})
+        return int(document["sequence"]) if document else None
+
+    async def index_event_ids(self, links: Sequence[tuple[str, int]]) -> None:
+        """Records (event_id, sequence) of stored links; one already recorded is left as it is (an
+        event_id has one link, so a second writer records the same pair)."""
+        if not links:
+            return
+        try:
+            await self._event_ids.insert_many(
+                [{"_id": event_id, "sequence": sequence} for event_id, sequence in links], ordered=False
+            )
         except BulkWriteError as error:
-            return int(error.details.get("nInserted", 0))
-        return len(events)
+            if any(e.get("code") != _DUPLICATE_KEY for e in error.details.get("writeErrors", ())):
+                raise
+
+    async def scan_sequence_of(self, event_id: str) -> int | None:
+        """Scans the log for ``event_id``: only for events stored before ``event_ids`` existed."""
+        document = await self._events.find_one({"event_id": event_id}, {"_id": 1})
+        return int(document["_id"]) if document else None
 
     async def event_hash(self, sequence: int) -> bytes | None:
         document = await self._events.find_one({"_id": sequence}, {"hash": 1})

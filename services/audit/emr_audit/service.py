@@ -23,12 +23,14 @@ from emr_audit.domain import (
     EventFilter,
     Finding,
     NotCheckpointedError,
+    Refusal,
     canonical_bytes,
     canonical_record,
     chain,
     checkpoint_due,
     checkpoint_record,
     first_finding,
+    refusal_of,
     summarize_accesses,
     validate_events,
 )
@@ -102,6 +104,8 @@ class AuditLog:
         self._hint_writer: asyncio.Task[None] | None = None
         # (sequence, hash) of the last event this replica knows; None: read it from the database.
         self._tip: tuple[int, bytes] | None = None
+        # The last link whose event_id (and every earlier one) is in event_ids: the hint stops there.
+        self._indexed_tip: tuple[int, bytes] | None = None
 
     @property
     def signer(self) -> CheckpointSigner:
@@ -144,8 +148,8 @@ class AuditLog:
 
     async def _advance_hint(self) -> None:
         written: tuple[int, bytes] | None = None
-        while self._tip is not None and self._tip != written:
-            written = self._tip
+        while self._indexed_tip is not None and self._indexed_tip != written:
+            written = self._indexed_tip
             try:
                 await self._repository.advance_tip_hint(*written)
             except Exception:
@@ -153,35 +157,56 @@ class AuditLog:
                 return
 
     async def _link(self, events: list[AuditEvent]) -> dict[str, int]:
-        """Links events after the tip and returns their sequences. A position lost to another
-        replica sends the rest after the winner; an event already stored keeps its sequence."""
+        """Links events after the tip, one at a time in order, and returns their sequences. A
+        position lost to another replica sends the rest after the winner; an event already stored
+        keeps its sequence. What this call linked is indexed before the hint may move past it."""
         sequences: dict[str, int] = {}
-        refusals: dict[str, int] = {}
-        remaining = events
-        while remaining:
+        linked: list[tuple[str, int]] = []
+        try:
+            for event in events:
+                sequences[event.event_id] = await self._link_one(event, linked)
+        finally:
+            # Best effort when the link failed: whoever steps past the hint indexes what is left.
+            await self._repository.index_event_ids(linked)
+        if linked and self._tip is not None and self._tip[0] == linked[-1][1]:
+            self._indexed_tip = self._tip
+        return sequences
+
+    async def _link_one(self, event: AuditEvent, linked: list[tuple[str, int]]) -> int:
+        while True:
             if self._tip is None:
                 self._tip = await self._repository.tip_hint() or (0, GENESIS_HASH)
             last_sequence, last_hash = self._tip
-            linked = chain(remaining, last_sequence + 1, last_hash)
-            inserted = await self._repository.insert_linked(linked)
-            sequences.update((event.event_id, event.sequence) for event in linked[:inserted])
-            if inserted:
-                self._tip = (linked[inserted - 1].sequence, linked[inserted - 1].hash)
-                CHAIN_HEIGHT.set(self._tip[0])
-            if inserted == len(linked):
-                break
-            remaining = remaining[inserted:]
-            refused = linked[inserted]
-            refusals[refused.event_id] = refusals.get(refused.event_id, 0) + 1
-            if refusals[refused.event_id] > 1 or not await self._catch_up(refused.sequence):
-                # Refused again, or nobody holds the position: the unique event_id refused it.
-                stored = await self._repository.sequences_of([refused.event_id])
-                if refused.event_id in stored:
-                    sequences[refused.event_id] = stored[refused.event_id]
-                    remaining = remaining[1:]
-                else:
+            [link] = chain([event], last_sequence + 1, last_hash)
+            if await self._repository.insert_link(link):
+                self._tip = (link.sequence, link.hash)
+                CHAIN_HEIGHT.set(link.sequence)
+                linked.append((link.event_id, link.sequence))
+                return link.sequence
+            indexed = await self._repository.indexed_sequence(event.event_id)
+            holder = None if indexed is not None else await self._repository.event_id_at(link.sequence)
+            refusal = refusal_of(event.event_id, indexed, holder)
+            if refusal is Refusal.ALREADY_STORED and indexed is not None:
+                return indexed
+            if refusal is Refusal.STORED_THERE:
+                # An earlier attempt stored it and its answer was lost (the hash differs: received later).
+                self._tip = await self._find_tip()
+                return link.sequence
+            if refusal is Refusal.POSITION_TAKEN:
+                if not await self._catch_up(link.sequence):
                     self._tip = await self._find_tip()
-        return sequences
+                continue
+            # UNINDEXED: stored past the hint by a writer that stopped before indexing it; stepping
+            # from the hint indexes it. Before event_ids existed nothing was indexed: scan once.
+            self._tip = await self._find_tip()
+            stored = await self._repository.indexed_sequence(event.event_id)
+            if stored is None:
+                stored = await self._repository.scan_sequence_of(event.event_id)
+                if stored is None:
+                    raise RuntimeError("an event was refused as stored but is not in the log")
+                log.warning("an event stored before the event_id index existed was looked up by a scan")
+                await self._repository.index_event_ids([(event.event_id, stored)])
+            return stored
 
     async def _catch_up(self, taken: int) -> bool:
         """Waits briefly for the writer that took position ``taken`` to advance the tip hint (it
@@ -196,10 +221,15 @@ class AuditLog:
         return False
 
     async def _find_tip(self) -> tuple[int, bytes]:
-        """The last event: from the hint, stepping over events written since it was advanced."""
+        """The last event: from the hint, stepping over (and indexing) events written since it was
+        advanced, one ``_id`` lookup each."""
         sequence, digest = await self._repository.tip_hint() or (0, GENESIS_HASH)
-        while (following := await self._repository.event_hash(sequence + 1)) is not None:
-            sequence, digest = sequence + 1, following
+        stepped: list[tuple[str, int]] = []
+        while (following := await self._repository.link_at(sequence + 1)) is not None:
+            sequence, digest = sequence + 1, following[1]
+            stepped.append((following[0], sequence))
+        await self._repository.index_event_ids(stepped)
+        self._indexed_tip = (sequence, digest)
         return sequence, digest
 
     # --- checkpoints -------------------------------------------------------------------------------

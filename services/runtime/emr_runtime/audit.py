@@ -45,6 +45,40 @@ SPOOL_REJECTED = Counter(
 # What one call records at most (the audit service takes 500 events an append; searches cap below).
 MAX_EVENTS_PER_CALL = 500
 SPOOL_DEPTH = Gauge("emr_audit_spool_depth", "Audit events waiting in the local spool for the audit service.")
+SPOOL_REPLAY_FAILURES = Counter(
+    "emr_audit_spool_replay_failures_total",
+    "Spool replays that failed, by reason (a gRPC status in lower case, or database).",
+    ["reason"],
+)
+SPOOL_REPLAY_CONSECUTIVE_FAILURES = Gauge(
+    "emr_audit_spool_replay_consecutive_failures",
+    "Spool replays failed in a row since the last that went through; a stuck replay keeps rising.",
+)
+# A replayed batch may take this much longer than one live append per event it carries (audit links
+# events one at a time), and after each failure twice as long, up to the cap, so that a slow but
+# working audit is waited for rather than sent the same batch again and again.
+REPLAY_SECONDS_PER_EVENT = 0.02
+MAX_REPLAY_DEADLINE_SECONDS = 60.0
+MAX_REPLAY_WAIT_SECONDS = 30.0
+_MAX_DOUBLINGS = 6
+
+
+def replay_deadline(append_timeout: float, events: int, failures: int) -> float:
+    """Seconds a replay of ``events`` events may take after ``failures`` failures in a row."""
+    grown = (append_timeout + REPLAY_SECONDS_PER_EVENT * events) * 2.0 ** min(failures, _MAX_DOUBLINGS)
+    return min(MAX_REPLAY_DEADLINE_SECONDS, grown)
+
+
+def replay_wait(interval: float, failures: int) -> float:
+    """Seconds to wait before the next replay after ``failures`` failures in a row."""
+    return min(MAX_REPLAY_WAIT_SECONDS, interval * 2.0 ** min(max(failures - 1, 0), _MAX_DOUBLINGS))
+
+
+def replay_failure_reason(error: BaseException) -> str:
+    """The metric label of a failed replay: never anything of the events."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name.lower()
+    return "database" if isinstance(error, PyMongoError) else "other"
 
 
 class AuditRecorder(AuditSink):
@@ -67,6 +101,10 @@ class AuditRecorder(AuditSink):
         # While anything is spooled, new events join the spool so that order is kept.
         self._spooling = False
         self._lock = asyncio.Lock()
+        # One replay at a time; held across the (possibly long) append, which _lock must not be, or
+        # every audited call that spools would wait for it.
+        self._replay_lock = asyncio.Lock()
+        self._replay_failures = 0
 
     async def open(self) -> None:
         """Resumes spooling if a previous run left events in the spool."""
@@ -117,26 +155,46 @@ class AuditRecorder(AuditSink):
         SPOOL_DEPTH.inc()
 
     async def replay_once(self, batch_size: int = 200) -> int:
-        """Sends the oldest spooled events to audit; returns how many were delivered."""
-        async with self._lock:
-            documents = await self._spool.find().sort("position", 1).to_list(batch_size)
-            if not documents:
-                self._spooling = False
-                SPOOL_DEPTH.set(0)
-                return 0
-            events = [audit_pb2.AuditEvent.FromString(document["event"]) for document in documents]
+        """Sends the oldest spooled events to audit; returns how many were delivered. A failure is
+        counted, logged with its reason and raised; the next attempt waits longer for audit."""
+        async with self._replay_lock:
             try:
-                await self._stub.AppendEvents(
-                    audit_pb2.AppendEventsRequest(events=events), timeout=self._append_timeout
+                delivered = await self._replay_batch(batch_size)
+            except (grpc.aio.AioRpcError, PyMongoError) as error:
+                self._replay_failures += 1
+                reason = replay_failure_reason(error)
+                SPOOL_REPLAY_FAILURES.labels(reason=reason).inc()
+                SPOOL_REPLAY_CONSECUTIVE_FAILURES.set(self._replay_failures)
+                log.warning(
+                    "audit spool replay failed",
+                    extra={"reason": reason, "consecutive_failures": self._replay_failures},
                 )
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
-                await self._set_aside_rejected(documents)
-            # Appends are idempotent by event_id, so a crash before this delete only resends.
-            await self._spool.delete_many({"_id": {"$in": [document["_id"] for document in documents]}})
-            SPOOL_DEPTH.set(await self._spool.count_documents({}))
-            return len(documents)
+                raise
+            self._replay_failures = 0
+            SPOOL_REPLAY_CONSECUTIVE_FAILURES.set(0)
+            return delivered
+
+    async def _replay_batch(self, batch_size: int) -> int:
+        documents = await self._spool.find().sort("position", 1).to_list(batch_size)
+        if not documents:
+            async with self._lock:
+                # Checked again under the lock: an event spooled meanwhile keeps the spool on.
+                if await self._spool.count_documents({}) == 0:
+                    self._spooling = False
+                    SPOOL_DEPTH.set(0)
+            return 0
+        events = [audit_pb2.AuditEvent.FromString(document["event"]) for document in documents]
+        deadline = replay_deadline(self._append_timeout, len(events), self._replay_failures)
+        try:
+            await self._stub.AppendEvents(audit_pb2.AppendEventsRequest(events=events), timeout=deadline)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            await self._set_aside_rejected(documents)
+        # Appends are idempotent by event_id, so a crash before this delete only resends.
+        await self._spool.delete_many({"_id": {"$in": [document["_id"] for document in documents]}})
+        SPOOL_DEPTH.set(await self._spool.count_documents({}))
+        return len(documents)
 
     async def _set_aside_rejected(self, documents: list[dict[str, object]]) -> None:
         """One malformed event must not hold the spool back forever: events audit refuses are
@@ -164,9 +222,9 @@ class AuditRecorder(AuditSink):
             try:
                 while await self.replay_once():
                     pass
-            except (grpc.aio.AioRpcError, PyMongoError) as error:
-                log.info("audit spool replay waits for audit", extra={"error_type": type(error).__name__})
-            await asyncio.sleep(self._replay_interval)
+            except (grpc.aio.AioRpcError, PyMongoError):
+                pass  # counted and logged by replay_once; waited out below
+            await asyncio.sleep(replay_wait(self._replay_interval, self._replay_failures))
 
 
 def audit_event(
