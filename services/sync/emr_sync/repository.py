@@ -18,6 +18,7 @@ national side deduplicates by key) and never loses it.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -177,6 +178,11 @@ class SyncRepository:
         """Adds deliveries not queued before (a payload that could not be built goes straight to
         the dead letters); re-reading a change after a crash adds nothing it has not sent."""
         waiting = [d for d in deliveries if d.status is DeliveryStatus.PENDING]
+        # A change read again after a crash may have been sent and settled meanwhile (by this
+        # replica's own delivery round): queued again, it would be sent twice. Settling writes the
+        # ended delivery before it leaves the queue, so one of the two is always found here.
+        ended = await self.ended_ids([d.delivery_id for d in waiting])
+        waiting = [d for d in waiting if d.delivery_id not in ended]
         bodies = {d.delivery_id: stored_body(self._crypt, bytes(d.payload)) for d in waiting}
         # Payloads first: a queued delivery can always be sent again later.
         await _insert_new(self._payloads, [{"_id": key, "body": body} for key, body in bodies.items()])
@@ -227,6 +233,13 @@ class SyncRepository:
         await self._events.update_one(
             {"_id": "last_error"}, {"$set": {"error": error, "at": now}}, upsert=True
         )
+
+    async def ended_ids(self, delivery_ids: list[str]) -> set[str]:
+        """Which of these deliveries reached an end: one _id lookup each (FerretDB indexes only those)."""
+        found = await asyncio.gather(
+            *(self._deliveries.find_one({"_id": i}, projection={"_id": 1}) for i in delivery_ids)
+        )
+        return {str(document["_id"]) for document in found if document is not None}
 
     async def settle(self, ended: list[Delivery]) -> None:
         """Moves deliveries that reached an end (delivered, dead) out of the queue, in bulk."""
