@@ -21,7 +21,7 @@ from emr_runtime.auth import SERVICE_ASSERTED_ROLES, service_binding
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 DEV_VALUES = CHART / "ci" / "dev-values.yaml"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
-# ../shared/ARCHITECTURE.md, "talks to" (the national system is the emulator in dev).
+# Who calls whom (README, "How it is built"); the national system is the emulator in dev.
 CALL_GRAPH = {
     "identity": {"audit"},
     "records": {"identity", "audit"},
