@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from emr.audit.v1 import audit_pb2
 
-from emr_audit import merkle
+from emr_audit import converters, merkle
 from emr_audit.domain import (
     GENESIS_HASH,
     Action,
@@ -31,9 +32,11 @@ from emr_audit.domain import (
     chain,
     checkpoint_due,
     checkpoint_record,
+    missing_events,
     summarize_accesses,
     validate_events,
 )
+from emr_audit.service import IntegrityReport
 from emr_audit.signing import CheckpointSigner, load_public_key
 from emr_audit.verify import verify_export
 from emr_runtime.errors import InvalidArgumentError
@@ -335,3 +338,34 @@ def test_export_missing_an_event_fails(signer: CheckpointSigner) -> None:
     verdict = verify_export(lines, signer_public(signer))
     assert verdict.finding is not None and verdict.finding.sequence == 3
     assert verdict.finding.missing_stretch == (3, 3)
+
+
+def test_verify_integrity_answer_names_the_kind_and_the_missing_stretch() -> None:
+    hole = converters.integrity_message(
+        IntegrityReport(missing_events(899, 996, " (next stored is 997)"), 898, 4)
+    )
+    assert (hole.intact, hole.first_bad_sequence, hole.checked_events, hole.checked_checkpoints) == (
+        False,
+        899,
+        898,
+        4,
+    )
+    assert hole.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_MISSING_EVENTS
+    assert (hole.missing_from_sequence, hole.missing_through_sequence) == (899, 996)
+    assert hole.problem == "events 899..996 are missing (next stored is 997)"
+
+    edited = converters.integrity_message(
+        IntegrityReport(Finding(12, "stored hash does not match", FindingKind.ALTERED_EVENT), 11, 1)
+    )
+    assert edited.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_ALTERED_EVENT
+    assert (edited.missing_from_sequence, edited.missing_through_sequence) == (0, 0)
+
+    intact = converters.integrity_message(IntegrityReport(None, 30, 2))
+    assert intact.intact and intact.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_UNSPECIFIED
+    assert (intact.first_bad_sequence, intact.problem, intact.missing_through_sequence) == (0, "", 0)
+
+
+@pytest.mark.parametrize("kind", list(FindingKind))
+def test_every_finding_kind_has_an_answer_kind(kind: FindingKind) -> None:
+    answer = converters.integrity_message(IntegrityReport(Finding(3, "problem", kind, 3), 2, 0))
+    assert answer.finding_kind != audit_pb2.INTEGRITY_FINDING_KIND_UNSPECIFIED
