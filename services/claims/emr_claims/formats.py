@@ -1,4 +1,4 @@
-"""Writing claim values and reading them back.
+"""Writing claim values and reading them back. Errors never quote the value (it may be patient data).
 
 - Numbers are plain decimals with a dot, never an exponent: money rounded to 2 places, quantities and
   unit prices to 3 (the decisions' wording), halves rounded away from zero. Written without trailing
@@ -43,7 +43,7 @@ def write_decimal(value: Decimal | int, places: int) -> str:
     """A non-negative number rounded to ``places`` decimals, in fixed notation without trailing zeros."""
     number = Decimal(value)
     if not number.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
+        raise ValueError("not a finite number")
     rounded = round_places(number, places)
     if rounded < 0:
         raise ValueError("claim amounts and quantities are never negative")
@@ -76,15 +76,15 @@ def read_decimal(text: str, places: int) -> Decimal:
     match = _PLAIN_DECIMAL.fullmatch(text)
     if match is None:
         if "e" in text.lower():
-            raise FormatError(f"{text!r} is in exponent notation; write plain digits")
-        raise FormatError(f"{text!r} is not a plain non-negative number with a dot as decimal separator")
+            raise FormatError("exponent notation; write plain digits")
+        raise FormatError("not a plain non-negative number with a dot as decimal separator")
     fraction = match.group(2) or ""
     if len(fraction) > places:
-        raise FormatError(f"{text!r} has {len(fraction)} decimal places; at most {places} allowed")
+        raise FormatError(f"{len(fraction)} decimal places; at most {places} allowed")
     try:
         return Decimal(text)
     except InvalidOperation as error:  # pragma: no cover - the pattern admits only valid decimals
-        raise FormatError(f"{text!r} is not a number") from error
+        raise FormatError("not a number") from error
 
 
 def read_integer(text: str) -> int:
@@ -101,11 +101,11 @@ def write_date_time(moment: datetime) -> str:
 def read_date_time(text: str) -> datetime:
     """The Vietnam-time moment of a yyyymmddHHMM value."""
     if _DATE_TIME.fullmatch(text) is None:
-        raise FormatError(f"{text!r} is not yyyymmddHHMM (12 digits)")
+        raise FormatError("not yyyymmddHHMM (12 digits)")
     try:
         return datetime.strptime(text, "%Y%m%d%H%M").replace(tzinfo=VIETNAM_TIME)
     except ValueError as error:
-        raise FormatError(f"{text!r} is not a real date and time") from error
+        raise FormatError("not a real date and time") from error
 
 
 def write_date(day: date) -> str:
@@ -114,11 +114,11 @@ def write_date(day: date) -> str:
 
 def read_date(text: str) -> date:
     if _DATE.fullmatch(text) is None:
-        raise FormatError(f"{text!r} is not yyyymmdd (8 digits)")
+        raise FormatError("not yyyymmdd (8 digits)")
     try:
         return datetime.strptime(text, "%Y%m%d").date()
     except ValueError as error:
-        raise FormatError(f"{text!r} is not a real date") from error
+        raise FormatError("not a real date") from error
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def write_birth(birth: BirthMoment) -> str:
 def read_birth(text: str) -> BirthMoment:
     """A written NGAY_SINH; time 0000 reads as unknown (the format cannot tell it from midnight)."""
     if _DATE_TIME.fullmatch(text) is None:
-        raise FormatError(f"{text!r} is not yyyymmddHHMM (12 digits)")
+        raise FormatError("not yyyymmddHHMM (12 digits)")
     year, month, day, hour, minute = (int(text[a:b]) for a, b in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12)))
     known_day = (month, day) != (0, 0)
     known_time = (hour, minute) != (0, 0)
@@ -170,14 +170,14 @@ def read_birth(text: str) -> BirthMoment:
             minute if known_time else None,
         )
     except ValueError as error:
-        raise FormatError(f"{text!r} is not a valid birth date: {error}") from error
+        raise FormatError(f"not a valid birth date: {error}") from error
 
 
 def write_list(items: Iterable[str]) -> str:
     values = list(items)
     for value in values:
         if not value or LIST_SEPARATOR in value:
-            raise ValueError(f"list item {value!r} is empty or holds the separator")
+            raise ValueError("a list item is empty or holds the separator")
     return LIST_SEPARATOR.join(values)
 
 
@@ -187,5 +187,5 @@ def read_list(text: str) -> Sequence[str]:
         return ()
     items = text.split(LIST_SEPARATOR)
     if any(not item.strip() for item in items):
-        raise FormatError(f"{text!r} has an empty item")
+        raise FormatError("a list item is empty")
     return tuple(items)
