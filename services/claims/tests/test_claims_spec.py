@@ -14,7 +14,7 @@ FORMAT = re.compile(
 
 
 @pytest.mark.parametrize("kind", TABLE_KINDS)
-def test_every_official_field_is_listed_in_order(kind):
+def test_every_official_field_is_listed_in_order(kind: str) -> None:
     spec = table(kind)
     assert len(spec.fields) == OFFICIAL_FIELD_COUNTS[kind]
     assert [f.order for f in spec.fields] == list(range(1, len(spec.fields) + 1))
@@ -23,7 +23,7 @@ def test_every_official_field_is_listed_in_order(kind):
 
 
 @pytest.mark.parametrize("kind", TABLE_KINDS)
-def test_every_field_has_a_known_type_format_requirement_and_meaning(kind):
+def test_every_field_has_a_known_type_format_requirement_and_meaning(kind: str) -> None:
     for field in table(kind).fields:
         assert field.type in {"string", "integer", "decimal", "date", "datetime"}, field
         assert FORMAT.fullmatch(field.format), field
@@ -33,14 +33,14 @@ def test_every_field_has_a_known_type_format_requirement_and_meaning(kind):
         assert field.max_size is None or field.max_size > 0
 
 
-def test_element_names_of_the_130_layout():
+def test_element_names_of_the_130_layout() -> None:
     assert table("XML1").root == "TONG_HOP" and table("XML1").rows_element == ""
     assert ELEMENTS["XML2"] == ("CHITIEU_CHITIET_THUOC", "DSACH_CHI_TIET_THUOC", "CHI_TIET_THUOC")
     assert ELEMENTS["XML3"] == ("CHITIEU_CHITIET_DVKT_VTYT", "DSACH_CHI_TIET_DVKT", "CHI_TIET_DVKT")
     assert table("XML0").row_element == "TRANG_THAI_KCB"
 
 
-def test_amendments_are_applied():
+def test_amendments_are_applied() -> None:
     xml1 = table("XML1")
     assert xml1.field("MA_LOAI_KCB").type == "string"  # 4750: number became string
     assert xml1.field("MA_DOITUONG_KCB").max_size == 4  # 4750: 4 characters
@@ -50,7 +50,7 @@ def test_amendments_are_applied():
     assert table("XML2").field("MA_KHOA").max_size == 50  # 4750
 
 
-def test_money_and_quantity_places():
+def test_money_and_quantity_places() -> None:
     xml2, xml3 = table("XML2"), table("XML3")
     assert xml2.field("THANH_TIEN_BV").decimal_places == 2
     assert xml2.field("SO_LUONG").decimal_places == 3
@@ -59,6 +59,6 @@ def test_money_and_quantity_places():
     assert table("XML1").field("MA_BENH_KT").max_items == 12
 
 
-def test_unknown_table_is_refused():
+def test_unknown_table_is_refused() -> None:
     with pytest.raises(KeyError):
         table("XML9")

@@ -39,46 +39,46 @@ def money(text: str, delta: str) -> str:
     return str(Decimal(text) + Decimal(delta))
 
 
-def test_the_sample_full_claim_is_valid():
+def test_the_sample_full_claim_is_valid() -> None:
     assert validate_submission(sample.claim()) == []
     assert set(sample.claim_rows()) == {"XML1", "XML2", "XML3", "XML4", "XML5"}
 
 
-def test_a_required_value_left_empty():
+def test_a_required_value_left_empty() -> None:
     assert problems(claim_of(changed("XML1", 0, HO_TEN=""))) == {("XML1", "HO_TEN", "REQUIRED")}
 
 
-def test_a_value_longer_than_its_field():
+def test_a_value_longer_than_its_field() -> None:
     assert problems(claim_of(changed("XML1", 0, MA_BENH_CHINH="J18.9001"))) == {
         ("XML1", "MA_BENH_CHINH", "TOO_LONG")
     }
 
 
-def test_a_number_in_exponent_form():
+def test_a_number_in_exponent_form() -> None:
     found = validate_submission(claim_of(changed("XML2", 0, SO_LUONG="1E+1")))
     assert {(e.table, e.row, e.field, e.code) for e in found} == {("XML2", 1, "SO_LUONG", "BAD_FORMAT")}
     assert "exponent" in found[0].message
 
 
-def test_a_money_amount_with_three_decimals():
+def test_a_money_amount_with_three_decimals() -> None:
     rows = changed("XML2", 0, T_NGUONKHAC_CL="0.001")
     assert ("XML2", "T_NGUONKHAC_CL", "BAD_FORMAT") in problems(claim_of(rows))
 
 
-def test_a_date_time_not_in_yyyymmddhhmm():
+def test_a_date_time_not_in_yyyymmddhhmm() -> None:
     assert problems(claim_of(changed("XML5", 0, THOI_DIEM_DBLS="2025-03-10"))) == {
         ("XML5", "THOI_DIEM_DBLS", "BAD_FORMAT")
     }
 
 
-def test_a_birth_date_with_unknown_day_and_month_is_accepted_but_not_a_half_known_one():
+def test_a_birth_date_with_unknown_day_and_month_is_accepted_but_not_a_half_known_one() -> None:
     assert problems(claim_of(changed("XML1", 0, NGAY_SINH="198500000000"))) == set()
     assert problems(claim_of(changed("XML1", 0, NGAY_SINH="198507000000"))) == {
         ("XML1", "NGAY_SINH", "BAD_FORMAT")
     }
 
 
-def test_elements_out_of_order():
+def test_elements_out_of_order() -> None:
     def swap(kind: str, root: ET.Element) -> None:
         if kind == "XML1":
             first, second = root[2], root[3]  # MA_BN, HO_TEN
@@ -88,7 +88,7 @@ def test_elements_out_of_order():
     assert [(e.table, e.field, e.code) for e in found] == [("XML1", "HO_TEN", "BAD_ORDER")]
 
 
-def test_an_unknown_element():
+def test_an_unknown_element() -> None:
     def extra(kind: str, root: ET.Element) -> None:
         if kind == "XML2":
             ET.SubElement(root[0][1], "GIA_BAN_LE").text = "1"
@@ -99,19 +99,22 @@ def test_an_unknown_element():
     ]
 
 
-def test_a_missing_element():
+def test_a_missing_element() -> None:
     def drop(kind: str, root: ET.Element) -> None:
         if kind == "XML5":
             row = root[0][0]
-            row.remove(row.find("DU_PHONG"))
+            reserved = row.find("DU_PHONG")
+            assert reserved is not None
+            row.remove(reserved)
 
     assert problems(claim_of(sample.claim_rows(), drop)) == {("XML5", "DU_PHONG", "MISSING_ELEMENT")}
 
 
-def test_a_repeated_element():
+def test_a_repeated_element() -> None:
     def repeat(kind: str, root: ET.Element) -> None:
-        if kind == "XML1":
-            root.insert(list(root).index(root.find("GHI_CHU")) + 1, copy.deepcopy(root.find("GHI_CHU")))
+        note = root.find("GHI_CHU")
+        if kind == "XML1" and note is not None:
+            root.insert(list(root).index(note) + 1, copy.deepcopy(note))
 
     assert problems(claim_of(sample.claim_rows(), repeat)) == {("XML1", "GHI_CHU", "DUPLICATE_ELEMENT")}
 
@@ -129,47 +132,47 @@ def test_a_repeated_element():
         ("XML3", "PP_VO_CAM", "5"),
     ],
 )
-def test_a_code_outside_its_list(kind, field, value):
+def test_a_code_outside_its_list(kind: str, field: str, value: str) -> None:
     assert problems(claim_of(changed(kind, 0, **{field: value}))) == {(kind, field, "BAD_CODE")}
 
 
-def test_a_kind_of_care_outside_the_list():
+def test_a_kind_of_care_outside_the_list() -> None:
     # 10 is no MA_LOAI_KCB; the day count is then not checked against it.
     assert problems(claim_of(changed("XML1", 0, MA_LOAI_KCB="10"))) == {("XML1", "MA_LOAI_KCB", "BAD_CODE")}
 
 
-def test_a_rate_outside_its_range():
+def test_a_rate_outside_its_range() -> None:
     assert problems(claim_of(changed("XML1", 0, THANG_QT="13"))) == {("XML1", "THANG_QT", "OUT_OF_RANGE")}
 
 
-def test_too_many_secondary_diagnoses():
+def test_too_many_secondary_diagnoses() -> None:
     codes = ";".join(f"A0{i % 10}" for i in range(13))
     assert problems(claim_of(changed("XML1", 0, MA_BENH_KT=codes))) == {("XML1", "MA_BENH_KT", "TOO_MANY")}
 
 
-def test_rows_not_numbered_one_to_n():
+def test_rows_not_numbered_one_to_n() -> None:
     found = validate_submission(claim_of(changed("XML2", 1, STT="3")))
     assert [(e.table, e.row, e.field, e.code) for e in found] == [("XML2", 2, "STT", "BAD_STT")]
 
 
-def test_a_row_of_another_visit():
+def test_a_row_of_another_visit() -> None:
     found = validate_submission(claim_of(changed("XML3", 0, MA_LK="SYN-OTHER")))
     assert [(e.table, e.row, e.field, e.code) for e in found] == [("XML3", 1, "MA_LK", "LINK_MISMATCH")]
 
 
-def test_a_facility_other_than_the_envelopes():
+def test_a_facility_other_than_the_envelopes() -> None:
     assert problems(claim_of(sample.claim_rows(), facility="79002")) == {
         ("XML1", "MA_CSKCB", "LINK_MISMATCH")
     }
 
 
-def test_discharge_before_arrival():
+def test_discharge_before_arrival() -> None:
     assert problems(claim_of(changed("XML1", 0, NGAY_RA="202503090800"))) == {
         ("XML1", "NGAY_RA", "DATE_ORDER")
     }
 
 
-def test_treatment_days_that_do_not_follow_from_the_dates():
+def test_treatment_days_that_do_not_follow_from_the_dates() -> None:
     assert problems(claim_of(changed("XML1", 0, SO_NGAY_DTRI="4"))) == {
         ("XML1", "SO_NGAY_DTRI", "DAYS_MISMATCH")
     }
@@ -178,20 +181,20 @@ def test_treatment_days_that_do_not_follow_from_the_dates():
     }
 
 
-def test_days_before_a_booked_admission_do_not_count():
+def test_days_before_a_booked_admission_do_not_count() -> None:
     # Admitted on the 12th after a visit on the 10th: 3 to 5 days are both readings of 3176.
     rows = changed("XML1", 0, NGAY_VAO_NOI_TRU="202503120800", SO_NGAY_DTRI="3")
     assert problems(claim_of(rows)) == set()
 
 
-def test_under_four_hours_counts_zero_days():
+def test_under_four_hours_counts_zero_days() -> None:
     rows = changed("XML1", 0, MA_LOAI_KCB="09", NGAY_RA="202503101130", SO_NGAY_DTRI="1")
     assert problems(claim_of(rows)) == {("XML1", "SO_NGAY_DTRI", "DAYS_MISMATCH")}
     rows = changed("XML1", 0, MA_LOAI_KCB="09", NGAY_RA="202503101130", SO_NGAY_DTRI="0")
     assert problems(claim_of(rows)) == set()
 
 
-def test_a_line_amount_that_is_not_quantity_times_price():
+def test_a_line_amount_that_is_not_quantity_times_price() -> None:
     rows = changed("XML2", 0, DON_GIA="1500.6")
     assert problems(claim_of(rows)) == {
         ("XML2", "THANH_TIEN_BV", "AMOUNT_MISMATCH"),
@@ -199,7 +202,7 @@ def test_a_line_amount_that_is_not_quantity_times_price():
     }
 
 
-def test_a_service_line_priced_without_its_service_rate():
+def test_a_service_line_priced_without_its_service_rate() -> None:
     rows = changed("XML3", 0, TYLE_TT_DV="50")
     assert problems(claim_of(rows)) == {
         ("XML3", "THANH_TIEN_BV", "AMOUNT_MISMATCH"),
@@ -207,12 +210,12 @@ def test_a_service_line_priced_without_its_service_rate():
     }
 
 
-def test_other_sources_that_are_not_the_sum_of_their_parts():
+def test_other_sources_that_are_not_the_sum_of_their_parts() -> None:
     rows = changed("XML3", 1, T_NGUONKHAC_NSNN="900")
     assert problems(claim_of(rows)) == {("XML3", "T_NGUONKHAC", "AMOUNT_MISMATCH")}
 
 
-def test_shares_that_do_not_add_up_to_the_line():
+def test_shares_that_do_not_add_up_to_the_line() -> None:
     rows = sample.claim_rows()
     line, summary = rows["XML2"][0], rows["XML1"][0]
     line["T_BHTT"] = money(line["T_BHTT"], "1")
@@ -235,25 +238,25 @@ def test_shares_that_do_not_add_up_to_the_line():
         "T_BHTT_GDV",
     ],
 )
-def test_a_total_that_is_not_the_sum_of_the_lines(total):
+def test_a_total_that_is_not_the_sum_of_the_lines(total: str) -> None:
     rows = sample.claim_rows()
     rows["XML1"][0][total] = money(rows["XML1"][0][total], "0.01")
     assert problems(claim_of(rows)) == {("XML1", total, "TOTAL_MISMATCH")}
 
 
-def test_the_summary_is_required():
+def test_the_summary_is_required() -> None:
     rows = sample.claim_rows()
     del rows["XML1"]
     assert problems(claim_of(rows)) == {("XML1", "", "MISSING_TABLE")}
 
 
-def test_drug_lines_are_required_when_drugs_are_billed():
+def test_drug_lines_are_required_when_drugs_are_billed() -> None:
     rows = sample.claim_rows()
     del rows["XML2"]
     assert ("XML2", "", "MISSING_TABLE") in problems(claim_of(rows))
 
 
-def test_a_claim_without_drugs_or_services_is_valid_with_zero_totals():
+def test_a_claim_without_drugs_or_services_is_valid_with_zero_totals() -> None:
     rows = sample.claim_rows()
     for kind in ("XML2", "XML3"):
         del rows[kind]
@@ -262,7 +265,7 @@ def test_a_claim_without_drugs_or_services_is_valid_with_zero_totals():
     assert problems(claim_of(rows)) == set()
 
 
-def test_the_check_in_table_and_unknown_tables_are_refused_in_a_claim():
+def test_the_check_in_table_and_unknown_tables_are_refused_in_a_claim() -> None:
     documents = sample.claim_documents()
     checkin = build.table_document("XML0", [{"MA_LK": sample.LINK_KEY, "STT": "1"}])
     document = build.submission(sample.FACILITY, [{**documents, "XML0": checkin}], sample.PREPARED_ON)
@@ -271,7 +274,7 @@ def test_the_check_in_table_and_unknown_tables_are_refused_in_a_claim():
     assert problems(document) == {("GIAMDINHHS", "LOAIHOSO", "UNEXPECTED_TABLE")}
 
 
-def test_conditional_requirements_that_the_claim_itself_shows():
+def test_conditional_requirements_that_the_claim_itself_shows() -> None:
     assert problems(claim_of(changed("XML1", 0, NGAY_VAO_NOI_TRU=""))) == {
         ("XML1", "NGAY_VAO_NOI_TRU", "REQUIRED")
     }
@@ -281,7 +284,7 @@ def test_conditional_requirements_that_the_claim_itself_shows():
     assert problems(claim_of(rows)) == {("XML3", "MA_DICH_VU", "REQUIRED")}
 
 
-def test_a_table_with_the_wrong_root():
+def test_a_table_with_the_wrong_root() -> None:
     def rename(kind: str, root: ET.Element) -> None:
         if kind == "XML4":
             root.tag = "CHI_TIEU_CLS"
@@ -296,17 +299,17 @@ def test_a_table_with_the_wrong_root():
         b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]><GIAMDINHHS>&x;</GIAMDINHHS>',
     ],
 )
-def test_a_body_that_is_not_plain_xml(document):
+def test_a_body_that_is_not_plain_xml(document: bytes) -> None:
     assert problems(document) == {("GIAMDINHHS", "", "MALFORMED")}
 
 
-def test_a_table_that_is_not_base64():
+def test_a_table_that_is_not_base64() -> None:
     document = sample.claim().replace(b"<NOIDUNGFILE>", b"<NOIDUNGFILE>!!", 1)
     # The summary is reported unreadable, not missing as well.
     assert problems(document) == {("XML1", "NOIDUNGFILE", "MALFORMED")}
 
 
-def test_an_envelope_of_the_wrong_shape():
+def test_an_envelope_of_the_wrong_shape() -> None:
     assert problems(b"<HOSO/>") == {("GIAMDINHHS", "", "BAD_ENVELOPE")}
     document = sample.claim().replace(b"<SOLUONGHOSO>1<", b"<SOLUONGHOSO>2<")
     assert problems(document) == {("GIAMDINHHS", "THONGTINHOSO.SOLUONGHOSO", "BAD_ENVELOPE")}
@@ -314,7 +317,7 @@ def test_an_envelope_of_the_wrong_shape():
     assert ("GIAMDINHHS", "GIAMDINHHS.EXTRA", "BAD_ENVELOPE") in problems(document)
 
 
-def test_two_visits_in_one_submission_are_numbered_in_xml1():
+def test_two_visits_in_one_submission_are_numbered_in_xml1() -> None:
     first = sample.claim_rows()
     second = sample.claim_rows()
     for table_rows in second.values():
@@ -330,7 +333,7 @@ def test_two_visits_in_one_submission_are_numbered_in_xml1():
     assert found[0].location == "HOSO[2].XML1[1].STT"
 
 
-def test_todays_thin_summary_is_refused_field_by_field():
+def test_todays_thin_summary_is_refused_field_by_field() -> None:
     thin = {
         name: sample.claim_rows()["XML1"][0][name] for name in ("MA_LK", "STT", "MA_BN", "HO_TEN", "MA_CSKCB")
     }
@@ -343,13 +346,13 @@ def test_todays_thin_summary_is_refused_field_by_field():
     assert ("XML1", "T_TONGCHI_BV", "MISSING_ELEMENT") in found
 
 
-def test_the_answer_is_bounded():
+def test_the_answer_is_bounded() -> None:
     rows = sample.claim_rows()
     rows["XML5"] = [dict(rows["XML5"][0], STT=str(i), THOI_DIEM_DBLS="bad") for i in range(1, 600)]
     assert len(validate_submission(claim_of(rows))) == validate.MAX_ERRORS
 
 
-def test_a_check_in_document():
+def test_a_check_in_document() -> None:
     row = {
         "MA_LK": sample.LINK_KEY,
         "STT": "1",
@@ -373,7 +376,7 @@ def test_a_check_in_document():
     }
 
 
-def test_base64_with_line_breaks_is_read():
+def test_base64_with_line_breaks_is_read() -> None:
     documents = sample.claim_documents()
     document = sample.claim()
     wrapped = base64.encodebytes(documents["XML1"]).decode()

@@ -4,7 +4,7 @@ shape the sync service reads (issue[0].diagnostics). Basic mode still takes toda
 
 import copy
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -58,7 +58,10 @@ def field_errors(answer: httpx.Response) -> set[tuple[str, str]]:
     return {(issue["expression"][0], issue["details"]["coding"][0]["code"]) for issue in body["issue"]}
 
 
-def variant(change: dict[tuple[str, int, str], str] | None = None, tweak=None) -> bytes:
+def variant(
+    change: dict[tuple[str, int, str], str] | None = None,
+    tweak: Callable[[str, ET.Element], None] | None = None,
+) -> bytes:
     rows = sample.claim_rows()
     for (kind, index, name), value in (change or {}).items():
         rows[kind][index][name] = value
@@ -71,24 +74,24 @@ def variant(change: dict[tuple[str, int, str], str] | None = None, tweak=None) -
     return build.submission(sample.FACILITY, [documents], sample.PREPARED_ON)
 
 
-async def test_a_valid_full_claim_is_accepted(strict):
+async def test_a_valid_full_claim_is_accepted(strict: httpx.AsyncClient) -> None:
     answer = await send(strict, sample.claim())
     assert answer.status_code == 201, answer.text
     assert answer.json()["MA_LK"] == sample.LINK_KEY
 
 
-async def test_a_missing_required_value_is_refused(strict):
+async def test_a_missing_required_value_is_refused(strict: httpx.AsyncClient) -> None:
     answer = await send(strict, variant({("XML1", 0, "HO_TEN"): ""}))
     assert field_errors(answer) == {("HOSO[1].XML1[1].HO_TEN", "REQUIRED")}
     assert answer.json()["issue"][0]["diagnostics"].startswith("HOSO[1].XML1[1].HO_TEN REQUIRED")
 
 
-async def test_a_too_long_value_is_refused(strict):
+async def test_a_too_long_value_is_refused(strict: httpx.AsyncClient) -> None:
     answer = await send(strict, variant({("XML2", 1, "MA_KHOA"): "K" * 51}))
     assert field_errors(answer) == {("HOSO[1].XML2[2].MA_KHOA", "TOO_LONG")}
 
 
-async def test_elements_in_the_wrong_order_are_refused(strict):
+async def test_elements_in_the_wrong_order_are_refused(strict: httpx.AsyncClient) -> None:
     def swap(kind: str, root: ET.Element) -> None:
         if kind == "XML3":
             row = root[0][0]
@@ -98,23 +101,23 @@ async def test_elements_in_the_wrong_order_are_refused(strict):
     assert field_errors(answer) == {("HOSO[1].XML3[1].MA_PTTT_QT", "BAD_ORDER")}
 
 
-async def test_a_number_in_exponent_form_is_refused(strict):
+async def test_a_number_in_exponent_form_is_refused(strict: httpx.AsyncClient) -> None:
     answer = await send(strict, variant({("XML3", 0, "DON_GIA_BV"): "5E+4"}))
     assert field_errors(answer) == {("HOSO[1].XML3[1].DON_GIA_BV", "BAD_FORMAT")}
 
 
-async def test_a_wrong_total_is_refused(strict):
+async def test_a_wrong_total_is_refused(strict: httpx.AsyncClient) -> None:
     rows = sample.claim_rows()
     answer = await send(strict, variant({("XML1", 0, "T_TONGCHI_BV"): rows["XML1"][0]["T_THUOC"]}))
     assert field_errors(answer) == {("HOSO[1].XML1[1].T_TONGCHI_BV", "TOTAL_MISMATCH")}
 
 
-async def test_a_row_of_another_visit_is_refused(strict):
+async def test_a_row_of_another_visit_is_refused(strict: httpx.AsyncClient) -> None:
     answer = await send(strict, variant({("XML4", 0, "MA_LK"): "SYN-OTHER"}))
     assert field_errors(answer) == {("HOSO[1].XML4[1].MA_LK", "LINK_MISMATCH")}
 
 
-async def test_a_refused_claim_is_not_held(strict):
+async def test_a_refused_claim_is_not_held(strict: httpx.AsyncClient) -> None:
     key = str(uuid.uuid4())
     answer = await strict.post(
         "/claims", content=variant({("XML1", 0, "HO_TEN"): ""}), headers={"Idempotency-Key": key}
@@ -123,7 +126,9 @@ async def test_a_refused_claim_is_not_held(strict):
     assert (await strict.get(f"/deliveries/{key}")).status_code == 404
 
 
-async def test_todays_thin_claim_passes_basic_and_fails_strict(basic, strict):
+async def test_todays_thin_claim_passes_basic_and_fails_strict(
+    basic: httpx.AsyncClient, strict: httpx.AsyncClient
+) -> None:
     summary = ET.Element("TONG_HOP")
     for name, value in (
         ("MA_LK", sample.LINK_KEY),
@@ -140,5 +145,5 @@ async def test_todays_thin_claim_passes_basic_and_fails_strict(basic, strict):
     assert ("HOSO[1].XML1[1].HO_TEN", "MISSING_ELEMENT") in errors
 
 
-async def test_strict_answers_a_body_that_is_not_xml(strict):
+async def test_strict_answers_a_body_that_is_not_xml(strict: httpx.AsyncClient) -> None:
     assert field_errors(await send(strict, b"{}")) == {("GIAMDINHHS", "MALFORMED")}
