@@ -498,6 +498,15 @@ def _check_record(hoso: ET.Element, facility: str, report: _Report) -> None:
     drug_total = _decimal(summary, "T_THUOC", 2)
     if "XML2" not in roots and drug_total:
         report.add("XML2", 0, "", MISSING_TABLE, "T_THUOC is not 0, so the drug lines (XML2) are required")
+    facility_total = _decimal(summary, "T_TONGCHI_BV", 2)
+    if "XML3" not in roots and facility_total is not None and facility_total > (drug_total or 0):
+        report.add(
+            "XML3",
+            0,
+            "",
+            MISSING_TABLE,
+            "T_TONGCHI_BV exceeds T_THUOC, so the service lines (XML3) are required",
+        )
     if readable:
         _check_totals(summary, rows, report)
 
@@ -576,12 +585,3 @@ def validate_checkin(document: bytes) -> list[FieldError]:
     for index, row in enumerate(rows, 1):
         _check_conditions(CHECKIN_KIND, index, row, report)
     return report.errors
-
-
-def table_rows(document: bytes, kind: str) -> tuple[list[Row], list[FieldError]]:
-    """The rows of one table document (a decoded NOIDUNGFILE) and its element and value problems."""
-    report = _Report(record=1)
-    root = _parse(document, report, kind)
-    if root is None:
-        return [], report.errors
-    return _table_rows(table(kind), root, report), report.errors

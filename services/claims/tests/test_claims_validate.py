@@ -256,6 +256,14 @@ def test_drug_lines_are_required_when_drugs_are_billed() -> None:
     assert ("XML2", "", "MISSING_TABLE") in problems(claim_of(rows))
 
 
+def test_service_lines_are_required_when_services_are_billed() -> None:
+    rows = sample.claim_rows()
+    del rows["XML3"]
+    found = problems(claim_of(rows))
+    assert ("XML3", "", "MISSING_TABLE") in found
+    assert ("XML2", "", "MISSING_TABLE") not in found
+
+
 def test_a_claim_without_drugs_or_services_is_valid_with_zero_totals() -> None:
     rows = sample.claim_rows()
     for kind in ("XML2", "XML3"):
