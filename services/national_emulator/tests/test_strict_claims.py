@@ -5,6 +5,7 @@ shape the sync service reads (issue[0].diagnostics). Basic mode still takes toda
 import copy
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from emr_claims import build, sample
 from emr_national_emulator.app import create_app
 from emr_national_emulator.settings import EmulatorSettings
+from emr_sync.clients import Answer, send_result
+from emr_sync.domain import SendOutcome
 
 
 async def client_for(mode: str) -> httpx.AsyncClient:
@@ -147,3 +150,15 @@ async def test_todays_thin_claim_passes_basic_and_fails_strict(
 
 async def test_strict_answers_a_body_that_is_not_xml(strict: httpx.AsyncClient) -> None:
     assert field_errors(await send(strict, b"{}")) == {("GIAMDINHHS", "MALFORMED")}
+
+
+async def test_the_sync_service_reads_a_field_rejection_as_final_with_its_first_error(
+    strict: httpx.AsyncClient,
+) -> None:
+    answer = await send(strict, variant({("XML1", 0, "HO_TEN"): ""}))
+    result = send_result(
+        Answer(answer.status_code, dict(answer.headers), answer.content),
+        default_retry_after=timedelta(seconds=1),
+    )
+    assert result.outcome == SendOutcome.REJECTED
+    assert result.error == "HTTP 422: HOSO[1].XML1[1].HO_TEN REQUIRED: HO_TEN is required"
