@@ -2,7 +2,8 @@
 
 - ``POST /oauth/token``: OAuth2 client credentials (HTTP Basic or form fields).
 - ``POST /fhir``: a FHIR R4 transaction Bundle; ``POST /claims``: a Decision 130 claim (GIAMDINHHS
-  XML). Both need a bearer token and an Idempotency-Key, apply a key once and count repeats.
+  XML), checked field by field by emr_claims when NATIONAL_EMULATOR_CLAIM_VALIDATION is strict.
+  Both need a bearer token and an Idempotency-Key, apply a key once and count repeats.
 - Queries: ``/deliveries``, ``/applied``, ``/resources``, ``/stats``, ``POST /receipts/query``.
 - Faults (``/admin/faults``): error rate, 429 with Retry-After, added latency, a full outage for a
   period, and committing a submission, then dropping the connection before answering.
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
+from emr_claims import validate
 from emr_fhir.resources import SYSTEM_CCCD, operation_outcome
 from emr_national_emulator.settings import EmulatorSettings
 from emr_national_emulator.store import NationalStore, Submission
@@ -62,6 +64,46 @@ class DroppedAnswer(Response):
 def _rejection(diagnostics: str, expression: str) -> JSONResponse:
     return JSONResponse(
         operation_outcome("invalid", diagnostics, [expression]),
+        status_code=422,
+        media_type="application/fhir+json",
+    )
+
+
+# FHIR issue type of each field-error code (details.coding carries the code itself).
+_ISSUE_TYPES = {
+    validate.REQUIRED: "required",
+    validate.MISSING_ELEMENT: "required",
+    validate.MISSING_TABLE: "required",
+    validate.TOO_LONG: "value",
+    validate.BAD_FORMAT: "value",
+    validate.BAD_CODE: "code-invalid",
+    validate.OUT_OF_RANGE: "value",
+    validate.TOO_MANY: "value",
+    validate.MALFORMED: "structure",
+    validate.BAD_ENVELOPE: "structure",
+    validate.BAD_STRUCTURE: "structure",
+    validate.UNEXPECTED_TABLE: "structure",
+    validate.UNKNOWN_ELEMENT: "structure",
+    validate.DUPLICATE_ELEMENT: "structure",
+    validate.BAD_ORDER: "structure",
+}
+
+
+def _field_rejection(errors: list[validate.FieldError]) -> JSONResponse:
+    """422 with one OperationOutcome issue per field error, like the portal's field-level answer:
+    diagnostics "<location> <CODE>: <message>", expression the location, details.coding the code."""
+    issues = [
+        {
+            "severity": "error",
+            "code": _ISSUE_TYPES.get(error.code, "business-rule"),
+            "details": {"coding": [{"code": error.code}], "text": error.message},
+            "diagnostics": f"{error.location} {error.code}: {error.message}",
+            "expression": [error.location],
+        }
+        for error in errors
+    ]
+    return JSONResponse(
+        {"resourceType": "OperationOutcome", "issue": issues},
         status_code=422,
         media_type="application/fhir+json",
     )
@@ -251,6 +293,10 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         fault = await injected_fault()
         if fault is not None:
             return fault
+        if config.claim_validation == "strict":
+            errors = validate.validate_submission(raw)
+            if errors:
+                return _field_rejection(errors)
         checked = _claim_visit(raw)
         if isinstance(checked, JSONResponse):
             return checked

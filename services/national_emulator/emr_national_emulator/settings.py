@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,3 +17,8 @@ class EmulatorSettings(BaseSettings):
     client_id: str = Field("emr-platform", description="The OAuth2 client the token endpoint accepts")
     client_secret: str = Field("dev-secret", description="That client's secret")
     token_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of issued access tokens")
+    claim_validation: Literal["strict", "basic"] = Field(
+        "basic",
+        description="strict: /claims checks every field of Decision 130 (emr_claims) and answers field errors; "
+        "basic: only the envelope and a few XML1 fields",
+    )
