@@ -56,7 +56,7 @@ from emr_runtime.visibility import CallAccess, Visibility, current_access
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200
 
-# Bounded labels: six resource types, two kinds (created, updated).
+# Bounded labels: eight resource types, two kinds (created, updated).
 WRITES = Counter("emr_records_writes_total", "Resource versions written, by type.", ("resource_type", "kind"))
 for _type in ResourceType:
     for _kind in ("created", "updated"):
