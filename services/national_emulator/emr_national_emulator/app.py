@@ -258,11 +258,8 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         return answer(submission, created, body)
 
     @app.post("/claims")
-    async def claim(
-        request: Request,
-        token_facility: Annotated[str | None, Depends(bearer)],
-        idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> Response:
+    async def claim(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        token_facility = await bearer(request.headers.get("authorization"))
         raw = await body_of(request, idempotency_key)
         assert idempotency_key is not None
         fault = await injected_fault()

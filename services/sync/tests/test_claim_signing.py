@@ -181,7 +181,7 @@ def test_the_folder_loads_every_pair_and_refuses_half_or_mismatched_pairs(
     with pytest.raises(SigningKeyError, match="1024-bit"):
         load_signing_keys(tmp_path)
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(SigningKeyError, match="notes.txt"):
+    with pytest.raises(SigningKeyError, match=r"notes\.txt"):
         load_signing_keys(tmp_path)
     with pytest.raises(SigningKeyError, match="not a directory"):
         ClaimSigner.from_directory(str(tmp_path / "absent"), generate=False)
