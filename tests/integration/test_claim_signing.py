@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import httpx
+import pytest
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
@@ -127,7 +129,11 @@ def refused_field(answer: httpx.Response) -> tuple[int, str, str]:
 
 
 async def test_an_insurance_visits_claim_arrives_signed_and_its_receipt_shows_in_sync_status(
-    stack: Stack, identity: Any, records: Any, sync: sync_pb2_grpc.NationalSyncServiceStub
+    stack: Stack,
+    identity: Any,
+    records: Any,
+    sync: sync_pb2_grpc.NationalSyncServiceStub,
+    bad_fields: Callable[[grpc.aio.AioRpcError], list[str]],
 ) -> None:
     claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
 
@@ -151,6 +157,12 @@ async def test_an_insurance_visits_claim_arrives_signed_and_its_receipt_shows_in
         sync_pb2.GetSyncStatusRequest(facility_code=OTHER_FACILITY, delivery_ids=[claim_id])
     )
     assert list(other.receipts) == []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sync.GetSyncStatus(
+            sync_pb2.GetSyncStatusRequest(delivery_ids=[f"Claim/{n}" for n in range(101)])
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == ["delivery_ids"]
 
 
 async def test_the_emulator_refuses_a_tampered_unsigned_or_foreign_claim_naming_the_field(
