@@ -33,7 +33,7 @@ from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
 from emr_runtime.paging import PageTokens
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
-from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
+from emr_sync.clients import ClientCredential, IdentityFeed, NationalClient, NationalCredentials, RecordsFeed
 from emr_sync.repository import SyncRepository
 from emr_sync.service import SyncService
 from emr_sync.settings import SyncSettings
@@ -369,8 +369,9 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     national = NationalClient(
         site.emulator_url,
         10,
-        settings.national_client_id,
-        settings.national_client_secret,
+        NationalCredentials(
+            {}, ClientCredential(settings.national_client_id, settings.national_client_secret)
+        ),
         settings.national_token_path,
         timedelta(seconds=1),
         settings.concurrency,
