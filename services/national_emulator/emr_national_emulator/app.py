@@ -307,15 +307,16 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         fault = await injected_fault()
         if fault is not None:
             return fault
+        # Field by field first (as the portal answers), then whose signature it bears.
+        if config.claim_validation == "strict":
+            errors = validate.validate_submission(raw)
+            if errors:
+                return _field_rejection(errors)
         # --- signature and facility binding (emr_national_emulator.signature) ---
         refusal = signature.check_claim(raw, token_facility, certificates)
         if refusal is not None:
             return _refusal(refusal)
         # ---
-        if config.claim_validation == "strict":
-            errors = validate.validate_submission(raw)
-            if errors:
-                return _field_rejection(errors)
         checked = _claim_visit(raw)
         if isinstance(checked, JSONResponse):
             return checked

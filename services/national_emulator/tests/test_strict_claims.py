@@ -6,6 +6,7 @@ import copy
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -14,12 +15,21 @@ import pytest
 from emr_claims import build, sample
 from emr_national_emulator.app import create_app
 from emr_national_emulator.settings import EmulatorSettings
+from emr_sync.claim_signing import generate_dev_signing_key, load_signing_key, sign_claim
 from emr_sync.clients import Answer, send_result
 from emr_sync.domain import SendOutcome
 
 
-async def client_for(mode: str) -> httpx.AsyncClient:
-    app = create_app(EmulatorSettings(claim_validation=mode))
+@pytest.fixture(scope="module")
+def facility_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample facility's signing key and certificate, the folder the emulator trusts."""
+    directory = tmp_path_factory.mktemp("facility-signing")
+    generate_dev_signing_key(directory, sample.FACILITY)
+    return directory
+
+
+async def client_for(mode: str, facility_keys: Path) -> httpx.AsyncClient:
+    app = create_app(EmulatorSettings(claim_validation=mode, facility_certificates_dir=str(facility_keys)))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
     answer = await client.post(
         "/oauth/token",
@@ -31,20 +41,25 @@ async def client_for(mode: str) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def strict() -> AsyncIterator[httpx.AsyncClient]:
-    client = await client_for("strict")
+async def strict(facility_keys: Path) -> AsyncIterator[httpx.AsyncClient]:
+    client = await client_for("strict", facility_keys)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def basic() -> AsyncIterator[httpx.AsyncClient]:
-    client = await client_for("basic")
+async def basic(facility_keys: Path) -> AsyncIterator[httpx.AsyncClient]:
+    client = await client_for("basic", facility_keys)
     yield client
     await client.aclose()
 
 
-async def send(client: httpx.AsyncClient, document: bytes) -> httpx.Response:
+async def send(
+    client: httpx.AsyncClient, document: bytes, facility_keys: Path | None = None
+) -> httpx.Response:
+    """Posts ``document``, signed with the sample facility's key when ``facility_keys`` is given."""
+    if facility_keys is not None:
+        document = sign_claim(document, load_signing_key(facility_keys, sample.FACILITY))
     return await client.post(
         "/claims",
         content=document,
@@ -77,8 +92,8 @@ def variant(
     return build.submission(sample.FACILITY, [documents], sample.PREPARED_ON)
 
 
-async def test_a_valid_full_claim_is_accepted(strict: httpx.AsyncClient) -> None:
-    answer = await send(strict, sample.claim())
+async def test_a_valid_full_claim_is_accepted(strict: httpx.AsyncClient, facility_keys: Path) -> None:
+    answer = await send(strict, sample.claim(), facility_keys)
     assert answer.status_code == 201, answer.text
     assert answer.json()["MA_LK"] == sample.LINK_KEY
 
@@ -130,7 +145,7 @@ async def test_a_refused_claim_is_not_held(strict: httpx.AsyncClient) -> None:
 
 
 async def test_todays_thin_claim_passes_basic_and_fails_strict(
-    basic: httpx.AsyncClient, strict: httpx.AsyncClient
+    basic: httpx.AsyncClient, strict: httpx.AsyncClient, facility_keys: Path
 ) -> None:
     summary = ET.Element("TONG_HOP")
     for name, value in (
@@ -143,7 +158,7 @@ async def test_todays_thin_claim_passes_basic_and_fails_strict(
     ):
         ET.SubElement(summary, name).text = value
     document = build.submission(sample.FACILITY, [{"XML1": build.serialize(summary)}], sample.PREPARED_ON)
-    assert (await send(basic, document)).status_code == 201
+    assert (await send(basic, document, facility_keys)).status_code == 201
     errors = field_errors(await send(strict, document))
     assert ("HOSO[1].XML1[1].HO_TEN", "MISSING_ELEMENT") in errors
 
