@@ -1,0 +1,256 @@
+"""Audit under a bad night: every call that succeeded has its audit event, stored once, in one chain
+without a gap, and the spools of the callers drain within a bound.
+
+1. The production incident: audit killed (-9) while doctors read patients, back a few seconds later,
+   and FerretDB stalls (SIGSTOP) right after audit answers health, while the callers replay what
+   they spooled meanwhile.
+2. Two audit replicas on one database, one killed (-9) while both append, then restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.records.v1 import records_pb2, records_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from emr_devstack.processes import poll_until
+from emr_devstack.tokens import caller_metadata
+from emr_runtime.audit import SPOOL_COLLECTION
+
+FACILITY = "79101"
+PATIENTS = 20
+ENCOUNTERS = 10
+DOCTORS = 4
+WARM_UP_SECONDS = 2.0
+OUTAGE_SECONDS = 6.0
+STALL_SECONDS = 3.0
+LOAD_AFTER_STALL_SECONDS = 3.0
+# Long enough for a call held by the stalled database to finish: it counts if it succeeded.
+CALL_TIMEOUT_SECONDS = 10.0
+DRAIN_WITHIN_SECONDS = 60.0
+SPOOL_DEPTH = "emr_audit_spool_depth"
+
+# (actor, service that recorded it, operation, patient): what one successful call leaves in the log.
+CallKey = tuple[str, str, str, str]
+
+
+def registration() -> identity_pb2.RegisterPatientRequest:
+    serial = uuid.uuid4().int % 10**6
+    return identity_pb2.RegisterPatientRequest(
+        request_id=str(uuid.uuid4()),
+        full_name="Nguyễn Thị Lan",
+        birth_date="1978-11-02",
+        sex=identity_pb2.SEX_FEMALE,
+        facility_code=FACILITY,
+        identifiers=[
+            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079178{serial:06d}")
+        ],
+    )
+
+
+def encounter(patient_id: str) -> records_pb2.CreateEncounterRequest:
+    start, end = Timestamp(), Timestamp()
+    start.FromSeconds(int(time.time()) - 7200)
+    end.FromSeconds(int(time.time()) - 600)
+    return records_pb2.CreateEncounterRequest(
+        request_id=str(uuid.uuid4()),
+        patient_id=patient_id,
+        facility_code=FACILITY,
+        encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+        status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+        start_time=start,
+        end_time=end,
+        reason="Khám định kỳ",
+    )
+
+
+@dataclass
+class Ledger:
+    """What the callers saw: the calls that returned OK, and how many did not."""
+
+    succeeded: Counter[CallKey] = field(default_factory=Counter)
+    failed: int = 0
+
+    def total(self) -> int:
+        return sum(self.succeeded.values())
+
+
+async def call_logged(ledger: Ledger, key: CallKey, call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except grpc.aio.AioRpcError:
+        ledger.failed += 1  # refused, timed out or unavailable: promised nothing
+    else:
+        ledger.succeeded[key] += 1
+
+
+def operation_of(event: audit_pb2.AuditEvent) -> str:
+    return event.operation.rsplit("/", 1)[1]
+
+
+def recorded_calls(events: list[audit_pb2.AuditEvent], actors: set[str]) -> Counter[CallKey]:
+    return Counter(
+        (e.actor_id, e.source_service, operation_of(e), e.patient_id)
+        for e in events
+        if e.actor_id in actors and e.outcome == audit_pb2.AUDIT_OUTCOME_SUCCESS
+    )
+
+
+def missing_events(succeeded: Counter[CallKey], recorded: Counter[CallKey]) -> int:
+    """Successful calls without an event. A call that timed out at the caller may still have been
+    served and recorded, so more events than successes is fine; fewer is not."""
+    return sum(max(0, count - recorded[key]) for key, count in succeeded.items())
+
+
+def duplicated_events(events: list[audit_pb2.AuditEvent]) -> int:
+    return len(events) - len({e.event_id for e in events})
+
+
+class SpoolWatch:
+    """Samples the spool depth of some services while the scenario runs; keeps each one's peak."""
+
+    def __init__(self, probes: Any, metrics_ports: dict[str, int]) -> None:
+        self._probes = probes
+        self._ports = metrics_ports
+        self.peaks = dict.fromkeys(metrics_ports, 0.0)
+
+    async def sample(self) -> dict[str, float | None]:
+        depths = {
+            name: await self._probes.metric_value(port, SPOOL_DEPTH) for name, port in self._ports.items()
+        }
+        for name, depth in depths.items():
+            if depth is not None:
+                self.peaks[name] = max(self.peaks[name], depth)
+        return depths
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.sample()
+            await asyncio.sleep(0.2)
+
+
+async def spools_drained(chaos: Any, watch: SpoolWatch, databases: list[str], within_seconds: float) -> float:
+    """Seconds until every watched spool is empty, by its gauge and by its collection."""
+    started = time.monotonic()
+    mongo = chaos.mongo()
+    try:
+
+        async def drained() -> bool | None:
+            depths = await watch.sample()
+            if any(depth != 0 for depth in depths.values()):
+                return None
+            for database in databases:
+                if await mongo[database][SPOOL_COLLECTION].count_documents({}) != 0:
+                    return None
+            return True
+
+        await poll_until(drained, within_seconds=within_seconds)
+    finally:
+        await mongo.close()
+    return time.monotonic() - started
+
+
+async def assert_one_chain(
+    audit: audit_pb2_grpc.AuditServiceStub, events: list[audit_pb2.AuditEvent]
+) -> None:
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "the chain has a gap"
+    verdict = await audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    assert verdict.intact, verdict.problem
+    assert verdict.checked_events == len(events)
+
+
+async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event(
+    chaos: Any, chaos_figures: Any, audit_probes: Any
+) -> None:
+    identity = identity_pb2_grpc.PatientIdentityServiceStub(chaos.channel("identity"))
+    records = records_pb2_grpc.ClinicalRecordsServiceStub(chaos.channel("records"))
+    registrar = caller_metadata(f"dr-registrar-{uuid.uuid4().hex[:6]}", FACILITY, "TREATMENT", role="doctor")
+    patients = [
+        (await identity.RegisterPatient(registration(), metadata=registrar)).patient.patient_id
+        for _ in range(PATIENTS)
+    ]
+    for patient_id in patients[:ENCOUNTERS]:
+        await records.CreateEncounter(encounter(patient_id), metadata=registrar)
+
+    ledger = Ledger()
+    stop = asyncio.Event()
+
+    async def doctor(actor: str, first: int) -> None:
+        metadata = caller_metadata(actor, FACILITY, "TREATMENT", role="doctor")
+        for patient_id in itertools.islice(itertools.cycle(patients), first, None):
+            if stop.is_set():
+                return
+            await call_logged(
+                ledger,
+                (actor, "identity", "GetPatient", patient_id),
+                identity.GetPatient(
+                    identity_pb2.GetPatientRequest(patient_id=patient_id),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                ),
+            )
+            await call_logged(
+                ledger,
+                (actor, "records", "ListEncounters", patient_id),
+                records.ListEncounters(
+                    records_pb2.ListEncountersRequest(patient_id=patient_id),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                ),
+            )
+
+    doctors = {f"dr-ward-{n}-{uuid.uuid4().hex[:6]}" for n in range(DOCTORS)}
+    watch = SpoolWatch(
+        audit_probes,
+        {"identity": chaos.stack.ports.identity_metrics, "records": chaos.stack.ports.records_metrics},
+    )
+    load = [
+        asyncio.create_task(doctor(actor, n * PATIENTS // DOCTORS)) for n, actor in enumerate(sorted(doctors))
+    ]
+    sampler = asyncio.create_task(watch.run(stop))
+    try:
+        await asyncio.sleep(WARM_UP_SECONDS)
+        before_outage = ledger.total()
+        chaos.kill("audit")
+        await asyncio.sleep(OUTAGE_SECONDS)
+        during_outage = ledger.total() - before_outage
+        # Started in a thread: the doctors keep calling while audit boots.
+        await asyncio.to_thread(chaos.restart, "audit")
+        await chaos.pause_database(STALL_SECONDS)
+        await asyncio.sleep(LOAD_AFTER_STALL_SECONDS)
+    finally:
+        stop.set()
+        await asyncio.gather(*load, sampler)
+
+    chaos_figures["successful_reads"] = ledger.total()
+    chaos_figures["failed_reads"] = ledger.failed
+    chaos_figures["reads_during_outage"] = during_outage
+    chaos_figures["spooled_peak_identity"] = int(watch.peaks["identity"])
+    chaos_figures["spooled_peak_records"] = int(watch.peaks["records"])
+    assert during_outage > 0 and watch.peaks["identity"] > 0, "nothing was read while audit was down"
+
+    drain_seconds = await spools_drained(
+        chaos, watch, ["emr_identity", "emr_records"], within_seconds=DRAIN_WITHIN_SECONDS
+    )
+    chaos_figures["drain_seconds"] = drain_seconds
+
+    audit = audit_pb2_grpc.AuditServiceStub(chaos.channel("audit"))
+    events = await audit_probes.audit_events(audit)
+    missing = missing_events(ledger.succeeded, recorded_calls(events, doctors))
+    duplicates = duplicated_events(events)
+    chaos_figures["audit_events"] = len(events)
+    chaos_figures["missing"] = missing
+    chaos_figures["duplicates"] = duplicates
+    assert missing == 0
+    assert duplicates == 0
+    await assert_one_chain(audit, events)
