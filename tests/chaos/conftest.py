@@ -177,6 +177,13 @@ async def audit_events(audit: audit_pb2_grpc.AuditServiceStub, **filters: Any) -
             return events
 
 
+def channel_to(platform: ChaosPlatform, target: str, subject: str = "dev-admin") -> grpc.aio.Channel:
+    """A mutual-TLS channel to an extra instance at ``target``, closed with the platform."""
+    opened = platform.stack.dev_channel(target, subject)
+    platform._channels.append(opened)
+    return opened
+
+
 @dataclass(frozen=True)
 class AuditProbes:
     """The audit scenarios' ways to read what was recorded, as a fixture (test modules cannot
@@ -184,6 +191,7 @@ class AuditProbes:
 
     metric_value: Callable[[int, str], Awaitable[float | None]] = metric_value
     audit_events: Callable[..., Awaitable[list[audit_pb2.AuditEvent]]] = audit_events
+    channel_to: Callable[..., grpc.aio.Channel] = channel_to
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_devstack.processes import poll_until
+from emr_devstack.processes import free_port, poll_until
 from emr_devstack.tokens import caller_metadata
 from emr_runtime.audit import SPOOL_COLLECTION
 
@@ -254,3 +254,120 @@ async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event
     assert missing == 0
     assert duplicates == 0
     await assert_one_chain(audit, events)
+
+
+CLERKS_PER_IDENTITY = 3
+REPLICA_OUTAGE_SECONDS = 4.0
+LOAD_AFTER_RESTART_SECONDS = 3.0
+
+
+async def test_one_of_two_audit_replicas_killed_under_append_load_keeps_one_chain(
+    chaos: Any, chaos_figures: Any, audit_probes: Any
+) -> None:
+    stack = chaos.stack
+    # A second audit replica on the same database, and a second identity replica (same database)
+    # that records through it: each replica takes live appends from its own identity.
+    replica_ports = stack.with_ports(audit=free_port())
+    stack.start_service("audit", replica_ports, name="audit-b")
+    identity_b_ports = stack.with_ports(identity=free_port())
+    stack.start_service(
+        "identity",
+        identity_b_ports,
+        name="identity-b",
+        extra_env={"IDENTITY_AUDIT_TARGET": f"127.0.0.1:{replica_ports.audit}"},
+    )
+    identities = {
+        "audit": identity_pb2_grpc.PatientIdentityServiceStub(chaos.channel("identity")),
+        "audit-b": identity_pb2_grpc.PatientIdentityServiceStub(
+            audit_probes.channel_to(chaos, f"127.0.0.1:{identity_b_ports.identity}")
+        ),
+    }
+    ledger = Ledger()
+    stop = asyncio.Event()
+
+    async def clerk(actor: str, identity: identity_pb2_grpc.PatientIdentityServiceStub) -> None:
+        metadata = caller_metadata(actor, FACILITY, "TREATMENT", role="doctor")
+        while not stop.is_set():
+            try:
+                registered = await identity.RegisterPatient(
+                    registration(), metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError:
+                ledger.failed += 1
+                continue
+            patient_id = registered.patient.patient_id
+            ledger.succeeded[(actor, "identity", "RegisterPatient", patient_id)] += 1
+            await call_logged(
+                ledger,
+                (actor, "identity", "GetPatient", patient_id),
+                identity.GetPatient(
+                    identity_pb2.GetPatientRequest(patient_id=patient_id),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                ),
+            )
+
+    clerks = {
+        f"clerk-{replica}-{n}-{uuid.uuid4().hex[:6]}": identity
+        for replica, identity in identities.items()
+        for n in range(CLERKS_PER_IDENTITY)
+    }
+    watch = SpoolWatch(
+        audit_probes,
+        {
+            "identity": stack.ports.identity_metrics,
+            "identity-b": identity_b_ports.identity_metrics,
+            "records": stack.ports.records_metrics,
+        },
+    )
+    load = [asyncio.create_task(clerk(actor, identity)) for actor, identity in clerks.items()]
+    sampler = asyncio.create_task(watch.run(stop))
+    try:
+        await asyncio.sleep(WARM_UP_SECONDS)
+        chaos.kill("audit")  # mid-append: the other replica must carry the chain on
+        await asyncio.sleep(REPLICA_OUTAGE_SECONDS)
+        await asyncio.to_thread(chaos.restart, "audit")
+        await asyncio.sleep(LOAD_AFTER_RESTART_SECONDS)
+    finally:
+        stop.set()
+        await asyncio.gather(*load, sampler)
+
+    chaos_figures["successful_calls"] = ledger.total()
+    chaos_figures["failed_calls"] = ledger.failed
+    chaos_figures["spooled_peak_identity"] = int(watch.peaks["identity"])
+    assert watch.peaks["identity"] > 0, "nothing was spooled while the replica was down"
+    chaos_figures["drain_seconds"] = await spools_drained(
+        chaos, watch, ["emr_identity", "emr_records"], within_seconds=DRAIN_WITHIN_SECONDS
+    )
+
+    replicas = [
+        audit_pb2_grpc.AuditServiceStub(chaos.channel("audit")),
+        audit_pb2_grpc.AuditServiceStub(audit_probes.channel_to(chaos, f"127.0.0.1:{replica_ports.audit}")),
+    ]
+    events = await audit_probes.audit_events(replicas[1])
+    missing = missing_events(ledger.succeeded, recorded_calls(events, set(clerks)))
+    duplicates = duplicated_events(events)
+    chaos_figures["audit_events"] = len(events)
+    chaos_figures["missing"] = missing
+    chaos_figures["duplicates"] = duplicates
+    assert missing == 0
+    assert duplicates == 0
+
+    mongo = chaos.mongo()
+    try:
+        documents = (
+            await mongo["emr_audit"]["events"]
+            .find({}, {"_id": 1, "event_id": 1, "previous_hash": 1, "hash": 1})
+            .sort("_id", 1)
+            .to_list(None)
+        )
+    finally:
+        await mongo.close()
+    assert [d["_id"] for d in documents] == list(range(1, len(documents) + 1))  # no gap, no double
+    assert sorted(d["event_id"] for d in documents) == sorted(e.event_id for e in events)
+    assert documents[0]["previous_hash"] == bytes(32)
+    forks = sum(later["previous_hash"] != earlier["hash"] for earlier, later in itertools.pairwise(documents))
+    chaos_figures["forks"] = forks
+    assert forks == 0
+    for replica in replicas:
+        await assert_one_chain(replica, events)
