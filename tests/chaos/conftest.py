@@ -160,6 +160,22 @@ async def metric_value(metrics_port: int, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+async def metric_sum(metrics_port: int, name: str, **labels: str) -> float | None:
+    """The sum of the samples ``name`` carrying ``labels`` (others any) on a service's metrics port;
+    None while it does not answer."""
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            body = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", body, re.MULTILINE):
+        carried = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(carried.get(label) == value for label, value in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
 async def audit_events(audit: audit_pb2_grpc.AuditServiceStub, **filters: Any) -> list[audit_pb2.AuditEvent]:
     """Every stored event matching ``filters`` (none: the whole log), through every page, in
     sequence order."""
@@ -190,6 +206,7 @@ class AuditProbes:
     import each other)."""
 
     metric_value: Callable[[int, str], Awaitable[float | None]] = metric_value
+    metric_sum: Callable[..., Awaitable[float | None]] = metric_sum
     audit_events: Callable[..., Awaitable[list[audit_pb2.AuditEvent]]] = audit_events
     channel_to: Callable[..., grpc.aio.Channel] = channel_to
 

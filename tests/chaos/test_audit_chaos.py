@@ -35,6 +35,8 @@ WARM_UP_SECONDS = 2.0
 OUTAGE_SECONDS = 6.0
 STALL_SECONDS = 3.0
 LOAD_AFTER_STALL_SECONDS = 3.0
+# Audit's start-up, the callers' reconnection and their replay back-off, at most.
+FIRST_APPEND_WITHIN_SECONDS = 30.0
 # Long enough for a call held by the stalled database to finish: it counts if it succeeded.
 CALL_TIMEOUT_SECONDS = 10.0
 DRAIN_WITHIN_SECONDS = 60.0
@@ -160,6 +162,20 @@ async def spools_drained(chaos: Any, watch: SpoolWatch, databases: list[str], wi
     return time.monotonic() - started
 
 
+async def stall_on_first_append(chaos: Any, probes: Any) -> float:
+    """Waits for the restarted audit to receive its first AppendEvents, then pauses FerretDB
+    ``STALL_SECONDS`` under it; returns the seconds from the start of the wait to the stall."""
+    started = time.monotonic()
+    deadline = started + FIRST_APPEND_WITHIN_SECONDS
+    port = chaos.stack.ports.audit_metrics
+    while not await probes.metric_sum(port, "grpc_server_started_total", grpc_method="AppendEvents"):
+        assert time.monotonic() < deadline, "no append reached the restarted audit"
+        await asyncio.sleep(0.02)
+    waited = time.monotonic() - started
+    await chaos.pause_database(STALL_SECONDS)
+    return waited
+
+
 async def assert_one_chain(
     audit: audit_pb2_grpc.AuditServiceStub, events: list[audit_pb2.AuditEvent]
 ) -> None:
@@ -224,9 +240,13 @@ async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event
         chaos.kill("audit")
         await asyncio.sleep(OUTAGE_SECONDS)
         during_outage = ledger.total() - before_outage
-        # Started in a thread: the doctors keep calling while audit boots.
-        await asyncio.to_thread(chaos.restart, "audit")
-        await chaos.pause_database(STALL_SECONDS)
+        # Started in a thread: the doctors keep calling while audit boots. The database stalls
+        # as soon as the first append reaches the new audit: the callers' replay is in flight.
+        restarted = asyncio.create_task(asyncio.to_thread(chaos.restart, "audit"))
+        try:
+            chaos_figures["stall_after_restart_seconds"] = await stall_on_first_append(chaos, audit_probes)
+        finally:
+            await restarted
         await asyncio.sleep(LOAD_AFTER_STALL_SECONDS)
     finally:
         stop.set()
