@@ -23,7 +23,7 @@ from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_devstack.processes import free_port, poll_until
+from emr_devstack.processes import free_port
 from emr_devstack.tokens import caller_metadata
 from emr_runtime.audit import SPOOL_COLLECTION
 
@@ -141,25 +141,24 @@ class SpoolWatch:
             await asyncio.sleep(0.2)
 
 
-async def spools_drained(chaos: Any, watch: SpoolWatch, databases: list[str], within_seconds: float) -> float:
-    """Seconds until every watched spool is empty, by its gauge and by its collection."""
+async def spools_drained(
+    chaos: Any, watch: SpoolWatch, databases: list[str], within_seconds: float
+) -> tuple[float, int]:
+    """(seconds waited, events left): polls until every watched spool is empty, by its gauge and
+    by its collection, or the bound passes (then the events still spooled are counted)."""
     started = time.monotonic()
     mongo = chaos.mongo()
     try:
-
-        async def drained() -> bool | None:
+        while True:
             depths = await watch.sample()
-            if any(depth != 0 for depth in depths.values()):
-                return None
-            for database in databases:
-                if await mongo[database][SPOOL_COLLECTION].count_documents({}) != 0:
-                    return None
-            return True
-
-        await poll_until(drained, within_seconds=within_seconds)
+            left = sum([await mongo[d][SPOOL_COLLECTION].count_documents({}) for d in databases])
+            if left == 0 and all(depth == 0 for depth in depths.values()):
+                return time.monotonic() - started, 0
+            if time.monotonic() - started > within_seconds:
+                return time.monotonic() - started, left
+            await asyncio.sleep(0.2)
     finally:
         await mongo.close()
-    return time.monotonic() - started
 
 
 async def stall_on_first_append(chaos: Any, probes: Any) -> float:
@@ -176,13 +175,18 @@ async def stall_on_first_append(chaos: Any, probes: Any) -> float:
     return waited
 
 
-async def assert_one_chain(
+async def chain_verdict(
     audit: audit_pb2_grpc.AuditServiceStub, events: list[audit_pb2.AuditEvent]
-) -> None:
-    assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "the chain has a gap"
+) -> tuple[bool, str]:
+    """(one chain, problem): sequences 1..N without a gap, VerifyIntegrity intact over all N."""
+    if [e.sequence for e in events] != list(range(1, len(events) + 1)):
+        return False, "the sequences have a gap or a double"
     verdict = await audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
-    assert verdict.intact, verdict.problem
-    assert verdict.checked_events == len(events)
+    if not verdict.intact:
+        return False, verdict.problem
+    if verdict.checked_events != len(events):
+        return False, f"verify checked {verdict.checked_events} of {len(events)} events"
+    return True, ""
 
 
 async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event(
@@ -259,21 +263,25 @@ async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event
     chaos_figures["spooled_peak_records"] = int(watch.peaks["records"])
     assert during_outage > 0 and watch.peaks["identity"] > 0, "nothing was read while audit was down"
 
-    drain_seconds = await spools_drained(
+    drain_seconds, left = await spools_drained(
         chaos, watch, ["emr_identity", "emr_records"], within_seconds=DRAIN_WITHIN_SECONDS
     )
     chaos_figures["drain_seconds"] = drain_seconds
+    chaos_figures["spooled_left"] = left
 
     audit = audit_pb2_grpc.AuditServiceStub(chaos.channel("audit"))
     events = await audit_probes.audit_events(audit)
     missing = missing_events(ledger.succeeded, recorded_calls(events, doctors))
     duplicates = duplicated_events(events)
+    intact, problem = await chain_verdict(audit, events)
     chaos_figures["audit_events"] = len(events)
     chaos_figures["missing"] = missing
     chaos_figures["duplicates"] = duplicates
+    chaos_figures["chain_intact"] = intact
+    assert left == 0, f"{left} events still spooled after {DRAIN_WITHIN_SECONDS:.0f} s"
     assert missing == 0
     assert duplicates == 0
-    await assert_one_chain(audit, events)
+    assert intact, problem
 
 
 CLERKS_PER_IDENTITY = 3
@@ -356,9 +364,12 @@ async def test_one_of_two_audit_replicas_killed_under_append_load_keeps_one_chai
     chaos_figures["failed_calls"] = ledger.failed
     chaos_figures["spooled_peak_identity"] = int(watch.peaks["identity"])
     assert watch.peaks["identity"] > 0, "nothing was spooled while the replica was down"
-    chaos_figures["drain_seconds"] = await spools_drained(
+    drain_seconds, left = await spools_drained(
         chaos, watch, ["emr_identity", "emr_records"], within_seconds=DRAIN_WITHIN_SECONDS
     )
+    chaos_figures["drain_seconds"] = drain_seconds
+    chaos_figures["spooled_left"] = left
+    assert left == 0, f"{left} events still spooled after {DRAIN_WITHIN_SECONDS:.0f} s"
 
     replicas = [
         audit_pb2_grpc.AuditServiceStub(chaos.channel("audit")),
@@ -390,4 +401,5 @@ async def test_one_of_two_audit_replicas_killed_under_append_load_keeps_one_chai
     chaos_figures["forks"] = forks
     assert forks == 0
     for replica in replicas:
-        await assert_one_chain(replica, events)
+        intact, problem = await chain_verdict(replica, events)
+        assert intact, problem
