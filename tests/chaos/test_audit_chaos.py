@@ -278,6 +278,8 @@ async def test_audit_killed_under_read_load_then_a_database_stall_loses_no_event
     chaos_figures["missing"] = missing
     chaos_figures["duplicates"] = duplicates
     chaos_figures["chain_intact"] = intact
+    if problem:
+        chaos_figures["chain_problem"] = problem
     assert left == 0, f"{left} events still spooled after {DRAIN_WITHIN_SECONDS:.0f} s"
     assert missing == 0
     assert duplicates == 0
