@@ -10,15 +10,19 @@ that a CI log shows what each bad night cost, not only that it passed."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import ManagedProcess, StartupError
@@ -140,3 +144,73 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def _shown(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+# --- audit scenarios ---------------------------------------------------------------------------
+
+
+async def metric_value(metrics_port: int, name: str) -> float | None:
+    """The unlabelled sample ``name`` on a service's metrics port; None while it does not answer."""
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            body = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+async def metric_sum(metrics_port: int, name: str, **labels: str) -> float | None:
+    """The sum of the samples ``name`` carrying ``labels`` (others any) on a service's metrics port;
+    None while it does not answer."""
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            body = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", body, re.MULTILINE):
+        carried = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(carried.get(label) == value for label, value in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+async def audit_events(audit: audit_pb2_grpc.AuditServiceStub, **filters: Any) -> list[audit_pb2.AuditEvent]:
+    """Every stored event matching ``filters`` (none: the whole log), through every page, in
+    sequence order."""
+    if not filters:
+        filters = {"start_time": Timestamp(seconds=1)}  # QueryEvents wants some filter
+    events: list[audit_pb2.AuditEvent] = []
+    token = ""
+    while True:
+        page = await audit.QueryEvents(
+            audit_pb2.QueryEventsRequest(page_size=500, page_token=token, **filters), timeout=30
+        )
+        events.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return events
+
+
+def channel_to(platform: ChaosPlatform, target: str, subject: str = "dev-admin") -> grpc.aio.Channel:
+    """A mutual-TLS channel to an extra instance at ``target``, closed with the platform."""
+    opened = platform.stack.dev_channel(target, subject)
+    platform._channels.append(opened)
+    return opened
+
+
+@dataclass(frozen=True)
+class AuditProbes:
+    """The audit scenarios' ways to read what was recorded, as a fixture (test modules cannot
+    import each other)."""
+
+    metric_value: Callable[[int, str], Awaitable[float | None]] = metric_value
+    metric_sum: Callable[..., Awaitable[float | None]] = metric_sum
+    audit_events: Callable[..., Awaitable[list[audit_pb2.AuditEvent]]] = audit_events
+    channel_to: Callable[..., grpc.aio.Channel] = channel_to
+
+
+@pytest.fixture(scope="session")
+def audit_probes() -> AuditProbes:
+    return AuditProbes()
