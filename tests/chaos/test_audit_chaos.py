@@ -35,9 +35,9 @@ WARM_UP_SECONDS = 2.0
 OUTAGE_SECONDS = 6.0
 STALL_SECONDS = 3.0
 LOAD_AFTER_STALL_SECONDS = 3.0
-# Audit's start-up (slow on a busy machine) plus the callers' reconnection and replay back-off
-# (up to 30 s after an outage): about 30 s was seen.
-FIRST_APPEND_WITHIN_SECONDS = 60.0
+# Audit's start-up (slow on a busy machine) plus the callers' reconnection (at most 2 s apart) and
+# replay retry (at most 2 s apart while audit was unreachable).
+FIRST_APPEND_WITHIN_SECONDS = 30.0
 # Long enough for a call held by the stalled database to finish: it counts if it succeeded.
 CALL_TIMEOUT_SECONDS = 10.0
 DRAIN_WITHIN_SECONDS = 60.0

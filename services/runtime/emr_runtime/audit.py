@@ -60,6 +60,9 @@ SPOOL_REPLAY_CONSECUTIVE_FAILURES = Gauge(
 REPLAY_SECONDS_PER_EVENT = 0.02
 MAX_REPLAY_DEADLINE_SECONDS = 60.0
 MAX_REPLAY_WAIT_SECONDS = 30.0
+# When audit could not be reached at all, trying again costs it nothing: try often, so that the spool
+# drains within seconds of audit's return instead of after a long back-off grown during the outage.
+MAX_UNREACHABLE_REPLAY_WAIT_SECONDS = 2.0
 _MAX_DOUBLINGS = 6
 
 
@@ -69,9 +72,11 @@ def replay_deadline(append_timeout: float, events: int, failures: int) -> float:
     return min(MAX_REPLAY_DEADLINE_SECONDS, grown)
 
 
-def replay_wait(interval: float, failures: int) -> float:
-    """Seconds to wait before the next replay after ``failures`` failures in a row."""
-    return min(MAX_REPLAY_WAIT_SECONDS, interval * 2.0 ** min(max(failures - 1, 0), _MAX_DOUBLINGS))
+def replay_wait(interval: float, failures: int, unreachable: bool = False) -> float:
+    """Seconds to wait before the next replay after ``failures`` failures in a row; shorter when the
+    last one found audit ``unreachable`` (nothing reached it, so retrying loads nothing)."""
+    cap = MAX_UNREACHABLE_REPLAY_WAIT_SECONDS if unreachable else MAX_REPLAY_WAIT_SECONDS
+    return min(cap, interval * 2.0 ** min(max(failures - 1, 0), _MAX_DOUBLINGS))
 
 
 def replay_failure_reason(error: BaseException) -> str:
@@ -105,6 +110,7 @@ class AuditRecorder(AuditSink):
         # every audited call that spools would wait for it.
         self._replay_lock = asyncio.Lock()
         self._replay_failures = 0
+        self._audit_unreachable = False
 
     async def open(self) -> None:
         """Resumes spooling if a previous run left events in the spool."""
@@ -163,6 +169,7 @@ class AuditRecorder(AuditSink):
             except (grpc.aio.AioRpcError, PyMongoError) as error:
                 self._replay_failures += 1
                 reason = replay_failure_reason(error)
+                self._audit_unreachable = reason == grpc.StatusCode.UNAVAILABLE.name.lower()
                 SPOOL_REPLAY_FAILURES.labels(reason=reason).inc()
                 SPOOL_REPLAY_CONSECUTIVE_FAILURES.set(self._replay_failures)
                 log.warning(
@@ -224,7 +231,9 @@ class AuditRecorder(AuditSink):
                     pass
             except (grpc.aio.AioRpcError, PyMongoError):
                 pass  # counted and logged by replay_once; waited out below
-            await asyncio.sleep(replay_wait(self._replay_interval, self._replay_failures))
+            await asyncio.sleep(
+                replay_wait(self._replay_interval, self._replay_failures, self._audit_unreachable)
+            )
 
 
 def audit_event(

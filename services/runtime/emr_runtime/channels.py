@@ -143,6 +143,10 @@ def create_channel(
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _retry_service_config(service_full_name)),
+        # A peer that was down (a restart, a rollout) is dialled again within 2 s, not after gRPC's
+        # default back-off of up to 120 s, during which every call fails at once.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     if max_receive_message_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_receive_message_bytes))

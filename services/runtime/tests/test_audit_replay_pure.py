@@ -8,6 +8,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 from emr_runtime.audit import (
     MAX_REPLAY_DEADLINE_SECONDS,
     MAX_REPLAY_WAIT_SECONDS,
+    MAX_UNREACHABLE_REPLAY_WAIT_SECONDS,
     replay_deadline,
     replay_failure_reason,
     replay_wait,
@@ -30,6 +31,12 @@ def test_the_wait_between_replays_backs_off_after_failures_up_to_a_cap() -> None
     assert replay_wait(1.0, 2) == 2.0
     assert replay_wait(1.0, 3) == 4.0
     assert replay_wait(1.0, 1_000) == MAX_REPLAY_WAIT_SECONDS
+
+
+def test_an_unreachable_audit_is_tried_again_often_however_long_it_was_down() -> None:
+    assert replay_wait(1.0, 1, unreachable=True) == 1.0
+    assert replay_wait(1.0, 1_000, unreachable=True) == MAX_UNREACHABLE_REPLAY_WAIT_SECONDS
+    assert replay_wait(1.0, 1_000) > MAX_UNREACHABLE_REPLAY_WAIT_SECONDS
 
 
 class _Failed(grpc.aio.AioRpcError):
