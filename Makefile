@@ -6,7 +6,7 @@ EMR_BIN := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emr-platform/bin
 VENV := .venv/bin
 BUF := $(EMR_BIN)/buf
 
-.PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration fmt clean \
+.PHONY: help bootstrap up down test lint typecheck proto-lint proto-breaking protos protos-check unit integration chaos fmt clean \
 	images deploy-test kind-up kind-down dev deploy certs
 
 help: ## list the targets
@@ -48,6 +48,9 @@ unit: bootstrap ## unit tests of pure domain code (no I/O)
 
 integration: bootstrap ## cross-service tests against real processes and FerretDB
 	$(VENV)/pytest tests -q --ignore=tests/deploy
+
+chaos: bootstrap ## the chaos scenarios alone (kill -9, database stalls, outages), with their figures
+	$(VENV)/pytest tests/chaos -q
 
 fmt: bootstrap ## format and autofix
 	$(VENV)/ruff format .
