@@ -88,6 +88,11 @@ class RetryingClient:
             self.acknowledged += 1
             return response
 
+    def median_ok_seconds(self) -> float:
+        """The median latency of the attempts that were answered OK."""
+        answered = sorted(a.ended - a.started for a in self.attempts if a.code == grpc.StatusCode.OK)
+        return answered[len(answered) // 2] if answered else 0.0
+
     def codes(self) -> Counter[str]:
         return Counter(attempt.code.name for attempt in self.attempts)
 
@@ -422,6 +427,7 @@ async def test_records_killed_during_encounter_writes_loses_and_doubles_nothing(
     chaos_figures["retries"] = client.retries
     chaos_figures["acknowledged"] = client.acknowledged
     chaos_figures["restart_seconds"] = restart_seconds
+    chaos_figures["median_call_seconds"] = client.median_ok_seconds()
     lost, duplicates = await check_encounters(records, mongo, writers)
     chaos_figures["lost"] = lost
     chaos_figures["duplicates"] = duplicates
@@ -479,7 +485,7 @@ async def test_database_paused_during_writes_answers_clearly_and_loses_nothing(
     identity = identity_pb2_grpc.PatientIdentityServiceStub(chaos.channel("identity"))
     records = records_pb2_grpc.ClinicalRecordsServiceStub(chaos.channel("records"))
     audit = audit_pb2_grpc.AuditServiceStub(chaos.channel("audit"))
-    patients = await register_patients(identity, 4)
+    patients = await register_patients(identity, 6)
     client = RetryingClient(attempt_timeout=4.0, call_deadline=45.0)
     writers = EncounterWriters(records, client)
     registrations = Registrations(identity, client)
@@ -505,7 +511,7 @@ async def test_database_paused_during_writes_answers_clearly_and_loses_nothing(
     await asyncio.gather(
         stall_database(),
         *(writers.write(p, None, stop) for p in patients),
-        *(register_until_stopped() for _ in range(2)),
+        *(register_until_stopped() for _ in range(3)),
     )
     during = [attempt for attempt in client.attempts if attempt.overlaps(*pause)]
     codes = Counter(attempt.code.name for attempt in during)
