@@ -35,8 +35,12 @@ FACILITY = "79001"
 CLINICIAN = caller_metadata("dr-synthetic-02", FACILITY, "TREATMENT")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REGISTER_PATIENT = "/emr.identity.v1.PatientIdentityService/RegisterPatient"
+CREATE_ENCOUNTER = "/emr.records.v1.ClinicalRecordsService/CreateEncounter"
 # Every wait of a scenario is a poll bounded by this.
 SETTLE_DEADLINE_SECONDS = 30.0
+# A whole platform per test: on a 2-core machine that other work loads, its start alone took 70 s
+# and 300 writes took 100 s (a median call of 3.5 s), beyond the suite's default of 300 s a test.
+pytestmark = pytest.mark.timeout(600)
 
 
 # --- a client that retries ---------------------------------------------------------------------
@@ -159,18 +163,30 @@ class EncounterWriters:
     client: RetryingClient
     # patient id -> acknowledged encounter ids, in the order they were created
     written: dict[str, list[str]] = field(default_factory=dict)
+    # acknowledged encounter id -> the request_id that created it
+    request_ids: dict[str, str] = field(default_factory=dict)
 
     async def write(self, patient_id: str, count: int | None, stop: asyncio.Event | None = None) -> None:
         acknowledged = self.written.setdefault(patient_id, [])
         index = 0
         while (count is None or index < count) and not (stop is not None and stop.is_set()):
-            created = await self.client.call(self.stub.CreateEncounter, encounter_request(patient_id, index))
+            request = encounter_request(patient_id, index)
+            created = await self.client.call(self.stub.CreateEncounter, request)
             acknowledged.append(created.encounter.encounter_id)
+            self.request_ids[created.encounter.encounter_id] = request.request_id
             index += 1
 
     @property
     def acknowledged(self) -> int:
         return sum(len(ids) for ids in self.written.values())
+
+    def audited_as(self) -> set[tuple[str, str, str]]:
+        """What audit must hold of the acknowledged encounters: (operation, request_id, patient)."""
+        return {
+            (CREATE_ENCOUNTER, self.request_ids[encounter_id], patient_id)
+            for patient_id, encounter_ids in self.written.items()
+            for encounter_id in encounter_ids
+        }
 
 
 @dataclass
@@ -203,6 +219,10 @@ class Registrations:
 
     def patient_of(self, request_id: str) -> str:
         return self.answers[request_id][0]
+
+    def audited_as(self) -> set[tuple[str, str, str]]:
+        """What audit must hold of the acknowledged registrations: (operation, request_id, patient)."""
+        return {(REGISTER_PATIENT, request_id, self.patient_of(request_id)) for request_id in self.answers}
 
 
 async def until(condition: Callable[[], bool], within: float, what: str) -> None:
@@ -346,29 +366,27 @@ async def check_registrations(
     return lost, duplicates
 
 
-async def audited_registrations(
-    audit: audit_pb2_grpc.AuditServiceStub, mongo: Any, registrations: Registrations
+async def audited_successes(
+    audit: audit_pb2_grpc.AuditServiceStub, mongo: Any, expected: set[tuple[str, str, str]]
 ) -> float:
-    """Waits until identity's audit spool is drained and audit holds a SUCCESS event of
-    RegisterPatient for every acknowledged request, naming its patient; returns the seconds waited."""
+    """Waits until the spools of identity and records are drained and audit holds a SUCCESS event
+    of every acknowledged call ``(operation, request_id, patient id)``; returns the seconds waited."""
     started = time.monotonic()
-    expected = {(request_id, registrations.patient_of(request_id)) for request_id in registrations.answers}
-    spool = mongo["emr_identity"]["audit_spool"]
+    spools = [mongo[database]["audit_spool"] for database in ("emr_identity", "emr_records")]
     while True:
-        events = await all_audit_events(audit)
         audited = {
-            (event.request_id, event.patient_id)
-            for event in events
-            if event.operation == REGISTER_PATIENT and event.outcome == audit_pb2.AUDIT_OUTCOME_SUCCESS
+            (event.operation, event.request_id, event.patient_id)
+            for event in await all_audit_events(audit)
+            if event.outcome == audit_pb2.AUDIT_OUTCOME_SUCCESS
         }
-        spooled = await spool.count_documents({})
+        spooled = sum([await spool.count_documents({}) for spool in spools])
         if expected <= audited and spooled == 0:
             return time.monotonic() - started
         assert time.monotonic() - started < SETTLE_DEADLINE_SECONDS, (
-            f"{len(expected - audited)} successful registrations without an audit event; "
+            f"{len(expected - audited)} successful calls without an audit event; "
             f"{spooled} events still spooled"
         )
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
 
 
 async def all_audit_events(audit: audit_pb2_grpc.AuditServiceStub) -> list[audit_pb2.AuditEvent]:
@@ -411,13 +429,14 @@ async def test_records_killed_during_encounter_writes_loses_and_doubles_nothing(
 ) -> None:
     identity = identity_pb2_grpc.PatientIdentityServiceStub(chaos.channel("identity"))
     records = records_pb2_grpc.ClinicalRecordsServiceStub(redial.channel("records"))
+    audit = audit_pb2_grpc.AuditServiceStub(chaos.channel("audit"))
     patients = await register_patients(identity, ENCOUNTER_PATIENTS)
     client = RetryingClient()
     writers = EncounterWriters(records, client)
     total = ENCOUNTER_PATIENTS * ENCOUNTERS_PER_PATIENT
 
     async def break_records() -> float:
-        await until(lambda: writers.acknowledged >= total // 3, 60, "a third of the encounters written")
+        await until(lambda: writers.acknowledged >= total // 3, 120, "a third of the encounters written")
         return await kill_and_restart(chaos, "records")
 
     restart_seconds, *_ = await asyncio.gather(
@@ -431,6 +450,7 @@ async def test_records_killed_during_encounter_writes_loses_and_doubles_nothing(
     lost, duplicates = await check_encounters(records, mongo, writers)
     chaos_figures["lost"] = lost
     chaos_figures["duplicates"] = duplicates
+    chaos_figures["audit_drain_seconds"] = await audited_successes(audit, mongo, writers.audited_as())
 
     assert client.acknowledged == client.calls == total
     assert client.retries > 0, "the kill interrupted no call: the scenario tested nothing"
@@ -454,7 +474,7 @@ async def test_identity_killed_during_registrations_loses_and_doubles_nobody(
     twins = requests[:REPEATED] + requests
 
     async def break_identity() -> float:
-        await until(lambda: client.acknowledged >= REGISTRATIONS // 3, 60, "a third registered")
+        await until(lambda: client.acknowledged >= REGISTRATIONS // 3, 120, "a third registered")
         return await kill_and_restart(chaos, "identity")
 
     restart_seconds, _ = await asyncio.gather(break_identity(), registrations.register_all(twins, 8))
@@ -468,7 +488,7 @@ async def test_identity_killed_during_registrations_loses_and_doubles_nobody(
     lost, duplicates = await check_registrations(identity, mongo, registrations)
     chaos_figures["lost"] = lost
     chaos_figures["duplicates"] = duplicates
-    chaos_figures["audit_drain_seconds"] = await audited_registrations(audit, mongo, registrations)
+    chaos_figures["audit_drain_seconds"] = await audited_successes(audit, mongo, registrations.audited_as())
 
     assert client.acknowledged == client.calls == len(twins) + REPEATED
     assert client.retries > 0, "the kill interrupted no call: the scenario tested nothing"
@@ -527,7 +547,9 @@ async def test_database_paused_during_writes_answers_clearly_and_loses_nothing(
     patients_lost, patient_duplicates = await check_registrations(identity, mongo, registrations)
     chaos_figures["lost"] = encounters_lost + patients_lost
     chaos_figures["duplicates"] = encounter_duplicates + patient_duplicates
-    await audited_registrations(audit, mongo, registrations)
+    chaos_figures["audit_drain_seconds"] = await audited_successes(
+        audit, mongo, writers.audited_as() | registrations.audited_as()
+    )
     verdict = await audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest())
 
     assert during, "no call was in flight during the pause: the scenario tested nothing"
