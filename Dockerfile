@@ -23,6 +23,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY services/contracts/pyproject.toml services/contracts/
 COPY services/runtime/pyproject.toml services/runtime/
+COPY services/claims/pyproject.toml services/claims/
 COPY services/fhir/pyproject.toml services/fhir/
 COPY services/identity/pyproject.toml services/identity/
 COPY services/records/pyproject.toml services/records/

@@ -18,9 +18,8 @@ bootstrap: ## install Python packages (.venv), FerretDB, buf and grpcurl (idempo
 up: bootstrap ## start FerretDB and every service locally; Ctrl-C (or make down) stops them
 	@$(VENV)/python -m emr_devstack
 
-down: ## stop what `make up` started
-	@if [ -f .run/devstack.pid ]; then kill -TERM "$$(cat .run/devstack.pid)" && echo "stopping the platform"; \
-	 else echo "nothing to stop (no .run/devstack.pid)"; fi
+down: ## stop what `make up` started, and wait until it has stopped
+	@if [ -x $(VENV)/python ]; then $(VENV)/python -m emr_devstack down; else echo "nothing to stop (no .venv)"; fi
 
 test: bootstrap lint typecheck proto-lint proto-breaking protos-check unit integration deploy-test ## every check CI runs
 	@echo "make test: all checks passed"

@@ -54,7 +54,7 @@ fi
 ln -sf "$BUF" "$EMR_BIN/buf"
 
 # Kubernetes delivery (charts/, Dockerfile, tests/deploy): helm, and podman/runc/debootstrap for
-# building and running the images without Docker or a cluster (../shared/MACHINE.md).
+# building and running the images without Docker or a cluster (Debian packages).
 go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
 missing_packages=()
 for tool in podman runc debootstrap; do

@@ -21,7 +21,7 @@ from emr_runtime.auth import SERVICE_ASSERTED_ROLES, service_binding
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 DEV_VALUES = CHART / "ci" / "dev-values.yaml"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
-# ../shared/ARCHITECTURE.md, "talks to" (the national system is the emulator in dev).
+# Who calls whom (README, "How it is built"); the national system is the emulator in dev.
 CALL_GRAPH = {
     "identity": {"audit"},
     "records": {"identity", "audit"},
@@ -210,7 +210,12 @@ def test_production_values_use_the_secret_and_the_real_national_system() -> None
 
 
 EMULATOR_REFUSED = r"profile production: services\.national_emulator must stay disabled"
-BARE_RELEASE = {"mongodb.uri": "mongodb://db:27017/", "auth.devKeys": "true"}
+BARE_RELEASE = {
+    "mongodb.uri": "mongodb://db:27017/",
+    "auth.devKeys": "true",
+    "national.facilitySigning.existingSecret": "emr-facility-signing",
+    "national.credentials.existingSecret": "emr-national-credentials",
+}
 
 
 @pytest.mark.parametrize(
@@ -366,13 +371,7 @@ def test_mtls_certificates_from_cert_manager_secrets_or_the_chart() -> None:
             assert (env, volume) == ({}, None), name
 
     # Default: Secrets made outside the chart (by name); nothing issued here.
-    default = render(
-        settings={
-            "mongodb.uri": "mongodb://db:27017/",
-            "auth.devKeys": "true",
-            "tls.secretNames.records": "hospital-pki-records",
-        }
-    )
+    default = render(settings={**BARE_RELEASE, "tls.secretNames.records": "hospital-pki-records"})
     assert not [m for m in default if m["kind"] == "Certificate" or m.get("type") == "kubernetes.io/tls"]
     records_volume = tls_of(of_kind(default, "Deployment")["records"])[1]
     assert records_volume is not None and records_volume["secret"]["secretName"] == "hospital-pki-records"
@@ -383,13 +382,7 @@ def test_mtls_certificates_from_cert_manager_secrets_or_the_chart() -> None:
     assert len({s["data"]["ca.crt"] for s in secrets}) == 1
 
     with pytest.raises(ToolError, match=r"issuerRef\.name"):
-        render(
-            settings={
-                "mongodb.uri": "mongodb://db:27017/",
-                "auth.devKeys": "true",
-                "tls.source": "certManager",
-            }
-        )
+        render(settings={**BARE_RELEASE, "tls.source": "certManager"})
 
 
 def test_probes_use_the_plaintext_health_port() -> None:
@@ -461,3 +454,67 @@ def test_a_calling_service_without_its_own_key_fails_with_the_way_out(tmp_path: 
 def test_a_shared_or_unknown_service_key_is_refused(overrides: dict[str, str]) -> None:
     with pytest.raises(ToolError):
         render([PRODUCTION_VALUES], overrides)
+
+
+def test_sync_signs_claims_with_the_facilities_keys_and_sends_with_their_own_clients() -> None:
+    deployments = of_kind(render([PRODUCTION_VALUES]), "Deployment")
+    pod = deployments["sync"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["facility-signing"]["secret"] == {
+        "secretName": "emr-facility-signing",
+        "defaultMode": 0o440,
+    }
+    assert mounts["facility-signing"]["readOnly"] is True
+    assert env["SYNC_FACILITY_SIGNING_DIR"] == mounts["facility-signing"]["mountPath"]
+    assert env["SYNC_FACILITY_SIGNING_GENERATE"] == "false"
+    assert volumes["national-credentials"]["secret"]["items"] == [
+        {"key": "credentials.json", "path": "credentials.json"}
+    ]
+    assert (
+        env["SYNC_NATIONAL_CREDENTIALS_FILE"]
+        == f"{mounts['national-credentials']['mountPath']}/credentials.json"
+    )
+    # Production: a facility without its own client is not sent with a shared one.
+    assert env["SYNC_NATIONAL_SHARED_CLIENT_FALLBACK"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ("national.facilitySigning.existingSecret", r"national\.facilitySigning\.existingSecret is needed"),
+        ("national.credentials.existingSecret", r"national\.credentials\.existingSecret is needed"),
+    ],
+)
+def test_a_production_release_without_facility_keys_or_clients_fails_with_the_way_out(
+    missing: str, named: str
+) -> None:
+    with pytest.raises(ToolError, match=named):
+        render([PRODUCTION_VALUES], {missing: ""})
+
+
+def test_development_sync_makes_its_keys_and_the_emulator_holds_the_facilities_certificates() -> None:
+    pods = {
+        name: deployment["spec"]["template"]["spec"]
+        for name, deployment in of_kind(render([DEV_VALUES]), "Deployment").items()
+    }
+    sync_env = {v["name"]: v.get("value") for v in pods["sync"]["containers"][0]["env"]}
+    assert sync_env["SYNC_FACILITY_SIGNING_GENERATE"] == "true"
+    assert sync_env["SYNC_NATIONAL_SHARED_CLIENT_FALLBACK"] == "true"
+    assert "emptyDir" in next(v for v in pods["sync"]["volumes"] if v["name"] == "facility-signing")
+    shared = {
+        "national.facilitySigning.existingSecret": "emr-facility-signing",
+        "national.credentials.existingSecret": "emr-national-credentials",
+    }
+    emulator = of_kind(render([DEV_VALUES], shared), "Deployment")["national_emulator"]["spec"]["template"][
+        "spec"
+    ]
+    emulator_env = {v["name"]: v.get("value") for v in emulator["containers"][0]["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in emulator["containers"][0]["volumeMounts"]}
+    assert emulator_env["NATIONAL_EMULATOR_FACILITY_CERTIFICATES_DIR"] == mounts["facility-signing"]
+    assert (
+        emulator_env["NATIONAL_EMULATOR_FACILITY_CLIENTS_FILE"]
+        == f"{mounts['national-credentials']}/credentials.json"
+    )

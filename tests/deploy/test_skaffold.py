@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -17,11 +15,11 @@ import yaml
 from emr_devstack.kube import CHART, REPO, helm, render, validate_manifests
 from emr_devstack.stack import START_ORDER
 
-# The official schema lives outside the project (../shared/schemas); EMR_SKAFFOLD_SCHEMA overrides.
-SCHEMA = Path(
-    os.environ.get("EMR_SKAFFOLD_SCHEMA", REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json")
-)
 CONFIG: dict[str, Any] = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+CONFIG_VERSION = CONFIG["apiVersion"].replace("/", "-")  # skaffold/v4beta14 -> skaffold-v4beta14
+
+# The facts of skaffold's format (field names, types, required keys) for the apiVersion we use.
+SCHEMA = REPO / "deploy" / "skaffold" / f"{CONFIG_VERSION}.schema.json"
 PROFILES = {profile["name"]: profile for profile in CONFIG["profiles"]}
 
 
@@ -42,7 +40,7 @@ def with_profile(name: str) -> dict[str, Any]:
 
 
 def validator() -> jsonschema.Draft7Validator:
-    assert SCHEMA.exists(), f"skaffold schema not found at {SCHEMA} (set EMR_SKAFFOLD_SCHEMA)"
+    assert SCHEMA.exists(), f"no schema of {CONFIG['apiVersion']} in the project: {SCHEMA}"
     return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
 
 

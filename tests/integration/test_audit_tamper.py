@@ -96,17 +96,21 @@ async def forge_checkpoint(events: Any) -> None:
     await checkpoints.update_one({"_id": 1}, {"$set": {"last_sequence": 10}})
 
 
+MISSING = audit_pb2.INTEGRITY_FINDING_KIND_MISSING_EVENTS
+ALTERED = audit_pb2.INTEGRITY_FINDING_KIND_ALTERED_EVENT
+
+
 @pytest.mark.parametrize(
-    ("tamper", "first_bad", "problem"),
+    ("tamper", "first_bad", "problem", "kind"),
     [
-        (edit, 12, "stored hash does not match"),
-        (edit_and_rehash, 12, "rewritten"),
-        (rewrite_stretch, 1, "differs from the log"),
-        (delete, 12, "missing"),
-        (delete_tail, EVENTS - 1, "missing"),
-        (insert, 13, "stored hash does not match"),
-        (reorder, 12, "stored hash does not match"),
-        (forge_checkpoint, 1, "signature is invalid"),
+        (edit, 12, "stored hash does not match", ALTERED),
+        (edit_and_rehash, 12, "rewritten", ALTERED),
+        (rewrite_stretch, 1, "differs from the log", audit_pb2.INTEGRITY_FINDING_KIND_CHECKPOINT_MISMATCH),
+        (delete, 12, "event 12 is missing (next stored is 13)", MISSING),
+        (delete_tail, EVENTS - 1, f"events {EVENTS - 1}..{EVENTS} are missing", MISSING),
+        (insert, 13, "stored hash does not match", ALTERED),
+        (reorder, 12, "stored hash does not match", ALTERED),
+        (forge_checkpoint, 1, "signature is invalid", audit_pb2.INTEGRITY_FINDING_KIND_BAD_SIGNATURE),
     ],
     ids=lambda value: getattr(value, "__name__", None),
 )
@@ -114,6 +118,7 @@ async def test_tampering_is_detected_at_the_first_bad_sequence(
     tamper: Tamper,
     first_bad: int,
     problem: str,
+    kind: int,
     tampered_log: tuple[audit_pb2_grpc.AuditServiceStub, Any],
 ) -> None:
     audit, events = tampered_log
@@ -127,6 +132,12 @@ async def test_tampering_is_detected_at_the_first_bad_sequence(
     assert not verdict.intact
     assert verdict.first_bad_sequence == first_bad, verdict.problem
     assert problem in verdict.problem
+    assert verdict.finding_kind == kind, verdict
+    if kind == MISSING:
+        last_missing = EVENTS if tamper is delete_tail else first_bad
+        assert (verdict.missing_from_sequence, verdict.missing_through_sequence) == (first_bad, last_missing)
+    else:
+        assert (verdict.missing_from_sequence, verdict.missing_through_sequence) == (0, 0)
 
     await events.delete_many({})
     await events.insert_many(pristine)

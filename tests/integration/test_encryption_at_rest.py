@@ -60,6 +60,7 @@ def synthetic_values() -> dict[str, str]:
         "phone": f"091{digits(7)}",
         "phone_updated": f"098{digits(7)}",
         "encounter_bhyt": f"HN279{digits(10)}",
+        "encounter_card": f"GD479{digits(10)}",
     }
 
 
@@ -68,7 +69,7 @@ def written_forms(name: str, value: str) -> set[str]:
     social insurance code, the CCCD's digits) and a phone's +84 and subscriber forms. A passport's
     7 digits alone are too short to be told from chance and are not searched alone."""
     forms = {value, value.lower()}
-    if name in ("bhyt", "encounter_bhyt"):
+    if name in ("bhyt", "encounter_bhyt", "encounter_card"):
         forms.add(value[-10:])
     if name.startswith("phone"):
         forms |= {f"84{value[1:]}", f"+84{value[1:]}", value[1:]}
@@ -189,6 +190,13 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
             end_time=stamp(-600),
             reason="Khám định kỳ",
             insurance=records_pb2.EncounterInsurance(bhyt_number=values["encounter_bhyt"], benefit_level=4),
+            insurance_cards=[
+                records_pb2.InsuranceCard(
+                    card_number=values["encounter_card"],
+                    registered_facility_code="79001",
+                    valid_from="2024-01-01",
+                )
+            ],
         ),
         metadata=CLINICIAN,
     )
@@ -197,6 +205,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
         records_pb2.GetEncounterRequest(encounter_id=encounter_id), metadata=CLINICIAN
     )
     assert got.encounter.insurance.bhyt_number == values["encounter_bhyt"]
+    assert got.encounter.insurance_cards[0].card_number == values["encounter_card"]
 
     # The national side receives the bundle and the claim (with the identifiers: it is their recipient).
     async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:

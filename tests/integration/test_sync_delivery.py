@@ -1,11 +1,12 @@
 """National sync through real processes: records and identity, sync replicas of their own (own
-database, fast retry settings) and an emulator of their own with injected faults. Every test checks
-what the receiver applied: every (resource, version) exactly once, each patient's in order."""
+database, fast retry settings) and an emulator of their own. Every test checks what the receiver
+applied: every (resource, version) exactly once, each patient's in order. The failure scenarios (a
+national outage, answers dropped after commit, replicas killed mid-drain) are the chaos suite's:
+tests/chaos/test_sync_chaos.py."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +33,7 @@ from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
 from emr_runtime.paging import PageTokens
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
-from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
+from emr_sync.clients import ClientCredential, IdentityFeed, NationalClient, NationalCredentials, RecordsFeed
 from emr_sync.repository import SyncRepository
 from emr_sync.service import SyncService
 from emr_sync.settings import SyncSettings
@@ -132,11 +133,6 @@ async def site(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIt
     yield result
     for process_name in [*result.names, name]:
         stack.processes.pop(process_name).stop()
-
-
-async def set_faults(site: SyncSite, **faults: Any) -> None:
-    async with httpx.AsyncClient(base_url=site.emulator_url) as http:
-        (await http.put("/admin/faults", json=faults)).raise_for_status()
 
 
 async def emulator(site: SyncSite, path: str, **params: str) -> Any:
@@ -241,131 +237,6 @@ async def assert_exactly_once_in_order(site: SyncSite, expected: dict[str, list[
     ours = {pair for versions in expected.values() for pair in versions}
     held = [(r["id"], int(r["version"])) for r in resources["items"] if (r["id"], int(r["version"])) in ours]
     assert sorted(held) == sorted(ours)
-
-
-async def test_outage_backlog_ages_then_drains_exactly_once_in_patient_order(
-    site: SyncSite, identity: Any, records: Any, facility_code: str
-) -> None:
-    await set_faults(site, outage_seconds=3600)
-    site.start_replica("outage-a")
-    site.start_replica("outage-b")
-    expected: dict[str, list[tuple[str, int]]] = {}
-    for _ in range(4):
-        patient_id = await register(identity, facility_code)
-        expected[patient_id] = []
-        for _ in range(3):
-            expected[patient_id] += await finished_encounter(records, patient_id, facility_code, revisions=1)
-    total = sum(len(v) for v in expected.values())
-
-    async def backlog_queued() -> sync_pb2.GetSyncStatusResponse | None:
-        current = await status(site, "outage-a", facility_code)
-        queued = current.pending + current.in_flight == total and current.failed > 0
-        return current if queued and not current.national_reachable else None
-
-    first = await eventually(backlog_queued)
-    assert first.delivered == 0
-    assert first.HasField("oldest_pending_time")
-    assert "503" in first.last_error
-
-    async def older() -> sync_pb2.GetSyncStatusResponse | None:
-        current = await status(site, "outage-b", facility_code)
-        return (
-            current if current.oldest_pending_age_seconds > first.oldest_pending_age_seconds + 0.5 else None
-        )
-
-    aged = await eventually(older)
-    assert aged.oldest_pending_time == first.oldest_pending_time
-    assert aged.delivered == 0
-
-    await set_faults(site, outage_seconds=0)
-    await all_delivered(site, "outage-a", facility_code, total)
-    await assert_exactly_once_in_order(site, expected)
-    final = await status(site, "outage-b", facility_code)
-    assert (final.pending, final.in_flight, final.dead_lettered) == (0, 0, 0)
-    assert not final.HasField("oldest_pending_time")
-    assert final.national_reachable
-    assert final.HasField("last_delivered_time")
-
-
-async def test_replica_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
-    site: SyncSite, identity: Any, records: Any, facility_code: str, mongo: AsyncMongoClient[dict[str, Any]]
-) -> None:
-    # Queued during an outage, then sent slowly: replica a is surely mid-batch when it is killed.
-    await set_faults(site, outage_seconds=3600)
-    site.start_replica("kill-a")
-    site.start_replica("kill-b")
-    expected: dict[str, list[tuple[str, int]]] = {}
-    for _ in range(6):
-        patient_id = await register(identity, facility_code)
-        expected[patient_id] = []
-        for _ in range(2):
-            expected[patient_id] += await finished_encounter(records, patient_id, facility_code, revisions=1)
-    total = sum(len(v) for v in expected.values())
-    deliveries = mongo[site.database]["deliveries"]
-    ours = [encounter_id for versions in expected.values() for encounter_id, _ in versions]
-    our_keys = {f"Encounter/{i}/_history/{v}" for versions in expected.values() for i, v in versions}
-
-    async def queued() -> bool | None:
-        current = await status(site, "kill-b", facility_code)
-        return True if current.pending + current.in_flight == total else None
-
-    await eventually(queued)
-    await set_faults(site, outage_seconds=0, latency_ms=300)
-
-    async def a_is_sending() -> bool | None:
-        # A replica lists what it is sending per partition, while it holds the partition's lease.
-        sync_db = mongo[site.database]
-        async for listed in sync_db["in_flight"].find({"owner": "kill-a"}):
-            lease = await sync_db["leases"].find_one({"_id": listed["_id"]})
-            live = (
-                lease is not None and lease["owner"] == "kill-a" and lease["expires_at"] > datetime.now(UTC)
-            )
-            if live and our_keys & {entry["_id"] for entry in listed.get("deliveries", [])}:
-                return True
-        return None
-
-    await eventually(a_is_sending)
-    process, _ = site.replicas["kill-a"]
-    process.signal(signal.SIGKILL)
-    process.wait(10)
-
-    await all_delivered(site, "kill-b", facility_code, total)
-    await assert_exactly_once_in_order(site, expected)
-    held = await deliveries.count_documents(
-        {"resource_id": {"$in": ours}, "status": "delivered", "transaction_id": {"$ne": ""}}
-    )
-    assert held == total
-
-
-async def test_commit_then_drop_and_throttling_apply_nothing_twice(
-    site: SyncSite, identity: Any, records: Any, facility_code: str, mongo: AsyncMongoClient[dict[str, Any]]
-) -> None:
-    await set_faults(
-        site, drop_after_commit_rate=0.5, throttle_rate=0.1, retry_after_seconds=1, error_rate=0.1
-    )
-    site.start_replica("drop-a")
-    expected: dict[str, list[tuple[str, int]]] = {}
-    for _ in range(4):
-        patient_id = await register(identity, facility_code)
-        expected[patient_id] = []
-        for _ in range(3):
-            expected[patient_id] += await finished_encounter(records, patient_id, facility_code)
-    total = sum(len(v) for v in expected.values())
-
-    await all_delivered(site, "drop-a", facility_code, total)
-    await assert_exactly_once_in_order(site, expected)
-    stats = await emulator(site, "/stats")
-    assert stats["duplicates_received"] > 0  # answers were lost after commit and the resends deduplicated
-    # The receipt kept locally is the national side's transaction id of the first (applied) submission.
-    deliveries = mongo[site.database]["deliveries"]
-    for versions in expected.values():
-        for encounter_id, version in versions:
-            key = f"Encounter/{encounter_id}/_history/{version}"
-            local = await deliveries.find_one({"_id": key})
-            assert local is not None
-            national = await emulator(site, f"/deliveries/{key}")
-            assert local["transaction_id"] == national["transaction_id"]
-            assert local["receipts"][-1]["transaction_id"] == national["transaction_id"]
 
 
 async def test_rejected_payload_is_dead_lettered_and_the_rest_flows(
@@ -498,8 +369,9 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     national = NationalClient(
         site.emulator_url,
         10,
-        settings.national_client_id,
-        settings.national_client_secret,
+        NationalCredentials(
+            {}, ClientCredential(settings.national_client_id, settings.national_client_secret)
+        ),
         settings.national_token_path,
         timedelta(seconds=1),
         settings.concurrency,

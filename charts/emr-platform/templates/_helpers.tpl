@@ -139,3 +139,7 @@ generates its own (audit.signingKey.generateInPod). */}}
 {{- list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.%s" $service $ns $root.Values.tls.clusterDomain) "localhost" | toJson -}}
 {{- end -}}
 {{- define "emr.authDir" -}}/etc/emr-auth{{- end -}}
+
+{{/* Folders sync and the emulator find the facilities' signing material and national clients in. */}}
+{{- define "emr.facilitySigningDir" -}}/etc/emr-national/facility-signing{{- end -}}
+{{- define "emr.nationalCredentialsDir" -}}/etc/emr-national/credentials{{- end -}}

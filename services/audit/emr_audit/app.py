@@ -37,6 +37,9 @@ async def build(settings: AuditSettings, db: Database) -> ServiceApp:
             settings.checkpoint_every_events, settings.checkpoint_interval_seconds, poll
         )
 
+    async def integrity_checks() -> None:
+        await log.run_integrity_checks(settings.integrity_check_interval_seconds)
+
     return ServiceApp(
         bindings=[
             ServiceBinding(
@@ -44,6 +47,8 @@ async def build(settings: AuditSettings, db: Database) -> ServiceApp:
             )
         ],
         indexes=INDEXES,
-        background=[checkpoints],
+        background=[checkpoints, integrity_checks]
+        if settings.integrity_check_interval_seconds
+        else [checkpoints],
         audit_sink=OwnLogSink(log),
     )

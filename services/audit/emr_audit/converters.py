@@ -18,6 +18,7 @@ from emr_audit.domain import (
     EntityRole,
     EventFilter,
     EventType,
+    FindingKind,
     Outcome,
     RetentionClass,
     Subtype,
@@ -25,7 +26,7 @@ from emr_audit.domain import (
     canonical_bytes,
     checkpoint_record,
 )
-from emr_audit.service import InclusionProof
+from emr_audit.service import InclusionProof, IntegrityReport
 from emr_audit.signing import ALGORITHM, CheckpointSigner
 from emr_runtime.clock import to_storage_precision
 from emr_runtime.errors import FieldViolation, InvalidArgumentError
@@ -289,3 +290,27 @@ def public_key_message(signer: CheckpointSigner) -> audit_pb2.GetPublicKeyRespon
         public_key=signer.public_key_raw,
         public_key_pem=signer.public_key_pem,
     )
+
+
+_FINDING_KINDS = {
+    FindingKind.MISSING_EVENTS: audit_pb2.INTEGRITY_FINDING_KIND_MISSING_EVENTS,
+    FindingKind.ALTERED_EVENT: audit_pb2.INTEGRITY_FINDING_KIND_ALTERED_EVENT,
+    FindingKind.CHECKPOINT_MISMATCH: audit_pb2.INTEGRITY_FINDING_KIND_CHECKPOINT_MISMATCH,
+    FindingKind.BAD_SIGNATURE: audit_pb2.INTEGRITY_FINDING_KIND_BAD_SIGNATURE,
+}
+
+
+def integrity_message(report: IntegrityReport) -> audit_pb2.VerifyIntegrityResponse:
+    finding = report.finding
+    response = audit_pb2.VerifyIntegrityResponse(
+        intact=finding is None,
+        checked_events=report.checked_events,
+        checked_checkpoints=report.checked_checkpoints,
+    )
+    if finding is not None:
+        response.first_bad_sequence = finding.sequence
+        response.problem = finding.problem
+        response.finding_kind = _FINDING_KINDS[finding.kind]
+        if finding.missing_stretch is not None:
+            response.missing_from_sequence, response.missing_through_sequence = finding.missing_stretch
+    return response

@@ -333,12 +333,43 @@ def refusal_of(event_id: str, indexed_sequence: int | None, holder_event_id: str
     return Refusal.STORED_THERE if holder_event_id == event_id else Refusal.POSITION_TAKEN
 
 
+class FindingKind(enum.Enum):
+    """What kind of problem a finding is, which decides who acts on it: missing events are first of
+    all lost data (an operator restores them), the other kinds mean the log was changed."""
+
+    MISSING_EVENTS = "missing_events"  # positions of the chain hold no event
+    ALTERED_EVENT = "altered"  # content, hash, link or order of a stored event is not what was linked
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # stored hashes differ from what a checkpoint signed
+    BAD_SIGNATURE = "bad_signature"  # a checkpoint is not signed by the log's key
+
+
 @dataclass(frozen=True)
 class Finding:
-    """Where the log stops being trustworthy: the first bad sequence and why."""
+    """Where the log stops being trustworthy: the first bad sequence, what kind of problem it is and
+    why. For missing events ``missing_through`` is the last missing sequence of the stretch that
+    starts at ``sequence`` (0 for other kinds)."""
 
     sequence: int
     problem: str
+    kind: FindingKind
+    missing_through: int = 0
+
+    @property
+    def missing_stretch(self) -> tuple[int, int] | None:
+        """(first, last) missing sequence, for missing events."""
+        if self.kind is not FindingKind.MISSING_EVENTS:
+            return None
+        return self.sequence, self.missing_through
+
+
+def missing_events(first: int, through: int, detail: str = "") -> Finding:
+    """Events ``first``..``through`` are missing; ``detail`` says what was found instead."""
+    stretch = f"event {first} is missing" if first == through else f"events {first}..{through} are missing"
+    return Finding(first, f"{stretch}{detail}", FindingKind.MISSING_EVENTS, through)
+
+
+def altered(sequence: int, problem: str) -> Finding:
+    return Finding(sequence, problem, FindingKind.ALTERED_EVENT)
 
 
 @dataclass
@@ -355,31 +386,37 @@ class ChainVerifier:
         """Checks one event; returns False (and keeps the finding) at the first problem."""
         if self.finding is not None:
             return False
-        if sequence != self.expected_sequence:
-            problem = f"event {self.expected_sequence} is missing (next stored is {sequence})"
-            self.finding = Finding(self.expected_sequence, problem)
+        if sequence > self.expected_sequence:
+            # Everything between the last event checked and this one is absent: one stretch.
+            self.finding = missing_events(
+                self.expected_sequence, sequence - 1, f" (next stored is {sequence})"
+            )
+            return False
+        if sequence < self.expected_sequence:
+            self.finding = altered(
+                self.expected_sequence,
+                f"event {sequence} is out of order (expected {self.expected_sequence})",
+            )
             return False
         if chain_hash(canonical, previous_hash) != stored_hash:
-            self.finding = Finding(sequence, "stored hash does not match the event's content")
+            self.finding = altered(sequence, "stored hash does not match the event's content")
             return False
         if sequence == 1 and previous_hash != GENESIS_HASH:
-            self.finding = Finding(sequence, "the first event does not start the chain")
+            self.finding = altered(sequence, "the first event does not start the chain")
             return False
         if self.last_hash is not None and previous_hash != self.last_hash:
             # This event is intact, so the one before was rewritten after this one was linked.
-            self.finding = Finding(sequence - 1, "event was rewritten: the next event links to another hash")
+            self.finding = altered(sequence - 1, "event was rewritten: the next event links to another hash")
             return False
         self.last_hash = stored_hash
         self.expected_sequence = sequence + 1
         self.checked += 1
         return True
 
-    def finish(self, last_expected: int | None) -> Finding | None:
+    def finish(self, last_expected: int | None, detail: str = "") -> Finding | None:
         """The finding, or a missing tail when events up to ``last_expected`` should exist."""
         if self.finding is None and last_expected is not None and self.expected_sequence <= last_expected:
-            self.finding = Finding(
-                self.expected_sequence, f"events {self.expected_sequence}..{last_expected} are missing"
-            )
+            self.finding = missing_events(self.expected_sequence, last_expected, detail)
         return self.finding
 
 

@@ -22,14 +22,17 @@ from emr_audit.domain import (
     Checkpoint,
     EventFilter,
     Finding,
+    FindingKind,
     NotCheckpointedError,
     Refusal,
+    altered,
     canonical_bytes,
     canonical_record,
     chain,
     checkpoint_due,
     checkpoint_record,
     first_finding,
+    missing_events,
     refusal_of,
     summarize_accesses,
     validate_events,
@@ -51,14 +54,30 @@ LAST_CHECKPOINT_TIMESTAMP = Gauge(
     "emr_audit_last_checkpoint_timestamp_seconds", "Unix time the latest checkpoint was signed (0: none yet)."
 )
 INTEGRITY_FAILURES = Counter(
-    "emr_audit_integrity_failures_total", "Integrity verifications that found a broken chain or checkpoint."
+    "emr_audit_integrity_failures_total",
+    "Integrity verifications (VerifyIntegrity or the periodic check) that found a problem, by its kind.",
+    ["kind"],
 )
+INTEGRITY_FINDINGS = Gauge(
+    "emr_audit_integrity_findings",
+    "1 while the periodic integrity check of this replica finds a problem of this kind, else 0.",
+    ["kind"],
+)
+INTEGRITY_VERIFIED_HEIGHT = Gauge(
+    "emr_audit_integrity_verified_height",
+    "Last sequence the periodic integrity check found intact, linked and present.",
+)
+for _kind in FindingKind:
+    INTEGRITY_FINDINGS.labels(kind=_kind.value)
+    INTEGRITY_FAILURES.labels(kind=_kind.value)
 
 # A checkpoint covers at most this many events, so that a proof never reads an unbounded range.
 MAX_CHECKPOINT_EVENTS = 10_000
 # The patient access report summarizes at most this many accesses of one period.
 MAX_REPORT_EVENTS = 20_000
 EXPORT_CHUNK_LINES = 200
+# The periodic integrity check reads at most this many new events a round (a backlog takes a few).
+INTEGRITY_EVENTS_PER_ROUND = MAX_CHECKPOINT_EVENTS
 # How long a writer that lost a position waits for the winner's tip hint before probing the log.
 HINT_WAITS = 5
 HINT_WAIT_SECONDS = 0.002
@@ -106,6 +125,11 @@ class AuditLog:
         self._tip: tuple[int, bytes] | None = None
         # The last link whose event_id (and every earlier one) is in event_ids: the hint stops there.
         self._indexed_tip: tuple[int, bytes] | None = None
+        # The periodic integrity check: new events are verified from ``_verified_through`` on, and
+        # one checkpoint's range a round is verified again (``_sweep_index``, round robin), so that
+        # old events are re-checked over time without ever scanning the whole log in one round.
+        self._verified_through: int | None = None
+        self._sweep_index = 1
 
     @property
     def signer(self) -> CheckpointSigner:
@@ -308,37 +332,53 @@ class AuditLog:
         if checkpoint.key_id != self._signer.key_id or not signature_valid(
             self._public_key, payload, checkpoint.signature
         ):
-            return Finding(checkpoint.first_sequence, f"checkpoint {checkpoint.index} signature is invalid")
+            return Finding(
+                checkpoint.first_sequence,
+                f"checkpoint {checkpoint.index} signature is invalid",
+                FindingKind.BAD_SIGNATURE,
+            )
         expected = range(checkpoint.first_sequence, checkpoint.last_sequence + 1)
         present = [sequence for sequence, _ in hashes]
         if present != list(expected):
             stored = set(present)
             missing = next(s for s in expected if s not in stored)
-            return Finding(missing, f"event {missing} of checkpoint {checkpoint.index} is missing")
+            through = next((s for s in range(missing, checkpoint.last_sequence + 1) if s in stored), None)
+            last_missing = checkpoint.last_sequence if through is None else through - 1
+            return missing_events(missing, last_missing, f" (signed by checkpoint {checkpoint.index})")
         if hashes[-1][1] != checkpoint.chain_head_hash:
             return Finding(
-                checkpoint.first_sequence, f"checkpoint {checkpoint.index} chain head differs from the log"
+                checkpoint.first_sequence,
+                f"checkpoint {checkpoint.index} chain head differs from the log",
+                FindingKind.CHECKPOINT_MISMATCH,
             )
         if merkle.tree_root([digest for _, digest in hashes]) != checkpoint.merkle_root:
             return Finding(
-                checkpoint.first_sequence, f"checkpoint {checkpoint.index} Merkle root differs from the log"
+                checkpoint.first_sequence,
+                f"checkpoint {checkpoint.index} Merkle root differs from the log",
+                FindingKind.CHECKPOINT_MISMATCH,
             )
         return None
 
-    async def verify(self, from_sequence: int, to_sequence: int) -> IntegrityReport:
-        first, last = _sequence_range(from_sequence, to_sequence)
+    async def _verify_chain(self, first: int, last: int | None) -> ChainVerifier:
+        """Feeds the stored events first..last (None: to the end) to a verifier, linked to the event
+        before ``first``; stops at the first problem."""
         verifier = ChainVerifier(expected_sequence=first)
         if first > 1:
             verifier.last_hash = await self._repository.event_hash(first - 1)
         async for event in self._repository.scan(first, last):
             if event.action is None or event.outcome is None:
-                verifier.finding = verifier.finding or Finding(
+                verifier.finding = verifier.finding or altered(
                     event.sequence, "event has an unknown action or outcome"
                 )
                 break
             canonical = canonical_bytes(canonical_record(event))
             if not verifier.feed(event.sequence, canonical, event.previous_hash, event.hash):
                 break
+        return verifier
+
+    async def verify(self, from_sequence: int, to_sequence: int) -> IntegrityReport:
+        first, last = _sequence_range(from_sequence, to_sequence)
+        verifier = await self._verify_chain(first, last)
         checkpoints = await self._repository.checkpoints_overlapping(first, last)
         findings: list[Finding | None] = []
         checked_checkpoints = 0
@@ -354,8 +394,75 @@ class AuditLog:
         # The chain pins the first bad event exactly; a checkpoint mismatch only bounds it.
         finding = verifier.finish(tail_end) or first_finding(findings)
         if finding is not None:
-            INTEGRITY_FAILURES.inc()
+            INTEGRITY_FAILURES.labels(kind=finding.kind.value).inc()
         return IntegrityReport(finding, verifier.checked, checked_checkpoints)
+
+    async def check_integrity_once(self, max_events: int = INTEGRITY_EVENTS_PER_ROUND) -> Finding | None:
+        """One round of the periodic check: the events linked since the last round (at most
+        ``max_events``), then the range of one checkpoint again. A finding keeps its place: the next
+        round checks the same stretch again, so the finding stays until the log is repaired."""
+        new_events = await self._check_new_events(max_events)
+        swept = await self._sweep_one_checkpoint()
+        finding = first_finding([new_events, swept])
+        for kind in FindingKind:
+            INTEGRITY_FINDINGS.labels(kind=kind.value).set(1 if finding and finding.kind is kind else 0)
+        if finding is not None:
+            INTEGRITY_FAILURES.labels(kind=finding.kind.value).inc()
+        return finding
+
+    async def _check_new_events(self, max_events: int) -> Finding | None:
+        if self._verified_through is None:
+            # After a start, from the latest checkpoint: older ranges are left to the sweep.
+            latest = await self._repository.latest_checkpoint()
+            self._verified_through = latest.first_sequence - 1 if latest else 0
+        hint = await self._repository.tip_hint()
+        first = self._verified_through + 1
+        if hint is None or hint[0] < first:
+            return None
+        # Every event up to the tip hint exists: writers advance the hint only after inserting.
+        last = min(hint[0], first + max_events - 1)
+        verifier = await self._verify_chain(first, last)
+        finding = verifier.finish(last)
+        verified = verifier.expected_sequence - 1
+        if finding is not None:
+            verified = min(verified, finding.sequence - 1)
+        self._verified_through = max(self._verified_through, verified)
+        INTEGRITY_VERIFIED_HEIGHT.set(self._verified_through)
+        return finding
+
+    async def _sweep_one_checkpoint(self) -> Finding | None:
+        checkpoint = await self._repository.checkpoint(self._sweep_index)
+        if checkpoint is None and self._sweep_index > 1:
+            self._sweep_index = 1  # past the newest checkpoint: start over from the oldest
+            checkpoint = await self._repository.checkpoint(self._sweep_index)
+        if checkpoint is None:
+            return None
+        verifier = await self._verify_chain(checkpoint.first_sequence, checkpoint.last_sequence)
+        hashes = await self._repository.hashes(checkpoint.first_sequence, checkpoint.last_sequence)
+        finding = verifier.finish(checkpoint.last_sequence) or self._checkpoint_finding(checkpoint, hashes)
+        if finding is None:
+            self._sweep_index += 1  # a finding keeps the sweep on this checkpoint until it is repaired
+        return finding
+
+    async def run_integrity_checks(self, interval_seconds: float) -> None:
+        reported: Finding | None = None
+        while True:
+            try:
+                finding = await self.check_integrity_once()
+                if finding is not None and finding != reported:  # logged once, not every round
+                    log.error(
+                        "audit integrity check found a problem",
+                        extra={
+                            "kind": finding.kind.value,
+                            "first_bad_sequence": finding.sequence,
+                            "missing_through_sequence": finding.missing_through,
+                            "problem": finding.problem,
+                        },
+                    )
+                reported = finding
+            except Exception:
+                log.exception("integrity check failed; retrying")
+            await asyncio.sleep(interval_seconds)
 
     # --- queries -----------------------------------------------------------------------------------
     async def query(

@@ -70,13 +70,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.VerifyIntegrityRequest, context: Context
     ) -> audit_pb2.VerifyIntegrityResponse:
         report = await self._log.verify(request.from_sequence, request.to_sequence)
-        return audit_pb2.VerifyIntegrityResponse(
-            intact=report.finding is None,
-            first_bad_sequence=report.finding.sequence if report.finding else 0,
-            problem=report.finding.problem if report.finding else "",
-            checked_events=report.checked_events,
-            checked_checkpoints=report.checked_checkpoints,
-        )
+        return converters.integrity_message(report)
 
     async def ExportEvents(
         self, request: audit_pb2.ExportEventsRequest, context: Context

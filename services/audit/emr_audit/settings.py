@@ -24,3 +24,8 @@ class AuditSettings(ServiceSettings):
     checkpoint_interval_seconds: float = Field(
         5.0, gt=0, description="Checkpoint this long after the last one when there are new events"
     )
+    # Each round reads only the events linked since the last one plus one checkpoint's range (at
+    # most 10 000 events), so old events are re-checked a checkpoint at a time, never all at once.
+    integrity_check_interval_seconds: float = Field(
+        60.0, ge=0, description="Verify new events and one checkpoint's range this often (0: off)"
+    )

@@ -7,7 +7,9 @@ links, no event missing from the exported range, and each inclusion proof agains
 checkpoint. Events after the last signed checkpoint are linked but nothing signed vouches for them
 yet: they are reported as an unproven tail, never as intact. Prints the verdict; exits 0 when every
 event is intact and proven, 3 when the signed part is intact but an unproven tail follows, 1 at the
-first bad sequence, 2 on bad input.
+first bad sequence, 2 on bad input. A finding is printed with its kind (missing_events, altered,
+checkpoint_mismatch, bad_signature, as VerifyIntegrity names them) and, for missing events, the
+missing stretch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from emr_audit import merkle
-from emr_audit.domain import ChainVerifier, Finding, canonical_bytes, first_finding
+from emr_audit.domain import (
+    ChainVerifier,
+    Finding,
+    FindingKind,
+    altered,
+    canonical_bytes,
+    first_finding,
+    missing_events,
+)
 from emr_audit.signing import key_id, load_public_key, raw_public_key, signature_valid
 
 _CHECKPOINT_FIELDS = (
@@ -102,6 +112,7 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
                     Finding(
                         int(checkpoint["first_sequence"]),
                         f"checkpoint {checkpoint['index']} is not signed by this key",
+                        FindingKind.BAD_SIGNATURE,
                     )
                 )
             else:
@@ -117,16 +128,16 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
                 _name_misplaced_event(chain, sequence)
                 continue
             if not first <= sequence <= last:
-                findings.append(Finding(sequence, f"event lies outside the stated range {first}..{last}"))
+                findings.append(altered(sequence, f"event lies outside the stated range {first}..{last}"))
             record = line.get("event")
             stored_hash = bytes.fromhex(line["hash"])
             if not isinstance(record, dict) or record.get("sequence") != sequence:
-                chain.finding = Finding(sequence, "event record is missing or misnumbered")
+                chain.finding = altered(sequence, "event record is missing or misnumbered")
                 continue
             chain.feed(sequence, canonical_bytes(record), bytes.fromhex(line["previous_hash"]), stored_hash)
             problem = _proof_problem(line.get("proof"), sequence, stored_hash, checkpoints, signed)
             if problem:
-                findings.append(Finding(sequence, problem))
+                findings.append(Finding(sequence, problem, FindingKind.CHECKPOINT_MISMATCH))
             elif line.get("proof") is not None:
                 proven += 1
         else:
@@ -140,12 +151,12 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
     findings.append(chain.finish(min(covered, last) if covered >= first else None))
     if chain.finding is None and chain.expected_sequence <= last:
         # Past the last checkpoint only the (unsigned) header says how far the log went.
-        missing_from = chain.expected_sequence
         findings.append(
-            Finding(
-                missing_from,
-                f"events {missing_from}..{last} are missing: the unproven tail after the last signed "
-                f"checkpoint (through {signed_through}) stops short of the stated range",
+            missing_events(
+                chain.expected_sequence,
+                last,
+                f": the unproven tail after the last signed checkpoint (through {signed_through}) "
+                "stops short of the stated range",
             )
         )
     return Verdict(first_finding(findings), events, proven, len(checkpoints), first, last, signed_through)
@@ -154,8 +165,8 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey) -> Verdict
 def _name_misplaced_event(chain: ChainVerifier, sequence: int) -> None:
     """An event reported missing that turns up later was moved, not deleted: say so."""
     finding = chain.finding
-    if finding is not None and sequence == finding.sequence and "missing" in finding.problem:
-        chain.finding = Finding(sequence, f"event {sequence} is out of order")
+    if finding is not None and finding.kind is FindingKind.MISSING_EVENTS and sequence == finding.sequence:
+        chain.finding = altered(sequence, f"event {sequence} is out of order")
 
 
 def _proof_problem(
@@ -192,9 +203,12 @@ def _proof_problem(
 def report(verdict: Verdict) -> tuple[list[str], int]:
     """The lines to print and the exit code."""
     summary = f"{verdict.events} events, {verdict.proven} proven by {verdict.checkpoints} signed checkpoints"
-    if verdict.finding is not None:
-        problem = verdict.finding.problem
-        return [f"TAMPERED at sequence {verdict.finding.sequence}: {problem} ({summary})"], EXIT_TAMPERED
+    finding = verdict.finding
+    if finding is not None:
+        return [
+            f"TAMPERED at sequence {finding.sequence}: {finding.problem} ({summary})",
+            finding_line(finding),
+        ], EXIT_TAMPERED
     tail = verdict.unproven
     if not tail:
         return [f"INTACT: {summary}"], EXIT_INTACT
@@ -206,6 +220,15 @@ def report(verdict: Verdict) -> tuple[list[str], int]:
     if verdict.signed_through >= verdict.first_sequence:
         lines.insert(0, f"INTACT through sequence {verdict.signed_through}: {summary}")
     return lines, EXIT_UNPROVEN_TAIL
+
+
+def finding_line(finding: Finding) -> str:
+    """The finding for scripts: its kind and, for missing events, the stretch."""
+    line = f"finding: kind={finding.kind.value} first_bad_sequence={finding.sequence}"
+    if finding.missing_stretch is not None:
+        first, through = finding.missing_stretch
+        line += f" missing_from_sequence={first} missing_through_sequence={through}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

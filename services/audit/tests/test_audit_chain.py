@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from emr.audit.v1 import audit_pb2
 
-from emr_audit import merkle
+from emr_audit import converters, merkle
 from emr_audit.domain import (
     GENESIS_HASH,
     Action,
@@ -24,15 +25,18 @@ from emr_audit.domain import (
     Entity,
     EntityRole,
     Finding,
+    FindingKind,
     Outcome,
     canonical_bytes,
     canonical_record,
     chain,
     checkpoint_due,
     checkpoint_record,
+    missing_events,
     summarize_accesses,
     validate_events,
 )
+from emr_audit.service import IntegrityReport
 from emr_audit.signing import CheckpointSigner, load_public_key
 from emr_audit.verify import verify_export
 from emr_runtime.errors import InvalidArgumentError
@@ -107,26 +111,71 @@ def test_canonical_bytes_are_stable_and_cover_every_field() -> None:
 def test_edit_is_found_at_the_edited_event() -> None:
     events = linked(6)
     events[3] = replace(events[3], actor_id="someone-else")
-    assert check(events) == Finding(4, "stored hash does not match the event's content")
+    assert check(events) == Finding(
+        4, "stored hash does not match the event's content", FindingKind.ALTERED_EVENT
+    )
 
 
 def test_edit_with_recomputed_hash_is_found_at_the_edited_event() -> None:
     events = linked(6)
     forged = replace(events[3], purpose_of_use="RESEARCH")
     events[3] = replace(forged, hash=chain([forged], 4, forged.previous_hash)[0].hash)
-    assert check(events) == Finding(4, "event was rewritten: the next event links to another hash")
+    assert check(events) == Finding(
+        4, "event was rewritten: the next event links to another hash", FindingKind.ALTERED_EVENT
+    )
 
 
 def test_delete_is_found_at_the_missing_sequence() -> None:
     events = linked(6)
     del events[2]
+    assert check(events) == Finding(
+        3, "event 3 is missing (next stored is 4)", FindingKind.MISSING_EVENTS, missing_through=3
+    )
+
+
+def test_deleted_stretch_is_named_from_its_first_to_its_last_sequence() -> None:
+    events = linked(12)
+    del events[4:9]  # sequences 5..9
     finding = check(events)
-    assert finding is not None and finding.sequence == 3
+    assert finding == Finding(
+        5, "events 5..9 are missing (next stored is 10)", FindingKind.MISSING_EVENTS, missing_through=9
+    )
+    assert finding.missing_stretch == (5, 9)
+
+
+def test_deleted_stretch_is_named_when_checking_starts_inside_the_log() -> None:
+    events = linked(12)
+    finding = check([*events[5:7], *events[10:]], expected_first=6)
+    assert finding is not None and finding.missing_stretch == (8, 10)
+    assert finding.problem == "events 8..10 are missing (next stored is 11)"
 
 
 def test_deleted_tail_is_found_when_more_events_are_expected() -> None:
     events = linked(6)
-    assert check(events[:4], last_expected=6) == Finding(5, "events 5..6 are missing")
+    assert check(events[:4], last_expected=6) == Finding(
+        5, "events 5..6 are missing", FindingKind.MISSING_EVENTS, missing_through=6
+    )
+
+
+def test_a_single_missing_last_event_is_named_in_the_singular() -> None:
+    events = linked(6)
+    finding = check(events[:5], last_expected=6)
+    assert finding is not None and finding.problem == "event 6 is missing"
+    assert finding.missing_stretch == (6, 6)
+
+
+def test_only_missing_events_have_a_stretch() -> None:
+    events = linked(6)
+    events[1] = replace(events[1], actor_id="someone-else")
+    finding = check(events)
+    assert finding is not None and finding.kind is FindingKind.ALTERED_EVENT
+    assert finding.missing_stretch is None and finding.missing_through == 0
+
+
+def test_an_event_numbered_below_the_expected_one_is_altered_not_missing() -> None:
+    events = linked(6)
+    finding = check([*events[:3], events[1], *events[3:]])
+    assert finding == Finding(4, "event 2 is out of order (expected 4)", FindingKind.ALTERED_EVENT)
 
 
 def test_inserted_event_is_found() -> None:
@@ -140,12 +189,14 @@ def test_inserted_event_is_found() -> None:
 def test_reorder_is_found() -> None:
     events = linked(6)
     events[2], events[3] = replace(events[3], sequence=3), replace(events[2], sequence=4)
-    assert check(events) == Finding(3, "stored hash does not match the event's content")
+    assert check(events) == Finding(
+        3, "stored hash does not match the event's content", FindingKind.ALTERED_EVENT
+    )
 
 
 def test_first_event_must_start_from_genesis() -> None:
     events = chain([event(0)], 1, b"\x01" * 32)
-    assert check(events) == Finding(1, "the first event does not start the chain")
+    assert check(events) == Finding(1, "the first event does not start the chain", FindingKind.ALTERED_EVENT)
 
 
 @pytest.mark.parametrize("size", [*range(1, 18), 31, 32, 33, 100])
@@ -260,6 +311,7 @@ def test_export_with_an_edited_event_fails_at_that_sequence(signer: CheckpointSi
     lines[5] = json.dumps(edited)
     verdict = verify_export(lines, signer_public(signer))
     assert verdict.finding is not None and verdict.finding.sequence == 4
+    assert verdict.finding.kind is FindingKind.ALTERED_EVENT
 
 
 def test_export_with_a_consistently_rewritten_event_fails_its_proof(signer: CheckpointSigner) -> None:
@@ -270,12 +322,14 @@ def test_export_with_a_consistently_rewritten_event_fails_its_proof(signer: Chec
         signer_public(signer),
     )
     assert verdict.finding is not None and verdict.finding.sequence == 4
+    assert verdict.finding.kind is FindingKind.CHECKPOINT_MISMATCH
 
 
 def test_export_signed_by_another_key_fails(signer: CheckpointSigner) -> None:
     other = CheckpointSigner(Ed25519PrivateKey.generate())
     verdict = verify_export(export_lines(linked(4), other, 4), signer_public(signer))
     assert verdict.finding is not None and "not signed by this key" in verdict.finding.problem
+    assert verdict.finding.kind is FindingKind.BAD_SIGNATURE
 
 
 def test_export_missing_an_event_fails(signer: CheckpointSigner) -> None:
@@ -283,3 +337,35 @@ def test_export_missing_an_event_fails(signer: CheckpointSigner) -> None:
     del lines[4]  # event 3
     verdict = verify_export(lines, signer_public(signer))
     assert verdict.finding is not None and verdict.finding.sequence == 3
+    assert verdict.finding.missing_stretch == (3, 3)
+
+
+def test_verify_integrity_answer_names_the_kind_and_the_missing_stretch() -> None:
+    hole = converters.integrity_message(
+        IntegrityReport(missing_events(899, 996, " (next stored is 997)"), 898, 4)
+    )
+    assert (hole.intact, hole.first_bad_sequence, hole.checked_events, hole.checked_checkpoints) == (
+        False,
+        899,
+        898,
+        4,
+    )
+    assert hole.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_MISSING_EVENTS
+    assert (hole.missing_from_sequence, hole.missing_through_sequence) == (899, 996)
+    assert hole.problem == "events 899..996 are missing (next stored is 997)"
+
+    edited = converters.integrity_message(
+        IntegrityReport(Finding(12, "stored hash does not match", FindingKind.ALTERED_EVENT), 11, 1)
+    )
+    assert edited.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_ALTERED_EVENT
+    assert (edited.missing_from_sequence, edited.missing_through_sequence) == (0, 0)
+
+    intact = converters.integrity_message(IntegrityReport(None, 30, 2))
+    assert intact.intact and intact.finding_kind == audit_pb2.INTEGRITY_FINDING_KIND_UNSPECIFIED
+    assert (intact.first_bad_sequence, intact.problem, intact.missing_through_sequence) == (0, "", 0)
+
+
+@pytest.mark.parametrize("kind", list(FindingKind))
+def test_every_finding_kind_has_an_answer_kind(kind: FindingKind) -> None:
+    answer = converters.integrity_message(IntegrityReport(Finding(3, "problem", kind, 3), 2, 0))
+    assert answer.finding_kind != audit_pb2.INTEGRITY_FINDING_KIND_UNSPECIFIED

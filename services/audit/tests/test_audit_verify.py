@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from emr_audit.domain import (
     Action,
     AuditEvent,
     Checkpoint,
+    FindingKind,
     Outcome,
     canonical_bytes,
     canonical_record,
@@ -123,14 +125,31 @@ def lines(signer: CheckpointSigner) -> list[str]:
     return export(linked(), signer, CHECKPOINT_ENDS)
 
 
-def tampered_at(verdict: Verdict, sequence: int, problem: str) -> None:
+def tampered_at(
+    verdict: Verdict,
+    sequence: int,
+    problem: str,
+    kind: FindingKind,
+    missing_through: int | None = None,
+) -> None:
+    """The verdict names ``sequence`` first, of ``kind``; missing events name their whole stretch
+    ``sequence``..``missing_through``, and the printed report says the same."""
     assert verdict.status == "TAMPERED"
     assert verdict.finding is not None
     assert verdict.finding.sequence == sequence, verdict.finding
     assert problem in verdict.finding.problem, verdict.finding
+    assert verdict.finding.kind is kind, verdict.finding
     printed, code = report(verdict)
     assert code == EXIT_TAMPERED
     assert printed[0].startswith(f"TAMPERED at sequence {sequence}: ")
+    expected = f"finding: kind={kind.value} first_bad_sequence={sequence}"
+    if kind is FindingKind.MISSING_EVENTS:
+        assert missing_through is not None
+        assert verdict.finding.missing_stretch == (sequence, missing_through)
+        expected += f" missing_from_sequence={sequence} missing_through_sequence={missing_through}"
+    else:
+        assert missing_through is None and verdict.finding.missing_stretch is None
+    assert printed[1] == expected
 
 
 def test_intact_export_with_an_unproven_tail_says_so(lines: list[str], public_key: Ed25519PublicKey) -> None:
@@ -166,13 +185,45 @@ def test_edited_event_is_named(sequence: int, lines: list[str], public_key: Ed25
     edited = json.loads(lines[at])
     edited["event"]["actor_id"] = "dr-innocent"
     lines[at] = json.dumps(edited)
-    tampered_at(verify_export(lines, public_key), sequence, "stored hash does not match")
+    tampered_at(
+        verify_export(lines, public_key), sequence, "stored hash does not match", FindingKind.ALTERED_EVENT
+    )
 
 
 @pytest.mark.parametrize("sequence", [1, 3, 6, 7, 10, 11])
 def test_deleted_event_is_named(sequence: int, lines: list[str], public_key: Ed25519PublicKey) -> None:
     del lines[position(lines, sequence)]
-    tampered_at(verify_export(lines, public_key), sequence, f"event {sequence} is missing")
+    tampered_at(
+        verify_export(lines, public_key),
+        sequence,
+        f"event {sequence} is missing (next stored is {sequence + 1})",
+        FindingKind.MISSING_EVENTS,
+        missing_through=sequence,
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "through"),
+    [(2, 4), (1, 5), (6, 8), (4, 7), (10, 11)],
+    ids=["inside-checkpoint-1", "all-of-checkpoint-1", "inside-checkpoint-2", "across-checkpoints", "tail"],
+)
+def test_deleted_stretch_is_named_from_first_to_last(
+    first: int, through: int, lines: list[str], public_key: Ed25519PublicKey
+) -> None:
+    """Event lines first..through are cut out (a checkpoint line among them stays, as a cut of
+    event lines leaves it); the next event follows."""
+    kept = [
+        text
+        for text in lines
+        if not (json.loads(text)["kind"] == "event" and first <= json.loads(text)["sequence"] <= through)
+    ]
+    tampered_at(
+        verify_export(kept, public_key),
+        first,
+        f"events {first}..{through} are missing (next stored is {through + 1})",
+        FindingKind.MISSING_EVENTS,
+        missing_through=through,
+    )
 
 
 @pytest.mark.parametrize("sequence", [2, 7, 10])
@@ -181,7 +232,12 @@ def test_two_swapped_event_lines_are_named(
 ) -> None:
     at, after = position(lines, sequence), position(lines, sequence + 1)
     lines[at], lines[after] = lines[after], lines[at]
-    tampered_at(verify_export(lines, public_key), sequence, f"event {sequence} is out of order")
+    tampered_at(
+        verify_export(lines, public_key),
+        sequence,
+        f"event {sequence} is out of order",
+        FindingKind.ALTERED_EVENT,
+    )
 
 
 @pytest.mark.parametrize("sequence", [2, 7, 10])
@@ -196,7 +252,9 @@ def test_two_swapped_events_renumbered_in_place_are_named(
         {**first["event"], "sequence": sequence + 1},
     )
     lines[at], lines[after] = json.dumps(first), json.dumps(second)
-    tampered_at(verify_export(lines, public_key), sequence, "stored hash does not match")
+    tampered_at(
+        verify_export(lines, public_key), sequence, "stored hash does not match", FindingKind.ALTERED_EVENT
+    )
 
 
 @pytest.mark.parametrize(("kept_through", "checkpoint"), [(0, 1), (3, 1), (7, 2), (8, 2)])
@@ -208,7 +266,14 @@ def test_cut_inside_a_signed_checkpoint_is_detected(
     assert json.loads(lines[end - 1])["kind"] in {"event", "checkpoint"}
     verdict = verify_export(lines[:end], public_key)
     last = CHECKPOINT_ENDS[checkpoint - 1]
-    tampered_at(verdict, kept_through + 1, f"events {kept_through + 1}..{last} are missing")
+    stretch = f"events {kept_through + 1}..{last}" if kept_through + 1 < last else f"event {last}"
+    tampered_at(
+        verdict,
+        kept_through + 1,
+        f"{stretch} {'are' if kept_through + 1 < last else 'is'} missing",
+        FindingKind.MISSING_EVENTS,
+        missing_through=last,
+    )
 
 
 @pytest.mark.parametrize("kept_through", [5, 9, 10, 11])
@@ -219,9 +284,14 @@ def test_cut_after_the_signed_range_is_reported_as_a_short_unproven_tail(
     header still states the whole range, so the cut is named, never reported INTACT."""
     cut = lines[: position(lines, kept_through) + 1]
     verdict = verify_export(cut, public_key)
-    tampered_at(verdict, kept_through + 1, "unproven tail after the last signed checkpoint")
-    assert f"events {kept_through + 1}..12 are missing" in (
-        verdict.finding.problem if verdict.finding else ""
+    stretch = f"events {kept_through + 1}..12 are" if kept_through < 11 else "event 12 is"
+    signed_through = 5 if kept_through == 5 else 9  # a cut at 5 takes checkpoint 2's line too
+    tampered_at(
+        verdict,
+        kept_through + 1,
+        f"{stretch} missing: the unproven tail after the last signed checkpoint (through {signed_through})",
+        FindingKind.MISSING_EVENTS,
+        missing_through=12,
     )
 
 
@@ -232,13 +302,52 @@ def test_stripped_proof_inside_a_signed_range_is_named(
     stripped = json.loads(lines[at])
     del stripped["proof"]
     lines[at] = json.dumps(stripped)
-    tampered_at(verify_export(lines, public_key), 4, "carries no inclusion proof though checkpoint 1")
+    tampered_at(
+        verify_export(lines, public_key),
+        4,
+        "carries no inclusion proof though checkpoint 1",
+        FindingKind.CHECKPOINT_MISMATCH,
+    )
 
 
 def test_event_beyond_the_stated_range_is_named(lines: list[str], public_key: Ed25519PublicKey) -> None:
     header = json.loads(lines[0])
     lines[0] = json.dumps({**header, "to_sequence": 11})
-    tampered_at(verify_export(lines, public_key), 12, "outside the stated range 1..11")
+    tampered_at(
+        verify_export(lines, public_key), 12, "outside the stated range 1..11", FindingKind.ALTERED_EVENT
+    )
+
+
+def test_consistently_rewritten_signed_event_is_a_checkpoint_mismatch(
+    lines: list[str], public_key: Ed25519PublicKey
+) -> None:
+    """Event 7 edited and every hash from it on recomputed: the chain holds, the signed proof does not."""
+    events = linked()
+    rewritten = chain([replace(e, actor_id="dr-innocent") for e in events[6:]], 7, events[5].hash)
+    forged = {e.sequence: e for e in rewritten}
+    for sequence, stored in forged.items():
+        at = position(lines, sequence)
+        line = json.loads(lines[at])
+        lines[at] = json.dumps({**line, **event_line(stored)})
+    tampered_at(
+        verify_export(lines, public_key), 7, "not included in checkpoint 2", FindingKind.CHECKPOINT_MISMATCH
+    )
+
+
+def test_checkpoint_signed_by_another_key_is_a_bad_signature(
+    lines: list[str], public_key: Ed25519PublicKey
+) -> None:
+    other = CheckpointSigner(Ed25519PrivateKey.generate())
+    at = next(i for i, text in enumerate(lines) if json.loads(text)["kind"] == "checkpoint")
+    checkpoint = json.loads(lines[at])
+    record = {name: checkpoint[name] for name in checkpoint if name not in {"kind", "signature"}}
+    lines[at] = json.dumps({**checkpoint, "signature": other.sign(canonical_bytes(record)).hex()})
+    tampered_at(
+        verify_export(lines, public_key),
+        1,
+        "checkpoint 1 is not signed by this key",
+        FindingKind.BAD_SIGNATURE,
+    )
 
 
 def test_bad_input_is_refused(public_key: Ed25519PublicKey, lines: list[str]) -> None:

@@ -1,6 +1,9 @@
 """python -m emr_devstack: `make up`. Checks that every port it needs is free (DEVSTACK_*_PORT move
 them), starts FerretDB and every service on the documented ports,
-prints the endpoints, and stops everything on Ctrl-C or SIGTERM (`make down`)."""
+prints the endpoints, and stops everything on Ctrl-C or SIGTERM.
+
+python -m emr_devstack down: `make down`. Asks the running platform to stop and waits until it has,
+so that a `make up` right after finds every port free."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from emr_devstack.tokens import main as issue_token_main
 
 RUN_DIR = Path(os.environ.get("EMR_RUN_DIR", ".run"))
 PID_FILE = RUN_DIR / "devstack.pid"
+# Every process gets 15 s to stop on SIGTERM before it is killed (ManagedProcess.stop); FerretDB last.
+DOWN_WITHIN_SECONDS = 120.0
 
 
 def main() -> int:
@@ -84,7 +89,35 @@ Try: grpcurl -cacert {stack.certs_dir}/ca.pem -cert {stack.certs_dir}/client.pem
         print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()), flush=True)
 
 
+def down() -> int:
+    """SIGTERM to the platform of ``PID_FILE``; returns once that process has exited."""
+    try:
+        pid = int(PID_FILE.read_text())
+    except (OSError, ValueError):
+        print(f"nothing to stop (no {PID_FILE})")
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"nothing to stop (process {pid} of {PID_FILE} is gone)")
+        PID_FILE.unlink(missing_ok=True)
+        return 0
+    print(f"stopping the platform (process {pid}) ...", flush=True)
+    deadline = time.monotonic() + DOWN_WITHIN_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("stopped")
+            return 0
+        time.sleep(0.2)
+    print(f"process {pid} still runs after {DOWN_WITHIN_SECONDS:.0f}s; see {RUN_DIR}/logs/", file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["down"]:
+        sys.exit(down())
     if sys.argv[1:2] == ["issue-token"]:
         sys.exit(issue_token_main(sys.argv[2:]))
     if sys.argv[1:2] == ["service-jwks"]:

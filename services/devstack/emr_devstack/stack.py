@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 
 from emr_devstack.certs import DevCertificates, ensure_dev_certificates, tls_files
 from emr_devstack.ferretdb_sqlite import add_id_lookup_indexes
+from emr_devstack.national import national_env, write_dev_national_clients
 from emr_devstack.processes import (
     ManagedProcess,
     StartupError,
@@ -243,7 +244,7 @@ class Stack(DevCertificates):
             },
         }
         keys = DEV_FIELD_ENCRYPTION if service in FIELD_ENCRYPTING_SERVICES else {}
-        return {**common, **keys, **per_service[service]}
+        return {**common, **keys, **national_env(self.run_dir, service), **per_service[service]}
 
     def start_service(
         self,
@@ -258,6 +259,7 @@ class Stack(DevCertificates):
         name = name or service
         ensure_dev_certificates(self.certs_dir)
         write_dev_keys(self.run_dir)  # no-op when they are there (a folder of an older layout: rewritten)
+        write_dev_national_clients(self.run_dir)
         env = {**self.service_env(service, p), **(extra_env or {})}
         process = ManagedProcess(
             name, [sys.executable, "-m", f"emr_{service}"], env, self.run_dir / "logs" / f"{name}.log"

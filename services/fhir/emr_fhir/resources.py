@@ -526,6 +526,12 @@ _RESOURCE_MAPPINGS: dict[str, Callable[[Any], FhirJson]] = {
 }
 
 
+def has_fhir_mapping(resource: records_pb2.ClinicalResource) -> bool:
+    """Whether the resource has a FHIR form. Charge lines and progress notes have none yet (they feed
+    the national claim tables); bundles leave them out rather than fail."""
+    return resource.WhichOneof("resource") in _RESOURCE_MAPPINGS
+
+
 def clinical_resource(resource: records_pb2.ClinicalResource) -> FhirJson:
     """The FHIR resource of whichever type the message holds; ValueError when it holds none."""
     kind = resource.WhichOneof("resource")
@@ -576,7 +582,9 @@ def collection_bundle(
 ) -> FhirJson:
     """A Bundle of type "collection": the Patient first, then every resource, each with a urn:uuid
     fullUrl; references between entries point at those fullUrls, so they resolve inside the bundle.
-    Every resource's subject is this patient, including records of persons merged into it."""
+    Every resource's subject is this patient, including records of persons merged into it. Resources
+    without a FHIR form are left out."""
+    resources = [message for message in resources if has_fhir_mapping(message)]
     patient_url = _full_url(patient.patient_id)
     fhir = [clinical_resource(message) for message in resources]
     _encounter_diagnoses(resources, fhir)
@@ -612,9 +620,10 @@ def searchset_bundle(
     base_url: str | None = None,
 ) -> FhirJson:
     """One page of search results: a "searchset" Bundle with ``self`` (and ``next`` when there is a
-    further page) links; with ``base_url`` (the server's FHIR base) each entry gets its fullUrl."""
+    further page) links; with ``base_url`` (the server's FHIR base) each entry gets its fullUrl.
+    Resources without a FHIR form are left out."""
     entries = []
-    for message in resources:
+    for message in filter(has_fhir_mapping, resources):
         item = clinical_resource(message)
         entry: FhirJson = {"resource": item, "search": {"mode": "match"}}
         if base_url:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -45,6 +46,7 @@ from emr_fhir.resources import (
     document_reference_resource,
     encounter_resource,
     everything_bundle,
+    has_fhir_mapping,
     human_name,
     identifier_system,
     medication_request_resource,
@@ -1012,7 +1014,33 @@ def test_clinical_resource_dispatches_on_the_oneof() -> None:
     oneof_names = {
         field.name for field in records_pb2.ClinicalResource.DESCRIPTOR.oneofs_by_name["resource"].fields
     }
-    assert oneof_names == {message.WhichOneof("resource") for message in every_resource()}
+    assert oneof_names - WITHOUT_FHIR_FORM == {message.WhichOneof("resource") for message in every_resource()}
+
+
+# Resources that feed the national claim tables and have no FHIR form yet.
+WITHOUT_FHIR_FORM = {"charge_line", "progress_note"}
+
+
+def without_fhir_form() -> list[records_pb2.ClinicalResource]:
+    return [
+        records_pb2.ClinicalResource(
+            charge_line=records_pb2.ChargeLine(charge_line_id=str(uuid.uuid4()), patient_id=PATIENT_ID)
+        ),
+        records_pb2.ClinicalResource(
+            progress_note=records_pb2.ProgressNote(progress_note_id=str(uuid.uuid4()), patient_id=PATIENT_ID)
+        ),
+    ]
+
+
+def test_resources_without_a_fhir_form_are_left_out_of_bundles() -> None:
+    assert {message.WhichOneof("resource") for message in without_fhir_form()} == WITHOUT_FHIR_FORM
+    assert not any(has_fhir_mapping(message) for message in without_fhir_form())
+    mixed = [*without_fhir_form(), *every_resource(), *without_fhir_form()]
+    collection = collection_bundle(patient_message(), mixed)
+    assert collection == collection_bundle(patient_message(), every_resource())
+    searchset = searchset_bundle(mixed, "http://127.0.0.1/fhir/Observation")
+    assert searchset == searchset_bundle(every_resource(), "http://127.0.0.1/fhir/Observation")
+    assert len(searchset["entry"]) == len(every_resource())
 
 
 def test_empty_clinical_resource_is_refused() -> None:

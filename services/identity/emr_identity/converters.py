@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 
 from emr_identity.domain import (
     EventKind,
+    Identifier,
     IdentifierSystem,
     LinkEvent,
     Outcome,
@@ -17,6 +18,7 @@ from emr_identity.domain import (
     PatientChangeKind,
     Person,
     PersonStatus,
+    RawBhytCard,
     RawIdentifier,
     RegistrationInput,
     Sex,
@@ -40,7 +42,7 @@ from emr_identity.sharing import (
     RevocationInput,
     SharingGrant,
 )
-from emr_identity.vietnamese import bhyt_social_insurance_code
+from emr_identity.vietnamese import bhyt_social_insurance_code, current_province_code
 from emr_runtime.clock import to_storage_precision
 from emr_runtime.errors import FieldViolation, InvalidArgumentError
 from emr_runtime.idempotency import fingerprint
@@ -102,7 +104,8 @@ def registration_input(
     return RegistrationInput(
         request_id=request.request_id,
         identifiers=tuple(
-            RawIdentifier(_SYSTEMS.get(i.system), i.value, i.facility_code) for i in request.identifiers
+            RawIdentifier(_SYSTEMS.get(i.system), i.value, i.facility_code, _raw_bhyt_card(i))
+            for i in request.identifiers
         ),
         full_name=request.full_name,
         birth_date=request.birth_date,
@@ -115,7 +118,33 @@ def registration_input(
         middle_name=request.middle_name,
         given_name=request.given_name,
         accept_inconsistent_cccd=request.accept_inconsistent_cccd,
+        cccd_registered_abroad=request.cccd_registered_abroad,
     )
+
+
+def _raw_bhyt_card(identifier: identity_pb2.Identifier) -> RawBhytCard | None:
+    if not identifier.HasField("bhyt_card"):
+        return None
+    card = identifier.bhyt_card
+    return RawBhytCard(card.valid_from, card.valid_to, card.primary_care_facility_code)
+
+
+def _identifier_message(identifier: Identifier) -> identity_pb2.Identifier:
+    message = identity_pb2.Identifier(
+        system=_SYSTEMS_TO_PROTO[identifier.system],
+        value=identifier.value,
+        facility_code=identifier.facility_code,
+    )
+    card = identifier.bhyt_card
+    if card is not None:
+        message.bhyt_card.CopyFrom(
+            identity_pb2.BhytCard(
+                valid_from=card.valid_from.isoformat() if card.valid_from else "",
+                valid_to=card.valid_to.isoformat() if card.valid_to else "",
+                primary_care_facility_code=card.primary_care_facility_code,
+            )
+        )
+    return message
 
 
 def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: bytes) -> RegistrationInput:
@@ -136,18 +165,14 @@ def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: by
 def patient_message(person: Person) -> identity_pb2.Patient:
     patient = identity_pb2.Patient(
         patient_id=person.person_id,
-        identifiers=[
-            identity_pb2.Identifier(
-                system=_SYSTEMS_TO_PROTO[i.system], value=i.value, facility_code=i.facility_code
-            )
-            for i in person.identifiers
-        ],
+        identifiers=[_identifier_message(i) for i in person.identifiers],
         full_name=person.full_name,
         birth_date=person.birth_date.isoformat(),
         sex=_SEXES_TO_PROTO[person.sex],
         registering_facility_code=person.registering_facility_code,
         phone=person.phone,
         province_code=person.province_code,
+        current_province_code=current_province_code(person.province_code),
         version=person.version,
     )
     patient.create_time.FromDatetime(person.created_at)

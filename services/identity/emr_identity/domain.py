@@ -7,13 +7,15 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.vietnamese import (
     CCCD_PATTERN,
-    CCCD_PROVINCES,
     CardSex,
     NameParts,
+    bhyt_card_code_problem,
     bhyt_social_insurance_code,
     cccd_problem,
+    is_province_code,
     normalize_name,
     normalize_phone,
     split_name,
@@ -104,10 +106,22 @@ class EventKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class BhytCard:
+    """What a BHYT card says beyond its code, for the insurance claim: validity (GT_THE_TU,
+    GT_THE_DEN) and the facility registered for primary care (MA_DKBD); each may be unknown."""
+
+    valid_from: date | None = None
+    valid_to: date | None = None
+    primary_care_facility_code: str = ""
+
+
+@dataclass(frozen=True)
 class Identifier:
     system: IdentifierSystem
     value: str
     facility_code: str = ""
+    # BHYT identifiers only.
+    bhyt_card: BhytCard | None = None
 
     @property
     def claim_key(self) -> str | None:
@@ -118,12 +132,22 @@ class Identifier:
 
 
 @dataclass(frozen=True)
+class RawBhytCard:
+    """A BHYT card's validity and primary-care facility as received (dates as YYYY-MM-DD)."""
+
+    valid_from: str = ""
+    valid_to: str = ""
+    primary_care_facility_code: str = ""
+
+
+@dataclass(frozen=True)
 class RawIdentifier:
     """An identifier as received; ``system`` is None when the caller sent an unknown system."""
 
     system: IdentifierSystem | None
     value: str
     facility_code: str
+    bhyt_card: RawBhytCard | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +170,9 @@ class RegistrationInput:
     # Accepts a CCCD whose century/sex or birth-year digits disagree with birth_date and sex: cards
     # with known issuing errors exist, and refusing them would block registration at the desk.
     accept_inconsistent_cccd: bool = False
+    # Accepts a CCCD whose first three digits are not a province code: the birth was registered
+    # abroad (the code such cards carry there is not on the province list).
+    cccd_registered_abroad: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +182,7 @@ class Registration:
     request_id: str
     identifiers: tuple[Identifier, ...]
     full_name: str
-    birth_date: date
+    birth_date: BirthDate
     sex: Sex
     facility_code: str
     fingerprint: str
@@ -169,7 +196,7 @@ class Person:
     person_id: str
     identifiers: tuple[Identifier, ...]
     full_name: str
-    birth_date: date
+    birth_date: BirthDate
     sex: Sex
     registering_facility_code: str
     created_at: datetime
@@ -211,7 +238,9 @@ def normalize_identifier_value(raw: str) -> str:
     return "".join(raw.split()).upper()
 
 
-def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -> Identifier | None:
+def validate_identifier(
+    violations: Violations, path: str, raw: RawIdentifier, today: date
+) -> Identifier | None:
     if raw.system is None:
         violations.add(f"{path}.system", "unknown identifier system; use CCCD, BHYT, PASSPORT or MRN")
         return None
@@ -227,10 +256,18 @@ def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -
         IdentifierSystem.PASSPORT: None if PASSPORT.fullmatch(value) else "6 to 12 letters or digits",
         IdentifierSystem.MRN: None if MRN.fullmatch(value) else "1 to 32 letters, digits or . _ / -",
     }[raw.system]
+    if not problem and raw.system is IdentifierSystem.BHYT:
+        problem = bhyt_card_code_problem(value, today)
     if not value:
         problem = "required"
     if problem:
         violations.add(f"{path}.value", problem)
+    card = None
+    if raw.bhyt_card is not None:
+        if raw.system is IdentifierSystem.BHYT:
+            card = validate_bhyt_card(violations, f"{path}.bhyt_card", raw.bhyt_card)
+        else:
+            violations.add(f"{path}.bhyt_card", "only BHYT identifiers carry a card")
     if raw.system is IdentifierSystem.MRN:
         if not is_facility_code(facility_code):
             violations.add(f"{path}.facility_code", "an MRN needs the 5-character code of its facility")
@@ -238,25 +275,53 @@ def validate_identifier(violations: Violations, path: str, raw: RawIdentifier) -
         violations.add(f"{path}.facility_code", "only MRN identifiers carry a facility code")
     if problem:
         return None
-    return Identifier(raw.system, value, facility_code if raw.system is IdentifierSystem.MRN else "")
+    return Identifier(
+        raw.system, value, facility_code if raw.system is IdentifierSystem.MRN else "", bhyt_card=card
+    )
 
 
-def parse_birth_date(
-    violations: Violations, raw: str, today: date, field_name: str = "birth_date"
-) -> date | None:
+def _card_date(violations: Violations, path: str, raw: str) -> date | None:
     if not raw:
-        violations.add(field_name, "required, as YYYY-MM-DD")
         return None
     try:
         if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", raw):
             raise ValueError(raw)
-        parsed = date.fromisoformat(raw)
+        return date.fromisoformat(raw)
     except ValueError:
-        violations.add(field_name, "not a calendar date in the form YYYY-MM-DD")
+        violations.add(path, "not a calendar date in the form YYYY-MM-DD")
         return None
-    if parsed > today:
+
+
+def validate_bhyt_card(violations: Violations, path: str, raw: RawBhytCard) -> BhytCard:
+    """The card's validity dates (YYYY-MM-DD, from not after to) and primary-care facility code."""
+    valid_from = _card_date(violations, f"{path}.valid_from", raw.valid_from.strip())
+    valid_to = _card_date(violations, f"{path}.valid_to", raw.valid_to.strip())
+    if valid_from and valid_to and valid_from > valid_to:
+        violations.add(f"{path}.valid_to", "is before valid_from")
+    facility = normalize_facility_code(raw.primary_care_facility_code)
+    if facility and not is_facility_code(facility):
+        violations.add(f"{path}.primary_care_facility_code", "the 5-character code of a facility")
+    return BhytCard(valid_from, valid_to, facility)
+
+
+BIRTH_DATE_FORMS = "YYYY, YYYY-MM or YYYY-MM-DD"
+
+
+def parse_birth_date(
+    violations: Violations, raw: str, today: date, field_name: str = "birth_date"
+) -> BirthDate | None:
+    """A birth date known to the year (``1985``), the month (``1985-07``) or the day."""
+    if not raw:
+        violations.add(field_name, f"required, as {BIRTH_DATE_FORMS}")
+        return None
+    try:
+        parsed = BirthDate.parse(raw)
+    except ValueError:
+        violations.add(field_name, f"not a date in one of the forms {BIRTH_DATE_FORMS}")
+        return None
+    if parsed.earliest() > today:
         violations.add(field_name, "is in the future")
-    elif parsed < EARLIEST_BIRTH_DATE:
+    elif parsed.year < EARLIEST_BIRTH_DATE.year:
         violations.add(field_name, f"is before {EARLIEST_BIRTH_DATE.isoformat()}")
     return parsed
 
@@ -284,7 +349,7 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     seen: set[tuple[IdentifierSystem, str]] = set()
     for index, raw_identifier in enumerate(raw.identifiers):
         path = f"identifiers[{index}]"
-        identifier = validate_identifier(violations, path, raw_identifier)
+        identifier = validate_identifier(violations, path, raw_identifier, today)
         if identifier is None:
             continue
         slot = (identifier.system, identifier.facility_code)
@@ -294,12 +359,14 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         seen.add(slot)
         identifiers.append(identifier)
         if identifier.system is IdentifierSystem.CCCD:
-            # The override skips the birth-data check only; a province off the list is never valid.
+            # The override skips the birth-data check only; a province off the list is valid only
+            # for a birth registered abroad.
             override = raw.accept_inconsistent_cccd
             problem = cccd_problem(
                 identifier.value,
-                None if override else checkable_birth_date,
+                None if override or checkable_birth_date is None else checkable_birth_date.year,
                 None if override or raw.sex is None else _CARD_SEXES.get(raw.sex),
+                registered_abroad=raw.cccd_registered_abroad,
             )
             if problem:
                 violations.add(f"{path}.value", problem)
@@ -309,8 +376,8 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         if not phone:
             violations.add("phone", "a Vietnamese mobile or landline number (+84 or 0 prefix)")
     province_code = raw.province_code.strip()
-    if province_code and f"0{province_code}" not in CCCD_PROVINCES:
-        violations.add("province_code", "the 2-digit code of a province")
+    if province_code and not is_province_code(province_code):
+        violations.add("province_code", "the 2-digit code of a province (before or after 1 July 2025)")
     violations.raise_if_any()
     assert birth_date is not None and raw.sex is not None  # guaranteed by the checks above
     return Registration(

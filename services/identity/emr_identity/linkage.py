@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.domain import (
     Identifier,
     IdentifierSystem,
@@ -25,7 +26,7 @@ class RecordDemographics:
     updates changed them. ``version``: 1 at registration, +1 per update of the facility's record."""
 
     full_name: str
-    birth_date: date
+    birth_date: BirthDate
     sex: Sex
     phone: str = ""
     province_code: str = ""
@@ -151,7 +152,7 @@ class ProposedDemographics:
     """The shared demographics a facility proposed for a person."""
 
     full_name: str
-    birth_date: date
+    birth_date: BirthDate
     sex: Sex
 
 

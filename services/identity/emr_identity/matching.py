@@ -14,11 +14,11 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from enum import Enum
 
+from emr_identity.birth_dates import BirthDate, DatePrecision
 from emr_identity.domain import IdentifierSystem, Registration, identifier_key, phone_key
-from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, fold
+from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, current_province_code, fold
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
 LINK_THRESHOLD = 21.0
@@ -47,7 +47,7 @@ class MatchRecord:
 
     record_id: str
     names: NameParts
-    birth_date: date
+    birth_date: BirthDate
     sex: str
     phone: str = ""
     province_code: str = ""
@@ -173,7 +173,26 @@ def _name_level(a: str, b: str, folded_a: str, folded_b: str) -> str:
     return "disagree"
 
 
-def _compare_birth_date(a: date, b: date) -> Contribution:
+_PRECISION_ORDER = (DatePrecision.YEAR, DatePrecision.MONTH, DatePrecision.DAY)
+# What a birth date known only to the year or month agrees at when the other date says the same:
+# m as for an exact date (the year or month known is as reliable), u the chance that two persons'
+# dates share that much. Weaker than an exact agreement, never a disagreement.
+_PARTIAL_AGREEMENT = {
+    DatePrecision.YEAR: Contribution("birth_date", "year_known", _weight(0.90, 1 / 90)),
+    DatePrecision.MONTH: Contribution("birth_date", "month_known", _weight(0.90, 1 / 1_000)),
+}
+
+
+def _compare_birth_date(a: BirthDate, b: BirthDate) -> Contribution:
+    """Full dates by the levels below; a date known to the year or month against another date by
+    what both know (``year_known`` / ``month_known`` when that agrees)."""
+    known = min((a.precision, b.precision), key=_PRECISION_ORDER.index)
+    if known is not DatePrecision.DAY:
+        if a.year != b.year:
+            return Contribution("birth_date", "disagree", _weight(0.01, 0.98))
+        if known is DatePrecision.YEAR or a.month == b.month:
+            return _PARTIAL_AGREEMENT[known]
+        return Contribution("birth_date", "year", _weight(0.005, 1 / 90))
     if a == b:
         return Contribution("birth_date", "exact", _weight(0.90, 1 / 32_000))
     if a.year == b.year and a.day == b.month and a.month == b.day:
@@ -252,9 +271,10 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
         _compare_phone(a.phone, b.phone),
     ]
     if a.province_code and b.province_code:
+        # Compared as the units they belong to today: 93 (Hậu Giang, merged in 2025) agrees with 92.
         parts.append(
             Contribution("province", "agree", _weight(0.88, 0.35))
-            if a.province_code == b.province_code
+            if current_province_code(a.province_code) == current_province_code(b.province_code)
             else Contribution("province", "disagree", _weight(0.12, 0.65))
         )
     identifier_parts = [
@@ -278,7 +298,7 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
     )
 
 
-def _sorted_day_month(value: date) -> str:
+def _sorted_day_month(value: BirthDate) -> str:
     low, high = sorted((value.day, value.month))
     return f"{value.year}{low:02d}{high:02d}"
 
@@ -288,14 +308,14 @@ def blocking_keys(record: MatchRecord) -> frozenset[str]:
     Nguyễn at ~38% a surname block holds a third of the index; nor full name + province (a
     popular name in Hồ Chí Minh City fills a block that grows with the index). Each key includes
     a birth date, year or a unique number, so block sizes stay flat as the index grows. Birth dates are keyed with day and
-    month sorted, so a day/month swap files under the same key."""
+    month sorted, so a day/month swap files under the same key. A date known only to the year or
+    month is filed under the full name and year alone (a day it lacks would make a false key)."""
     names = record.names
-    dob = _sorted_day_month(record.birth_date)
-    keys = {
-        f"gd:{names.folded_given}|{dob}",
-        f"fmd:{names.folded_family} {names.folded_middle}|{dob}",
-        f"fy:{names.folded_full}|{record.birth_date.year}",
-    }
+    keys = {f"fy:{names.folded_full}|{record.birth_date.year}"}
+    if record.birth_date.precision is DatePrecision.DAY:
+        dob = _sorted_day_month(record.birth_date)
+        keys.add(f"gd:{names.folded_given}|{dob}")
+        keys.add(f"fmd:{names.folded_family} {names.folded_middle}|{dob}")
     if record.phone:
         keys.add(phone_key(record.phone))
     for system, value in (
@@ -402,11 +422,11 @@ def decide(
 # - the names agree once folded (tones lost or wrong), or each part agrees exact, folded or with one
 #   typo, where a middle name left out on one side is tolerated (a family or given name is not);
 # - the birth date agrees exactly, with day and month swapped, or with the year one off (same day
-#   and month).
+#   and month); a date known only to the year or month agrees when what it knows agrees.
 # Sex, phone and address are not compared: they change, or are mistyped, without another person
 # being meant. Everything else (another given name, another birth day) is a conflict for review.
 TOLERATED_NAME_LEVELS = frozenset({"exact", "folded", "typo"})
-TOLERATED_BIRTH_DATE_LEVELS = frozenset({"exact", "day_month_swap"})
+TOLERATED_BIRTH_DATE_LEVELS = frozenset({"exact", "day_month_swap", "year_known", "month_known"})
 
 
 def same_identity(a: MatchRecord, b: MatchRecord) -> bool:

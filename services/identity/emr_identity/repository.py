@@ -22,7 +22,9 @@ from datetime import date, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.domain import (
+    BhytCard,
     EventKind,
     Identifier,
     IdentifierSystem,
@@ -147,7 +149,29 @@ def _identifier_document(crypt: FieldCrypt, identifier: Identifier) -> Document:
     value = identifier.value
     if identifier.system in ENCRYPTED_SYSTEMS:
         value = crypt.encrypt(_identifier_kind(identifier.system), value)
-    return {"system": identifier.system.value, "value": value, "facility_code": identifier.facility_code}
+    document: Document = {
+        "system": identifier.system.value,
+        "value": value,
+        "facility_code": identifier.facility_code,
+    }
+    card = identifier.bhyt_card
+    if card is not None:
+        document["bhyt_card"] = {
+            "valid_from": card.valid_from.isoformat() if card.valid_from else "",
+            "valid_to": card.valid_to.isoformat() if card.valid_to else "",
+            "primary_care_facility_code": card.primary_care_facility_code,
+        }
+    return document
+
+
+def _bhyt_card(document: Document | None) -> BhytCard | None:
+    if not document:
+        return None
+    return BhytCard(
+        date.fromisoformat(document["valid_from"]) if document["valid_from"] else None,
+        date.fromisoformat(document["valid_to"]) if document["valid_to"] else None,
+        document["primary_care_facility_code"],
+    )
 
 
 def _identifier(crypt: FieldCrypt, document: Document) -> Identifier:
@@ -155,7 +179,9 @@ def _identifier(crypt: FieldCrypt, document: Document) -> Identifier:
     value = document["value"]
     if system in ENCRYPTED_SYSTEMS:
         value = crypt.decrypt(_identifier_kind(system), value)
-    return Identifier(system, value, document.get("facility_code", ""))
+    return Identifier(
+        system, value, document.get("facility_code", ""), bhyt_card=_bhyt_card(document.get("bhyt_card"))
+    )
 
 
 def _person_document(crypt: FieldCrypt, person: Person) -> Document:
@@ -197,7 +223,7 @@ def _person(crypt: FieldCrypt, document: Document) -> Person:
         person_id=document["_id"],
         identifiers=tuple(_identifier(crypt, i) for i in document["identifiers"]),
         full_name=document["full_name"],
-        birth_date=date.fromisoformat(document["birth_date"]),
+        birth_date=BirthDate.parse(document["birth_date"]),
         sex=Sex(document["sex"]),
         registering_facility_code=document["registering_facility_code"],
         created_at=document["created_at"],
@@ -235,7 +261,7 @@ def _match(crypt: FieldCrypt, record_id: str, document: Document) -> MatchRecord
     return MatchRecord(
         record_id=record_id,
         names=NameParts(document["family"], document["middle"], document["given"]),
-        birth_date=date.fromisoformat(document["birth_date"]),
+        birth_date=BirthDate.parse(document["birth_date"]),
         sex=document["sex"],
         phone=crypt.decrypt("identity.phone", document["phone"]),
         province_code=document["province_code"],
@@ -296,7 +322,7 @@ def _demographics_document(crypt: FieldCrypt, demographics: RecordDemographics) 
 def _demographics(crypt: FieldCrypt, document: Document) -> RecordDemographics:
     return RecordDemographics(
         full_name=document["full_name"],
-        birth_date=date.fromisoformat(document["birth_date"]),
+        birth_date=BirthDate.parse(document["birth_date"]),
         sex=Sex(document["sex"]),
         phone=crypt.decrypt("identity.phone", document.get("phone", "")),
         province_code=document.get("province_code", ""),
@@ -355,7 +381,7 @@ def _task(document: Document) -> ReviewTask:
         resolution=document.get("resolution", ""),
         kind=ReviewKind(document.get("kind", ReviewKind.DUPLICATE.value)),
         proposed=ProposedDemographics(
-            proposed["full_name"], date.fromisoformat(proposed["birth_date"]), Sex(proposed["sex"])
+            proposed["full_name"], BirthDate.parse(proposed["birth_date"]), Sex(proposed["sex"])
         )
         if proposed
         else None,

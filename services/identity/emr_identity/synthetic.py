@@ -325,6 +325,21 @@ MOBILE_PREFIXES = [
     "059",
 ]
 BHYT_GROUPS = ["DN", "HC", "HT", "TE", "HN", "GD", "CN", "XK", "NN", "TS", "SV", "GB"]
+# The benefit level each group's cards carry (emr_identity/data/bhyt_groups.csv).
+BHYT_LEVELS = {
+    "DN": 4,
+    "HC": 4,
+    "HT": 3,
+    "TE": 1,
+    "HN": 2,
+    "GD": 4,
+    "CN": 3,
+    "XK": 4,
+    "NN": 4,
+    "TS": 2,
+    "SV": 4,
+    "GB": 4,
+}
 FIRST_BIRTH = date(1935, 1, 1)
 LAST_BIRTH = date(2023, 12, 31)
 # Tone marks that data entry swaps for one another (Vietnamese keyboards put them on adjacent keys).
@@ -384,7 +399,12 @@ def _person(rng: random.Random, key: int, household: SyntheticRecord | None) -> 
     bhyt = ""
     if rng.random() < 0.65:
         code = f"{province}{rng.randrange(10**8):08d}"
-        bhyt = code if rng.random() < 0.5 else f"{rng.choice(BHYT_GROUPS)}{rng.randint(1, 5)}{province}{code}"
+        if rng.random() < 0.5:
+            bhyt = code
+        else:
+            group = rng.choice(BHYT_GROUPS)
+            rng.randint(1, 5)  # drawn as before the level came from the group: seeds keep their population
+            bhyt = f"{group}{BHYT_LEVELS[group]}{province}{code}"
     return SyntheticRecord(
         person_key=key,
         full_name=f"{surname} {middle} {given}",

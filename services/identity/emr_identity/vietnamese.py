@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from enum import Enum
+from importlib import resources
 
 # Province codes of the CCCD (first three digits), Circular 07/2016/TT-BCA: the 63 provinces and
 # centrally governed cities.
@@ -39,20 +42,30 @@ class CardSex(Enum):
     FEMALE = "female"
 
 
-def cccd_problem(value: str, birth_date: date | None, sex: CardSex | None) -> str | None:
-    """Why a 12-digit CCCD cannot belong to a person with this birth date and sex; None if it can.
+def cccd_problem(
+    value: str, birth_year: int | None, sex: CardSex | None, registered_abroad: bool = False
+) -> str | None:
+    """Why a 12-digit CCCD cannot belong to a person born in ``birth_year`` with this sex; None if
+    it can.
 
-    Digit 4 encodes century and sex (0/1: 1900s male/female, 2/3: 2000s, 4/5: 2100s, ...), digits
-    5-6 the last two digits of the birth year. ``sex`` None (other/unknown) checks century only."""
+    Digits 1-3 are the province where the birth was registered (the codes of the 63 provinces
+    before the 2025 merger: cards issued under them stay valid); ``registered_abroad`` accepts other
+    codes there, for citizens whose birth was registered abroad. Digit 4 encodes century and sex
+    (0/1: 1900s male/female, 2/3: 2000s, 4/5: 2100s, ...), digits 5-6 the last two digits of the
+    birth year: only the year is compared, so a birth date known to the year is enough. ``sex``
+    None (other/unknown) checks century only."""
     if not CCCD_PATTERN.fullmatch(value):
         return "a CCCD has exactly 12 digits"
-    if value[:3] not in CCCD_PROVINCES:
-        return f"province code {value[:3]} is not on the official list"
-    if birth_date is None:
+    if value[:3] not in CCCD_PROVINCES and not registered_abroad:
+        return (
+            f"province code {value[:3]} is not on the official list "
+            "(set cccd_registered_abroad for a birth registered abroad)"
+        )
+    if birth_year is None:
         return None
     code = int(value[3])
     century = 1900 + 100 * (code // 2)
-    if century != birth_date.year // 100 * 100 or int(value[4:6]) != birth_date.year % 100:
+    if century != birth_year // 100 * 100 or int(value[4:6]) != birth_year % 100:
         return "century digit and birth-year digits disagree with birth_date"
     if sex is not None and (code % 2 == 1) != (sex is CardSex.FEMALE):
         return "century/sex digit disagrees with sex"
@@ -65,6 +78,125 @@ def bhyt_social_insurance_code(value: str) -> str | None:
     if old:
         return old.group(4)
     return value if BHYT_NEW.fullmatch(value) else None
+
+
+# --- reference data shipped with the service (emr_identity/data) ----------------------------------
+
+
+def _data_rows(name: str) -> list[dict[str, str]]:
+    """The rows of a data file: a ``#`` line saying what it is and its legal source, then CSV."""
+    text = resources.files("emr_identity").joinpath("data", name).read_text(encoding="utf-8")
+    return list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
+
+
+@dataclass(frozen=True)
+class ProvinceUnit:
+    """A former province (2-digit code) and the provincial unit it belongs to since ``valid_from``."""
+
+    old_code: str
+    old_name: str
+    new_code: str
+    new_name: str
+    valid_from: date
+
+
+# The 63 former provinces and their units since 1 July 2025 (Resolution 202/2025/QH15). Every new
+# code is also the code of one of the provinces merged into it, mapped to itself, so a code given in
+# either list maps to its current unit.
+PROVINCE_UNITS: dict[str, ProvinceUnit] = {
+    row["old_code"]: ProvinceUnit(
+        row["old_code"],
+        row["old_name"],
+        row["new_code"],
+        row["new_name"],
+        date.fromisoformat(row["valid_from"]),
+    )
+    for row in _data_rows("provinces.csv")
+}
+
+
+def is_province_code(code: str) -> bool:
+    """A 2-digit province code, former (before 1 July 2025) or current."""
+    return code in PROVINCE_UNITS
+
+
+def current_province_code(code: str) -> str:
+    """The code of the provincial unit a province code belongs to today (``93`` Hậu Giang → ``92``
+    Cần Thơ); an unknown or empty code unchanged."""
+    unit = PROVINCE_UNITS.get(code)
+    return unit.new_code if unit else code
+
+
+@dataclass(frozen=True)
+class BhytGroup:
+    """A beneficiary group code of the 15-character BHYT card and the benefit level it carries."""
+
+    code: str
+    benefit_level: int
+    group: str
+    valid_from: date
+    valid_to: date | None
+
+
+BHYT_GROUPS: tuple[BhytGroup, ...] = tuple(
+    BhytGroup(
+        row["code"],
+        int(row["benefit_level"]),
+        row["group"],
+        date.fromisoformat(row["valid_from"]),
+        date.fromisoformat(row["valid_to"]) if row["valid_to"] else None,
+    )
+    for row in _data_rows("bhyt_groups.csv")
+)
+
+
+def bhyt_group(code: str, on: date) -> BhytGroup | None:
+    """The group ``code`` names on day ``on``; None if no such group is in force then."""
+    for group in BHYT_GROUPS:
+        if group.code == code and group.valid_from <= on and (group.valid_to is None or on <= group.valid_to):
+            return group
+    return None
+
+
+def bhyt_card_code_problem(value: str, on: date) -> str | None:
+    """Why a 15-character BHYT card code is not valid on day ``on`` (beneficiary group off the list
+    or not in force, benefit level other than the group's); None if it is. 10-digit codes carry
+    neither and pass."""
+    old = BHYT_OLD.fullmatch(value)
+    if not old:
+        return None
+    group = bhyt_group(old.group(1), on)
+    if group is None:
+        return f"beneficiary group {old.group(1)} is not on the official list in force"
+    if int(old.group(2)) != group.benefit_level:
+        return f"benefit level of group {group.code} is {group.benefit_level}"
+    return None
+
+
+# Share of covered costs the fund pays per benefit level digit (Law on Health Insurance, Article 22,
+# as amended by Law 46/2014/QH13; the level digits as Decision 1351/QD-BHXH assigns them):
+# 1 and 2: 100% (2 within the ceiling for high-technology services), 3: 95%, 4: 80%, 5: 100%
+# (including costs outside the scope of the benefit package).
+_COVERAGE_SHARES = {
+    1: Decimal("1.00"),
+    2: Decimal("1.00"),
+    3: Decimal("0.95"),
+    4: Decimal("0.80"),
+    5: Decimal("1.00"),
+}
+
+
+def coverage_share(benefit_level: int) -> Decimal:
+    """The share of covered costs the insurance pays for a card of this benefit level (1-5)."""
+    if benefit_level not in _COVERAGE_SHARES:
+        raise ValueError(f"benefit level {benefit_level} is not 1-5")
+    return _COVERAGE_SHARES[benefit_level]
+
+
+def bhyt_benefit_level(value: str) -> int | None:
+    """The benefit level digit of a 15-character BHYT card code; None for a 10-digit code."""
+    old = BHYT_OLD.fullmatch(value)
+    return int(old.group(2)) if old else None
 
 
 # --- names ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.domain import (
     Identifier,
     IdentifierSystem,
@@ -79,7 +80,7 @@ def test_a_facility_sees_what_it_sent_under_the_persons_id() -> None:
     assert shown.person_id == "p-survivor"
     assert (shown.full_name, shown.birth_date, shown.sex) == (
         "Trần Thị Thu Hà",
-        date(1992, 3, 14),
+        BirthDate(1992, 3, 14),
         Sex.FEMALE,
     )
     assert (shown.phone, shown.province_code) == ("0912345678", "79")
@@ -101,7 +102,7 @@ def test_a_record_written_before_records_kept_demographics_is_rebuilt_from_its_m
     ]
     assert (shown.full_name, shown.birth_date, shown.phone, shown.version) == (
         "Trần Thị Thu Hà",
-        date(1992, 3, 14),
+        BirthDate(1992, 3, 14),
         "0912345678",
         1,
     )
@@ -136,17 +137,17 @@ def test_only_a_change_of_name_birth_date_or_sex_is_proposed() -> None:
         person_id="p1",
         identifiers=(Identifier(IdentifierSystem.CCCD, CCCD),),
         full_name="Trần Thị Thu Hà",
-        birth_date=date(1992, 3, 14),
+        birth_date=BirthDate(1992, 3, 14),
         sex=Sex.FEMALE,
         registering_facility_code="79001",
         created_at=NOW,
         status=PersonStatus.ACTIVE,
         request_fingerprint="f1",
     )
-    same = ProposedDemographics("Trần Thị Thu Hà", date(1992, 3, 14), Sex.FEMALE)
+    same = ProposedDemographics("Trần Thị Thu Hà", BirthDate(1992, 3, 14), Sex.FEMALE)
     assert not proposes_change(person, same)
     assert proposes_change(person, replace(same, full_name="Trần Thị Thu Hoa"))
-    assert proposes_change(person, replace(same, birth_date=date(1992, 3, 15)))
+    assert proposes_change(person, replace(same, birth_date=BirthDate(1992, 3, 15)))
     assert proposes_change(person, replace(same, sex=Sex.OTHER))
 
 

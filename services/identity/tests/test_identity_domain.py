@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.domain import (
     Identifier,
     IdentifierSystem,
@@ -100,7 +101,7 @@ def test_valid_registration_is_normalised() -> None:
             Identifier(IdentifierSystem.MRN, "HS-2024/0001", "79001"),
         ),
         full_name="Trần Văn An",
-        birth_date=date(1990, 5, 1),
+        birth_date=BirthDate(1990, 5, 1),
         sex=Sex.MALE,
         facility_code="AB12C",
         fingerprint="fp-1",
@@ -223,7 +224,7 @@ def test_birth_date_before_1900(birth_date: str) -> None:
 @pytest.mark.parametrize("birth_date", ["1900-01-01", "2024-06-15", "2000-02-29"])
 def test_birth_date_bounds_are_inclusive(birth_date: str) -> None:
     registration = validate_registration(registration_input(birth_date=birth_date, identifiers=()), TODAY)
-    assert registration.birth_date == date.fromisoformat(birth_date)
+    assert registration.birth_date == BirthDate.parse(birth_date)
 
 
 # --- sex and facility_code -------------------------------------------------------------------------
@@ -268,8 +269,8 @@ def test_cccd_must_have_12_digits(value: str) -> None:
     [
         ("DN4790123456789", "DN4790123456789"),  # old 15-character card
         ("dn4 79 0123456789", "DN4790123456789"),
-        ("HC1010000000001", "HC1010000000001"),
-        ("GD5990000000000", "GD5990000000000"),
+        ("HC4010000000001", "HC4010000000001"),
+        ("GD4990000000000", "GD4990000000000"),
         ("7901234567", "7901234567"),  # new 10-digit social insurance code
         (" 79012 34567 ", "7901234567"),
     ],

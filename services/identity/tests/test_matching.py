@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import replace
-from datetime import date
 
+from emr_identity.birth_dates import BirthDate
 from emr_identity.matching import (
     LINK_THRESHOLD,
     REVIEW_THRESHOLD,
@@ -34,7 +34,7 @@ def record(record_id: str = "a", name: str = DIEP, **changes: object) -> MatchRe
     base = MatchRecord(
         record_id=record_id,
         names=split_name(name),
-        birth_date=date(1990, 3, 7),
+        birth_date=BirthDate(1990, 3, 7),
         sex="female",
         phone="0912345678",
         province_code="79",
@@ -76,7 +76,7 @@ def test_tone_difference_is_not_exact() -> None:
 
 
 def test_day_month_swap_is_partial_agreement() -> None:
-    swapped = record("b", birth_date=date(1990, 7, 3))
+    swapped = record("b", birth_date=BirthDate(1990, 7, 3))
     assert levels(record(), swapped)["birth_date"] == "day_month_swap"
     assert blocking_keys(record()) & blocking_keys(swapped)
 
@@ -108,21 +108,21 @@ def test_blocking_never_uses_surname_alone() -> None:
 
 
 def test_same_name_different_person_is_not_linked() -> None:
-    other = record("b", birth_date=date(1971, 11, 20), phone="0987654321")
+    other = record("b", birth_date=BirthDate(1971, 11, 20), phone="0987654321")
     # The names are rare in this index, so the pair may be worth a look, never an automatic link.
     assert decide(record(), [("p1", other)], POPULATION).decision is not Decision.LINK
     assert levels(record(), other)["birth_date"] == "disagree"
 
 
 def test_names_alone_never_link() -> None:
-    close = record("b", birth_date=date(1990, 3, 9), phone="")
+    close = record("b", birth_date=BirthDate(1990, 3, 9), phone="")
     result = decide(record(phone=""), [("p1", close)], POPULATION)
     assert result.decision is not Decision.LINK
 
 
 def test_same_cccd_with_compatible_demographics_links_deterministically() -> None:
     a = record(cccd="079190000001", phone="")
-    b = record("b", "Nguyen Thi Ngoc Diep", cccd="079190000001", phone="", birth_date=date(1990, 1, 1))
+    b = record("b", "Nguyen Thi Ngoc Diep", cccd="079190000001", phone="", birth_date=BirthDate(1990, 1, 1))
     found = score(a, b, POPULATION)
     assert found.deterministic
     assert decide(a, [("p1", b)], POPULATION).decision is Decision.LINK
@@ -130,7 +130,9 @@ def test_same_cccd_with_compatible_demographics_links_deterministically() -> Non
 
 def test_same_cccd_with_other_demographics_is_reviewed() -> None:
     a = record(cccd="079190000001")
-    b = record("b", "Phạm Văn Hùng", cccd="079190000001", sex="male", birth_date=date(1960, 1, 1), phone="")
+    b = record(
+        "b", "Phạm Văn Hùng", cccd="079190000001", sex="male", birth_date=BirthDate(1960, 1, 1), phone=""
+    )
     assert not score(a, b, POPULATION).deterministic
     assert decide(a, [("p1", b)], POPULATION).decision is not Decision.LINK
 
@@ -217,8 +219,8 @@ def test_same_identity_tolerates_data_entry_errors() -> None:
         record("b", "Nguyễn Thị Ngọc Điêp"),  # a wrong tone
         record("b", "Nguyễn Thị Ngọc Điệu"),  # a typo in the given name
         record("b", "Nguyễn Điệp"),  # the middle name left out
-        record("b", birth_date=date(1990, 7, 3)),  # day and month swapped
-        record("b", birth_date=date(1991, 3, 7)),  # the year one off
+        record("b", birth_date=BirthDate(1990, 7, 3)),  # day and month swapped
+        record("b", birth_date=BirthDate(1991, 3, 7)),  # the year one off
         record("b", sex="male", phone="", province_code="01"),  # neither sex, phone nor address count
     ]
     for other in tolerated:
@@ -234,9 +236,9 @@ def test_same_identity_refuses_another_name_or_birth_date() -> None:
         record("b", "Trần Thị Ngọc Điệp"),  # another family name
         record("b", "Nguyễn Văn Ngọc Điệp"),  # another middle name
         record("b", "Điệp"),  # a one-word name: the family and given names cannot both agree
-        record("b", birth_date=date(1990, 3, 8)),  # another day
-        record("b", birth_date=date(1992, 3, 7)),  # the year two off
-        record("b", birth_date=date(1990, 4, 7)),  # another month
+        record("b", birth_date=BirthDate(1990, 3, 8)),  # another day
+        record("b", birth_date=BirthDate(1992, 3, 7)),  # the year two off
+        record("b", birth_date=BirthDate(1990, 4, 7)),  # another month
     ]
     for other in refused:
         assert not same_identity(registered, other), other
@@ -268,7 +270,7 @@ def test_identifier_conflict_when_no_holder_is_known_as_the_registration() -> No
 
 
 def test_rank_scores_each_person_by_its_best_record() -> None:
-    best, worse = record("r1"), record("r2", birth_date=date(1990, 3, 9))
+    best, worse = record("r1"), record("r2", birth_date=BirthDate(1990, 3, 9))
     ranked = rank(record("new"), [("p1", worse), ("p2", worse), ("p1", best)], POPULATION, frozenset({"p2"}))
     assert [c.person_id for c in ranked] == ["p1"]
     assert ranked[0].score == score(record("new"), best, POPULATION)

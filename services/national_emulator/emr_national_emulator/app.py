@@ -2,7 +2,8 @@
 
 - ``POST /oauth/token``: OAuth2 client credentials (HTTP Basic or form fields).
 - ``POST /fhir``: a FHIR R4 transaction Bundle; ``POST /claims``: a Decision 130 claim (GIAMDINHHS
-  XML). Both need a bearer token and an Idempotency-Key, apply a key once and count repeats.
+  XML), checked field by field by emr_claims when NATIONAL_EMULATOR_CLAIM_VALIDATION is strict.
+  Both need a bearer token and an Idempotency-Key, apply a key once and count repeats.
 - Queries: ``/deliveries``, ``/applied``, ``/resources``, ``/stats``, ``POST /receipts/query``.
 - Faults (``/admin/faults``): error rate, 429 with Retry-After, added latency, a full outage for a
   period, and committing a submission, then dropping the connection before answering.
@@ -25,7 +26,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
+from emr_claims import validate
 from emr_fhir.resources import SYSTEM_CCCD, operation_outcome
+from emr_national_emulator import signature
+from emr_national_emulator.clients import Client, authenticate, read_facility_clients
 from emr_national_emulator.settings import EmulatorSettings
 from emr_national_emulator.store import NationalStore, Submission
 from emr_runtime.web import create_web_app
@@ -65,6 +69,53 @@ def _rejection(diagnostics: str, expression: str) -> JSONResponse:
         status_code=422,
         media_type="application/fhir+json",
     )
+
+
+# FHIR issue type of each field-error code (details.coding carries the code itself).
+_ISSUE_TYPES = {
+    validate.REQUIRED: "required",
+    validate.MISSING_ELEMENT: "required",
+    validate.MISSING_TABLE: "required",
+    validate.TOO_LONG: "value",
+    validate.BAD_FORMAT: "value",
+    validate.BAD_CODE: "code-invalid",
+    validate.OUT_OF_RANGE: "value",
+    validate.TOO_MANY: "value",
+    validate.MALFORMED: "structure",
+    validate.BAD_ENVELOPE: "structure",
+    validate.BAD_STRUCTURE: "structure",
+    validate.UNEXPECTED_TABLE: "structure",
+    validate.UNKNOWN_ELEMENT: "structure",
+    validate.DUPLICATE_ELEMENT: "structure",
+    validate.BAD_ORDER: "structure",
+}
+
+
+def _field_rejection(errors: list[validate.FieldError]) -> JSONResponse:
+    """422 with one OperationOutcome issue per field error, like the portal's field-level answer:
+    diagnostics "<location> <CODE>: <message>", expression the location, details.coding the code."""
+    issues = [
+        {
+            "severity": "error",
+            "code": _ISSUE_TYPES.get(error.code, "business-rule"),
+            "details": {"coding": [{"code": error.code}], "text": error.message},
+            "diagnostics": f"{error.location} {error.code}: {error.message}",
+            "expression": [error.location],
+        }
+        for error in errors
+    ]
+    return JSONResponse(
+        {"resourceType": "OperationOutcome", "issue": issues},
+        status_code=422,
+        media_type="application/fhir+json",
+    )
+
+
+def _refusal(refusal: signature.ClaimRefusal) -> JSONResponse:
+    outcome = operation_outcome(
+        "forbidden" if refusal.status == 403 else "invalid", refusal.diagnostics, [refusal.expression]
+    )
+    return JSONResponse(outcome, status_code=refusal.status, media_type="application/fhir+json")
 
 
 def _submission_json(submission: Submission) -> dict[str, Any]:
@@ -146,14 +197,20 @@ def _claim_visit(document: bytes) -> tuple[str, dict[str, str]] | JSONResponse:
 def create_app(settings: EmulatorSettings | None = None, store: NationalStore | None = None) -> FastAPI:
     config = settings or EmulatorSettings()
     held = store or NationalStore()
-    tokens: dict[str, float] = {}
+    # Token -> (expiry, the facility it is bound to; None for the shared development client).
+    tokens: dict[str, tuple[float, str | None]] = {}
+    clients = [Client(config.client_id, config.client_secret, None)]
+    clients += read_facility_clients(config.facility_clients_file)
+    certificates = signature.FacilityCertificates(config.facility_certificates_dir)
     app = create_web_app("National health data system emulator")
 
-    async def bearer(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+        """The facility the caller's token is bound to (None: any facility)."""
         token = (authorization or "").removeprefix("Bearer ").strip()
-        expires = tokens.get(token)
-        if expires is None or expires <= time.monotonic():
+        expires, facility = tokens.get(token, (0.0, None))
+        if expires <= time.monotonic():
             raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+        return facility
 
     async def injected_fault() -> Response | None:
         """The configured misbehaviour for this request, if any (before anything is committed)."""
@@ -201,14 +258,12 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         grant_type, client_id, client_secret = _client_credentials(request, await request.body())
         if grant_type != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
-        if not (
-            secrets.compare_digest(client_id, config.client_id)
-            and secrets.compare_digest(client_secret, config.client_secret)
-        ):
+        client = authenticate(clients, client_id, client_secret)
+        if client is None:
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         issued = secrets.token_urlsafe(24)
-        tokens[issued] = time.monotonic() + config.token_ttl_seconds
-        for stale in [t for t, expires in tokens.items() if expires <= time.monotonic()]:
+        tokens[issued] = (time.monotonic() + config.token_ttl_seconds, client.facility_code)
+        for stale in [t for t, (expires, _) in tokens.items() if expires <= time.monotonic()]:
             del tokens[stale]
         return JSONResponse(
             {"access_token": issued, "token_type": "Bearer", "expires_in": config.token_ttl_seconds},
@@ -244,19 +299,31 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         }
         return answer(submission, created, body)
 
-    @app.post("/claims", dependencies=[Depends(bearer)])
+    @app.post("/claims")
     async def claim(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        token_facility = await bearer(request.headers.get("authorization"))
         raw = await body_of(request, idempotency_key)
         assert idempotency_key is not None
         fault = await injected_fault()
         if fault is not None:
             return fault
+        # --- signature and facility binding (emr_national_emulator.signature) ---
+        refusal = signature.check_claim(raw, token_facility, certificates)
+        if refusal is not None:
+            return _refusal(refusal)
+        # ---
+        if config.claim_validation == "strict":
+            errors = validate.validate_submission(raw)
+            if errors:
+                return _field_rejection(errors)
         checked = _claim_visit(raw)
         if isinstance(checked, JSONResponse):
             return checked
         link_key, summary = checked
         submission, created = held.accept(idempotency_key, "claim", summary.get("MA_BN", ""), [], summary)
-        return answer(submission, created, {"id": submission.receipt.transaction_id, "MA_LK": link_key})
+        # The portal's receipt: its transaction code (mã giao dịch), also in X-Transaction-Id.
+        receipt = submission.receipt.transaction_id
+        return answer(submission, created, {"id": receipt, "MA_GIAO_DICH": receipt, "MA_LK": link_key})
 
     @app.post("/receipts/query", dependencies=[Depends(bearer)])
     async def receipts(query: ReceiptQuery) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from emr.records.v1 import records_pb2_grpc
 
+from emr_records.codelists import load_code_lists
 from emr_records.repository import COLLECTIONS, INDEXES, ChangeFeedRepository, ResourceRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer
@@ -23,6 +24,7 @@ from emr_runtime.server import ServiceApp, ServiceBinding
 
 async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
     crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
+    code_lists = load_code_lists(settings.code_lists_dir)  # a bad list stops the start too
     token = ServiceToken.from_settings(AuthSettings(), "records")
     identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE, token=token)
     audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE, token=token)
@@ -41,6 +43,7 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
         ),
         timedelta(seconds=settings.change_settle_seconds),
         PageTokens(crypt.derived_key(page_token_purpose("records"))),
+        code_lists,
         verify_patients=settings.verify_patients,
     )
     return ServiceApp(

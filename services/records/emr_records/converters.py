@@ -14,25 +14,34 @@ from google.protobuf.message import Message
 from emr_records.domain import (
     Change,
     ChangeKind,
+    ChargeLineContent,
+    ChargeLineKind,
+    ChargeLineStatus,
     ClinicalRecord,
     Coding,
     ConditionClinicalStatus,
     ConditionContent,
+    Department,
     DiagnosisRole,
     DocumentContent,
     DocumentStatus,
+    DrugDetails,
     EncounterClass,
     EncounterContent,
     EncounterStatus,
+    InsuranceCard,
     MedicationRequestContent,
     MedicationRequestStatus,
     ObservationContent,
     ObservationStatus,
     ProcedureContent,
     ProcedureStatus,
+    ProgressNoteContent,
+    ProgressNoteStatus,
     Quantity,
     ResourceInput,
     ResourceType,
+    ServiceDetails,
 )
 from emr_runtime.clock import to_storage_precision
 from emr_runtime.idempotency import fingerprint
@@ -62,6 +71,19 @@ _MEDICATION_STATUSES = _by_suffix(
 _PROCEDURE_STATUSES = _by_suffix(records_pb2.ProcedureStatus, ProcedureStatus, "PROCEDURE_STATUS_")
 _DOCUMENT_STATUSES = _by_suffix(records_pb2.DocumentStatus, DocumentStatus, "DOCUMENT_STATUS_")
 _RESOURCE_TYPES = _by_suffix(records_pb2.ResourceType, ResourceType, "RESOURCE_TYPE_")
+_CHARGE_LINE_KINDS = _by_suffix(records_pb2.ChargeLineKind, ChargeLineKind, "CHARGE_LINE_KIND_")
+_CHARGE_LINE_STATUSES = _by_suffix(records_pb2.ChargeLineStatus, ChargeLineStatus, "CHARGE_LINE_STATUS_")
+_PROGRESS_NOTE_STATUSES = _by_suffix(
+    records_pb2.ProgressNoteStatus, ProgressNoteStatus, "PROGRESS_NOTE_STATUS_"
+)
+# SurgeryClass numbers and the classes they name; an unknown number stays visible so that
+# validation refuses it.
+_SURGERY_CLASSES = {
+    records_pb2.SURGERY_CLASS_SPECIAL: "special",
+    records_pb2.SURGERY_CLASS_1: "1",
+    records_pb2.SURGERY_CLASS_2: "2",
+    records_pb2.SURGERY_CLASS_3: "3",
+}
 _CHANGE_KINDS = {
     ChangeKind.CREATED: records_pb2.CHANGE_KIND_CREATED,
     ChangeKind.UPDATED: records_pb2.CHANGE_KIND_UPDATED,
@@ -74,6 +96,8 @@ ONEOF_FIELDS = {
     ResourceType.MEDICATION_REQUEST: "medication_request",
     ResourceType.PROCEDURE: "procedure",
     ResourceType.DOCUMENT_REFERENCE: "document_reference",
+    ResourceType.CHARGE_LINE: "charge_line",
+    ResourceType.PROGRESS_NOTE: "progress_note",
 }
 
 
@@ -104,6 +128,15 @@ def _set_quantity(message: Message, field: str, value: Quantity | None) -> None:
         getattr(message, field).CopyFrom(records_pb2.Quantity(value=value.value, unit=value.unit))
 
 
+def _national_code(number: int, width: int = 1) -> str:
+    """The national code an enum number stands for (enum numbers are the codes): 3 -> "03"."""
+    return f"{number:0{width}d}" if number else ""
+
+
+def _code_number(code: str) -> int:
+    return int(code) if code.isdigit() else 0
+
+
 def resource_type(value: int) -> ResourceType | None:
     return _RESOURCE_TYPES.get(value)
 
@@ -123,6 +156,28 @@ def _encounter_content(m: records_pb2.Encounter | records_pb2.CreateEncounterReq
         discharge_disposition=m.discharge_disposition,
         bhyt_number=m.insurance.bhyt_number if m.HasField("insurance") else "",
         benefit_level=m.insurance.benefit_level if m.HasField("insurance") else 0,
+        insurance_cards=tuple(
+            InsuranceCard(c.card_number, c.registered_facility_code, c.valid_from, c.valid_to)
+            for c in m.insurance_cards
+        ),
+        visit_type_code=_national_code(m.visit_type, width=2),
+        admission_reason=m.admission.reason,
+        admission_diagnosis=m.admission.admission_diagnosis,
+        inpatient_admission_time=time_filter(m.admission, "inpatient_admission_time"),
+        referred_from_facility_code=m.admission.referred_from_facility_code,
+        referral_paper_number=m.admission.referral_paper_number,
+        accident_code=m.admission.accident_code,
+        inpatient_reason=m.admission.inpatient_reason,
+        inpatient_reason_code=m.admission.inpatient_reason_code,
+        visit_subject_code=m.admission.visit_subject_code,
+        discharge_diagnosis=m.discharge.discharge_diagnosis,
+        outcome_code=_national_code(m.discharge.outcome),
+        discharge_kind_code=_national_code(m.discharge.kind),
+        referred_to_facility_code=m.discharge.referred_to_facility_code,
+        follow_up_date=m.discharge.follow_up_date,
+        departments=tuple(Department(d.department_code, time_filter(d, "start_time")) for d in m.departments),
+        weight_kg=m.weight_kg,
+        medical_record_number=m.medical_record_number,
     )
 
 
@@ -138,6 +193,12 @@ def _observation_content(m: records_pb2.Observation) -> ObservationContent:
         range_low=_quantity(m.reference_range, "low"),
         range_high=_quantity(m.reference_range, "high"),
         interpretation=m.interpretation,
+        index_code=m.index_code,
+        index_name=m.index_name,
+        service_code=m.service_code,
+        reading_practitioner_code=m.reading_practitioner_code,
+        description=m.description,
+        conclusion=m.conclusion,
     )
 
 
@@ -191,6 +252,68 @@ def _document_content(m: records_pb2.DocumentReference) -> DocumentContent:
     )
 
 
+def _charge_line_content(m: records_pb2.ChargeLine) -> ChargeLineContent:
+    drug = (
+        DrugDetails(
+            strength=m.drug.strength,
+            route_code=m.drug.route_code,
+            dose=m.drug.dose,
+            usage=m.drug.usage,
+            registration_number=m.drug.registration_number,
+            dosage_form=m.drug.dosage_form,
+        )
+        if m.HasField("drug")
+        else None
+    )
+    service = (
+        ServiceDetails(
+            bed_code=m.service.bed_code,
+            anaesthesia_method_code=_national_code(m.service.anaesthesia_method),
+            surgery_class=_SURGERY_CLASSES.get(m.service.surgery_class, f"unknown:{m.service.surgery_class}")
+            if m.service.surgery_class
+            else "",
+            diagnosis_codes=tuple(m.service.diagnosis_codes),
+        )
+        if m.HasField("service")
+        else None
+    )
+    return ChargeLineContent(
+        kind=_CHARGE_LINE_KINDS.get(m.kind),
+        status=_CHARGE_LINE_STATUSES.get(m.status),
+        code=m.code,
+        name=m.name,
+        unit=m.unit,
+        payment_group=m.payment_group,
+        scope=m.scope,
+        quantity=m.quantity,
+        hospital_unit_price=m.hospital_unit_price,
+        order_time=time_filter(m, "order_time"),
+        insurance_unit_price=m.insurance_unit_price,
+        bid_info=m.bid_info,
+        service_payment_ratio=m.service_payment_ratio,
+        insurance_payment_ratio=m.insurance_payment_ratio,
+        department_code=m.department_code,
+        ordering_practitioner_code=m.ordering_practitioner_code,
+        performer_code=m.performer_code,
+        execution_time=time_filter(m, "execution_time"),
+        result_time=time_filter(m, "result_time"),
+        drug=drug,
+        service=service,
+    )
+
+
+def _progress_note_content(m: records_pb2.ProgressNote) -> ProgressNoteContent:
+    return ProgressNoteContent(
+        status=_PROGRESS_NOTE_STATUSES.get(m.status),
+        clinical_course=m.clinical_course,
+        note_time=time_filter(m, "note_time"),
+        disease_stage=m.disease_stage,
+        consultation=m.consultation,
+        surgery=m.surgery,
+        performer_code=m.performer_code,
+    )
+
+
 _CONTENT_FROM_PROTO: dict[str, Any] = {
     "encounter": (_encounter_content, "encounter_id"),
     "observation": (_observation_content, "observation_id"),
@@ -198,6 +321,8 @@ _CONTENT_FROM_PROTO: dict[str, Any] = {
     "medication_request": (_medication_request_content, "medication_request_id"),
     "procedure": (_procedure_content, "procedure_id"),
     "document_reference": (_document_content, "document_id"),
+    "charge_line": (_charge_line_content, "charge_line_id"),
+    "progress_note": (_progress_note_content, "progress_note_id"),
 }
 
 
@@ -269,8 +394,47 @@ def encounter_message(record: ClinicalRecord) -> records_pb2.Encounter:
         )
     _set_time(message, "start_time", c.start_time)
     _set_time(message, "end_time", c.end_time)
+    _set_claim_facts(message, c)
     _stamp_common(message, record)
     return message
+
+
+def _set_claim_facts(message: records_pb2.Encounter, c: EncounterContent) -> None:
+    for card in c.insurance_cards:
+        message.insurance_cards.add(
+            card_number=card.card_number,
+            registered_facility_code=card.registered_facility_code,
+            valid_from=card.valid_from,
+            valid_to=card.valid_to,
+        )
+    message.visit_type = _code_number(c.visit_type_code)  # type: ignore[assignment]
+    admission = records_pb2.EncounterAdmission(
+        reason=c.admission_reason,
+        admission_diagnosis=c.admission_diagnosis,
+        referred_from_facility_code=c.referred_from_facility_code,
+        referral_paper_number=c.referral_paper_number,
+        accident_code=c.accident_code,
+        inpatient_reason=c.inpatient_reason,
+        inpatient_reason_code=c.inpatient_reason_code,
+        visit_subject_code=c.visit_subject_code,
+    )
+    _set_time(admission, "inpatient_admission_time", c.inpatient_admission_time)
+    if admission.ByteSize():
+        message.admission.CopyFrom(admission)
+    discharge = records_pb2.EncounterDischarge(
+        discharge_diagnosis=c.discharge_diagnosis,
+        outcome=_code_number(c.outcome_code),  # type: ignore[arg-type]
+        kind=_code_number(c.discharge_kind_code),  # type: ignore[arg-type]
+        referred_to_facility_code=c.referred_to_facility_code,
+        follow_up_date=c.follow_up_date,
+    )
+    if discharge.ByteSize():
+        message.discharge.CopyFrom(discharge)
+    for department in c.departments:
+        added = message.departments.add(department_code=department.department_code)
+        _set_time(added, "start_time", department.start_time)
+    message.weight_kg = c.weight_kg
+    message.medical_record_number = c.medical_record_number
 
 
 def observation_message(record: ClinicalRecord) -> records_pb2.Observation:
@@ -295,6 +459,12 @@ def observation_message(record: ClinicalRecord) -> records_pb2.Observation:
     _set_quantity(message.reference_range, "low", c.range_low)
     _set_quantity(message.reference_range, "high", c.range_high)
     _set_time(message, "effective_time", c.effective_time)
+    message.index_code = c.index_code
+    message.index_name = c.index_name
+    message.service_code = c.service_code
+    message.reading_practitioner_code = c.reading_practitioner_code
+    message.description = c.description
+    message.conclusion = c.conclusion
     _stamp_common(message, record)
     return message
 
@@ -377,6 +547,75 @@ def _document_message(record: ClinicalRecord) -> records_pb2.DocumentReference:
     return message
 
 
+def _charge_line_message(record: ClinicalRecord) -> records_pb2.ChargeLine:
+    c = record.content
+    assert isinstance(c, ChargeLineContent)
+    message = records_pb2.ChargeLine(
+        charge_line_id=record.resource_id,
+        encounter_id=record.encounter_id,
+        kind=_to_proto(_CHARGE_LINE_KINDS, c.kind),
+        status=_to_proto(_CHARGE_LINE_STATUSES, c.status),
+        code=c.code,
+        name=c.name,
+        unit=c.unit,
+        payment_group=c.payment_group,
+        scope=c.scope,
+        quantity=c.quantity,
+        hospital_unit_price=c.hospital_unit_price,
+        insurance_unit_price=c.insurance_unit_price,
+        bid_info=c.bid_info,
+        service_payment_ratio=c.service_payment_ratio,
+        insurance_payment_ratio=c.insurance_payment_ratio,
+        department_code=c.department_code,
+        ordering_practitioner_code=c.ordering_practitioner_code,
+        performer_code=c.performer_code,
+    )
+    if c.drug is not None:
+        message.drug.CopyFrom(
+            records_pb2.ChargeLineDrug(
+                strength=c.drug.strength,
+                route_code=c.drug.route_code,
+                dose=c.drug.dose,
+                usage=c.drug.usage,
+                registration_number=c.drug.registration_number,
+                dosage_form=c.drug.dosage_form,
+            )
+        )
+    if c.service is not None:
+        classes: dict[str, Any] = {name: number for number, name in _SURGERY_CLASSES.items()}
+        message.service.CopyFrom(
+            records_pb2.ChargeLineService(
+                bed_code=c.service.bed_code,
+                anaesthesia_method=_code_number(c.service.anaesthesia_method_code),  # type: ignore[arg-type]
+                surgery_class=classes.get(c.service.surgery_class, 0),
+                diagnosis_codes=c.service.diagnosis_codes,
+            )
+        )
+    _set_time(message, "order_time", c.order_time)
+    _set_time(message, "execution_time", c.execution_time)
+    _set_time(message, "result_time", c.result_time)
+    _stamp_common(message, record)
+    return message
+
+
+def _progress_note_message(record: ClinicalRecord) -> records_pb2.ProgressNote:
+    c = record.content
+    assert isinstance(c, ProgressNoteContent)
+    message = records_pb2.ProgressNote(
+        progress_note_id=record.resource_id,
+        encounter_id=record.encounter_id,
+        status=_to_proto(_PROGRESS_NOTE_STATUSES, c.status),
+        clinical_course=c.clinical_course,
+        disease_stage=c.disease_stage,
+        consultation=c.consultation,
+        surgery=c.surgery,
+        performer_code=c.performer_code,
+    )
+    _set_time(message, "note_time", c.note_time)
+    _stamp_common(message, record)
+    return message
+
+
 _MESSAGE_BUILDERS: dict[ResourceType, Any] = {
     ResourceType.ENCOUNTER: encounter_message,
     ResourceType.OBSERVATION: observation_message,
@@ -384,6 +623,8 @@ _MESSAGE_BUILDERS: dict[ResourceType, Any] = {
     ResourceType.MEDICATION_REQUEST: _medication_request_message,
     ResourceType.PROCEDURE: _procedure_message,
     ResourceType.DOCUMENT_REFERENCE: _document_message,
+    ResourceType.CHARGE_LINE: _charge_line_message,
+    ResourceType.PROGRESS_NOTE: _progress_note_message,
 }
 
 

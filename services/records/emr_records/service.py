@@ -18,12 +18,15 @@ from datetime import datetime, timedelta
 from emr.identity.v1 import identity_pb2
 from prometheus_client import Counter, Gauge
 
+from emr_records.codelists import CodeLists
 from emr_records.domain import (
     Change,
     ClinicalRecord,
+    EncounterContent,
     ResourceInput,
     ResourceType,
     TimelineQuery,
+    check_codes,
     encounter_field_path,
     facilities_seen,
     id_field_path,
@@ -53,7 +56,7 @@ from emr_runtime.visibility import CallAccess, Visibility, current_access
 log = logging.getLogger("emr.records")
 EXPORT_PAGE = 200
 
-# Bounded labels: six resource types, two kinds (created, updated).
+# Bounded labels: eight resource types, two kinds (created, updated).
 WRITES = Counter("emr_records_writes_total", "Resource versions written, by type.", ("resource_type", "kind"))
 for _type in ResourceType:
     for _kind in ("created", "updated"):
@@ -71,8 +74,10 @@ class RecordsService:
         patients: PatientDirectory,
         change_settle: timedelta,
         page_tokens: PageTokens,
+        code_lists: CodeLists,
         verify_patients: bool = True,
     ) -> None:
+        self._code_lists = code_lists
         self._page_tokens = page_tokens
         self._resources = resources
         self._feed = feed
@@ -161,10 +166,13 @@ class RecordsService:
     async def _check_references(
         self, record: ClinicalRecord, raw: ResourceInput, check_patient: bool = True
     ) -> None:
+        """The patient and encounter a resource names exist and fit, and its national codes are in
+        the code lists in force on the day its visit started."""
         if check_patient and self._verify_patients and not await self._patients.exists(record.patient_id):
             raise NotFoundError(
                 "Patient", f"{raw.path}.patient_id" if raw.path else "patient_id", record.patient_id
             )
+        visit = record if record.resource_type is ResourceType.ENCOUNTER else None
         if record.encounter_id and record.resource_type is not ResourceType.ENCOUNTER:
             encounter = await self._resources.get(record.encounter_id)
             if encounter is None or encounter.resource_type is not ResourceType.ENCOUNTER:
@@ -183,6 +191,10 @@ class RecordsService:
                 raise InvalidArgumentError(
                     [FieldViolation(encounter_field_path(raw), "belongs to another patient")]
                 )
+            visit = encounter
+        if visit is not None:
+            assert isinstance(visit.content, EncounterContent) and visit.content.start_time is not None
+            check_codes(raw, visit.content.start_time, self._code_lists)
 
     async def _finish(self, record: ClinicalRecord, fresh: bool) -> None:
         """Steps 2 and 3 for a version this call stored (``fresh``), or completes one that another

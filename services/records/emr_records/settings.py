@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -28,6 +30,13 @@ class RecordsSettings(ServiceSettings, FieldEncryptionSettings):
             "How long an answer of identity's CheckAccess is reused: a revoked or ended grant or referral "
             "stops opening data within this time (answers that open nothing, or that an emergency access "
             "opened, are never reused; 0 reuses none)"
+        ),
+    )
+    code_lists_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory of national code lists (<name>.csv) that replace the shipped lists of the same name; "
+            "read at start"
         ),
     )
     # Switches for measuring what the cross-cutting features cost (bench/records_speed.py); a

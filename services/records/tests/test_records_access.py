@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from emr.identity.v1 import identity_pb2
 
+from emr_records.codelists import load_code_lists
 from emr_records.domain import facilities_seen
 from emr_records.service import RecordsService, note_emergency_reads, patient_as_seen, stay_in_lane
 from emr_runtime.errors import PermissionDeniedError
@@ -109,6 +110,7 @@ def service(answers: dict[str, Visibility], held: set[tuple[str, str]]) -> tuple
         Directory(answers),  # type: ignore[arg-type]
         timedelta(seconds=1),
         PageTokens(b"k" * 32),
+        load_code_lists(),
     )
     return records, holders
 

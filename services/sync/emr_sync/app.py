@@ -18,7 +18,8 @@ from emr_runtime.paging import PageTokens
 from emr_runtime.patients import IDENTITY_SERVICE, PatientDirectory
 from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
-from emr_sync.clients import RECORDS_SERVICE, IdentityFeed, NationalClient, RecordsFeed
+from emr_sync.claim_signing import ClaimSigner
+from emr_sync.clients import RECORDS_SERVICE, IdentityFeed, NationalClient, NationalCredentials, RecordsFeed
 from emr_sync.repository import INDEXES, SyncRepository
 from emr_sync.service import PipelineConfig, SyncService
 from emr_sync.servicer import SERVICE_NAME, NationalSyncServicer
@@ -44,6 +45,14 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
 
 async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
+    # As early: a facility's missing or mismatched key, or an unusable credentials file, stops the start.
+    signer = ClaimSigner.from_directory(settings.facility_signing_dir, settings.facility_signing_generate)
+    credentials = NationalCredentials.from_settings(
+        settings.national_credentials_file,
+        settings.national_client_id,
+        settings.national_client_secret,
+        settings.national_shared_client_fallback,
+    )
     token = ServiceToken.from_settings(AuthSettings(), "sync", role=SYNC_SERVICE)
     records_channel = create_channel(settings.records_target, RECORDS_SERVICE, token=token)
     identity_channel = create_channel(settings.identity_target, IDENTITY_SERVICE, token=token)
@@ -54,8 +63,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
     national = NationalClient(
         settings.national_url,
         settings.http_timeout_seconds,
-        settings.national_client_id,
-        settings.national_client_secret,
+        credentials,
         settings.national_token_path,
         timedelta(seconds=settings.default_retry_after_seconds),
         settings.concurrency,
@@ -69,6 +77,7 @@ async def build(settings: SyncSettings, db: Database) -> ServiceApp:
         pipeline_config(settings),
         PageTokens(crypt.derived_key(page_token_purpose("sync"))),
         crypt.derived_key(REQUEST_FINGERPRINT),
+        signer,
     )
 
     async def run_pipeline() -> None:

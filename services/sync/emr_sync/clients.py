@@ -7,9 +7,10 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from opentelemetry import propagate
 
 from emr_runtime.caller import purpose_metadata
 from emr_runtime.clock import utc_now
+from emr_runtime.facility import is_facility_code
 from emr_sync.domain import DeliveryKind, SendOutcome, SendResult, short_reason
 
 RECORDS_SERVICE = "emr.records.v1.ClinicalRecordsService"
@@ -130,7 +132,8 @@ def send_result(answer: Answer, default_retry_after: timedelta) -> SendResult:
             error="national system answered HTTP 429",
             retry_after=retry_after(answer, default_retry_after),
         )
-    if status in (400, 404, 409, 413, 415, 422):
+    # 403: this client may not submit this (e.g. another facility's claim): sending again cannot help.
+    if status in (400, 403, 404, 409, 413, 415, 422):
         return SendResult(SendOutcome.REJECTED, error=rejection_reason(answer))
     if status == 503:
         return SendResult(
@@ -145,18 +148,103 @@ class NationalUnavailableError(Exception):
     """The national side could not be reached, or answered a token or query request with an error."""
 
 
+class MissingCredentialsError(Exception):
+    """No national client is configured for a facility (and the shared one may not stand in)."""
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """One OAuth2 client at the national system."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+def parse_credentials(text: str, source: str) -> dict[str, ClientCredential]:
+    """``{"<facility_code>": {"client_id": ..., "client_secret": ...}}``; ValueError naming the
+    facility (never a secret) when an entry is not usable."""
+    try:
+        raw = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{source} is not JSON: {error.__class__.__name__}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected an object of facility code -> {{client_id, client_secret}}")
+    credentials = {}
+    for facility, entry in raw.items():
+        if not isinstance(facility, str) or not is_facility_code(facility):
+            raise ValueError(f"{source}: {facility!r} is not a 5-character facility code")
+        client_id = entry.get("client_id") if isinstance(entry, dict) else None
+        secret = entry.get("client_secret") if isinstance(entry, dict) else None
+        if not isinstance(client_id, str) or not client_id or not isinstance(secret, str) or not secret:
+            raise ValueError(f"{source}: facility {facility} needs a non-empty client_id and client_secret")
+        credentials[facility] = ClientCredential(client_id, secret)
+    return credentials
+
+
+class NationalCredentials:
+    """Which national client each facility's deliveries go out with: its own (portal accounts are
+    per facility, and a facility's token may only submit that facility's data), else, only where
+    allowed (development), the shared client."""
+
+    def __init__(self, per_facility: Mapping[str, ClientCredential], shared: ClientCredential | None) -> None:
+        self._per_facility = dict(per_facility)
+        self._shared = shared
+
+    @classmethod
+    def from_settings(
+        cls, credentials_file: str, shared_id: str, shared_secret: str, shared_fallback: bool
+    ) -> NationalCredentials:
+        per_facility: dict[str, ClientCredential] = {}
+        if credentials_file:
+            try:
+                text = Path(credentials_file).read_text()
+            except OSError as error:
+                raise ValueError(f"SYNC_NATIONAL_CREDENTIALS_FILE {credentials_file}: {error}") from error
+            per_facility = parse_credentials(text, f"SYNC_NATIONAL_CREDENTIALS_FILE {credentials_file}")
+        elif not shared_fallback:
+            raise ValueError(
+                "SYNC_NATIONAL_SHARED_CLIENT_FALLBACK is false: SYNC_NATIONAL_CREDENTIALS_FILE must name "
+                "each facility's national client"
+            )
+        shared = ClientCredential(shared_id, shared_secret) if shared_fallback else None
+        return cls(per_facility, shared)
+
+    def for_facility(self, facility_code: str) -> ClientCredential:
+        credential = self._per_facility.get(facility_code) or self._shared
+        if credential is None:
+            raise MissingCredentialsError(f"no national client credentials for facility {facility_code!r}")
+        return credential
+
+    def problem(self, facility_code: str) -> str:
+        """Why this facility's deliveries cannot go out; empty when they can."""
+        try:
+            self.for_facility(facility_code)
+        except MissingCredentialsError as error:
+            return str(error)
+        return ""
+
+
+@dataclass
+class _Token:
+    """A client's current access token (one per client, shared by every request of it)."""
+
+    value: str = ""
+    renew_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class NationalClient:
     """The national system's API over one aiohttp session (a pooled keep-alive connection per
     concurrent delivery: aiohttp costs about a fifth of httpx's CPU per request, and sync's CPU is
-    what bounds how fast a backlog drains). OAuth2 client credentials: one token shared by every
-    request, renewed before it expires (and at once when the national side refuses it)."""
+    what bounds how fast a backlog drains). OAuth2 client credentials, per facility: one token per
+    client shared by every request of its facilities, renewed before it expires (and at once when
+    the national side refuses it)."""
 
     def __init__(
         self,
         base_url: str,
         timeout_seconds: float,
-        client_id: str,
-        client_secret: str,
+        credentials: NationalCredentials,
         token_path: str,
         default_retry_after: timedelta,
         max_connections: int,
@@ -167,11 +255,9 @@ class NationalClient:
         # reconcile query's, so neither waits behind a full pool.
         self._max_connections = max_connections + 2
         self._session: aiohttp.ClientSession | None = None
-        self._basic_auth = aiohttp.encode_basic_auth(client_id, client_secret)
+        self._credentials = credentials
         self._token_path = token_path
-        self._token = ""
-        self._renew_at = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens: dict[ClientCredential, _Token] = {}
         self._default_retry_after = default_retry_after
 
     def _http(self) -> aiohttp.ClientSession:
@@ -188,32 +274,44 @@ class NationalClient:
         async with self._http().post(f"{self._base_url}{path}", **request) as response:
             return Answer(response.status, response.headers, await response.read())
 
-    async def _token_now(self) -> str:
-        if self._token and time.monotonic() < self._renew_at:
-            return self._token
-        async with self._token_lock:
-            if self._token and time.monotonic() < self._renew_at:
-                return self._token
+    def credentials_problem(self, facility_code: str) -> str:
+        """Why deliveries of this facility cannot go out (no client for it); empty when they can."""
+        return self._credentials.problem(facility_code)
+
+    async def _token_now(self, facility_code: str) -> str:
+        credential = self._credentials.for_facility(facility_code)
+        held = self._tokens.setdefault(credential, _Token())
+        if held.value and time.monotonic() < held.renew_at:
+            return held.value
+        async with held.lock:
+            if held.value and time.monotonic() < held.renew_at:
+                return held.value
             answer = await self._post(
                 self._token_path,
                 data={"grant_type": "client_credentials"},
-                headers={"Authorization": self._basic_auth},
+                headers={
+                    "Authorization": aiohttp.encode_basic_auth(credential.client_id, credential.client_secret)
+                },
             )
             body = answer.json()
             if answer.status != 200 or not isinstance(body, dict) or "access_token" not in body:
                 raise NationalUnavailableError(f"token endpoint answered HTTP {answer.status}")
-            self._token = str(body["access_token"])
-            self._renew_at = time.monotonic() + float(body.get("expires_in", 300)) * TOKEN_RENEW_FRACTION
-            return self._token
+            held.value = str(body["access_token"])
+            held.renew_at = time.monotonic() + float(body.get("expires_in", 300)) * TOKEN_RENEW_FRACTION
+            return held.value
 
-    def _forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = ""
+    def _forget_token(self, facility_code: str, token: str) -> None:
+        held = self._tokens.get(self._credentials.for_facility(facility_code))
+        if held is not None and held.value == token:
+            held.value = ""
 
-    async def send(self, kind: DeliveryKind, idempotency_key: str, payload: bytes) -> SendResult:
+    async def send(
+        self, kind: DeliveryKind, idempotency_key: str, payload: bytes, facility_code: str
+    ) -> SendResult:
+        """One delivery, with the token of ``facility_code``'s national client."""
         try:
             for _ in range(2):  # a second try only after a refused (expired, revoked) token
-                token = await self._token_now()
+                token = await self._token_now(facility_code)
                 headers = {
                     "Idempotency-Key": idempotency_key,
                     "Content-Type": CONTENT_TYPES[kind],
@@ -223,16 +321,18 @@ class NationalClient:
                 answer = await self._post(PATHS[kind], data=payload, headers=headers)
                 if answer.status != 401:
                     break
-                self._forget_token(token)
+                self._forget_token(facility_code, token)
+        except MissingCredentialsError as error:
+            return SendResult(SendOutcome.REJECTED, error=str(error))
         except (aiohttp.ClientError, TimeoutError, NationalUnavailableError) as error:
             return SendResult(
                 SendOutcome.TRANSIENT, error=f"{type(error).__name__} reaching the national system"
             )
         return send_result(answer, self._default_retry_after)
 
-    async def acknowledged(self, idempotency_keys: list[str]) -> set[str]:
-        """Which of these deliveries the national side holds (its receipt query)."""
-        token = await self._token_now()
+    async def acknowledged(self, idempotency_keys: list[str], facility_code: str) -> set[str]:
+        """Which of these deliveries (of one facility) the national side holds (its receipt query)."""
+        token = await self._token_now(facility_code)
         answer = await self._post(
             "/receipts/query",
             json={"idempotency_keys": idempotency_keys},

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from emr.sync.v1 import sync_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from emr_sync.domain import Delivery, DeliveryKind, SyncStatus
+from emr_sync.domain import Delivery, DeliveryKind, Receipt, SyncStatus
 
 KINDS = {
     DeliveryKind.FHIR_TRANSACTION: sync_pb2.DELIVERY_KIND_FHIR_TRANSACTION,
@@ -48,7 +48,20 @@ def status_response(status: SyncStatus, now: datetime) -> sync_pb2.GetSyncStatus
         response.oldest_pending_age_seconds = max((now - status.oldest_pending_at).total_seconds(), 0.0)
     if status.national_checked_at is not None:
         response.national_checked_time.CopyFrom(timestamp(status.national_checked_at))
+    if status.last_receipt is not None:
+        response.last_receipt.CopyFrom(receipt(status.last_receipt))
+    response.receipts.extend(receipt(r) for r in status.receipts)
     return response
+
+
+def receipt(held: Receipt) -> sync_pb2.DeliveryReceipt:
+    return sync_pb2.DeliveryReceipt(
+        delivery_id=held.delivery_id,
+        kind=KINDS[held.kind],
+        facility_code=held.facility_code,
+        transaction_id=held.transaction_id,
+        delivered_time=timestamp(held.delivered_at),
+    )
 
 
 def dead_letter(delivery: Delivery, dead_at: datetime | None) -> sync_pb2.DeadLetter:

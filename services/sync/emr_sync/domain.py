@@ -82,6 +82,37 @@ def dead_lettered(delivery: Delivery, reason: str, now: datetime) -> Delivery:
 
 
 @dataclass(frozen=True)
+class Receipt:
+    """The national side's acknowledgement of one delivery (its transaction code)."""
+
+    delivery_id: str
+    kind: DeliveryKind
+    facility_code: str
+    transaction_id: str
+    delivered_at: datetime
+
+
+# Receipts one GetSyncStatus may ask for by delivery id (one _id lookup each).
+MAX_RECEIPT_IDS = 100
+MAX_DELIVERY_ID_LENGTH = 300
+
+
+def check_receipt_ids(delivery_ids: Iterable[str]) -> list[str]:
+    """The requested delivery ids, deduplicated in order; INVALID_ARGUMENT naming delivery_ids
+    when there are too many or one is empty or too long."""
+    ids = list(dict.fromkeys(delivery_ids))
+    violations = Violations()
+    if len(ids) > MAX_RECEIPT_IDS:
+        violations.add("delivery_ids", f"at most {MAX_RECEIPT_IDS}")
+    elif any(not i.strip() or len(i) > MAX_DELIVERY_ID_LENGTH for i in ids):
+        violations.add(
+            "delivery_ids", f"each must be a delivery id of 1 to {MAX_DELIVERY_ID_LENGTH} characters"
+        )
+    violations.raise_if_any()
+    return ids
+
+
+@dataclass(frozen=True)
 class SyncStatus:
     pending: int
     in_flight: int
@@ -95,6 +126,8 @@ class SyncStatus:
     national_reachable: bool
     national_checked_at: datetime | None
     identity_cursor: int = 0
+    last_receipt: Receipt | None = None
+    receipts: tuple[Receipt, ...] = ()
 
 
 class SendOutcome(enum.Enum):

@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from emr_runtime.db import Database, IndexSpec, insert_or_get
 from emr_runtime.fieldcrypt import FieldCrypt
-from emr_sync.domain import Delivery, DeliveryKind, DeliveryStatus
+from emr_sync.domain import Delivery, DeliveryKind, DeliveryStatus, Receipt
 
 DELIVERIES = "deliveries"
 QUEUE = "queue"
@@ -128,6 +128,19 @@ def _delivery(crypt: FieldCrypt, document: Mapping[str, Any], status: str | None
         delivered_at=document.get("delivered_at"),
         transaction_id=document.get("transaction_id", ""),
         dead_at=document.get("dead_at"),
+    )
+
+
+_RECEIPT_FIELDS = {"kind": 1, "facility_code": 1, "transaction_id": 1, "delivered_at": 1, "status": 1}
+
+
+def _receipt(document: Mapping[str, Any]) -> Receipt:
+    return Receipt(
+        delivery_id=document["_id"],
+        kind=DeliveryKind(document["kind"]),
+        facility_code=document.get("facility_code", ""),
+        transaction_id=document.get("transaction_id", ""),
+        delivered_at=document["delivered_at"],
     )
 
 
@@ -299,17 +312,41 @@ class SyncRepository:
         }
         return await self.requeue(query, now)
 
-    async def delivered_between(self, start: datetime, end: datetime, limit: int) -> list[tuple[str, str]]:
-        """(delivery id, transaction id) of receipts of the period, oldest first."""
+    async def delivered_between(
+        self, start: datetime, end: datetime, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """(delivery id, transaction id, facility code) of receipts of the period, oldest first."""
         cursor = (
             self._deliveries.find(
                 {"status": DeliveryStatus.DELIVERED.value, "delivered_at": {"$gte": start, "$lt": end}},
-                {"_id": 1, "transaction_id": 1},
+                {"_id": 1, "transaction_id": 1, "facility_code": 1},
             )
             .sort([("delivered_at", 1)])
             .limit(limit)
         )
-        return [(d["_id"], d.get("transaction_id", "")) async for d in cursor]
+        return [(d["_id"], d.get("transaction_id", ""), d.get("facility_code", "")) async for d in cursor]
+
+    async def receipts(self, delivery_ids: list[str], facility_code: str) -> list[Receipt]:
+        """Receipts of these deliveries (one _id lookup each: FerretDB indexes no other filter);
+        those not delivered, unknown or of another facility are left out."""
+        found = []
+        for delivery_id in delivery_ids:
+            document = await self._deliveries.find_one({"_id": delivery_id}, _RECEIPT_FIELDS)
+            if (
+                document is not None
+                and document.get("status") == DeliveryStatus.DELIVERED.value
+                and (not facility_code or document.get("facility_code") == facility_code)
+            ):
+                found.append(_receipt(document))
+        return found
+
+    async def last_receipt(self, facility_code: str) -> Receipt | None:
+        document = await self._deliveries.find_one(
+            {"status": DeliveryStatus.DELIVERED.value, **_facility(facility_code)},
+            _RECEIPT_FIELDS,
+            sort=[("delivered_at", -1)],
+        )
+        return _receipt(document) if document else None
 
     async def requeue_ids(self, delivery_ids: list[str], now: datetime) -> int:
         if not delivery_ids:
@@ -421,14 +458,6 @@ class SyncRepository:
             _facility(facility_code), {"created_at": 1}, sort=[("created_at", 1)]
         )
         return document["created_at"] if document else None
-
-    async def last_delivered_at(self, facility_code: str) -> datetime | None:
-        document = await self._deliveries.find_one(
-            {"status": DeliveryStatus.DELIVERED.value, **_facility(facility_code)},
-            {"delivered_at": 1},
-            sort=[("delivered_at", -1)],
-        )
-        return document["delivered_at"] if document else None
 
     async def last_error(self) -> str:
         document = await self._events.find_one({"_id": "last_error"})

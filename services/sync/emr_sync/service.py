@@ -34,6 +34,7 @@ from emr_runtime.errors import (
 from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
 from emr_runtime.paging import PageTokens, page_size, position_str, position_time
 from emr_runtime.patients import PatientDirectory
+from emr_sync.claim_signing import ClaimDocumentError, ClaimSigner, SigningKeyError
 from emr_sync.claim_xml import claim_xml, is_insurance_claim
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
 from emr_sync.domain import (
@@ -47,6 +48,7 @@ from emr_sync.domain import (
     SyncStatus,
     check_facility_filter,
     check_period,
+    check_receipt_ids,
     dead_lettered,
     delivered,
     new_delivery,
@@ -205,7 +207,9 @@ class SyncService:
         config: PipelineConfig,
         page_tokens: PageTokens,
         fingerprint_key: bytes,
+        signer: ClaimSigner | None = None,
     ) -> None:
+        self._signer = signer or ClaimSigner({})
         self._page_tokens = page_tokens
         self._fingerprint_key = fingerprint_key  # keys the digests of repair requests
         self._repository = repository
@@ -393,15 +397,39 @@ class SyncService:
         those that reached an end go to ``outcomes``."""
         attempted = 0
         for delivery in run:
+            outgoing = self._outgoing(delivery)
+            if isinstance(outgoing, str):
+                # Never sent: it cannot be (unsigned, or no client for its facility). A dead letter
+                # with the reason; RetryDeadLetter sends it once the key or credentials are there.
+                DELIVERIES.labels("dead_lettered").inc()
+                await outcomes.add(dead_lettered(delivery, outgoing, utc_now()))
+                log.warning("delivery held back", extra={"error": outgoing})
+                continue
             async with self._slots:
                 now = utc_now()
                 if delivery.partition in lost or self.blocked_until(now) or not self._breaker.allow(now):
                     return attempted
-                result = await self._national.send(delivery.kind, delivery.delivery_id, delivery.payload)
+                result = await self._national.send(
+                    delivery.kind, delivery.delivery_id, outgoing, delivery.facility_code
+                )
             attempted += 1
             if not await self._record(delivery, result, outcomes):
                 return attempted
         return attempted
+
+    def _outgoing(self, delivery: Delivery) -> bytes | str:
+        """The bytes to send for a delivery (a claim signed with its facility's key, at each send
+        so that a key installed later serves claims queued before), or why it cannot be sent."""
+        problem = self._national.credentials_problem(delivery.facility_code)
+        if problem:
+            return short_reason(problem)
+        payload = bytes(delivery.payload)
+        if delivery.kind is not DeliveryKind.CLAIM_XML:
+            return payload
+        try:
+            return self._signer.sign(delivery.facility_code, payload)
+        except (SigningKeyError, ClaimDocumentError) as error:
+            return short_reason(f"CHUKYDONVI: claim not signed, so not sent: {error}")
 
     async def _record(self, delivery: Delivery, result: SendResult, outcomes: RoundOutcomes) -> bool:
         """Notes the outcome of one attempt (a failure at once, an end for the round's chunked writes);
@@ -489,9 +517,11 @@ class SyncService:
                 log.warning("backlog metrics not refreshed", extra={"error_type": type(error).__name__})
             await asyncio.sleep(interval)
 
-    async def status(self, facility_code: str) -> SyncStatus:
+    async def status(self, facility_code: str, receipt_ids: Iterable[str] = ()) -> SyncStatus:
         code = check_facility_filter(facility_code)
+        asked = check_receipt_ids(receipt_ids)
         now = utc_now()
+        last_receipt = await self._repository.last_receipt(code)
         counts = await self._repository.counts(code)
         queued = counts.get(DeliveryStatus.PENDING.value, 0)
         # A round's outcomes leave the queue a moment before its in-flight list is cleared.
@@ -505,11 +535,13 @@ class SyncService:
             dead_lettered=counts.get(DeliveryStatus.DEAD.value, 0),
             oldest_pending_at=await self._repository.oldest_pending_at(code),
             last_error=await self._repository.last_error(),
-            last_delivered_at=await self._repository.last_delivered_at(code),
+            last_delivered_at=last_receipt.delivered_at if last_receipt else None,
             records_cursor=await self._repository.cursor(RECORDS_CURSOR),
             identity_cursor=await self._repository.cursor(IDENTITY_CURSOR),
             national_reachable=reachable,
             national_checked_at=checked_at,
+            last_receipt=last_receipt,
+            receipts=tuple(await self._repository.receipts(asked, code)),
         )
 
     async def dead_letters(
@@ -596,13 +628,18 @@ class SyncService:
 
         async def action() -> dict[str, Any]:
             receipts = await self._repository.delivered_between(period_start, period_end, RECONCILE_LIMIT)
+            # Each facility's receipts are asked about with that facility's own client.
+            by_facility: dict[str, list[str]] = {}
+            for delivery_id, _, facility in receipts:
+                by_facility.setdefault(facility, []).append(delivery_id)
             missing: list[str] = []
-            for chunk in _chunks([delivery_id for delivery_id, _ in receipts], RECONCILE_CHUNK):
-                try:
-                    held = await self._national.acknowledged(chunk)
-                except Exception as error:
-                    raise DependencyUnavailableError("national system") from error
-                missing.extend(key for key in chunk if key not in held)
+            for facility, ids in sorted(by_facility.items()):
+                for chunk in _chunks(ids, RECONCILE_CHUNK):
+                    try:
+                        held = await self._national.acknowledged(chunk, facility)
+                    except Exception as error:
+                        raise DependencyUnavailableError("national system") from error
+                    missing.extend(key for key in chunk if key not in held)
             requeued = await self._repository.requeue_ids(missing, utc_now())
             return {"checked": len(receipts), "requeued": requeued, "ids": missing[:MAX_LISTED_REQUEUES]}
 

@@ -22,7 +22,7 @@ class NationalSyncServicer(sync_pb2_grpc.NationalSyncServiceServicer):
     async def GetSyncStatus(
         self, request: sync_pb2.GetSyncStatusRequest, context: Context
     ) -> sync_pb2.GetSyncStatusResponse:
-        status = await self._service.status(request.facility_code)
+        status = await self._service.status(request.facility_code, request.delivery_ids)
         return converters.status_response(status, utc_now())
 
     async def ListDeadLetters(

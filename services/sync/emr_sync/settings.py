@@ -19,9 +19,29 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     identity_target: str = Field("127.0.0.1:8051", description="host:port of the identity service")
     audit_target: str = Field("127.0.0.1:8053", description="host:port of the audit service (denied calls)")
     national_url: str = Field("http://127.0.0.1:8090", description="Base URL of the national system's API")
-    national_client_id: str = Field("emr-platform", description="OAuth2 client id at the national system")
+    national_client_id: str = Field(
+        "emr-platform", description="Shared OAuth2 client id (development fallback; see credentials file)"
+    )
     national_client_secret: str = Field(
-        "dev-secret", description="OAuth2 client secret (set a real one outside dev)"
+        "dev-secret", description="Shared OAuth2 client secret (development fallback)"
+    )
+    national_credentials_file: str = Field(
+        "",
+        description='JSON {"<facility>": {"client_id", "client_secret"}}: each facility\'s own national '
+        "client, used for its claims and FHIR deliveries",
+    )
+    national_shared_client_fallback: bool = Field(
+        True,
+        description="Facilities missing from the credentials file use the shared client (development); "
+        "false: their deliveries are dead-lettered",
+    )
+    facility_signing_dir: str = Field(
+        "",
+        description="Folder of <facility>.key.pem + <facility>.cert.pem that sign each facility's claims "
+        "(read at start); a claim of a facility without a pair is dead-lettered, never sent unsigned",
+    )
+    facility_signing_generate: bool = Field(
+        False, description="Make a facility's key and self-signed certificate on first use (development)"
     )
     national_token_path: str = Field("/oauth/token", description="Token endpoint, relative to the URL")
     poll_interval_seconds: float = Field(1.0, gt=0, description="Pause between feed polls when idle")

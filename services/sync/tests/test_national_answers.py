@@ -59,3 +59,10 @@ def test_server_errors_are_transient_and_503_honours_retry_after() -> None:
     assert (unavailable.outcome, unavailable.retry_after) == (SendOutcome.TRANSIENT, timedelta(seconds=30))
     assert send_result(answer(503), DEFAULT_WAIT).retry_after is None
     assert (broken.outcome, broken.error) == (SendOutcome.TRANSIENT, "national system answered HTTP 500")
+
+
+def test_a_forbidden_submission_is_a_rejection_not_a_retry() -> None:
+    # The portal's 403: this client may not submit that facility's data; resending cannot help.
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "facility 79001 only"}]}
+    forbidden = send_result(answer(403, outcome), DEFAULT_WAIT)
+    assert (forbidden.outcome, forbidden.error) == (SendOutcome.REJECTED, "HTTP 403: facility 79001 only")

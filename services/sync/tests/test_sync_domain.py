@@ -17,6 +17,7 @@ from emr_sync.domain import (
     DeliveryStatus,
     check_facility_filter,
     check_period,
+    check_receipt_ids,
     dead_lettered,
     delivered,
     delivery_id,
@@ -161,3 +162,11 @@ def test_a_probe_that_never_reports_is_replaced_after_a_pause() -> None:
     assert breaker.allow(probe_time)
     assert not breaker.allow(probe_time + timedelta(seconds=9))
     assert breaker.allow(probe_time + timedelta(seconds=10))
+
+
+def test_receipt_ids_are_deduplicated_and_bounded() -> None:
+    assert check_receipt_ids(["Claim/a", "Claim/b", "Claim/a"]) == ["Claim/a", "Claim/b"]
+    for bad in (["x"] * 1 + [f"id-{n}" for n in range(100)], [" "], ["x" * 301]):
+        with pytest.raises(InvalidArgumentError) as refused:
+            check_receipt_ids(bad)
+        assert "delivery_ids" in str(refused.value.violations)

@@ -69,6 +69,14 @@ class AuditOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_OUTCOME_SUCCESS: _ClassVar[AuditOutcome]
     AUDIT_OUTCOME_CLIENT_FAILURE: _ClassVar[AuditOutcome]
     AUDIT_OUTCOME_SERVER_FAILURE: _ClassVar[AuditOutcome]
+
+class IntegrityFindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTEGRITY_FINDING_KIND_UNSPECIFIED: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_MISSING_EVENTS: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_ALTERED_EVENT: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_CHECKPOINT_MISMATCH: _ClassVar[IntegrityFindingKind]
+    INTEGRITY_FINDING_KIND_BAD_SIGNATURE: _ClassVar[IntegrityFindingKind]
 AUDIT_ACTION_UNSPECIFIED: AuditAction
 AUDIT_ACTION_CREATE: AuditAction
 AUDIT_ACTION_READ: AuditAction
@@ -108,6 +116,11 @@ AUDIT_OUTCOME_UNSPECIFIED: AuditOutcome
 AUDIT_OUTCOME_SUCCESS: AuditOutcome
 AUDIT_OUTCOME_CLIENT_FAILURE: AuditOutcome
 AUDIT_OUTCOME_SERVER_FAILURE: AuditOutcome
+INTEGRITY_FINDING_KIND_UNSPECIFIED: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_MISSING_EVENTS: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_ALTERED_EVENT: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_CHECKPOINT_MISMATCH: IntegrityFindingKind
+INTEGRITY_FINDING_KIND_BAD_SIGNATURE: IntegrityFindingKind
 
 class AuditAgent(_message.Message):
     __slots__ = ("type", "who", "role", "facility_code", "client_application", "network_address", "requestor")
@@ -376,18 +389,24 @@ class VerifyIntegrityRequest(_message.Message):
     def __init__(self, from_sequence: _Optional[int] = ..., to_sequence: _Optional[int] = ...) -> None: ...
 
 class VerifyIntegrityResponse(_message.Message):
-    __slots__ = ("intact", "first_bad_sequence", "problem", "checked_events", "checked_checkpoints")
+    __slots__ = ("intact", "first_bad_sequence", "problem", "checked_events", "checked_checkpoints", "finding_kind", "missing_from_sequence", "missing_through_sequence")
     INTACT_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     CHECKED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     CHECKED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    FINDING_KIND_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MISSING_THROUGH_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     intact: bool
     first_bad_sequence: int
     problem: str
     checked_events: int
     checked_checkpoints: int
-    def __init__(self, intact: _Optional[bool] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., checked_events: _Optional[int] = ..., checked_checkpoints: _Optional[int] = ...) -> None: ...
+    finding_kind: IntegrityFindingKind
+    missing_from_sequence: int
+    missing_through_sequence: int
+    def __init__(self, intact: _Optional[bool] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., checked_events: _Optional[int] = ..., checked_checkpoints: _Optional[int] = ..., finding_kind: _Optional[_Union[IntegrityFindingKind, str]] = ..., missing_from_sequence: _Optional[int] = ..., missing_through_sequence: _Optional[int] = ...) -> None: ...
 
 class ExportEventsRequest(_message.Message):
     __slots__ = ("from_sequence", "to_sequence")

@@ -178,17 +178,29 @@ EMERGENCY_REVIEW_OUTCOME_JUSTIFIED: EmergencyReviewOutcome
 EMERGENCY_REVIEW_OUTCOME_UNJUSTIFIED: EmergencyReviewOutcome
 
 class Identifier(_message.Message):
-    __slots__ = ("system", "value", "facility_code")
+    __slots__ = ("system", "value", "facility_code", "bhyt_card")
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    BHYT_CARD_FIELD_NUMBER: _ClassVar[int]
     system: IdentifierSystem
     value: str
     facility_code: str
-    def __init__(self, system: _Optional[_Union[IdentifierSystem, str]] = ..., value: _Optional[str] = ..., facility_code: _Optional[str] = ...) -> None: ...
+    bhyt_card: BhytCard
+    def __init__(self, system: _Optional[_Union[IdentifierSystem, str]] = ..., value: _Optional[str] = ..., facility_code: _Optional[str] = ..., bhyt_card: _Optional[_Union[BhytCard, _Mapping]] = ...) -> None: ...
+
+class BhytCard(_message.Message):
+    __slots__ = ("valid_from", "valid_to", "primary_care_facility_code")
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_TO_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_CARE_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    valid_from: str
+    valid_to: str
+    primary_care_facility_code: str
+    def __init__(self, valid_from: _Optional[str] = ..., valid_to: _Optional[str] = ..., primary_care_facility_code: _Optional[str] = ...) -> None: ...
 
 class Patient(_message.Message):
-    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version")
+    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version", "current_province_code")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +211,7 @@ class Patient(_message.Message):
     PHONE_FIELD_NUMBER: _ClassVar[int]
     PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -209,7 +222,8 @@ class Patient(_message.Message):
     phone: str
     province_code: str
     version: int
-    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    current_province_code: str
+    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ...) -> None: ...
 
 class UpdatePatientRequest(_message.Message):
     __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
@@ -244,7 +258,7 @@ class UpdatePatientResponse(_message.Message):
     def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ..., change_proposed: _Optional[bool] = ...) -> None: ...
 
 class RegisterPatientRequest(_message.Message):
-    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd")
+    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd", "cccd_registered_abroad")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +271,7 @@ class RegisterPatientRequest(_message.Message):
     MIDDLE_NAME_FIELD_NUMBER: _ClassVar[int]
     GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_INCONSISTENT_CCCD_FIELD_NUMBER: _ClassVar[int]
+    CCCD_REGISTERED_ABROAD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -269,7 +284,8 @@ class RegisterPatientRequest(_message.Message):
     middle_name: str
     given_name: str
     accept_inconsistent_cccd: bool
-    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., family_name: _Optional[str] = ..., middle_name: _Optional[str] = ..., given_name: _Optional[str] = ..., accept_inconsistent_cccd: _Optional[bool] = ...) -> None: ...
+    cccd_registered_abroad: bool
+    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., family_name: _Optional[str] = ..., middle_name: _Optional[str] = ..., given_name: _Optional[str] = ..., accept_inconsistent_cccd: _Optional[bool] = ..., cccd_registered_abroad: _Optional[bool] = ...) -> None: ...
 
 class RegisterPatientResponse(_message.Message):
     __slots__ = ("patient", "outcome", "candidates", "review_task_id")

@@ -25,37 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65mr/sync/v1/sync.proto\x12\x0b\x65mr.sync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x14GetSyncStatusRequest\x12\x15\n\rfacility_code\x18\x01 \x01(\t\"\xa7\x03\n\x15GetSyncStatusResponse\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x37\n\x13last_delivered_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erecords_cursor\x18\x06 \x01(\x03\x12\x11\n\tin_flight\x18\x07 \x01(\x03\x12\x15\n\rdead_lettered\x18\x08 \x01(\x03\x12\x37\n\x13oldest_pending_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1aoldest_pending_age_seconds\x18\n \x01(\x01\x12\x1a\n\x12national_reachable\x18\x0b \x01(\x08\x12\x39\n\x15national_checked_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidentity_cursor\x18\r \x01(\x03\"\x8c\x02\n\nDeadLetter\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.emr.sync.v1.DeliveryKind\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\x03\x12\x12\n\npatient_id\x18\x06 \x01(\t\x12\x15\n\rfacility_code\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12-\n\tdead_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x16ListDeadLettersRequest\x12\x15\n\rfacility_code\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.emr.sync.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x16RetryDeadLetterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x02 \x01(\t\".\n\x17RetryDeadLetterResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"i\n\rReplayRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\tfrom_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfacility_code\x18\x03 \x01(\t\"\"\n\x0eReplayResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x03\"\x84\x01\n\x10ReconcileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x11ReconcileResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x03\x12\x10\n\x08requeued\x18\x02 \x01(\x03\x12\x1d\n\x15requeued_delivery_ids\x18\x03 \x03(\t*n\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44\x45LIVERY_KIND_FHIR_TRANSACTION\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_KIND_CLAIM_XML\x10\x02\x32\xb8\x03\n\x13NationalSyncService\x12V\n\rGetSyncStatus\x12!.emr.sync.v1.GetSyncStatusRequest\x1a\".emr.sync.v1.GetSyncStatusResponse\x12\\\n\x0fListDeadLetters\x12#.emr.sync.v1.ListDeadLettersRequest\x1a$.emr.sync.v1.ListDeadLettersResponse\x12\\\n\x0fRetryDeadLetter\x12#.emr.sync.v1.RetryDeadLetterRequest\x1a$.emr.sync.v1.RetryDeadLetterResponse\x12\x41\n\x06Replay\x12\x1a.emr.sync.v1.ReplayRequest\x1a\x1b.emr.sync.v1.ReplayResponse\x12J\n\tReconcile\x12\x1d.emr.sync.v1.ReconcileRequest\x1a\x1e.emr.sync.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65mr/sync/v1/sync.proto\x12\x0b\x65mr.sync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x14GetSyncStatusRequest\x12\x15\n\rfacility_code\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65livery_ids\x18\x02 \x03(\t\"\x8b\x04\n\x15GetSyncStatusResponse\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x37\n\x13last_delivered_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erecords_cursor\x18\x06 \x01(\x03\x12\x11\n\tin_flight\x18\x07 \x01(\x03\x12\x15\n\rdead_lettered\x18\x08 \x01(\x03\x12\x37\n\x13oldest_pending_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1aoldest_pending_age_seconds\x18\n \x01(\x01\x12\x1a\n\x12national_reachable\x18\x0b \x01(\x08\x12\x39\n\x15national_checked_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidentity_cursor\x18\r \x01(\x03\x12\x32\n\x0clast_receipt\x18\x0e \x01(\x0b\x32\x1c.emr.sync.v1.DeliveryReceipt\x12.\n\x08receipts\x18\x0f \x03(\x0b\x32\x1c.emr.sync.v1.DeliveryReceipt\"\xb2\x01\n\x0f\x44\x65liveryReceipt\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.emr.sync.v1.DeliveryKind\x12\x15\n\rfacility_code\x18\x03 \x01(\t\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x32\n\x0e\x64\x65livered_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x02\n\nDeadLetter\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.emr.sync.v1.DeliveryKind\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\x03\x12\x12\n\npatient_id\x18\x06 \x01(\t\x12\x15\n\rfacility_code\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12-\n\tdead_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x16ListDeadLettersRequest\x12\x15\n\rfacility_code\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.emr.sync.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x16RetryDeadLetterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x02 \x01(\t\".\n\x17RetryDeadLetterResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"i\n\rReplayRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\tfrom_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfacility_code\x18\x03 \x01(\t\"\"\n\x0eReplayResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x03\"\x84\x01\n\x10ReconcileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x11ReconcileResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x03\x12\x10\n\x08requeued\x18\x02 \x01(\x03\x12\x1d\n\x15requeued_delivery_ids\x18\x03 \x03(\t*n\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x44\x45LIVERY_KIND_FHIR_TRANSACTION\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_KIND_CLAIM_XML\x10\x02\x32\xb8\x03\n\x13NationalSyncService\x12V\n\rGetSyncStatus\x12!.emr.sync.v1.GetSyncStatusRequest\x1a\".emr.sync.v1.GetSyncStatusResponse\x12\\\n\x0fListDeadLetters\x12#.emr.sync.v1.ListDeadLettersRequest\x1a$.emr.sync.v1.ListDeadLettersResponse\x12\\\n\x0fRetryDeadLetter\x12#.emr.sync.v1.RetryDeadLetterRequest\x1a$.emr.sync.v1.RetryDeadLetterResponse\x12\x41\n\x06Replay\x12\x1a.emr.sync.v1.ReplayRequest\x1a\x1b.emr.sync.v1.ReplayResponse\x12J\n\tReconcile\x12\x1d.emr.sync.v1.ReconcileRequest\x1a\x1e.emr.sync.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'emr.sync.v1.sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYKIND']._serialized_start=1483
-  _globals['_DELIVERYKIND']._serialized_end=1593
+  _globals['_DELIVERYKIND']._serialized_start=1786
+  _globals['_DELIVERYKIND']._serialized_end=1896
   _globals['_GETSYNCSTATUSREQUEST']._serialized_start=72
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=117
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=120
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=543
-  _globals['_DEADLETTER']._serialized_start=546
-  _globals['_DEADLETTER']._serialized_end=814
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=816
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=902
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=904
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1001
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=1003
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=1068
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=1070
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=1116
-  _globals['_REPLAYREQUEST']._serialized_start=1118
-  _globals['_REPLAYREQUEST']._serialized_end=1223
-  _globals['_REPLAYRESPONSE']._serialized_start=1225
-  _globals['_REPLAYRESPONSE']._serialized_end=1259
-  _globals['_RECONCILEREQUEST']._serialized_start=1262
-  _globals['_RECONCILEREQUEST']._serialized_end=1394
-  _globals['_RECONCILERESPONSE']._serialized_start=1396
-  _globals['_RECONCILERESPONSE']._serialized_end=1481
-  _globals['_NATIONALSYNCSERVICE']._serialized_start=1596
-  _globals['_NATIONALSYNCSERVICE']._serialized_end=2036
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=139
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=142
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=665
+  _globals['_DELIVERYRECEIPT']._serialized_start=668
+  _globals['_DELIVERYRECEIPT']._serialized_end=846
+  _globals['_DEADLETTER']._serialized_start=849
+  _globals['_DEADLETTER']._serialized_end=1117
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1119
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1205
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1207
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1304
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=1306
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=1371
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=1373
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=1419
+  _globals['_REPLAYREQUEST']._serialized_start=1421
+  _globals['_REPLAYREQUEST']._serialized_end=1526
+  _globals['_REPLAYRESPONSE']._serialized_start=1528
+  _globals['_REPLAYRESPONSE']._serialized_end=1562
+  _globals['_RECONCILEREQUEST']._serialized_start=1565
+  _globals['_RECONCILEREQUEST']._serialized_end=1697
+  _globals['_RECONCILERESPONSE']._serialized_start=1699
+  _globals['_RECONCILERESPONSE']._serialized_end=1784
+  _globals['_NATIONALSYNCSERVICE']._serialized_start=1899
+  _globals['_NATIONALSYNCSERVICE']._serialized_end=2339
 # @@protoc_insertion_point(module_scope)

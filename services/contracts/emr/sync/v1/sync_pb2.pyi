@@ -20,13 +20,15 @@ DELIVERY_KIND_FHIR_TRANSACTION: DeliveryKind
 DELIVERY_KIND_CLAIM_XML: DeliveryKind
 
 class GetSyncStatusRequest(_message.Message):
-    __slots__ = ("facility_code",)
+    __slots__ = ("facility_code", "delivery_ids")
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_IDS_FIELD_NUMBER: _ClassVar[int]
     facility_code: str
-    def __init__(self, facility_code: _Optional[str] = ...) -> None: ...
+    delivery_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, facility_code: _Optional[str] = ..., delivery_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetSyncStatusResponse(_message.Message):
-    __slots__ = ("pending", "delivered", "failed", "last_error", "last_delivered_time", "records_cursor", "in_flight", "dead_lettered", "oldest_pending_time", "oldest_pending_age_seconds", "national_reachable", "national_checked_time", "identity_cursor")
+    __slots__ = ("pending", "delivered", "failed", "last_error", "last_delivered_time", "records_cursor", "in_flight", "dead_lettered", "oldest_pending_time", "oldest_pending_age_seconds", "national_reachable", "national_checked_time", "identity_cursor", "last_receipt", "receipts")
     PENDING_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +42,8 @@ class GetSyncStatusResponse(_message.Message):
     NATIONAL_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     NATIONAL_CHECKED_TIME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LAST_RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     pending: int
     delivered: int
     failed: int
@@ -53,7 +57,23 @@ class GetSyncStatusResponse(_message.Message):
     national_reachable: bool
     national_checked_time: _timestamp_pb2.Timestamp
     identity_cursor: int
-    def __init__(self, pending: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_delivered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., records_cursor: _Optional[int] = ..., in_flight: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., oldest_pending_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., oldest_pending_age_seconds: _Optional[float] = ..., national_reachable: _Optional[bool] = ..., national_checked_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity_cursor: _Optional[int] = ...) -> None: ...
+    last_receipt: DeliveryReceipt
+    receipts: _containers.RepeatedCompositeFieldContainer[DeliveryReceipt]
+    def __init__(self, pending: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_delivered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., records_cursor: _Optional[int] = ..., in_flight: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., oldest_pending_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., oldest_pending_age_seconds: _Optional[float] = ..., national_reachable: _Optional[bool] = ..., national_checked_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity_cursor: _Optional[int] = ..., last_receipt: _Optional[_Union[DeliveryReceipt, _Mapping]] = ..., receipts: _Optional[_Iterable[_Union[DeliveryReceipt, _Mapping]]] = ...) -> None: ...
+
+class DeliveryReceipt(_message.Message):
+    __slots__ = ("delivery_id", "kind", "facility_code", "transaction_id", "delivered_time")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_TIME_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    kind: DeliveryKind
+    facility_code: str
+    transaction_id: str
+    delivered_time: _timestamp_pb2.Timestamp
+    def __init__(self, delivery_id: _Optional[str] = ..., kind: _Optional[_Union[DeliveryKind, str]] = ..., facility_code: _Optional[str] = ..., transaction_id: _Optional[str] = ..., delivered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("delivery_id", "kind", "resource_type", "resource_id", "resource_version", "patient_id", "facility_code", "reason", "attempts", "dead_time")

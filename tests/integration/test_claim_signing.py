@@ -1,0 +1,252 @@
+"""Claims on the real platform: sync signs an insurance visit's claim with its facility's key and sends
+it with that facility's national client; the emulator verifies it against the facility's certificate
+and answers a transaction code, which GetSyncStatus shows. A tampered, unsigned or foreign claim is
+refused with the field named, and a facility without a key has its claim dead-lettered, never sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+import pytest
+from emr.identity.v1 import identity_pb2
+from emr.records.v1 import records_pb2
+from emr.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from pymongo import AsyncMongoClient
+
+from emr_devstack.national import FACILITY_SIGNING_DIR, dev_client
+from emr_devstack.processes import free_port
+from emr_devstack.stack import Stack
+from emr_devstack.tokens import caller_metadata
+from emr_records.repository import CHANGE_COUNTER
+from emr_runtime.db import last_sequence
+from emr_sync.claim_signing import load_signing_key, sign_claim
+from emr_sync.claim_xml import ClaimFile, submission
+
+T = TypeVar("T")
+CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
+# Facilities of the development clients file (emr_devstack.national): each has its own client.
+SIGNED_FACILITY, OTHER_FACILITY = "79002", "79001"
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within_seconds: float = 60.0) -> T:
+    deadline = time.monotonic() + within_seconds
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.1)
+
+
+def stamp(moment: datetime) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(moment)
+    return result
+
+
+async def insurance_visit(identity: Any, records: Any, facility_code: str) -> str:
+    """A registered patient's finished BHYT-paid visit; its claim's delivery id."""
+    serial = uuid.uuid4().int % 10**6
+    bhyt = f"DN479{uuid.uuid4().int % 10**10:010d}"
+    registered = await identity.RegisterPatient(
+        identity_pb2.RegisterPatientRequest(
+            request_id=str(uuid.uuid4()),
+            full_name=f"Phạm Văn Ký {serial:06d}",
+            birth_date=f"1992-{serial % 12 + 1:02d}-{serial % 28 + 1:02d}",
+            sex=identity_pb2.SEX_MALE,
+            facility_code=facility_code,
+            identifiers=[
+                identity_pb2.Identifier(
+                    system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079092{serial:06d}"
+                ),
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value=bhyt),
+            ],
+        ),
+        metadata=CLINICIAN,
+    )
+    now = datetime.now(UTC)
+    created = await records.CreateEncounter(
+        records_pb2.CreateEncounterRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=registered.patient.patient_id,
+            facility_code=facility_code,
+            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+            start_time=stamp(now - timedelta(hours=1)),
+            end_time=stamp(now - timedelta(minutes=5)),
+            reason="Khám định kỳ",
+            department="K01",
+            insurance=records_pb2.EncounterInsurance(bhyt_number=bhyt, benefit_level=4),
+        ),
+        metadata=CLINICIAN,
+    )
+    return f"Claim/Encounter/{created.encounter.encounter_id}/_history/{created.encounter.version}"
+
+
+async def token_of(http: httpx.AsyncClient, facility_code: str) -> str:
+    client = dev_client(facility_code)
+    answer = await http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client["client_id"], client["client_secret"]),
+    )
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+def a_claim(facility_code: str) -> bytes:
+    summary = (
+        f"<TONG_HOP><MA_LK>{uuid.uuid4()}</MA_LK><MA_THE_BHYT>DN4790000000001</MA_THE_BHYT>"
+        f"<MA_CSKCB>{facility_code}</MA_CSKCB><NGAY_VAO>202603011000</NGAY_VAO></TONG_HOP>"
+    )
+    return submission(facility_code, [ClaimFile("XML1", summary.encode())], datetime.now(UTC))
+
+
+async def post_claim(http: httpx.AsyncClient, token: str, body: bytes) -> httpx.Response:
+    return await http.post(
+        "/claims",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": f"test-{uuid.uuid4()}",
+            "Content-Type": "application/xml",
+        },
+    )
+
+
+def refused_field(answer: httpx.Response) -> tuple[int, str, str]:
+    (issue,) = answer.json()["issue"]
+    return answer.status_code, issue["expression"][0], issue["diagnostics"]
+
+
+async def test_an_insurance_visits_claim_arrives_signed_and_its_receipt_shows_in_sync_status(
+    stack: Stack,
+    identity: Any,
+    records: Any,
+    sync: sync_pb2_grpc.NationalSyncServiceStub,
+    bad_fields: Callable[[grpc.aio.AioRpcError], list[str]],
+) -> None:
+    claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+
+    async def receipt() -> sync_pb2.DeliveryReceipt | None:
+        status = await sync.GetSyncStatus(
+            sync_pb2.GetSyncStatusRequest(facility_code=SIGNED_FACILITY, delivery_ids=[claim_id])
+        )
+        return status.receipts[0] if status.receipts else None
+
+    held = await eventually(receipt)
+    assert (held.delivery_id, held.kind) == (claim_id, sync_pb2.DELIVERY_KIND_CLAIM_XML)
+    assert held.facility_code == SIGNED_FACILITY and held.HasField("delivered_time")
+    async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
+        accepted = (await http.get(f"/deliveries/{claim_id}")).json()
+    # The emulator accepts a claim only once its signature verified against 79002's certificate.
+    assert held.transaction_id and held.transaction_id == accepted["transaction_id"]
+    status = await sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(facility_code=SIGNED_FACILITY))
+    assert status.last_receipt.transaction_id
+    # Receipts of another facility are not shown under this one's filter.
+    other = await sync.GetSyncStatus(
+        sync_pb2.GetSyncStatusRequest(facility_code=OTHER_FACILITY, delivery_ids=[claim_id])
+    )
+    assert list(other.receipts) == []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sync.GetSyncStatus(
+            sync_pb2.GetSyncStatusRequest(delivery_ids=[f"Claim/{n}" for n in range(101)])
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(refused.value) == ["delivery_ids"]
+
+
+async def test_the_emulator_refuses_a_tampered_unsigned_or_foreign_claim_naming_the_field(
+    stack: Stack, identity: Any, records: Any, sync: sync_pb2_grpc.NationalSyncServiceStub
+) -> None:
+    # Sync made 79002's development key on first use (the previous test, or this visit's claim).
+    claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+
+    async def delivered() -> bool | None:
+        status = await sync.GetSyncStatus(
+            sync_pb2.GetSyncStatusRequest(facility_code=SIGNED_FACILITY, delivery_ids=[claim_id])
+        )
+        return True if status.receipts else None
+
+    await eventually(delivered)
+    key = load_signing_key(stack.run_dir / FACILITY_SIGNING_DIR, SIGNED_FACILITY)
+    signed = sign_claim(a_claim(SIGNED_FACILITY), key)
+    async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
+        token = await token_of(http, SIGNED_FACILITY)
+        accepted = await post_claim(http, token, signed)
+        assert accepted.status_code == 201
+        assert accepted.json()["MA_GIAO_DICH"] == accepted.headers["X-Transaction-Id"]
+
+        old = b"<NGAYLAP>"
+        at = signed.index(old) + len(old)
+        changed = b"1" if signed[at : at + 1] != b"1" else b"2"
+        tampered = signed[:at] + changed + signed[at + 1 :]
+        status, field, reason = refused_field(await post_claim(http, token, tampered))
+        assert (status, field) == (422, "CHUKYDONVI") and "changed after signing" in reason
+
+        status, field, reason = refused_field(await post_claim(http, token, a_claim(SIGNED_FACILITY)))
+        assert (status, field) == (422, "CHUKYDONVI") and "not signed" in reason
+
+        # 79001's token may not submit 79002's claim, signed or not.
+        foreign = await token_of(http, OTHER_FACILITY)
+        status, field, _ = refused_field(await post_claim(http, foreign, signed))
+        assert (status, field) == (403, "THONGTINDONVI.MACSKCB")
+
+
+async def test_a_facility_without_a_signing_key_has_its_claim_dead_lettered_and_never_sent(
+    stack: Stack, identity: Any, records: Any, mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path
+) -> None:
+    # A sync replica of its own (database, emulator) whose signing folder has no key for the facility.
+    emulator_port, name = free_port(), f"emulator-{uuid.uuid4().hex[:6]}"
+    stack.start_service(
+        "national_emulator", ports=stack.with_ports(national_emulator=emulator_port), name=name
+    )
+    database = f"emr_sync_test_{uuid.uuid4().hex[:8]}"
+    start = await last_sequence(mongo["emr_records"], CHANGE_COUNTER)
+    await mongo[database]["cursors"].insert_many(
+        [{"_id": "records", "after": start}, {"_id": "identity", "after": 2**62}]
+    )
+    replica = f"sync-unsigned-{uuid.uuid4().hex[:6]}"
+    sync_port = free_port()
+    stack.start_service(
+        "sync",
+        ports=stack.with_ports(sync=sync_port),
+        name=replica,
+        extra_env={
+            "SYNC_MONGODB_DATABASE": database,
+            "SYNC_NATIONAL_URL": f"http://127.0.0.1:{emulator_port}",
+            "SYNC_FACILITY_SIGNING_DIR": str(tmp_path),
+            "SYNC_FACILITY_SIGNING_GENERATE": "false",
+            "SYNC_POLL_INTERVAL_SECONDS": "0.1",
+            "SYNC_METRICS_PORT": "0",
+        },
+    )
+    channel = stack.dev_channel(f"127.0.0.1:{sync_port}")
+    try:
+        stub = sync_pb2_grpc.NationalSyncServiceStub(channel)
+        claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+
+        async def dead_letter() -> sync_pb2.DeadLetter | None:
+            page = await stub.ListDeadLetters(sync_pb2.ListDeadLettersRequest(facility_code=SIGNED_FACILITY))
+            return next((d for d in page.dead_letters if d.delivery_id == claim_id), None)
+
+        letter = await eventually(dead_letter)
+        assert "CHUKYDONVI" in letter.reason and "no signing key" in letter.reason
+        status = await stub.GetSyncStatus(sync_pb2.GetSyncStatusRequest(facility_code=SIGNED_FACILITY))
+        assert status.delivered == 1  # the visit's FHIR bundle went; its claim did not
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{emulator_port}") as http:
+            assert (await http.get(f"/deliveries/{claim_id}")).status_code == 404
+            assert (await http.get("/stats")).json()["received"] == 1
+    finally:
+        await channel.close()
+        for process in (replica, name):
+            stack.processes.pop(process).stop()
