@@ -27,7 +27,13 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import ManagedProcess, StartupError
 from emr_devstack.stack import Ports, Stack
+from emr_devstack.tokens import dev_channel
 
+REDIAL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
 # What every scenario's platform gets on top of `make up`'s settings: checkpoints often (the chain's
 # verdict covers recent events), access answers never cached (a grant counts at once), sync polls fast.
 CHAOS_ENVIRONMENT = {
@@ -46,7 +52,15 @@ class ChaosPlatform:
 
     def channel(self, service: str, subject: str = "dev-admin") -> grpc.aio.Channel:
         """A mutual-TLS channel to ``service``; calls without their own token act as ``subject``."""
-        opened = self.stack.dev_channel(self.stack.target(service), subject)
+        return self.channel_to(self.stack.target(service), subject)
+
+    def channel_to(self, target: str, subject: str = "dev-admin") -> grpc.aio.Channel:
+        """A mutual-TLS channel to ``host:port`` (an extra instance), closed with the platform. It
+        redials a restarted service within half a second, as a client that retries through a
+        restart must (gRPC's own back-off grows to two minutes: a scenario would measure that)."""
+        opened = dev_channel(
+            target, subject, credentials=self.stack.client_tls.channel_credentials(), options=REDIAL_OPTIONS
+        )
         self._channels.append(opened)
         return opened
 
@@ -193,13 +207,6 @@ async def audit_events(audit: audit_pb2_grpc.AuditServiceStub, **filters: Any) -
             return events
 
 
-def channel_to(platform: ChaosPlatform, target: str, subject: str = "dev-admin") -> grpc.aio.Channel:
-    """A mutual-TLS channel to an extra instance at ``target``, closed with the platform."""
-    opened = platform.stack.dev_channel(target, subject)
-    platform._channels.append(opened)
-    return opened
-
-
 @dataclass(frozen=True)
 class AuditProbes:
     """The audit scenarios' ways to read what was recorded, as a fixture (test modules cannot
@@ -208,7 +215,6 @@ class AuditProbes:
     metric_value: Callable[[int, str], Awaitable[float | None]] = metric_value
     metric_sum: Callable[..., Awaitable[float | None]] = metric_sum
     audit_events: Callable[..., Awaitable[list[audit_pb2.AuditEvent]]] = audit_events
-    channel_to: Callable[..., grpc.aio.Channel] = channel_to
 
 
 @pytest.fixture(scope="session")

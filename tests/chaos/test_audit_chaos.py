@@ -310,7 +310,7 @@ async def test_one_of_two_audit_replicas_killed_under_append_load_keeps_one_chai
     identities = {
         "audit": identity_pb2_grpc.PatientIdentityServiceStub(chaos.channel("identity")),
         "audit-b": identity_pb2_grpc.PatientIdentityServiceStub(
-            audit_probes.channel_to(chaos, f"127.0.0.1:{identity_b_ports.identity}")
+            chaos.channel_to(f"127.0.0.1:{identity_b_ports.identity}")
         ),
     }
     ledger = Ledger()
@@ -376,7 +376,7 @@ async def test_one_of_two_audit_replicas_killed_under_append_load_keeps_one_chai
 
     replicas = [
         audit_pb2_grpc.AuditServiceStub(chaos.channel("audit")),
-        audit_pb2_grpc.AuditServiceStub(audit_probes.channel_to(chaos, f"127.0.0.1:{replica_ports.audit}")),
+        audit_pb2_grpc.AuditServiceStub(chaos.channel_to(f"127.0.0.1:{replica_ports.audit}")),
     ]
     events = await audit_probes.audit_events(replicas[1])
     missing = missing_events(ledger.succeeded, recorded_calls(events, set(clerks)))
