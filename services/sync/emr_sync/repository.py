@@ -392,7 +392,8 @@ class SyncRepository:
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
         """Deliveries listed in flight by the live holder of their partition's lease."""
         live = {
-            (lease["name"], lease["owner"])
+            # .get: a lease document of the former shape (no name) may outlive an upgrade by a lease.
+            (lease.get("name"), lease.get("owner"))
             async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"name": 1, "owner": 1})
         }
         total = 0
