@@ -107,6 +107,11 @@ class ClaimDetails:
 NO_DETAILS = ClaimDetails()
 
 
+class ClaimDataError(ValueError):
+    """A record value the claim cannot be written from; the message names the field, never the
+    value (it is patient data)."""
+
+
 class SubmissionKind(StrEnum):
     """What a claim submission does at the portal for its MA_LK."""
 
@@ -136,9 +141,12 @@ def date_time(stamp: Timestamp) -> str:
     return formats.write_date_time(datetime.fromtimestamp(stamp.seconds, UTC))
 
 
-def _iso_day(text: str) -> str:
+def _iso_day(text: str, field: str) -> str:
     """yyyymmdd of a YYYY-MM-DD day; empty when empty."""
-    return formats.write_date(date.fromisoformat(text)) if text else ""
+    try:
+        return formats.write_date(date.fromisoformat(text)) if text else ""
+    except ValueError:
+        raise ClaimDataError(f"{field}: not a YYYY-MM-DD day") from None
 
 
 def birth_moment(iso_birth_date: str) -> str:
@@ -147,7 +155,10 @@ def birth_moment(iso_birth_date: str) -> str:
     without its day is written 0000 too (identity's ``claim_birth_date`` would give 19850700)."""
     if not iso_birth_date:
         return ""
-    birth = BirthDate.parse(iso_birth_date)
+    try:
+        birth = BirthDate.parse(iso_birth_date)
+    except ValueError:
+        raise ClaimDataError("NGAY_SINH: the birth date is not YYYY, YYYY-MM or YYYY-MM-DD") from None
     known_day = bool(birth.month and birth.day)
     return formats.write_birth(
         formats.BirthMoment(birth.year, birth.month if known_day else None, birth.day if known_day else None)
@@ -158,13 +169,13 @@ def sex_code(sex: int) -> str:
     return SEX_CODES.get(sex, "3")
 
 
-def _decimal(text: str) -> Decimal:
+def _decimal(text: str, field: str) -> Decimal:
     try:
         value = Decimal(text) if text else Decimal(0)
-    except InvalidOperation as error:
-        raise ValueError("a charge line amount is not a decimal") from error
-    if not value.is_finite():
-        raise ValueError("a charge line amount is not finite")
+    except InvalidOperation:
+        raise ClaimDataError(f"{field}: not a decimal") from None
+    if not value.is_finite() or value < 0:
+        raise ClaimDataError(f"{field}: not a finite, non-negative decimal")
     return value
 
 
@@ -221,8 +232,8 @@ def cards(patient: identity_pb2.Patient, encounter: records_pb2.Encounter) -> li
             Card(
                 card.card_number,
                 card.registered_facility_code,
-                _iso_day(card.valid_from),
-                _iso_day(card.valid_to),
+                _iso_day(card.valid_from, "GT_THE_TU"),
+                _iso_day(card.valid_to, "GT_THE_DEN"),
             )
             for card in encounter.insurance_cards
         ]
@@ -236,8 +247,8 @@ def cards(patient: identity_pb2.Patient, encounter: records_pb2.Encounter) -> li
                 Card(
                     number,
                     details.primary_care_facility_code,
-                    _iso_day(details.valid_from),
-                    _iso_day(details.valid_to),
+                    _iso_day(details.valid_from, "GT_THE_TU"),
+                    _iso_day(details.valid_to, "GT_THE_DEN"),
                 )
             ]
     return [Card(number, "", "", "")]
@@ -293,7 +304,7 @@ def _money(amounts: LineAmounts) -> Row:
 
 def drug_row(link_key: str, number: int, line: records_pb2.ChargeLine, benefit: Decimal) -> Row:
     """One XML2 row: THANH_TIEN_BV = SO_LUONG x DON_GIA, THANH_TIEN_BH x TYLE_TT_BH (3176)."""
-    quantity, price = _decimal(line.quantity), _decimal(line.hospital_unit_price)
+    quantity, price = _decimal(line.quantity, "SO_LUONG"), _decimal(line.hospital_unit_price, "DON_GIA")
     amounts = line_amounts(quantity, price, price, Decimal(line.insurance_payment_ratio), benefit)
     drug = line.drug
     return {
@@ -328,8 +339,9 @@ def drug_row(link_key: str, number: int, line: records_pb2.ChargeLine, benefit: 
 def service_row(link_key: str, number: int, line: records_pb2.ChargeLine, benefit: Decimal) -> Row:
     """One XML3 row (service, bed day or supply): THANH_TIEN_BV = SO_LUONG x DON_GIA_BV x
     TYLE_TT_DV, THANH_TIEN_BH = SO_LUONG x DON_GIA_BH x TYLE_TT_DV x TYLE_TT_BH (3176)."""
-    quantity = _decimal(line.quantity)
-    facility_price, insured_price = _decimal(line.hospital_unit_price), _decimal(line.insurance_unit_price)
+    quantity = _decimal(line.quantity, "SO_LUONG")
+    facility_price = _decimal(line.hospital_unit_price, "DON_GIA_BV")
+    insured_price = _decimal(line.insurance_unit_price, "DON_GIA_BH")
     amounts = line_amounts(
         quantity,
         facility_price,
@@ -372,9 +384,12 @@ def service_row(link_key: str, number: int, line: records_pb2.ChargeLine, benefi
     }
 
 
-def _quantity_text(value: float) -> str:
-    """A measured value without an exponent (up to 3 decimals, as the claim's quantities)."""
-    return formats.write_quantity(Decimal(repr(value)))
+def _measured_text(value: float) -> str:
+    """A measured value (GIA_TRI is text, and may be negative) in plain digits, never an exponent."""
+    number = Decimal(repr(value))
+    if not number.is_finite():
+        raise ClaimDataError("GIA_TRI: not a finite number")
+    return format(number.normalize(), "f")
 
 
 def result_rows(link_key: str, resources: Sequence[records_pb2.ClinicalResource]) -> list[Row]:
@@ -392,7 +407,7 @@ def result_rows(link_key: str, resources: Sequence[records_pb2.ClinicalResource]
         value, unit = "", ""
         which = observation.WhichOneof("value")
         if which == "value_quantity":
-            value, unit = _quantity_text(observation.value_quantity.value), observation.value_quantity.unit
+            value, unit = _measured_text(observation.value_quantity.value), observation.value_quantity.unit
         elif which == "value_coding":
             value = observation.value_coding.code
         elif which == "value_text":
@@ -499,7 +514,9 @@ def summary_row(
     lines = [*drugs, *services]
     supplies = [row for row in services if row["MA_VAT_TU"]]
     admission, discharge = encounter.admission, encounter.discharge
-    weight = formats.write_decimal(_decimal(encounter.weight_kg), 2) if encounter.weight_kg else ""
+    weight = (
+        formats.write_decimal(_decimal(encounter.weight_kg, "CAN_NANG"), 2) if encounter.weight_kg else ""
+    )
     return {
         "MA_LK": link_key,
         "STT": "1",
@@ -557,7 +574,7 @@ def summary_row(
         "MA_KHOA": _joined(_departments(encounter, _active_lines(resources))),
         "MA_CSKCB": encounter.facility_code,
         "CAN_NANG": weight,
-        "NGAY_TAI_KHAM": _iso_day(discharge.follow_up_date),
+        "NGAY_TAI_KHAM": _iso_day(discharge.follow_up_date, "NGAY_TAI_KHAM"),
         "MA_HSBA": encounter.medical_record_number,
         "MA_TTDV": details.facility_head_code,
     }

@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from emr_claims import build, validate
 from emr_claims.spec import table
 from emr_sync.claim_xml import (
+    ClaimDataError,
     ClaimDetails,
     SubmissionKind,
     birth_moment,
@@ -688,6 +689,28 @@ def test_zero_days_for_a_stay_under_four_hours() -> None:
     encounter.end_time.CopyFrom(stamp(2024, 6, 15, 2, 0))
     summary = claim_rows(inpatient_patient(), encounter, resources, DETAILS)["XML1"][0]
     assert summary["SO_NGAY_DTRI"] == "0"
+
+
+def test_bad_record_values_are_named_by_field_without_the_value() -> None:
+    encounter, resources = inpatient_visit()
+    patient = inpatient_patient()
+    patient.birth_date = "1990-13-45"
+    with pytest.raises(ClaimDataError) as bad_birth:
+        claim_rows(patient, encounter, resources, DETAILS)
+    assert str(bad_birth.value).startswith("NGAY_SINH:") and "1990" not in str(bad_birth.value)
+    resources[4].charge_line.quantity = "1e5x"
+    with pytest.raises(ClaimDataError, match=r"^SO_LUONG: not a decimal$"):
+        claim_rows(inpatient_patient(), encounter, resources, DETAILS)
+
+
+def test_measured_values_are_plain_digits() -> None:
+    encounter, resources = inpatient_visit()
+    resources[11].observation.value_quantity.value = 1e-05
+    resources[11].observation.service_code = "22.0001.1235"
+    (result,) = [r for r in claim_rows(inpatient_patient(), encounter, resources, DETAILS)["XML4"]]
+    assert result["GIA_TRI"] == "0.00001"
+    resources[11].observation.value_quantity.value = -2e6
+    assert claim_rows(inpatient_patient(), encounter, resources, DETAILS)["XML4"][0]["GIA_TRI"] == "-2000000"
 
 
 # --- codes and fallbacks --------------------------------------------------------------------------
