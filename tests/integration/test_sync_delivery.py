@@ -33,11 +33,13 @@ from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
 from emr_runtime.paging import PageTokens
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
+from emr_sync.claim_xml import ClaimDetails, claim_xml
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
+from emr_sync.domain import DeliveryKind, new_delivery
 from emr_sync.repository import SyncRepository
 from emr_sync.service import SyncService
 from emr_sync.settings import SyncSettings
-from emr_sync.synthetic import encounter_backlog
+from emr_sync.synthetic import SYNTHETIC_DETAILS, encounter_backlog, synthetic_visits
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -411,3 +413,67 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     assert (stats["held"], stats["duplicates_received"]) == (len(queued), 0)
     assert await mongo[site.database]["queue"].count_documents({}) == 0
     assert await mongo[site.database]["deliveries"].count_documents({"status": "delivered"}) == len(queued)
+
+
+async def test_the_strict_emulator_holds_a_full_claim_and_refuses_a_thin_one_by_field(
+    site: SyncSite, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    """Two claims queued as intake would (bypassing intake's own check, to reach the emulator): the
+    builder's full claim of a synthetic visit is held by the emulator, strict by default; the claim of
+    the same kind of visit without the details the platform lacks is refused, naming the field."""
+    settings = SyncSettings(partitions=1, partitions_per_round=1, replica_id="claims", concurrency=2)
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)
+    repository = SyncRepository(mongo[site.database], crypt)
+    now = datetime.now(UTC)
+    full, thin = synthetic_visits(2, per_patient=2, now=now)
+    queued = [
+        new_delivery(
+            DeliveryKind.CLAIM_XML,
+            "Encounter",
+            visit.encounter.encounter_id,
+            1,
+            visit.patient.patient_id,
+            visit.encounter.facility_code,
+            sequence,
+            settings.partitions,
+            claim_xml(visit.patient, visit.encounter, visit.resources, now, details),
+            now,
+            now,
+        )
+        for sequence, (visit, details) in enumerate(((full, SYNTHETIC_DETAILS), (thin, ClaimDetails())), 1)
+    ]
+    await repository.enqueue(queued)
+    await repository.create_leases(["partition:0"])
+    unused = grpc.aio.insecure_channel("127.0.0.1:1")  # the round reads no feed and no patient
+    national = NationalClient(
+        site.emulator_url,
+        10,
+        settings.national_client_id,
+        settings.national_client_secret,
+        settings.national_token_path,
+        timedelta(seconds=1),
+        settings.concurrency,
+    )
+    service = SyncService(
+        repository,
+        RecordsFeed(unused),
+        IdentityFeed(unused),
+        PatientDirectory(unused, "sync", "NATIONAL_REPORTING"),
+        national,
+        pipeline_config(settings),
+        PageTokens(crypt.derived_key(page_token_purpose("sync"))),
+        crypt.derived_key(REQUEST_FINGERPRINT),
+    )
+    try:
+        await service.deliver_round()
+    finally:
+        await national.close()
+        await unused.close()
+    held = await emulator(site, f"/deliveries/{queued[0].delivery_id}")
+    assert held["content"]["MA_LK"] == full.encounter.encounter_id
+    assert held["content"]["T_TONGCHI_BV"] != "0"
+    deliveries = mongo[site.database]["deliveries"]
+    assert (await deliveries.find_one({"_id": queued[0].delivery_id}) or {})["status"] == "delivered"
+    refused = await deliveries.find_one({"_id": queued[1].delivery_id}) or {}
+    assert refused["status"] == "dead"
+    assert refused["last_error"].startswith("HTTP 422: HOSO[1].XML1[1].MA_QUOCTICH REQUIRED")
