@@ -359,10 +359,11 @@ def inpatient_visit() -> tuple[records_pb2.Encounter, list[records_pb2.ClinicalR
 
 
 def outpatient_patient() -> identity_pb2.Patient:
-    """A foreigner without CCCD (passport), born in 1985 (year only), an old-style visit."""
+    """A Vietnamese patient with no CCCD on record, identified by passport (the SO_CCCD alternative),
+    born in 1985 (year only)."""
     return identity_pb2.Patient(
         patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
-        full_name="John Thử Nghiệm",
+        full_name="Phạm Văn Thử",
         birth_date="1985",
         sex=identity_pb2.SEX_MALE,
         province_code="79",
@@ -590,7 +591,7 @@ def test_inpatient_summary_facts() -> None:
 
 def test_outpatient_summary_facts() -> None:
     summary = _summary("outpatient")
-    assert summary["SO_CCCD"] == "B1234567"  # passport of a foreigner without CCCD
+    assert summary["SO_CCCD"] == "B1234567"  # the passport when no CCCD is on record
     assert summary["NGAY_SINH"] == "198500000000"
     assert summary["SO_NGAY_DTRI"] == "1"
     assert (summary["MA_LOAI_KCB"], summary["MA_LOAI_RV"], summary["KET_QUA_DTRI"]) == ("01", "1", "1")
