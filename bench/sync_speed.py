@@ -40,7 +40,7 @@ from emr_runtime.fieldcrypt import FieldCrypt
 from emr_sync.domain import Delivery
 from emr_sync.repository import SyncRepository
 from emr_sync.settings import SyncSettings
-from emr_sync.synthetic import encounter_backlog
+from emr_sync.synthetic import SyntheticVisit, check_claim_totals, encounter_backlog
 
 CONCURRENCY = 16
 ENCOUNTERS_PER_PATIENT = 10
@@ -118,12 +118,21 @@ async def poll(probe: Any, what: str, every: float, within_seconds: float = 7200
 
 async def measure(stack: Stack, encounters: int, raw: int) -> None:
     started = time.monotonic()
-    deliveries = encounter_backlog(encounters, SyncSettings().partitions, ENCOUNTERS_PER_PATIENT)
+    claims_checked = 0
+
+    def check_claim(visit: SyntheticVisit) -> None:
+        nonlocal claims_checked
+        check_claim_totals(visit)  # raises unless every XML1 total is the sum of the claim's lines
+        claims_checked += 1
+
+    deliveries = encounter_backlog(encounters, SyncSettings().partitions, ENCOUNTERS_PER_PATIENT, check_claim)
+    assert claims_checked == encounters
     Bundle.model_validate_json(deliveries[0].payload)  # what intake checks; one shows the shape holds
     await seed(stack, deliveries)
     print(
         f"backlog: {encounters} finished encounters queued through SyncRepository.enqueue "
-        f"in {time.monotonic() - started:.0f}s"
+        f"in {time.monotonic() - started:.0f}s; claims checked (XML1 totals = sums of the lines): "
+        f"{claims_checked}"
     )
     payloads = [bytes(d.payload) for d in deliveries[:raw]]
     raw_rate = await raw_ingest_rate(stack, payloads)

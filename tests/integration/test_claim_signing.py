@@ -22,6 +22,7 @@ from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
+from emr_claims import build, sample
 from emr_devstack.national import FACILITY_SIGNING_DIR, dev_client
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Stack
@@ -29,7 +30,6 @@ from emr_devstack.tokens import caller_metadata
 from emr_records.repository import CHANGE_COUNTER
 from emr_runtime.db import last_sequence
 from emr_sync.claim_signing import load_signing_key, sign_claim
-from emr_sync.claim_xml import ClaimFile, submission
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -104,11 +104,15 @@ async def token_of(http: httpx.AsyncClient, facility_code: str) -> str:
 
 
 def a_claim(facility_code: str) -> bytes:
-    summary = (
-        f"<TONG_HOP><MA_LK>{uuid.uuid4()}</MA_LK><MA_THE_BHYT>DN4790000000001</MA_THE_BHYT>"
-        f"<MA_CSKCB>{facility_code}</MA_CSKCB><NGAY_VAO>202603011000</NGAY_VAO></TONG_HOP>"
-    )
-    return submission(facility_code, [ClaimFile("XML1", summary.encode())], datetime.now(UTC))
+    """A full claim (every table, totals that add up: the strict checks pass) of ``facility_code``."""
+    rows = sample.claim_rows()
+    link_key = str(uuid.uuid4())
+    for table_rows in rows.values():
+        for row in table_rows:
+            row["MA_LK"] = link_key
+            if "MA_CSKCB" in row:
+                row["MA_CSKCB"] = facility_code
+    return build.submission(facility_code, [sample.claim_documents(rows)], datetime.now(UTC).date())
 
 
 async def post_claim(http: httpx.AsyncClient, token: str, body: bytes) -> httpx.Response:

@@ -23,6 +23,7 @@ from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
+from emr_devstack.national import FACILITY_SIGNING_DIR
 from emr_devstack.processes import ManagedProcess, free_port
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION, Stack
 from emr_devstack.tokens import caller_metadata
@@ -33,11 +34,14 @@ from emr_runtime.keys import REQUEST_FINGERPRINT, page_token_purpose
 from emr_runtime.paging import PageTokens
 from emr_runtime.patients import PatientDirectory
 from emr_sync.app import pipeline_config
+from emr_sync.claim_signing import ClaimSigner
+from emr_sync.claim_xml import ClaimDetails, claim_xml
 from emr_sync.clients import ClientCredential, IdentityFeed, NationalClient, NationalCredentials, RecordsFeed
+from emr_sync.domain import DeliveryKind, new_delivery
 from emr_sync.repository import SyncRepository
 from emr_sync.service import SyncService
 from emr_sync.settings import SyncSettings
-from emr_sync.synthetic import encounter_backlog
+from emr_sync.synthetic import SYNTHETIC_DETAILS, encounter_backlog, synthetic_visits
 
 T = TypeVar("T")
 CLINICIAN = caller_metadata("dr-synthetic-02", "79001", "TREATMENT")
@@ -230,6 +234,23 @@ async def all_delivered(site: SyncSite, name: str, facility_code: str, expected:
     await eventually(done)
 
 
+async def claims_held_back(site: SyncSite, name: str, facility_code: str, expected: int) -> None:
+    """The claims of the facility's BHYT visits are dead letters naming what Decision 130 requires and
+    the platform does not hold yet (a claim the portal would refuse is never sent)."""
+
+    async def dead() -> sync_pb2.ListDeadLettersResponse | None:
+        page = await site.stub(name).ListDeadLetters(
+            sync_pb2.ListDeadLettersRequest(facility_code=facility_code)
+        )
+        return page if len(page.dead_letters) == expected else None
+
+    page = await eventually(dead)
+    for letter in page.dead_letters:
+        assert letter.delivery_id.startswith("Claim/Encounter/")
+        assert letter.reason.startswith("claim fails Decision 130 checks: HOSO[1].XML1[1].")
+        assert "XML1[1].MA_QUOCTICH REQUIRED" in letter.reason
+
+
 async def assert_exactly_once_in_order(site: SyncSite, expected: dict[str, list[tuple[str, int]]]) -> None:
     for patient_id, versions in expected.items():
         assert await applied_encounters(site, patient_id) == versions
@@ -304,7 +325,8 @@ async def test_reconcile_resends_what_the_national_side_lost_and_replay_is_dedup
     bhyt = f"DN479{uuid.uuid4().int % 10**10:010d}"
     patient_id = await register(identity, facility_code, bhyt=bhyt)
     versions = await finished_encounter(records, patient_id, facility_code, bhyt=bhyt, revisions=2)
-    await all_delivered(site, "reconcile-a", facility_code, len(versions) * 2)  # bundles and claims
+    await all_delivered(site, "reconcile-a", facility_code, len(versions))  # the bundles
+    await claims_held_back(site, "reconcile-a", facility_code, len(versions))
     lost = f"Encounter/{versions[1][0]}/_history/{versions[1][1]}"
     async with httpx.AsyncClient(base_url=site.emulator_url) as http:
         assert (await http.post(f"/admin/forget/{lost}")).json() == {"forgotten": True}
@@ -317,7 +339,7 @@ async def test_reconcile_resends_what_the_national_side_lost_and_replay_is_dedup
     outcome = await stub.Reconcile(request)
     assert outcome.requeued == 1
     assert list(outcome.requeued_delivery_ids) == [lost]
-    assert outcome.checked >= len(versions) * 2
+    assert outcome.checked >= len(versions)
     assert await stub.Reconcile(request) == outcome  # a repeat returns the first result
 
     async def resent() -> bool | None:
@@ -328,19 +350,16 @@ async def test_reconcile_resends_what_the_national_side_lost_and_replay_is_dedup
         )
 
     await eventually(resent)
-    await all_delivered(site, "reconcile-a", facility_code, len(versions) * 2)
-
-    # The claims carry the Decision 130 envelope with the visit's XML1.
-    claim = await emulator(site, f"/deliveries/Claim/Encounter/{versions[0][0]}/_history/1")
-    assert claim["content"]["MA_LK"] == versions[0][0]
-    assert claim["content"]["MA_THE_BHYT"] == bhyt
+    await all_delivered(site, "reconcile-a", facility_code, len(versions))
+    # No claim reached the (strict) national side: each was held back as a dead letter.
+    assert (await emulator(site, "/deliveries", patient_id=patient_id, kind="claim"))["count"] == 0
 
     # Replay re-sends what was committed since a time; the national side applies none of it twice.
     before = await emulator(site, "/stats")
     replayed = await stub.Replay(
         sync_pb2.ReplayRequest(request_id=str(uuid.uuid4()), from_time=stamp(started))
     )
-    assert replayed.requeued >= len(versions) * 2
+    assert replayed.requeued >= len(versions)
 
     async def replay_done() -> bool | None:
         after = await emulator(site, "/stats")
@@ -396,3 +415,70 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     assert (stats["held"], stats["duplicates_received"]) == (len(queued), 0)
     assert await mongo[site.database]["queue"].count_documents({}) == 0
     assert await mongo[site.database]["deliveries"].count_documents({"status": "delivered"}) == len(queued)
+
+
+async def test_the_strict_emulator_holds_a_full_claim_and_refuses_a_thin_one_by_field(
+    site: SyncSite, stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    """Two claims queued as intake would (bypassing intake's own check, to reach the emulator): the
+    builder's full claim of a synthetic visit is held by the emulator, strict by default; the claim of
+    the same kind of visit without the details the platform lacks is refused, naming the field."""
+    settings = SyncSettings(partitions=1, partitions_per_round=1, replica_id="claims", concurrency=2)
+    crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)
+    repository = SyncRepository(mongo[site.database], crypt)
+    now = datetime.now(UTC)
+    full, thin = synthetic_visits(2, per_patient=2, now=now)
+    queued = [
+        new_delivery(
+            DeliveryKind.CLAIM_XML,
+            "Encounter",
+            visit.encounter.encounter_id,
+            1,
+            visit.patient.patient_id,
+            visit.encounter.facility_code,
+            sequence,
+            settings.partitions,
+            claim_xml(visit.patient, visit.encounter, visit.resources, now, details),
+            now,
+            now,
+        )
+        for sequence, (visit, details) in enumerate(((full, SYNTHETIC_DETAILS), (thin, ClaimDetails())), 1)
+    ]
+    await repository.enqueue(queued)
+    unused = grpc.aio.insecure_channel("127.0.0.1:1")  # the round reads no feed and no patient
+    national = NationalClient(
+        site.emulator_url,
+        10,
+        NationalCredentials(
+            {}, ClientCredential(settings.national_client_id, settings.national_client_secret)
+        ),
+        settings.national_token_path,
+        timedelta(seconds=1),
+        settings.concurrency,
+    )
+    # Signed with the development key of the visits' facility, whose certificate the emulator reads.
+    signer = ClaimSigner.from_directory(str(stack.run_dir / FACILITY_SIGNING_DIR), generate=True)
+    service = SyncService(
+        repository,
+        RecordsFeed(unused),
+        IdentityFeed(unused),
+        PatientDirectory(unused, "sync", "NATIONAL_REPORTING"),
+        national,
+        pipeline_config(settings),
+        PageTokens(crypt.derived_key(page_token_purpose("sync"))),
+        crypt.derived_key(REQUEST_FINGERPRINT),
+        signer=signer,
+    )
+    try:
+        await service.deliver_round()
+    finally:
+        await national.close()
+        await unused.close()
+    held = await emulator(site, f"/deliveries/{queued[0].delivery_id}")
+    assert held["content"]["MA_LK"] == full.encounter.encounter_id
+    assert held["content"]["T_TONGCHI_BV"] != "0"
+    deliveries = mongo[site.database]["deliveries"]
+    assert (await deliveries.find_one({"_id": queued[0].delivery_id}) or {})["status"] == "delivered"
+    refused = await deliveries.find_one({"_id": queued[1].delivery_id}) or {}
+    assert refused["status"] == "dead"
+    assert refused["last_error"].startswith("HTTP 422: HOSO[1].XML1[1].MA_QUOCTICH REQUIRED")

@@ -28,7 +28,7 @@ class EmulatorSettings(BaseSettings):
     )
     token_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of issued access tokens")
     claim_validation: Literal["strict", "basic"] = Field(
-        "basic",
+        "strict",
         description="strict: /claims checks every field of Decision 130 (emr_claims) and answers field errors; "
         "basic: only the envelope and a few XML1 fields",
     )

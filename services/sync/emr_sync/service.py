@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +36,13 @@ from emr_runtime.idempotency import check_request_id, derive_id, fingerprint
 from emr_runtime.paging import PageTokens, page_size, position_str, position_time
 from emr_runtime.patients import PatientDirectory
 from emr_sync.claim_signing import ClaimDocumentError, ClaimSigner, SigningKeyError
-from emr_sync.claim_xml import claim_xml, is_insurance_claim
+from emr_sync.claim_xml import (
+    ClaimDataError,
+    claim_problems,
+    claim_xml,
+    is_insurance_claim,
+    problems_reason,
+)
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
 from emr_sync.domain import (
     CircuitBreaker,
@@ -140,6 +146,28 @@ def patient_change_delivery(change: identity_pb2.PatientChange, partitions: int,
         except ValidationError as error:
             problem = _validation_reason(error)
     return replace(queued, status=DeliveryStatus.DEAD, last_error=problem, dead_at=now)
+
+
+def _claim_delivery(
+    delivery: Callable[[DeliveryKind, bytes, str], Delivery],
+    patient: identity_pb2.Patient,
+    encounter: records_pb2.Encounter,
+    attached: Sequence[records_pb2.ClinicalResource],
+    now: datetime,
+) -> Delivery:
+    """The claim of a finished BHYT visit, or a dead letter naming the fields the portal would refuse
+    (a visit lacking required claim data is never sent): the strict Decision 130 checks run here."""
+    try:
+        submission = claim_xml(patient, encounter, attached, now)
+    except ClaimDataError as error:
+        return delivery(DeliveryKind.CLAIM_XML, b"", short_reason(f"claim cannot be built: {error}"))
+    except ValueError:
+        # Other messages may quote a value, which is patient data.
+        return delivery(DeliveryKind.CLAIM_XML, b"", "claim cannot be built: a value is out of its range")
+    problems = claim_problems(submission)
+    if problems:
+        return delivery(DeliveryKind.CLAIM_XML, b"", short_reason(problems_reason(problems)))
+    return delivery(DeliveryKind.CLAIM_XML, submission, "")
 
 
 def _lease(partition: int) -> str:
@@ -340,7 +368,7 @@ class SyncService:
             return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
         queued = [delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle))]
         if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED and is_insurance_claim(encounter):
-            queued.append(delivery(DeliveryKind.CLAIM_XML, claim_xml(patient, encounter, attached, now)))
+            queued.append(_claim_delivery(delivery, patient, encounter, attached, now))
         return queued
 
     # --- delivery -------------------------------------------------------------------------------

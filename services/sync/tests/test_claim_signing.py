@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
+from emr_claims.build import submission
 from emr_national_emulator.signature import ClaimRefusal, FacilityCertificates, check_claim
 from emr_sync.claim_signing import (
     ClaimDocumentError,
@@ -26,7 +27,6 @@ from emr_sync.claim_signing import (
     load_signing_keys,
     sign_claim,
 )
-from emr_sync.claim_xml import ClaimFile, submission
 from emr_sync.clients import NationalCredentials, parse_credentials
 
 FACILITY, OTHER = "79001", "79002"
@@ -34,7 +34,7 @@ FACILITY, OTHER = "79001", "79002"
 
 def claim(facility: str = FACILITY, summary_facility: str | None = None) -> bytes:
     summary = f"<TONG_HOP><MA_LK>enc-1</MA_LK><MA_CSKCB>{summary_facility or facility}</MA_CSKCB></TONG_HOP>"
-    return submission(facility, [ClaimFile("XML1", summary.encode())], datetime(2026, 3, 1, tzinfo=UTC))
+    return submission(facility, [{"XML1": summary.encode()}], date(2026, 3, 1))
 
 
 @pytest.fixture(scope="module")
