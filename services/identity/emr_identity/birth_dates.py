@@ -72,9 +72,3 @@ class BirthDate:
     def earliest(self) -> date:
         """The first day the date may be."""
         return date(self.year, self.month or 1, self.day or 1)
-
-
-def claim_birth_date(birth_date: BirthDate) -> str:
-    """NGAY_SINH of the insurance claim as ``yyyymmdd``, unknown day and month written as 00:
-    ``19850000`` (year only), ``19850700`` (year and month), ``19850715``."""
-    return f"{birth_date.year:04d}{birth_date.month:02d}{birth_date.day:02d}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from emr_identity.birth_dates import BirthDate, DatePrecision, claim_birth_date
+from emr_identity.birth_dates import BirthDate, DatePrecision
 from emr_identity.domain import (
     BhytCard,
     Identifier,
@@ -197,14 +197,6 @@ def test_partial_birth_date_of_this_month_is_accepted() -> None:
     assert validate_registration(registration_input(birth_date="2026-12"), TODAY).birth_date == BirthDate(
         2026, 12
     )
-
-
-@pytest.mark.parametrize(
-    ("birth_date", "claim"),
-    [(BirthDate(1985), "19850000"), (BirthDate(1985, 7), "19850700"), (BirthDate(1985, 7, 15), "19850715")],
-)
-def test_claim_birth_date_writes_unknown_parts_as_00(birth_date: BirthDate, claim: str) -> None:
-    assert claim_birth_date(birth_date) == claim
 
 
 def test_year_only_agrees_with_a_full_date_of_that_year_more_weakly_than_an_exact_date() -> None:

@@ -152,7 +152,7 @@ def _iso_day(text: str, field: str) -> str:
 def birth_moment(iso_birth_date: str) -> str:
     """NGAY_SINH (12 characters): 0000 for the time (the platform records none), and 0000 for the
     day and month unless both are known; the claim format has no half-known date, so a known month
-    without its day is written 0000 too (identity's ``claim_birth_date`` would give 19850700)."""
+    without its day is written 0000 too (19850700 would be refused)."""
     if not iso_birth_date:
         return ""
     try:
