@@ -836,5 +836,9 @@ def test_the_claim_data_comes_from_the_patient_and_the_encounter() -> None:
     patient = inpatient_patient()
     patient.ethnicity_code, patient.occupation_code, patient.commune_code = "08", "61", "00001"
     summary = claim_rows(patient, encounter, resources, DETAILS)["XML1"][0]
-    assert (summary["PP_DIEU_TRI"], summary["MA_DANTOC"], summary["MA_NGHE_NGHIEP"]) == ("Ngoại khoa", "08", "61")
+    assert (summary["PP_DIEU_TRI"], summary["MA_DANTOC"], summary["MA_NGHE_NGHIEP"]) == (
+        "Ngoại khoa",
+        "08",
+        "61",
+    )
     assert (summary["MAXA_CU_TRU"], summary["MA_TTDV"]) == ("00001", "000002/BYT-GPHN")
