@@ -55,15 +55,14 @@ OUTPATIENT_ID = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 PREPARED = datetime(2024, 6, 18, 20, 0, tzinfo=UTC)  # 19 June in Vietnam
 DOCTOR = "000001/BYT-GPHN"
 DETAILS = ClaimDetails(facility_head_code="000002/BYT-GPHN")
-# What identity holds of the golden patients for the claim: a 2024 address, with its district.
-CLAIM_PROFILE: dict[str, str] = {
-    "nationality_code": "000",
-    "ethnicity_code": "01",
-    "occupation_code": "00",
-    "address": "12 Đường Thử, Phường Thử, Quận Thử, TP Thử",
-    "district_code": "760",
-    "commune_code": "26734",
-}
+
+
+def with_claim_profile(patient: identity_pb2.Patient) -> identity_pb2.Patient:
+    """What identity holds of the golden patients for the claim: a 2024 address, with its district."""
+    patient.nationality_code, patient.ethnicity_code, patient.occupation_code = "000", "01", "00"
+    patient.address = "12 Đường Thử, Phường Thử, Quận Thử, TP Thử"
+    patient.district_code, patient.commune_code = "760", "26734"
+    return patient
 
 
 def stamp(year: int, month: int, day: int, hour: int, minute: int) -> Timestamp:
@@ -74,22 +73,23 @@ def stamp(year: int, month: int, day: int, hour: int, minute: int) -> Timestamp:
 
 
 def inpatient_patient() -> identity_pb2.Patient:
-    return identity_pb2.Patient(
-        patient_id="0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d",
-        full_name="Nguyễn Thị Ngọc Điệp",
-        birth_date="1990-05",  # day unknown: NGAY_SINH 199000000000
-        sex=identity_pb2.SEX_FEMALE,
-        phone="0901234567",
-        province_code="79",
-        current_province_code="79",
-        **CLAIM_PROFILE,
-        identifiers=[
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value="079190001234"),
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value="DN4790123456789"),
-            identity_pb2.Identifier(
-                system=identity_pb2.IDENTIFIER_SYSTEM_MRN, value="HS-0001", facility_code="79001"
-            ),
-        ],
+    return with_claim_profile(
+        identity_pb2.Patient(
+            patient_id="0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d",
+            full_name="Nguyễn Thị Ngọc Điệp",
+            birth_date="1990-05",  # day unknown: NGAY_SINH 199000000000
+            sex=identity_pb2.SEX_FEMALE,
+            phone="0901234567",
+            province_code="79",
+            current_province_code="79",
+            identifiers=[
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value="079190001234"),
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value="DN4790123456789"),
+                identity_pb2.Identifier(
+                    system=identity_pb2.IDENTIFIER_SYSTEM_MRN, value="HS-0001", facility_code="79001"
+                ),
+            ],
+        )
     )
 
 
@@ -363,24 +363,25 @@ def inpatient_visit() -> tuple[records_pb2.Encounter, list[records_pb2.ClinicalR
 def outpatient_patient() -> identity_pb2.Patient:
     """A Vietnamese patient with no CCCD on record, identified by passport (the SO_CCCD alternative),
     born in 1985 (year only)."""
-    return identity_pb2.Patient(
-        patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
-        full_name="Phạm Văn Thử",
-        birth_date="1985",
-        sex=identity_pb2.SEX_MALE,
-        province_code="79",
-        current_province_code="79",
-        **CLAIM_PROFILE,
-        identifiers=[
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_PASSPORT, value="B1234567"),
-            identity_pb2.Identifier(
-                system=identity_pb2.IDENTIFIER_SYSTEM_BHYT,
-                value="HN2790000000123",
-                bhyt_card=identity_pb2.BhytCard(
-                    valid_from="2024-01-01", valid_to="2024-12-31", primary_care_facility_code="79001"
+    return with_claim_profile(
+        identity_pb2.Patient(
+            patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+            full_name="Phạm Văn Thử",
+            birth_date="1985",
+            sex=identity_pb2.SEX_MALE,
+            province_code="79",
+            current_province_code="79",
+            identifiers=[
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_PASSPORT, value="B1234567"),
+                identity_pb2.Identifier(
+                    system=identity_pb2.IDENTIFIER_SYSTEM_BHYT,
+                    value="HN2790000000123",
+                    bhyt_card=identity_pb2.BhytCard(
+                        valid_from="2024-01-01", valid_to="2024-12-31", primary_care_facility_code="79001"
+                    ),
                 ),
-            ),
-        ],
+            ],
+        )
     )
 
 
