@@ -163,6 +163,17 @@ def facility_code() -> str:
     return f"{next(_facility_counter):05d}"
 
 
+# What an insurance claim needs of a person beyond the demographics (a current address: a ward of the
+# province, no district); the nationality is Vietnamese by default when a CCCD is registered.
+CLAIM_PROFILE: dict[str, str] = {
+    "province_code": "79",
+    "ethnicity_code": "01",
+    "occupation_code": "00",
+    "address": "1 Đường Thử, Phường Thử, TP Thử",
+    "commune_code": "26734",
+}
+
+
 def synthetic_registration(
     registering_facility: str, /, **overrides: Any
 ) -> identity_pb2.RegisterPatientRequest:
@@ -178,6 +189,7 @@ def synthetic_registration(
         "identifiers": [
             identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079192{serial:06d}")
         ],
+        **CLAIM_PROFILE,
     }
     fields.update(overrides)
     return identity_pb2.RegisterPatientRequest(**fields)
@@ -205,6 +217,7 @@ class Clinical:
     """Creates synthetic patients, encounters and resources of every type through the real APIs."""
 
     timestamp = staticmethod(timestamp)
+    claim_profile = CLAIM_PROFILE
 
     def __init__(self, identity: Any, records: Any) -> None:
         self.identity = identity
@@ -233,6 +246,79 @@ class Clinical:
             metadata=CLINICIAN,
         )
         return str(created.encounter.encounter_id)
+
+    async def claimable_visit(
+        self, patient_id: str, facility_code: str, bhyt: str, metadata: Any = CLINICIAN
+    ) -> records_pb2.Encounter:
+        """A BHYT-paid outpatient examination with every fact its claim needs: opened, given its primary
+        diagnosis, then finished (the claim is built from the finished version, so the diagnosis is
+        recorded first). Returns the finished version."""
+        now = time.time()
+
+        def at(offset_seconds: float) -> Timestamp:
+            result = Timestamp()
+            result.FromSeconds(int(now + offset_seconds))
+            return result
+
+        opened = (
+            await self.records.CreateEncounter(
+                records_pb2.CreateEncounterRequest(
+                    request_id=str(uuid.uuid4()),
+                    patient_id=patient_id,
+                    facility_code=facility_code,
+                    encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+                    visit_type=records_pb2.VISIT_TYPE_EXAMINATION,
+                    status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
+                    start_time=at(-3600),
+                    reason="Khám định kỳ",
+                    department="K01",
+                    insurance=records_pb2.EncounterInsurance(bhyt_number=bhyt, benefit_level=4),
+                    admission=records_pb2.EncounterAdmission(
+                        reason="Khám định kỳ", admission_diagnosis="Viêm họng", visit_subject_code="1.1"
+                    ),
+                    departments=[records_pb2.EncounterDepartment(department_code="K01")],
+                    weight_kg="60.5",
+                    medical_record_number=f"PK-{uuid.uuid4().hex[:12]}",
+                    treatment_method="Nội khoa",
+                ),
+                metadata=metadata,
+            )
+        ).encounter
+        await self.records.CreateResource(
+            records_pb2.CreateResourceRequest(
+                request_id=str(uuid.uuid4()),
+                resource=records_pb2.ClinicalResource(
+                    condition=records_pb2.Condition(
+                        patient_id=patient_id,
+                        facility_code=facility_code,
+                        encounter_id=opened.encounter_id,
+                        icd10_code="J02.9",
+                        clinical_status=records_pb2.CONDITION_CLINICAL_STATUS_ACTIVE,
+                        role=records_pb2.DIAGNOSIS_ROLE_PRIMARY,
+                        recorded_time=at(-1800),
+                    )
+                ),
+            ),
+            metadata=metadata,
+        )
+        finished = records_pb2.ClinicalResource(encounter=opened)
+        finished.encounter.status = records_pb2.ENCOUNTER_STATUS_FINISHED
+        finished.encounter.end_time.CopyFrom(at(-300))
+        finished.encounter.discharge.CopyFrom(
+            records_pb2.EncounterDischarge(
+                discharge_diagnosis="Viêm họng cấp",
+                outcome=records_pb2.TREATMENT_OUTCOME_CURED,
+                kind=records_pb2.DISCHARGE_KIND_DISCHARGED,
+            )
+        )
+        updated = await self.records.UpdateResource(
+            records_pb2.UpdateResourceRequest(
+                request_id=str(uuid.uuid4()), resource=finished, expected_version=opened.version
+            ),
+            metadata=metadata,
+        )
+        encounter: records_pb2.Encounter = updated.resource.encounter
+        return encounter
 
     async def create(self, resource: records_pb2.ClinicalResource) -> records_pb2.ClinicalResource:
         request = records_pb2.CreateResourceRequest(request_id=str(uuid.uuid4()), resource=resource)

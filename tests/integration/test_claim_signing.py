@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +17,6 @@ import grpc
 import httpx
 import pytest
 from emr.identity.v1 import identity_pb2
-from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
@@ -53,11 +52,12 @@ def stamp(moment: datetime) -> Timestamp:
     return result
 
 
-async def insurance_visit(identity: Any, records: Any, facility_code: str) -> str:
-    """A registered patient's finished BHYT-paid visit; its claim's delivery id."""
+async def insurance_visit(clinical: Any, facility_code: str) -> str:
+    """A registered patient's finished BHYT-paid visit with what its claim needs; the claim's
+    delivery id."""
     serial = uuid.uuid4().int % 10**6
     bhyt = f"DN479{uuid.uuid4().int % 10**10:010d}"
-    registered = await identity.RegisterPatient(
+    registered = await clinical.identity.RegisterPatient(
         identity_pb2.RegisterPatientRequest(
             request_id=str(uuid.uuid4()),
             full_name=f"Phạm Văn Ký {serial:06d}",
@@ -70,26 +70,13 @@ async def insurance_visit(identity: Any, records: Any, facility_code: str) -> st
                 ),
                 identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value=bhyt),
             ],
+            # What the claim needs of the person (nationality: Vietnamese, from the CCCD).
+            **clinical.claim_profile,
         ),
         metadata=CLINICIAN,
     )
-    now = datetime.now(UTC)
-    created = await records.CreateEncounter(
-        records_pb2.CreateEncounterRequest(
-            request_id=str(uuid.uuid4()),
-            patient_id=registered.patient.patient_id,
-            facility_code=facility_code,
-            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
-            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
-            start_time=stamp(now - timedelta(hours=1)),
-            end_time=stamp(now - timedelta(minutes=5)),
-            reason="Khám định kỳ",
-            department="K01",
-            insurance=records_pb2.EncounterInsurance(bhyt_number=bhyt, benefit_level=4),
-        ),
-        metadata=CLINICIAN,
-    )
-    return f"Claim/Encounter/{created.encounter.encounter_id}/_history/{created.encounter.version}"
+    encounter = await clinical.claimable_visit(registered.patient.patient_id, facility_code, bhyt, CLINICIAN)
+    return f"Claim/Encounter/{encounter.encounter_id}/_history/{encounter.version}"
 
 
 async def token_of(http: httpx.AsyncClient, facility_code: str) -> str:
@@ -134,12 +121,11 @@ def refused_field(answer: httpx.Response) -> tuple[int, str, str]:
 
 async def test_an_insurance_visits_claim_arrives_signed_and_its_receipt_shows_in_sync_status(
     stack: Stack,
-    identity: Any,
-    records: Any,
+    clinical: Any,
     sync: sync_pb2_grpc.NationalSyncServiceStub,
     bad_fields: Callable[[grpc.aio.AioRpcError], list[str]],
 ) -> None:
-    claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+    claim_id = await insurance_visit(clinical, SIGNED_FACILITY)
 
     async def receipt() -> sync_pb2.DeliveryReceipt | None:
         status = await sync.GetSyncStatus(
@@ -170,10 +156,10 @@ async def test_an_insurance_visits_claim_arrives_signed_and_its_receipt_shows_in
 
 
 async def test_the_emulator_refuses_a_tampered_unsigned_or_foreign_claim_naming_the_field(
-    stack: Stack, identity: Any, records: Any, sync: sync_pb2_grpc.NationalSyncServiceStub
+    stack: Stack, clinical: Any, sync: sync_pb2_grpc.NationalSyncServiceStub
 ) -> None:
     # Sync made 79002's development key on first use (the previous test, or this visit's claim).
-    claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+    claim_id = await insurance_visit(clinical, SIGNED_FACILITY)
 
     async def delivered() -> bool | None:
         status = await sync.GetSyncStatus(
@@ -207,7 +193,7 @@ async def test_the_emulator_refuses_a_tampered_unsigned_or_foreign_claim_naming_
 
 
 async def test_a_facility_without_a_signing_key_has_its_claim_dead_lettered_and_never_sent(
-    stack: Stack, identity: Any, records: Any, mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path
+    stack: Stack, clinical: Any, mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path
 ) -> None:
     # A sync replica of its own (database, emulator) whose signing folder has no key for the facility.
     emulator_port, name = free_port(), f"emulator-{uuid.uuid4().hex[:6]}"
@@ -237,7 +223,7 @@ async def test_a_facility_without_a_signing_key_has_its_claim_dead_lettered_and_
     channel = stack.dev_channel(f"127.0.0.1:{sync_port}")
     try:
         stub = sync_pb2_grpc.NationalSyncServiceStub(channel)
-        claim_id = await insurance_visit(identity, records, SIGNED_FACILITY)
+        claim_id = await insurance_visit(clinical, SIGNED_FACILITY)
 
         async def dead_letter() -> sync_pb2.DeadLetter | None:
             page = await stub.ListDeadLetters(sync_pb2.ListDeadLettersRequest(facility_code=SIGNED_FACILITY))

@@ -169,3 +169,57 @@ async def test_a_cccd_of_a_birth_registered_abroad_needs_the_flag(
     request.cccd_registered_abroad = True
     response = await identity.RegisterPatient(request)
     assert response.outcome == pb.REGISTRATION_OUTCOME_CREATED
+
+
+CLAIM_PROFILE = {
+    "nationality_code": "000",
+    "ethnicity_code": "08",
+    "occupation_code": "61",
+    "address": "7 Đường Thử, Phường Thử, TP Thử",
+    "commune_code": "31117",
+    "district_code": "916",
+}
+
+
+async def test_the_claim_profile_is_kept_encrypted_and_returned(
+    identity: Any, mongo: Any, facility_code: str
+) -> None:
+    response = await identity.RegisterPatient(unique_person(facility_code, **CLAIM_PROFILE))
+    assert response.outcome == pb.REGISTRATION_OUTCOME_CREATED
+    read = await identity.GetPatient(pb.GetPatientRequest(patient_id=response.patient.patient_id))
+    for patient in (response.patient, read.patient):
+        assert {name: getattr(patient, name) for name in CLAIM_PROFILE} == CLAIM_PROFILE
+    stored = await mongo["emr_identity"]["persons"].find_one({"_id": response.patient.patient_id})
+    assert stored is not None and stored["claim_profile"].startswith("enc1:")
+    assert "Đường Thử" not in str(stored) and "31117" not in str(stored)
+
+
+async def test_a_registration_with_a_cccd_and_no_nationality_is_vietnamese(
+    identity: Any, facility_code: str
+) -> None:
+    card = pb.Identifier(system=pb.IDENTIFIER_SYSTEM_CCCD, value=f"093170{uuid.uuid4().int % 10**6:06d}")
+    request = unique_person(facility_code, birth_date="1970-05-20", identifiers=[card])
+    response = await identity.RegisterPatient(request)
+    assert (response.patient.nationality_code, response.patient.ethnicity_code) == ("000", "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("nationality_code", "VN"),
+        ("ethnicity_code", "55"),
+        ("occupation_code", "6"),
+        ("address", "x" * 1025),
+        ("commune_code", "3111"),
+        ("district_code", "9160"),
+    ],
+)
+async def test_a_bad_claim_profile_field_is_invalid_argument_and_nothing_is_written(
+    identity: Any, mongo: Any, facility_code: str, bad_fields: Any, field: str, value: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.RegisterPatient(unique_person(facility_code, **{**CLAIM_PROFILE, field: value}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(caught.value) == [field]
+    persons = mongo["emr_identity"]["persons"]
+    assert await persons.count_documents({"registering_facility_code": facility_code}) == 0

@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -236,7 +236,7 @@ async def all_delivered(site: SyncSite, name: str, facility_code: str, expected:
 
 async def claims_held_back(site: SyncSite, name: str, facility_code: str, expected: int) -> None:
     """The claims of the facility's BHYT visits are dead letters naming what Decision 130 requires and
-    the platform does not hold yet (a claim the portal would refuse is never sent)."""
+    these thin visits lack (a claim the portal would refuse is never sent)."""
 
     async def dead() -> sync_pb2.ListDeadLettersResponse | None:
         page = await site.stub(name).ListDeadLetters(
@@ -248,7 +248,7 @@ async def claims_held_back(site: SyncSite, name: str, facility_code: str, expect
     for letter in page.dead_letters:
         assert letter.delivery_id.startswith("Claim/Encounter/")
         assert letter.reason.startswith("claim fails Decision 130 checks: HOSO[1].XML1[1].")
-        assert "XML1[1].MA_QUOCTICH REQUIRED" in letter.reason
+        assert "XML1[1].MA_DANTOC REQUIRED" in letter.reason  # registered without an ethnic group
 
 
 async def assert_exactly_once_in_order(site: SyncSite, expected: dict[str, list[tuple[str, int]]]) -> None:
@@ -422,12 +422,17 @@ async def test_the_strict_emulator_holds_a_full_claim_and_refuses_a_thin_one_by_
 ) -> None:
     """Two claims queued as intake would (bypassing intake's own check, to reach the emulator): the
     builder's full claim of a synthetic visit is held by the emulator, strict by default; the claim of
-    the same kind of visit without the details the platform lacks is refused, naming the field."""
+    the same kind of visit of a person registered without a nationality is refused, naming the field."""
     settings = SyncSettings(partitions=1, partitions_per_round=1, replica_id="claims", concurrency=2)
     crypt = FieldCrypt.from_variables(DEV_FIELD_ENCRYPTION)
     repository = SyncRepository(mongo[site.database], crypt)
     now = datetime.now(UTC)
     full, thin = synthetic_visits(2, per_patient=2, now=now)
+    # The same visit of a person registered without a nationality (no CCCD said Vietnamese).
+    without = identity_pb2.Patient()
+    without.CopyFrom(thin.patient)
+    without.nationality_code = ""
+    thin = replace(thin, patient=without)
     queued = [
         new_delivery(
             DeliveryKind.CLAIM_XML,

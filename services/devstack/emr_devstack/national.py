@@ -28,6 +28,11 @@ def write_dev_national_clients(run_dir: Path) -> Path:
     return path
 
 
+def dev_facility_head_code(facility_code: str) -> str:
+    """A made-up practising-licence code (MA_TTDV) of a development facility's head."""
+    return f"{facility_code[-3:]:0>6}/BYT-GPHN"
+
+
 def national_env(run_dir: Path, service: str) -> dict[str, str]:
     """The variables that point sync or the emulator at the development national material."""
     clients, signing = str(run_dir / NATIONAL_CLIENTS_FILE), str(run_dir / FACILITY_SIGNING_DIR)
@@ -36,6 +41,9 @@ def national_env(run_dir: Path, service: str) -> dict[str, str]:
             "SYNC_NATIONAL_CREDENTIALS_FILE": clients,
             "SYNC_FACILITY_SIGNING_DIR": signing,
             "SYNC_FACILITY_SIGNING_GENERATE": "true",
+            "SYNC_FACILITY_CLAIM_CODES": json.dumps(
+                {code: dev_facility_head_code(code) for code in DEV_CLIENT_FACILITIES}
+            ),
         }
     if service == "national_emulator":
         return {

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from emr.identity.v1 import identity_pb2
 from google.protobuf.message import Message
 
+from emr_identity.claim_profile import ClaimProfile
 from emr_identity.domain import (
     EventKind,
     Identifier,
@@ -119,6 +120,14 @@ def registration_input(
         given_name=request.given_name,
         accept_inconsistent_cccd=request.accept_inconsistent_cccd,
         cccd_registered_abroad=request.cccd_registered_abroad,
+        claim_profile=ClaimProfile(
+            nationality_code=request.nationality_code,
+            ethnicity_code=request.ethnicity_code,
+            occupation_code=request.occupation_code,
+            address=request.address,
+            commune_code=request.commune_code,
+            district_code=request.district_code,
+        ),
     )
 
 
@@ -163,6 +172,7 @@ def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: by
 
 
 def patient_message(person: Person) -> identity_pb2.Patient:
+    profile = person.claim_profile
     patient = identity_pb2.Patient(
         patient_id=person.person_id,
         identifiers=[_identifier_message(i) for i in person.identifiers],
@@ -174,6 +184,12 @@ def patient_message(person: Person) -> identity_pb2.Patient:
         province_code=person.province_code,
         current_province_code=current_province_code(person.province_code),
         version=person.version,
+        nationality_code=profile.nationality_code,
+        ethnicity_code=profile.ethnicity_code,
+        occupation_code=profile.occupation_code,
+        address=profile.address,
+        commune_code=profile.commune_code,
+        district_code=profile.district_code,
     )
     patient.create_time.FromDatetime(person.created_at)
     return patient

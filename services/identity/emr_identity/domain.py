@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from emr_identity.birth_dates import BirthDate
+from emr_identity.claim_profile import NO_CLAIM_PROFILE, ClaimProfile, validate_claim_profile
 from emr_identity.vietnamese import (
     CCCD_PATTERN,
     CardSex,
@@ -173,6 +174,8 @@ class RegistrationInput:
     # Accepts a CCCD whose first three digits are not a province code: the birth was registered
     # abroad (the code such cards carry there is not on the province list).
     cccd_registered_abroad: bool = False
+    # What the insurance claim needs beyond the demographics, as received (not yet validated).
+    claim_profile: ClaimProfile = NO_CLAIM_PROFILE
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class Registration:
     name_parts: NameParts = field(default_factory=lambda: NameParts("", "", ""))
     phone: str = ""
     province_code: str = ""
+    claim_profile: ClaimProfile = NO_CLAIM_PROFILE
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,8 @@ class Person:
     rejected_person_ids: tuple[str, ...] = ()
     event_ids: tuple[str, ...] = ()
     version: int = 1
+    # Nationality, ethnic group, occupation and address of the first registration (the claim's).
+    claim_profile: ClaimProfile = NO_CLAIM_PROFILE
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,8 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     province_code = raw.province_code.strip()
     if province_code and not is_province_code(province_code):
         violations.add("province_code", "the 2-digit code of a province (before or after 1 July 2025)")
+    has_cccd = any(i.system is IdentifierSystem.CCCD for i in identifiers)
+    claim_profile = validate_claim_profile(violations, raw.claim_profile, has_cccd)
     violations.raise_if_any()
     assert birth_date is not None and raw.sex is not None  # guaranteed by the checks above
     return Registration(
@@ -391,6 +399,7 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         name_parts=split_name(full_name, raw.family_name, raw.middle_name, raw.given_name),
         phone=phone,
         province_code=province_code,
+        claim_profile=claim_profile,
     )
 
 
@@ -417,6 +426,8 @@ def masked(person: Person) -> Person:
             for i in person.identifiers
         ),
         phone=mask(person.phone),
+        # Search results tell persons apart; address and origin are for GetPatient only.
+        claim_profile=NO_CLAIM_PROFILE,
     )
 
 
@@ -447,6 +458,7 @@ def new_person(registration: Registration, person_id: str, now: datetime) -> Per
         claim_keys=claim_keys,
         phone=registration.phone,
         province_code=registration.province_code,
+        claim_profile=registration.claim_profile,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from emr_identity.birth_dates import BirthDate
+from emr_identity.claim_profile import NO_CLAIM_PROFILE, ClaimProfile
 from emr_identity.domain import (
     Identifier,
     IdentifierSystem,
@@ -31,6 +32,7 @@ class RecordDemographics:
     phone: str = ""
     province_code: str = ""
     version: int = 1
+    claim_profile: ClaimProfile = NO_CLAIM_PROFILE
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def record_demographics(registration: Registration) -> RecordDemographics:
         sex=registration.sex,
         phone=registration.phone,
         province_code=registration.province_code,
+        claim_profile=registration.claim_profile,
     )
 
 
@@ -104,6 +107,7 @@ def facility_person(person_id: str, record: FacilityRecord) -> Person:
         phone=shown.phone,
         province_code=shown.province_code,
         version=shown.version,
+        claim_profile=shown.claim_profile,
     )
 
 

@@ -15,14 +15,16 @@ by ``_id``.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import date, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
 from emr_identity.birth_dates import BirthDate
+from emr_identity.claim_profile import NO_CLAIM_PROFILE, ClaimProfile
 from emr_identity.domain import (
     BhytCard,
     EventKind,
@@ -184,6 +186,23 @@ def _identifier(crypt: FieldCrypt, document: Document) -> Identifier:
     )
 
 
+CLAIM_PROFILE_KIND = "identity.claim_profile"
+
+
+def _claim_profile_text(crypt: FieldCrypt, profile: ClaimProfile) -> str:
+    """The profile encrypted as one value (address and ethnic group are personal data); empty when
+    nothing is known."""
+    if profile.is_empty():
+        return ""
+    return crypt.encrypt(CLAIM_PROFILE_KIND, json.dumps(asdict(profile), ensure_ascii=False))
+
+
+def _claim_profile(crypt: FieldCrypt, stored: str) -> ClaimProfile:
+    if not stored:
+        return NO_CLAIM_PROFILE
+    return ClaimProfile(**json.loads(crypt.decrypt(CLAIM_PROFILE_KIND, stored)))
+
+
 def _person_document(crypt: FieldCrypt, person: Person) -> Document:
     return {
         "_id": person.person_id,
@@ -205,6 +224,7 @@ def _person_document(crypt: FieldCrypt, person: Person) -> Document:
         "rejected_person_ids": list(person.rejected_person_ids),
         "event_ids": list(person.event_ids),
         "version": person.version,
+        "claim_profile": _claim_profile_text(crypt, person.claim_profile),
     }
 
 
@@ -239,6 +259,7 @@ def _person(crypt: FieldCrypt, document: Document) -> Person:
         rejected_person_ids=tuple(document.get("rejected_person_ids", ())),
         event_ids=tuple(document.get("event_ids", ())),
         version=int(document.get("version", 1)),
+        claim_profile=_claim_profile(crypt, document.get("claim_profile", "")),
     )
 
 
@@ -316,6 +337,7 @@ def _demographics_document(crypt: FieldCrypt, demographics: RecordDemographics) 
         "phone": crypt.encrypt("identity.phone", demographics.phone),
         "province_code": demographics.province_code,
         "version": demographics.version,
+        "claim_profile": _claim_profile_text(crypt, demographics.claim_profile),
     }
 
 
@@ -327,6 +349,7 @@ def _demographics(crypt: FieldCrypt, document: Document) -> RecordDemographics:
         phone=crypt.decrypt("identity.phone", document.get("phone", "")),
         province_code=document.get("province_code", ""),
         version=int(document.get("version", 1)),
+        claim_profile=_claim_profile(crypt, document.get("claim_profile", "")),
     )
 
 

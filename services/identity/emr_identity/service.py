@@ -581,12 +581,17 @@ class IdentityService:
         registration = validate_registration(replace(raw, facility_code=own.facility_code), now.date())
         if expected_version < 1:
             raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
-        demographics = replace(record_demographics(registration), version=expected_version + 1)
+        _, before = shown_demographics(own)
+        # UpdatePatient does not carry the claim profile (yet): the registration's stays.
+        demographics = replace(
+            record_demographics(registration),
+            version=expected_version + 1,
+            claim_profile=before.claim_profile,
+        )
         alone = all(r.facility_code == own.facility_code for r in records)
         proposed = ProposedDemographics(registration.full_name, registration.birth_date, registration.sex)
         # A proposal when the facility changes its own name, birth date or sex of the person to
         # something the person does not have (re-sending what it registered proposes nothing).
-        _, before = shown_demographics(own)
         changed_here = (before.full_name, before.birth_date, before.sex) != (
             proposed.full_name,
             proposed.birth_date,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from emr_identity.birth_dates import BirthDate, DatePrecision
+from emr_identity.claim_profile import VIETNAMESE_NATIONALITY, ClaimProfile, is_ethnicity_code
 from emr_identity.domain import (
     BhytCard,
     Identifier,
@@ -388,3 +389,61 @@ def test_abroad_flag_still_checks_the_birth_digits() -> None:
     assert found == {"identifiers[0].value": "century digit and birth-year digits disagree with birth_date"}
     assert cccd_problem("999090001234", 1990, None, registered_abroad=True) is None
     assert cccd_problem("99909000123", 1990, None, registered_abroad=True) == "a CCCD has exactly 12 digits"
+
+
+# --- claim profile (nationality, ethnic group, occupation, address) ---------------------------
+
+CCCD = RawIdentifier(IdentifierSystem.CCCD, "079090001234", "")
+
+
+def test_a_full_claim_profile_is_kept_normalised() -> None:
+    given = ClaimProfile("vnm", " 08 ", "61", "  12  Đường Thử,\tPhường Thử ", "26734", "760")
+    registered = validate_registration(registration_input(claim_profile=given), TODAY)
+    assert registered.claim_profile == ClaimProfile(
+        "VNM", "08", "61", "12 Đường Thử, Phường Thử", "26734", "760"
+    )
+
+
+def test_a_cccd_without_a_nationality_is_vietnamese_and_nothing_else_is_assumed() -> None:
+    with_cccd = validate_registration(registration_input(identifiers=(CCCD,)), TODAY)
+    assert with_cccd.claim_profile == ClaimProfile(nationality_code=VIETNAMESE_NATIONALITY)
+    assert validate_registration(registration_input(), TODAY).claim_profile == ClaimProfile()
+    explicit = registration_input(identifiers=(CCCD,), claim_profile=ClaimProfile(nationality_code="123"))
+    assert validate_registration(explicit, TODAY).claim_profile.nationality_code == "123"
+
+
+@pytest.mark.parametrize(
+    ("profile", "field"),
+    [
+        (ClaimProfile(nationality_code="VN"), "nationality_code"),
+        (ClaimProfile(nationality_code="V-N"), "nationality_code"),
+        (ClaimProfile(ethnicity_code="00"), "ethnicity_code"),
+        (ClaimProfile(ethnicity_code="55"), "ethnicity_code"),
+        (ClaimProfile(ethnicity_code="1"), "ethnicity_code"),
+        (ClaimProfile(occupation_code="1A"), "occupation_code"),
+        (ClaimProfile(occupation_code="123"), "occupation_code"),
+        (ClaimProfile(address="x" * 1025), "address"),
+        (ClaimProfile(commune_code="2673"), "commune_code"),
+        (ClaimProfile(commune_code="2673A"), "commune_code"),
+        (ClaimProfile(district_code="76"), "district_code"),
+    ],
+)
+def test_a_bad_claim_profile_field_is_named(profile: ClaimProfile, field: str) -> None:
+    assert list(violations_of(registration_input(claim_profile=profile))) == [field]
+
+
+def test_every_bad_claim_profile_field_is_reported_at_once() -> None:
+    bad = ClaimProfile("??", "99", "x", "", "1", "1")
+    assert set(violations_of(registration_input(claim_profile=bad))) == {
+        "nationality_code",
+        "ethnicity_code",
+        "occupation_code",
+        "commune_code",
+        "district_code",
+    }
+
+
+def test_the_ethnic_groups_are_01_to_54() -> None:
+    assert [code for code in (f"{n:02d}" for n in range(100)) if is_ethnicity_code(code)] == [
+        f"{n:02d}" for n in range(1, 55)
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from emr_identity.birth_dates import BirthDate
+from emr_identity.claim_profile import ClaimProfile
 from emr_identity.domain import (
     Identifier,
     IdentifierSystem,
@@ -106,6 +107,8 @@ def test_valid_registration_is_normalised() -> None:
         facility_code="AB12C",
         fingerprint="fp-1",
         name_parts=NameParts("trần", "văn", "an"),
+        # A CCCD is issued to Vietnamese citizens only.
+        claim_profile=ClaimProfile(nationality_code="000"),
     )
 
 

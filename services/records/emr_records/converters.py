@@ -178,6 +178,7 @@ def _encounter_content(m: records_pb2.Encounter | records_pb2.CreateEncounterReq
         departments=tuple(Department(d.department_code, time_filter(d, "start_time")) for d in m.departments),
         weight_kg=m.weight_kg,
         medical_record_number=m.medical_record_number,
+        treatment_method=m.treatment_method,
     )
 
 
@@ -435,6 +436,7 @@ def _set_claim_facts(message: records_pb2.Encounter, c: EncounterContent) -> Non
         _set_time(added, "start_time", department.start_time)
     message.weight_kg = c.weight_kg
     message.medical_record_number = c.medical_record_number
+    message.treatment_method = c.treatment_method
 
 
 def observation_message(record: ClinicalRecord) -> records_pb2.Observation:

@@ -49,6 +49,8 @@ ACCIDENT = re.compile(r"[0-9]{1,2}")
 VIETNAM_TIME = timezone(timedelta(hours=7))
 MAX_CARDS = 10
 MAX_DEPARTMENTS = 30
+# PP_DIEU_TRI has no size in the claim tables; the claim allows 1024 for the other free texts of XML1.
+MAX_TREATMENT_METHOD_LENGTH = 1024
 MAX_DIAGNOSIS_CODES = 20
 TRANSFER_KINDS = frozenset({"2", "5"})
 ANAESTHESIA_METHODS = frozenset({"1", "2", "3", "4"})
@@ -293,6 +295,8 @@ class EncounterContent:
     departments: tuple[Department, ...] = ()
     weight_kg: str = ""
     medical_record_number: str = ""
+    # PP_DIEU_TRI of the insurance claim (medical, surgical, ...), as text.
+    treatment_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -652,6 +656,7 @@ def _check_encounter(c: _Checker, content: EncounterContent) -> None:
     if content.weight_kg and (not WEIGHT.fullmatch(content.weight_kg) or Decimal(content.weight_kg) <= 0):
         c.add("weight_kg", "a weight in kilograms above 0, at most 2 decimals, e.g. 58.5")
     c.text("medical_record_number", content.medical_record_number, limit=100)
+    c.text("treatment_method", content.treatment_method, limit=MAX_TREATMENT_METHOD_LENGTH)
 
 
 def parse_day(value: str) -> date | None:

@@ -358,6 +358,7 @@ def test_a_card_must_be_valid_on_the_day_the_visit_started_but_may_expire_during
         ({"weight_kg": "58.555"}, "weight_kg"),
         ({"weight_kg": "-3"}, "weight_kg"),
         ({"medical_record_number": "x" * 101}, "medical_record_number"),
+        ({"treatment_method": "x" * 1025}, "treatment_method"),
     ],
 )
 def test_a_bad_visit_fact_is_refused_naming_its_field(changes: dict[str, Any], field: str) -> None:
@@ -548,6 +549,7 @@ def full_encounter_request() -> records_pb2.CreateEncounterRequest:
         departments=[records_pb2.EncounterDepartment(department_code="K02")],
         weight_kg="58.5",
         medical_record_number="HSBA-1",
+        treatment_method="Nội khoa",
     )
     request.start_time.FromDatetime(ADMITTED)
     request.end_time.FromDatetime(NOW)
@@ -569,6 +571,7 @@ def test_the_visit_facts_convert_both_ways_and_enum_numbers_are_the_national_cod
     for name in ("insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg"):
         assert getattr(message, name) == getattr(request, name), name
     assert message.medical_record_number == "HSBA-1"
+    assert message.treatment_method == request.treatment_method == "Nội khoa"
 
 
 def test_an_unknown_enum_number_reaches_validation_as_an_unknown_code() -> None:

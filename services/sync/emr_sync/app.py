@@ -20,6 +20,7 @@ from emr_runtime.policy import SYNC_SERVICE
 from emr_runtime.server import ServiceApp, ServiceBinding
 from emr_sync.claim_signing import ClaimSigner
 from emr_sync.clients import RECORDS_SERVICE, IdentityFeed, NationalClient, NationalCredentials, RecordsFeed
+from emr_sync.facility_claims import facility_claim_codes
 from emr_sync.repository import INDEXES, SyncRepository
 from emr_sync.service import PipelineConfig, SyncService
 from emr_sync.servicer import SERVICE_NAME, NationalSyncServicer
@@ -41,6 +42,7 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
         circuit_failure_threshold=settings.circuit_failure_threshold,
         circuit_open=timedelta(seconds=settings.circuit_open_seconds),
         circuit_max_open=timedelta(seconds=settings.circuit_max_open_seconds),
+        facility_claim_codes=facility_claim_codes(settings.facility_claim_codes),
     )
 
 

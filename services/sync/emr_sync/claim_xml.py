@@ -12,10 +12,10 @@ build); this module only maps the platform's records onto them:
 - XML5 from the current progress notes;
 - XML0, the check-in, from the visit as it starts (a submission of its own).
 
-What the platform does not hold yet (the patient's nationality, ethnic group, occupation, address
-below the province, the facility head's licence code, the treatment method) comes in ``ClaimDetails``;
-a claim missing a required value is caught by ``claim_problems`` (``emr_claims.validate``), and sync
-never sends such a claim.
+The patient's nationality, ethnic group, occupation and address come from identity's Patient, the
+treatment method from the encounter; the facility head's licence code (MA_TTDV) is the facility's, from
+sync's configuration, in ``ClaimDetails``. A claim missing a required value is caught by
+``claim_problems`` (``emr_claims.validate``), and sync never sends such a claim.
 
 A corrected visit (a new finished version) is resent as a replacement of the same MA_LK, and a visit
 entered in error as a withdrawal (``withdrawal_xml``): see ``submission_kind``.
@@ -90,17 +90,9 @@ MAX_SECONDARY_DIAGNOSES = table("XML1").field("MA_BENH_KT").max_items or 12
 
 @dataclass(frozen=True)
 class ClaimDetails:
-    """Claim values the platform's records do not hold (yet); empty leaves the field empty, and a
-    required one then fails validation rather than being invented."""
+    """Claim values of the facility, not of the visit (sync's configuration); empty leaves the field
+    empty, and a required one then fails validation rather than being invented."""
 
-    nationality_code: str = ""  # MA_QUOCTICH
-    ethnicity_code: str = ""  # MA_DANTOC
-    occupation_code: str = ""  # MA_NGHE_NGHIEP
-    address: str = ""  # DIA_CHI
-    district_code: str = ""  # MAHUYEN_CU_TRU
-    commune_code: str = ""  # MAXA_CU_TRU
-    blood_group: str = ""  # NHOM_MAU
-    treatment_method: str = ""  # PP_DIEU_TRI
     facility_head_code: str = ""  # MA_TTDV
 
 
@@ -526,14 +518,15 @@ def summary_row(
         "SO_CCCD": personal_number(patient),
         "NGAY_SINH": birth_moment(patient.birth_date),
         "GIOI_TINH": sex_code(patient.sex),
-        "NHOM_MAU": details.blood_group,
-        "MA_QUOCTICH": details.nationality_code,
-        "MA_DANTOC": details.ethnicity_code,
-        "MA_NGHE_NGHIEP": details.occupation_code,
-        "DIA_CHI": details.address,
+        "NHOM_MAU": "",  # the platform records no blood group
+        "MA_QUOCTICH": patient.nationality_code,
+        "MA_DANTOC": patient.ethnicity_code,
+        "MA_NGHE_NGHIEP": patient.occupation_code,
+        "DIA_CHI": patient.address,
         "MATINH_CU_TRU": patient.current_province_code or patient.province_code,
-        "MAHUYEN_CU_TRU": details.district_code,
-        "MAXA_CU_TRU": details.commune_code,
+        # Empty for a current address: districts were abolished on 1 July 2025.
+        "MAHUYEN_CU_TRU": patient.district_code,
+        "MAXA_CU_TRU": patient.commune_code,
         "DIEN_THOAI": patient.phone,
         "MA_THE_BHYT": _joined([card.number for card in visit_cards]),
         "MA_DKBD": _joined([card.registered_facility for card in visit_cards]),
@@ -555,7 +548,7 @@ def summary_row(
         "NGAY_RA": left,
         "GIAY_CHUYEN_TUYEN": admission.referral_paper_number,
         "SO_NGAY_DTRI": treatment_days(kind, arrived, left, services),
-        "PP_DIEU_TRI": details.treatment_method,
+        "PP_DIEU_TRI": encounter.treatment_method,
         "KET_QUA_DTRI": treatment_outcome(encounter),
         "MA_LOAI_RV": discharge_kind(encounter),
         "T_THUOC": _total(drugs, "THANH_TIEN_BV"),

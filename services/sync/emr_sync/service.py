@@ -14,8 +14,8 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,7 @@ from emr_runtime.patients import PatientDirectory
 from emr_sync.claim_signing import ClaimDocumentError, ClaimSigner, SigningKeyError
 from emr_sync.claim_xml import (
     ClaimDataError,
+    ClaimDetails,
     claim_problems,
     claim_xml,
     is_insurance_claim,
@@ -102,6 +103,9 @@ class PipelineConfig:
     circuit_failure_threshold: int
     circuit_open: timedelta
     circuit_max_open: timedelta
+    # MA_TTDV of each facility's claims (SYNC_FACILITY_CLAIM_CODES); a facility missing has its
+    # claims dead-lettered by the strict checks (MA_TTDV REQUIRED).
+    facility_claim_codes: Mapping[str, str] = field(default_factory=dict)
 
 
 def _validation_reason(error: ValidationError) -> str:
@@ -154,11 +158,12 @@ def _claim_delivery(
     encounter: records_pb2.Encounter,
     attached: Sequence[records_pb2.ClinicalResource],
     now: datetime,
+    details: ClaimDetails,
 ) -> Delivery:
     """The claim of a finished BHYT visit, or a dead letter naming the fields the portal would refuse
     (a visit lacking required claim data is never sent): the strict Decision 130 checks run here."""
     try:
-        submission = claim_xml(patient, encounter, attached, now)
+        submission = claim_xml(patient, encounter, attached, now, details)
     except ClaimDataError as error:
         return delivery(DeliveryKind.CLAIM_XML, b"", short_reason(f"claim cannot be built: {error}"))
     except ValueError:
@@ -368,7 +373,10 @@ class SyncService:
             return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
         queued = [delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle))]
         if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED and is_insurance_claim(encounter):
-            queued.append(_claim_delivery(delivery, patient, encounter, attached, now))
+            details = ClaimDetails(
+                facility_head_code=self._config.facility_claim_codes.get(encounter.facility_code, "")
+            )
+            queued.append(_claim_delivery(delivery, patient, encounter, attached, now, details))
         return queued
 
     # --- delivery -------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     facility_signing_generate: bool = Field(
         False, description="Make a facility's key and self-signed certificate on first use (development)"
     )
+    facility_claim_codes: str = Field(
+        "",
+        description='JSON {"<facility>": "<MA_TTDV>"}: the practising-licence code of each facility\'s head '
+        "(or the person authorised to sign its claims); a claim of a facility not listed is dead-lettered",
+    )
     national_token_path: str = Field("/oauth/token", description="Token endpoint, relative to the URL")
     poll_interval_seconds: float = Field(1.0, gt=0, description="Pause between feed polls when idle")
     batch_size: int = Field(100, ge=1, le=1000, description="Changes taken per intake round")

@@ -23,17 +23,9 @@ from emr_sync.domain import Delivery, DeliveryKind, new_delivery
 
 FACILITY_CODE = "79001"
 DOCTOR = "000001/BYT-GPHN"
-# What the platform does not hold yet, invented for synthetic visits only.
-SYNTHETIC_DETAILS = ClaimDetails(
-    nationality_code="000",
-    ethnicity_code="01",
-    occupation_code="00",
-    address="1 Đường Thử, Phường Thử, Quận Thử, TP Thử",
-    district_code="760",
-    commune_code="26734",
-    treatment_method="Nội khoa",
-    facility_head_code="000002/BYT-GPHN",
-)
+# The synthetic facility's MA_TTDV (sync reads a facility's from SYNC_FACILITY_CLAIM_CODES).
+FACILITY_HEAD = "000002/BYT-GPHN"
+SYNTHETIC_DETAILS = ClaimDetails(facility_head_code=FACILITY_HEAD)
 # (line total name in XML1, the line field it sums)
 SUMMED = (
     ("T_TONGCHI_BV", "THANH_TIEN_BV"),
@@ -61,6 +53,12 @@ def _patient(index: int) -> identity_pb2.Patient:
         registering_facility_code=FACILITY_CODE,
         province_code="79",
         current_province_code="79",
+        # A current (post-2025) address: a ward of the province, no district.
+        nationality_code="000",
+        ethnicity_code="01",
+        occupation_code="00",
+        address=f"{index} Đường Thử, Phường Thử, TP Thử",
+        commune_code="26734",
         identifiers=[
             identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value=f"079085{index:06d}"),
             identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value=f"DN4{index:012d}"),
@@ -127,6 +125,7 @@ def synthetic_visit(number: int, patient: identity_pb2.Patient, now: datetime) -
         departments=[records_pb2.EncounterDepartment(department_code="K01")],
         weight_kg=f"{50 + number % 30}.5",
         medical_record_number=f"PK-{number:08d}",
+        treatment_method="Nội khoa",
         version=1,
     )
     resources = [

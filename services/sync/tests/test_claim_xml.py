@@ -54,16 +54,15 @@ INPATIENT_ID = "6f1e2d3c-4b5a-4c6d-8e7f-901a2b3c4d5e"
 OUTPATIENT_ID = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 PREPARED = datetime(2024, 6, 18, 20, 0, tzinfo=UTC)  # 19 June in Vietnam
 DOCTOR = "000001/BYT-GPHN"
-DETAILS = ClaimDetails(
-    nationality_code="000",
-    ethnicity_code="01",
-    occupation_code="00",
-    address="12 Đường Thử, Phường Thử, Quận Thử, TP Thử",
-    district_code="760",
-    commune_code="26734",
-    treatment_method="Nội khoa",
-    facility_head_code="000002/BYT-GPHN",
-)
+DETAILS = ClaimDetails(facility_head_code="000002/BYT-GPHN")
+
+
+def with_claim_profile(patient: identity_pb2.Patient) -> identity_pb2.Patient:
+    """What identity holds of the golden patients for the claim: a 2024 address, with its district."""
+    patient.nationality_code, patient.ethnicity_code, patient.occupation_code = "000", "01", "00"
+    patient.address = "12 Đường Thử, Phường Thử, Quận Thử, TP Thử"
+    patient.district_code, patient.commune_code = "760", "26734"
+    return patient
 
 
 def stamp(year: int, month: int, day: int, hour: int, minute: int) -> Timestamp:
@@ -74,21 +73,23 @@ def stamp(year: int, month: int, day: int, hour: int, minute: int) -> Timestamp:
 
 
 def inpatient_patient() -> identity_pb2.Patient:
-    return identity_pb2.Patient(
-        patient_id="0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d",
-        full_name="Nguyễn Thị Ngọc Điệp",
-        birth_date="1990-05",  # day unknown: NGAY_SINH 199000000000
-        sex=identity_pb2.SEX_FEMALE,
-        phone="0901234567",
-        province_code="79",
-        current_province_code="79",
-        identifiers=[
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value="079190001234"),
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value="DN4790123456789"),
-            identity_pb2.Identifier(
-                system=identity_pb2.IDENTIFIER_SYSTEM_MRN, value="HS-0001", facility_code="79001"
-            ),
-        ],
+    return with_claim_profile(
+        identity_pb2.Patient(
+            patient_id="0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d",
+            full_name="Nguyễn Thị Ngọc Điệp",
+            birth_date="1990-05",  # day unknown: NGAY_SINH 199000000000
+            sex=identity_pb2.SEX_FEMALE,
+            phone="0901234567",
+            province_code="79",
+            current_province_code="79",
+            identifiers=[
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_CCCD, value="079190001234"),
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_BHYT, value="DN4790123456789"),
+                identity_pb2.Identifier(
+                    system=identity_pb2.IDENTIFIER_SYSTEM_MRN, value="HS-0001", facility_code="79001"
+                ),
+            ],
+        )
     )
 
 
@@ -118,6 +119,7 @@ def inpatient_visit() -> tuple[records_pb2.Encounter, list[records_pb2.ClinicalR
     """Arrived 15 June 06:30, admitted 08:00, transferred out 18 June 10:05 (Vietnam time): 4 days."""
     encounter = records_pb2.Encounter(
         encounter_id=INPATIENT_ID,
+        treatment_method="Nội khoa",
         patient_id="0b6c3f4e-3a1d-5b1f-9c7e-2d6f8a9b0c1d",
         facility_code="79001",
         encounter_class=records_pb2.ENCOUNTER_CLASS_INPATIENT,
@@ -361,23 +363,25 @@ def inpatient_visit() -> tuple[records_pb2.Encounter, list[records_pb2.ClinicalR
 def outpatient_patient() -> identity_pb2.Patient:
     """A Vietnamese patient with no CCCD on record, identified by passport (the SO_CCCD alternative),
     born in 1985 (year only)."""
-    return identity_pb2.Patient(
-        patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
-        full_name="Phạm Văn Thử",
-        birth_date="1985",
-        sex=identity_pb2.SEX_MALE,
-        province_code="79",
-        current_province_code="79",
-        identifiers=[
-            identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_PASSPORT, value="B1234567"),
-            identity_pb2.Identifier(
-                system=identity_pb2.IDENTIFIER_SYSTEM_BHYT,
-                value="HN2790000000123",
-                bhyt_card=identity_pb2.BhytCard(
-                    valid_from="2024-01-01", valid_to="2024-12-31", primary_care_facility_code="79001"
+    return with_claim_profile(
+        identity_pb2.Patient(
+            patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+            full_name="Phạm Văn Thử",
+            birth_date="1985",
+            sex=identity_pb2.SEX_MALE,
+            province_code="79",
+            current_province_code="79",
+            identifiers=[
+                identity_pb2.Identifier(system=identity_pb2.IDENTIFIER_SYSTEM_PASSPORT, value="B1234567"),
+                identity_pb2.Identifier(
+                    system=identity_pb2.IDENTIFIER_SYSTEM_BHYT,
+                    value="HN2790000000123",
+                    bhyt_card=identity_pb2.BhytCard(
+                        valid_from="2024-01-01", valid_to="2024-12-31", primary_care_facility_code="79001"
+                    ),
                 ),
-            ),
-        ],
+            ],
+        )
     )
 
 
@@ -387,6 +391,7 @@ def outpatient_visit() -> tuple[records_pb2.Encounter, list[records_pb2.Clinical
     disposition "home"; benefit level 2 (the card's third character): the fund pays 100%."""
     encounter = records_pb2.Encounter(
         encounter_id=OUTPATIENT_ID,
+        treatment_method="Nội khoa",
         patient_id="9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
         facility_code="79001",
         encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
@@ -674,11 +679,19 @@ def test_a_wrong_line_amount_is_rejected() -> None:
     assert ("XML2", "THANH_TIEN_BH", validate.AMOUNT_MISMATCH) in _errors(tables)
 
 
-def test_a_visit_without_the_details_the_platform_lacks_is_invalid_and_says_which() -> None:
+def test_a_visit_without_the_claim_data_is_invalid_and_says_which() -> None:
     encounter, resources = inpatient_visit()
-    problems = claim_problems(claim_xml(inpatient_patient(), encounter, resources, PREPARED))
+    encounter.treatment_method = ""
+    patient = inpatient_patient()
+    patient.nationality_code = patient.address = ""
+    problems = claim_problems(claim_xml(patient, encounter, resources, PREPARED))
     missing = {(p.field, p.code) for p in problems}
-    assert {("MA_QUOCTICH", "REQUIRED"), ("DIA_CHI", "REQUIRED"), ("MA_TTDV", "REQUIRED")} <= missing
+    assert missing == {
+        ("MA_QUOCTICH", "REQUIRED"),
+        ("DIA_CHI", "REQUIRED"),
+        ("PP_DIEU_TRI", "REQUIRED"),
+        ("MA_TTDV", "REQUIRED"),
+    }
     reason = problems_reason(problems)
     assert reason.startswith("claim fails Decision 130 checks: HOSO[1].XML1[1].")
     assert "Nguyễn" not in reason and "079190001234" not in reason
@@ -806,3 +819,27 @@ def test_withdrawal_names_the_facility_and_the_link_key() -> None:
         ("MA_LK", INPATIENT_ID),
         ("NGAYHUY", "202406190300"),
     ]
+
+
+def test_a_current_address_needs_no_district() -> None:
+    """Districts were abolished on 1 July 2025: MAHUYEN_CU_TRU stays empty and the claim is valid."""
+    encounter, resources = inpatient_visit()
+    patient = inpatient_patient()
+    patient.district_code = ""
+    submission = claim_xml(patient, encounter, resources, PREPARED, DETAILS)
+    assert claim_problems(submission) == []
+    assert claim_rows(patient, encounter, resources, DETAILS)["XML1"][0]["MAHUYEN_CU_TRU"] == ""
+
+
+def test_the_claim_data_comes_from_the_patient_and_the_encounter() -> None:
+    encounter, resources = inpatient_visit()
+    encounter.treatment_method = "Ngoại khoa"
+    patient = inpatient_patient()
+    patient.ethnicity_code, patient.occupation_code, patient.commune_code = "08", "61", "00001"
+    summary = claim_rows(patient, encounter, resources, DETAILS)["XML1"][0]
+    assert (summary["PP_DIEU_TRI"], summary["MA_DANTOC"], summary["MA_NGHE_NGHIEP"]) == (
+        "Ngoại khoa",
+        "08",
+        "61",
+    )
+    assert (summary["MAXA_CU_TRU"], summary["MA_TTDV"]) == ("00001", "000002/BYT-GPHN")

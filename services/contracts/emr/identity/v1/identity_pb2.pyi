@@ -200,7 +200,7 @@ class BhytCard(_message.Message):
     def __init__(self, valid_from: _Optional[str] = ..., valid_to: _Optional[str] = ..., primary_care_facility_code: _Optional[str] = ...) -> None: ...
 
 class Patient(_message.Message):
-    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version", "current_province_code")
+    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version", "current_province_code", "nationality_code", "ethnicity_code", "occupation_code", "address", "commune_code", "district_code")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,12 @@ class Patient(_message.Message):
     PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    NATIONALITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ETHNICITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    OCCUPATION_CODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DISTRICT_CODE_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -223,7 +229,13 @@ class Patient(_message.Message):
     province_code: str
     version: int
     current_province_code: str
-    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ...) -> None: ...
+    nationality_code: str
+    ethnicity_code: str
+    occupation_code: str
+    address: str
+    commune_code: str
+    district_code: str
+    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ...) -> None: ...
 
 class UpdatePatientRequest(_message.Message):
     __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
@@ -258,7 +270,7 @@ class UpdatePatientResponse(_message.Message):
     def __init__(self, patient: _Optional[_Union[Patient, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[MatchCandidate, _Mapping]]] = ..., review_task_id: _Optional[str] = ..., change_proposed: _Optional[bool] = ...) -> None: ...
 
 class RegisterPatientRequest(_message.Message):
-    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd", "cccd_registered_abroad")
+    __slots__ = ("request_id", "identifiers", "full_name", "birth_date", "sex", "facility_code", "phone", "province_code", "family_name", "middle_name", "given_name", "accept_inconsistent_cccd", "cccd_registered_abroad", "nationality_code", "ethnicity_code", "occupation_code", "address", "commune_code", "district_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +284,12 @@ class RegisterPatientRequest(_message.Message):
     GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_INCONSISTENT_CCCD_FIELD_NUMBER: _ClassVar[int]
     CCCD_REGISTERED_ABROAD_FIELD_NUMBER: _ClassVar[int]
+    NATIONALITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ETHNICITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    OCCUPATION_CODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DISTRICT_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -285,7 +303,13 @@ class RegisterPatientRequest(_message.Message):
     given_name: str
     accept_inconsistent_cccd: bool
     cccd_registered_abroad: bool
-    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., family_name: _Optional[str] = ..., middle_name: _Optional[str] = ..., given_name: _Optional[str] = ..., accept_inconsistent_cccd: _Optional[bool] = ..., cccd_registered_abroad: _Optional[bool] = ...) -> None: ...
+    nationality_code: str
+    ethnicity_code: str
+    occupation_code: str
+    address: str
+    commune_code: str
+    district_code: str
+    def __init__(self, request_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., facility_code: _Optional[str] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., family_name: _Optional[str] = ..., middle_name: _Optional[str] = ..., given_name: _Optional[str] = ..., accept_inconsistent_cccd: _Optional[bool] = ..., cccd_registered_abroad: _Optional[bool] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ...) -> None: ...
 
 class RegisterPatientResponse(_message.Message):
     __slots__ = ("patient", "outcome", "candidates", "review_task_id")

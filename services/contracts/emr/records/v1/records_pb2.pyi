@@ -269,7 +269,7 @@ RESOURCE_TYPE_CHARGE_LINE: ResourceType
 RESOURCE_TYPE_PROGRESS_NOTE: ResourceType
 
 class Encounter(_message.Message):
-    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time", "department", "practitioner_id", "discharge_disposition", "insurance", "update_time", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number")
+    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time", "department", "practitioner_id", "discharge_disposition", "insurance", "update_time", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method")
     ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +292,7 @@ class Encounter(_message.Message):
     DEPARTMENTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_KG_FIELD_NUMBER: _ClassVar[int]
     MEDICAL_RECORD_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
     encounter_id: str
     patient_id: str
     facility_code: str
@@ -314,7 +315,8 @@ class Encounter(_message.Message):
     departments: _containers.RepeatedCompositeFieldContainer[EncounterDepartment]
     weight_kg: str
     medical_record_number: str
-    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ...) -> None: ...
+    treatment_method: str
+    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ...) -> None: ...
 
 class InsuranceCard(_message.Message):
     __slots__ = ("card_number", "registered_facility_code", "valid_from", "valid_to")
@@ -381,7 +383,7 @@ class EncounterInsurance(_message.Message):
     def __init__(self, bhyt_number: _Optional[str] = ..., benefit_level: _Optional[int] = ...) -> None: ...
 
 class CreateEncounterRequest(_message.Message):
-    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "department", "practitioner_id", "discharge_disposition", "insurance", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number")
+    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "department", "practitioner_id", "discharge_disposition", "insurance", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +403,7 @@ class CreateEncounterRequest(_message.Message):
     DEPARTMENTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_KG_FIELD_NUMBER: _ClassVar[int]
     MEDICAL_RECORD_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patient_id: str
     facility_code: str
@@ -420,7 +423,8 @@ class CreateEncounterRequest(_message.Message):
     departments: _containers.RepeatedCompositeFieldContainer[EncounterDepartment]
     weight_kg: str
     medical_record_number: str
-    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ...) -> None: ...
+    treatment_method: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ...) -> None: ...
 
 class CreateEncounterResponse(_message.Message):
     __slots__ = ("encounter",)
