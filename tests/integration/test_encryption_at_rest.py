@@ -25,6 +25,7 @@ from emr.sync.v1 import sync_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
+from emr_devstack.national import DEV_CLIENT_FACILITIES
 from emr_devstack.processes import StartupError
 from emr_devstack.stack import DEV_FIELD_ENCRYPTION
 from emr_devstack.tokens import caller_metadata
@@ -48,6 +49,9 @@ def stamp(offset_seconds: int) -> Timestamp:
 
 def digits(count: int) -> str:
     return "".join(random.choice("0123456789") for _ in range(count))
+
+
+CLAIMING_FACILITY = DEV_CLIENT_FACILITIES[0]
 
 
 def synthetic_values() -> dict[str, str]:
@@ -97,6 +101,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
     facility_code: str,
     registration: Any,
     tools: Any,
+    clinical: Any,
 ) -> None:
     values = synthetic_values()
     other_facility = f"AR{facility_code[-3:]}"  # letters: never another test's facility code
@@ -160,6 +165,7 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
             full_name=patient.full_name,
             birth_date=patient.birth_date,
             sex=patient.sex,
+            province_code=patient.province_code,
             phone=values["phone_updated"],
         ),
         metadata=CLINICIAN,
@@ -207,7 +213,9 @@ async def test_no_identifier_or_phone_is_stored_in_plaintext(
     assert got.encounter.insurance.bhyt_number == values["encounter_bhyt"]
     assert got.encounter.insurance_cards[0].card_number == values["encounter_card"]
 
-    # The national side receives the bundle and the claim (with the identifiers: it is their recipient).
+    # A visit whose claim is complete, at a facility with its claim codes (emr_devstack.national): the
+    # national side receives the bundle and the claim (with the identifiers: it is their recipient).
+    await clinical.claimable_visit(patient.patient_id, CLAIMING_FACILITY, values["bhyt"])
     async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
 
         async def both_delivered() -> list[dict[str, Any]] | None:
