@@ -436,6 +436,7 @@ async def test_one_of_two_replicas_killed_mid_batch_the_other_finishes_and_the_k
     async def both_sending() -> bool | None:
         return True if await site.sending("sync-a") and await site.sending("sync-b") else None
 
+    chaos_figures["stage"] = "waiting for both replicas to send"
     await eventually(both_sending)
     chaos.kill("sync-a")
     in_flight_at_kill = await site.listed_in_flight("sync-a")
@@ -443,6 +444,7 @@ async def test_one_of_two_replicas_killed_mid_batch_the_other_finishes_and_the_k
     assert applied_at_kill < site.total, "the replicas were not mid-drain"
 
     # sync-b takes over sync-a's partitions once their leases lapse, and finishes.
+    chaos_figures["stage"] = f"takeover ({applied_at_kill} of {site.total} applied at the kill)"
     await site.all_delivered("sync-b")
     chaos_figures["drain_seconds"] = time.monotonic() - drain_started
     chaos_figures["in_flight_at_kill"] = len(in_flight_at_kill)
@@ -453,6 +455,7 @@ async def test_one_of_two_replicas_killed_mid_batch_the_other_finishes_and_the_k
 
     # The killed replica comes back alone (sync-b stopped): it takes every partition and the feeds,
     # sends the next visits, and sends nothing it had sent before.
+    chaos_figures["stage"] = "the killed replica back alone"
     chaos.stack.processes.pop("sync-b").stop()
     await site.faults(latency_ms=0)
     site.start("sync-a", SYNC_PARTITIONS_PER_ROUND="2")
@@ -461,3 +464,4 @@ async def test_one_of_two_replicas_killed_mid_batch_the_other_finishes_and_the_k
     await site.check_exactly_once_in_order(chaos_figures)
     assert chaos_figures["resends_deduplicated"] == resends_after_takeover
     await site.receipts_match()
+    chaos_figures["stage"] = "done"
