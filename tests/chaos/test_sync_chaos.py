@@ -217,11 +217,9 @@ class NationalSync:
     async def sending(self, owner: str) -> bool | None:
         """True while ``owner`` holds a live partition lease and lists deliveries of it in flight."""
         async for listed in self.database["in_flight"].find({"owner": owner}):
-            # A lease is one document per term (emr_sync.leases); the owner's live term, if any.
-            lease = await self.database["leases"].find_one(
-                {"name": listed["_id"], "owner": owner, "expires_at": {"$gt": datetime.now(UTC)}}
-            )
-            if lease is not None and listed.get("deliveries"):
+            lease = await self.database["leases"].find_one({"_id": listed["_id"]})
+            live = lease is not None and lease["owner"] == owner and lease["expires_at"] > datetime.now(UTC)
+            if live and listed.get("deliveries"):
                 return True
         return None
 

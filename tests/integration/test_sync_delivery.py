@@ -383,6 +383,7 @@ async def test_one_replicas_concurrent_rounds_share_no_partition_and_send_each_d
     # One encounter per patient: every partition has deliveries, so a shared one would be sent twice.
     queued = encounter_backlog(48, settings.partitions, per_patient=1)
     await repository.enqueue(queued)
+    await repository.create_leases([f"partition:{p}" for p in range(settings.partitions)])
     unused = grpc.aio.insecure_channel("127.0.0.1:1")  # rounds read no feed and no patient
     national = NationalClient(
         site.emulator_url,

@@ -34,7 +34,6 @@ def pipeline_config(settings: SyncSettings) -> PipelineConfig:
         partitions=settings.partitions,
         partitions_per_round=min(settings.partitions_per_round, settings.partitions),
         lease=timedelta(seconds=settings.lease_seconds),
-        lease_margin_fraction=settings.lease_margin_fraction,
         concurrency=settings.concurrency,
         deliveries_per_round=settings.deliveries_per_round,
         first_retry_delay=timedelta(seconds=settings.first_retry_delay_seconds),

@@ -10,7 +10,7 @@ _id). Only a failed attempt updates its queue document. Payloads are also kept i
 dead-letter retries). What a lease holder is sending is listed in ``in_flight``, one document per
 partition (not in the lease document: leases are claimed often and must stay small).
 
-No transactions: a lease is a term taken by inserting its document (emr_sync.leases);
+No transactions: a lease is one findAndModify on one document (claimed when free or expired);
 queueing inserts by delivery id (a repeat is a duplicate key, ignored); a delivery is written to
 ``deliveries`` before it leaves ``queue``, so a crash between the two resends it (harmlessly: the
 national side deduplicates by key) and never loses it.
@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING, DeleteOne
+from pymongo import DESCENDING, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -52,6 +52,7 @@ INDEXES = (
     IndexSpec(DELIVERIES, (("status", 1), ("dead_at", -1)), "deliveries_dead"),
     IndexSpec(DELIVERIES, (("committed_at", 1),), "deliveries_by_commit_time"),
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PENDING = DeliveryStatus.PENDING.value
 _DUPLICATE_KEY = 11000
 
@@ -370,25 +371,32 @@ class SyncRepository:
         document = await self._deliveries.find_one({"_id": delivery_id}, {"dead_at": 1})
         return document.get("dead_at") if document else None
 
-    # --- leases (emr_sync.leases: terms taken by insert) ------------------------------------------
-    async def claim_term(self, name: str, term: int, owner: str, expires_at: datetime) -> bool:
-        """Inserts the lease document of ``name`` for ``term``; True when ``owner`` holds it (won
-        now, or earlier). The document is never updated: an insert is the only compare-and-set."""
-        document_id = f"{name}:{term}"
+    # --- leases ---------------------------------------------------------------------------------
+    async def claim_lease(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+        """Takes (or extends) the lease ``name`` if it is free, expired or already ours."""
         try:
-            await self._leases.insert_one(
-                {"_id": document_id, "name": name, "term": term, "owner": owner, "expires_at": expires_at}
+            document = await self._leases.find_one_and_update(
+                {"_id": name, "$or": [{"expires_at": {"$lte": now}}, {"owner": owner}]},
+                {"$set": {"owner": owner, "expires_at": until}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
             )
-            return True
         except DuplicateKeyError:
-            held = await self._leases.find_one({"_id": document_id}, {"owner": 1})
-            return held is not None and held.get("owner") == owner
+            return False  # held by another replica: the upsert collided with its document
+        return document is not None and document.get("owner") == owner
 
-    async def remove_leases_expired_before(self, moment: datetime) -> int:
-        """Removes lease documents of terms that ended before ``moment``: a scan of ``leases`` on
-        FerretDB, kept small by running it every few terms (never per claim or per send)."""
-        result = await self._leases.delete_many({"expires_at": {"$lt": moment}})
-        return int(result.deleted_count)
+    async def create_leases(self, names: list[str]) -> None:
+        """Creates the lease documents, free, once: claims then only update them."""
+        await self._leases.bulk_write(
+            [
+                UpdateOne({"_id": name}, {"$setOnInsert": {"owner": "", "expires_at": _EPOCH}}, upsert=True)
+                for name in names
+            ],
+            ordered=False,
+        )
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._leases.update_one({"_id": name, "owner": owner}, {"$set": {"expires_at": _EPOCH}})
 
     # --- status ---------------------------------------------------------------------------------
     async def counts(self, facility_code: str) -> dict[str, int]:
@@ -429,9 +437,8 @@ class SyncRepository:
     async def count_in_flight(self, facility_code: str, now: datetime) -> int:
         """Deliveries listed in flight by the live holder of their partition's lease."""
         live = {
-            # .get: a lease document of the former shape (no name) may outlive an upgrade by a lease.
-            (lease.get("name"), lease.get("owner"))
-            async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"name": 1, "owner": 1})
+            (lease["_id"], lease["owner"])
+            async for lease in self._leases.find({"expires_at": {"$gt": now}}, {"owner": 1})
         }
         total = 0
         async for listed in self._in_flight.find({}):

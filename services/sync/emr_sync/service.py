@@ -3,9 +3,8 @@
 Store and forward: a change's payloads are queued (idempotently) before the feed cursor moves past
 it, and a delivery is marked delivered only after the national side acknowledged it, so a crash
 anywhere resends at worst, and the Idempotency-Key makes a resend harmless. Replicas share the work
-through leases (emr_sync.leases: terms taken by insert): one intake lease for the feed, and one
-lease per partition of patients for delivery, so one patient's deliveries go out from one replica at
-a time, oldest first.
+through leases: one intake lease for the feed, and one lease per partition of patients for
+delivery, so one patient's deliveries go out from one replica at a time, oldest first.
 """
 
 from __future__ import annotations
@@ -64,7 +63,6 @@ from emr_sync.domain import (
     sendable_runs,
     short_reason,
 )
-from emr_sync.leases import CLEANUP_TERMS, Held, TermLeases, Terms
 from emr_sync.metrics import DEAD_LETTERS, DELIVERIES, OLDEST_PENDING_AGE, PENDING_DELIVERIES
 from emr_sync.repository import SyncRepository
 
@@ -84,8 +82,6 @@ INTAKE_CONCURRENCY = 4
 ROUNDS_AT_ONCE = 2
 # Outcomes written at a time while a round goes on (one insert, one bulk delete).
 SETTLE_CHUNK = 500
-# Pause, as a fraction of a term, before a lease renewal the database failed is tried again.
-LEASE_RETRY_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,8 +90,7 @@ class PipelineConfig:
     batch_size: int
     partitions: int
     partitions_per_round: int
-    lease: timedelta  # a lease's term
-    lease_margin_fraction: float  # the end of a term a holder leaves unused (clock skew)
+    lease: timedelta
     concurrency: int
     deliveries_per_round: int
     first_retry_delay: timedelta
@@ -263,12 +258,7 @@ class SyncService:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._paused_until: datetime | None = None
         self._reachable: bool | None = None
-        self._leases = TermLeases(
-            repository.claim_term,
-            config.owner,
-            Terms(config.lease.total_seconds(), config.lease_margin_fraction),
-        )
-        self._intake_held: Held | None = None
+        self._intake_lease_until: datetime | None = None
         # Partitions this replica's rounds hold: its concurrent rounds never take the same one.
         self._partitions_in_rounds: set[int] = set()
 
@@ -276,8 +266,15 @@ class SyncService:
     async def intake_once(self) -> int:
         """Queues the payloads of the next run of records changes and of identity's patient changes
         (each feed with its own cursor); returns how many changes were read."""
-        if not await self._hold_intake():
-            return 0
+        config = self._config
+        now = utc_now()
+        # The lease is renewed when half of it is used up, not every round: an idle replica writes little.
+        if self._intake_lease_until is None or now >= self._intake_lease_until - config.lease / 2:
+            until = now + config.lease
+            if not await self._repository.claim_lease(INTAKE_LEASE, config.owner, until, now):
+                self._intake_lease_until = None
+                return 0
+            self._intake_lease_until = until
         # Each feed flows on when the other's service is down; a failure is raised after both ran.
         taken = await asyncio.gather(
             self._take_records_changes(), self._take_patient_changes(), return_exceptions=True
@@ -286,22 +283,6 @@ class SyncService:
             if isinstance(outcome, BaseException):
                 raise outcome
         return sum(n for n in taken if isinstance(n, int))
-
-    async def _hold_intake(self) -> bool:
-        """Whether this replica holds the intake lease now: claimed when not held, extended once
-        past its renewal point (not every round: an idle replica writes little)."""
-        leases = self._leases
-        held = self._intake_held
-        if held is None:
-            held = await leases.claim(INTAKE_LEASE)
-        elif leases.now() >= held.renew_at:
-            renewed = await leases.renew(held)
-            if renewed is not None:
-                held = renewed
-            elif leases.now() >= held.deadline:
-                held = await leases.claim(INTAKE_LEASE)
-        self._intake_held = held
-        return held is not None and leases.now() < held.deadline
 
     async def _take_patient_changes(self) -> int:
         after = await self._repository.cursor(IDENTITY_CURSOR)
@@ -387,13 +368,13 @@ class SyncService:
 
     async def deliver_round(self) -> int:
         """Leases partitions, reads what waits in them (one query), sends what is due (per patient
-        in order, patients in parallel), records the outcomes a chunk at a time; returns how
-        many sends were attempted."""
+        in order, patients in parallel), records the outcomes a chunk at a time and releases the
+        partitions; returns how many sends were attempted."""
         config = self._config
         now = utc_now()
         if self.blocked_until(now) is not None or not await self._repository.any_due(now):
             return 0
-        held: dict[int, Held] = {}
+        held: list[int] = []
         # Partitions this round tried, won or not: this replica's other round skips them meanwhile.
         tried: list[int] = []
         try:
@@ -405,62 +386,51 @@ class SyncService:
                     continue
                 self._partitions_in_rounds.add(partition)
                 tried.append(partition)
-                won = await self._leases.claim(_lease(partition))
-                if won is not None:
-                    held[partition] = won
+                if await self._repository.claim_lease(
+                    _lease(partition), config.owner, now + config.lease, now
+                ):
+                    held.append(partition)
             return await self._deliver_in(held) if held else 0
         finally:
             self._partitions_in_rounds.difference_update(tried)
 
-    async def _deliver_in(self, held: dict[int, Held]) -> int:
-        """A round's sends in the partitions it holds. Leases are not released at its end: a term
-        is kept to its end (this replica's next round takes it again; another, at the boundary)."""
+    async def _deliver_in(self, held: list[int]) -> int:
+        """A round's sends in the partitions it holds; they are released at its end."""
         config = self._config
+        lost: set[int] = set()
         outcomes: RoundOutcomes | None = None
-        keeper = asyncio.create_task(self._keep_leases(held))
+        keeper = asyncio.create_task(self._keep_leases(held, lost))
         try:
-            waiting = await self._repository.open_in_partitions(list(held), config.deliveries_per_round)
+            waiting = await self._repository.open_in_partitions(held, config.deliveries_per_round)
             runs = sendable_runs(waiting, utc_now())
             outcomes = RoundOutcomes(self._repository, config.owner, [d for run in runs for d in run])
             await outcomes.list_in_flight()
-            sent = await asyncio.gather(*(self._send_run(run, held, outcomes) for run in runs))
+            sent = await asyncio.gather(*(self._send_run(run, lost, outcomes) for run in runs))
             return sum(sent)
         finally:
             keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            # Outcomes before the leases go: the next holder must not find these still queued.
             if outcomes is not None:
                 await outcomes.settle()
             for partition in held:
                 await self._repository.narrow_in_flight(_lease(partition), config.owner, [])
+                await self._repository.release_lease(_lease(partition), config.owner)
 
-    async def _keep_leases(self, held: dict[int, Held]) -> None:
-        """Extends the round's leases term by term, each at its renewal point. A term another
-        replica won ends this one's sends at its deadline (``_send_run`` checks it); a renewal the
-        database failed is tried again shortly, still bounded by that deadline."""
-        leases = self._leases
-        extending = set(held)
-        while extending:
-            due = min(held[partition].renew_at for partition in extending)
-            await asyncio.sleep(max(0.0, due - leases.now()))
-            for partition in sorted(extending):
-                current = held[partition]
-                if leases.now() < current.renew_at:
-                    continue
-                try:
-                    renewed = await leases.renew(current)
-                except Exception as error:
-                    log.warning("lease not extended; retrying", extra={"error_type": type(error).__name__})
-                    retry_at = leases.now() + leases.terms.seconds * LEASE_RETRY_FRACTION
-                    held[partition] = replace(current, renew_at=retry_at)
-                    continue
-                if renewed is None:
-                    extending.discard(partition)
-                else:
-                    held[partition] = renewed
+    async def _keep_leases(self, held: list[int], lost: set[int]) -> None:
+        """Renews the round's leases; a lease that could not be renewed stops its sends."""
+        config = self._config
+        while True:
+            await asyncio.sleep(config.lease.total_seconds() / 3)
+            now = utc_now()
+            for partition in held:
+                if not await self._repository.claim_lease(
+                    _lease(partition), config.owner, now + config.lease, now
+                ):
+                    lost.add(partition)
 
-    async def _send_run(self, run: list[Delivery], held: dict[int, Held], outcomes: RoundOutcomes) -> int:
-        """Sends one patient's due deliveries in order, stopping at the first that must wait or
-        once its partition's lease is past its deadline; those that reached an end go to ``outcomes``."""
+    async def _send_run(self, run: list[Delivery], lost: set[int], outcomes: RoundOutcomes) -> int:
+        """Sends one patient's due deliveries in order, stopping at the first that must wait;
+        those that reached an end go to ``outcomes``."""
         attempted = 0
         for delivery in run:
             outgoing = self._outgoing(delivery)
@@ -473,9 +443,7 @@ class SyncService:
                 continue
             async with self._slots:
                 now = utc_now()
-                if self._leases.now() >= held[delivery.partition].deadline:
-                    return attempted  # the lease may be another replica's next: send nothing more
-                if self.blocked_until(now) or not self._breaker.allow(now):
+                if delivery.partition in lost or self.blocked_until(now) or not self._breaker.allow(now):
                     return attempted
                 result = await self._national.send(
                     delivery.kind, delivery.delivery_id, outgoing, delivery.facility_code
@@ -547,22 +515,12 @@ class SyncService:
 
     async def run(self, poll_interval: float) -> None:
         """Intake and delivery, each in its own loop, until cancelled."""
+        partitions = [_lease(partition) for partition in range(self._config.partitions)]
+        await self._repository.create_leases([INTAKE_LEASE, *partitions])
         await asyncio.gather(
             self._loop("intake", self.intake_once, poll_interval),
             *(self._loop("delivery", self.deliver_round, poll_interval) for _ in range(ROUNDS_AT_ONCE)),
-            self._clean_leases(),
         )
-
-    async def _clean_leases(self) -> None:
-        """Removes lease documents of past terms every few terms (a scan of a small collection on
-        FerretDB); a term is kept a term past its end, for status and diagnosis."""
-        term = self._config.lease
-        while True:
-            await asyncio.sleep(CLEANUP_TERMS * term.total_seconds())
-            try:
-                await self._repository.remove_leases_expired_before(utc_now() - term)
-            except Exception as error:
-                log.warning("past leases not removed", extra={"error_type": type(error).__name__})
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], poll_interval: float) -> None:
         """Repeats ``step``; a step that moved anything is followed at once, an idle one after a pause."""

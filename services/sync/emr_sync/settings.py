@@ -72,15 +72,7 @@ class SyncSettings(ServiceSettings, FieldEncryptionSettings):
     partitions_per_round: int = Field(
         8, ge=1, le=1024, description="Partitions one delivery round leases (two rounds at once per replica)"
     )
-    lease_seconds: float = Field(
-        30.0, gt=0, description="Term of a work lease; the holder extends it term by term while working"
-    )
-    lease_margin_fraction: float = Field(
-        0.15,
-        gt=0,
-        lt=1 / 3,
-        description="End of a term a holder leaves unused (clock skew between replicas, a send's tail)",
-    )
+    lease_seconds: float = Field(30.0, gt=0, description="Lifetime of a work lease; renewed while working")
     replica_id: str = Field("", description="Name of this replica in leases; empty: host:pid")
     circuit_failure_threshold: int = Field(5, ge=1, description="Failures in a row that open the circuit")
     circuit_open_seconds: float = Field(5.0, gt=0, description="First pause of an open circuit")
