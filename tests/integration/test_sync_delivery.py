@@ -451,6 +451,7 @@ async def test_the_strict_emulator_holds_a_full_claim_and_refuses_a_thin_one_by_
         for sequence, (visit, details) in enumerate(((full, SYNTHETIC_DETAILS), (thin, ClaimDetails())), 1)
     ]
     await repository.enqueue(queued)
+    await repository.create_leases(["partition:0"])
     unused = grpc.aio.insecure_channel("127.0.0.1:1")  # the round reads no feed and no patient
     national = NationalClient(
         site.emulator_url,
