@@ -15,6 +15,7 @@ import grpc
 import httpx
 import pytest
 from emr.identity.v1 import identity_pb2
+from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
@@ -44,6 +45,12 @@ def stamp(moment: datetime) -> Timestamp:
 async def insurance_visit(clinical: Any, facility_code: str) -> str:
     """A registered patient's finished BHYT-paid visit with what its claim needs; the claim's
     delivery id."""
+    encounter = await insurance_encounter(clinical, facility_code)
+    return f"Claim/Encounter/{encounter.encounter_id}/_history/{encounter.version}"
+
+
+async def insurance_encounter(clinical: Any, facility_code: str) -> records_pb2.Encounter:
+    """A registered patient's finished BHYT-paid visit with what its claim needs."""
     serial = uuid.uuid4().int % 10**6
     bhyt = f"DN479{uuid.uuid4().int % 10**10:010d}"
     registered = await clinical.identity.RegisterPatient(
@@ -64,8 +71,10 @@ async def insurance_visit(clinical: Any, facility_code: str) -> str:
         ),
         metadata=CLINICIAN,
     )
-    encounter = await clinical.claimable_visit(registered.patient.patient_id, facility_code, bhyt, CLINICIAN)
-    return f"Claim/Encounter/{encounter.encounter_id}/_history/{encounter.version}"
+    encounter: records_pb2.Encounter = await clinical.claimable_visit(
+        registered.patient.patient_id, facility_code, bhyt, CLINICIAN
+    )
+    return encounter
 
 
 async def token_of(http: httpx.AsyncClient, facility_code: str) -> str:
@@ -229,3 +238,66 @@ async def test_a_facility_without_a_signing_key_has_its_claim_dead_lettered_and_
         await channel.close()
         for process in (replica, name):
             stack.processes.pop(process).stop()
+
+
+async def test_a_visit_is_checked_in_then_claimed_replaced_when_corrected_and_withdrawn_when_in_error(
+    stack: Stack, clinical: Any, sync: sync_pb2_grpc.NationalSyncServiceStub
+) -> None:
+    encounter = await insurance_encounter(clinical, SIGNED_FACILITY)
+    visit_path = f"/claims/visits/{SIGNED_FACILITY}/{encounter.encounter_id}"
+    checkin_id = f"CheckIn/Encounter/{encounter.encounter_id}"
+    claim_id = f"Claim/Encounter/{encounter.encounter_id}/_history/{encounter.version}"
+    async with httpx.AsyncClient(base_url=stack.url("national_emulator")) as http:
+
+        async def portal_holds(**expected: Any) -> dict[str, Any] | None:
+            answer = await http.get(visit_path)
+            held: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+            return held if held is not None and expected.items() <= held.items() else None
+
+        held = await poll_until(
+            lambda: portal_holds(checked_in=True, claims=[claim_id]), DELIVERED_WITHIN_SECONDS
+        )
+        assert (held["replacements"], held["withdrawn"]) == (0, False)
+        # The check-in reached the portal before the claim (the visit's documents go in order).
+        applied = [item["idempotency_key"] for item in (await http.get("/deliveries")).json()["items"]]
+        assert applied.index(checkin_id) < applied.index(claim_id)
+
+        # A correction of the finished visit is claimed again under the same MA_LK: a replacement.
+        corrected = records_pb2.ClinicalResource(encounter=encounter)
+        corrected.encounter.discharge.discharge_diagnosis = "Viêm họng cấp, đã khỏi"
+        updated = await clinical.records.UpdateResource(
+            records_pb2.UpdateResourceRequest(
+                request_id=str(uuid.uuid4()), resource=corrected, expected_version=encounter.version
+            ),
+            metadata=CLINICIAN,
+        )
+        replacement_id = (
+            f"Claim/Encounter/{encounter.encounter_id}/_history/{updated.resource.encounter.version}"
+        )
+        held = await poll_until(lambda: portal_holds(replacements=1), DELIVERED_WITHIN_SECONDS)
+        assert held["current_claim"] == replacement_id
+
+        # Entered in error: the portal's claim of the visit is withdrawn, and it takes no other.
+        in_error = records_pb2.ClinicalResource(encounter=updated.resource.encounter)
+        in_error.encounter.status = records_pb2.ENCOUNTER_STATUS_ENTERED_IN_ERROR
+        withdrawn = await clinical.records.UpdateResource(
+            records_pb2.UpdateResourceRequest(
+                request_id=str(uuid.uuid4()),
+                resource=in_error,
+                expected_version=updated.resource.encounter.version,
+            ),
+            metadata=CLINICIAN,
+        )
+        held = await poll_until(lambda: portal_holds(withdrawn=True), DELIVERED_WITHIN_SECONDS)
+        assert held["current_claim"] is None
+    withdrawal_id = (
+        f"Withdrawal/Encounter/{encounter.encounter_id}/_history/{withdrawn.resource.encounter.version}"
+    )
+    status = await sync.GetSyncStatus(
+        sync_pb2.GetSyncStatusRequest(facility_code=SIGNED_FACILITY, delivery_ids=[checkin_id, withdrawal_id])
+    )
+    assert {(receipt.delivery_id, receipt.kind) for receipt in status.receipts} == {
+        (checkin_id, sync_pb2.DELIVERY_KIND_CLAIM_CHECKIN),
+        (withdrawal_id, sync_pb2.DELIVERY_KIND_CLAIM_WITHDRAWAL),
+    }
+    assert all(receipt.transaction_id for receipt in status.receipts)

@@ -235,20 +235,26 @@ async def all_delivered(site: SyncSite, name: str, facility_code: str, expected:
 
 
 async def claims_held_back(site: SyncSite, name: str, facility_code: str, expected: int) -> None:
-    """The claims of the facility's BHYT visits are dead letters naming what Decision 130 requires and
-    these thin visits lack (a claim the portal would refuse is never sent)."""
+    """The claims of the facility's BHYT visit (and its check-in) are dead letters naming what
+    Decision 130 requires and this thin visit lacks (a document the portal would refuse is never
+    sent)."""
 
     async def dead() -> sync_pb2.ListDeadLettersResponse | None:
         page = await site.stub(name).ListDeadLetters(
             sync_pb2.ListDeadLettersRequest(facility_code=facility_code)
         )
-        return page if len(page.dead_letters) == expected else None
+        return page if len(page.dead_letters) == expected + 1 else None
 
     page = await eventually(dead)
-    for letter in page.dead_letters:
-        assert letter.delivery_id.startswith("Claim/Encounter/")
+    claims = [letter for letter in page.dead_letters if letter.delivery_id.startswith("Claim/Encounter/")]
+    (checkin,) = [
+        letter for letter in page.dead_letters if letter.delivery_id.startswith("CheckIn/Encounter/")
+    ]
+    assert len(claims) == expected
+    for letter in claims:
         assert letter.reason.startswith("claim fails Decision 130 checks: HOSO[1].XML1[1].")
         assert "XML1[1].MA_DANTOC REQUIRED" in letter.reason  # registered without an ethnic group
+    assert "XML0[1].MA_DOITUONG_KCB REQUIRED" in checkin.reason  # no patient category recorded
 
 
 async def assert_exactly_once_in_order(site: SyncSite, expected: dict[str, list[tuple[str, int]]]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from xml.etree import ElementTree as ET
 
 from emr_claims import formats
-from emr_claims.spec import ENVELOPE_ROOT, SIGNATURE_ELEMENT, table
+from emr_claims.spec import CHECKIN_KIND, ENVELOPE_ROOT, SIGNATURE_ELEMENT, WITHDRAWAL_ROOT, table
 
 Row = Mapping[str, str]
 
@@ -44,6 +44,24 @@ def serialize(element: ET.Element) -> bytes:
 
 def table_document(kind: str, rows: Sequence[Row]) -> bytes:
     return serialize(table_element(kind, rows))
+
+
+def checkin_document(rows: Sequence[Row]) -> bytes:
+    """The XML0 check-in, sent alone: its table with an empty CHUKYDONVI for the signer."""
+    root = table_element(CHECKIN_KIND, rows)
+    ET.SubElement(root, SIGNATURE_ELEMENT)
+    return serialize(root)
+
+
+def withdrawal_document(facility_code: str, link_key: str, withdrawn_at: datetime) -> bytes:
+    """The withdrawal of a visit's claim (``HUYHOSO``: MACSKCB, MA_LK, NGAYHUY as yyyymmddHHMM,
+    Vietnam time), with an empty CHUKYDONVI for the signer."""
+    root = ET.Element(WITHDRAWAL_ROOT)
+    ET.SubElement(root, "MACSKCB").text = facility_code
+    ET.SubElement(root, "MA_LK").text = link_key
+    ET.SubElement(root, "NGAYHUY").text = formats.write_date_time(withdrawn_at)
+    ET.SubElement(root, SIGNATURE_ELEMENT)
+    return serialize(root)
 
 
 def submission(facility_code: str, records: Sequence[Mapping[str, bytes]], prepared_on: date) -> bytes:

@@ -1,9 +1,9 @@
-"""A synthetic, valid, full claim (all of XML1..XML5, totals that add up) for tests and demos. Every
-name and number in it is invented."""
+"""A synthetic, valid, full claim (all of XML1..XML5, totals that add up), its XML0 check-in and its
+withdrawal, for tests and demos. Every name and number in it is invented."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from emr_claims import build, formats
@@ -203,3 +203,32 @@ def claim_documents(rows: Rows | None = None) -> dict[str, bytes]:
 def claim(rows: Rows | None = None) -> bytes:
     """The sample visit as a GIAMDINHHS submission."""
     return build.submission(FACILITY, [claim_documents(rows)], PREPARED_ON)
+
+
+def checkin_row() -> dict[str, str]:
+    """The sample visit's XML0 row: an examination, its first order a service."""
+    return {
+        "MA_LK": LINK_KEY,
+        "STT": "1",
+        "MA_BN": "BN000123",
+        "HO_TEN": "Nguyễn Văn Thử",
+        "NGAY_SINH": "198507150000",
+        "GIOI_TINH": "1",
+        "MA_DOITUONG_KCB": "1.1",
+        "NGAY_VAO": "202503100830",
+        "MA_LOAI_KCB": "01",
+        "MA_CSKCB": FACILITY,
+        "MA_DICH_VU": "01.0001.0001",
+        "TEN_DICH_VU": "Khám nội",
+        "NGAY_YL": "202503100840",
+    }
+
+
+def checkin(row: dict[str, str] | None = None) -> bytes:
+    """The sample visit's check-in, sent alone, CHUKYDONVI empty."""
+    return build.checkin_document([row or checkin_row()])
+
+
+def withdrawal(link_key: str = LINK_KEY) -> bytes:
+    """The withdrawal of the sample visit's claim, CHUKYDONVI empty."""
+    return build.withdrawal_document(FACILITY, link_key, datetime(2025, 3, 16, 2, 0, tzinfo=UTC))

@@ -21,8 +21,20 @@ Requirement = Literal["yes", "no", "conditional"]
 TABLE_KINDS = ("XML0", "XML1", "XML2", "XML3", "XML4", "XML5")
 # The tables a GIAMDINHHS claim may carry; XML0 (check-in) travels alone, as its own submission.
 CLAIM_TABLE_KINDS = ("XML1", "XML2", "XML3", "XML4", "XML5")
+CHECKIN_KIND = "XML0"
 ENVELOPE_ROOT = "GIAMDINHHS"
 SIGNATURE_ELEMENT = "CHUKYDONVI"
+# The documents a facility sends and signs (each with its CHUKYDONVI as the root's last child): the
+# claim (GIAMDINHHS), the check-in sent alone (XML0's root) and the withdrawal of a visit's claim
+# (HUYHOSO, this project's own form: the decisions publish none). Each maps to where it names the
+# facility; every such element of the document must name the same one.
+CHECKIN_ROOT = "CHI_TIEU_TRANG_THAI_KCB"
+WITHDRAWAL_ROOT = "HUYHOSO"
+FACILITY_PATHS: dict[str, str] = {
+    ENVELOPE_ROOT: "THONGTINDONVI/MACSKCB",
+    CHECKIN_ROOT: "DSACH_TRANG_THAI_KCB/TRANG_THAI_KCB/MA_CSKCB",
+    WITHDRAWAL_ROOT: "MACSKCB",
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ class Table:
 
 # (root, rows element, row element) of each table in the Decision 130 layout.
 ELEMENTS: dict[str, tuple[str, str, str]] = {
-    "XML0": ("CHI_TIEU_TRANG_THAI_KCB", "DSACH_TRANG_THAI_KCB", "TRANG_THAI_KCB"),
+    "XML0": (CHECKIN_ROOT, "DSACH_TRANG_THAI_KCB", "TRANG_THAI_KCB"),
     "XML1": ("TONG_HOP", "", "TONG_HOP"),
     "XML2": ("CHITIEU_CHITIET_THUOC", "DSACH_CHI_TIET_THUOC", "CHI_TIET_THUOC"),
     "XML3": ("CHITIEU_CHITIET_DVKT_VTYT", "DSACH_CHI_TIET_DVKT", "CHI_TIET_DVKT"),

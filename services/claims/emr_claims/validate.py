@@ -24,7 +24,16 @@ from decimal import Decimal
 from xml.etree import ElementTree as ET
 
 from emr_claims import formats
-from emr_claims.spec import CLAIM_TABLE_KINDS, ENVELOPE_ROOT, SIGNATURE_ELEMENT, Field, Table, table
+from emr_claims.spec import (
+    CHECKIN_KIND,
+    CLAIM_TABLE_KINDS,
+    ENVELOPE_ROOT,
+    SIGNATURE_ELEMENT,
+    WITHDRAWAL_ROOT,
+    Field,
+    Table,
+    table,
+)
 
 # Stable error codes (the portal's field-level answers are keyed the same way).
 MALFORMED = "MALFORMED"  # not well-formed XML, not base64, or carries a DTD
@@ -48,6 +57,7 @@ DATE_ORDER = "DATE_ORDER"
 DAYS_MISMATCH = "DAYS_MISMATCH"
 AMOUNT_MISMATCH = "AMOUNT_MISMATCH"  # a line's amount does not follow from its quantity, prices and rates
 TOTAL_MISMATCH = "TOTAL_MISMATCH"  # an XML1 total is not the sum of the lines
+BAD_LINK = "BAD_LINK"  # the MA_LK is not one the portal may take this document for (withdrawn, unknown)
 ERROR_CODES = (
     MALFORMED,
     BAD_ENVELOPE,
@@ -70,9 +80,9 @@ ERROR_CODES = (
     DAYS_MISMATCH,
     AMOUNT_MISMATCH,
     TOTAL_MISMATCH,
+    BAD_LINK,
 )
 ENVELOPE = "GIAMDINHHS"
-CHECKIN_KIND = "XML0"
 # Inpatient and day treatment (MA_LOAI_KCB 03, 04) need the admission time.
 ADMITTED_KINDS = frozenset({"03", "04"})
 # 3176: SO_NGAY_DTRI = NGAY_RA - NGAY_VAO + 1; 0 for 09; other kinds count service or drug days,
@@ -576,7 +586,7 @@ def validate_submission(document: bytes) -> list[FieldError]:
 
 def validate_checkin(document: bytes) -> list[FieldError]:
     """Every problem of an XML0 check-in document (CHI_TIEU_TRANG_THAI_KCB); empty when valid."""
-    report = _Report(record=1)
+    report = _Report()
     root = _parse(document, report, CHECKIN_KIND)
     if root is None:
         return report.errors
@@ -584,4 +594,39 @@ def validate_checkin(document: bytes) -> list[FieldError]:
     _check_sequence(CHECKIN_KIND, rows, 1, report)
     for index, row in enumerate(rows, 1):
         _check_conditions(CHECKIN_KIND, index, row, report)
+    return report.errors
+
+
+# HUYHOSO: the project's withdrawal form (emr_claims.build.withdrawal_document), checked like a table.
+WITHDRAWAL_FIELDS = (
+    Field(1, "MACSKCB", "string", 5, "yes", "", "", "Facility whose claim is withdrawn."),
+    Field(2, "MA_LK", "string", 100, "yes", "", "", "Link key of the withdrawn visit."),
+    Field(3, "NGAYHUY", "datetime", 12, "yes", "", "yyyymmddHHMM", "When the visit was withdrawn."),
+)
+
+
+def validate_withdrawal(document: bytes) -> list[FieldError]:
+    """Every problem of a withdrawal (HUYHOSO); empty when it is valid."""
+    report = _Report()
+    root = _parse(document, report, WITHDRAWAL_ROOT)
+    if root is None:
+        return report.errors
+    if root.tag != WITHDRAWAL_ROOT:
+        report.add(
+            WITHDRAWAL_ROOT, 0, "", BAD_STRUCTURE, f"root element must be {WITHDRAWAL_ROOT}, not {root.tag}"
+        )
+        return report.errors
+    signatures = [child for child in root if child.tag == SIGNATURE_ELEMENT]
+    if len(signatures) != 1 or root[-1] is not signatures[0]:
+        report.add(
+            WITHDRAWAL_ROOT,
+            0,
+            SIGNATURE_ELEMENT,
+            BAD_STRUCTURE,
+            f"one {SIGNATURE_ELEMENT} must close the document",
+        )
+    for signature in signatures:
+        root.remove(signature)
+    spec = Table(WITHDRAWAL_ROOT, WITHDRAWAL_ROOT, "", WITHDRAWAL_ROOT, WITHDRAWAL_FIELDS)
+    _check_row(spec, 1, root, report)
     return report.errors

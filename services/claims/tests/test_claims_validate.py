@@ -361,27 +361,28 @@ def test_the_answer_is_bounded() -> None:
 
 
 def test_a_check_in_document() -> None:
-    row = {
-        "MA_LK": sample.LINK_KEY,
-        "STT": "1",
-        "MA_BN": "BN000123",
-        "HO_TEN": "Nguyễn Văn Thử",
-        "NGAY_SINH": "198507150000",
-        "GIOI_TINH": "1",
-        "MA_DOITUONG_KCB": "1.1",
-        "NGAY_VAO": "202503100830",
-        "MA_LOAI_KCB": "01",
-        "MA_CSKCB": sample.FACILITY,
-        "MA_DICH_VU": "01.0001.0001",
-        "TEN_DICH_VU": "Khám nội",
-        "NGAY_YL": "202503100840",
-    }
-    assert validate.validate_checkin(build.table_document("XML0", [row])) == []
-    found = validate.validate_checkin(build.table_document("XML0", [dict(row, TEN_DICH_VU="", GIOI_TINH="")]))
+    row = sample.checkin_row()
+    assert validate.validate_checkin(sample.checkin()) == []
+    found = validate.validate_checkin(sample.checkin(dict(row, TEN_DICH_VU="", GIOI_TINH="")))
     assert {(e.table, e.field, e.code) for e in found} == {
         ("XML0", "GIOI_TINH", "REQUIRED"),
         ("XML0", "TEN_DICH_VU", "REQUIRED"),
     }
+
+
+def test_a_withdrawal_names_a_visit_and_closes_with_its_signature_place() -> None:
+    assert validate.validate_withdrawal(sample.withdrawal()) == []
+    root = ET.fromstring(sample.withdrawal())
+    root.find("NGAYHUY").text = "2025-03-16"  # type: ignore[union-attr]
+    root.find("MA_LK").text = ""  # type: ignore[union-attr]
+    found = validate.validate_withdrawal(ET.tostring(root))
+    assert {(e.table, e.field, e.code) for e in found} == {
+        ("HUYHOSO", "NGAYHUY", "BAD_FORMAT"),
+        ("HUYHOSO", "MA_LK", "REQUIRED"),
+    }
+    root.remove(root.find("CHUKYDONVI"))  # type: ignore[arg-type]
+    unsigned = validate.validate_withdrawal(ET.tostring(root))
+    assert ("HUYHOSO", "CHUKYDONVI", "BAD_STRUCTURE") in {(e.table, e.field, e.code) for e in unsigned}
 
 
 def test_base64_with_line_breaks_is_read() -> None:

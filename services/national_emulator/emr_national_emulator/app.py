@@ -2,8 +2,12 @@
 
 - ``POST /oauth/token``: OAuth2 client credentials (HTTP Basic or form fields).
 - ``POST /fhir``: a FHIR R4 transaction Bundle; ``POST /claims``: a Decision 130 claim (GIAMDINHHS
-  XML), checked field by field by emr_claims when NATIONAL_EMULATOR_CLAIM_VALIDATION is strict.
-  Both need a bearer token and an Idempotency-Key, apply a key once and count repeats.
+  XML), checked field by field by emr_claims when NATIONAL_EMULATOR_CLAIM_VALIDATION is strict; a
+  later claim of the same MA_LK replaces the one held. ``POST /claims/checkin``: a visit's XML0
+  check-in; ``POST /claims/withdrawal``: the withdrawal (HUYHOSO) of a visit the portal holds, after
+  which its MA_LK takes no claim. Each is signed by its facility, needs a bearer token and an
+  Idempotency-Key, applies a key once and counts repeats. ``GET /claims/visits/{facility}/{MA_LK}``:
+  what the portal holds of a visit.
 - Queries: ``/deliveries``, ``/applied``, ``/resources``, ``/stats``, ``POST /receipts/query``.
 - Faults (``/admin/faults``): error rate, 429 with Retry-After, added latency, a full outage for a
   period, and committing a submission, then dropping the connection before answering.
@@ -27,6 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from emr_claims import validate
+from emr_claims.spec import CHECKIN_ROOT, ENVELOPE_ROOT, WITHDRAWAL_ROOT
 from emr_fhir.resources import SYSTEM_CCCD, operation_outcome
 from emr_national_emulator import signature
 from emr_national_emulator.clients import Client, authenticate, read_facility_clients
@@ -299,32 +304,97 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         }
         return answer(submission, created, body)
 
-    @app.post("/claims")
-    async def claim(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+    async def signed_document(
+        request: Request, idempotency_key: str | None, root: str
+    ) -> tuple[bytes, Response | None]:
+        """(body, the refusal or fault answered instead, if any) of a signed portal document: the
+        field checks first (as the portal answers), then whose signature it bears."""
         token_facility = await bearer(request.headers.get("authorization"))
         raw = await body_of(request, idempotency_key)
-        assert idempotency_key is not None
         fault = await injected_fault()
         if fault is not None:
-            return fault
-        # Field by field first (as the portal answers), then whose signature it bears.
-        if config.claim_validation == "strict":
-            errors = validate.validate_submission(raw)
+            return raw, fault
+        field_checks = {
+            ENVELOPE_ROOT: validate.validate_submission,
+            CHECKIN_ROOT: validate.validate_checkin,
+            WITHDRAWAL_ROOT: validate.validate_withdrawal,
+        }[root]
+        # A withdrawal is always read field by field: its three fields are all it says.
+        if config.claim_validation == "strict" or root == WITHDRAWAL_ROOT:
+            errors = field_checks(raw)
             if errors:
-                return _field_rejection(errors)
-        # --- signature and facility binding (emr_national_emulator.signature) ---
-        refusal = signature.check_claim(raw, token_facility, certificates)
-        if refusal is not None:
-            return _refusal(refusal)
-        # ---
+                return raw, _field_rejection(errors)
+        refusal = signature.check_claim(raw, token_facility, certificates, root)
+        return raw, _refusal(refusal) if refusal is not None else None
+
+    def portal_answer(submission: Submission, created: bool, link_key: str) -> Response:
+        # The portal's receipt: its transaction code (mã giao dịch), also in X-Transaction-Id.
+        receipt = submission.receipt.transaction_id
+        return answer(submission, created, {"id": receipt, "MA_GIAO_DICH": receipt, "MA_LK": link_key})
+
+    def link_refusal(message: str, table: str, row: int = 0) -> JSONResponse:
+        return _field_rejection([validate.FieldError(table, row, "MA_LK", validate.BAD_LINK, message, 0)])
+
+    @app.post("/claims")
+    async def claim(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        raw, refused = await signed_document(request, idempotency_key, ENVELOPE_ROOT)
+        if refused is not None:
+            return refused
+        assert idempotency_key is not None
         checked = _claim_visit(raw)
         if isinstance(checked, JSONResponse):
             return checked
         link_key, summary = checked
+        visit = held.visit(summary.get("MA_CSKCB", ""), link_key)
+        if visit.withdrawal and idempotency_key not in held.submissions:
+            return link_refusal("the visit's claim was withdrawn; a withdrawn MA_LK takes no claim", "XML1")
         submission, created = held.accept(idempotency_key, "claim", summary.get("MA_BN", ""), [], summary)
-        # The portal's receipt: its transaction code (mã giao dịch), also in X-Transaction-Id.
-        receipt = submission.receipt.transaction_id
-        return answer(submission, created, {"id": receipt, "MA_GIAO_DICH": receipt, "MA_LK": link_key})
+        if created:
+            # A later claim of the same MA_LK replaces the one held (a corrected visit).
+            visit.claims.append(idempotency_key)
+        return portal_answer(submission, created, link_key)
+
+    @app.post("/claims/checkin")
+    async def checkin(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        raw, refused = await signed_document(request, idempotency_key, CHECKIN_ROOT)
+        if refused is not None:
+            return refused
+        assert idempotency_key is not None
+        row = ET.fromstring(raw).find("DSACH_TRANG_THAI_KCB/TRANG_THAI_KCB")  # noqa: S314 - checked above
+        fields = {child.tag: child.text or "" for child in (row if row is not None else [])}
+        link_key = fields.get("MA_LK", "")
+        if not link_key:
+            return link_refusal("MA_LK is required", "XML0", 1)
+        submission, created = held.accept(idempotency_key, "checkin", fields.get("MA_BN", ""), [], fields)
+        if created:
+            held.visit(fields.get("MA_CSKCB", ""), link_key).checkin = idempotency_key
+        return portal_answer(submission, created, link_key)
+
+    @app.post("/claims/withdrawal")
+    async def withdrawal(
+        request: Request, idempotency_key: Annotated[str | None, Header()] = None
+    ) -> Response:
+        raw, refused = await signed_document(request, idempotency_key, WITHDRAWAL_ROOT)
+        if refused is not None:
+            return refused
+        assert idempotency_key is not None
+        root = ET.fromstring(raw)  # noqa: S314 - checked above
+        facility, link_key = root.findtext("MACSKCB") or "", root.findtext("MA_LK") or ""
+        visit = held.known_visit(facility, link_key)
+        if idempotency_key not in held.submissions and (visit is None or not (visit.checkin or visit.claims)):
+            return link_refusal("the portal holds no check-in or claim of this MA_LK", WITHDRAWAL_ROOT)
+        submission, created = held.accept(idempotency_key, "withdrawal", "", [], {"MA_LK": link_key})
+        if created and visit is not None:
+            visit.withdrawal = visit.withdrawal or idempotency_key
+        return portal_answer(submission, created, link_key)
+
+    @app.get("/claims/visits/{facility_code}/{link_key}")
+    async def visit_claims(facility_code: str, link_key: str) -> dict[str, Any]:
+        """What the portal holds of one visit: check-in, claims (the last one current), withdrawal."""
+        visit = held.known_visit(facility_code, link_key)
+        if visit is None:
+            raise HTTPException(404, "the portal holds nothing of this visit")
+        return visit.summary()
 
     @app.post("/receipts/query", dependencies=[Depends(bearer)])
     async def receipts(query: ReceiptQuery) -> dict[str, Any]:

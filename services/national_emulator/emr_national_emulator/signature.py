@@ -1,4 +1,6 @@
-"""The portal's checks of a claim's signature and of who may submit it (the /claims hook).
+"""The portal's checks of a signed document's signature and of who may submit it (the /claims
+hooks): a GIAMDINHHS claim, an XML0 check-in or a withdrawal (emr_claims.spec.FACILITY_PATHS names
+where each names its facility; the check-in and the withdrawal are checked like the claim).
 
 A GIAMDINHHS envelope must carry, in CHUKYDONVI, one W3C XMLDSig enveloped signature of the whole
 document (Reference URI=""), RSA-SHA256 over SHA-256 digests, inclusive Canonical XML 1.0, whose
@@ -25,10 +27,9 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import InvalidDigest, InvalidSignature, SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
+from emr_claims.spec import ENVELOPE_ROOT, FACILITY_PATHS, SIGNATURE_ELEMENT
 from emr_runtime.facility import is_facility_code
 
-ENVELOPE_ROOT = "GIAMDINHHS"
-SIGNATURE_ELEMENT = "CHUKYDONVI"
 XMLDSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 C14N_1_0 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 CERT_SUFFIX = ".cert.pem"
@@ -110,7 +111,10 @@ def _key_info_certificate(signature: etree._Element) -> x509.Certificate | Claim
 
 
 def check_claim(
-    document: bytes, token_facility: str | None, certificates: FacilityCertificates
+    document: bytes,
+    token_facility: str | None,
+    certificates: FacilityCertificates,
+    expected_root: str = ENVELOPE_ROOT,
 ) -> ClaimRefusal | None:
     """None when the claim is signed by its facility's registered certificate, covers the whole
     envelope, names one facility throughout and may be submitted with this token; else why not.
@@ -118,16 +122,19 @@ def check_claim(
     try:
         root = etree.fromstring(document, _PARSER)
     except etree.XMLSyntaxError:
-        return _refused("body is not well-formed XML", ENVELOPE_ROOT)
-    if root.tag != ENVELOPE_ROOT:
-        return _refused(f"root element must be {ENVELOPE_ROOT}", ENVELOPE_ROOT)
-    facility = (root.findtext("THONGTINDONVI/MACSKCB") or "").strip()
+        return _refused("body is not well-formed XML", expected_root)
+    if root.tag != expected_root:
+        return _refused(f"root element must be {expected_root}", expected_root)
+    facility_path = FACILITY_PATHS[expected_root]
+    facility_field = facility_path.replace("/", ".")
+    named = {(element.text or "").strip() for element in root.findall(facility_path)}
+    facility = named.pop() if len(named) == 1 else ""
     if not is_facility_code(facility):
-        return _refused("MACSKCB must be a 5-character facility code", "THONGTINDONVI.MACSKCB")
+        return _refused("the document must name one 5-character facility code", facility_field)
     if token_facility is not None and facility != token_facility:
         return _refused(
             f"this client may submit claims of facility {token_facility} only, not {facility}",
-            "THONGTINDONVI.MACSKCB",
+            facility_field,
             status=403,
         )
     summary_facility = _summary_facility(root)
@@ -165,6 +172,6 @@ def check_claim(
     except SignXMLException as error:
         return _refused(f"CHUKYDONVI: invalid signature ({type(error).__name__})")
     signed = verified[0] if isinstance(verified, list) else verified
-    if getattr(signed.signed_xml, "tag", None) != ENVELOPE_ROOT:
+    if getattr(signed.signed_xml, "tag", None) != expected_root:
         return _refused('CHUKYDONVI: the signature must cover the whole document (Reference URI="")')
     return None

@@ -54,6 +54,25 @@ class Faults:
 
 
 @dataclass
+class VisitClaims:
+    """What the portal holds of one visit (a facility's MA_LK): its check-in, its claims in the
+    order received (each later one replaces the one before) and whether it was withdrawn."""
+
+    checkin: str = ""  # the check-in's idempotency key
+    claims: list[str] = field(default_factory=list)
+    withdrawal: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "checked_in": bool(self.checkin),
+            "claims": list(self.claims),
+            "current_claim": self.claims[-1] if self.claims and not self.withdrawal else None,
+            "replacements": max(len(self.claims) - 1, 0),
+            "withdrawn": bool(self.withdrawal),
+        }
+
+
+@dataclass
 class NationalStore:
     submissions: dict[str, Submission] = field(default_factory=dict)
     resources: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)
@@ -61,6 +80,7 @@ class NationalStore:
     received: int = 0
     duplicates_received: int = 0
     faults: Faults = field(default_factory=Faults)
+    visits: dict[tuple[str, str], VisitClaims] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
     def accept(
@@ -93,6 +113,12 @@ class NationalStore:
         self.submissions[idempotency_key] = submission
         self.applied.append(idempotency_key)
         return submission, True
+
+    def visit(self, facility_code: str, link_key: str) -> VisitClaims:
+        return self.visits.setdefault((facility_code, link_key), VisitClaims())
+
+    def known_visit(self, facility_code: str, link_key: str) -> VisitClaims | None:
+        return self.visits.get((facility_code, link_key))
 
     def forget(self, idempotency_key: str) -> bool:
         """Loses a submission, as a national system that dropped data would."""

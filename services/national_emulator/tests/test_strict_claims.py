@@ -177,3 +177,74 @@ async def test_the_sync_service_reads_a_field_rejection_as_final_with_its_first_
     )
     assert result.outcome == SendOutcome.REJECTED
     assert result.error == "HTTP 422: HOSO[1].XML1[1].HO_TEN REQUIRED: HO_TEN is required"
+
+
+# --- the visit's other documents: check-in, replacement, withdrawal ------------------------------
+
+
+async def post_signed(
+    client: httpx.AsyncClient, path: str, document: bytes, facility_keys: Path
+) -> httpx.Response:
+    signed = sign_claim(document, load_signing_key(facility_keys, sample.FACILITY))
+    return await client.post(
+        path,
+        content=signed,
+        headers={"Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/xml"},
+    )
+
+
+async def held_visit(client: httpx.AsyncClient, link_key: str = sample.LINK_KEY) -> dict[str, object]:
+    answer = await client.get(f"/claims/visits/{sample.FACILITY}/{link_key}")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
+async def test_a_visit_is_checked_in_claimed_replaced_and_withdrawn(
+    strict: httpx.AsyncClient, facility_keys: Path
+) -> None:
+    checked_in = await post_signed(strict, "/claims/checkin", sample.checkin(), facility_keys)
+    assert checked_in.status_code == 201, checked_in.text
+    assert checked_in.json()["MA_LK"] == sample.LINK_KEY
+    first = await post_signed(strict, "/claims", sample.claim(), facility_keys)
+    corrected = await post_signed(strict, "/claims", sample.claim(), facility_keys)
+    assert (first.status_code, corrected.status_code) == (201, 201)
+    held = await held_visit(strict)
+    assert (held["checked_in"], held["replacements"], held["withdrawn"]) == (True, 1, False)
+    withdrawn = await post_signed(strict, "/claims/withdrawal", sample.withdrawal(), facility_keys)
+    assert withdrawn.status_code == 201, withdrawn.text
+    held = await held_visit(strict)
+    assert (held["withdrawn"], held["current_claim"]) == (True, None)
+    # A withdrawn MA_LK takes no further claim.
+    again = await post_signed(strict, "/claims", sample.claim(), facility_keys)
+    assert field_errors(again) == {("XML1.MA_LK", "BAD_LINK")}
+
+
+async def test_a_withdrawal_of_a_visit_the_portal_does_not_hold_is_refused(
+    strict: httpx.AsyncClient, facility_keys: Path
+) -> None:
+    answer = await post_signed(
+        strict, "/claims/withdrawal", sample.withdrawal("SYN-NEVER-SENT"), facility_keys
+    )
+    assert field_errors(answer) == {("HUYHOSO.MA_LK", "BAD_LINK")}
+
+
+async def test_a_check_in_is_refused_by_field_unsigned_or_changed_after_signing(
+    strict: httpx.AsyncClient, facility_keys: Path
+) -> None:
+    broken = await post_signed(
+        strict, "/claims/checkin", sample.checkin(dict(sample.checkin_row(), GIOI_TINH="")), facility_keys
+    )
+    assert field_errors(broken) == {("XML0[1].GIOI_TINH", "REQUIRED")}
+    unsigned = await strict.post(
+        "/claims/checkin", content=sample.checkin(), headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert unsigned.status_code == 422
+    assert unsigned.json()["issue"][0]["expression"] == ["CHUKYDONVI"]
+    signed = sign_claim(sample.checkin(), load_signing_key(facility_keys, sample.FACILITY))
+    changed = signed.replace(b"BN000123", b"BN000124")
+    tampered = await strict.post(
+        "/claims/checkin", content=changed, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert tampered.status_code == 422
+    assert "digest mismatch" in tampered.json()["issue"][0]["diagnostics"]

@@ -39,10 +39,9 @@ from signxml.algorithms import (
 )
 from signxml.signer import XMLSigner
 
+from emr_claims.spec import FACILITY_PATHS, SIGNATURE_ELEMENT
 from emr_runtime.facility import is_facility_code
 
-SIGNATURE_ELEMENT = "CHUKYDONVI"
-ENVELOPE_ROOT = "GIAMDINHHS"
 KEY_SUFFIX = ".key.pem"
 CERT_SUFFIX = ".cert.pem"
 XMLDSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -210,15 +209,19 @@ def generate_dev_signing_key(directory: Path, facility_code: str) -> FacilitySig
 
 
 def _envelope(document: bytes, facility_code: str) -> tuple[etree._Element, etree._Element]:
-    """(root, empty CHUKYDONVI) of a GIAMDINHHS envelope of ``facility_code``."""
+    """(root, empty CHUKYDONVI) of a document ``facility_code`` sends: a GIAMDINHHS claim, an XML0
+    check-in or a withdrawal (emr_claims.spec.FACILITY_PATHS)."""
     try:
         root = etree.fromstring(document, _PARSER)
     except etree.XMLSyntaxError as error:
         raise ClaimDocumentError("the claim is not well-formed XML") from error
-    if root.tag != ENVELOPE_ROOT:
-        raise ClaimDocumentError(f"the claim's root element is {root.tag!r}, not {ENVELOPE_ROOT}")
-    if root.findtext("THONGTINDONVI/MACSKCB") != facility_code:
-        raise ClaimDocumentError(f"the claim's MACSKCB is not facility {facility_code}")
+    facility_path = FACILITY_PATHS.get(root.tag)
+    if facility_path is None:
+        raise ClaimDocumentError(f"the claim's root element {root.tag!r} is not a document the portal takes")
+    named = [(element.text or "").strip() for element in root.findall(facility_path)]
+    if not named or any(name != facility_code for name in named):
+        where = facility_path.rsplit("/", 1)[-1]
+        raise ClaimDocumentError(f"the document's {where} is not facility {facility_code}")
     places = root.findall(SIGNATURE_ELEMENT)
     if len(places) != 1:
         raise ClaimDocumentError(f"the claim needs exactly one {SIGNATURE_ELEMENT} element")
@@ -228,7 +231,8 @@ def _envelope(document: bytes, facility_code: str) -> tuple[etree._Element, etre
 
 
 def sign_claim(document: bytes, signing_key: FacilitySigningKey) -> bytes:
-    """The GIAMDINHHS envelope with an enveloped XMLDSig of the whole document in CHUKYDONVI."""
+    """The document (claim, check-in or withdrawal) with an enveloped XMLDSig of the whole document
+    in its CHUKYDONVI."""
     root, place = _envelope(document, signing_key.facility_code)
     # signxml puts an enveloped signature where it finds this placeholder.
     etree.SubElement(place, f"{{{XMLDSIG_NS}}}Signature", Id="placeholder", nsmap={"ds": XMLDSIG_NS})

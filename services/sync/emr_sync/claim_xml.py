@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from xml.etree import ElementTree as ET
 
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
@@ -690,21 +689,14 @@ def checkin_xml(
     encounter: records_pb2.Encounter,
     resources: Sequence[records_pb2.ClinicalResource],
 ) -> bytes:
-    """The XML0 check-in document of a visit (sent alone, not in a GIAMDINHHS claim)."""
-    return build.table_document("XML0", [checkin_row(patient, encounter, resources)])
+    """The XML0 check-in document of a visit (sent alone, not in a GIAMDINHHS claim), its
+    CHUKYDONVI empty for the signer."""
+    return build.checkin_document([checkin_row(patient, encounter, resources)])
 
 
 # --- withdrawal -----------------------------------------------------------------------------------
 
-WITHDRAWAL_ROOT = "HUYHOSO"
-
 
 def withdrawal_xml(encounter: records_pb2.Encounter, withdrawn_at: datetime) -> bytes:
-    """The withdrawal of the claim of a visit entered in error: the facility, the MA_LK and when.
-    The portal's own withdrawal form is not public in the decisions; this project's form is
-    ``HUYHOSO`` with MACSKCB, MA_LK and NGAYHUY (yyyymmddHHMM)."""
-    root = ET.Element(WITHDRAWAL_ROOT)
-    ET.SubElement(root, "MACSKCB").text = encounter.facility_code
-    ET.SubElement(root, "MA_LK").text = encounter.encounter_id
-    ET.SubElement(root, "NGAYHUY").text = formats.write_date_time(withdrawn_at)
-    return build.serialize(root)
+    """The withdrawal of the claim of a visit entered in error (``emr_claims.build``'s HUYHOSO)."""
+    return build.withdrawal_document(encounter.facility_code, encounter.encounter_id, withdrawn_at)

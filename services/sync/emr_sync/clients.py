@@ -32,8 +32,15 @@ TOKEN_RENEW_FRACTION = 0.75
 CONTENT_TYPES = {
     DeliveryKind.FHIR_TRANSACTION: "application/fhir+json",
     DeliveryKind.CLAIM_XML: "application/xml",
+    DeliveryKind.CLAIM_CHECKIN: "application/xml",
+    DeliveryKind.CLAIM_WITHDRAWAL: "application/xml",
 }
-PATHS = {DeliveryKind.FHIR_TRANSACTION: "/fhir", DeliveryKind.CLAIM_XML: "/claims"}
+PATHS = {
+    DeliveryKind.FHIR_TRANSACTION: "/fhir",
+    DeliveryKind.CLAIM_XML: "/claims",
+    DeliveryKind.CLAIM_CHECKIN: "/claims/checkin",
+    DeliveryKind.CLAIM_WITHDRAWAL: "/claims/withdrawal",
+}
 
 
 class RecordsFeed:

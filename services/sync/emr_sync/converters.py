@@ -12,6 +12,8 @@ from emr_sync.domain import Delivery, DeliveryKind, Receipt, SyncStatus
 KINDS = {
     DeliveryKind.FHIR_TRANSACTION: sync_pb2.DELIVERY_KIND_FHIR_TRANSACTION,
     DeliveryKind.CLAIM_XML: sync_pb2.DELIVERY_KIND_CLAIM_XML,
+    DeliveryKind.CLAIM_CHECKIN: sync_pb2.DELIVERY_KIND_CLAIM_CHECKIN,
+    DeliveryKind.CLAIM_WITHDRAWAL: sync_pb2.DELIVERY_KIND_CLAIM_WITHDRAWAL,
 }
 
 

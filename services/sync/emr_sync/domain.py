@@ -26,6 +26,20 @@ class DeliveryStatus(enum.Enum):
 class DeliveryKind(enum.Enum):
     FHIR_TRANSACTION = "fhir"
     CLAIM_XML = "claim"
+    CLAIM_CHECKIN = "checkin"
+    CLAIM_WITHDRAWAL = "withdrawal"
+
+
+# The documents of the claim portal: signed with the facility's key before each send.
+SIGNED_KINDS = frozenset({DeliveryKind.CLAIM_XML, DeliveryKind.CLAIM_CHECKIN, DeliveryKind.CLAIM_WITHDRAWAL})
+# Where a delivery stands among those of one feed position: the bundle, then the visit's check-in,
+# its claim, its withdrawal.
+_KIND_ORDER = {
+    DeliveryKind.FHIR_TRANSACTION: 0,
+    DeliveryKind.CLAIM_CHECKIN: 1,
+    DeliveryKind.CLAIM_XML: 2,
+    DeliveryKind.CLAIM_WITHDRAWAL: 3,
+}
 
 
 @dataclass(frozen=True)
@@ -148,14 +162,18 @@ class SendResult:
 
 
 def delivery_id(kind: DeliveryKind, resource_type: str, resource_id: str, version: int) -> str:
-    """Idempotency-Key: one per (payload kind, resource, version)."""
+    """Idempotency-Key: one per (payload kind, resource, version); one check-in per visit, whatever
+    its version, so a visit is checked in once."""
+    if kind is DeliveryKind.CLAIM_CHECKIN:
+        return f"CheckIn/{resource_type}/{resource_id}"
     base = f"{resource_type}/{resource_id}/_history/{version}"
-    return base if kind is DeliveryKind.FHIR_TRANSACTION else f"Claim/{base}"
+    prefixes = {DeliveryKind.CLAIM_XML: "Claim/", DeliveryKind.CLAIM_WITHDRAWAL: "Withdrawal/"}
+    return prefixes.get(kind, "") + base
 
 
 def delivery_sequence(feed_sequence: int, kind: DeliveryKind) -> int:
-    """Order of a delivery among its patient's: feed order, the bundle before its claim."""
-    return feed_sequence * 2 + (0 if kind is DeliveryKind.FHIR_TRANSACTION else 1)
+    """Order of a delivery among its patient's: feed order, then the kind's place at that position."""
+    return feed_sequence * len(_KIND_ORDER) + _KIND_ORDER[kind]
 
 
 def partition_of(patient_id: str, partitions: int) -> int:

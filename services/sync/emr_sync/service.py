@@ -23,6 +23,7 @@ from emr.records.v1 import records_pb2
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from emr_claims.validate import validate_checkin
 from emr_fhir.resources import patient_transaction_bundle, transaction_bundle
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -38,13 +39,16 @@ from emr_sync.claim_signing import ClaimDocumentError, ClaimSigner, SigningKeyEr
 from emr_sync.claim_xml import (
     ClaimDataError,
     ClaimDetails,
+    checkin_xml,
     claim_problems,
     claim_xml,
     is_insurance_claim,
     problems_reason,
+    withdrawal_xml,
 )
 from emr_sync.clients import IdentityFeed, NationalClient, RecordsFeed
 from emr_sync.domain import (
+    SIGNED_KINDS,
     CircuitBreaker,
     CircuitState,
     Delivery,
@@ -58,6 +62,7 @@ from emr_sync.domain import (
     check_receipt_ids,
     dead_lettered,
     delivered,
+    delivery_id,
     new_delivery,
     retry_delay,
     sendable_runs,
@@ -72,6 +77,8 @@ IDENTITY_CURSOR = "identity"
 INTAKE_LEASE = "intake"
 # Encounter versions that are reported: a finished visit, and its withdrawal when entered in error.
 REPORTED_STATUSES = (records_pb2.ENCOUNTER_STATUS_FINISHED, records_pb2.ENCOUNTER_STATUS_ENTERED_IN_ERROR)
+# A BHYT visit is checked in (XML0) from the first of its versions under way or over that sync reads.
+CHECKED_IN_STATUSES = (records_pb2.ENCOUNTER_STATUS_IN_PROGRESS, records_pb2.ENCOUNTER_STATUS_FINISHED)
 RECONCILE_CHUNK = 500
 RECONCILE_LIMIT = 200_000
 MAX_LISTED_REQUEUES = 1000
@@ -168,6 +175,27 @@ def _claim_delivery(
     if problems:
         return delivery(DeliveryKind.CLAIM_XML, b"", short_reason(problems_reason(problems)))
     return delivery(DeliveryKind.CLAIM_XML, submission, "")
+
+
+def _checkin_delivery(
+    delivery: Callable[[DeliveryKind, bytes, str], Delivery],
+    patient: identity_pb2.Patient,
+    encounter: records_pb2.Encounter,
+    attached: Sequence[records_pb2.ClinicalResource],
+) -> Delivery:
+    """The XML0 check-in of a BHYT visit, or a dead letter naming the fields the portal would refuse."""
+    try:
+        document = checkin_xml(patient, encounter, attached)
+    except ClaimDataError as error:
+        return delivery(DeliveryKind.CLAIM_CHECKIN, b"", short_reason(f"check-in cannot be built: {error}"))
+    except ValueError:
+        return delivery(
+            DeliveryKind.CLAIM_CHECKIN, b"", "check-in cannot be built: a value is out of its range"
+        )
+    problems = validate_checkin(document)
+    if problems:
+        return delivery(DeliveryKind.CLAIM_CHECKIN, b"", short_reason(problems_reason(problems)))
+    return delivery(DeliveryKind.CLAIM_CHECKIN, document, "")
 
 
 def _lease(partition: int) -> str:
@@ -302,7 +330,11 @@ class SyncService:
         reported = [
             change
             for change in response.changes
-            if change.resource_type == "Encounter" and change.encounter.status in REPORTED_STATUSES
+            if change.resource_type == "Encounter"
+            and (
+                change.encounter.status in REPORTED_STATUSES
+                or (change.encounter.status in CHECKED_IN_STATUSES and is_insurance_claim(change.encounter))
+            )
         ]
         limiter = asyncio.Semaphore(INTAKE_CONCURRENCY)
 
@@ -342,22 +374,43 @@ class SyncService:
                 else queued
             )
 
+        reported = encounter.status in REPORTED_STATUSES
+        insured = is_insurance_claim(encounter)
+        checks_in = (
+            insured
+            and encounter.status in CHECKED_IN_STATUSES
+            and not await self._repository.exists(
+                delivery_id(DeliveryKind.CLAIM_CHECKIN, change.resource_type, change.resource_id, 0)
+            )
+        )
+        if not (reported or checks_in):
+            return []
         view = await self._patients.get(change.patient_id)
         patient = view.patient if view is not None else None
         if patient is None:
-            return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", "patient unknown to the identity service")]
+            kind = DeliveryKind.FHIR_TRANSACTION if reported else DeliveryKind.CLAIM_CHECKIN
+            return [delivery(kind, b"", "patient unknown to the identity service")]
         attached = await self._feed.attached(encounter.encounter_id)
+        queued = [_checkin_delivery(delivery, patient, encounter, attached)] if checks_in else []
+        if not reported:
+            return queued
         bundle = transaction_bundle(patient, encounter, attached)
         try:
             Bundle.model_validate(bundle)
         except ValidationError as error:
-            return [delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
-        queued = [delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle))]
-        if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED and is_insurance_claim(encounter):
+            return [*queued, delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
+        queued.append(delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle)))
+        if not insured:
+            return queued
+        if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED:
             details = ClaimDetails(
                 facility_head_code=self._config.facility_claim_codes.get(encounter.facility_code, "")
             )
             queued.append(_claim_delivery(delivery, patient, encounter, attached, now, details))
+        else:
+            # Entered in error: the portal holds the visit's check-in, perhaps its claim; both go.
+            withdrawn_at = change.commit_time.ToDatetime(tzinfo=now.tzinfo)
+            queued.append(delivery(DeliveryKind.CLAIM_WITHDRAWAL, withdrawal_xml(encounter, withdrawn_at)))
         return queued
 
     # --- delivery -------------------------------------------------------------------------------
@@ -460,7 +513,7 @@ class SyncService:
         if problem:
             return short_reason(problem)
         payload = bytes(delivery.payload)
-        if delivery.kind is not DeliveryKind.CLAIM_XML:
+        if delivery.kind not in SIGNED_KINDS:
             return payload
         try:
             return self._signer.sign(delivery.facility_code, payload)
@@ -666,8 +719,8 @@ class SyncService:
             receipts = await self._repository.delivered_between(period_start, period_end, RECONCILE_LIMIT)
             # Each facility's receipts are asked about with that facility's own client.
             by_facility: dict[str, list[str]] = {}
-            for delivery_id, _, facility in receipts:
-                by_facility.setdefault(facility, []).append(delivery_id)
+            for sent_id, _, facility in receipts:
+                by_facility.setdefault(facility, []).append(sent_id)
             missing: list[str] = []
             for facility, ids in sorted(by_facility.items()):
                 for chunk in _chunks(ids, RECONCILE_CHUNK):

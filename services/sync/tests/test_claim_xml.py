@@ -818,7 +818,9 @@ def test_withdrawal_names_the_facility_and_the_link_key() -> None:
         ("MACSKCB", "79001"),
         ("MA_LK", INPATIENT_ID),
         ("NGAYHUY", "202406190300"),
+        ("CHUKYDONVI", None),
     ]
+    assert validate.validate_withdrawal(withdrawal_xml(encounter, PREPARED)) == []
 
 
 def test_a_current_address_needs_no_district() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from emr.identity.v1 import identity_pb2
 
-from emr_sync.domain import DeliveryKind, DeliveryStatus, partition_of
+from emr_sync.domain import DeliveryKind, DeliveryStatus, delivery_sequence, partition_of
 from emr_sync.service import patient_change_delivery
 
 NOW = datetime(2024, 6, 15, 8, 30, tzinfo=UTC)
@@ -62,7 +62,7 @@ def test_a_change_is_one_patient_delivery_keyed_by_its_feed_position() -> None:
     )
     # The patient's partition and feed order, as its encounters' deliveries use.
     assert delivery.partition == partition_of(PATIENT_ID, PARTITIONS)
-    assert delivery.sequence == 82
+    assert delivery.sequence == delivery_sequence(41, DeliveryKind.FHIR_TRANSACTION)
     assert delivery.facility_code == "79001"
     assert delivery.status is DeliveryStatus.PENDING
     assert (delivery.committed_at, delivery.created_at, delivery.next_attempt_at) == (COMMITTED, NOW, NOW)

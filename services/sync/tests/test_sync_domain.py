@@ -44,13 +44,24 @@ def delivery(
 def test_idempotency_key_per_kind_resource_and_version() -> None:
     assert delivery_id(DeliveryKind.FHIR_TRANSACTION, "Encounter", "e1", 3) == "Encounter/e1/_history/3"
     assert delivery_id(DeliveryKind.CLAIM_XML, "Encounter", "e1", 3) == "Claim/Encounter/e1/_history/3"
+    assert (
+        delivery_id(DeliveryKind.CLAIM_WITHDRAWAL, "Encounter", "e1", 4)
+        == "Withdrawal/Encounter/e1/_history/4"
+    )
+
+
+def test_a_visit_is_checked_in_once_whatever_version_is_read_first() -> None:
+    keys = {delivery_id(DeliveryKind.CLAIM_CHECKIN, "Encounter", "e1", version) for version in (1, 2, 7)}
+    assert keys == {"CheckIn/Encounter/e1"}
 
 
 def test_claim_follows_its_bundle_and_precedes_the_next_change() -> None:
     bundle = delivery("p", 7)
+    checkin = delivery("p", 7, DeliveryKind.CLAIM_CHECKIN)
     claim = delivery("p", 7, DeliveryKind.CLAIM_XML)
+    withdrawal = delivery("p", 7, DeliveryKind.CLAIM_WITHDRAWAL)
     later = delivery("p", 8)
-    assert bundle.sequence < claim.sequence < later.sequence
+    assert bundle.sequence < checkin.sequence < claim.sequence < withdrawal.sequence < later.sequence
 
 
 def test_an_ended_delivery_counts_its_attempt_and_keeps_no_payload() -> None:

@@ -15,9 +15,13 @@ class DeliveryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_KIND_UNSPECIFIED: _ClassVar[DeliveryKind]
     DELIVERY_KIND_FHIR_TRANSACTION: _ClassVar[DeliveryKind]
     DELIVERY_KIND_CLAIM_XML: _ClassVar[DeliveryKind]
+    DELIVERY_KIND_CLAIM_CHECKIN: _ClassVar[DeliveryKind]
+    DELIVERY_KIND_CLAIM_WITHDRAWAL: _ClassVar[DeliveryKind]
 DELIVERY_KIND_UNSPECIFIED: DeliveryKind
 DELIVERY_KIND_FHIR_TRANSACTION: DeliveryKind
 DELIVERY_KIND_CLAIM_XML: DeliveryKind
+DELIVERY_KIND_CLAIM_CHECKIN: DeliveryKind
+DELIVERY_KIND_CLAIM_WITHDRAWAL: DeliveryKind
 
 class GetSyncStatusRequest(_message.Message):
     __slots__ = ("facility_code", "delivery_ids")
