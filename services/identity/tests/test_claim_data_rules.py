@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -267,7 +268,12 @@ def bhyt(value: str, card: RawBhytCard | None = None) -> tuple[RawIdentifier, ..
 
 def test_group_codes_carry_one_benefit_level_each() -> None:
     codes = [group.code for group in BHYT_GROUPS]
-    assert len(codes) == len(set(codes)) == 43
+    # 43 codes of Decision 1351/QD-BHXH and LH since 1 July 2025, whose level changes on 1 January 2026.
+    assert len(set(codes)) == 44
+    assert [code for code in codes if codes.count(code) > 1] == ["LH", "LH"]
+    for code in set(codes):
+        periods = sorted((g.valid_from, g.valid_to or date.max) for g in BHYT_GROUPS if g.code == code)
+        assert all(end < next_start for (_, end), (next_start, _) in pairwise(periods))
     assert all(1 <= group.benefit_level <= 5 for group in BHYT_GROUPS)
     assert {g.code: g.benefit_level for g in BHYT_GROUPS if g.code in ("TE", "CK", "HT", "DN", "QN")} == {
         "TE": 1,
@@ -298,6 +304,10 @@ def test_listed_groups_and_10_digit_codes_pass(value: str) -> None:
 
 
 def test_a_group_is_valid_only_within_its_dates() -> None:
+    assert bhyt_group("LH", date(2025, 6, 30)) is None
+    assert bhyt_card_code_problem("LH4790123456789", date(2025, 12, 31)) is None
+    assert bhyt_card_code_problem("LH4790123456789", date(2026, 1, 1)) == "benefit level of group LH is 2"
+    assert bhyt_card_code_problem("LH2790123456789", date(2026, 1, 1)) is None
     assert bhyt_group("DN", TODAY) is not None
     assert bhyt_group("DN", date(2015, 1, 1)) is None  # before the list took effect
     assert bhyt_card_code_problem("DN4790123456789", date(2015, 1, 1)) is not None
