@@ -51,6 +51,7 @@ class TreatmentOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TREATMENT_OUTCOME_DIED: _ClassVar[TreatmentOutcome]
     TREATMENT_OUTCOME_GRAVE_PROGNOSIS_TAKEN_HOME: _ClassVar[TreatmentOutcome]
     TREATMENT_OUTCOME_UNDETERMINED: _ClassVar[TreatmentOutcome]
+    TREATMENT_OUTCOME_DIED_OUTSIDE_FACILITY: _ClassVar[TreatmentOutcome]
 
 class DischargeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -195,6 +196,7 @@ TREATMENT_OUTCOME_WORSENED: TreatmentOutcome
 TREATMENT_OUTCOME_DIED: TreatmentOutcome
 TREATMENT_OUTCOME_GRAVE_PROGNOSIS_TAKEN_HOME: TreatmentOutcome
 TREATMENT_OUTCOME_UNDETERMINED: TreatmentOutcome
+TREATMENT_OUTCOME_DIED_OUTSIDE_FACILITY: TreatmentOutcome
 DISCHARGE_KIND_UNSPECIFIED: DischargeKind
 DISCHARGE_KIND_DISCHARGED: DischargeKind
 DISCHARGE_KIND_TRANSFERRED: DischargeKind
