@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from xml.etree import ElementTree as ET
 
-from emr_claims import formats
+from emr_claims import codelists, formats
 from emr_claims.spec import (
     CHECKIN_KIND,
     CLAIM_TABLE_KINDS,
@@ -108,6 +108,22 @@ SUMMED_TOTALS = {
     "T_BHTT": "T_BHTT",
     "T_NGUONKHAC": "T_NGUONKHAC",
 }
+# Coded columns checked against the national code lists in force on the visit's day (NGAY_VAO) when
+# the validator is given the lists (the portal's side). Sync checks the shape only: records checked
+# the codes, against the lists the hospital runs with, when they were written.
+CODED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("XML1", "MA_LOAI_KCB", codelists.VISIT_TYPES),
+    ("XML1", "MA_LOAI_RV", codelists.DISCHARGE_KINDS),
+    ("XML1", "KET_QUA_DTRI", codelists.TREATMENT_OUTCOMES),
+    ("XML1", "MA_KHOA", codelists.DEPARTMENTS),
+    ("XML2", "MA_NHOM", codelists.PAYMENT_GROUPS),
+    ("XML2", "DUONG_DUNG", codelists.DRUG_ROUTES),
+    ("XML2", "PHAM_VI", codelists.SCOPES),
+    ("XML2", "MA_KHOA", codelists.DEPARTMENTS),
+    ("XML3", "MA_NHOM", codelists.PAYMENT_GROUPS),
+    ("XML3", "PHAM_VI", codelists.SCOPES),
+    ("XML3", "MA_KHOA", codelists.DEPARTMENTS),
+)
 MAX_ERRORS = 500  # a hostile submission cannot make the answer unbounded
 _DTD = re.compile(rb"<!DOCTYPE|<!ENTITY", re.IGNORECASE)
 Row = dict[str, str]
@@ -455,7 +471,32 @@ def _decode(kind: str, content: str, report: _Report) -> ET.Element | None:
     return _parse(document, report, kind)
 
 
-def _check_record(hoso: ET.Element, facility: str, report: _Report) -> None:
+def _check_codes(rows: dict[str, list[Row]], lists: codelists.CodeLists, report: _Report) -> None:
+    summary = rows["XML1"][0] if rows.get("XML1") else {}
+    try:
+        day = formats.read_date_time(summary.get("NGAY_VAO", "")).date()
+    except formats.FormatError:
+        return  # NGAY_VAO's own error is reported; no day to check the codes on
+    # A value already refused (too long, bad format) is not reported again as an unknown code.
+    refused = {(e.table, e.row, e.field) for e in report.errors if e.record == report.record}
+    for kind, name, list_name in CODED_COLUMNS:
+        for index, row in enumerate(rows.get(kind, []), 1):
+            if (kind, index, name) in refused:
+                continue
+            codes = [code.strip() for code in row.get(name, "").split(";") if code.strip()]
+            if any(lists[list_name].problem(code, day) for code in codes):
+                report.add(
+                    kind,
+                    index,
+                    name,
+                    BAD_CODE,
+                    f"not a code of the {list_name} list in force on the visit's day",
+                )
+
+
+def _check_record(
+    hoso: ET.Element, facility: str, report: _Report, lists: codelists.CodeLists | None = None
+) -> None:
     roots: dict[str, ET.Element] = {}
     for child in hoso:
         if child.tag != "FILEHOSO":
@@ -501,6 +542,8 @@ def _check_record(hoso: ET.Element, facility: str, report: _Report) -> None:
     if facility and summary.get("MA_CSKCB", "").strip() and summary.get("MA_CSKCB") != facility:
         report.add("XML1", 1, "MA_CSKCB", LINK_MISMATCH, "MA_CSKCB differs from the envelope's MACSKCB")
     _check_days(summary, report)
+    if lists is not None:
+        _check_codes(rows, lists, report)
     readable = True
     for kind in ("XML2", "XML3"):
         for index, row in enumerate(rows.get(kind, []), 1):
@@ -521,8 +564,9 @@ def _check_record(hoso: ET.Element, facility: str, report: _Report) -> None:
         _check_totals(summary, rows, report)
 
 
-def validate_submission(document: bytes) -> list[FieldError]:
-    """Every problem of a GIAMDINHHS claim submission; empty when it is valid."""
+def validate_submission(document: bytes, lists: codelists.CodeLists | None = None) -> list[FieldError]:
+    """Every problem of a GIAMDINHHS claim submission; empty when it is valid. With ``lists``, the
+    coded columns are checked against the code lists in force on the visit's day too."""
     report = _Report()
     root = _parse(document, report, ENVELOPE)
     if root is None:
@@ -580,7 +624,7 @@ def validate_submission(document: bytes) -> list[FieldError]:
         )
     for number, hoso in enumerate(records, 1):
         report.record = number
-        _check_record(hoso, facility, report)
+        _check_record(hoso, facility, report, lists)
     return report.errors
 
 

@@ -5,11 +5,13 @@ import base64
 import copy
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 
 from emr_claims import build, sample, validate
+from emr_claims.codelists import SHIPPED_DIRECTORY, load_code_lists
 from emr_claims.validate import validate_submission
 
 Tweak = Callable[[str, ET.Element], None]
@@ -391,3 +393,28 @@ def test_base64_with_line_breaks_is_read() -> None:
     wrapped = base64.encodebytes(documents["XML1"]).decode()
     plain = base64.b64encode(documents["XML1"]).decode()
     assert problems(document.replace(plain.encode(), wrapped.encode())) == set()
+
+
+# --- coded columns against the national code lists -----------------------------------------------
+
+
+def test_coded_columns_are_checked_against_the_lists_only_when_given() -> None:
+    document = claim_of(changed("XML2", 0, DUONG_DUNG="9.99"))
+    assert validate_submission(document) == []  # the sender's own check: shape only
+    found = validate_submission(document, load_code_lists())
+    assert {(e.table, e.row, e.field, e.code) for e in found} == {("XML2", 1, "DUONG_DUNG", "BAD_CODE")}
+    assert "9.99" not in found[0].message  # names the list, never the value
+
+
+def test_a_department_code_no_longer_in_force_on_the_visit_day_is_refused(tmp_path: Path) -> None:
+    shipped = (SHIPPED_DIRECTORY / "departments.csv").read_text(encoding="utf-8")
+    # K01 closed the day before the sample visit's arrival (2025-03-10).
+    (tmp_path / "departments.csv").write_text(
+        shipped.replace("K01,Khoa Khám bệnh,2017-09-20,", "K01,Khoa Khám bệnh,2017-09-20,2025-03-09"),
+        encoding="utf-8",
+    )
+    found = validate_submission(sample.claim(), load_code_lists(tmp_path))
+    refused = {(e.table, e.field, e.code) for e in found}
+    assert ("XML1", "MA_KHOA", "BAD_CODE") in refused
+    assert {code for _, _, code in refused} == {"BAD_CODE"}
+    assert validate_submission(sample.claim(), load_code_lists()) == []

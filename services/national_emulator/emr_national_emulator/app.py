@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from emr_claims import validate
+from emr_claims.codelists import load_code_lists
 from emr_claims.spec import CHECKIN_ROOT, ENVELOPE_ROOT, WITHDRAWAL_ROOT
 from emr_fhir.resources import SYSTEM_CCCD, operation_outcome
 from emr_national_emulator import signature
@@ -207,6 +208,7 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
     clients = [Client(config.client_id, config.client_secret, None)]
     clients += read_facility_clients(config.facility_clients_file)
     certificates = signature.FacilityCertificates(config.facility_certificates_dir)
+    code_lists = load_code_lists(config.code_lists_dir)  # a bad list stops the start
     app = create_web_app("National health data system emulator")
 
     async def bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
@@ -315,7 +317,7 @@ def create_app(settings: EmulatorSettings | None = None, store: NationalStore | 
         if fault is not None:
             return raw, fault
         field_checks = {
-            ENVELOPE_ROOT: validate.validate_submission,
+            ENVELOPE_ROOT: lambda document: validate.validate_submission(document, code_lists),
             CHECKIN_ROOT: validate.validate_checkin,
             WITHDRAWAL_ROOT: validate.validate_withdrawal,
         }[root]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -27,6 +28,11 @@ class EmulatorSettings(BaseSettings):
         "", description="Folder of <facility>.cert.pem: the certificates claims' signatures are checked with"
     )
     token_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of issued access tokens")
+    code_lists_dir: Path | None = Field(
+        None,
+        description="Folder of code list CSV files replacing the shipped national lists file by file "
+        "(the same format as RECORDS_CODE_LISTS_DIR); strict checks read coded columns against them",
+    )
     claim_validation: Literal["strict", "basic"] = Field(
         "strict",
         description="strict: /claims checks every field of Decision 130 (emr_claims) and answers field errors; "

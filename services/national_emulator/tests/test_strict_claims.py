@@ -248,3 +248,10 @@ async def test_a_check_in_is_refused_by_field_unsigned_or_changed_after_signing(
     )
     assert tampered.status_code == 422
     assert "digest mismatch" in tampered.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_code_outside_the_national_lists_is_refused(
+    strict: httpx.AsyncClient, facility_keys: Path
+) -> None:
+    answer = await send(strict, variant({("XML2", 0, "DUONG_DUNG"): "9.99"}), facility_keys)
+    assert field_errors(answer) == {("HOSO[1].XML2[1].DUONG_DUNG", "BAD_CODE")}

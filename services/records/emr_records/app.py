@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from emr.records.v1 import records_pb2_grpc
 
-from emr_records.codelists import load_code_lists
+from emr_claims.codelists import load_code_lists
 from emr_records.repository import COLLECTIONS, INDEXES, ChangeFeedRepository, ResourceRepository
 from emr_records.service import RecordsService
 from emr_records.servicer import AUDIT_RULES, SERVICE_NAME, ClinicalRecordsServicer

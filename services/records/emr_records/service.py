@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from emr.identity.v1 import identity_pb2
 from prometheus_client import Counter, Gauge
 
-from emr_records.codelists import CodeLists
+from emr_claims.codelists import CodeLists
 from emr_records.domain import (
     Change,
     ClinicalRecord,

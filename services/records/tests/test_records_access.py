@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from emr.identity.v1 import identity_pb2
 
-from emr_records.codelists import load_code_lists
+from emr_claims.codelists import load_code_lists
 from emr_records.domain import facilities_seen
 from emr_records.service import RecordsService, note_emergency_reads, patient_as_seen, stay_in_lane
 from emr_runtime.errors import PermissionDeniedError

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from emr.records.v1 import records_pb2
 
-from emr_records import converters
-from emr_records.codelists import (
+from emr_claims.codelists import (
     LIST_NAMES,
     CodeListError,
     load_code_lists,
     parse_code_list,
 )
+from emr_records import converters
 from emr_records.domain import (
     ChargeLineContent,
     ChargeLineKind,
