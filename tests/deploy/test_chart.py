@@ -17,6 +17,7 @@ from emr_audit.signing import load_signer
 from emr_devstack.kube import CHART, ToolError, helm, render, validate_manifests
 from emr_devstack.stack import GRPC_SERVICES, START_ORDER, Ports, Stack
 from emr_runtime.auth import SERVICE_ASSERTED_ROLES, service_binding
+from emr_sync.claim_signing import load_signing_keys
 
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 DEV_VALUES = CHART / "ci" / "dev-values.yaml"
@@ -495,15 +496,10 @@ def test_a_production_release_without_facility_keys_or_clients_fails_with_the_wa
         render([PRODUCTION_VALUES], {missing: ""})
 
 
-def test_development_sync_makes_its_keys_and_the_emulator_holds_the_facilities_certificates() -> None:
-    pods = {
-        name: deployment["spec"]["template"]["spec"]
-        for name, deployment in of_kind(render([DEV_VALUES]), "Deployment").items()
-    }
-    sync_env = {v["name"]: v.get("value") for v in pods["sync"]["containers"][0]["env"]}
-    assert sync_env["SYNC_FACILITY_SIGNING_GENERATE"] == "true"
+def test_the_emulator_holds_the_certificates_and_clients_of_the_secrets_given() -> None:
+    sync = of_kind(render([DEV_VALUES]), "Deployment")["sync"]["spec"]["template"]["spec"]
+    sync_env = {v["name"]: v.get("value") for v in sync["containers"][0]["env"]}
     assert sync_env["SYNC_NATIONAL_SHARED_CLIENT_FALLBACK"] == "true"
-    assert "emptyDir" in next(v for v in pods["sync"]["volumes"] if v["name"] == "facility-signing")
     shared = {
         "national.facilitySigning.existingSecret": "emr-facility-signing",
         "national.credentials.existingSecret": "emr-national-credentials",
@@ -518,3 +514,57 @@ def test_development_sync_makes_its_keys_and_the_emulator_holds_the_facilities_c
         emulator_env["NATIONAL_EMULATOR_FACILITY_CLIENTS_FILE"]
         == f"{mounts['national-credentials']}/credentials.json"
     )
+
+
+def facility_signing(
+    manifests: list[Manifest], service: str
+) -> tuple[dict[str, str], dict[str, Any] | None, dict[str, Any] | None]:
+    """A service's facility-signing variables, its mount and the volume behind it (None: none)."""
+    pod = of_kind(manifests, "Deployment")[service]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {
+        v["name"]: v["value"]
+        for v in container["env"]
+        if v["name"].startswith(("SYNC_FACILITY_SIGNING", "NATIONAL_EMULATOR_FACILITY_CERTIFICATES"))
+    }
+    mount = next((m for m in container["volumeMounts"] if m["name"] == "facility-signing"), None)
+    volume = next((v for v in pod["volumes"] if v["name"] == "facility-signing"), None)
+    return env, mount, volume
+
+
+def test_a_development_cluster_signs_claims_with_keys_the_emulator_knows(tmp_path: Path) -> None:
+    manifests = render([DEV_VALUES])
+    secret = next(
+        m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("facility-signing")
+    )
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    for name, value in secret["data"].items():
+        (tmp_path / name).write_bytes(base64.b64decode(value))
+    # Each development facility's pair loads as sync loads it (RSA >= 2048 bits, key matching certificate).
+    assert sorted(load_signing_keys(tmp_path)) == ["79001", "79002"]
+    sync_env, sync_mount, sync_volume = facility_signing(manifests, "sync")
+    emulator_env, emulator_mount, emulator_volume = facility_signing(manifests, "national_emulator")
+    assert sync_mount is not None and emulator_mount is not None
+    assert sync_env["SYNC_FACILITY_SIGNING_GENERATE"] == "false"
+    assert sync_env["SYNC_FACILITY_SIGNING_DIR"] == sync_mount["mountPath"]
+    assert emulator_env["NATIONAL_EMULATOR_FACILITY_CERTIFICATES_DIR"] == emulator_mount["mountPath"]
+    assert sync_mount["readOnly"] is True and emulator_mount["readOnly"] is True
+    assert sync_volume is not None and emulator_volume is not None
+    assert (
+        sync_volume["secret"]["secretName"]
+        == emulator_volume["secret"]["secretName"]
+        == secret["metadata"]["name"]
+    )
+
+
+def test_podman_sync_pods_make_their_facility_keys_in_a_writable_volume() -> None:
+    manifests = render([CHART / "ci" / "podman-values.yaml"])
+    assert not [
+        m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("facility-signing")
+    ]
+    env, mount, volume = facility_signing(manifests, "sync")
+    assert env["SYNC_FACILITY_SIGNING_GENERATE"] == "true"
+    assert mount is not None and mount["readOnly"] is False
+    assert volume is not None and "emptyDir" in volume
+    emulator_env, emulator_mount, _ = facility_signing(manifests, "national_emulator")
+    assert emulator_env["NATIONAL_EMULATOR_FACILITY_CERTIFICATES_DIR"] == "" and emulator_mount is None

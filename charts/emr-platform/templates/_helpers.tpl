@@ -142,4 +142,15 @@ generates its own (audit.signingKey.generateInPod). */}}
 
 {{/* Folders sync and the emulator find the facilities' signing material and national clients in. */}}
 {{- define "emr.facilitySigningDir" -}}/etc/emr-national/facility-signing{{- end -}}
+
+{{/* The Secret of the facilities' claim-signing keys: the one given, or the development one the chart
+makes (facility-signing.yaml). */}}
+{{- define "emr.facilitySigningSecretName" -}}
+{{- default (printf "%s-facility-signing" (include "emr.fullname" .)) .Values.national.facilitySigning.existingSecret -}}
+{{- end -}}
+
+{{/* "true" when each sync pod makes its own development keys (no Secret: podman cannot mount one). */}}
+{{- define "emr.facilitySigningInPod" -}}
+{{- and (not .Values.national.facilitySigning.existingSecret) .Values.national.facilitySigning.generateInPod | toString -}}
+{{- end -}}
 {{- define "emr.nationalCredentialsDir" -}}/etc/emr-national/credentials{{- end -}}
