@@ -76,6 +76,9 @@ EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
 TRANSITIONS = "state_transitions"
 COUNTERS = "counters"
+# Turns of registrations on a blocking key (see PersonRepository.take_turn): one document per key
+# while a registration holds it, deleted when it is done, so the collection stays small.
+REGISTRATION_TURNS = "registration_turns"
 # The patient change feed (emr_runtime.changefeed): positions "<sequence>" (string ids: the one
 # filter FerretDB hands to its index is {_id: <string>}), read one position at a time.
 PATIENT_CHANGES = "patient_changes"
@@ -90,6 +93,7 @@ COLLECTIONS = (
     NAME_COUNTS,
     TRANSITIONS,
     COUNTERS,
+    REGISTRATION_TURNS,
     SEQUENCE_CLAIMS,
     PATIENT_CHANGES,
 )
@@ -440,6 +444,7 @@ class PersonRepository:
         self._events = db[EVENTS]
         self._name_counts = db[NAME_COUNTS]
         self._transitions = db[TRANSITIONS]
+        self._registration_turns = db[REGISTRATION_TURNS]
         self._update_turns = [asyncio.Lock() for _ in range(UPDATE_TURN_STRIPES)]
 
     async def create_collections(self) -> None:
@@ -513,6 +518,43 @@ class PersonRepository:
             claim = await self._get(CLAIMS, stored)
             if claim is not None and claim["person_id"] == from_person:
                 await self._update(CLAIMS, stored, {"$set": {"person_id": to_person}})
+
+    # --- registration turns -------------------------------------------------------------------------
+
+    async def take_turn(self, key: str, holder: str, now: float, hold_seconds: float) -> bool:
+        """Takes the registration turn on a blocking key for ``holder`` until ``now`` +
+        ``hold_seconds`` (epoch seconds); False while another holder has it. The turn is an insert
+        with the key as ``_id``: the one compare-and-set FerretDB 1.x offers, and MongoDB's too. A
+        turn held past its expiry belongs to a holder that stopped (a crash): of the waiters, the
+        one whose insert of a break claim for that very holding wins deletes it, and the next
+        attempt can take it."""
+        turn_id = stored_key(self._crypt, key)
+        try:
+            await self._registration_turns.insert_one(
+                {"_id": turn_id, "holder": holder, "expires_at": now + hold_seconds}
+            )
+            return True
+        except DuplicateKeyError:
+            pass
+        held = await self._get(REGISTRATION_TURNS, turn_id)
+        if held is not None and float(held["expires_at"]) <= now:
+            _, won = await self._claim_transition(f"turn-break:{turn_id}:{held['holder']}", {})
+            if won:
+                await self._delete_turn(turn_id, str(held["holder"]))
+        return False
+
+    async def end_turn(self, key: str, holder: str) -> None:
+        """Gives the turn on a blocking key back, if it is still ``holder``'s."""
+        await self._delete_turn(stored_key(self._crypt, key), holder)
+
+    async def _delete_turn(self, turn_id: str, holder: str) -> None:
+        """Deletes a turn held by ``holder``; nothing if another holds it. Read, then delete by
+        ``_id``: a turn changes hands only by this delete, so between the read and the delete
+        only a holding that expired meanwhile (held 30 s and more: a stopped holder) can be
+        deleted and taken by another; the holder's expiry bounds what it may take that long."""
+        held = await self._get(REGISTRATION_TURNS, turn_id)
+        if held is not None and held["holder"] == holder:
+            await self._registration_turns.delete_one({"_id": turn_id})
 
     async def _claim_transition(self, transition_id: str, change: Document) -> tuple[Document, bool]:
         """Claims a state change once (first writer wins); returns the winning change and whether

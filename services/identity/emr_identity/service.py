@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -100,6 +104,17 @@ SEARCH_EXAMINED_PER_CALL = 100
 # when a concurrent change of it won (it then answers ABORTED).
 PERSON_UPDATE_ATTEMPTS = 3
 
+# Registrations take turns on their blocking keys (see IdentityService._turns): a turn is held
+# for at most REGISTRATION_TURN_SECONDS (then a holder is presumed crashed and its turn can be
+# broken); a registration waits at most REGISTRATION_TURN_WAIT_SECONDS for its turns, polling with
+# a back-off from TURN_POLL_FIRST_SECONDS doubling up to TURN_POLL_MAX_SECONDS, then answers
+# ABORTED (retry the same request_id). A registration takes well under a second, so the wait
+# lets dozens of concurrent registrations of one person through, one after another.
+REGISTRATION_TURN_SECONDS = 30.0
+REGISTRATION_TURN_WAIT_SECONDS = 60.0
+TURN_POLL_FIRST_SECONDS = 0.005
+TURN_POLL_MAX_SECONDS = 0.1
+
 # Labelled by outcome only (created, existing, linked, review): never by patient or facility.
 MATCH_OUTCOMES = Counter(
     "emr_identity_match_outcomes_total", "Registrations linked, by how the matcher decided.", ("outcome",)
@@ -112,6 +127,10 @@ OVERSIZED_BLOCKS = Counter(
     "emr_identity_oversized_blocks_total",
     "Block reads that left out the oldest members of a block over the size cap, by key kind.",
     ("kind",),
+)
+TURN_TIMEOUTS = Counter(
+    "emr_identity_registration_turn_timeouts_total",
+    "Registrations answered ABORTED after waiting too long for their turn on a blocking key.",
 )
 REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
 
@@ -208,25 +227,7 @@ class IdentityService:
         # candidate retrieval treats like an unfinished record (its blocks may list it already).
         record = await self._persons.get_record(record_id)
         if record is None:
-            linked = await self._link(
-                stored,
-                FacilityRecord(
-                    record_id=record_id,
-                    person_id=stored.person_id,
-                    facility_code=registration.facility_code,
-                    match=match_record(registration, record_id),
-                    request_fingerprint=registration.fingerprint,
-                    created_at=now,
-                    identifiers=registration.identifiers,
-                    demographics=record_demographics(registration),
-                ),
-                actor_id,
-                now,
-            )
-            record, inserted = await self._persons.insert_or_get_record(linked)
-            if inserted:
-                assert linked.outcome is not None
-                MATCH_OUTCOMES.labels(linked.outcome.value).inc()
+            record = await self._link_in_turn(stored, registration, record_id, actor_id, now)
         assert record.outcome is not None
         person = (await self._view(record.person_id, "patient_id")).person
         shown = facility_person(person.person_id, record)
@@ -240,6 +241,67 @@ class IdentityService:
             candidates=await self._disclosed(record.candidates, visible_only=False) if disclosed else (),
             review_task_id=record.review_task_id,
         )
+
+    async def _link_in_turn(
+        self, stored: Person, registration: Registration, record_id: str, actor_id: str, now: datetime
+    ) -> FacilityRecord:
+        """Links the registration and writes its finished record while holding the turns on its
+        blocking keys: a concurrent registration that could retrieve this one as a candidate
+        shares one of those keys (retrieval reads exactly the blocks of a record's keys), so it
+        waits and then finds this record finished, instead of both creating a person."""
+        match = match_record(registration, record_id)
+        async with self._turns(blocking_keys(match)):
+            # A concurrent twin of the request may have finished it while this one waited.
+            record = await self._persons.get_record(record_id)
+            if record is not None:
+                return record
+            linked = await self._link(
+                stored,
+                FacilityRecord(
+                    record_id=record_id,
+                    person_id=stored.person_id,
+                    facility_code=registration.facility_code,
+                    match=match,
+                    request_fingerprint=registration.fingerprint,
+                    created_at=now,
+                    identifiers=registration.identifiers,
+                    demographics=record_demographics(registration),
+                ),
+                actor_id,
+                now,
+            )
+            record, inserted = await self._persons.insert_or_get_record(linked)
+        if inserted:
+            assert linked.outcome is not None
+            MATCH_OUTCOMES.labels(linked.outcome.value).inc()
+        return record
+
+    @asynccontextmanager
+    async def _turns(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Holds the registration turns on ``keys`` (a short serialisation per block). Taken one
+        at a time in sorted order, the same order in every process, so two registrations never
+        each hold a key the other waits for; given back when the block ends, however it ends."""
+        holder = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REGISTRATION_TURN_WAIT_SECONDS
+        taken: list[str] = []
+        try:
+            for key in sorted(set(keys)):
+                delay = TURN_POLL_FIRST_SECONDS
+                while not await self._persons.take_turn(key, holder, time.time(), REGISTRATION_TURN_SECONDS):
+                    if loop.time() >= deadline:
+                        TURN_TIMEOUTS.inc()
+                        raise ConflictError(
+                            "registrations of the same person are in progress; retry the request"
+                        )
+                    # Jitter keeps waiters of one key from polling in step.
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
+                    delay = min(delay * 2, TURN_POLL_MAX_SECONDS)
+                taken.append(key)
+            yield
+        finally:
+            # Shielded: a cancelled caller still gives its turns back (else they wait out expiry).
+            await asyncio.shield(asyncio.gather(*(self._persons.end_turn(k, holder) for k in taken)))
 
     async def _disclosed(self, candidates: Iterable[Candidate], visible_only: bool) -> tuple[Candidate, ...]:
         """Candidates as the caller may see them: ids and scores; the per-field contributions only
