@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import date, timedelta
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from emr_identity.birth_dates import BirthDate
 from emr_identity.claim_profile import NO_CLAIM_PROFILE, ClaimProfile
@@ -97,6 +97,8 @@ COLLECTIONS = (
     SEQUENCE_CLAIMS,
     PATIENT_CHANGES,
 )
+# The server's code of a duplicate key error (a unique _id taken).
+DUPLICATE_KEY = 11000
 # Name counts live in one document (one $inc per registration).
 NAME_COUNTS_ID = "names"
 NAME_KINDS = ("family", "middle", "given")
@@ -521,21 +523,33 @@ class PersonRepository:
 
     # --- registration turns -------------------------------------------------------------------------
 
-    async def take_turn(self, key: str, holder: str, now: float, hold_seconds: float) -> bool:
-        """Takes the registration turn on a blocking key for ``holder`` until ``now`` +
-        ``hold_seconds`` (epoch seconds); False while another holder has it. The turn is an insert
-        with the key as ``_id``: the one compare-and-set FerretDB 1.x offers, and MongoDB's too. A
-        turn held past its expiry belongs to a holder that stopped (a crash): of the waiters, the
-        one whose insert of a break claim for that very holding wins deletes it, and the next
-        attempt can take it."""
-        turn_id = stored_key(self._crypt, key)
+    async def take_turns(self, keys: Sequence[str], holder: str, now: float, hold_seconds: float) -> set[str]:
+        """Takes the registration turns on the blocking ``keys`` that no one holds, in one round
+        trip, for ``holder`` until ``now`` + ``hold_seconds`` (epoch seconds); returns the keys
+        taken. A turn is an insert with the key as ``_id``: the one compare-and-set FerretDB 1.x
+        offers, and MongoDB's too."""
+        documents = [
+            {"_id": stored_key(self._crypt, key), "holder": holder, "expires_at": now + hold_seconds}
+            for key in keys
+        ]
         try:
-            await self._registration_turns.insert_one(
-                {"_id": turn_id, "holder": holder, "expires_at": now + hold_seconds}
-            )
+            await self._registration_turns.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            refused = {int(e["index"]) for e in errors}
+            return {key for index, key in enumerate(keys) if index not in refused}
+        return set(keys)
+
+    async def take_turn(self, key: str, holder: str, now: float, hold_seconds: float) -> bool:
+        """Takes the turn on one blocking key (as ``take_turns``); False while another holder has
+        it. A turn held past its expiry belongs to a holder that stopped (a crash): of the waiters,
+        the one whose insert of a break claim for that very holding wins deletes it, and the next
+        attempt can take it."""
+        if await self.take_turns([key], holder, now, hold_seconds):
             return True
-        except DuplicateKeyError:
-            pass
+        turn_id = stored_key(self._crypt, key)
         held = await self._get(REGISTRATION_TURNS, turn_id)
         if held is not None and float(held["expires_at"]) <= now:
             _, won = await self._claim_transition(f"turn-break:{turn_id}:{held['holder']}", {})
@@ -543,15 +557,21 @@ class PersonRepository:
                 await self._delete_turn(turn_id, str(held["holder"]))
         return False
 
-    async def end_turn(self, key: str, holder: str) -> None:
-        """Gives the turn on a blocking key back, if it is still ``holder``'s."""
-        await self._delete_turn(stored_key(self._crypt, key), holder)
+    async def end_turns(self, keys: Iterable[str], holder: str, unexpired: bool) -> None:
+        """Gives the turns on blocking keys back. ``unexpired``: the holder knows its turns have
+        not expired, so no one can have broken and retaken them (a turn changes hands only after
+        its expiry), and they are deleted by ``_id`` at once; otherwise each is read first and
+        deleted only if it is still ``holder``'s."""
+        turn_ids = [stored_key(self._crypt, key) for key in keys]
+        if unexpired:
+            await asyncio.gather(*(self._registration_turns.delete_one({"_id": i}) for i in turn_ids))
+        else:
+            await asyncio.gather(*(self._delete_turn(i, holder) for i in turn_ids))
 
     async def _delete_turn(self, turn_id: str, holder: str) -> None:
         """Deletes a turn held by ``holder``; nothing if another holds it. Read, then delete by
-        ``_id``: a turn changes hands only by this delete, so between the read and the delete
-        only a holding that expired meanwhile (held 30 s and more: a stopped holder) can be
-        deleted and taken by another; the holder's expiry bounds what it may take that long."""
+        ``_id`` (the one filter FerretDB serves without a scan): between the two, the turn can
+        change hands only if it expired meanwhile, i.e. only if its holder overran its expiry."""
         held = await self._get(REGISTRATION_TURNS, turn_id)
         if held is not None and held["holder"] == holder:
             await self._registration_turns.delete_one({"_id": turn_id})

@@ -114,6 +114,7 @@ REGISTRATION_TURN_SECONDS = 30.0
 REGISTRATION_TURN_WAIT_SECONDS = 60.0
 TURN_POLL_FIRST_SECONDS = 0.005
 TURN_POLL_MAX_SECONDS = 0.1
+TURN_CLOCK_SKEW_SECONDS = 5.0
 
 # Labelled by outcome only (created, existing, linked, review): never by patient or facility.
 MATCH_OUTCOMES = Counter(
@@ -278,15 +279,24 @@ class IdentityService:
 
     @asynccontextmanager
     async def _turns(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        """Holds the registration turns on ``keys`` (a short serialisation per block). Taken one
-        at a time in sorted order, the same order in every process, so two registrations never
-        each hold a key the other waits for; given back when the block ends, however it ends."""
+        """Holds the registration turns on ``keys`` (a short serialisation per block). Turns are
+        held in sorted order, the same in every process, so two registrations never each hold a
+        key the other waits for: all free turns are taken in one round trip; from the first one
+        another holds, the rest are taken one at a time (any taken beyond it first given back).
+        Given back when the block ends, however it ends."""
         holder = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REGISTRATION_TURN_WAIT_SECONDS
-        taken: list[str] = []
+        ordered = sorted(set(keys))
+        first_taken_at = time.time()
+        taken_now = await self._persons.take_turns(ordered, holder, first_taken_at, REGISTRATION_TURN_SECONDS)
+        first_missing = next((i for i, key in enumerate(ordered) if key not in taken_now), len(ordered))
+        held = ordered[:first_missing]
         try:
-            for key in sorted(set(keys)):
+            beyond = [key for key in ordered[first_missing:] if key in taken_now]
+            if beyond:
+                await self._persons.end_turns(beyond, holder, unexpired=True)
+            for key in ordered[first_missing:]:
                 delay = TURN_POLL_FIRST_SECONDS
                 while not await self._persons.take_turn(key, holder, time.time(), REGISTRATION_TURN_SECONDS):
                     if loop.time() >= deadline:
@@ -297,11 +307,14 @@ class IdentityService:
                     # Jitter keeps waiters of one key from polling in step.
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
                     delay = min(delay * 2, TURN_POLL_MAX_SECONDS)
-                taken.append(key)
+                held.append(key)
             yield
         finally:
+            # Turns expire REGISTRATION_TURN_SECONDS after they were taken (on the clock of this
+            # process; other replicas' clocks may differ by up to TURN_CLOCK_SKEW_SECONDS).
+            unexpired = time.time() < first_taken_at + REGISTRATION_TURN_SECONDS - TURN_CLOCK_SKEW_SECONDS
             # Shielded: a cancelled caller still gives its turns back (else they wait out expiry).
-            await asyncio.shield(asyncio.gather(*(self._persons.end_turn(k, holder) for k in taken)))
+            await asyncio.shield(self._persons.end_turns(held, holder, unexpired))
 
     async def _disclosed(self, candidates: Iterable[Candidate], visible_only: bool) -> tuple[Candidate, ...]:
         """Candidates as the caller may see them: ids and scores; the per-field contributions only
