@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -115,6 +115,9 @@ REGISTRATION_TURN_WAIT_SECONDS = 60.0
 TURN_POLL_FIRST_SECONDS = 0.005
 TURN_POLL_MAX_SECONDS = 0.1
 TURN_CLOCK_SKEW_SECONDS = 5.0
+# Locks in which this process's registrations queue for the blocks whose keys hash alike (bounded
+# memory, rare needless waits).
+LOCAL_TURN_STRIPES = 1024
 
 # Labelled by outcome only (created, existing, linked, review): never by patient or facility.
 MATCH_OUTCOMES = Counter(
@@ -134,6 +137,11 @@ TURN_TIMEOUTS = Counter(
     "Registrations answered ABORTED after waiting too long for their turn on a blocking key.",
 )
 REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
+
+
+def _turn_timeout() -> ConflictError:
+    TURN_TIMEOUTS.inc()
+    return ConflictError("registrations of the same person are in progress; retry the request")
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,7 @@ class IdentityService:
         self._change_settle = change_settle
         self._page_tokens = page_tokens
         self._frequencies: NameFrequencies | None = None
+        self._local_turns = [asyncio.Lock() for _ in range(LOCAL_TURN_STRIPES)]
         # Called after a merge or unmerge changed which registrations make up a person (the access
         # model's kept answers depend on it).
         self.links_changed: list[Callable[[], None]] = []
@@ -284,10 +293,28 @@ class IdentityService:
         key the other waits for: all free turns are taken in one round trip; from the first one
         another holds, the rest are taken one at a time (any taken beyond it first given back).
         Given back when the block ends, however it ends."""
+        ordered = sorted(set(keys))
+        # Registrations of this process queue for a block here first (in stripe order: no
+        # deadlock), so that one of them at a time polls the database for its turn and the next
+        # one goes on the moment it is done.
+        stripes = sorted({hash(key) % LOCAL_TURN_STRIPES for key in ordered})
+        deadline = asyncio.get_running_loop().time() + REGISTRATION_TURN_WAIT_SECONDS
+        async with AsyncExitStack() as local_turns:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    for stripe in stripes:
+                        await local_turns.enter_async_context(self._local_turns[stripe])
+            except TimeoutError:
+                raise _turn_timeout() from None
+            async with self._database_turns(ordered, deadline):
+                yield
+
+    @asynccontextmanager
+    async def _database_turns(self, ordered: list[str], deadline: float) -> AsyncIterator[None]:
+        """The turns on ``ordered`` (sorted keys) in the database, shared by every replica;
+        ConflictError once the event loop's clock passes ``deadline``."""
         holder = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + REGISTRATION_TURN_WAIT_SECONDS
-        ordered = sorted(set(keys))
         first_taken_at = time.time()
         taken_now = await self._persons.take_turns(ordered, holder, first_taken_at, REGISTRATION_TURN_SECONDS)
         first_missing = next((i for i, key in enumerate(ordered) if key not in taken_now), len(ordered))
@@ -300,10 +327,7 @@ class IdentityService:
                 delay = TURN_POLL_FIRST_SECONDS
                 while not await self._persons.take_turn(key, holder, time.time(), REGISTRATION_TURN_SECONDS):
                     if loop.time() >= deadline:
-                        TURN_TIMEOUTS.inc()
-                        raise ConflictError(
-                            "registrations of the same person are in progress; retry the request"
-                        )
+                        raise _turn_timeout()
                     # Jitter keeps waiters of one key from polling in step.
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
                     delay = min(delay * 2, TURN_POLL_MAX_SECONDS)
