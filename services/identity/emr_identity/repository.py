@@ -570,8 +570,9 @@ class PersonRepository:
 
     async def _delete_turn(self, turn_id: str, holder: str) -> None:
         """Deletes a turn held by ``holder``; nothing if another holds it. Read, then delete by
-        ``_id`` (the one filter FerretDB serves without a scan): between the two, the turn can
-        change hands only if it expired meanwhile, i.e. only if its holder overran its expiry."""
+        ``_id`` (the one filter this repository uses): a turn changes hands only by being broken
+        after its expiry, so the delete can meet another's turn only if ``holder``'s expired and
+        was broken and retaken between the read and the delete."""
         held = await self._get(REGISTRATION_TURNS, turn_id)
         if held is not None and held["holder"] == holder:
             await self._registration_turns.delete_one({"_id": turn_id})

@@ -256,9 +256,13 @@ class IdentityService:
         self, stored: Person, registration: Registration, record_id: str, actor_id: str, now: datetime
     ) -> FacilityRecord:
         """Links the registration and writes its finished record while holding the turns on its
-        blocking keys: a concurrent registration that could retrieve this one as a candidate
-        shares one of those keys (retrieval reads exactly the blocks of a record's keys), so it
-        waits and then finds this record finished, instead of both creating a person."""
+        blocking keys. Why every one of them, not only the strongest: candidate retrieval reads
+        exactly the blocks of the new record's keys, and a record is filed under the same keys, so
+        two registrations that could find each other share at least one key however their data
+        differ (a typo in the name still shares the phone or given name + birth date key), and
+        whichever gets that turn second finds the first finished, instead of both creating a
+        person. Any subset could miss such a pair. (Keys a registration reads or files under are
+        one set today, ``blocking_keys``; should they ever differ, the turns must cover both.)"""
         match = match_record(registration, record_id)
         async with self._turns(blocking_keys(match)):
             # A concurrent twin of the request may have finished it while this one waited.
