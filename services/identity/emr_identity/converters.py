@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 
 from emr_identity.claim_profile import ClaimProfile
 from emr_identity.domain import (
+    DataQualityWarning,
     EventKind,
     Identifier,
     IdentifierSystem,
@@ -171,6 +172,11 @@ def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: by
     )
 
 
+_WARNINGS_TO_PROTO = {
+    DataQualityWarning.CCCD_BIRTH_YEAR_MISMATCH: identity_pb2.DATA_QUALITY_WARNING_CCCD_BIRTH_YEAR_MISMATCH,
+}
+
+
 def patient_message(person: Person) -> identity_pb2.Patient:
     profile = person.claim_profile
     patient = identity_pb2.Patient(
@@ -190,6 +196,7 @@ def patient_message(person: Person) -> identity_pb2.Patient:
         address=profile.address,
         commune_code=profile.commune_code,
         district_code=profile.district_code,
+        data_quality_warnings=[_WARNINGS_TO_PROTO[w] for w in person.data_quality_warnings],
     )
     patient.create_time.FromDatetime(person.created_at)
     return patient

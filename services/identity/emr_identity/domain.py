@@ -81,6 +81,36 @@ class PersonStatus(enum.Enum):
 _CARD_SEXES = {Sex.MALE: CardSex.MALE, Sex.FEMALE: CardSex.FEMALE}
 
 
+class DataQualityWarning(enum.Enum):
+    """A doubt about a person's data that does not stop registration: the data is kept as given
+    and the doubt shown with it (Patient.data_quality_warnings), for the desk or a steward to clear."""
+
+    # The CCCD's century and birth-year digits name another birth year than birth_date. People's
+    # birth years are often wrong on other papers (or only the year was guessed), and the card
+    # number is what links them: refusing the registration would leave the patient unregistered.
+    CCCD_BIRTH_YEAR_MISMATCH = "cccd_birth_year_mismatch"
+
+
+def cccd_birth_year(value: str) -> int:
+    """The birth year a valid 12-digit CCCD encodes: century from digit 4, year from digits 5-6."""
+    return 1900 + 100 * (int(value[3]) // 2) + int(value[4:6])
+
+
+def cccd_card_sex(value: str) -> CardSex:
+    """The sex a valid 12-digit CCCD encodes in digit 4 (odd: female)."""
+    return CardSex.FEMALE if int(value[3]) % 2 else CardSex.MALE
+
+
+def data_quality_warnings(
+    identifiers: tuple[Identifier, ...], birth_date: BirthDate
+) -> tuple[DataQualityWarning, ...]:
+    """What is doubtful in these data (derived on every read, so a corrected birth date clears it)."""
+    cccds = [i.value for i in identifiers if i.system is IdentifierSystem.CCCD]
+    if any(CCCD_PATTERN.fullmatch(v) and cccd_birth_year(v) != birth_date.year for v in cccds):
+        return (DataQualityWarning.CCCD_BIRTH_YEAR_MISMATCH,)
+    return ()
+
+
 class Outcome(enum.Enum):
     CREATED = "created"
     EXISTING = "existing"
@@ -168,8 +198,9 @@ class RegistrationInput:
     family_name: str = ""
     middle_name: str = ""
     given_name: str = ""
-    # Accepts a CCCD whose century/sex or birth-year digits disagree with birth_date and sex: cards
-    # with known issuing errors exist, and refusing them would block registration at the desk.
+    # Accepts a CCCD whose century/sex digit disagrees with sex, or that encodes a birth year still
+    # to come: cards with known issuing errors exist. (A birth year that merely disagrees with
+    # birth_date is accepted without it, with a DataQualityWarning.)
     accept_inconsistent_cccd: bool = False
     # Accepts a CCCD whose first three digits are not a province code: the birth was registered
     # abroad (the code such cards carry there is not on the province list).
@@ -220,6 +251,10 @@ class Person:
     version: int = 1
     # Nationality, ethnic group, occupation and address of the first registration (the claim's).
     claim_profile: ClaimProfile = NO_CLAIM_PROFILE
+
+    @property
+    def data_quality_warnings(self) -> tuple[DataQualityWarning, ...]:
+        return data_quality_warnings(self.identifiers, self.birth_date)
 
 
 @dataclass(frozen=True)
@@ -332,6 +367,27 @@ def parse_birth_date(
     return parsed
 
 
+def _cccd_refusal(
+    value: str, sex: Sex | None, today: date, accept_inconsistent: bool, registered_abroad: bool
+) -> str | None:
+    """Why a CCCD is refused, None if it is accepted. A province off the list is valid only for a
+    birth registered abroad. The century/sex digit is refused when it disagrees with a male or
+    female sex, and so is a card whose digits encode a birth year still to come: digit 4 is one
+    digit standing for two facts, and a mismatch there (unlike a birth year that disagrees with the
+    birth date, a warning: see DataQualityWarning) most often is a mistyped card number, which the
+    desk can fix at once by reading the card again; a wrong number would otherwise claim another
+    citizen's CCCD. ``accept_inconsistent`` accepts such a card as it is (known issuing errors)."""
+    problem = cccd_problem(value, None, None, registered_abroad=registered_abroad)
+    if problem or accept_inconsistent:
+        return problem
+    expected = _CARD_SEXES.get(sex) if sex is not None else None
+    if expected is not None and cccd_card_sex(value) is not expected:
+        return "century/sex digit disagrees with sex"
+    if cccd_birth_year(value) > today.year:
+        return "century digit and birth-year digits name a birth year still to come"
+    return None
+
+
 def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     """Checks every field, reporting all violations at once; returns the normalised registration."""
     violations = Violations()
@@ -344,8 +400,6 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     elif not any(character.isalpha() for character in full_name):
         violations.add("full_name", "must contain letters")
     birth_date = parse_birth_date(violations, raw.birth_date, today)
-    # A CCCD is checked against the birth date only when that date itself is acceptable.
-    checkable_birth_date = birth_date if not violations.has("birth_date") else None
     if raw.sex is None:
         violations.add("sex", "required: MALE, FEMALE, OTHER or UNKNOWN")
     facility_code = normalize_facility_code(raw.facility_code)
@@ -365,14 +419,8 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
         seen.add(slot)
         identifiers.append(identifier)
         if identifier.system is IdentifierSystem.CCCD:
-            # The override skips the birth-data check only; a province off the list is valid only
-            # for a birth registered abroad.
-            override = raw.accept_inconsistent_cccd
-            problem = cccd_problem(
-                identifier.value,
-                None if override or checkable_birth_date is None else checkable_birth_date.year,
-                None if override or raw.sex is None else _CARD_SEXES.get(raw.sex),
-                registered_abroad=raw.cccd_registered_abroad,
+            problem = _cccd_refusal(
+                identifier.value, raw.sex, today, raw.accept_inconsistent_cccd, raw.cccd_registered_abroad
             )
             if problem:
                 violations.add(f"{path}.value", problem)

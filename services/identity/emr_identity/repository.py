@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import date, timedelta
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from emr_identity.birth_dates import BirthDate
 from emr_identity.claim_profile import NO_CLAIM_PROFILE, ClaimProfile
@@ -76,6 +76,9 @@ EVENTS = "link_events"
 NAME_COUNTS = "name_counts"
 TRANSITIONS = "state_transitions"
 COUNTERS = "counters"
+# Turns of registrations on a blocking key (see PersonRepository.take_turn): one document per key
+# while a registration holds it, deleted when it is done, so the collection stays small.
+REGISTRATION_TURNS = "registration_turns"
 # The patient change feed (emr_runtime.changefeed): positions "<sequence>" (string ids: the one
 # filter FerretDB hands to its index is {_id: <string>}), read one position at a time.
 PATIENT_CHANGES = "patient_changes"
@@ -90,9 +93,12 @@ COLLECTIONS = (
     NAME_COUNTS,
     TRANSITIONS,
     COUNTERS,
+    REGISTRATION_TURNS,
     SEQUENCE_CLAIMS,
     PATIENT_CHANGES,
 )
+# The server's code of a duplicate key error (a unique _id taken).
+DUPLICATE_KEY = 11000
 # Name counts live in one document (one $inc per registration).
 NAME_COUNTS_ID = "names"
 NAME_KINDS = ("family", "middle", "given")
@@ -440,6 +446,7 @@ class PersonRepository:
         self._events = db[EVENTS]
         self._name_counts = db[NAME_COUNTS]
         self._transitions = db[TRANSITIONS]
+        self._registration_turns = db[REGISTRATION_TURNS]
         self._update_turns = [asyncio.Lock() for _ in range(UPDATE_TURN_STRIPES)]
 
     async def create_collections(self) -> None:
@@ -513,6 +520,62 @@ class PersonRepository:
             claim = await self._get(CLAIMS, stored)
             if claim is not None and claim["person_id"] == from_person:
                 await self._update(CLAIMS, stored, {"$set": {"person_id": to_person}})
+
+    # --- registration turns -------------------------------------------------------------------------
+
+    async def take_turns(self, keys: Sequence[str], holder: str, now: float, hold_seconds: float) -> set[str]:
+        """Takes the registration turns on the blocking ``keys`` that no one holds, in one round
+        trip, for ``holder`` until ``now`` + ``hold_seconds`` (epoch seconds); returns the keys
+        taken. A turn is an insert with the key as ``_id``: the one compare-and-set FerretDB 1.x
+        offers, and MongoDB's too."""
+        documents = [
+            {"_id": stored_key(self._crypt, key), "holder": holder, "expires_at": now + hold_seconds}
+            for key in keys
+        ]
+        try:
+            await self._registration_turns.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            refused = {int(e["index"]) for e in errors}
+            return {key for index, key in enumerate(keys) if index not in refused}
+        return set(keys)
+
+    async def take_turn(self, key: str, holder: str, now: float, hold_seconds: float) -> bool:
+        """Takes the turn on one blocking key (as ``take_turns``); False while another holder has
+        it. A turn held past its expiry belongs to a holder that stopped (a crash): of the waiters,
+        the one whose insert of a break claim for that very holding wins deletes it, and the next
+        attempt can take it."""
+        if await self.take_turns([key], holder, now, hold_seconds):
+            return True
+        turn_id = stored_key(self._crypt, key)
+        held = await self._get(REGISTRATION_TURNS, turn_id)
+        if held is not None and float(held["expires_at"]) <= now:
+            _, won = await self._claim_transition(f"turn-break:{turn_id}:{held['holder']}", {})
+            if won:
+                await self._delete_turn(turn_id, str(held["holder"]))
+        return False
+
+    async def end_turns(self, keys: Iterable[str], holder: str, unexpired: bool) -> None:
+        """Gives the turns on blocking keys back. ``unexpired``: the holder knows its turns have
+        not expired, so no one can have broken and retaken them (a turn changes hands only after
+        its expiry), and they are deleted by ``_id`` at once; otherwise each is read first and
+        deleted only if it is still ``holder``'s."""
+        turn_ids = [stored_key(self._crypt, key) for key in keys]
+        if unexpired:
+            await asyncio.gather(*(self._registration_turns.delete_one({"_id": i}) for i in turn_ids))
+        else:
+            await asyncio.gather(*(self._delete_turn(i, holder) for i in turn_ids))
+
+    async def _delete_turn(self, turn_id: str, holder: str) -> None:
+        """Deletes a turn held by ``holder``; nothing if another holds it. Read, then delete by
+        ``_id`` (the one filter this repository uses): a turn changes hands only by being broken
+        after its expiry, so the delete can meet another's turn only if ``holder``'s expired and
+        was broken and retaken between the read and the delete."""
+        held = await self._get(REGISTRATION_TURNS, turn_id)
+        if held is not None and held["holder"] == holder:
+            await self._registration_turns.delete_one({"_id": turn_id})
 
     async def _claim_transition(self, transition_id: str, change: Document) -> tuple[Document, bool]:
         """Claims a state change once (first writer wins); returns the winning change and whether

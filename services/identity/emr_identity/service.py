@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -100,6 +104,21 @@ SEARCH_EXAMINED_PER_CALL = 100
 # when a concurrent change of it won (it then answers ABORTED).
 PERSON_UPDATE_ATTEMPTS = 3
 
+# Registrations take turns on their blocking keys (see IdentityService._turns): a turn is held
+# for at most REGISTRATION_TURN_SECONDS (then a holder is presumed crashed and its turn can be
+# broken); a registration waits at most REGISTRATION_TURN_WAIT_SECONDS for its turns, polling with
+# a back-off from TURN_POLL_FIRST_SECONDS doubling up to TURN_POLL_MAX_SECONDS, then answers
+# ABORTED (retry the same request_id). A registration takes well under a second, so the wait
+# lets dozens of concurrent registrations of one person through, one after another.
+REGISTRATION_TURN_SECONDS = 30.0
+REGISTRATION_TURN_WAIT_SECONDS = 60.0
+TURN_POLL_FIRST_SECONDS = 0.005
+TURN_POLL_MAX_SECONDS = 0.1
+TURN_CLOCK_SKEW_SECONDS = 5.0
+# Locks in which this process's registrations queue for the blocks whose keys hash alike (bounded
+# memory, rare needless waits).
+LOCAL_TURN_STRIPES = 1024
+
 # Labelled by outcome only (created, existing, linked, review): never by patient or facility.
 MATCH_OUTCOMES = Counter(
     "emr_identity_match_outcomes_total", "Registrations linked, by how the matcher decided.", ("outcome",)
@@ -113,7 +132,16 @@ OVERSIZED_BLOCKS = Counter(
     "Block reads that left out the oldest members of a block over the size cap, by key kind.",
     ("kind",),
 )
+TURN_TIMEOUTS = Counter(
+    "emr_identity_registration_turn_timeouts_total",
+    "Registrations answered ABORTED after waiting too long for their turn on a blocking key.",
+)
 REVIEW_QUEUE_SIZE = Gauge("emr_identity_review_queue_size", "Open review tasks (likely duplicates).")
+
+
+def _turn_timeout() -> ConflictError:
+    TURN_TIMEOUTS.inc()
+    return ConflictError("registrations of the same person are in progress; retry the request")
 
 
 @dataclass(frozen=True)
@@ -171,6 +199,7 @@ class IdentityService:
         self._change_settle = change_settle
         self._page_tokens = page_tokens
         self._frequencies: NameFrequencies | None = None
+        self._local_turns = [asyncio.Lock() for _ in range(LOCAL_TURN_STRIPES)]
         # Called after a merge or unmerge changed which registrations make up a person (the access
         # model's kept answers depend on it).
         self.links_changed: list[Callable[[], None]] = []
@@ -208,25 +237,7 @@ class IdentityService:
         # candidate retrieval treats like an unfinished record (its blocks may list it already).
         record = await self._persons.get_record(record_id)
         if record is None:
-            linked = await self._link(
-                stored,
-                FacilityRecord(
-                    record_id=record_id,
-                    person_id=stored.person_id,
-                    facility_code=registration.facility_code,
-                    match=match_record(registration, record_id),
-                    request_fingerprint=registration.fingerprint,
-                    created_at=now,
-                    identifiers=registration.identifiers,
-                    demographics=record_demographics(registration),
-                ),
-                actor_id,
-                now,
-            )
-            record, inserted = await self._persons.insert_or_get_record(linked)
-            if inserted:
-                assert linked.outcome is not None
-                MATCH_OUTCOMES.labels(linked.outcome.value).inc()
+            record = await self._link_in_turn(stored, registration, record_id, actor_id, now)
         assert record.outcome is not None
         person = (await self._view(record.person_id, "patient_id")).person
         shown = facility_person(person.person_id, record)
@@ -240,6 +251,98 @@ class IdentityService:
             candidates=await self._disclosed(record.candidates, visible_only=False) if disclosed else (),
             review_task_id=record.review_task_id,
         )
+
+    async def _link_in_turn(
+        self, stored: Person, registration: Registration, record_id: str, actor_id: str, now: datetime
+    ) -> FacilityRecord:
+        """Links the registration and writes its finished record while holding the turns on its
+        blocking keys. Why every one of them, not only the strongest: candidate retrieval reads
+        exactly the blocks of the new record's keys, and a record is filed under the same keys, so
+        two registrations that could find each other share at least one key however their data
+        differ (a typo in the name still shares the phone or given name + birth date key), and
+        whichever gets that turn second finds the first finished, instead of both creating a
+        person. Any subset could miss such a pair. (Keys a registration reads or files under are
+        one set today, ``blocking_keys``; should they ever differ, the turns must cover both.)"""
+        match = match_record(registration, record_id)
+        async with self._turns(blocking_keys(match)):
+            # A concurrent twin of the request may have finished it while this one waited.
+            record = await self._persons.get_record(record_id)
+            if record is not None:
+                return record
+            linked = await self._link(
+                stored,
+                FacilityRecord(
+                    record_id=record_id,
+                    person_id=stored.person_id,
+                    facility_code=registration.facility_code,
+                    match=match,
+                    request_fingerprint=registration.fingerprint,
+                    created_at=now,
+                    identifiers=registration.identifiers,
+                    demographics=record_demographics(registration),
+                ),
+                actor_id,
+                now,
+            )
+            record, inserted = await self._persons.insert_or_get_record(linked)
+        if inserted:
+            assert linked.outcome is not None
+            MATCH_OUTCOMES.labels(linked.outcome.value).inc()
+        return record
+
+    @asynccontextmanager
+    async def _turns(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Holds the registration turns on ``keys`` (a short serialisation per block). Turns are
+        held in sorted order, the same in every process, so two registrations never each hold a
+        key the other waits for: all free turns are taken in one round trip; from the first one
+        another holds, the rest are taken one at a time (any taken beyond it first given back).
+        Given back when the block ends, however it ends."""
+        ordered = sorted(set(keys))
+        # Registrations of this process queue for a block here first (in stripe order: no
+        # deadlock), so that one of them at a time polls the database for its turn and the next
+        # one goes on the moment it is done.
+        stripes = sorted({hash(key) % LOCAL_TURN_STRIPES for key in ordered})
+        deadline = asyncio.get_running_loop().time() + REGISTRATION_TURN_WAIT_SECONDS
+        async with AsyncExitStack() as local_turns:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    for stripe in stripes:
+                        await local_turns.enter_async_context(self._local_turns[stripe])
+            except TimeoutError:
+                raise _turn_timeout() from None
+            async with self._database_turns(ordered, deadline):
+                yield
+
+    @asynccontextmanager
+    async def _database_turns(self, ordered: list[str], deadline: float) -> AsyncIterator[None]:
+        """The turns on ``ordered`` (sorted keys) in the database, shared by every replica;
+        ConflictError once the event loop's clock passes ``deadline``."""
+        holder = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        first_taken_at = time.time()
+        taken_now = await self._persons.take_turns(ordered, holder, first_taken_at, REGISTRATION_TURN_SECONDS)
+        first_missing = next((i for i, key in enumerate(ordered) if key not in taken_now), len(ordered))
+        held = ordered[:first_missing]
+        try:
+            beyond = [key for key in ordered[first_missing:] if key in taken_now]
+            if beyond:
+                await self._persons.end_turns(beyond, holder, unexpired=True)
+            for key in ordered[first_missing:]:
+                delay = TURN_POLL_FIRST_SECONDS
+                while not await self._persons.take_turn(key, holder, time.time(), REGISTRATION_TURN_SECONDS):
+                    if loop.time() >= deadline:
+                        raise _turn_timeout()
+                    # Jitter keeps waiters of one key from polling in step.
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
+                    delay = min(delay * 2, TURN_POLL_MAX_SECONDS)
+                held.append(key)
+            yield
+        finally:
+            # Turns expire REGISTRATION_TURN_SECONDS after they were taken (on the clock of this
+            # process; other replicas' clocks may differ by up to TURN_CLOCK_SKEW_SECONDS).
+            unexpired = time.time() < first_taken_at + REGISTRATION_TURN_SECONDS - TURN_CLOCK_SKEW_SECONDS
+            # Shielded: a cancelled caller still gives its turns back (else they wait out expiry).
+            await asyncio.shield(self._persons.end_turns(held, holder, unexpired))
 
     async def _disclosed(self, candidates: Iterable[Candidate], visible_only: bool) -> tuple[Candidate, ...]:
         """Candidates as the caller may see them: ids and scores; the per-field contributions only

@@ -5,7 +5,7 @@ CCCDs of births registered abroad (pure, no I/O)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any
@@ -16,12 +16,14 @@ from emr_identity.birth_dates import BirthDate, DatePrecision
 from emr_identity.claim_profile import VIETNAMESE_NATIONALITY, ClaimProfile, is_ethnicity_code
 from emr_identity.domain import (
     BhytCard,
+    DataQualityWarning,
     Identifier,
     IdentifierSystem,
     RawBhytCard,
     RawIdentifier,
     RegistrationInput,
     Sex,
+    new_person,
     validate_registration,
 )
 from emr_identity.matching import (
@@ -50,6 +52,7 @@ from emr_identity.vietnamese import (
 from emr_runtime.errors import InvalidArgumentError
 
 TODAY = date(2026, 12, 7)
+NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 DIEP = "Nguyễn Thị Ngọc Điệp"
 
 
@@ -247,11 +250,18 @@ def test_a_partial_date_is_filed_under_name_and_year_only() -> None:
 
 def test_cccd_year_digits_are_checked_against_the_year_only() -> None:
     card = (RawIdentifier(IdentifierSystem.CCCD, "079090001234", ""),)
-    assert validate_registration(registration_input(identifiers=card, birth_date="1990"), TODAY)
-    assert validate_registration(registration_input(identifiers=card, birth_date="1990-11"), TODAY)
-    assert list(violations_of(registration_input(identifiers=card, birth_date="1991"))) == [
-        "identifiers[0].value"
-    ]
+    for birth_date in ("1990", "1990-11"):
+        person = new_person(
+            validate_registration(registration_input(identifiers=card, birth_date=birth_date), TODAY),
+            "p",
+            NOW,
+        )
+        assert person.data_quality_warnings == ()
+    # Another year registers, flagged.
+    other_year = validate_registration(registration_input(identifiers=card, birth_date="1991"), TODAY)
+    assert new_person(other_year, "p", NOW).data_quality_warnings == (
+        DataQualityWarning.CCCD_BIRTH_YEAR_MISMATCH,
+    )
 
 
 def test_match_record_carries_the_partial_date() -> None:
@@ -393,10 +403,10 @@ def test_cccd_off_the_province_list_needs_the_abroad_flag() -> None:
     assert accepted.identifiers == (Identifier(IdentifierSystem.CCCD, "999090001234", ""),)
 
 
-def test_abroad_flag_still_checks_the_birth_digits() -> None:
-    card = (RawIdentifier(IdentifierSystem.CCCD, "999091001234", ""),)  # year digits 91
+def test_abroad_flag_still_checks_the_sex_digit() -> None:
+    card = (RawIdentifier(IdentifierSystem.CCCD, "999191001234", ""),)  # female digit, male person
     found = violations_of(registration_input(identifiers=card, cccd_registered_abroad=True))
-    assert found == {"identifiers[0].value": "century digit and birth-year digits disagree with birth_date"}
+    assert found == {"identifiers[0].value": "century/sex digit disagrees with sex"}
     assert cccd_problem("999090001234", 1990, None, registered_abroad=True) is None
     assert cccd_problem("99909000123", 1990, None, registered_abroad=True) == "a CCCD has exactly 12 digits"
 

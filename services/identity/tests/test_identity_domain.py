@@ -12,6 +12,7 @@ import pytest
 from emr_identity.birth_dates import BirthDate
 from emr_identity.claim_profile import ClaimProfile
 from emr_identity.domain import (
+    DataQualityWarning,
     Identifier,
     IdentifierSystem,
     PersonStatus,
@@ -546,3 +547,58 @@ def test_claim_and_block_keys_come_from_identifier_key() -> None:
     assert identifier_key(IdentifierSystem.CCCD, "079090001234") in keys
     assert identifier_key(IdentifierSystem.BHYT, "7901234567") in keys
     assert phone_key("0912345678") in keys
+
+
+# --- a CCCD against the birth date and sex: refusal or data-quality warning --------------------------
+
+
+def warnings_of(raw: RegistrationInput) -> tuple[DataQualityWarning, ...]:
+    return new_person(validate_registration(raw, TODAY), "p", NOW).data_quality_warnings
+
+
+@pytest.mark.parametrize(
+    ("card", "birth_date", "sex"),
+    [
+        ("079091001234", "1990-05-01", Sex.MALE),  # year digits 91
+        ("079199001234", "2000-01-05", Sex.FEMALE),  # 1999 by the card: a year off, across centuries
+        ("079091001234", "1990", Sex.UNKNOWN),  # no sex to check the digit against
+        ("079205001234", "1905-03", Sex.MALE),  # 2005 by the card
+    ],
+)
+def test_a_cccd_whose_birth_year_disagrees_registers_with_a_warning(
+    card: str, birth_date: str, sex: Sex
+) -> None:
+    raw = registration_input(identifiers=(cccd(card),), birth_date=birth_date, sex=sex)
+    assert warnings_of(raw) == (DataQualityWarning.CCCD_BIRTH_YEAR_MISMATCH,)
+    # The override still accepts it, and the doubt is still shown.
+    assert warnings_of(replace(raw, accept_inconsistent_cccd=True)) == (
+        DataQualityWarning.CCCD_BIRTH_YEAR_MISMATCH,
+    )
+
+
+def test_a_cccd_that_agrees_carries_no_warning() -> None:
+    assert warnings_of(registration_input()) == ()
+    assert warnings_of(registration_input(identifiers=())) == ()
+    # A corrected birth date clears it: the warning is derived from what the person holds now.
+    person = new_person(
+        validate_registration(registration_input(identifiers=(cccd("079091001234"),)), TODAY), "p", NOW
+    )
+    assert replace(person, birth_date=BirthDate(1991, 5, 1)).data_quality_warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("card", "sex", "problem"),
+    [
+        ("079190001234", Sex.MALE, "century/sex digit disagrees with sex"),  # digit 1: female
+        ("079090001234", Sex.FEMALE, "century/sex digit disagrees with sex"),
+        ("079290001234", Sex.MALE, "name a birth year still to come"),  # 2090
+    ],
+)
+def test_a_cccd_whose_century_or_sex_digit_disagrees_is_refused_unless_overridden(
+    card: str, sex: Sex, problem: str
+) -> None:
+    raw = registration_input(identifiers=(cccd(card),), sex=sex)
+    assert problem in violations_of(raw)["identifiers[0].value"]
+    assert (
+        validate_registration(replace(raw, accept_inconsistent_cccd=True), TODAY).identifiers[0].value == card
+    )

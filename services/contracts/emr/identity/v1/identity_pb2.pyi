@@ -26,6 +26,11 @@ class Sex(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEX_OTHER: _ClassVar[Sex]
     SEX_UNKNOWN: _ClassVar[Sex]
 
+class DataQualityWarning(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_QUALITY_WARNING_UNSPECIFIED: _ClassVar[DataQualityWarning]
+    DATA_QUALITY_WARNING_CCCD_BIRTH_YEAR_MISMATCH: _ClassVar[DataQualityWarning]
+
 class RegistrationOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REGISTRATION_OUTCOME_UNSPECIFIED: _ClassVar[RegistrationOutcome]
@@ -122,6 +127,8 @@ SEX_MALE: Sex
 SEX_FEMALE: Sex
 SEX_OTHER: Sex
 SEX_UNKNOWN: Sex
+DATA_QUALITY_WARNING_UNSPECIFIED: DataQualityWarning
+DATA_QUALITY_WARNING_CCCD_BIRTH_YEAR_MISMATCH: DataQualityWarning
 REGISTRATION_OUTCOME_UNSPECIFIED: RegistrationOutcome
 REGISTRATION_OUTCOME_CREATED: RegistrationOutcome
 REGISTRATION_OUTCOME_EXISTING: RegistrationOutcome
@@ -200,7 +207,7 @@ class BhytCard(_message.Message):
     def __init__(self, valid_from: _Optional[str] = ..., valid_to: _Optional[str] = ..., primary_care_facility_code: _Optional[str] = ...) -> None: ...
 
 class Patient(_message.Message):
-    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version", "current_province_code", "nationality_code", "ethnicity_code", "occupation_code", "address", "commune_code", "district_code")
+    __slots__ = ("patient_id", "identifiers", "full_name", "birth_date", "sex", "registering_facility_code", "create_time", "phone", "province_code", "version", "current_province_code", "nationality_code", "ethnicity_code", "occupation_code", "address", "commune_code", "district_code", "data_quality_warnings")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +225,7 @@ class Patient(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     COMMUNE_CODE_FIELD_NUMBER: _ClassVar[int]
     DISTRICT_CODE_FIELD_NUMBER: _ClassVar[int]
+    DATA_QUALITY_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     full_name: str
@@ -235,7 +243,8 @@ class Patient(_message.Message):
     address: str
     commune_code: str
     district_code: str
-    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ...) -> None: ...
+    data_quality_warnings: _containers.RepeatedScalarFieldContainer[DataQualityWarning]
+    def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ..., data_quality_warnings: _Optional[_Iterable[_Union[DataQualityWarning, str]]] = ...) -> None: ...
 
 class UpdatePatientRequest(_message.Message):
     __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
