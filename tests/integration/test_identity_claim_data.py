@@ -223,3 +223,38 @@ async def test_a_bad_claim_profile_field_is_invalid_argument_and_nothing_is_writ
     assert bad_fields(caught.value) == [field]
     persons = mongo["emr_identity"]["persons"]
     assert await persons.count_documents({"registering_facility_code": facility_code}) == 0
+
+
+async def test_an_update_replaces_the_claim_profile_only_when_it_says_so(
+    identity: Any, facility_code: str, bad_fields: Any
+) -> None:
+    registered = (await identity.RegisterPatient(unique_person(facility_code, **CLAIM_PROFILE))).patient
+
+    async def update(version: int, **fields: Any) -> pb.Patient:
+        demographics = {
+            "full_name": registered.full_name,
+            "birth_date": registered.birth_date,
+            "sex": registered.sex,
+            "phone": registered.phone,
+            "province_code": registered.province_code,
+        }
+        request = pb.UpdatePatientRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=registered.patient_id,
+            expected_version=version,
+            **{**demographics, **fields},
+        )
+        patient: pb.Patient = (await identity.UpdatePatient(request)).patient
+        return patient
+
+    kept = await update(registered.version, phone="0912345678")
+    assert {name: getattr(kept, name) for name in CLAIM_PROFILE} == CLAIM_PROFILE
+    moved = {**CLAIM_PROFILE, "ethnicity_code": "04", "address": ""}
+    replaced = await update(kept.version, update_claim_profile=True, **moved)
+    read = (await identity.GetPatient(pb.GetPatientRequest(patient_id=registered.patient_id))).patient
+    for patient in (replaced, read):
+        assert {name: getattr(patient, name) for name in CLAIM_PROFILE} == moved
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await update(replaced.version, update_claim_profile=True, **{**moved, "ethnicity_code": "99"})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(caught.value) == ["ethnicity_code"]

@@ -158,7 +158,20 @@ def _identifier_message(identifier: Identifier) -> identity_pb2.Identifier:
 
 
 def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: bytes) -> RegistrationInput:
-    """The new demographics, validated like a registration's (no identifiers, no facility)."""
+    """The new demographics, validated like a registration's (no identifiers, no facility); the
+    claim profile only when the request replaces it."""
+    profile = (
+        ClaimProfile(
+            nationality_code=request.nationality_code,
+            ethnicity_code=request.ethnicity_code,
+            occupation_code=request.occupation_code,
+            address=request.address,
+            commune_code=request.commune_code,
+            district_code=request.district_code,
+        )
+        if request.update_claim_profile
+        else None
+    )
     return RegistrationInput(
         request_id=request.request_id,
         identifiers=(),
@@ -169,6 +182,7 @@ def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: by
         fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
+        claim_profile=profile,
     )
 
 

@@ -205,8 +205,9 @@ class RegistrationInput:
     # Accepts a CCCD whose first three digits are not a province code: the birth was registered
     # abroad (the code such cards carry there is not on the province list).
     cccd_registered_abroad: bool = False
-    # What the insurance claim needs beyond the demographics, as received (not yet validated).
-    claim_profile: ClaimProfile = NO_CLAIM_PROFILE
+    # What the insurance claim needs beyond the demographics, as received (not yet validated);
+    # None in an update that leaves the held profile as it is.
+    claim_profile: ClaimProfile | None = NO_CLAIM_PROFILE
 
 
 @dataclass(frozen=True)
@@ -433,7 +434,7 @@ def validate_registration(raw: RegistrationInput, today: date) -> Registration:
     if province_code and not is_province_code(province_code):
         violations.add("province_code", "the 2-digit code of a province (before or after 1 July 2025)")
     has_cccd = any(i.system is IdentifierSystem.CCCD for i in identifiers)
-    claim_profile = validate_claim_profile(violations, raw.claim_profile, has_cccd)
+    claim_profile = validate_claim_profile(violations, raw.claim_profile or NO_CLAIM_PROFILE, has_cccd)
     violations.raise_if_any()
     assert birth_date is not None and raw.sex is not None  # guaranteed by the checks above
     return Registration(

@@ -659,6 +659,7 @@ class PersonRepository:
                 "sex": person.sex.value,
                 "phone": self._crypt.encrypt("identity.phone", person.phone),
                 "province_code": person.province_code,
+                "claim_profile": _claim_profile_text(self._crypt, person.claim_profile),
                 "version": expected_version + 1,
             },
             origin,

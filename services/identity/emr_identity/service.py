@@ -562,6 +562,8 @@ class IdentityService:
         )
         if expected_version < 1:
             raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
+        if raw.claim_profile is None:
+            registration = replace(registration, claim_profile=person.claim_profile)
         replaced = await self._replace_demographics(
             person, registration, expected_version, raw.request_id, raw.fingerprint, actor_id, now
         )
@@ -600,6 +602,7 @@ class IdentityService:
             sex=registration.sex,
             phone=registration.phone,
             province_code=registration.province_code,
+            claim_profile=registration.claim_profile,
             version=expected_version + 1,
         )
         if not await self._persons.update_demographics(updated, expected_version, request_id):
@@ -685,12 +688,10 @@ class IdentityService:
         if expected_version < 1:
             raise InvalidArgumentError([FieldViolation("expected_version", "the version read, 1 or more")])
         _, before = shown_demographics(own)
-        # UpdatePatient does not carry the claim profile (yet): the registration's stays.
-        demographics = replace(
-            record_demographics(registration),
-            version=expected_version + 1,
-            claim_profile=before.claim_profile,
-        )
+        # An update that does not replace the claim profile keeps the record's.
+        if raw.claim_profile is None:
+            registration = replace(registration, claim_profile=before.claim_profile)
+        demographics = replace(record_demographics(registration), version=expected_version + 1)
         alone = all(r.facility_code == own.facility_code for r in records)
         proposed = ProposedDemographics(registration.full_name, registration.birth_date, registration.sex)
         # A proposal when the facility changes its own name, birth date or sex of the person to
@@ -1027,7 +1028,7 @@ class IdentityService:
         now: datetime,
     ) -> None:
         """Applies a proposed name, birth date and sex to the person (the task's person, or the
-        survivor it was merged into); its phone and province stay."""
+        survivor it was merged into); its phone, province and claim profile stay."""
 
         def proposal_of(person: Person) -> Registration:
             return Registration(
@@ -1041,6 +1042,7 @@ class IdentityService:
                 name_parts=split_name(proposed.full_name),
                 phone=person.phone,
                 province_code=person.province_code,
+                claim_profile=person.claim_profile,
             )
 
         person_id = (await self._view(task.person_id, "review_task_id")).person.person_id

@@ -247,7 +247,7 @@ class Patient(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., registering_facility_code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., version: _Optional[int] = ..., current_province_code: _Optional[str] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ..., data_quality_warnings: _Optional[_Iterable[_Union[DataQualityWarning, str]]] = ...) -> None: ...
 
 class UpdatePatientRequest(_message.Message):
-    __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code")
+    __slots__ = ("request_id", "patient_id", "expected_version", "full_name", "birth_date", "sex", "phone", "province_code", "update_claim_profile", "nationality_code", "ethnicity_code", "occupation_code", "address", "commune_code", "district_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,13 @@ class UpdatePatientRequest(_message.Message):
     SEX_FIELD_NUMBER: _ClassVar[int]
     PHONE_FIELD_NUMBER: _ClassVar[int]
     PROVINCE_CODE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_CLAIM_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    NATIONALITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    ETHNICITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    OCCUPATION_CODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DISTRICT_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patient_id: str
     expected_version: int
@@ -264,7 +271,14 @@ class UpdatePatientRequest(_message.Message):
     sex: Sex
     phone: str
     province_code: str
-    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ...) -> None: ...
+    update_claim_profile: bool
+    nationality_code: str
+    ethnicity_code: str
+    occupation_code: str
+    address: str
+    commune_code: str
+    district_code: str
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., full_name: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., phone: _Optional[str] = ..., province_code: _Optional[str] = ..., update_claim_profile: _Optional[bool] = ..., nationality_code: _Optional[str] = ..., ethnicity_code: _Optional[str] = ..., occupation_code: _Optional[str] = ..., address: _Optional[str] = ..., commune_code: _Optional[str] = ..., district_code: _Optional[str] = ...) -> None: ...
 
 class UpdatePatientResponse(_message.Message):
     __slots__ = ("patient", "candidates", "review_task_id", "change_proposed")
