@@ -23,7 +23,7 @@ from emr_identity.domain import IdentifierSystem, Registration, identifier_key, 
 from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, current_province_code, fold
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
-LINK_THRESHOLD = 21.0
+LINK_THRESHOLD = 19.0
 REVIEW_THRESHOLD = 11.0
 # Weight of the prior name shares (in records) against the counts of the index.
 PRIOR_RECORDS = 1_000
@@ -31,6 +31,11 @@ PRIOR_RECORDS = 1_000
 PRIOR_FAMILY_SHARE = 0.05
 PRIOR_MIDDLE_SHARE = 0.05
 PRIOR_GIVEN_SHARE = 0.01
+# A given name seen at least this often (share of the index, and records) is an established name:
+# one edit between two established names is two names (Hà, Hân; Tâm, Tân: twins often bear such
+# pairs), not a typo of one.
+ESTABLISHED_NAME_SHARE = 1e-4
+ESTABLISHED_NAME_RECORDS = 3
 # Smallest share a name can have in the index, so that one unseen name does not dominate a score.
 MIN_NAME_SHARE = 2e-4
 # Most members of one block that retrieval scores. Every blocking key carries a birth date, a birth
@@ -42,6 +47,13 @@ MAX_BLOCK_MEMBERS = 500
 IDENTIFIER_FIELDS = ("cccd", "bhyt", "passport")
 # Birth-date levels that, with the names, say enough to link without an agreeing phone or card.
 CORROBORATING_BIRTH_DATE_LEVELS = frozenset({"exact", "day_month_swap", "year_off_one"})
+# A date known only to the year or month that agrees: with the whole name agreeing, evidence enough
+# (older patients often know no more, and give no phone).
+PARTIAL_BIRTH_DATE_AGREEMENTS = frozenset({"year_known", "month_known"})
+NAME_FIELDS = ("given_name", "middle_name", "family_name")
+# Birth-date levels no entry error explains (another day and month, or the year further off than
+# one): two persons, unless a card says otherwise (a relative with the same name and phone).
+CONTRADICTING_BIRTH_DATE_LEVELS = frozenset({"disagree", "day_month"})
 WEIGHTS_FILE = "match_weights.csv"
 
 
@@ -93,6 +105,8 @@ class MatchScore:
     # Another given name, or the same one with other diacritics (Điệp, Diệp): at most a review.
     # Twins share everything else; a card agreeing (``deterministic``) still links.
     other_given_name: bool = False
+    # A birth date no entry error explains (CONTRADICTING_BIRTH_DATE_LEVELS): at most a review.
+    other_birth_date: bool = False
 
 
 class Decision(Enum):
@@ -144,6 +158,10 @@ class NameFrequencies:
         smoothed = (counts[folded] + PRIOR_RECORDS * prior) / (self.total + PRIOR_RECORDS)
         return max(smoothed, MIN_NAME_SHARE)
 
+    def established(self, counts: Counter[str], folded: str) -> bool:
+        """Whether the name is common enough in the index to be a name of its own, not a typo."""
+        return counts[folded] >= max(ESTABLISHED_NAME_RECORDS, self.total * ESTABLISHED_NAME_SHARE)
+
 
 def _within_one_edit(a: str, b: str) -> bool:
     """One substitution, insertion, deletion or adjacent transposition apart (a typo)."""
@@ -166,15 +184,25 @@ def _within_one_edit(a: str, b: str) -> bool:
 
 
 def _compare_name(
-    label: str, a: str, b: str, folded_a: str, folded_b: str, share: float, accented: bool
+    label: str,
+    a: str,
+    b: str,
+    folded_a: str,
+    folded_b: str,
+    share: float,
+    accented: bool,
+    both_established: bool = False,
 ) -> Contribution:
     """Exact (tones kept), folded (one record written without diacritics), diacritic (both
     written with diacritics, the given names differ only in them: Điệp and Diệp are two names),
-    typo, or disagree. Levels of an agreement once folded use the name's share in the index as u,
-    split among exact, folded and diacritic as the estimated weights split it."""
+    typo (unless both names are established names: then they disagree), or disagree. Levels of an
+    agreement once folded use the name's share in the index as u, split among exact, folded and
+    diacritic as the estimated weights split it."""
     level = _name_level(a, b, folded_a, folded_b)
     if level == "folded" and accented and label == "given_name":
         level = "diacritic"
+    elif level == "typo" and both_established:
+        level = "disagree"
     if level == "missing":
         return Contribution(label, level, 0.0)
     if level in _FOLD_EQUAL_LEVELS:
@@ -215,7 +243,8 @@ _PRECISION_ORDER = (DatePrecision.YEAR, DatePrecision.MONTH, DatePrecision.DAY)
 
 
 def _birth_date_level(a: BirthDate, b: BirthDate) -> str:
-    """Full dates: exact, day_month_swap, year_off_one (day and month agree), year_month, year,
+    """Full dates: exact, day_month_swap, year_off_one (day and month agree, either way round),
+    year_month, year,
     day_month (the year further off), disagree. A date known to the year or month against another
     date by what both know: year_known / month_known when that agrees, partial_year_off_one when
     only the year is one off, year when the months differ, else disagree."""
@@ -233,8 +262,8 @@ def _birth_date_level(a: BirthDate, b: BirthDate) -> str:
         return "exact"
     if a.year == b.year and a.day == b.month and a.month == b.day:
         return "day_month_swap"
-    if a.month == b.month and a.day == b.day and abs(a.year - b.year) == 1:
-        return "year_off_one"
+    if abs(a.year - b.year) == 1 and sorted((a.month, a.day)) == sorted((b.month, b.day)):
+        return "year_off_one"  # day and month as given, or swapped as well
     if a.year == b.year and a.month == b.month:
         return "year_month"
     if a.year == b.year:
@@ -289,6 +318,8 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             names_b.folded_given,
             frequencies.share(frequencies.given, names_a.folded_given, PRIOR_GIVEN_SHARE),
             accented,
+            frequencies.established(frequencies.given, names_a.folded_given)
+            and frequencies.established(frequencies.given, names_b.folded_given),
         ),
         _compare_name(
             "middle_name",
@@ -333,8 +364,11 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
 
 def _scored(parts: Sequence[Contribution], shared_card: bool) -> MatchScore:
     levels = {p.field: p.level for p in parts}
-    corroborated = levels.get("birth_date") in CORROBORATING_BIRTH_DATE_LEVELS or any(
-        levels.get(f) in ("exact", "typo") for f in ("phone", "cccd", "bhyt", "passport")
+    whole_name = all(levels.get(f) in ("exact", "folded") for f in NAME_FIELDS)
+    corroborated = (
+        levels.get("birth_date") in CORROBORATING_BIRTH_DATE_LEVELS
+        or (whole_name and levels.get("birth_date") in PARTIAL_BIRTH_DATE_AGREEMENTS)
+        or any(levels.get(f) in ("exact", "typo") for f in ("phone", "cccd", "bhyt", "passport"))
     )
     conflicting = any(levels.get(f) == "disagree" for f in IDENTIFIER_FIELDS)
     return MatchScore(
@@ -344,6 +378,7 @@ def _scored(parts: Sequence[Contribution], shared_card: bool) -> MatchScore:
         corroborated=corroborated,
         identifier_conflict=conflicting,
         other_given_name=levels.get("given_name") in ("disagree", "diacritic"),
+        other_birth_date=levels.get("birth_date") in CONTRADICTING_BIRTH_DATE_LEVELS,
     )
 
 
@@ -465,6 +500,7 @@ def _strong(found: MatchScore, link_threshold: float) -> bool:
         and found.corroborated
         and not found.identifier_conflict
         and not found.other_given_name
+        and not found.other_birth_date
     )
 
 

@@ -549,7 +549,7 @@ def _sibling(rng: random.Random, key: int, first: SyntheticRecord, taken: set[st
     middle = " ".join(first.full_name.split()[1:-1]) if rng.random() < 0.7 else own.full_name.split()[1]
     given = own.full_name.split()[-1]
     givens = MALE_GIVENS if own.sex == "male" else FEMALE_GIVENS
-    while fold(given) in taken:
+    while given.lower() in taken:
         given = rng.choice(givens)
     cccd = _cccd(rng, first.birth_date, own.sex, first.province_code) if first.cccd else ""
     return replace(
@@ -582,7 +582,8 @@ def _hard_duplicate(rng: random.Random, original: SyntheticRecord) -> SyntheticR
     if rng.random() < WRONG_YEAR_SHARE:
         born = record.birth_date
         year = born.year + rng.choice((-1, 1))
-        record = replace(record, birth_date=date(year, born.month, min(born.day, 28)), birth_date_given="")
+        day = 28 if (born.month, born.day) == (2, 29) else born.day  # 29 February exists in leap years only
+        record = replace(record, birth_date=date(year, born.month, day), birth_date_given="")
         kinds.append(WRONG_YEAR)
     if rng.random() < PARTIAL_DATE_SHARE:
         born = record.birth_date
@@ -642,10 +643,11 @@ def _hard_generate(records: int, duplicate_rate: float, seed: int) -> list[Synth
                 record = replace(record, birth_date_given=f"{record.birth_date.year:04d}", kinds=(PARTIAL_DATE,))
             people.append(record)
             if draw > 1 - MULTIPLE_BIRTH_SHARE:
-                taken = {fold(record.full_name.split()[-1])}
+                # Siblings' names differ, if only in diacritics (Thủy, Thúy).
+                taken = {record.full_name.split()[-1].lower()}
                 for _ in range(2 if rng.random() < TRIPLET_SHARE else 1):
                     sibling = _sibling(rng, len(people), record, taken)
-                    taken.add(fold(sibling.full_name.split()[-1]))
+                    taken.add(sibling.full_name.split()[-1].lower())
                     people.append(sibling)
                     pending.append(sibling)
         suffix = f"{rng.randrange(1000):03d}"
