@@ -48,6 +48,7 @@ from emr_identity.domain import (
 from emr_identity.matching import (
     LINK_THRESHOLD,
     REVIEW_THRESHOLD,
+    UNACCENTED_EXACT,
     WEIGHTS,
     Decision,
     MatchRecord,
@@ -57,8 +58,8 @@ from emr_identity.matching import (
     decide,
     identifier_conflict,
     match_record,
-    score,
     shared_identifiers,
+    weight_rows,
 )
 from emr_identity.synthetic import HARD_CASE_KINDS, SyntheticRecord, generate
 from emr_runtime.errors import InvalidArgumentError
@@ -270,10 +271,10 @@ def missed_targets(figures: dict[str, float]) -> list[str]:
 
 
 def estimate_weights(population: list[SyntheticRecord], matched: list[MatchRecord], seed: int) -> str:
-    """The weights file: per field and level, m over true duplicate pairs (each later record of a
-    person against its first) and u over random pairs of different persons, with PSEUDO_COUNT per
-    level. Levels that carry no weight (missing) are left out of both. The passport keeps its prior
-    values: the generator issues none."""
+    """The weights file: per field and level (row: ``weight_rows``), m over true duplicate pairs
+    (each later record of a person against its first) and u over random pairs of different
+    persons, with PSEUDO_COUNT per row. Levels that carry no weight (missing) are left out of both.
+    The passport keeps its prior values: the generator issues none."""
     frequencies = NameFrequencies()
     for record in matched:
         frequencies.add(record.names)
@@ -295,12 +296,15 @@ def estimate_weights(population: list[SyntheticRecord], matched: list[MatchRecor
     for sample in (match_pairs, non_match_pairs):
         counts: Counter[tuple[str, str]] = Counter()
         for a, b in sample:
-            counts.update((c.field, c.level) for c in score(a, b, frequencies).contributions)
+            counts.update(weight_rows(a, b, frequencies))
         for field_name in {f for f, _ in levels}:
             own = [lv for lv in levels if lv[0] == field_name]
             total = sum(counts[lv] for lv in own) + PSEUDO_COUNT * len(own)
+            shares = {lv: (counts[lv] + PSEUDO_COUNT) / total for lv in own}
+            if (field_name, UNACCENTED_EXACT) in shares:
+                shares = _within_name_kind(field_name, shares)
             for lv in own:
-                estimated.setdefault(lv, []).append((counts[lv] + PSEUDO_COUNT) / total)
+                estimated.setdefault(lv, []).append(shares[lv])
     lines = [
         "# Fellegi-Sunter m = P(level | same person) and u = P(level | different persons) per field and"
         " comparison level, estimated by bench/identity_quality.py --estimate-weights"
@@ -314,6 +318,21 @@ def estimate_weights(population: list[SyntheticRecord], matched: list[MatchRecor
             m, u = WEIGHTS[(field_name, level)]
         lines.append(f"{field_name},{level},{m:.6g},{u:.6g}")
     return "\n".join(lines) + "\n"
+
+
+def _within_name_kind(field_name: str, shares: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """Name levels as the matcher uses them: a name without diacritics agrees only exactly, one
+    with them exactly, folded or by diacritics; each kind's agreement levels share what typos and
+    disagreements leave, in the proportions counted within the kind."""
+    unaccented = [(field_name, UNACCENTED_EXACT)]
+    accented = [(field_name, level) for level in ("exact", "folded", "diacritic") if (field_name, level) in shares]
+    agreeing = 1 - sum(v for k, v in shares.items() if k not in unaccented + accented)
+    adjusted = dict(shares)
+    for kind in (unaccented, accented):
+        kind_total = sum(shares[k] for k in kind)
+        for k in kind:
+            adjusted[k] = agreeing * shares[k] / kind_total
+    return adjusted
 
 
 def main() -> None:

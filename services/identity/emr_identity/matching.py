@@ -36,6 +36,9 @@ PRIOR_GIVEN_SHARE = 0.01
 # pairs), not a typo of one.
 ESTABLISHED_NAME_SHARE = 1e-4
 ESTABLISHED_NAME_RECORDS = 3
+# ...and when the rarer is at least this share of the commoner: a typo of a common name (Ahn for
+# Anh) recurs, but stays a tiny fraction of the name it comes from.
+ESTABLISHED_NAME_RATIO = 0.01
 # Smallest share a name can have in the index, so that one unseen name does not dominate a score.
 MIN_NAME_SHARE = 2e-4
 # Most members of one block that retrieval scores. Every blocking key carries a birth date, a birth
@@ -158,9 +161,12 @@ class NameFrequencies:
         smoothed = (counts[folded] + PRIOR_RECORDS * prior) / (self.total + PRIOR_RECORDS)
         return max(smoothed, MIN_NAME_SHARE)
 
-    def established(self, counts: Counter[str], folded: str) -> bool:
-        """Whether the name is common enough in the index to be a name of its own, not a typo."""
-        return counts[folded] >= max(ESTABLISHED_NAME_RECORDS, self.total * ESTABLISHED_NAME_SHARE)
+    def both_established(self, counts: Counter[str], folded_a: str, folded_b: str) -> bool:
+        """Whether two names are both common enough in the index, and near enough in frequency,
+        to be names of their own rather than one and a typo of it."""
+        rarer, commoner = sorted((counts[folded_a], counts[folded_b]))
+        least = max(ESTABLISHED_NAME_RECORDS, self.total * ESTABLISHED_NAME_SHARE)
+        return rarer >= least and rarer >= commoner * ESTABLISHED_NAME_RATIO
 
 
 def _within_one_edit(a: str, b: str) -> bool:
@@ -205,14 +211,37 @@ def _compare_name(
         level = "disagree"
     if level == "missing":
         return Contribution(label, level, 0.0)
+    row = _weight_row(level, a)
+    if row == UNACCENTED_EXACT:
+        # A name without diacritics (Anh, Linh) can only agree exactly: u is its share.
+        return Contribution(label, level, _weight(WEIGHTS[(label, row)][0], share))
     if level in _FOLD_EQUAL_LEVELS:
         m, _ = WEIGHTS[(label, level)]
         return Contribution(label, level, _weight(m, share * _fold_equal_part(label, level)))
     return Contribution(label, level, _estimated(label, level))
 
 
-# Levels of names equal once folded: their u is the name's share, split as the estimates split it.
+# Levels of names equal once folded: their u is the name's share, split as the estimates split it
+# (estimated over names that carry diacritics, the only ones that can agree at more than one).
 _FOLD_EQUAL_LEVELS = ("exact", "folded", "diacritic")
+# The weights row of an exact agreement of a name without diacritics.
+UNACCENTED_EXACT = "exact_unaccented"
+
+
+def _weight_row(level: str, a: str) -> str:
+    """The row of the weights file a name comparison's level is weighted by."""
+    return UNACCENTED_EXACT if level == "exact" and fold(a) == a else level
+
+
+def weight_rows(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> list[tuple[str, str]]:
+    """The (field, row) of the weights file each contribution of ``score(a, b)`` is weighted by
+    (what estimating the weights counts)."""
+    parts = {"given_name": a.names.given, "middle_name": a.names.middle, "family_name": a.names.family}
+    return [
+        (c.field, _weight_row(c.level, parts[c.field]) if c.field in parts else c.level)
+        for c in score(a, b, frequencies).contributions
+        if c.level != "missing"
+    ]
 
 
 def _fold_equal_part(label: str, level: str) -> float:
@@ -234,8 +263,8 @@ def _name_level(a: str, b: str, folded_a: str, folded_b: str) -> str:
         return "exact"
     if folded_a == folded_b:
         return "folded"
-    if len(folded_a) >= 3 and _within_one_edit(folded_a, folded_b):
-        return "typo"
+    if max(len(folded_a), len(folded_b)) >= 3 and _within_one_edit(folded_a, folded_b):
+        return "typo"  # either way round: "ta" for "tai" is a typo too
     return "disagree"
 
 
@@ -318,8 +347,7 @@ def score(a: MatchRecord, b: MatchRecord, frequencies: NameFrequencies) -> Match
             names_b.folded_given,
             frequencies.share(frequencies.given, names_a.folded_given, PRIOR_GIVEN_SHARE),
             accented,
-            frequencies.established(frequencies.given, names_a.folded_given)
-            and frequencies.established(frequencies.given, names_b.folded_given),
+            frequencies.both_established(frequencies.given, names_a.folded_given, names_b.folded_given),
         ),
         _compare_name(
             "middle_name",

@@ -444,6 +444,8 @@ def _wrong_tone(rng: random.Random, name: str) -> str:
         vowels = [i for i, c in enumerate(decomposed) if c.lower() in "aeiouy"]
         if vowels:
             at = vowels[-1] + 1
+            while at < len(decomposed) and unicodedata.combining(decomposed[at]):
+                at += 1  # after the vowel's own marks (â, ơ): a tone on top of them, as typed
             decomposed = decomposed[:at] + rng.choice(_TONES) + decomposed[at:]
     words[index] = unicodedata.normalize("NFC", decomposed)
     return " ".join(words)
