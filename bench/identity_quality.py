@@ -75,7 +75,9 @@ TARGETS = {
     "false_conflict_share": ("<=", 0.001),
     "persons_with_two_cccds": ("<=", 0),
 }
-WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "services/identity/emr_identity/data/match_weights.csv"
+WEIGHTS_PATH = (
+    Path(__file__).resolve().parent.parent / "services/identity/emr_identity/data/match_weights.csv"
+)
 # Laplace pseudo-count per level when estimating m and u (a level never seen is rare, not impossible).
 PSEUDO_COUNT = 0.5
 # Random pairs of different persons drawn to estimate u.
@@ -235,9 +237,7 @@ def print_per_kind(per_kind: dict[str, Counter[str]]) -> None:
         precision = 1 - tally["wrong_links"] / links if links else 1.0
         recall = tally["linked_right"] / dups if dups else 1.0
         review = tally["reviews"] / tally["records"]
-        print(
-            f"{kind:22s} {tally['records']:8d} {dups:7d} {precision:9.4f} {recall:7.4f} {review:7.4f}"
-        )
+        print(f"{kind:22s} {tally['records']:8d} {dups:7d} {precision:9.4f} {recall:7.4f} {review:7.4f}")
 
 
 def holders_of_cards(
@@ -285,7 +285,7 @@ def estimate_weights(population: list[SyntheticRecord], matched: list[MatchRecor
             match_pairs.append((first[synthetic.person_key], record))
         else:
             first[synthetic.person_key] = record
-    rng = random.Random(seed)  # noqa: S311 -- reproducible sampling, not secrets
+    rng = random.Random(seed)  # reproducible sampling, not secrets
     non_match_pairs: list[tuple[MatchRecord, MatchRecord]] = []
     while len(non_match_pairs) < U_PAIRS:
         i, j = rng.randrange(len(matched)), rng.randrange(len(matched))
@@ -325,7 +325,9 @@ def _within_name_kind(field_name: str, shares: dict[tuple[str, str], float]) -> 
     with them exactly, folded or by diacritics; each kind's agreement levels share what typos and
     disagreements leave, in the proportions counted within the kind."""
     unaccented = [(field_name, UNACCENTED_EXACT)]
-    accented = [(field_name, level) for level in ("exact", "folded", "diacritic") if (field_name, level) in shares]
+    accented = [
+        (field_name, level) for level in ("exact", "folded", "diacritic") if (field_name, level) in shares
+    ]
     agreeing = 1 - sum(v for k, v in shares.items() if k not in unaccented + accented)
     adjusted = dict(shares)
     for kind in (unaccented, accented):

@@ -619,7 +619,9 @@ def _typed_by(record: SyntheticRecord, habit: str) -> SyntheticRecord:
         return replace(record, full_name=name, kinds=(*record.kinds, NO_DIACRITICS))
     born = record.birth_date
     if habit == SWAPPED_DATE and not record.birth_date_given and born.day <= 12 and born.day != born.month:
-        return replace(record, birth_date=date(born.year, born.day, born.month), kinds=(*record.kinds, SWAPPED_DATE))
+        return replace(
+            record, birth_date=date(born.year, born.day, born.month), kinds=(*record.kinds, SWAPPED_DATE)
+        )
     return record
 
 
@@ -642,7 +644,9 @@ def _hard_generate(records: int, duplicate_rate: float, seed: int) -> list[Synth
                 household = rng.choice(people) if people and rng.random() < 0.08 else None
                 record = _person(rng, len(people), household)
             if record.birth_date.year < 1960 and rng.random() < OLD_PERSON_PARTIAL_DATE_SHARE:
-                record = replace(record, birth_date_given=f"{record.birth_date.year:04d}", kinds=(PARTIAL_DATE,))
+                record = replace(
+                    record, birth_date_given=f"{record.birth_date.year:04d}", kinds=(PARTIAL_DATE,)
+                )
             people.append(record)
             if draw > 1 - MULTIPLE_BIRTH_SHARE:
                 # Siblings' names differ, if only in diacritics (Thủy, Thúy).

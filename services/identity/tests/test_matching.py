@@ -328,13 +328,17 @@ def test_a_person_with_cccd_a_is_never_linked_to_a_record_with_cccd_b() -> None:
     result = decide(incoming, [("p1", plain), ("p1", carded)], POPULATION)
     assert result.decision is not Decision.LINK
     assert result.candidates[0].score.identifier_conflict
-    assert not decide(replace(incoming, cccd=""), [("p1", plain), ("p1", carded)], POPULATION).candidates[
-        0
-    ].score.identifier_conflict
+    assert (
+        not decide(replace(incoming, cccd=""), [("p1", plain), ("p1", carded)], POPULATION)
+        .candidates[0]
+        .score.identifier_conflict
+    )
 
 
 def test_a_deterministic_card_match_is_not_demoted_by_a_weaker_second_candidate() -> None:
-    owner = record("r1", "Nguyen Thi Ngoc Diep", cccd="079190000001", phone="", birth_date=BirthDate(1990, 1, 1))
+    owner = record(
+        "r1", "Nguyen Thi Ngoc Diep", cccd="079190000001", phone="", birth_date=BirthDate(1990, 1, 1)
+    )
     lookalike = record("r2")  # scores above the link threshold on demographics alone
     result = decide(record("new", cccd="079190000001"), [("p2", lookalike), ("p1", owner)], POPULATION)
     assert (result.decision, result.candidates[0].person_id) == (Decision.LINK, "p1")
