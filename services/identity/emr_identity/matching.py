@@ -23,7 +23,7 @@ from emr_identity.domain import IdentifierSystem, Registration, identifier_key, 
 from emr_identity.vietnamese import NameParts, bhyt_social_insurance_code, current_province_code, fold
 
 # Link automatically at or above; review between the two; a new person below REVIEW_THRESHOLD.
-LINK_THRESHOLD = 19.0
+LINK_THRESHOLD = 21.0
 REVIEW_THRESHOLD = 11.0
 # Weight of the prior name shares (in records) against the counts of the index.
 PRIOR_RECORDS = 1_000
