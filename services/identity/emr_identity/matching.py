@@ -42,7 +42,7 @@ ESTABLISHED_NAME_RATIO = 0.01
 # Smallest share a name can have in the index, so that one unseen name does not dominate a score.
 MIN_NAME_SHARE = 2e-4
 # Most members of one block that retrieval scores. Every blocking key carries a birth date, a birth
-# year or a unique number, so blocks stay small as the index grows (bench/identity_speed.py prints
+# year, a day and month or a unique number, so blocks stay small as the index grows (bench/identity_speed.py prints
 # the largest); a block above this is a sign that a key is too broad (e.g. a phone shared by a
 # whole ward) and should be narrowed. Its newest members are scored and the rest left out, never
 # silently: the service counts each such read in emr_identity_oversized_blocks_total.
@@ -402,7 +402,8 @@ def _scored(parts: Sequence[Contribution], shared_card: bool) -> MatchScore:
     return MatchScore(
         total=round(sum(p.weight for p in parts), 3),
         contributions=tuple(parts),
-        deterministic=shared_card and levels.get("cccd") != "disagree",
+        # A shared card links, unless another card (CCCD, social-insurance code, passport) differs.
+        deterministic=shared_card and not conflicting,
         corroborated=corroborated,
         identifier_conflict=conflicting,
         other_given_name=levels.get("given_name") in ("disagree", "diacritic"),

@@ -363,3 +363,11 @@ def test_hard_case_population_is_seeded_and_tagged() -> None:
     twins = [r for r in population if "multiple_birth" in r.kinds]
     assert twins and all(r.birth_date_text for r in twins)
     assert any(r.birth_date_given for r in population)
+
+
+def test_a_shared_card_does_not_link_when_another_card_differs() -> None:
+    a = record(cccd="079190000001", bhyt_code="7912345678")
+    b = record("b", cccd="079190000001", bhyt_code="7987654321")
+    found = score(a, b, POPULATION)
+    assert found.identifier_conflict and not found.deterministic
+    assert decide(a, [("p1", b)], POPULATION).decision is Decision.REVIEW
