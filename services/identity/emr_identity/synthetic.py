@@ -3,7 +3,11 @@ for the quality and speed benches and for tests. No real person's data: names ar
 common-name lists, every number is random.
 
 Duplicates carry the errors hospital data entry makes: diacritics dropped or wrong, NFD text, day and
-month swapped, phone typos, identifiers left out, a moved address, a typo in the given name.
+month swapped, phone typos, identifiers left out, a moved address, a typo in the given name. With
+``hard_cases`` the population also holds what the matcher was not built for: multiple births (same
+family, birth date, phone and address; another given name and cards of their own), namesakes, birth
+years off by one, birth dates known only to the year or month, and facilities with typing habits of
+their own (no diacritics, day and month swapped). Each record is tagged with the kinds it carries.
 """
 
 from __future__ import annotations
@@ -360,6 +364,16 @@ class SyntheticRecord:
     bhyt: str
     facility_code: str
     mrn: str
+    # The birth date as the facility wrote it when it gave less than the day ("1950", "1950-07");
+    # empty when it gave the full ``birth_date``.
+    birth_date_given: str = ""
+    # The hard cases the record carries (HARD_CASE_KINDS), for figures per kind.
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def birth_date_text(self) -> str:
+        """The birth date as sent: partial when the facility gave it so, else the full date."""
+        return self.birth_date_given or self.birth_date.isoformat()
 
 
 def _zipf_choice(rng: random.Random, items: list[str]) -> str:
@@ -430,6 +444,8 @@ def _wrong_tone(rng: random.Random, name: str) -> str:
         vowels = [i for i, c in enumerate(decomposed) if c.lower() in "aeiouy"]
         if vowels:
             at = vowels[-1] + 1
+            while at < len(decomposed) and unicodedata.combining(decomposed[at]):
+                at += 1  # after the vowel's own marks (â, ơ): a tone on top of them, as typed
             decomposed = decomposed[:at] + rng.choice(_TONES) + decomposed[at:]
     words[index] = unicodedata.normalize("NFC", decomposed)
     return " ".join(words)
@@ -498,10 +514,169 @@ def _phone_written(rng: random.Random, phone: str) -> str:
     return "84" + phone[1:]
 
 
-def generate(records: int, duplicate_rate: float, seed: int) -> list[SyntheticRecord]:
+# Kinds of hard case a record may carry (SyntheticRecord.kinds).
+MULTIPLE_BIRTH = "multiple_birth"  # a twin or triplet of an earlier person
+NAMESAKE = "namesake"  # a new person with the full name of an earlier one
+WRONG_YEAR = "wrong_year"  # a duplicate whose birth year is one off
+PARTIAL_DATE = "partial_date"  # birth date given to the year or month only
+NO_DIACRITICS = "no_diacritics"  # written at a facility that types without diacritics
+SWAPPED_DATE = "swapped_day_month"  # written at a facility that swaps day and month
+MISSING_IDENTIFIERS = "missing_identifiers"  # a duplicate carrying none of the person's cards
+HARD_CASE_KINDS = (
+    MULTIPLE_BIRTH,
+    NAMESAKE,
+    WRONG_YEAR,
+    PARTIAL_DATE,
+    NO_DIACRITICS,
+    SWAPPED_DATE,
+    MISSING_IDENTIFIERS,
+)
+# Shares of the hard cases: multiple births among new persons (a tenth of them triplets), namesakes
+# among new persons, wrong years and partial dates among duplicates, partial dates among persons
+# born before 1960, and facilities that type without diacritics or swap day and month.
+MULTIPLE_BIRTH_SHARE = 0.02
+TRIPLET_SHARE = 0.1
+NAMESAKE_SHARE = 0.01
+WRONG_YEAR_SHARE = 0.05
+PARTIAL_DATE_SHARE = 0.03
+OLD_PERSON_PARTIAL_DATE_SHARE = 0.15
+NO_DIACRITICS_FACILITY_SHARE = 0.15
+SWAPPED_DATE_FACILITY_SHARE = 0.05
+
+
+def _sibling(rng: random.Random, key: int, first: SyntheticRecord, taken: set[str]) -> SyntheticRecord:
+    """A person born with ``first`` (twin, triplet): same family, birth date, phone and address;
+    usually the same middle name; another given name; cards of their own."""
+    own = _person(rng, key, first)
+    middle = " ".join(first.full_name.split()[1:-1]) if rng.random() < 0.7 else own.full_name.split()[1]
+    given = own.full_name.split()[-1]
+    givens = MALE_GIVENS if own.sex == "male" else FEMALE_GIVENS
+    while given.lower() in taken:
+        given = rng.choice(givens)
+    cccd = _cccd(rng, first.birth_date, own.sex, first.province_code) if first.cccd else ""
+    return replace(
+        own,
+        full_name=f"{first.full_name.split()[0]} {middle} {given}",
+        birth_date=first.birth_date,
+        phone=first.phone,
+        cccd=cccd if rng.random() < 0.9 else "",
+        kinds=(MULTIPLE_BIRTH,),
+    )
+
+
+def _namesake(rng: random.Random, key: int, earlier: SyntheticRecord) -> SyntheticRecord:
+    """A new person bearing the full name of an earlier one (often born the same year)."""
+    own = _person(rng, key, None)
+    born = own.birth_date
+    if rng.random() < 0.5:
+        born = date(earlier.birth_date.year, born.month, min(born.day, 28))
+    cccd = _cccd(rng, born, earlier.sex, own.province_code) if own.cccd else ""
+    return replace(
+        own, full_name=earlier.full_name, sex=earlier.sex, birth_date=born, cccd=cccd, kinds=(NAMESAKE,)
+    )
+
+
+def _hard_duplicate(rng: random.Random, original: SyntheticRecord) -> SyntheticRecord:
+    """A duplicate with the ordinary entry errors and, sometimes, a wrong year, a partial date or
+    none of the person's cards."""
+    record = _duplicate(rng, original)
+    kinds = [k for k in original.kinds if k in (MULTIPLE_BIRTH, NAMESAKE)]
+    if rng.random() < WRONG_YEAR_SHARE:
+        born = record.birth_date
+        year = born.year + rng.choice((-1, 1))
+        day = 28 if (born.month, born.day) == (2, 29) else born.day  # 29 February exists in leap years only
+        record = replace(record, birth_date=date(year, born.month, day), birth_date_given="")
+        kinds.append(WRONG_YEAR)
+    if rng.random() < PARTIAL_DATE_SHARE:
+        born = record.birth_date
+        given = f"{born.year:04d}" if rng.random() < 0.7 else f"{born.year:04d}-{born.month:02d}"
+        record = replace(record, birth_date_given=given)
+    if record.birth_date_given:
+        kinds.append(PARTIAL_DATE)
+    if (original.cccd or original.bhyt) and not (record.cccd or record.bhyt):
+        kinds.append(MISSING_IDENTIFIERS)
+    return replace(record, kinds=tuple(kinds))
+
+
+def _facility_habits(rng: random.Random, count: int = 1000) -> dict[str, str]:
+    """The typing habit of each facility code suffix: "" none, or NO_DIACRITICS / SWAPPED_DATE."""
+    habits = {}
+    for suffix in range(count):
+        draw = rng.random()
+        habit = ""
+        if draw < NO_DIACRITICS_FACILITY_SHARE:
+            habit = NO_DIACRITICS
+        elif draw < NO_DIACRITICS_FACILITY_SHARE + SWAPPED_DATE_FACILITY_SHARE:
+            habit = SWAPPED_DATE
+        habits[f"{suffix:03d}"] = habit
+    return habits
+
+
+def _typed_by(record: SyntheticRecord, habit: str) -> SyntheticRecord:
+    """The record as a facility with ``habit`` types it."""
+    if habit == NO_DIACRITICS and fold(record.full_name) != record.full_name.lower():
+        name = " ".join(word.capitalize() for word in fold(record.full_name).split())
+        return replace(record, full_name=name, kinds=(*record.kinds, NO_DIACRITICS))
+    born = record.birth_date
+    if habit == SWAPPED_DATE and not record.birth_date_given and born.day <= 12 and born.day != born.month:
+        return replace(
+            record, birth_date=date(born.year, born.day, born.month), kinds=(*record.kinds, SWAPPED_DATE)
+        )
+    return record
+
+
+def _hard_generate(records: int, duplicate_rate: float, seed: int) -> list[SyntheticRecord]:
+    rng = random.Random(seed)  # noqa: S311 -- reproducible synthetic data, not secrets
+    habits = _facility_habits(rng)
+    people: list[SyntheticRecord] = []
+    pending: list[SyntheticRecord] = []  # siblings of a multiple birth, registered soon after
+    out: list[SyntheticRecord] = []
+    for serial in range(records):
+        if pending and rng.random() < 0.5:
+            record = pending.pop()
+        elif people and rng.random() < duplicate_rate:
+            record = _hard_duplicate(rng, rng.choice(people))
+        else:
+            draw = rng.random()
+            if people and draw < NAMESAKE_SHARE:
+                record = _namesake(rng, len(people), rng.choice(people))
+            else:
+                household = rng.choice(people) if people and rng.random() < 0.08 else None
+                record = _person(rng, len(people), household)
+            if record.birth_date.year < 1960 and rng.random() < OLD_PERSON_PARTIAL_DATE_SHARE:
+                record = replace(
+                    record, birth_date_given=f"{record.birth_date.year:04d}", kinds=(PARTIAL_DATE,)
+                )
+            people.append(record)
+            if draw > 1 - MULTIPLE_BIRTH_SHARE:
+                # Siblings' names differ, if only in diacritics (Thủy, Thúy).
+                taken = {record.full_name.split()[-1].lower()}
+                for _ in range(2 if rng.random() < TRIPLET_SHARE else 1):
+                    sibling = _sibling(rng, len(people), record, taken)
+                    taken.add(sibling.full_name.split()[-1].lower())
+                    people.append(sibling)
+                    pending.append(sibling)
+        suffix = f"{rng.randrange(1000):03d}"
+        facility = f"{rng.choice(PROVINCES)}{suffix}"
+        record = _typed_by(record, habits[suffix])
+        out.append(
+            replace(
+                record, facility_code=facility, mrn=f"HS{serial:08d}", phone=_phone_written(rng, record.phone)
+            )
+        )
+    return out
+
+
+def generate(
+    records: int, duplicate_rate: float, seed: int, *, hard_cases: bool = False
+) -> list[SyntheticRecord]:
     """``records`` registrations in arrival order; about ``duplicate_rate`` of them re-register a
     person seen before (at another facility), the rest are new persons. 8% of new persons share a
-    household (surname, province, phone) with an earlier person."""
+    household (surname, province, phone) with an earlier person. ``hard_cases`` adds multiple
+    births, namesakes, wrong years, partial dates and facility typing habits (module docstring);
+    without it a seed gives the population it always gave."""
+    if hard_cases:
+        return _hard_generate(records, duplicate_rate, seed)
     rng = random.Random(seed)  # noqa: S311 -- reproducible synthetic data, not secrets
     people: list[SyntheticRecord] = []
     out: list[SyntheticRecord] = []

@@ -210,7 +210,9 @@ def test_year_only_agrees_with_a_full_date_of_that_year_more_weakly_than_an_exac
     assert levels(year_only, full)["birth_date"] == "year_known"
     partial_weight = weight_of(full, year_only, "birth_date")
     assert 0 < partial_weight < weight_of(full, record("c"), "birth_date")
-    assert levels(full, record("b", birth_date=BirthDate(1991)))["birth_date"] == "disagree"
+    # A year one off is a level of its own (people misremember or mistype it); two off disagrees.
+    assert levels(full, record("b", birth_date=BirthDate(1991)))["birth_date"] == "partial_year_off_one"
+    assert levels(full, record("b", birth_date=BirthDate(1992)))["birth_date"] == "disagree"
 
 
 def test_year_month_compares_the_month() -> None:
@@ -228,11 +230,14 @@ def test_year_month_compares_the_month() -> None:
     assert month_weight < weight_of(full, record("c"), "birth_date")
 
 
-def test_a_partial_date_alone_never_links_automatically() -> None:
-    # Same name, year, sex, phone-less: enough to propose, not to link without corroboration.
+def test_a_partial_date_links_only_with_the_whole_name() -> None:
+    # Same whole name and year: older patients often know no more and give no phone, so it links;
+    # with a typo in the given name it is only proposed.
     a = record("a", phone="")
     b = record("b", phone="", birth_date=BirthDate(1990))
-    assert decide(a, [("p1", b)], NameFrequencies()).decision is not Decision.LINK
+    assert decide(a, [("p1", b)], NameFrequencies()).decision is Decision.LINK
+    typo = record("b", names=split_name("Nguyễn Thị Ngọc Điệpp"), phone="", birth_date=BirthDate(1990))
+    assert decide(a, [("p1", typo)], NameFrequencies()).decision is not Decision.LINK
 
 
 def test_same_identity_tolerates_a_partial_date_that_agrees() -> None:
@@ -242,9 +247,10 @@ def test_same_identity_tolerates_a_partial_date_that_agrees() -> None:
     assert not same_identity(record("a"), record("b", birth_date=BirthDate(1993)))
 
 
-def test_a_partial_date_is_filed_under_name_and_year_only() -> None:
+def test_a_partial_date_is_filed_under_name_and_year_and_the_years_either_side() -> None:
     keys = blocking_keys(record("a", birth_date=BirthDate(1990), phone=""))
-    assert keys == frozenset({"fy:nguyen thi ngoc diep|1990"})
+    assert keys == frozenset({f"fy:nguyen thi ngoc diep|{year}" for year in (1989, 1990, 1991)})
+    assert "fy:nguyen thi ngoc diep|1991" in blocking_keys(record("b", birth_date=BirthDate(1991, 3, 7)))
     assert "fy:nguyen thi ngoc diep|1990" in blocking_keys(record("b"))
 
 
