@@ -773,6 +773,10 @@ class IdentityService:
             for r in records
             if r.person_id in owners and owners[r.person_id] not in exclude
         ]
+        # Cards are checked against everything a candidate person is known by, not only the records
+        # that scored: a person never gains a second CCCD, BHYT or passport by an automatic link.
+        known = await self._known_demographics({person_id for person_id, _ in candidates})
+        candidates += [(person_id, other) for person_id, matches in known.items() for other in matches]
         return decide(match, candidates, frequencies, rejected)
 
     async def _block_members(self, keys: Iterable[str]) -> dict[str, MatchRecord]:
