@@ -111,6 +111,27 @@ async def test_day_month_swap_without_diacritics_links(identity: Any, facility_c
     assert swapped.candidates[0].patient_id == first.patient.patient_id
 
 
+async def test_twins_with_one_phone_and_birth_date_are_never_linked(
+    identity: Any, facility_code: str
+) -> None:
+    """Twins share family and middle name, birth date, phone and province; a different given name
+    sends the second to review at most, never onto the first."""
+    first = await identity.RegisterPatient(unique_person(facility_code))
+    family, middle, given = first.patient.full_name.rsplit(" ", 2)[-3:]
+    sibling = next(name for name in FEMALE_GIVENS if name != given and name[0] != given[0])
+    second = await identity.RegisterPatient(
+        again(
+            unique_person(facility_code),
+            "99003",
+            full_name=f"{family} {middle} {sibling}",
+            birth_date=first.patient.birth_date,
+            phone=first.patient.phone,
+        )
+    )
+    assert second.outcome in (pb.REGISTRATION_OUTCOME_CREATED, pb.REGISTRATION_OUTCOME_REVIEW_REQUIRED)
+    assert second.patient.patient_id != first.patient.patient_id
+
+
 async def test_review_then_different_persons_is_never_proposed_again(
     identity: Any, facility_code: str
 ) -> None:
