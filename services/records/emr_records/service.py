@@ -37,6 +37,7 @@ from emr_records.domain import (
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
+from emr_records.retention_service import RetentionService
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -76,7 +77,9 @@ class RecordsService:
         page_tokens: PageTokens,
         code_lists: CodeLists,
         verify_patients: bool = True,
+        retention: RetentionService | None = None,
     ) -> None:
+        self._retention = retention
         self._code_lists = code_lists
         self._page_tokens = page_tokens
         self._resources = resources
@@ -109,6 +112,7 @@ class RecordsService:
         validate_resource(raw, now)
         record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
         await self._check_references(record, raw)
+        await self._note_retention(record)
         stored, inserted = await self._resources.store_version(record)
         stay_in_lane(stored.facility_code, "request_id names a resource of another facility")
         if stored.request_fingerprint != record.request_fingerprint:
@@ -140,6 +144,7 @@ class RecordsService:
         record = next_version(current, raw, now)
         # The patient cannot change and was checked when the resource was created.
         await self._check_references(record, raw, check_patient=False)
+        await self._note_retention(record)
         stored, inserted = await self._resources.store_version(record)
         if not inserted and stored.request_fingerprint != record.request_fingerprint:
             # Another update took this version first; make sure it is complete, then refuse ours.
@@ -151,6 +156,11 @@ class RecordsService:
         await self._finish(stored, fresh=inserted)
         WRITES.labels(stored.resource_type.value, "updated").inc()
         return stored
+
+    async def _note_retention(self, record: ClinicalRecord) -> None:
+        """Before the record is stored: a death raises the retention of all the patient's records."""
+        if self._retention is not None:
+            await self._retention.note_written(record)
 
     async def _current(self, resource_id: str, content_type: type, field: str) -> ClinicalRecord:
         current = await self._resources.get(resource_id)
@@ -337,7 +347,12 @@ class RecordsService:
         limit = check_feed_request(after_sequence, requested_limit)
         changes, next_after = await self._feed.next_run(after_sequence, limit, self._settle)
         versions = await self._resources.versions([(c.resource_id, c.resource_version) for c in changes])
-        return [(c, versions[(c.resource_id, c.resource_version)]) for c in changes], next_after
+        # A change whose version was disposed of (emr_records.retention_service) is left out.
+        return [
+            (c, versions[(c.resource_id, c.resource_version)])
+            for c in changes
+            if (c.resource_id, c.resource_version) in versions
+        ], next_after
 
     async def stream_changes(
         self, after_sequence: int, poll_interval: float = 0.2
