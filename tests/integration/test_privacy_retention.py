@@ -284,6 +284,22 @@ async def test_a_held_record_survives_a_disposal_that_removes_a_due_one(
     )
     assert {held, held_condition} <= {r.resource_id for r in finished.disposal.certificate.disposed}
 
+    # Audit keeps a patient's events while records keeps any record of them: records says when the
+    # last one went (the held patient's), and not while one is left (the recent stay).
+    async def emptied() -> list[audit_pb2.AuditEvent] | None:
+        events = (
+            await audit.QueryEvents(audit_pb2.QueryEventsRequest(patient_id=held_patient, page_size=500))
+        ).events
+        return [e for e in events if e.resource_type == "PatientRecords"] or None
+
+    (told,) = await poll_until(emptied)
+    assert told.action == audit_pb2.AUDIT_ACTION_DELETE and told.resource_id == later.disposal_id
+    assert told.retention_class == audit_pb2.AUDIT_RETENTION_CLASS_STANDARD
+    due_events = (
+        await audit.QueryEvents(audit_pb2.QueryEventsRequest(patient_id=due_patient, page_size=500))
+    ).events
+    assert not [e for e in due_events if e.resource_type == "PatientRecords"]
+
 
 async def test_bad_retention_requests_are_refused_naming_the_field(retention: Any, bad_fields: Any) -> None:
     tomorrow = (datetime.now(VIETNAM).date() + timedelta(days=1)).isoformat()

@@ -47,7 +47,11 @@ async def build(settings: RecordsSettings, db: Database) -> ServiceApp:
         access_cache_seconds=settings.access_cache_seconds,
     )
     retention = RetentionService(
-        resources, RetentionRepository(db), patients, verify_patients=settings.verify_patients
+        resources,
+        RetentionRepository(db),
+        patients,
+        verify_patients=settings.verify_patients,
+        audit=recorder if settings.audit_enabled else None,
     )
     service = RecordsService(
         resources,

@@ -328,6 +328,10 @@ class ResourceRepository:
         )
         return [_record(self._crypt, document) async for document in cursor]
 
+    async def holds_any(self, patient_id: str) -> bool:
+        """Whether any record of the patient is stored (the disposal job's question, not a hot path)."""
+        return await self._resources.find_one({"patient_id": patient_id}, {"_id": 1}) is not None
+
     async def erase(self, resource_id: str) -> None:
         """Removes every version and the current state of a resource (disposal; idempotent). The
         versions first: a crash in between leaves the current state, so the resource is listed and

@@ -8,9 +8,12 @@ that a hold or a raised class has stopped since it was listed."""
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
+
+from emr.audit.v1 import audit_pb2
 
 from emr_records.domain import VIETNAM_TIME, ClinicalRecord, ResourceType, visit_day
 from emr_records.repository import ResourceRepository
@@ -23,10 +26,12 @@ from emr_records.retention import (
     episode_of,
     is_due,
     list_digest,
+    longest,
     own_class,
     records_death,
 )
 from emr_records.retention_repository import RetentionRepository
+from emr_runtime.audit import MAX_EVENTS_PER_CALL, AuditRecorder
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
     ConflictError,
@@ -80,6 +85,39 @@ def check_as_of(value: str, today: date) -> date:
     return day
 
 
+# The audit label of each class (emr.audit.v1.AuditRetentionClass).
+AUDIT_RETENTION = {
+    RetentionClass.STANDARD_10_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
+    RetentionClass.SPECIAL_20_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS,
+    RetentionClass.DEATH_30_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_30_YEARS,
+    RetentionClass.PERMANENT: audit_pb2.AUDIT_RETENTION_CLASS_PERMANENT,
+}
+PATIENT_RECORDS = "PatientRecords"
+
+
+def patient_records_disposed_event(
+    disposal_id: str, approver: str, patient_id: str, retention_class: RetentionClass
+) -> audit_pb2.AuditEvent:
+    """The event that tells audit a disposal removed the last record of a patient."""
+    event = audit_pb2.AuditEvent(
+        event_id=str(uuid.uuid4()),
+        action=audit_pb2.AUDIT_ACTION_DELETE,
+        outcome=audit_pb2.AUDIT_OUTCOME_SUCCESS,
+        actor_id=approver,
+        source_service="records",
+        operation="/emr.records.v1.RecordRetentionService/ApproveDisposal",
+        resource_type=PATIENT_RECORDS,
+        patient_id=patient_id,
+        resource_id=disposal_id,
+        retention_class=AUDIT_RETENTION[retention_class],
+    )
+    event.entities.add(
+        role=audit_pb2.AUDIT_ENTITY_ROLE_PATIENT, patient_id=patient_id, resource_type="Patient"
+    )
+    event.occurred_time.FromDatetime(utc_now())
+    return event
+
+
 def _check_reason(violations: Violations, reason: str, field: str = "reason") -> None:
     if not reason.strip():
         violations.add(field, "required: why, without patient data")
@@ -113,7 +151,9 @@ class RetentionService:
         store: RetentionRepository,
         patients: PatientDirectory,
         verify_patients: bool = True,
+        audit: AuditRecorder | None = None,
     ) -> None:
+        self._audit = audit
         self._resources = resources
         self._store = store
         self._patients = patients
@@ -361,6 +401,8 @@ class RetentionService:
         as_of = date.fromisoformat(plan["as_of"])
         disposed: list[dict[str, Any]] = []
         kept: list[dict[str, Any]] = []
+        # The longest class of each patient's disposed records.
+        disposed_classes: dict[str, RetentionClass] = {}
         episodes = 0
         for listed in plan["episodes"]:
             decision = await self._decide(plan["_id"], listed, as_of)
@@ -383,7 +425,14 @@ class RetentionService:
                     }
                 )
                 await self._resources.erase(item["resource_id"])
+                disposed_classes[item["patient_id"]] = longest(
+                    [
+                        disposed_classes.get(item["patient_id"], RetentionClass.STANDARD_10_YEARS),
+                        RetentionClass(decision["retention_class"]),
+                    ]
+                )
                 disposed.append({"resource_type": item["resource_type"], "resource_id": item["resource_id"]})
+        await self._tell_audit_of_emptied_patients(plan["_id"], approval["approved_by"], disposed_classes)
         log.info("disposal complete", extra={"disposal_id": plan["_id"], "disposed": len(disposed)})
         return await self._store.certify(
             {
@@ -399,6 +448,23 @@ class RetentionService:
                 "disposed_sha256": list_digest((r["resource_type"], r["resource_id"]) for r in disposed),
             }
         )
+
+    async def _tell_audit_of_emptied_patients(
+        self, disposal_id: str, approver: str, disposed_classes: dict[str, RetentionClass]
+    ) -> None:
+        """Audit keeps a patient's events as long as records keeps any record of the patient (audit
+        never calls records): when a disposal removed a patient's last record, records says so with
+        one event, labelled with the longest class the patient's records had. Sent before the
+        certificate: a disposal resumed after a crash may send it twice, never not at all."""
+        if self._audit is None:
+            return
+        events = [
+            patient_records_disposed_event(disposal_id, approver, patient_id, retention_class)
+            for patient_id, retention_class in disposed_classes.items()
+            if not await self._resources.holds_any(patient_id)
+        ]
+        for start in range(0, len(events), MAX_EVENTS_PER_CALL):
+            await self._audit.record(*events[start : start + MAX_EVENTS_PER_CALL])
 
     async def _decide(self, disposal_id: str, listed: dict[str, Any], as_of: date) -> dict[str, Any]:
         """Whether one listed episode is disposed of, decided once: still due and not held now."""
