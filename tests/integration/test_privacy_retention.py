@@ -74,7 +74,7 @@ async def old_condition(
 
 
 async def retention_of(
-    retention: Any, kind: int, resource_id: str
+    retention: Any, kind: Any, resource_id: str
 ) -> retention_pb2.GetRecordRetentionResponse:
     found: retention_pb2.GetRecordRetentionResponse = await retention.GetRecordRetention(
         retention_pb2.GetRecordRetentionRequest(resource_type=kind, resource_id=resource_id), metadata=OFFICER

@@ -163,8 +163,8 @@ class RetentionService:
 
     async def note_written(self, record: ClinicalRecord) -> None:
         """Raises the patient's floor when a record tells of their death: every record of the
-        patient is then kept 30 years. Before the record is stored, so that no stored death lacks
-        its floor (a write that fails after it leaves a floor: records kept longer, never shorter)."""
+        patient is then kept 30 years. Called before the version becomes readable, on every path
+        that makes it so (a retry completes what a crash left), so no readable death lacks it."""
         if records_death(record):
             await self._store.raise_floor(
                 PATIENT,

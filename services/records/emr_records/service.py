@@ -112,7 +112,6 @@ class RecordsService:
         validate_resource(raw, now)
         record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
         await self._check_references(record, raw)
-        await self._note_retention(record)
         stored, inserted = await self._resources.store_version(record)
         stay_in_lane(stored.facility_code, "request_id names a resource of another facility")
         if stored.request_fingerprint != record.request_fingerprint:
@@ -144,7 +143,6 @@ class RecordsService:
         record = next_version(current, raw, now)
         # The patient cannot change and was checked when the resource was created.
         await self._check_references(record, raw, check_patient=False)
-        await self._note_retention(record)
         stored, inserted = await self._resources.store_version(record)
         if not inserted and stored.request_fingerprint != record.request_fingerprint:
             # Another update took this version first; make sure it is complete, then refuse ours.
@@ -158,7 +156,7 @@ class RecordsService:
         return stored
 
     async def _note_retention(self, record: ClinicalRecord) -> None:
-        """Before the record is stored: a death raises the retention of all the patient's records."""
+        """A death raises the retention of all the patient's records (emr_records.retention_service)."""
         if self._retention is not None:
             await self._retention.note_written(record)
 
@@ -214,6 +212,8 @@ class RecordsService:
         # Before the record becomes readable: every readable record's facility counts as holding
         # records of the patient (the access model's "its own records").
         await self._resources.note_holder(record.patient_id, record.facility_code)
+        # Likewise a death's retention floor: every readable death has raised the patient's records.
+        await self._note_retention(record)
         await self._resources.advance(record)
         await self._append(record)
         await self._resources.mark_change_recorded(record)
