@@ -5,7 +5,7 @@ approval and leaves no clinical content, only tombstones, audit events and a cer
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import grpc
@@ -377,3 +377,104 @@ async def test_an_explicit_class_keeps_a_medical_incident_file_permanently(
         retention_pb2.ListDueRecordsRequest(as_of=today(), page_size=500), metadata=OFFICER
     )
     assert encounter_id not in {e.episode_key for e in due.episodes}
+
+
+async def test_a_disposal_a_crash_interrupted_resumes_and_keeps_what_a_later_death_raised(
+    clinical: Any, retention: Any, records: Any, mongo: Any, facility_code: str
+) -> None:
+    first = await clinical.patient(facility_code)
+    first_stay = await old_encounter(clinical, first, facility_code, years_ago=14)
+    first_condition = await old_condition(clinical, first, facility_code, first_stay, "I10", years_ago=14)
+    second = await clinical.patient(facility_code)
+    second_stay = await old_encounter(clinical, second, facility_code, years_ago=13)
+    dying = await clinical.patient(facility_code)
+    dying_stay = await old_encounter(clinical, dying, facility_code, years_ago=13)
+
+    disposal = (
+        await retention.RequestDisposal(
+            retention_pb2.RequestDisposalRequest(
+                request_id=str(uuid.uuid4()), as_of=today(), reason="Resumed run (synthetic)"
+            ),
+            metadata=OFFICER,
+        )
+    ).disposal
+    listed = {e.episode_key for e in disposal.episodes}
+    assert {first_stay, second_stay, dying_stay} <= listed
+
+    # After the listing, the third patient dies: their old stay is now kept 30 years.
+    await clinical.records.CreateEncounter(
+        records_pb2.CreateEncounterRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=dying,
+            facility_code=facility_code,
+            encounter_class=records_pb2.ENCOUNTER_CLASS_EMERGENCY,
+            status=records_pb2.ENCOUNTER_STATUS_FINISHED,
+            start_time=clinical.timestamp(-7200),
+            end_time=clinical.timestamp(-3600),
+            discharge_disposition="exp",
+        ),
+        metadata=DOCTOR,
+    )
+
+    # A run that crashed half way: approved, the first episode decided and its condition
+    # tombstoned, but nothing erased yet (the state an interrupted ApproveDisposal leaves).
+    db = mongo["emr_records"]
+    now = datetime.now(UTC)
+    await db["disposal_approvals"].insert_one(
+        {"_id": disposal.disposal_id, "approved_by": "dpo-synthetic-02", "approved_at": now}
+    )
+    stay = await db["resources"].find_one({"_id": first_stay})
+    items = [
+        {
+            "resource_type": kind,
+            "resource_id": resource_id,
+            "patient_id": first,
+            "encounter_id": encounter_id,
+            "facility_code": stay["facility_code"],
+        }
+        for kind, resource_id, encounter_id in (
+            ("Encounter", first_stay, ""),
+            ("Condition", first_condition, first_stay),
+        )
+    ]
+    await db["disposal_decisions"].insert_one(
+        {
+            "_id": f"{disposal.disposal_id}:{first_stay}",
+            "dispose": True,
+            "retention_class": "10y",
+            "clock_start": stay["content"]["end_time"],
+            "records": items,
+        }
+    )
+    await db["disposed_records"].insert_one(
+        {
+            **items[1],
+            "_id": first_condition,
+            "retention_class": "10y",
+            "clock_start": stay["content"]["end_time"],
+            "disposal_id": disposal.disposal_id,
+            "disposed_at": now,
+        }
+    )
+    interrupted = await retention.GetDisposal(
+        retention_pb2.GetDisposalRequest(disposal_id=disposal.disposal_id), metadata=OFFICER
+    )
+    assert interrupted.disposal.status == retention_pb2.DISPOSAL_STATUS_IN_PROGRESS
+
+    resumed = (
+        await retention.ApproveDisposal(
+            retention_pb2.ApproveDisposalRequest(disposal_id=disposal.disposal_id), metadata=SECOND_OFFICER
+        )
+    ).disposal
+    assert resumed.status == retention_pb2.DISPOSAL_STATUS_COMPLETED
+    disposed = {r.resource_id for r in resumed.certificate.disposed}
+    kept = {r.resource_id for r in resumed.certificate.kept}
+    assert {first_stay, first_condition, second_stay} <= disposed
+    assert dying_stay in kept and dying_stay not in disposed
+    for resource_id in (first_stay, first_condition, second_stay):
+        assert await db["resources"].find_one({"_id": resource_id}) is None
+        assert await db["resource_versions"].count_documents({"resource_id": resource_id}) == 0
+        assert await db["disposed_records"].count_documents({"_id": resource_id}) == 1
+    assert (
+        await records.GetEncounter(records_pb2.GetEncounterRequest(encounter_id=dying_stay))
+    ).encounter.reason
