@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
@@ -160,7 +159,3 @@ class RetentionRepository:
 
     async def certificate(self, disposal_id: str) -> Document | None:
         return await self._certificates.find_one({"_id": disposal_id})
-
-
-def plain(document: Document | None) -> dict[str, Any] | None:
-    return dict(document) if document is not None else None
