@@ -49,6 +49,8 @@ MAX_REASON_LENGTH = 500
 MAX_ID_LENGTH = 64
 # Episodes one disposal lists at most; more are left to the next disposal.
 MAX_DISPOSAL_EPISODES = 500
+# Records one disposal lists at most (its plan is one document, under MongoDB's 16 MiB).
+MAX_DISPOSAL_RECORDS = 20_000
 # Records the due scan reads at most per call (bounds the work of one call).
 MAX_SCAN = 50_000
 SCAN_PAGE = 200
@@ -136,6 +138,16 @@ def _scan_cutoff(as_of: date) -> datetime:
     """Records with a clinical time from this moment on cannot be due on ``as_of``."""
     last_day = add_years(as_of, -MINIMUM_YEARS)
     return datetime.combine(last_day + timedelta(days=1), time(), VIETNAM_TIME)
+
+
+def _within_record_limit(due: list[DueEpisode]) -> list[DueEpisode]:
+    """The first episodes of ``due`` whose records fit one plan document (at least one episode)."""
+    total = 0
+    for index, item in enumerate(due):
+        total += len(item.episode.records)
+        if total > MAX_DISPOSAL_RECORDS and index > 0:
+            return due[:index]
+    return due
 
 
 def episode_key(record: ClinicalRecord) -> str:
@@ -335,6 +347,7 @@ class RetentionService:
         existing = await self._store.plan(disposal_id)
         if existing is None:
             due, _ = await self.due(as_of, MAX_DISPOSAL_EPISODES)
+            due = _within_record_limit(due)
             listed: list[dict[str, Any]] = [
                 {
                     "key": item.episode.key,

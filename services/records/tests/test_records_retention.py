@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from emr_records import retention_service
 from emr_records.domain import (
     ChargeLineContent,
     ChargeLineKind,
@@ -34,7 +35,13 @@ from emr_records.retention import (
     own_class,
     records_death,
 )
-from emr_records.retention_service import _scan_cutoff, check_as_of, episode_key
+from emr_records.retention_service import (
+    DueEpisode,
+    _scan_cutoff,
+    _within_record_limit,
+    check_as_of,
+    episode_key,
+)
 from emr_runtime.errors import InvalidArgumentError
 
 START = datetime(2010, 3, 1, 1, 0, tzinfo=UTC)
@@ -211,3 +218,12 @@ def test_the_list_digest_is_independent_of_order() -> None:
     assert first == list_digest([("Condition", "c-1"), ("Encounter", "e-1")])
     assert first != list_digest([("Condition", "c-1")])
     assert len(first) == 64
+
+
+def test_a_disposal_lists_no_more_records_than_one_plan_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = episode_of("e-1", [encounter()] + [condition("I10", resource_id=f"c-{n}") for n in range(9)])
+    due = [DueEpisode(big, date(2020, 3, 5)) for _ in range(5)]
+    monkeypatch.setattr(retention_service, "MAX_DISPOSAL_RECORDS", 25)
+    assert len(_within_record_limit(due)) == 2
+    monkeypatch.setattr(retention_service, "MAX_DISPOSAL_RECORDS", 5)
+    assert len(_within_record_limit(due)) == 1  # one episode always fits, however large
