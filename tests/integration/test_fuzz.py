@@ -15,7 +15,7 @@ import grpc
 import pytest
 from emr.audit.v1 import audit_pb2
 from emr.identity.v1 import identity_pb2
-from emr.records.v1 import records_pb2
+from emr.records.v1 import records_pb2, retention_pb2
 from emr.sync.v1 import sync_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -38,10 +38,17 @@ FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.
 COUNTED = {"identity", "records"}
 CALLER = caller_metadata("fuzz-synthetic-01", "79001", "TREATMENT")
 
-CONTRACTS = {"identity": identity_pb2, "records": records_pb2, "audit": audit_pb2, "sync": sync_pb2}
+# (the service serving it, the contract module): records serves two contracts.
+CONTRACTS = (
+    ("identity", identity_pb2),
+    ("records", records_pb2),
+    ("records", retention_pb2),
+    ("audit", audit_pb2),
+    ("sync", sync_pb2),
+)
 METHODS: list[tuple[str, MethodDescriptor]] = [
     (service, method)
-    for service, module in CONTRACTS.items()
+    for service, module in CONTRACTS
     for descriptor in module.DESCRIPTOR.services_by_name.values()
     for method in descriptor.methods
 ]

@@ -78,12 +78,22 @@ _ENTITY_ROLES = {
     audit_pb2.AUDIT_ENTITY_ROLE_RESOURCE: EntityRole.RESOURCE,
 }
 _ENTITY_ROLES_TO_PROTO = {value: key for key, value in _ENTITY_ROLES.items()}
+# TT 33/2025/TT-BYT has no 15-year class: an event sent with it is stored as 20 years (the next
+# class up, never a shorter one).
 _RETENTION = {
     audit_pb2.AUDIT_RETENTION_CLASS_STANDARD: RetentionClass.STANDARD,
-    audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS: RetentionClass.EXTENDED_15_YEARS,
+    audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS: RetentionClass.EXTENDED_20_YEARS,
     audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS: RetentionClass.EXTENDED_20_YEARS,
+    audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_30_YEARS: RetentionClass.EXTENDED_30_YEARS,
+    audit_pb2.AUDIT_RETENTION_CLASS_PERMANENT: RetentionClass.PERMANENT,
 }
-_RETENTION_TO_PROTO = {value: key for key, value in _RETENTION.items()}
+_RETENTION_TO_PROTO = {
+    RetentionClass.STANDARD: audit_pb2.AUDIT_RETENTION_CLASS_STANDARD,
+    RetentionClass.EXTENDED_15_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS,
+    RetentionClass.EXTENDED_20_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS,
+    RetentionClass.EXTENDED_30_YEARS: audit_pb2.AUDIT_RETENTION_CLASS_EXTENDED_30_YEARS,
+    RetentionClass.PERMANENT: audit_pb2.AUDIT_RETENTION_CLASS_PERMANENT,
+}
 
 
 def _optional_instant(message: object, name: str, path: str = "") -> datetime | None:

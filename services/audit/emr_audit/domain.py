@@ -71,9 +71,31 @@ class EntityRole(enum.Enum):
 
 
 class RetentionClass(enum.Enum):
+    """The least time an event is kept, in the classes of Circular 33/2025/TT-BYT (see
+    emr.audit.v1.AuditRetentionClass). The stored values are part of each event's hash: never
+    rename one."""
+
     STANDARD = "standard-10y"
+    # TT 33/2025 has no 15-year class: new events never get it (converters store EXTENDED_20_YEARS);
+    # events stored with it earlier keep it, and are kept 20 years.
     EXTENDED_15_YEARS = "extended-15y"
     EXTENDED_20_YEARS = "extended-20y"
+    EXTENDED_30_YEARS = "extended-30y"
+    PERMANENT = "permanent"
+
+    @property
+    def years(self) -> int | None:
+        """The least years an event of this class is kept; None: permanently."""
+        return _RETENTION_YEARS[self]
+
+
+_RETENTION_YEARS: dict[RetentionClass, int | None] = {
+    RetentionClass.STANDARD: 10,
+    RetentionClass.EXTENDED_15_YEARS: 20,
+    RetentionClass.EXTENDED_20_YEARS: 20,
+    RetentionClass.EXTENDED_30_YEARS: 30,
+    RetentionClass.PERMANENT: None,
+}
 
 
 _SUBTYPE_OF_ACTION = {

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from emr.records.v1 import records_pb2
+from emr.records.v1 import records_pb2, retention_pb2
 from google.protobuf.message import Message
 
 from emr_records.domain import (
@@ -43,6 +43,8 @@ from emr_records.domain import (
     ResourceType,
     ServiceDetails,
 )
+from emr_records.retention import RetentionClass
+from emr_records.retention_service import DueEpisode, RecordRetention
 from emr_runtime.clock import to_storage_precision
 from emr_runtime.idempotency import fingerprint
 
@@ -670,4 +672,140 @@ def change_message(change: Change, record: ClinicalRecord) -> records_pb2.Change
     if record.resource_type is ResourceType.ENCOUNTER:
         message.encounter.CopyFrom(encounter_message(record))
     message.commit_time.FromDatetime(change.committed_at)
+    return message
+
+
+# --- retention (emr_records.retention_service) ----------------------------------------------------
+
+_RETENTION_CLASSES: dict[int, RetentionClass] = {
+    retention_pb2.RETENTION_CLASS_STANDARD_10_YEARS: RetentionClass.STANDARD_10_YEARS,
+    retention_pb2.RETENTION_CLASS_SPECIAL_20_YEARS: RetentionClass.SPECIAL_20_YEARS,
+    retention_pb2.RETENTION_CLASS_DEATH_30_YEARS: RetentionClass.DEATH_30_YEARS,
+    retention_pb2.RETENTION_CLASS_PERMANENT: RetentionClass.PERMANENT,
+}
+_HOLD_TARGETS: dict[int, str] = {
+    retention_pb2.LEGAL_HOLD_TARGET_PATIENT: "patient",
+    retention_pb2.LEGAL_HOLD_TARGET_ENCOUNTER: "encounter",
+}
+
+
+def retention_class(value: int) -> RetentionClass | None:
+    return _RETENTION_CLASSES.get(value)
+
+
+def _retention_class_number(value: RetentionClass | str) -> Any:
+    member = value if isinstance(value, RetentionClass) else RetentionClass(value)
+    return _to_proto(_RETENTION_CLASSES, member)
+
+
+def hold_target(value: int) -> str | None:
+    return _HOLD_TARGETS.get(value)
+
+
+def retention_message(found: RecordRetention) -> retention_pb2.GetRecordRetentionResponse:
+    message = retention_pb2.GetRecordRetentionResponse(
+        own_class=_retention_class_number(found.own_class),
+        effective_class=_retention_class_number(found.episode.retention_class),
+        episode_key=found.episode.key,
+        disposal_date=found.disposal_date.isoformat() if found.disposal_date else "",
+        hold_ids=found.hold_ids,
+        patient_id=found.record.patient_id,
+    )
+    _set_time(message, "clock_start_time", found.episode.clock_start)
+    return message
+
+
+def legal_hold_message(hold: Mapping[str, Any], release: Mapping[str, Any] | None) -> retention_pb2.LegalHold:
+    message = retention_pb2.LegalHold(
+        hold_id=hold["_id"],
+        target=next(number for number, name in _HOLD_TARGETS.items() if name == hold["target"]),  # type: ignore[arg-type]
+        target_id=hold["target_id"],
+        patient_id=hold["patient_id"],
+        reason=hold["reason"],
+        placed_by=hold["placed_by"],
+    )
+    _set_time(message, "place_time", hold["placed_at"])
+    if release is not None:
+        message.released_by = release["released_by"]
+        message.release_reason = release["reason"]
+        _set_time(message, "release_time", release["released_at"])
+    return message
+
+
+def _disposed_records(items: list[Mapping[str, Any]]) -> list[retention_pb2.DisposedRecord]:
+    return [
+        retention_pb2.DisposedRecord(
+            resource_type=_to_proto(_RESOURCE_TYPES, ResourceType(item["resource_type"])),
+            resource_id=item["resource_id"],
+        )
+        for item in items
+    ]
+
+
+def due_episode_message(due: DueEpisode) -> retention_pb2.DueEpisode:
+    return _due_episode(
+        {
+            "key": due.episode.key,
+            "patient_id": due.episode.patient_id,
+            "retention_class": due.episode.retention_class.value,
+            "clock_start": due.episode.clock_start,
+            "disposal_date": due.disposal_date.isoformat(),
+            "records": [
+                {"resource_type": r.resource_type.value, "resource_id": r.resource_id}
+                for r in due.episode.records
+            ],
+        }
+    )
+
+
+def _due_episode(listed: Mapping[str, Any]) -> retention_pb2.DueEpisode:
+    message = retention_pb2.DueEpisode(
+        episode_key=listed["key"],
+        patient_id=listed["patient_id"],
+        retention_class=_retention_class_number(listed["retention_class"]),
+        disposal_date=listed["disposal_date"],
+        records=_disposed_records(listed["records"]),
+    )
+    _set_time(message, "clock_start_time", listed["clock_start"])
+    return message
+
+
+def disposal_message(
+    plan: Mapping[str, Any], approval: Mapping[str, Any] | None, certificate: Mapping[str, Any] | None
+) -> retention_pb2.Disposal:
+    status = (
+        retention_pb2.DISPOSAL_STATUS_COMPLETED
+        if certificate is not None
+        else retention_pb2.DISPOSAL_STATUS_IN_PROGRESS
+        if approval is not None
+        else retention_pb2.DISPOSAL_STATUS_AWAITING_APPROVAL
+    )
+    message = retention_pb2.Disposal(
+        disposal_id=plan["_id"],
+        status=status,
+        as_of=plan["as_of"],
+        reason=plan["reason"],
+        requested_by=plan["requested_by"],
+        episodes=[_due_episode(listed) for listed in plan["episodes"]],
+        list_sha256=plan["list_sha256"],
+    )
+    _set_time(message, "request_time", plan["requested_at"])
+    if approval is not None:
+        message.approved_by = approval["approved_by"]
+        _set_time(message, "approve_time", approval["approved_at"])
+    if certificate is not None:
+        message.certificate.CopyFrom(
+            retention_pb2.DisposalCertificate(
+                disposal_id=certificate["_id"],
+                requested_by=certificate["requested_by"],
+                approved_by=certificate["approved_by"],
+                disposed=_disposed_records(certificate["disposed"]),
+                kept=_disposed_records(certificate["kept"]),
+                disposed_count=certificate["disposed_count"],
+                episode_count=certificate["episode_count"],
+                disposed_sha256=certificate["disposed_sha256"],
+                as_of=certificate["as_of"],
+            )
+        )
+        _set_time(message.certificate, "complete_time", certificate["completed_at"])
     return message

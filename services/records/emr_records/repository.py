@@ -318,6 +318,27 @@ class ResourceRepository:
         cursor = self._resources.find({"encounter_id": encounter_id}).sort([("time", 1), ("_id", 1)])
         return [_record(self._crypt, document) async for document in cursor]
 
+    async def clinical_time_before(self, cutoff: datetime, after_id: str, limit: int) -> list[ClinicalRecord]:
+        """Records whose clinical time is before ``cutoff``, by id after ``after_id`` (the disposal
+        job's scan: no record can be due before its clinical time plus the shortest retention)."""
+        cursor = (
+            self._resources.find({"time": {"$lt": cutoff}, "_id": {"$gt": after_id}})
+            .sort("_id", 1)
+            .limit(limit)
+        )
+        return [_record(self._crypt, document) async for document in cursor]
+
+    async def holds_any(self, patient_id: str) -> bool:
+        """Whether any record of the patient is stored (the disposal job's question, not a hot path)."""
+        return await self._resources.find_one({"patient_id": patient_id}, {"_id": 1}) is not None
+
+    async def erase(self, resource_id: str) -> None:
+        """Removes every version and the current state of a resource (disposal; idempotent). The
+        versions first: a crash in between leaves the current state, so the resource is listed and
+        erased again."""
+        await self._versions.delete_many({"resource_id": resource_id})
+        await self._resources.delete_one({"_id": resource_id})
+
 
 def _tombstone_fields(sequence: int) -> Document:
     # Resource fields unique per tombstone: they share the (resource, version) unique index.

@@ -37,6 +37,7 @@ from emr_records.domain import (
     verify_document,
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
+from emr_records.retention_service import RetentionService
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -76,7 +77,9 @@ class RecordsService:
         page_tokens: PageTokens,
         code_lists: CodeLists,
         verify_patients: bool = True,
+        retention: RetentionService | None = None,
     ) -> None:
+        self._retention = retention
         self._code_lists = code_lists
         self._page_tokens = page_tokens
         self._resources = resources
@@ -152,6 +155,11 @@ class RecordsService:
         WRITES.labels(stored.resource_type.value, "updated").inc()
         return stored
 
+    async def _note_retention(self, record: ClinicalRecord) -> None:
+        """A death raises the retention of all the patient's records (emr_records.retention_service)."""
+        if self._retention is not None:
+            await self._retention.note_written(record)
+
     async def _current(self, resource_id: str, content_type: type, field: str) -> ClinicalRecord:
         current = await self._resources.get(resource_id)
         if current is None or not isinstance(current.content, content_type):
@@ -204,6 +212,8 @@ class RecordsService:
         # Before the record becomes readable: every readable record's facility counts as holding
         # records of the patient (the access model's "its own records").
         await self._resources.note_holder(record.patient_id, record.facility_code)
+        # Likewise a death's retention floor: every readable death has raised the patient's records.
+        await self._note_retention(record)
         await self._resources.advance(record)
         await self._append(record)
         await self._resources.mark_change_recorded(record)
@@ -337,7 +347,12 @@ class RecordsService:
         limit = check_feed_request(after_sequence, requested_limit)
         changes, next_after = await self._feed.next_run(after_sequence, limit, self._settle)
         versions = await self._resources.versions([(c.resource_id, c.resource_version) for c in changes])
-        return [(c, versions[(c.resource_id, c.resource_version)]) for c in changes], next_after
+        # A change whose version was disposed of (emr_records.retention_service) is left out.
+        return [
+            (c, versions[(c.resource_id, c.resource_version)])
+            for c in changes
+            if (c.resource_id, c.resource_version) in versions
+        ], next_after
 
     async def stream_changes(
         self, after_sequence: int, poll_interval: float = 0.2

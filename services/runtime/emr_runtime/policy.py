@@ -79,6 +79,7 @@ def _patient_read(*names: str, export: bool = False) -> Rule:
 
 _IDENTITY = "/emr.identity.v1.PatientIdentityService/"
 _RECORDS = "/emr.records.v1.ClinicalRecordsService/"
+_RETENTION = "/emr.records.v1.RecordRetentionService/"
 _AUDIT = "/emr.audit.v1.AuditService/"
 _SYNC = "/emr.sync.v1.NationalSyncService/"
 # admin (platform operators) may call everything, everywhere: hand that role to very few people;
@@ -132,6 +133,17 @@ POLICY: dict[str, Rule] = {
     f"{_RECORDS}ListObservations": _patient_read(DOCTOR, NURSE, LAB),
     f"{_RECORDS}GetEncounterBundle": _patient_read(DOCTOR, NURSE, SYNC_SERVICE),
     f"{_RECORDS}ExportPatient": _patient_read(DOCTOR, SYNC_SERVICE, export=True),
+    # --- records retention (issue 17, part "retention"): the data-protection officer (auditor)
+    # reads retention, classes records, holds them and runs the disposal job; the approval of a
+    # disposal is another person's than its request (emr_records.retention_service).
+    f"{_RETENTION}GetRecordRetention": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}ClassifyRecord": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}PlaceLegalHold": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}ReleaseLegalHold": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}ListDueRecords": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}RequestDisposal": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}ApproveDisposal": Rule(_roles(AUDITOR)),
+    f"{_RETENTION}GetDisposal": Rule(_roles(AUDITOR)),
     # --- audit: services append; auditors read; the public key and checkpoints are public ------
     f"{_AUDIT}AppendEvents": Rule(_roles(PLATFORM_SERVICE, SYNC_SERVICE)),
     f"{_AUDIT}QueryEvents": Rule(_roles(AUDITOR)),

@@ -62,6 +62,8 @@ class AuditRetentionClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_RETENTION_CLASS_STANDARD: _ClassVar[AuditRetentionClass]
     AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS: _ClassVar[AuditRetentionClass]
     AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS: _ClassVar[AuditRetentionClass]
+    AUDIT_RETENTION_CLASS_EXTENDED_30_YEARS: _ClassVar[AuditRetentionClass]
+    AUDIT_RETENTION_CLASS_PERMANENT: _ClassVar[AuditRetentionClass]
 
 class AuditOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -112,6 +114,8 @@ AUDIT_RETENTION_CLASS_UNSPECIFIED: AuditRetentionClass
 AUDIT_RETENTION_CLASS_STANDARD: AuditRetentionClass
 AUDIT_RETENTION_CLASS_EXTENDED_15_YEARS: AuditRetentionClass
 AUDIT_RETENTION_CLASS_EXTENDED_20_YEARS: AuditRetentionClass
+AUDIT_RETENTION_CLASS_EXTENDED_30_YEARS: AuditRetentionClass
+AUDIT_RETENTION_CLASS_PERMANENT: AuditRetentionClass
 AUDIT_OUTCOME_UNSPECIFIED: AuditOutcome
 AUDIT_OUTCOME_SUCCESS: AuditOutcome
 AUDIT_OUTCOME_CLIENT_FAILURE: AuditOutcome
