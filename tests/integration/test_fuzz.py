@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from emr.audit.v1 import audit_pb2
+from emr.audit.v1 import audit_pb2, breach_pb2
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2
 from emr.sync.v1 import sync_pb2
@@ -39,9 +39,11 @@ COUNTED = {"identity", "records"}
 CALLER = caller_metadata("fuzz-synthetic-01", "79001", "TREATMENT")
 
 CONTRACTS = {"identity": identity_pb2, "records": records_pb2, "audit": audit_pb2, "sync": sync_pb2}
+# Contracts served by another service's process: (the serving process, the contract).
+EXTRA_CONTRACTS = [("audit", breach_pb2)]
 METHODS: list[tuple[str, MethodDescriptor]] = [
     (service, method)
-    for service, module in CONTRACTS.items()
+    for service, module in [*CONTRACTS.items(), *EXTRA_CONTRACTS]
     for descriptor in module.DESCRIPTOR.services_by_name.values()
     for method in descriptor.methods
 ]
