@@ -47,9 +47,9 @@ def access(
     actor_id: str,
     patient_id: str,
     occurred: datetime,
-    subtype: int = READ,
+    subtype: audit_pb2.AuditEventSubtype = READ,
     resource: tuple[str, str] = ("Encounter", ""),
-    outcome: int = audit_pb2.AUDIT_OUTCOME_SUCCESS,
+    outcome: audit_pb2.AuditOutcome = audit_pb2.AUDIT_OUTCOME_SUCCESS,
     entities: tuple[audit_pb2.AuditEntity, ...] = (),
 ) -> audit_pb2.AuditEvent:
     action = {READ: audit_pb2.AUDIT_ACTION_READ, SEARCH: audit_pb2.AUDIT_ACTION_SEARCH}.get(
@@ -167,9 +167,7 @@ async def test_a_breach_for_one_actor_lists_exactly_the_patients_that_actor_touc
     assert list(first.data_categories) == ["Encounter", "Patient"]
 
 
-async def test_a_time_window_narrows_the_breach(
-    breaches: Any, touched: dict[str, Any], officer: Any
-) -> None:
+async def test_a_time_window_narrows_the_breach(breaches: Any, touched: dict[str, Any], officer: Any) -> None:
     base: datetime = touched["base"]
     p1, p2, *_ = touched["p"]
     scope = breach_pb2.BreachScope(
@@ -243,7 +241,9 @@ async def test_the_deadline_runs_72_hours_from_discovery(
     assert json.loads(late.notification_json)["reasons_for_delay"] == "forensics first"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await breaches.ChangeIncidentStatus(
-            breach_pb2.ChangeIncidentStatusRequest(incident_id=ids[80], status=breach_pb2.BREACH_STATUS_NOTIFIED),
+            breach_pb2.ChangeIncidentStatusRequest(
+                incident_id=ids[80], status=breach_pb2.BREACH_STATUS_NOTIFIED
+            ),
             metadata=officer,
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -303,7 +303,9 @@ async def test_two_officers_notifying_one_incident_at_once_make_one_change(
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert len(succeeded) == 1 and len(refused) == 3
     assert {e.code() for e in refused} <= {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED}
-    fetched = await breaches.GetIncident(breach_pb2.GetIncidentRequest(incident_id=incident_id), metadata=officer)
+    fetched = await breaches.GetIncident(
+        breach_pb2.GetIncidentRequest(incident_id=incident_id), metadata=officer
+    )
     assert [c.status for c in fetched.incident.history] == [breach_pb2.BREACH_STATUS_NOTIFIED]
 
 
