@@ -16,7 +16,9 @@ import grpc
 import pytest
 from emr.audit.v1 import audit_pb2, breach_pb2, breach_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client.parser import text_string_to_metric_families
 
+from emr_devstack.observability import scrape
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata
 
@@ -348,3 +350,37 @@ async def test_only_the_data_protection_officer_may_use_it(breaches: Any, touche
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await breaches.RecordIncident(request, metadata=doctor)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def unnotified(stack: Stack) -> dict[str, float]:
+    """The audit service's gauge of unnotified incidents, by deadline state."""
+    return {
+        sample.labels["deadline_state"]: sample.value
+        for family in text_string_to_metric_families(scrape(stack.ports.audit_metrics))
+        if family.name == "emr_audit_breach_incidents_unnotified"
+        for sample in family.samples
+    }
+
+
+async def test_the_gauge_counts_unnotified_incidents_near_or_past_their_deadline(
+    stack: Stack, breaches: Any, touched: dict[str, Any], officer: Any
+) -> None:
+    before = unnotified(stack)
+    assert set(before) == {"due_soon", "overdue"}
+    scope = breach_pb2.BreachScope(actor_id=touched["a"])
+    now = datetime.now(UTC)
+    overdue = await breaches.RecordIncident(
+        incident_request(scope, now - timedelta(hours=73)), metadata=officer
+    )
+    await breaches.RecordIncident(incident_request(scope, now - timedelta(hours=50)), metadata=officer)
+    await breaches.RecordIncident(incident_request(scope, now - timedelta(hours=2)), metadata=officer)
+    assert unnotified(stack) == {"due_soon": before["due_soon"] + 1, "overdue": before["overdue"] + 1}
+    await breaches.ChangeIncidentStatus(
+        breach_pb2.ChangeIncidentStatusRequest(
+            incident_id=overdue.incident.incident_id,
+            status=breach_pb2.BREACH_STATUS_NOTIFIED,
+            delay_reason="the account's owner was reached only on the fourth day",
+        ),
+        metadata=officer,
+    )
+    assert unnotified(stack) == {"due_soon": before["due_soon"] + 1, "overdue": before["overdue"]}

@@ -49,6 +49,9 @@ class BreachWorkflow:
     def __init__(self, repository: BreachRepository, page_tokens: PageTokens) -> None:
         self._repository = repository
         self._page_tokens = page_tokens
+        # One count at a time: a count that read the incidents before a change must not set the gauge
+        # after the count that followed the change.
+        self._gauge_lock = asyncio.Lock()
 
     async def record(self, request_id: str, draft: Incident, recorded_by: str) -> IncidentState:
         violations = Violations()
@@ -65,6 +68,7 @@ class BreachWorkflow:
                 raise ConflictError("request_id was already used for a different incident", "request_id")
             return await self.get(stored.incident_id)
         log.info("breach incident recorded", extra={"incident_id": incident.incident_id})
+        await self._refresh_gauge()
         return IncidentState(incident)
 
     async def get(self, incident_id: str) -> IncidentState:
@@ -84,6 +88,7 @@ class BreachWorkflow:
                     "breach incident status changed",
                     extra={"incident_id": incident_id, "status": change.status.value},
                 )
+                await self._refresh_gauge()
                 return replace(state, history=(*state.history, change))
         raise ConflictError("the incident was changed concurrently; read it and try again", "incident_id")
 
@@ -122,16 +127,25 @@ class BreachWorkflow:
 
     async def observe_deadlines(self, now: datetime | None = None) -> dict[DeadlineState, int]:
         """Sets the gauge of unnotified incidents near or past their deadline; returns the counts."""
-        moment = now or utc_now()
-        counts = dict.fromkeys(ALERTED_DEADLINE_STATES, 0)
-        for incident_id in await self._repository.incident_ids():
-            state = await self.get(incident_id)
-            deadline_state = state.deadline_state(moment)
-            if deadline_state in counts:
-                counts[deadline_state] += 1
-        for deadline_state, count in counts.items():
-            UNNOTIFIED_INCIDENTS.labels(deadline_state=deadline_state.value).set(count)
-        return counts
+        async with self._gauge_lock:
+            moment = now or utc_now()
+            counts = dict.fromkeys(ALERTED_DEADLINE_STATES, 0)
+            for incident_id in await self._repository.incident_ids():
+                state = await self.get(incident_id)
+                deadline_state = state.deadline_state(moment)
+                if deadline_state in counts:
+                    counts[deadline_state] += 1
+            for deadline_state, count in counts.items():
+                UNNOTIFIED_INCIDENTS.labels(deadline_state=deadline_state.value).set(count)
+            return counts
+
+    async def _refresh_gauge(self) -> None:
+        """After a change this replica made, so that an alert follows at once rather than within the
+        minute of the watch; the change is stored whatever happens here."""
+        try:
+            await self.observe_deadlines()
+        except Exception:
+            log.exception("breach deadline gauge not refreshed; the periodic check will")
 
     async def run_deadline_watch(self, interval_seconds: float) -> None:
         while True:
