@@ -384,3 +384,32 @@ async def test_the_gauge_counts_unnotified_incidents_near_or_past_their_deadline
         metadata=officer,
     )
     assert unnotified(stack) == {"due_soon": before["due_soon"] + 1, "overdue": before["overdue"]}
+
+
+async def test_the_officer_s_own_steps_are_in_the_audit_log_without_patients(
+    audit: Any, breaches: Any, touched: dict[str, Any]
+) -> None:
+    officer_id = f"dpo-{uuid.uuid4().hex[:8]}"
+    officer = caller_metadata(officer_id, role="auditor")
+    recorded = await breaches.RecordIncident(
+        incident_request(breach_pb2.BreachScope(actor_id=touched["a"]), datetime.now(UTC)), metadata=officer
+    )
+    incident_id = recorded.incident.incident_id
+    await all_affected(breaches, incident_id, officer)
+    await breaches.GetBreachNotification(
+        breach_pb2.GetBreachNotificationRequest(incident_id=incident_id), metadata=officer
+    )
+    logged = await audit.QueryEvents(audit_pb2.QueryEventsRequest(actor_id=officer_id, page_size=50))
+    steps = [(e.operation.rsplit("/", 1)[1], e.resource_id, e.patient_id) for e in logged.events]
+    assert steps == [
+        ("RecordIncident", incident_id, ""),
+        ("ListAffectedPatients", incident_id, ""),
+        ("ListAffectedPatients", incident_id, ""),
+        ("GetBreachNotification", incident_id, ""),
+    ]
+    # A breach scoped to the officer lists nobody: the officer's steps refer to no patient.
+    own = await breaches.RecordIncident(
+        incident_request(breach_pb2.BreachScope(actor_id=officer_id), datetime.now(UTC)), metadata=officer
+    )
+    patients, _ = await all_affected(breaches, own.incident.incident_id, officer)
+    assert patients == []

@@ -8,7 +8,7 @@ from emr_audit import converters
 from emr_audit.breach_repository import COLLECTIONS as BREACH_COLLECTIONS
 from emr_audit.breach_repository import BreachRepository
 from emr_audit.breach_service import BreachWorkflow
-from emr_audit.breach_servicer import BREACH_SERVICE_NAME, BreachServicer
+from emr_audit.breach_servicer import BREACH_AUDIT_RULES, BREACH_SERVICE_NAME, BreachServicer
 from emr_audit.repository import COLLECTIONS, INDEXES, AuditRepository
 from emr_audit.service import AuditLog
 from emr_audit.servicer import SERVICE_NAME, AuditServicer
@@ -72,4 +72,5 @@ async def build(settings: AuditSettings, db: Database) -> ServiceApp:
         indexes=INDEXES,
         background=background,
         audit_sink=OwnLogSink(log),
+        audit_rules=BREACH_AUDIT_RULES,
     )

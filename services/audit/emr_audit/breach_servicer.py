@@ -5,15 +5,47 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from emr.audit.v1 import breach_pb2, breach_pb2_grpc
+from emr.audit.v1 import audit_pb2, breach_pb2, breach_pb2_grpc
 
 from emr_audit import converters
 from emr_audit.breach_service import BreachWorkflow
 from emr_runtime.caller import caller_from_metadata
 from emr_runtime.clock import utc_now
+from emr_runtime.interceptors import AuditRule
 
 BREACH_SERVICE_NAME = "emr.audit.v1.BreachService"
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _nobody(request: Any, response: Any) -> str:
+    return ""
+
+
+def _requested_incident(request: Any, response: Any) -> str:
+    return str(request.incident_id)
+
+
+def _recorded_incident(request: Any, response: Any) -> str:
+    return str(response.incident.incident_id) if response is not None else ""
+
+
+_RESOURCE = "BreachIncident"
+# The officer's own steps go into the log too (by incident id; no patient: a breach's tally counts
+# only events that refer to patients, so these never join one).
+BREACH_AUDIT_RULES = {
+    f"/{BREACH_SERVICE_NAME}/RecordIncident": AuditRule(
+        audit_pb2.AUDIT_ACTION_CREATE, _RESOURCE, _nobody, _recorded_incident
+    ),
+    f"/{BREACH_SERVICE_NAME}/ChangeIncidentStatus": AuditRule(
+        audit_pb2.AUDIT_ACTION_UPDATE, _RESOURCE, _nobody, _requested_incident
+    ),
+    f"/{BREACH_SERVICE_NAME}/ListAffectedPatients": AuditRule(
+        audit_pb2.AUDIT_ACTION_SEARCH, _RESOURCE, _nobody, _requested_incident
+    ),
+    f"/{BREACH_SERVICE_NAME}/GetBreachNotification": AuditRule(
+        audit_pb2.AUDIT_ACTION_READ, _RESOURCE, _nobody, _requested_incident
+    ),
+}
 
 
 def _actor(context: Context) -> str:
