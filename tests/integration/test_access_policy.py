@@ -115,6 +115,7 @@ def requests_for(world: World) -> dict[str, Message]:
         "GetSyncStatus": sync_pb2.GetSyncStatusRequest(),
         "RecordIncident": breach_pb2.RecordIncidentRequest(),
         "GetIncident": breach_pb2.GetIncidentRequest(),
+        "ListIncidents": breach_pb2.ListIncidentsRequest(page_size=1),
         "ChangeIncidentStatus": breach_pb2.ChangeIncidentStatusRequest(),
         "ListAffectedPatients": breach_pb2.ListAffectedPatientsRequest(),
         "GetBreachNotification": breach_pb2.GetBreachNotificationRequest(),

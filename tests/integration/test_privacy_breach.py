@@ -413,3 +413,34 @@ async def test_the_officer_s_own_steps_are_in_the_audit_log_without_patients(
     )
     patients, _ = await all_affected(breaches, own.incident.incident_id, officer)
     assert patients == []
+
+
+async def test_incidents_are_listed_most_recently_discovered_first_by_status(
+    breaches: Any, touched: dict[str, Any], officer: Any
+) -> None:
+    # Discovered in the future of every other test's incidents: these three come first.
+    now = datetime.now(UTC)
+    scope = breach_pb2.BreachScope(actor_id=touched["b"])
+    ids = []
+    for minutes in (3, 2, 1):
+        recorded = await breaches.RecordIncident(
+            incident_request(scope, now + timedelta(seconds=minutes * 30)), metadata=officer
+        )
+        ids.append(recorded.incident.incident_id)
+    notified = breach_pb2.ChangeIncidentStatusRequest(
+        incident_id=ids[1],
+        status=breach_pb2.BREACH_STATUS_NOTIFIED,
+        notified_time=stamp(now + timedelta(seconds=60)),  # not before its discovery
+    )
+    await breaches.ChangeIncidentStatus(notified, metadata=officer)
+    first = await breaches.ListIncidents(breach_pb2.ListIncidentsRequest(page_size=2), metadata=officer)
+    assert [i.incident_id for i in first.incidents] == ids[:2]
+    second = await breaches.ListIncidents(
+        breach_pb2.ListIncidentsRequest(page_size=1, page_token=first.next_page_token), metadata=officer
+    )
+    assert [i.incident_id for i in second.incidents] == ids[2:]
+    open_ones = await breaches.ListIncidents(
+        breach_pb2.ListIncidentsRequest(status=breach_pb2.BREACH_STATUS_OPEN, page_size=2), metadata=officer
+    )
+    assert [i.incident_id for i in open_ones.incidents] == [ids[0], ids[2]]
+    assert all(i.status == breach_pb2.BREACH_STATUS_OPEN for i in open_ones.incidents)

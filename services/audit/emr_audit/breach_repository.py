@@ -128,6 +128,10 @@ class BreachRepository:
         """Every incident's id (a small collection: incidents are rare)."""
         return [str(document["_id"]) async for document in self._incidents.find({}, {"_id": 1})]
 
+    async def incidents(self) -> list[Incident]:
+        """Every incident (a small collection: incidents are rare)."""
+        return [_incident_from(document) async for document in self._incidents.find({})]
+
     async def history(self, incident_id: str) -> list[StatusChange]:
         """The status changes of an incident in order: ``_id`` lookups until a position is empty."""
         changes: list[StatusChange] = []

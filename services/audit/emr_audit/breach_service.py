@@ -17,6 +17,7 @@ from emr_audit.breach import (
     ImpactTally,
     Incident,
     IncidentState,
+    Status,
     StatusRequest,
     next_change,
     notification_document,
@@ -27,7 +28,7 @@ from emr_audit.breach_repository import BreachRepository
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import ConflictError, FieldViolation, InvalidArgumentError, NotFoundError, Violations
 from emr_runtime.idempotency import check_request_id, derive_id
-from emr_runtime.paging import PageTokens, page_size, position_str
+from emr_runtime.paging import PageTokens, page_size, position_str, position_time
 
 log = logging.getLogger("emr.audit.breach")
 
@@ -78,6 +79,35 @@ class BreachWorkflow:
         if incident is None:
             raise NotFoundError("BreachIncident", "incident_id", incident_id)
         return IncidentState(incident, tuple(await self._repository.history(incident_id)))
+
+    async def list_incidents(
+        self, status: Status | None, requested_page_size: int, page_token: str
+    ) -> tuple[list[IncidentState], str]:
+        """Incidents, most recently discovered first (ties by id), optionally of one status only."""
+        limit = page_size(requested_page_size, default=20, maximum=100)
+        position = self._page_tokens.decode(page_token)
+        after = (position_time(position, "discovered"), position_str(position, "id")) if position else None
+        incidents = sorted(
+            await self._repository.incidents(), key=lambda i: (i.discovered_at or utc_now(), i.incident_id)
+        )
+        listed: list[IncidentState] = []
+        for incident in reversed(incidents):
+            key = (incident.discovered_at or utc_now(), incident.incident_id)
+            if after is not None and key >= after:
+                continue
+            state = IncidentState(incident, tuple(await self._repository.history(incident.incident_id)))
+            if status is None or state.status is status:
+                listed.append(state)
+                if len(listed) > limit:
+                    break
+        next_token = ""
+        if len(listed) > limit:
+            last = listed[limit - 1].incident
+            assert last.discovered_at is not None
+            next_token = self._page_tokens.encode(
+                {"discovered": last.discovered_at.isoformat(), "id": last.incident_id}
+            )
+        return listed[:limit], next_token
 
     async def change_status(self, incident_id: str, request: StatusRequest, actor: str) -> IncidentState:
         for _ in range(CHANGE_ATTEMPTS):

@@ -70,6 +70,18 @@ class BreachServicer(breach_pb2_grpc.BreachServiceServicer):
         state = await self._workflow.get(request.incident_id)
         return breach_pb2.GetIncidentResponse(incident=converters.incident_message(state, utc_now()))
 
+    async def ListIncidents(
+        self, request: breach_pb2.ListIncidentsRequest, context: Context
+    ) -> breach_pb2.ListIncidentsResponse:
+        states, next_token = await self._workflow.list_incidents(
+            converters.breach_status_filter(request), request.page_size, request.page_token
+        )
+        now = utc_now()
+        return breach_pb2.ListIncidentsResponse(
+            incidents=[converters.incident_message(state, now) for state in states],
+            next_page_token=next_token,
+        )
+
     async def ChangeIncidentStatus(
         self, request: breach_pb2.ChangeIncidentStatusRequest, context: Context
     ) -> breach_pb2.ChangeIncidentStatusResponse:

@@ -371,6 +371,12 @@ def status_request(request: breach_pb2.ChangeIncidentStatusRequest) -> breach.St
     )
 
 
+def breach_status_filter(request: breach_pb2.ListIncidentsRequest) -> breach.Status | None:
+    if request.status and request.status not in _BREACH_STATUSES:
+        raise InvalidArgumentError([FieldViolation("status", "not a known status")])
+    return _BREACH_STATUSES.get(request.status)
+
+
 def _set_time(message: object, name: str, moment: datetime | None) -> None:
     if moment is not None:
         getattr(message, name).FromDatetime(moment)

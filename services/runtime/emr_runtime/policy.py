@@ -146,6 +146,7 @@ POLICY: dict[str, Rule] = {
     # records incidents, computes the affected patients and notifies the authority -------------
     f"{_BREACH}RecordIncident": Rule(_roles(AUDITOR)),
     f"{_BREACH}GetIncident": Rule(_roles(AUDITOR)),
+    f"{_BREACH}ListIncidents": Rule(_roles(AUDITOR)),
     f"{_BREACH}ChangeIncidentStatus": Rule(_roles(AUDITOR)),
     f"{_BREACH}ListAffectedPatients": Rule(_roles(AUDITOR)),
     f"{_BREACH}GetBreachNotification": Rule(_roles(AUDITOR)),

@@ -160,6 +160,24 @@ class GetIncidentResponse(_message.Message):
     incident: BreachIncident
     def __init__(self, incident: _Optional[_Union[BreachIncident, _Mapping]] = ...) -> None: ...
 
+class ListIncidentsRequest(_message.Message):
+    __slots__ = ("status", "page_size", "page_token")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    status: BreachStatus
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[_Union[BreachStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListIncidentsResponse(_message.Message):
+    __slots__ = ("incidents", "next_page_token")
+    INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    incidents: _containers.RepeatedCompositeFieldContainer[BreachIncident]
+    next_page_token: str
+    def __init__(self, incidents: _Optional[_Iterable[_Union[BreachIncident, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class ChangeIncidentStatusRequest(_message.Message):
     __slots__ = ("incident_id", "status", "notified_time", "authority_reference", "delay_reason", "note")
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]

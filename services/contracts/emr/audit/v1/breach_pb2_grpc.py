@@ -48,6 +48,11 @@ class BreachServiceStub:
                 request_serializer=emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentRequest.SerializeToString,
                 response_deserializer=emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentResponse.FromString,
                 _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/emr.audit.v1.BreachService/ListIncidents',
+                request_serializer=emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
         self.ChangeIncidentStatus = channel.unary_unary(
                 '/emr.audit.v1.BreachService/ChangeIncidentStatus',
                 request_serializer=emr_dot_audit_dot_v1_dot_breach__pb2.ChangeIncidentStatusRequest.SerializeToString,
@@ -82,6 +87,14 @@ class BreachServiceServicer:
 
     def GetIncident(self, request, context):
         """GetIncident returns an incident with its status history and deadline state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidents(self, request, context):
+        """ListIncidents lists incidents, most recently discovered first, optionally only those of one
+        status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +136,11 @@ def add_BreachServiceServicer_to_server(servicer, server):
                     servicer.GetIncident,
                     request_deserializer=emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentRequest.FromString,
                     response_serializer=emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsResponse.SerializeToString,
             ),
             'ChangeIncidentStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangeIncidentStatus,
@@ -198,6 +216,33 @@ class BreachService:
             '/emr.audit.v1.BreachService/GetIncident',
             emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentRequest.SerializeToString,
             emr_dot_audit_dot_v1_dot_breach__pb2.GetIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emr.audit.v1.BreachService/ListIncidents',
+            emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsRequest.SerializeToString,
+            emr_dot_audit_dot_v1_dot_breach__pb2.ListIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
