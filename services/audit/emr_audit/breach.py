@@ -481,6 +481,7 @@ def notification_text(document: dict[str, Any]) -> str:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, list):
             value = ", ".join(str(item) for item in value) or "none"
-        shown = "not known" if value is None or value == "" else str(value)
+        missing = "none: within the deadline" if path == ("reasons_for_delay",) else "not known"
+        shown = missing if value is None or value == "" else str(value)
         lines.append(f"{label}: {shown}")
     return "\n".join(lines) + "\n"

@@ -281,6 +281,7 @@ def test_the_notification_carries_what_the_law_asks_and_the_counts() -> None:
     assert "Approximate number of data subjects: 2" in text
     assert "Approximate number of records: 2" in text
     assert "Contact point: DPO, dpo@hospital.example" in text
+    assert "Reasons for the delay: none: within the deadline" in text
 
 
 def test_a_late_notification_needs_and_carries_the_reasons_for_the_delay() -> None:
