@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc, breach_pb2, breach_pb2_grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc, retention_pb2, retention_pb2_grpc
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
@@ -29,11 +29,12 @@ SERVICES = {
     "identity": (identity_pb2, identity_pb2_grpc, "PatientIdentityService"),
     "records": (records_pb2, records_pb2_grpc, "ClinicalRecordsService"),
     "audit": (audit_pb2, audit_pb2_grpc, "AuditService"),
+    "breach": (breach_pb2, breach_pb2_grpc, "BreachService"),
     "sync": (sync_pb2, sync_pb2_grpc, "NationalSyncService"),
     "retention": (retention_pb2, retention_pb2_grpc, "RecordRetentionService"),
 }
 # The process serving a contract, where it is not the contract's own name.
-SERVED_BY = {"retention": "records"}
+SERVED_BY = {"retention": "records", "breach": "audit"}
 DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
@@ -113,6 +114,12 @@ def requests_for(world: World) -> dict[str, Message]:
         "VerifyIntegrity": audit_pb2.VerifyIntegrityRequest(from_sequence=1, to_sequence=1),
         "ExportEvents": audit_pb2.ExportEventsRequest(from_sequence=1, to_sequence=1),
         "GetSyncStatus": sync_pb2.GetSyncStatusRequest(),
+        "RecordIncident": breach_pb2.RecordIncidentRequest(),
+        "GetIncident": breach_pb2.GetIncidentRequest(),
+        "ListIncidents": breach_pb2.ListIncidentsRequest(page_size=1),
+        "ChangeIncidentStatus": breach_pb2.ChangeIncidentStatusRequest(),
+        "ListAffectedPatients": breach_pb2.ListAffectedPatientsRequest(),
+        "GetBreachNotification": breach_pb2.GetBreachNotificationRequest(),
         "ListDeadLetters": sync_pb2.ListDeadLettersRequest(),
         "RetryDeadLetter": sync_pb2.RetryDeadLetterRequest(),
         "Replay": sync_pb2.ReplayRequest(),

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from emr.audit.v1 import audit_pb2
+from emr.audit.v1 import audit_pb2, breach_pb2
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2, retention_pb2
 from emr.sync.v1 import sync_pb2
@@ -38,12 +38,13 @@ FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.
 COUNTED = {"identity", "records"}
 CALLER = caller_metadata("fuzz-synthetic-01", "79001", "TREATMENT")
 
-# (the service serving it, the contract module): records serves two contracts.
+# (the service serving it, the contract module): records and audit serve two contracts each.
 CONTRACTS = (
     ("identity", identity_pb2),
     ("records", records_pb2),
     ("records", retention_pb2),
     ("audit", audit_pb2),
+    ("audit", breach_pb2),
     ("sync", sync_pb2),
 )
 METHODS: list[tuple[str, MethodDescriptor]] = [

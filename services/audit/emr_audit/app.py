@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from emr.audit.v1 import audit_pb2_grpc
+from emr.audit.v1 import audit_pb2_grpc, breach_pb2_grpc
 
 from emr_audit import converters
+from emr_audit.breach_repository import COLLECTIONS as BREACH_COLLECTIONS
+from emr_audit.breach_repository import BreachRepository
+from emr_audit.breach_service import BreachWorkflow
+from emr_audit.breach_servicer import BREACH_AUDIT_RULES, BREACH_SERVICE_NAME, BreachServicer
 from emr_audit.repository import COLLECTIONS, INDEXES, AuditRepository
 from emr_audit.service import AuditLog
 from emr_audit.servicer import SERVICE_NAME, AuditServicer
@@ -13,7 +17,12 @@ from emr_audit.signing import load_signer
 from emr_runtime.audit import audit_event
 from emr_runtime.db import Database, create_collections
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
+from emr_runtime.keys import page_token_purpose
+from emr_runtime.paging import PageTokens
 from emr_runtime.server import ServiceApp, ServiceBinding
+
+# The gauge of breach incidents near or past their 72-hour deadline moves by the hour: a minute is ample.
+BREACH_DEADLINE_WATCH_SECONDS = 60.0
 
 
 class OwnLogSink(AuditSink):
@@ -27,8 +36,11 @@ class OwnLogSink(AuditSink):
 
 
 async def build(settings: AuditSettings, db: Database) -> ServiceApp:
-    await create_collections(db, COLLECTIONS)
+    await create_collections(db, COLLECTIONS + BREACH_COLLECTIONS)
     log = AuditLog(AuditRepository(db), load_signer(settings.signing_key_file, settings.signing_key_generate))
+    breaches = BreachWorkflow(
+        BreachRepository(db), PageTokens(log.signer.derived_key(page_token_purpose("audit-breach")))
+    )
 
     async def checkpoints() -> None:
         # Polled often enough that "every N events" is kept closely under load.
@@ -40,15 +52,25 @@ async def build(settings: AuditSettings, db: Database) -> ServiceApp:
     async def integrity_checks() -> None:
         await log.run_integrity_checks(settings.integrity_check_interval_seconds)
 
+    async def breach_deadlines() -> None:
+        await breaches.run_deadline_watch(BREACH_DEADLINE_WATCH_SECONDS)
+
+    background = [checkpoints, breach_deadlines]
+    if settings.integrity_check_interval_seconds:
+        background.append(integrity_checks)
     return ServiceApp(
         bindings=[
             ServiceBinding(
                 SERVICE_NAME, AuditServicer(log), audit_pb2_grpc.add_AuditServiceServicer_to_server
-            )
+            ),
+            ServiceBinding(
+                BREACH_SERVICE_NAME,
+                BreachServicer(breaches),
+                breach_pb2_grpc.add_BreachServiceServicer_to_server,
+            ),
         ],
         indexes=INDEXES,
-        background=[checkpoints, integrity_checks]
-        if settings.integrity_check_interval_seconds
-        else [checkpoints],
+        background=background,
         audit_sink=OwnLogSink(log),
+        audit_rules=BREACH_AUDIT_RULES,
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from emr.audit.v1 import audit_pb2
+from emr.audit.v1 import audit_pb2, breach_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from emr_audit import breach
 from emr_audit.domain import (
     AccessSummary,
     Action,
@@ -324,3 +325,118 @@ def integrity_message(report: IntegrityReport) -> audit_pb2.VerifyIntegrityRespo
         if finding.missing_stretch is not None:
             response.missing_from_sequence, response.missing_through_sequence = finding.missing_stretch
     return response
+
+
+# --- breach workflow -----------------------------------------------------------------------------
+_CATEGORIES = {
+    breach_pb2.BREACH_CATEGORY_CONFIDENTIALITY: breach.Category.CONFIDENTIALITY,
+    breach_pb2.BREACH_CATEGORY_INTEGRITY: breach.Category.INTEGRITY,
+    breach_pb2.BREACH_CATEGORY_AVAILABILITY: breach.Category.AVAILABILITY,
+}
+_CATEGORIES_TO_PROTO = {value: key for key, value in _CATEGORIES.items()}
+_BREACH_STATUSES = {
+    breach_pb2.BREACH_STATUS_OPEN: breach.Status.OPEN,
+    breach_pb2.BREACH_STATUS_NOTIFIED: breach.Status.NOTIFIED,
+    breach_pb2.BREACH_STATUS_CLOSED: breach.Status.CLOSED,
+}
+_BREACH_STATUSES_TO_PROTO = {value: key for key, value in _BREACH_STATUSES.items()}
+_DEADLINE_STATES_TO_PROTO = {
+    breach.DeadlineState.PENDING: breach_pb2.BREACH_DEADLINE_STATE_PENDING,
+    breach.DeadlineState.DUE_SOON: breach_pb2.BREACH_DEADLINE_STATE_DUE_SOON,
+    breach.DeadlineState.OVERDUE: breach_pb2.BREACH_DEADLINE_STATE_OVERDUE,
+    breach.DeadlineState.MET: breach_pb2.BREACH_DEADLINE_STATE_MET,
+    breach.DeadlineState.MISSED: breach_pb2.BREACH_DEADLINE_STATE_MISSED,
+    breach.DeadlineState.NOT_NOTIFIED: breach_pb2.BREACH_DEADLINE_STATE_NOT_NOTIFIED,
+}
+
+
+def incident_draft(request: breach_pb2.RecordIncidentRequest) -> breach.Incident:
+    scope = request.scope
+    return breach.Incident(
+        incident_id="",
+        category=_CATEGORIES.get(request.category),
+        description=request.description,
+        occurred_at=_optional_instant(request, "occurred_time"),
+        discovered_at=_optional_instant(request, "discovered_time"),
+        reported_by=request.reported_by,
+        scope=breach.Scope(
+            actor_id=scope.actor_id,
+            facility_code=scope.facility_code,
+            start=_optional_instant(scope, "start_time", "scope."),
+            end=_optional_instant(scope, "end_time", "scope."),
+        ),
+        contact_point=request.contact_point,
+        likely_consequences=request.likely_consequences,
+        measures_taken=request.measures_taken,
+    )
+
+
+def status_request(request: breach_pb2.ChangeIncidentStatusRequest) -> breach.StatusRequest:
+    return breach.StatusRequest(
+        status=_BREACH_STATUSES.get(request.status),
+        notified_at=_optional_instant(request, "notified_time"),
+        authority_reference=request.authority_reference,
+        delay_reason=request.delay_reason,
+        note=request.note,
+    )
+
+
+def breach_status_filter(request: breach_pb2.ListIncidentsRequest) -> breach.Status | None:
+    if request.status and request.status not in _BREACH_STATUSES:
+        raise InvalidArgumentError([FieldViolation("status", "not a known status")])
+    return _BREACH_STATUSES.get(request.status)
+
+
+def _set_time(message: object, name: str, moment: datetime | None) -> None:
+    if moment is not None:
+        getattr(message, name).FromDatetime(moment)
+
+
+def incident_message(state: breach.IncidentState, now: datetime) -> breach_pb2.BreachIncident:
+    incident = state.incident
+    assert incident.category is not None
+    message = breach_pb2.BreachIncident(
+        incident_id=incident.incident_id,
+        category=_CATEGORIES_TO_PROTO[incident.category],
+        description=incident.description,
+        reported_by=incident.reported_by,
+        recorded_by=incident.recorded_by,
+        scope=breach_pb2.BreachScope(
+            actor_id=incident.scope.actor_id, facility_code=incident.scope.facility_code
+        ),
+        contact_point=incident.contact_point,
+        likely_consequences=incident.likely_consequences,
+        measures_taken=incident.measures_taken,
+        status=_BREACH_STATUSES_TO_PROTO[state.status],
+        deadline_state=_DEADLINE_STATES_TO_PROTO[state.deadline_state(now)],
+    )
+    _set_time(message, "occurred_time", incident.occurred_at)
+    _set_time(message, "discovered_time", incident.discovered_at)
+    _set_time(message, "recorded_time", incident.recorded_at)
+    _set_time(message.scope, "start_time", incident.scope.start)
+    _set_time(message.scope, "end_time", incident.scope.end)
+    _set_time(message, "notification_deadline", incident.deadline)
+    notification = state.notification
+    _set_time(message, "notified_time", notification.notified_at if notification else None)
+    for change in state.history:
+        entry = message.history.add(
+            status=_BREACH_STATUSES_TO_PROTO[change.status],
+            changed_by=change.changed_by,
+            authority_reference=change.authority_reference,
+            delay_reason=change.delay_reason,
+            note=change.note,
+        )
+        _set_time(entry, "changed_time", change.changed_at)
+        _set_time(entry, "notified_time", change.notified_at)
+    return message
+
+
+def affected_patient_message(patient: breach.AffectedPatient) -> breach_pb2.AffectedPatient:
+    return breach_pb2.AffectedPatient(
+        patient_id=patient.patient_id,
+        first_access_time=_stamp(patient.first_at),
+        last_access_time=_stamp(patient.last_at),
+        access_kinds=[_SUBTYPES_TO_PROTO[kind] for kind in patient.access_kinds],
+        access_count=patient.access_count,
+        data_categories=list(patient.data_categories),
+    )

@@ -160,7 +160,7 @@ def _checkpoint_from(document: dict[str, Any]) -> Checkpoint:
     )
 
 
-def _filter_query(selection: EventFilter) -> dict[str, Any]:
+def filter_query(selection: EventFilter) -> dict[str, Any]:
     query: dict[str, Any] = {}
     if selection.patient_id:
         query["patient_id"] = selection.patient_id
@@ -299,6 +299,6 @@ class AuditRepository:
 
     # --- queries -----------------------------------------------------------------------------------
     async def find(self, selection: EventFilter, after_sequence: int, limit: int) -> list[AuditEvent]:
-        query = {**_filter_query(selection), "_id": {"$gt": after_sequence}}
+        query = {**filter_query(selection), "_id": {"$gt": after_sequence}}
         cursor = self._events.find(query).sort("_id", ASCENDING).limit(limit)
         return [event_from_document(document) async for document in cursor]

@@ -82,6 +82,7 @@ _RECORDS = "/emr.records.v1.ClinicalRecordsService/"
 _RETENTION = "/emr.records.v1.RecordRetentionService/"
 _AUDIT = "/emr.audit.v1.AuditService/"
 _SYNC = "/emr.sync.v1.NationalSyncService/"
+_BREACH = "/emr.audit.v1.BreachService/"
 # admin (platform operators) may call everything, everywhere: hand that role to very few people;
 # every call is audited like any other.
 POLICY: dict[str, Rule] = {
@@ -153,6 +154,14 @@ POLICY: dict[str, Rule] = {
     f"{_AUDIT}GetInclusionProof": Rule(_roles(AUDITOR)),
     f"{_AUDIT}VerifyIntegrity": Rule(_roles(AUDITOR)),
     f"{_AUDIT}ExportEvents": Rule(_roles(AUDITOR)),
+    # --- audit, breach workflow (issue 17, part "breach"): the data-protection officer (auditor)
+    # records incidents, computes the affected patients and notifies the authority -------------
+    f"{_BREACH}RecordIncident": Rule(_roles(AUDITOR)),
+    f"{_BREACH}GetIncident": Rule(_roles(AUDITOR)),
+    f"{_BREACH}ListIncidents": Rule(_roles(AUDITOR)),
+    f"{_BREACH}ChangeIncidentStatus": Rule(_roles(AUDITOR)),
+    f"{_BREACH}ListAffectedPatients": Rule(_roles(AUDITOR)),
+    f"{_BREACH}GetBreachNotification": Rule(_roles(AUDITOR)),
     # --- sync: operations of the national delivery --------------------------------------------
     f"{_SYNC}GetSyncStatus": Rule(_roles(AUDITOR)),
     f"{_SYNC}ListDeadLetters": Rule(_roles()),
