@@ -114,13 +114,19 @@ def issue_token(
 
 
 def caller_metadata(
-    actor_id: str, facility_code: str = "", purpose_of_use: str = "", role: str = ADMIN
+    actor_id: str,
+    facility_code: str = "",
+    purpose_of_use: str = "",
+    role: str = ADMIN,
+    patient_id: str = "",
 ) -> list[tuple[str, str]]:
     """gRPC metadata of a caller: a development token for these claims and the declared purpose. A
-    platform service role acts as the development service holding it (``DEV_SERVICE_FOR_ROLE``)."""
+    platform service role acts as the development service holding it (``DEV_SERVICE_FOR_ROLE``);
+    ``patient_id``: the patient a patient-role token acts for."""
     if role in SERVICE_ROLES:
         actor_id = f"service:{DEV_SERVICE_FOR_ROLE[role]}"
-    pairs = [(AUTHORIZATION_KEY, f"Bearer {issue_token(actor_id, facility_code, (role,))}")]
+    claims = {"patient_id": patient_id} if patient_id else {}
+    pairs = [(AUTHORIZATION_KEY, f"Bearer {issue_token(actor_id, facility_code, (role,), **claims)}")]
     if purpose_of_use:
         pairs.append((PURPOSE_OF_USE_KEY, purpose_of_use))
     return pairs
