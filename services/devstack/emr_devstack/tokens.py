@@ -125,7 +125,7 @@ def caller_metadata(
     ``patient_id``: the patient a patient-role token acts for."""
     if role in SERVICE_ROLES:
         actor_id = f"service:{DEV_SERVICE_FOR_ROLE[role]}"
-    claims = {"patient_id": patient_id} if patient_id else {}
+    claims: dict[str, Any] = {"patient_id": patient_id} if patient_id else {}
     pairs = [(AUTHORIZATION_KEY, f"Bearer {issue_token(actor_id, facility_code, (role,), **claims)}")]
     if purpose_of_use:
         pairs.append((PURPOSE_OF_USE_KEY, purpose_of_use))
