@@ -165,7 +165,7 @@ POLICY: dict[str, Rule] = {
     # ExportPatient and audit's GetPatientAccessReport, open to the patient's own token above.
     f"{_PRIVACY}FileDataSubjectRequest": _for_the_patient_too(_own_facility_write(REGISTRAR)),
     f"{_PRIVACY}GetDataSubjectRequest": Rule(_roles(REGISTRAR, AUDITOR)),
-    f"{_PRIVACY}ListDataSubjectRequests": _for_the_patient_too(Rule(_roles(REGISTRAR, AUDITOR))),
+    f"{_PRIVACY}ListDataSubjectRequests": _for_the_patient_too(_own_facility_write(REGISTRAR, AUDITOR)),
     f"{_PRIVACY}UpdateDataSubjectRequestStatus": _own_facility_write(REGISTRAR, AUDITOR),
     # --- sync: operations of the national delivery --------------------------------------------
     f"{_SYNC}GetSyncStatus": Rule(_roles(AUDITOR)),
