@@ -87,7 +87,7 @@ async def scene(identity: Any, clinical: Any) -> Scene:
 
 
 def filing(
-    scene: Scene, kind: int, facility_code: str = "", **fields: Any
+    scene: Scene, kind: dsr.DataSubjectRequestKind, facility_code: str = "", **fields: Any
 ) -> dsr.FileDataSubjectRequestRequest:
     return dsr.FileDataSubjectRequestRequest(
         request_id=str(uuid.uuid4()),
@@ -418,7 +418,7 @@ async def test_two_racing_status_changes_one_wins_the_other_is_aborted(privacy: 
     )
     request_id = filed.data_subject_request.data_subject_request_id
 
-    async def change(status: int) -> grpc.StatusCode:
+    async def change(status: dsr.DataSubjectRequestStatus) -> grpc.StatusCode:
         return await code_of(
             privacy.UpdateDataSubjectRequestStatus(
                 dsr.UpdateDataSubjectRequestStatusRequest(

@@ -12,7 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from emr_gateway.privacy_export import ExportRefused, check_access_request, subject_export
 
 
-def request(request_id: str, kind: int, status: int) -> privacy_pb2.DataSubjectRequest:
+def request(
+    request_id: str, kind: privacy_pb2.DataSubjectRequestKind, status: privacy_pb2.DataSubjectRequestStatus
+) -> privacy_pb2.DataSubjectRequest:
     return privacy_pb2.DataSubjectRequest(data_subject_request_id=request_id, kind=kind, status=status)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ from emr_runtime.errors import InvalidArgumentError
 FILED = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 
-def filing(kind: RequestKind | None, **changes: str) -> FilingInput:
+def filing(kind: RequestKind | None, **changes: Any) -> FilingInput:
     raw = FilingInput(
         request_id="req-1",
         patient_id="patient-1",
