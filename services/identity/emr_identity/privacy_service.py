@@ -14,6 +14,7 @@ from datetime import datetime
 from prometheus_client import Gauge
 
 from emr_identity.privacy import (
+    SHARING_STOPPERS,
     DataSubjectRequest,
     FilingInput,
     RequestKind,
@@ -123,7 +124,7 @@ class PrivacyService:
             raise ConflictError("request_id was already used for a different request", "request_id")
         # Again on a retry, in case the first attempt stopped in between.
         await self._requests.add_to_patient(stored.patient_id, stored.request_id)
-        if stored.kind in (RequestKind.RESTRICTION, RequestKind.OBJECTION):
+        if stored.kind in SHARING_STOPPERS:
             self._sharing.forget_answers()
         if stored.kind is RequestKind.WITHDRAWAL and stored.status is RequestStatus.RECEIVED:
             stored = await self._withdraw(stored, caller)
@@ -265,7 +266,7 @@ class PrivacyService:
         _, inserted = await self._requests.insert_event(event)
         if not inserted:
             raise ConflictError("the request changed meanwhile: read it again", "expected_status")
-        if request.kind in (RequestKind.RESTRICTION, RequestKind.OBJECTION):
+        if request.kind in SHARING_STOPPERS:
             self._sharing.forget_answers()
         return replace(request, events=(*request.events, event))
 
