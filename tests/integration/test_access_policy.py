@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from emr.audit.v1 import audit_pb2, audit_pb2_grpc, breach_pb2, breach_pb2_grpc
-from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc, privacy_pb2, privacy_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc, retention_pb2, retention_pb2_grpc
 from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.message import Message
@@ -23,10 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from emr_devstack.observability import scrape
 from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata, issue_token
-from emr_runtime.policy import POLICY, ROLES
+from emr_runtime.policy import PATIENT, POLICY, ROLES
 
 SERVICES = {
     "identity": (identity_pb2, identity_pb2_grpc, "PatientIdentityService"),
+    "privacy": (privacy_pb2, privacy_pb2_grpc, "PrivacyRequestService"),
     "records": (records_pb2, records_pb2_grpc, "ClinicalRecordsService"),
     "audit": (audit_pb2, audit_pb2_grpc, "AuditService"),
     "breach": (breach_pb2, breach_pb2_grpc, "BreachService"),
@@ -34,7 +35,7 @@ SERVICES = {
     "retention": (retention_pb2, retention_pb2_grpc, "RecordRetentionService"),
 }
 # The process serving a contract, where it is not the contract's own name.
-SERVED_BY = {"retention": "records", "breach": "audit"}
+SERVED_BY = {"retention": "records", "breach": "audit", "privacy": "identity"}
 DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
@@ -135,6 +136,10 @@ def requests_for(world: World) -> dict[str, Message]:
         "RequestDisposal": retention_pb2.RequestDisposalRequest(),
         "ApproveDisposal": retention_pb2.ApproveDisposalRequest(),
         "GetDisposal": retention_pb2.GetDisposalRequest(),
+        "FileDataSubjectRequest": privacy_pb2.FileDataSubjectRequestRequest(patient_id=p, facility_code=f),
+        "GetDataSubjectRequest": privacy_pb2.GetDataSubjectRequestRequest(data_subject_request_id="none"),
+        "ListDataSubjectRequests": privacy_pb2.ListDataSubjectRequestsRequest(patient_id=p, page_size=1),
+        "UpdateDataSubjectRequestStatus": privacy_pb2.UpdateDataSubjectRequestStatusRequest(facility_code=f),
     }
 
 
@@ -174,7 +179,11 @@ async def test_every_rpc_times_every_role_is_what_the_table_says(
     }
     wrong: list[str] = []
     for role in sorted(ROLES):
-        metadata = caller_metadata(f"{role}-table", world.facility, "TREATMENT", role=role)
+        # A patient token acts for the world's patient (its patient_id claim).
+        patient_id = world.patient_id if role == PATIENT else ""
+        metadata = caller_metadata(
+            f"{role}-table", world.facility, "TREATMENT", role=role, patient_id=patient_id
+        )
         for full_method, rule in POLICY.items():
             service_name = full_method.split("/")[1]
             name = next(

@@ -241,6 +241,7 @@ class Stack(DevCertificates):
                 "GATEWAY_METRICS_PORT": str(p.gateway_metrics),
                 "GATEWAY_IDENTITY_TARGET": self.target("identity"),
                 "GATEWAY_RECORDS_TARGET": self.target("records"),
+                "GATEWAY_AUDIT_TARGET": self.target("audit"),
             },
         }
         keys = DEV_FIELD_ENCRYPTION if service in FIELD_ENCRYPTING_SERVICES else {}

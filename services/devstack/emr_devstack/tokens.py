@@ -32,7 +32,7 @@ from emr_runtime.auth import (
     service_jwk,
     sign_token,
 )
-from emr_runtime.caller import PURPOSE_OF_USE_KEY
+from emr_runtime.caller import PATIENT_ROLE, PURPOSE_OF_USE_KEY
 from emr_runtime.policy import ADMIN, ROLES
 
 JWKS_FILE = "dev-jwks.json"
@@ -114,13 +114,19 @@ def issue_token(
 
 
 def caller_metadata(
-    actor_id: str, facility_code: str = "", purpose_of_use: str = "", role: str = ADMIN
+    actor_id: str,
+    facility_code: str = "",
+    purpose_of_use: str = "",
+    role: str = ADMIN,
+    patient_id: str = "",
 ) -> list[tuple[str, str]]:
     """gRPC metadata of a caller: a development token for these claims and the declared purpose. A
-    platform service role acts as the development service holding it (``DEV_SERVICE_FOR_ROLE``)."""
+    platform service role acts as the development service holding it (``DEV_SERVICE_FOR_ROLE``);
+    ``patient_id``: the patient a patient-role token acts for."""
     if role in SERVICE_ROLES:
         actor_id = f"service:{DEV_SERVICE_FOR_ROLE[role]}"
-    pairs = [(AUTHORIZATION_KEY, f"Bearer {issue_token(actor_id, facility_code, (role,))}")]
+    claims: dict[str, Any] = {"patient_id": patient_id} if patient_id else {}
+    pairs = [(AUTHORIZATION_KEY, f"Bearer {issue_token(actor_id, facility_code, (role,), **claims)}")]
     if purpose_of_use:
         pairs.append((PURPOSE_OF_USE_KEY, purpose_of_use))
     return pairs
@@ -212,13 +218,19 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--role", action="append", choices=sorted(ROLES), required=True, help="repeatable")
     parser.add_argument("--subject", default="dev-user", help="sub: the user or application")
     parser.add_argument("--client", default="emr-dev", help="azp: the client application")
+    parser.add_argument(
+        "--patient-id", default="", help="patient_id: the patient a patient-role token acts for"
+    )
     parser.add_argument("--minutes", type=float, default=DEFAULT_LIFETIME_SECONDS / 60, help="lifetime")
     args = parser.parse_args(list(argv))
     subject = args.subject
     service_roles = sorted(set(args.role) & SERVICE_ROLES)
     if service_roles and not subject.startswith("service:"):
         subject = f"service:{DEV_SERVICE_FOR_ROLE[service_roles[0]]}"
-    print(issue_token(subject, args.facility, args.role, args.client, args.minutes * 60))
+    if PATIENT_ROLE in args.role and not args.patient_id:
+        parser.error("--role patient needs --patient-id")
+    claims: dict[str, Any] = {"patient_id": args.patient_id} if args.patient_id else {}
+    print(issue_token(subject, args.facility, args.role, args.client, args.minutes * 60, **claims))
     return 0
 
 

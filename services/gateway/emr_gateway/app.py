@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import grpc
-from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.audit.v1 import audit_pb2, audit_pb2_grpc
+from emr.identity.v1 import identity_pb2, identity_pb2_grpc, privacy_pb2, privacy_pb2_grpc
 from emr.records.v1 import records_pb2, records_pb2_grpc
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +19,9 @@ from starlette.exceptions import HTTPException
 from emr_fhir.resources import everything_bundle, operation_outcome, patient_resource, searchset_bundle
 from emr_gateway import search
 from emr_gateway.headers import HeaderError, checked_header
+from emr_gateway.privacy_export import ExportRefused, check_access_request, subject_export
 from emr_gateway.settings import GatewaySettings
+from emr_runtime.audit import AUDIT_SERVICE
 from emr_runtime.auth import AUTHORIZATION_KEY
 from emr_runtime.caller import purpose_metadata
 from emr_runtime.channels import create_channel
@@ -34,6 +37,9 @@ MAX_OBSERVATION_PAGE = 200
 # 4 MiB default answer size, and more time than a single read.
 MAX_EXPORT_BYTES = 64 * 1024 * 1024
 EXPORT_DEADLINE_SECONDS = 30.0
+# The access report pages a data-subject export reads (500 accesses each) before it stops.
+MAX_REPORT_PAGES = 40
+REPORT_PAGE_SIZE = 500
 # The opaque search parameter that carries the records service's page token in `next` links.
 CURSOR_PARAMETER = "_cursor"
 
@@ -110,11 +116,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         records_channel = create_channel(
             settings.records_target, RECORDS_SERVICE, max_receive_message_bytes=MAX_EXPORT_BYTES
         )
+        audit_channel = create_channel(settings.audit_target, AUDIT_SERVICE)
         app.state.identity = identity_pb2_grpc.PatientIdentityServiceStub(identity_channel)
+        app.state.privacy = privacy_pb2_grpc.PrivacyRequestServiceStub(identity_channel)
         app.state.records = records_pb2_grpc.ClinicalRecordsServiceStub(records_channel)
+        app.state.audit = audit_pb2_grpc.AuditServiceStub(audit_channel)
         yield
         await identity_channel.close()
         await records_channel.close()
+        await audit_channel.close()
 
     app = create_web_app("EMR platform FHIR R4 gateway", lifespan=lifespan)
 
@@ -125,6 +135,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.exception_handler(search.SearchParameterError)
     async def search_parameter_error(request: Request, error: search.SearchParameterError) -> JSONResponse:
         return fhir_response(operation_outcome("invalid", str(error)), 400)
+
+    @app.exception_handler(ExportRefused)
+    async def export_refused(request: Request, error: ExportRefused) -> JSONResponse:
+        issue_type = "not-found" if error.status_code == 404 else "business-rule"
+        return fhir_response(operation_outcome(issue_type, str(error)), error.status_code)
 
     @app.exception_handler(HeaderError)
     async def header_error(request: Request, error: HeaderError) -> JSONResponse:
@@ -163,6 +178,44 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         collection = json.loads(response.fhir_bundle_json)
         return fhir_response(everything_bundle(collection, str(request.url)))
+
+    @app.get("/fhir/Patient/{patient_id}/$data-subject-export")
+    async def data_subject_export(
+        patient_id: str,
+        request: Request,
+        metadata: Caller,
+        data_subject_request: Annotated[str, Query(alias="request", max_length=64)] = "",
+    ) -> JSONResponse:
+        """The data subject's copy (docs/privacy-requests.md): every facility's data of the patient
+        and their access report. With ``request``: only for that ACCESS request of the patient, once
+        it is in progress or completed. The services authorize the caller (the patient's own token,
+        or an operator); nothing of another patient can be in it (one patient's export)."""
+        patient_id = search.resource_id(patient_id, "id")
+        if data_subject_request:
+            listed = await request.app.state.privacy.ListDataSubjectRequests(
+                privacy_pb2.ListDataSubjectRequestsRequest(patient_id=patient_id, page_size=100),
+                metadata=metadata,
+            )
+            check_access_request(listed.data_subject_requests, data_subject_request)
+        exported = await request.app.state.records.ExportPatient(
+            records_pb2.ExportPatientRequest(patient_id=patient_id),
+            metadata=metadata,
+            timeout=EXPORT_DEADLINE_SECONDS,
+        )
+        accesses: list[audit_pb2.PatientAccess] = []
+        token = ""
+        for _ in range(MAX_REPORT_PAGES):
+            page = await request.app.state.audit.GetPatientAccessReport(
+                audit_pb2.GetPatientAccessReportRequest(
+                    patient_id=patient_id, page_size=REPORT_PAGE_SIZE, page_token=token
+                ),
+                metadata=metadata,
+            )
+            accesses.extend(page.accesses)
+            token = page.next_page_token
+            if not token:
+                break
+        return fhir_response(subject_export(json.loads(exported.fhir_bundle_json), accesses))
 
     @app.get("/fhir/Encounter")
     async def search_encounters(

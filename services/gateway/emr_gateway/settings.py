@@ -14,4 +14,8 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(9455, ge=0, le=65535, description="Port of /metrics (0: not served)")
     identity_target: str = Field("127.0.0.1:8051", description="host:port of the identity service")
     records_target: str = Field("127.0.0.1:8052", description="host:port of the records service")
+    audit_target: str = Field(
+        "127.0.0.1:8053",
+        description="host:port of the audit service (the access report of a data-subject export)",
+    )
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))

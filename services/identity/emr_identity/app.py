@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from emr.identity.v1 import identity_pb2_grpc
+from emr.identity.v1 import identity_pb2_grpc, privacy_pb2_grpc
 
+from emr_identity.privacy_repository import PrivacyRepository
+from emr_identity.privacy_service import PrivacyService
+from emr_identity.privacy_servicer import PRIVACY_AUDIT_RULES, PRIVACY_SERVICE_NAME, PrivacyRequestServicer
 from emr_identity.repository import INDEXES, PatientChangeRepository, PersonRepository
 from emr_identity.service import IdentityService
 from emr_identity.servicer import AUDIT_RULES, SERVICE_NAME, PatientIdentityServicer
@@ -42,16 +45,25 @@ async def build(settings: IdentitySettings, db: Database) -> ServiceApp:
         service, persons, sharing_repository, timedelta(hours=settings.emergency_access_hours)
     )
     servicer = PatientIdentityServicer(service, sharing, crypt.derived_key(REQUEST_FINGERPRINT))
+    privacy_repository = PrivacyRepository(db, crypt)
+    await privacy_repository.create_collections()
+    privacy = PrivacyService(service, persons, sharing, privacy_repository)
+    sharing.sharing_stopped = privacy.sharing_stopped
     return ServiceApp(
         bindings=[
             ServiceBinding(
                 SERVICE_NAME, servicer, identity_pb2_grpc.add_PatientIdentityServiceServicer_to_server
-            )
+            ),
+            ServiceBinding(
+                PRIVACY_SERVICE_NAME,
+                PrivacyRequestServicer(privacy, crypt.derived_key(REQUEST_FINGERPRINT)),
+                privacy_pb2_grpc.add_PrivacyRequestServiceServicer_to_server,
+            ),
         ],
         indexes=(*INDEXES, *SPOOL_INDEXES),
         audit_sink=recorder,
-        audit_rules=AUDIT_RULES,
-        background=[recorder.replay_forever, service.watch_review_queue],
+        audit_rules={**AUDIT_RULES, **PRIVACY_AUDIT_RULES},
+        background=[recorder.replay_forever, service.watch_review_queue, privacy.watch_overdue],
         on_stop=[audit_channel.close],
         visibility=sharing,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -93,6 +94,9 @@ class SharingService:
         # (patient, facility, purpose, export) -> (answer, kept until, monotonic)
         self._answers: dict[tuple[str, str, str, bool], tuple[Visibility, float]] = {}
         identity.links_changed.append(self.forget_answers)
+        # Whether the patient (these persons) objected to sharing or restricted it: a data-subject
+        # request in force (emr_identity.privacy_service); then no grant opens another facility's data.
+        self.sharing_stopped: Callable[[tuple[str, ...]], Awaitable[bool]] | None = None
 
     async def _circle(self, patient_id: str, field: str = "patient_id") -> PatientCircle:
         """The patient as the access model sees it; NotFoundError naming ``field`` if unknown."""
@@ -174,6 +178,10 @@ class SharingService:
         if revocation.request_fingerprint != request.fingerprint:
             raise ConflictError("request_id was already used for a different request", "request_id")
         return replace(grant, revocation=revocation)
+
+    async def grant(self, grant_id: str) -> SharingGrant | None:
+        """One grant or referral by id (with its revocation), None if unknown."""
+        return await self._sharing.get_grant(grant_id)
 
     async def list_grants(self, patient_id: str) -> list[SharingGrant]:
         """The patient's grants and referrals (merged persons' included), newest first."""
@@ -294,9 +302,12 @@ class SharingService:
             return visibility_of(facility_code, purpose, export, now, None, (), (), ())
         grants, emergencies = await self._sharing.entries(circle.person_ids)
         # Revocations are read only for the grants that would otherwise open something.
-        revoked = await self._sharing.revoked(
-            g.grant_id for g in grants_in_force(grants, facility_code, purpose, now)
-        )
+        in_force = grants_in_force(grants, facility_code, purpose, now)
+        revoked = await self._sharing.revoked(g.grant_id for g in in_force)
+        if in_force and self.sharing_stopped is not None and await self.sharing_stopped(circle.person_ids):
+            # A restriction or objection in force: the patient's grants and referrals open nothing
+            # (the facility's own data stays visible; an emergency access still applies).
+            revoked = {g.grant_id for g in in_force}
         return visibility_of(facility_code, purpose, export, now, circle, grants, revoked, emergencies)
 
     async def check_access(

@@ -6,6 +6,8 @@ Token claims (documented in the README, section Security):
 - ``facility``: the facility code (mã cơ sở KCB) the user works at;
 - ``roles``: list of platform roles (``emr_runtime.policy.ROLES``);
 - ``azp`` (or ``client_id``): the hospital application that obtained the token;
+- ``patient_id``: for the ``patient`` role (a patient-facing app, acting for one patient) the
+  enterprise patient id the token's subject is; required with that role;
 - ``iss``, ``aud``, ``exp``, ``nbf`` checked with a small clock skew; ``exp`` at most
   ``AUTH_MAX_TOKEN_LIFETIME_SECONDS`` after ``iat`` (service tokens: ``SERVICE_TOKEN_SECONDS``).
 
@@ -43,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from emr_runtime.caller import Caller
+from emr_runtime.caller import PATIENT_ROLE, Caller
 from emr_runtime.errors import UnauthenticatedError
 from emr_runtime.guard import PLAIN_FORBIDDEN
 
@@ -436,6 +438,11 @@ class TokenVerifier:
         for claim, value in (("sub", str(claims["sub"])), ("facility", facility)):
             if PLAIN_FORBIDDEN.search(value):
                 raise UnauthenticatedError(f"the token's {claim} claim holds control or bidi characters")
+        patient_id = claims.get("patient_id", "")
+        if not isinstance(patient_id, str) or len(patient_id) > 64 or PLAIN_FORBIDDEN.search(patient_id):
+            raise UnauthenticatedError("the token's patient_id claim must be an id of at most 64 characters")
+        if PATIENT_ROLE in roles and not patient_id.strip():
+            raise UnauthenticatedError("a token with the patient role needs a patient_id claim")
         client = claims.get("azp") or claims.get("client_id") or ""
         return Caller(
             actor_id=str(claims["sub"])[:128],
@@ -444,6 +451,7 @@ class TokenVerifier:
             role=" ".join(roles)[:64],
             client_application=str(client)[:64],
             roles=tuple(roles),
+            patient_id=patient_id.strip(),
         )
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass, replace
 
 PURPOSE_OF_USE_KEY = "x-purpose-of-use"
 UNKNOWN_ACTOR = "anonymous"
+# The role of a patient-facing app acting for one patient (the token's patient_id claim): allowed only
+# the policy's patient-self RPCs, about that patient (emr_runtime.policy).
+PATIENT_ROLE = "patient"
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Caller:
     role: str = ""
     client_application: str = ""
     roles: tuple[str, ...] = ()
+    # The patient a patient-role token acts for (its patient_id claim); empty for every other token.
+    patient_id: str = ""
 
 
 ANONYMOUS = Caller(UNKNOWN_ACTOR, "", "")

@@ -12,16 +12,20 @@ Scopes:
   access), and sees of the patient's data only what that relationship opens.
 Platform roles (auditor, sync-service, platform-service, admin) act for the whole city and are
 never facility-scoped; hospital roles always are, and need a facility claim for every call.
+The patient role (a patient-facing app acting for one patient: its token's ``patient_id`` claim)
+may call only the RPCs whose rule reads the patient a request names (``patient_of``), and only for
+its own patient; it then sees everything of that patient (the data subject's own data, every
+facility's), never anything of another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from emr_runtime.caller import Caller
+from emr_runtime.caller import PATIENT_ROLE, Caller
 
 REGISTRAR = "registrar"
 DOCTOR = "doctor"
@@ -32,9 +36,10 @@ AUDITOR = "auditor"
 SYNC_SERVICE = "sync-service"
 PLATFORM_SERVICE = "platform-service"
 ADMIN = "admin"
+PATIENT = PATIENT_ROLE
 HOSPITAL_ROLES = frozenset({REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST})
 PLATFORM_ROLES = frozenset({AUDITOR, SYNC_SERVICE, PLATFORM_SERVICE, ADMIN})
-ROLES = HOSPITAL_ROLES | PLATFORM_ROLES
+ROLES = HOSPITAL_ROLES | PLATFORM_ROLES | {PATIENT}
 # Doctors alone may declare an emergency access (break the glass) for their facility.
 BREAK_GLASS_ROLES = frozenset({DOCTOR})
 
@@ -48,12 +53,14 @@ class Scope(Enum):
 @dataclass(frozen=True)
 class Rule:
     """Who may call one RPC. ``facility_of`` reads the facility an OWN_FACILITY request names;
-    ``export`` marks PATIENT rules that take the whole record out (no emergency access covers them)."""
+    ``export`` marks PATIENT rules that take the whole record out (no emergency access covers them);
+    ``patient_of`` reads the patient a request names, for the patient role (which it must equal)."""
 
     roles: frozenset[str]
     scope: Scope = Scope.PLATFORM
     facility_of: Callable[[Any], str] | None = None
     export: bool = False
+    patient_of: Callable[[Any], str] | None = None
 
 
 def _facility_field(request: Any) -> str:
@@ -63,6 +70,15 @@ def _facility_field(request: Any) -> str:
 def _resource_facility(request: Any) -> str:
     kind = request.resource.WhichOneof("resource")
     return str(getattr(request.resource, kind).facility_code) if kind else ""
+
+
+def _patient_field(request: Any) -> str:
+    return str(request.patient_id)
+
+
+def _for_the_patient_too(rule: Rule) -> Rule:
+    """The rule, also open to the patient role for requests naming the token's own patient."""
+    return replace(rule, roles=rule.roles | {PATIENT}, patient_of=_patient_field)
 
 
 def _roles(*names: str) -> frozenset[str]:
@@ -81,6 +97,7 @@ _IDENTITY = "/emr.identity.v1.PatientIdentityService/"
 _RECORDS = "/emr.records.v1.ClinicalRecordsService/"
 _RETENTION = "/emr.records.v1.RecordRetentionService/"
 _AUDIT = "/emr.audit.v1.AuditService/"
+_PRIVACY = "/emr.identity.v1.PrivacyRequestService/"
 _SYNC = "/emr.sync.v1.NationalSyncService/"
 _BREACH = "/emr.audit.v1.BreachService/"
 # admin (platform operators) may call everything, everywhere: hand that role to very few people;
@@ -133,7 +150,7 @@ POLICY: dict[str, Rule] = {
     f"{_RECORDS}GetPatientTimeline": _patient_read(DOCTOR, NURSE),
     f"{_RECORDS}ListObservations": _patient_read(DOCTOR, NURSE, LAB),
     f"{_RECORDS}GetEncounterBundle": _patient_read(DOCTOR, NURSE, SYNC_SERVICE),
-    f"{_RECORDS}ExportPatient": _patient_read(DOCTOR, SYNC_SERVICE, export=True),
+    f"{_RECORDS}ExportPatient": _for_the_patient_too(_patient_read(DOCTOR, SYNC_SERVICE, export=True)),
     # --- records retention (issue 17, part "retention"): the data-protection officer (auditor)
     # reads retention, classes records, holds them and runs the disposal job; the approval of a
     # disposal is another person's than its request (emr_records.retention_service).
@@ -148,9 +165,9 @@ POLICY: dict[str, Rule] = {
     # --- audit: services append; auditors read; the public key and checkpoints are public ------
     f"{_AUDIT}AppendEvents": Rule(_roles(PLATFORM_SERVICE, SYNC_SERVICE)),
     f"{_AUDIT}QueryEvents": Rule(_roles(AUDITOR)),
-    f"{_AUDIT}GetPatientAccessReport": Rule(_roles(AUDITOR)),
-    f"{_AUDIT}GetCheckpoint": Rule(_roles(*ROLES)),
-    f"{_AUDIT}GetPublicKey": Rule(_roles(*ROLES)),
+    f"{_AUDIT}GetPatientAccessReport": _for_the_patient_too(Rule(_roles(AUDITOR))),
+    f"{_AUDIT}GetCheckpoint": Rule(_roles(*HOSPITAL_ROLES, *PLATFORM_ROLES)),
+    f"{_AUDIT}GetPublicKey": Rule(_roles(*HOSPITAL_ROLES, *PLATFORM_ROLES)),
     f"{_AUDIT}GetInclusionProof": Rule(_roles(AUDITOR)),
     f"{_AUDIT}VerifyIntegrity": Rule(_roles(AUDITOR)),
     f"{_AUDIT}ExportEvents": Rule(_roles(AUDITOR)),
@@ -162,6 +179,15 @@ POLICY: dict[str, Rule] = {
     f"{_BREACH}ChangeIncidentStatus": Rule(_roles(AUDITOR)),
     f"{_BREACH}ListAffectedPatients": Rule(_roles(AUDITOR)),
     f"{_BREACH}GetBreachNotification": Rule(_roles(AUDITOR)),
+    # --- identity (privacy): data-subject requests (Law 91/2025/QH15, Decree 356/2025) ---------
+    # Filed by a registrar of a facility that registered the patient (the service checks it) or by
+    # the patient's own token; listed and answered by the handling facility's registrar, the
+    # data-protection officer (auditor) or the patient (their own). The export itself is records'
+    # ExportPatient and audit's GetPatientAccessReport, open to the patient's own token above.
+    f"{_PRIVACY}FileDataSubjectRequest": _for_the_patient_too(_own_facility_write(REGISTRAR)),
+    f"{_PRIVACY}GetDataSubjectRequest": Rule(_roles(REGISTRAR, AUDITOR)),
+    f"{_PRIVACY}ListDataSubjectRequests": _for_the_patient_too(_own_facility_write(REGISTRAR, AUDITOR)),
+    f"{_PRIVACY}UpdateDataSubjectRequestStatus": _own_facility_write(REGISTRAR, AUDITOR),
     # --- sync: operations of the national delivery --------------------------------------------
     f"{_SYNC}GetSyncStatus": Rule(_roles(AUDITOR)),
     f"{_SYNC}ListDeadLetters": Rule(_roles()),
@@ -197,6 +223,8 @@ def decide(full_method: str, caller: Caller, request: Any) -> Decision:
     platform = [role for role in granted if role in PLATFORM_ROLES]
     if platform:
         return Decision(True, platform[0])
+    if PATIENT in granted:
+        return _decide_for_patient(method, caller, rule, request)
     role = granted[0]
     if not caller.facility_code:
         return Decision(False, reason=f"{method} needs a token with a facility claim for role {role}")
@@ -209,13 +237,35 @@ def decide(full_method: str, caller: Caller, request: Any) -> Decision:
     return Decision(True, role, needs_relationship=rule.scope is Scope.PATIENT, facility_scoped=True)
 
 
+def _decide_for_patient(method: str, caller: Caller, rule: Rule, request: Any) -> Decision:
+    """A patient token: only about its own patient, which the request must name; then the call sees
+    all of that patient's data (not facility-scoped)."""
+    if rule.patient_of is None or not caller.patient_id:
+        return Decision(False, reason=f"{method} is not allowed for a patient token")
+    if rule.patient_of(request).strip() != caller.patient_id:
+        return Decision(False, reason=f"{method}: a patient token acts for its own patient_id only")
+    return Decision(True, PATIENT)
+
+
 _SCOPE_WORD = {Scope.PLATFORM: "all", Scope.OWN_FACILITY: "own", Scope.PATIENT: "patient"}
-_ROLE_COLUMNS = (REGISTRAR, DOCTOR, NURSE, LAB, PHARMACIST, AUDITOR, SYNC_SERVICE, PLATFORM_SERVICE, ADMIN)
+_ROLE_COLUMNS = (
+    REGISTRAR,
+    DOCTOR,
+    NURSE,
+    LAB,
+    PHARMACIST,
+    AUDITOR,
+    SYNC_SERVICE,
+    PLATFORM_SERVICE,
+    ADMIN,
+    PATIENT,
+)
 
 
 def markdown_table() -> str:
     """The table as docs/access-model.md shows it (a test keeps the two equal): per RPC and role,
-    ``own``, ``patient``, ``all`` or nothing; platform roles are never facility-scoped."""
+    ``own``, ``patient``, ``all``, ``self`` (the patient role: its own patient) or nothing; platform
+    roles are never facility-scoped."""
     lines = [
         "| RPC | " + " | ".join(_ROLE_COLUMNS) + " |",
         "|---|" + "---|" * len(_ROLE_COLUMNS),
@@ -224,7 +274,9 @@ def markdown_table() -> str:
         service = full_method.split(".")[1]
         method = full_method.rsplit("/", 1)[1]
         cells = [
-            ("all" if role in PLATFORM_ROLES else _SCOPE_WORD[rule.scope]) if role in rule.roles else ""
+            ("self" if role == PATIENT else "all" if role in PLATFORM_ROLES else _SCOPE_WORD[rule.scope])
+            if role in rule.roles
+            else ""
             for role in _ROLE_COLUMNS
         ]
         lines.append(f"| {service} `{method}` | " + " | ".join(cells) + " |")

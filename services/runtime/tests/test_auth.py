@@ -441,3 +441,26 @@ def test_platform_roles_are_not_facility_scoped() -> None:
     request = records_pb2.GetEncounterBundleRequest(encounter_id="e")
     decision = policy.decide(f"{RECORDS}GetEncounterBundle", caller("sync-service", facility=""), request)
     assert decision.allowed and not decision.facility_scoped and decision.role == "sync-service"
+
+
+async def test_a_patient_token_carries_the_patient_it_acts_for(keys: tuple[Key, Path]) -> None:
+    key, path = keys
+    caller = await verifier_for(path).caller(
+        f"Bearer {token(key, sub='app-user-1', roles=['patient'], patient_id='patient-7', facility='')}"
+    )
+    assert (caller.roles, caller.patient_id, caller.facility_code) == (("patient",), "patient-7", "")
+    doctor = await verifier_for(path).caller(f"Bearer {token(key)}")
+    assert doctor.patient_id == ""
+
+
+@pytest.mark.parametrize("patient_id", [None, " ", 7, "x" * 65, "p\u202e1"])
+async def test_a_patient_token_without_a_sound_patient_claim_is_unauthenticated(
+    keys: tuple[Key, Path], patient_id: Any
+) -> None:
+    key, path = keys
+    claims: dict[str, Any] = {"roles": ["patient"]}
+    if patient_id is not None:
+        claims["patient_id"] = patient_id
+    with pytest.raises(UnauthenticatedError) as caught:
+        await verifier_for(path).caller(f"Bearer {token(key, **claims)}")
+    assert "patient_id" in caught.value.message
