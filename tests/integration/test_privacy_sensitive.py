@@ -70,7 +70,7 @@ async def chart(clinical: Any) -> Chart:
     )
 
 
-async def grant(identity: Any, chart: Chart, categories: tuple[int, ...] = ()) -> str:
+async def grant(identity: Any, chart: Chart, categories: tuple[Any, ...] = ()) -> str:
     end = Timestamp()
     end.FromDatetime(datetime.now(UTC) + timedelta(days=30))
     recorded = await identity.RecordSharingGrant(
