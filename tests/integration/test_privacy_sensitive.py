@@ -5,18 +5,28 @@ its category; its own facility always sees it; an emergency access does not open
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from emr.identity.v1 import identity_pb2
 from emr.records.v1 import records_pb2, sensitivity_pb2
+from emr.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from pymongo import AsyncMongoClient
 
+from emr_devstack.processes import free_port
+from emr_devstack.stack import Stack
 from emr_devstack.tokens import caller_metadata
+from emr_records.repository import CHANGE_COUNTER
+from emr_runtime.db import last_sequence
 
 HIV = sensitivity_pb2.SENSITIVITY_CATEGORY_HIV
 MENTAL_HEALTH = sensitivity_pb2.SENSITIVITY_CATEGORY_MENTAL_HEALTH
@@ -262,3 +272,133 @@ async def test_an_unknown_category_or_a_category_grant_for_every_facility_is_ref
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "grantee_facility_code" in (refused.value.details() or "")
+
+
+# --- national submission ---------------------------------------------------------------------------
+
+FAST_SYNC = {
+    "SYNC_POLL_INTERVAL_SECONDS": "0.1",
+    "SYNC_LEASE_SECONDS": "1.5",
+    "SYNC_FIRST_RETRY_DELAY_SECONDS": "0.1",
+    "SYNC_MAX_RETRY_DELAY_SECONDS": "0.5",
+    "SYNC_HTTP_TIMEOUT_SECONDS": "3",
+    "SYNC_PARTITIONS": "4",
+    "SYNC_PARTITIONS_PER_ROUND": "4",
+}
+
+
+@dataclass(frozen=True)
+class National:
+    """A sync replica of its own (own database, starting at the feed's end) and its own emulator."""
+
+    emulator_url: str
+    sync: sync_pb2_grpc.NationalSyncServiceStub
+
+
+@pytest.fixture
+async def national(stack: Stack, mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[National]:
+    emulator_port = free_port()
+    suffix = uuid.uuid4().hex[:6]
+    emulator, replica = f"emulator-sensitive-{suffix}", f"sync-sensitive-{suffix}"
+    stack.start_service(
+        "national_emulator",
+        ports=stack.with_ports(national_emulator=emulator_port),
+        name=emulator,
+        extra_env={"NATIONAL_EMULATOR_LOG_LEVEL": "warning"},
+    )
+    database = f"emr_sync_test_{suffix}"
+    start = await last_sequence(mongo["emr_records"], CHANGE_COUNTER)
+    await mongo[database]["cursors"].insert_one({"_id": "records", "after": start})
+    await mongo[database]["cursors"].insert_one({"_id": "identity", "after": 2**62})
+    ports = stack.with_ports(sync=free_port())
+    stack.start_service(
+        "sync",
+        ports=ports,
+        name=replica,
+        extra_env={
+            **FAST_SYNC,
+            "SYNC_MONGODB_DATABASE": database,
+            "SYNC_NATIONAL_URL": f"http://127.0.0.1:{emulator_port}",
+            "SYNC_REPLICA_ID": replica,
+            "SYNC_METRICS_PORT": "0",
+        },
+    )
+    channel = stack.dev_channel(f"127.0.0.1:{ports.sync}")
+    yield National(f"http://127.0.0.1:{emulator_port}", sync_pb2_grpc.NationalSyncServiceStub(channel))
+    await channel.close()
+    for name in (replica, emulator):
+        stack.processes.pop(name).stop()
+
+
+async def finished_visit(
+    clinical: Any, patient_id: str, facility: str, code: str, *marks: Any
+) -> tuple[str, str]:
+    """A visit whose condition is written before the visit is finished (the finished version is what
+    sync submits): (encounter id, condition id)."""
+    doctor = doctor_at(facility)
+    opened = await clinical.records.CreateEncounter(
+        records_pb2.CreateEncounterRequest(
+            request_id=str(uuid.uuid4()),
+            patient_id=patient_id,
+            facility_code=facility,
+            encounter_class=records_pb2.ENCOUNTER_CLASS_OUTPATIENT,
+            status=records_pb2.ENCOUNTER_STATUS_IN_PROGRESS,
+            start_time=clinical.timestamp(-3600),
+            reason="Synthetic: follow-up visit",
+            sensitivity=marks,
+        ),
+        metadata=doctor,
+    )
+    encounter = opened.encounter
+    condition = clinical.every_resource(patient_id, facility, encounter.encounter_id)[1]
+    condition.condition.icd10_code = code
+    condition_id = (await clinical.create(condition)).condition.condition_id
+    encounter.status = records_pb2.ENCOUNTER_STATUS_FINISHED
+    encounter.end_time.CopyFrom(clinical.timestamp(-60))
+    await clinical.records.UpdateResource(
+        records_pb2.UpdateResourceRequest(
+            request_id=str(uuid.uuid4()),
+            resource=records_pb2.ClinicalResource(encounter=encounter),
+            expected_version=encounter.version,
+        ),
+        metadata=doctor,
+    )
+    return encounter.encounter_id, condition_id
+
+
+async def test_an_hiv_visit_is_withheld_from_the_national_submission_and_others_go_labelled(
+    clinical: Any, national: National, facility_code: str
+) -> None:
+    patient_id = await clinical.patient(facility_code)
+    hiv_visit, _ = await finished_visit(clinical, patient_id, facility_code, "B20.1")
+    marked_visit, _ = await finished_visit(clinical, patient_id, facility_code, "J18.9", HIV)
+    mental_visit, mental_condition = await finished_visit(clinical, patient_id, facility_code, "F32.9")
+    ordinary_visit, ordinary_condition = await finished_visit(clinical, patient_id, facility_code, "J18.9")
+
+    async def delivered() -> sync_pb2.GetSyncStatusResponse | None:
+        status = await national.sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(facility_code=facility_code))
+        return status if status.delivered >= 2 and status.pending == 0 and status.in_flight == 0 else None
+
+    deadline = time.monotonic() + 60
+    status = await delivered()
+    while status is None:
+        assert time.monotonic() < deadline, "the visits were not delivered before the deadline"
+        await asyncio.sleep(0.1)
+        status = await delivered()
+    # Sync took every change in feed order: the HIV visits, written first, were passed over.
+    assert status.delivered == 2 and status.dead_lettered == 0
+    async with httpx.AsyncClient(base_url=national.emulator_url) as http:
+        held = (await http.get("/deliveries", params={"patient_id": patient_id, "kind": "fhir"})).json()
+        submitted = {e["id"] for item in held["items"] for e in item["entries"]}
+        assert {mental_visit, ordinary_visit} <= submitted
+        assert not {hiv_visit, marked_visit} & submitted
+
+        async def security(condition_id: str) -> list[str]:
+            found = await http.get(
+                "/resources", params={"resource_type": "Condition", "resource_id": condition_id}
+            )
+            (item,) = found.json()["items"]
+            return [label["code"] for label in item["resource"].get("meta", {}).get("security", [])]
+
+        assert await security(mental_condition) == ["R", "PSY"]
+        assert await security(ordinary_condition) == []
