@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 
 from emr_devstack.processes import free_port
 from emr_devstack.stack import Stack
-from emr_devstack.tokens import caller_metadata
+from emr_devstack.tokens import caller_metadata, issue_token
 from emr_records.repository import CHANGE_COUNTER
 from emr_runtime.db import last_sequence
 
@@ -402,3 +402,38 @@ async def test_an_hiv_visit_is_withheld_from_the_national_submission_and_others_
 
         assert await security(mental_condition) == ["R", "PSY"]
         assert await security(ordinary_condition) == []
+
+
+# --- the FHIR gateway -----------------------------------------------------------------------------
+
+
+def fhir_headers(facility: str) -> dict[str, str]:
+    token = issue_token(f"dr-fhir-{facility}", facility, ("doctor",))
+    return {"Authorization": f"Bearer {token}", "X-Purpose-Of-Use": "TREATMENT"}
+
+
+async def test_the_fhir_gateway_reads_follow_the_same_rule(stack: Stack, identity: Any, chart: Chart) -> None:
+    await grant(identity, chart)
+    async with httpx.AsyncClient(base_url=stack.url("gateway")) as http:
+        path = f"/fhir/Patient/{chart.patient_id}/$everything"
+        visitor = (await http.get(path, headers=fhir_headers(chart.other))).json()
+        ids = {entry["resource"]["id"] for entry in visitor["entry"]}
+        assert chart.ordinary_observation in ids
+        assert not {chart.hiv_visit, chart.hiv_condition, chart.hiv_visit_observation} & ids
+        encounters = (
+            await http.get(
+                "/fhir/Encounter", params={"patient": chart.patient_id}, headers=fhir_headers(chart.other)
+            )
+        ).json()
+        assert [entry["resource"]["id"] for entry in encounters.get("entry", [])] == [chart.ordinary_visit]
+
+        owner = (await http.get(path, headers=fhir_headers(chart.owner))).json()
+        labels = {
+            entry["resource"]["id"]: [
+                label["code"] for label in entry["resource"]["meta"].get("security", [])
+            ]
+            for entry in owner["entry"]
+        }
+        assert labels[chart.hiv_condition] == ["R", "HIV"]
+        assert labels[chart.hiv_visit] == ["R", "HIV"]
+        assert labels[chart.ordinary_observation] == []
