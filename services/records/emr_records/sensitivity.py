@@ -16,7 +16,7 @@ entry (type, time, facility; no codes or text), and a read of it by id is refuse
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from emr_records.domain import (
@@ -101,9 +101,9 @@ def check_sensitivity(violations: Violations, raw: ResourceInput) -> None:
             )
 
 
-def marks(raw: Iterable[str | None]) -> frozenset[str]:
-    """A validated author's mark as a set."""
-    return frozenset(category for category in raw if category is not None)
+def keep_marks(updated: ClinicalRecord, current: ClinicalRecord) -> ClinicalRecord:
+    """The new version of a resource, keeping every category its author marked it with before."""
+    return replace(updated, sensitivity=updated.sensitivity | current.sensitivity)
 
 
 @dataclass(frozen=True)

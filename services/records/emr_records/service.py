@@ -42,6 +42,7 @@ from emr_records.sensitivity import (
     Restricted,
     check_sensitivity,
     hidden,
+    keep_marks,
     own_categories,
     restricted,
     visit_of,
@@ -148,7 +149,8 @@ class RecordsService:
                 f"expected_version is {expected_version} but the current version is {current.version}",
                 "expected_version",
             )
-        record = next_version(current, raw, now)
+        # An author's mark stays: a special category is never dropped by an update (the safe direction).
+        record = keep_marks(next_version(current, raw, now), current)
         # The patient cannot change and was checked when the resource was created.
         await self._check_references(record, raw, check_patient=False)
         stored, inserted = await self._resources.store_version(record)

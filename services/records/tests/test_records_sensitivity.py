@@ -38,6 +38,7 @@ from emr_records.sensitivity import (
     check_sensitivity,
     derived_categories,
     hidden,
+    keep_marks,
     own_categories,
     restricted,
     visit_of,
@@ -200,3 +201,9 @@ def test_a_restricted_entry_keeps_type_time_and_facility_only() -> None:
     entry = restricted(carrying({HIV}))
     assert (entry.resource_type, entry.time, entry.facility_code) == (ResourceType.CONDITION, WHEN, OTHER)
     assert not hasattr(entry, "content") and not hasattr(entry, "code")
+
+
+def test_an_update_keeps_the_author_s_earlier_mark() -> None:
+    current = record(condition("J18.9"), marks=(MENTAL_HEALTH,))
+    updated = record(condition("J18.9"), marks=(SUBSTANCE_USE,))
+    assert keep_marks(updated, current).sensitivity == {MENTAL_HEALTH, SUBSTANCE_USE}
