@@ -169,6 +169,23 @@ async def test_a_sensitive_resource_is_hidden_under_an_ordinary_grant_and_seen_u
             metadata=visitor,
         )
     )
+    await denied(
+        records.GetResourceHistory(
+            records_pb2.GetResourceHistoryRequest(
+                resource_type=records_pb2.RESOURCE_TYPE_CONDITION, resource_id=chart.hiv_condition
+            ),
+            metadata=visitor,
+        )
+    )
+    await denied(
+        records.GetEncounterBundle(
+            records_pb2.GetEncounterBundleRequest(encounter_id=chart.hiv_visit), metadata=visitor
+        )
+    )
+    listed = await records.ListObservations(
+        records_pb2.ListObservationsRequest(patient_id=chart.patient_id), metadata=visitor
+    )
+    assert [o.observation_id for o in listed.observations] == [chart.ordinary_observation]
     bundle = await records.GetEncounterBundle(
         records_pb2.GetEncounterBundleRequest(encounter_id=chart.ordinary_visit), metadata=visitor
     )
