@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from emr.identity.v1 import identity_pb2
+from emr.records.v1 import sensitivity_pb2
 
+from emr_identity import converters
 from emr_identity.sharing import (
     ConsentEvidence,
     EmergencyReason,
@@ -99,3 +102,18 @@ def test_a_referral_or_an_emergency_access_opens_no_category() -> None:
     )  # fmt: skip
     found = visibility_of(HOSPITAL, "TREATMENT", False, NOW, CIRCLE, (), frozenset(), (emergency,))
     assert found.all_facilities and found.emergency_access_id == "e-1" and found.categories == frozenset()
+
+
+def test_a_grant_request_s_categories_read_as_names_and_an_unknown_value_as_none() -> None:
+    request = identity_pb2.RecordSharingGrantRequest(
+        categories=[
+            sensitivity_pb2.SENSITIVITY_CATEGORY_HIV,
+            sensitivity_pb2.SENSITIVITY_CATEGORY_UNSPECIFIED,
+        ]
+    )
+    request.categories.append(42)  # type: ignore[arg-type]
+    assert converters.grant_input(request, b"key").categories == ("HIV", None, None)
+    assert converters.category_values(["MENTAL_HEALTH", "HIV"]) == [
+        sensitivity_pb2.SENSITIVITY_CATEGORY_HIV,
+        sensitivity_pb2.SENSITIVITY_CATEGORY_MENTAL_HEALTH,
+    ]
