@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from emr.audit.v1 import audit_pb2
-from emr.records.v1 import records_pb2, retention_pb2, retention_pb2_grpc
+from emr.records.v1 import records_pb2, retention_pb2, retention_pb2_grpc, sensitivity_pb2
 
 from emr_devstack.processes import poll_until
 from emr_devstack.tokens import caller_metadata
@@ -141,7 +141,15 @@ async def test_a_held_record_survives_a_disposal_that_removes_a_due_one(
     held = await old_encounter(clinical, held_patient, facility_code, years_ago=15)
     held_condition = await old_condition(clinical, held_patient, facility_code, held, "I10", years_ago=15)
     due_patient = await clinical.patient(facility_code)
-    due = await old_encounter(clinical, due_patient, facility_code, years_ago=15)
+    # A visit marked HIV: its disposal must not leave the mark behind either.
+    due = await old_encounter(
+        clinical,
+        due_patient,
+        facility_code,
+        years_ago=15,
+        sensitivity=[sensitivity_pb2.SENSITIVITY_CATEGORY_HIV],
+    )
+    assert await mongo["emr_records"]["visit_categories"].find_one({"_id": f"{due}:HIV"}) is not None
     due_condition = await old_condition(clinical, due_patient, facility_code, due, "K35.8", years_ago=15)
     recent = await clinical.encounter(due_patient, facility_code)  # the same patient's recent stay
 
@@ -242,6 +250,7 @@ async def test_a_held_record_survives_a_disposal_that_removes_a_due_one(
             "_id", "resource_type", "patient_id", "encounter_id", "facility_code", "retention_class",
             "clock_start", "disposal_id", "disposed_at",
         }  # fmt: skip
+    assert await db["visit_categories"].count_documents({"_id": {"$regex": f"^{due}:"}}) == 0
     assert await db["resource_versions"].count_documents({"resource_id": held_condition}) == 1
 
     # The audit trail: the request and the deletion, naming the disposal, in the patient's log.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from emr.identity.v1 import identity_pb2
-from emr.records.v1 import records_pb2
+from emr.records.v1 import records_pb2, sensitivity_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 FhirJson = dict[str, Any]
@@ -532,12 +532,46 @@ def has_fhir_mapping(resource: records_pb2.ClinicalResource) -> bool:
     return resource.WhichOneof("resource") in _RESOURCE_MAPPINGS
 
 
+# Security labels of a resource of a special category (docs/privacy-sensitive.md): confidentiality
+# "restricted" and the HL7 v3 information sensitivity policy of each category.
+SYSTEM_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+SYSTEM_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+SENSITIVITY_POLICIES: dict[int, tuple[str, str]] = {
+    sensitivity_pb2.SENSITIVITY_CATEGORY_HIV: ("HIV", "HIV/AIDS information sensitivity"),
+    sensitivity_pb2.SENSITIVITY_CATEGORY_MENTAL_HEALTH: ("PSY", "psychiatry information sensitivity"),
+    sensitivity_pb2.SENSITIVITY_CATEGORY_REPRODUCTIVE_HEALTH: (
+        "SEX",
+        "sexuality and reproductive health information sensitivity",
+    ),
+    sensitivity_pb2.SENSITIVITY_CATEGORY_SUBSTANCE_USE: ("ETH", "substance abuse information sensitivity"),
+}
+
+
+def security_labels(categories: Iterable[int]) -> list[FhirJson]:
+    """meta.security of a resource carrying these special categories; empty for none."""
+    policies = [SENSITIVITY_POLICIES[c] for c in sorted(set(categories)) if c in SENSITIVITY_POLICIES]
+    if not policies:
+        return []
+    restricted = {"system": SYSTEM_CONFIDENTIALITY, "code": "R", "display": "restricted"}
+    return [
+        restricted,
+        *({"system": SYSTEM_ACT_CODE, "code": code, "display": shown} for code, shown in policies),
+    ]
+
+
 def clinical_resource(resource: records_pb2.ClinicalResource) -> FhirJson:
-    """The FHIR resource of whichever type the message holds; ValueError when it holds none."""
+    """The FHIR resource of whichever type the message holds, with the security labels of its
+    special categories; ValueError when it holds none."""
     kind = resource.WhichOneof("resource")
     if kind is None:
         raise ValueError("ClinicalResource holds no resource")
-    return _RESOURCE_MAPPINGS[kind](getattr(resource, kind))
+    message = getattr(resource, kind)
+    fhir = _RESOURCE_MAPPINGS[kind](message)
+    # An encounter carries its categories itself too (an Encounter message outside a ClinicalResource).
+    labels = security_labels([*resource.sensitivity, *(message.sensitivity if kind == "encounter" else ())])
+    if labels:
+        fhir["meta"] = {**fhir.get("meta", {}), "security": labels}
+    return fhir
 
 
 def _full_url(resource_id: str) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from emr.identity.v1 import identity_pb2
+from emr.records.v1 import sensitivity_pb2
 from google.protobuf.message import Message
 
 from emr_identity.claim_profile import ClaimProfile
@@ -402,7 +404,24 @@ def grant_input(request: identity_pb2.RecordSharingGrantRequest, fingerprint_key
         evidence_reference=request.evidence_reference,
         end=_time(request, "end_time"),
         fingerprint=_request_fingerprint(request, fingerprint_key),
+        categories=tuple(category_name(value) for value in request.categories),
     )
+
+
+CATEGORY_PREFIX = "SENSITIVITY_CATEGORY_"
+
+
+def category_name(value: int) -> str | None:
+    """A SensitivityCategory as its name without prefix ("HIV"); None when unset or unknown."""
+    if value == sensitivity_pb2.SENSITIVITY_CATEGORY_UNSPECIFIED or value not in (
+        sensitivity_pb2.SensitivityCategory.values()
+    ):
+        return None
+    return sensitivity_pb2.SensitivityCategory.Name(value).removeprefix(CATEGORY_PREFIX)
+
+
+def category_values(names: Iterable[str]) -> list[Any]:
+    return [sensitivity_pb2.SensitivityCategory.Value(CATEGORY_PREFIX + name) for name in sorted(names)]
 
 
 def revocation_input(
@@ -465,6 +484,7 @@ def sharing_grant_message(grant: SharingGrant) -> identity_pb2.SharingGrant:
         evidence_reference=grant.evidence_reference,
         recorded_by_facility_code=grant.recorded_by_facility_code,
         recorded_by=grant.recorded_by,
+        categories=category_values(terms.categories),
     )
     message.start_time.FromDatetime(terms.start)
     message.end_time.FromDatetime(terms.end)
@@ -507,4 +527,5 @@ def check_access_response(visibility: Visibility) -> identity_pb2.CheckAccessRes
         emergency_access_id=visibility.emergency_access_id,
         emergency_reason=visibility.emergency_reason,
         resolved_patient_id=visibility.resolved_patient_id,
+        sensitive_categories=category_values(visibility.categories),
     )

@@ -19,7 +19,7 @@ from emr_runtime.clock import to_storage_precision
 from emr_runtime.errors import Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
-from emr_runtime.visibility import Visibility
+from emr_runtime.visibility import ALL_CATEGORIES, Visibility
 
 MAX_GRANT_YEARS = 5
 MAX_REFERRAL_YEARS = 1
@@ -83,6 +83,9 @@ class GrantTerms:
     purpose: Purpose
     start: datetime
     end: datetime
+    # Special categories of clinical data (emr_runtime.visibility.ALL_CATEGORIES) the consent opens
+    # too, for its purpose; none for a referral (docs/privacy-sensitive.md).
+    categories: frozenset[str] = frozenset()
 
     def active_at(self, now: datetime) -> bool:
         return self.start <= now < self.end
@@ -166,6 +169,8 @@ class GrantInput:
     evidence_reference: str
     end: datetime | None
     fingerprint: str
+    # Special categories named (ALL_CATEGORIES names); None for a value the caller left unset or made up.
+    categories: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,14 @@ def validate_grant(raw: GrantInput, now: datetime) -> GrantInput:
         violations, raw.evidence_reference, "evidence_reference", MAX_EVIDENCE_REFERENCE_LENGTH
     )
     end = _check_end(violations, raw.end, now, MAX_GRANT_YEARS)
+    for index, category in enumerate(raw.categories):
+        if category is None:
+            violations.add(f"categories[{index}]", "a SensitivityCategory: " + ", ".join(ALL_CATEGORIES))
+    if raw.categories and not grantee and not violations.has("grantee_facility_code"):
+        # A special category is opened to one named facility, never to every facility at once.
+        violations.add(
+            "grantee_facility_code", "required when categories are named: the facility they open to"
+        )
     violations.raise_if_any()
     return replace(
         raw,
@@ -295,6 +308,7 @@ def new_grant(raw: GrantInput, grant_id: str, patient_id: str, actor_id: str, no
             purpose=raw.purpose,
             start=now,
             end=raw.end,
+            categories=frozenset(c for c in raw.categories if c is not None),
         ),
         evidence=raw.evidence,
         evidence_reference=raw.evidence_reference,
@@ -472,6 +486,9 @@ def visibility_of(
         for grant_id in referrals
         if in_force[grant_id].source_facility_code != facility_code
     )
+    # Special categories: only a consent naming them opens them (never a referral or an emergency
+    # access; docs/privacy-sensitive.md).
+    categories = frozenset(category for grant_id in consents for category in in_force[grant_id].categories)
     emergency: EmergencyTerms | None = None
     if not export and not consents:
         declared = [e for e in emergencies if e.facility_code == facility_code and e.active_at(now)]
@@ -486,4 +503,5 @@ def visibility_of(
         emergency_access_id=emergency.emergency_access_id if emergency else "",
         emergency_reason=emergency.reason.code if emergency else "",
         resolved_patient_id=circle.patient_id,
+        categories=categories,
     )

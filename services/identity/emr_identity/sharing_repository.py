@@ -87,6 +87,7 @@ def _grant_terms_document(terms: GrantTerms) -> Document:
         "purpose": terms.purpose.value,
         "start": terms.start,
         "end": terms.end,
+        "categories": sorted(terms.categories),
     }
 
 
@@ -100,6 +101,8 @@ def _grant_terms(document: Document) -> GrantTerms:
         purpose=Purpose(document["purpose"]),
         start=document["start"],
         end=document["end"],
+        # Grants recorded before categories existed open none.
+        categories=frozenset(document.get("categories") or ()),
     )
 
 

@@ -4,11 +4,11 @@ function per resource type in each direction."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from emr.records.v1 import records_pb2, retention_pb2
+from emr.records.v1 import records_pb2, retention_pb2, sensitivity_pb2
 from google.protobuf.message import Message
 
 from emr_records.domain import (
@@ -45,6 +45,7 @@ from emr_records.domain import (
 )
 from emr_records.retention import RetentionClass
 from emr_records.retention_service import DueEpisode, RecordRetention
+from emr_records.sensitivity import Restricted
 from emr_runtime.clock import to_storage_precision
 from emr_runtime.idempotency import fingerprint
 
@@ -141,6 +142,24 @@ def _code_number(code: str) -> int:
 
 def resource_type(value: int) -> ResourceType | None:
     return _RESOURCE_TYPES.get(value)
+
+
+_CATEGORY_PREFIX = "SENSITIVITY_CATEGORY_"
+
+
+def _category_names(values: Iterable[int]) -> tuple[str | None, ...]:
+    """SensitivityCategory values as names without prefix ("HIV"); None for unset or unknown."""
+    return tuple(
+        sensitivity_pb2.SensitivityCategory.Name(value).removeprefix(_CATEGORY_PREFIX)
+        if value in sensitivity_pb2.SensitivityCategory.values()
+        and value != sensitivity_pb2.SENSITIVITY_CATEGORY_UNSPECIFIED
+        else None
+        for value in values
+    )
+
+
+def _category_values(names: Iterable[str]) -> list[Any]:
+    return [sensitivity_pb2.SensitivityCategory.Value(_CATEGORY_PREFIX + name) for name in sorted(names)]
 
 
 # --- proto -> domain ------------------------------------------------------------------------------
@@ -350,6 +369,9 @@ def resource_input(
         fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         author_id=author_id,
         path=f"resource.{which}",
+        sensitivity=_category_names(
+            [*request.resource.sensitivity, *(message.sensitivity if which == "encounter" else ())]
+        ),
     )
 
 
@@ -365,6 +387,7 @@ def encounter_input(
         content=_encounter_content(request),
         fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         author_id=author_id,
+        sensitivity=_category_names(request.sensitivity),
     )
 
 
@@ -399,6 +422,7 @@ def encounter_message(record: ClinicalRecord) -> records_pb2.Encounter:
     _set_time(message, "end_time", c.end_time)
     _set_claim_facts(message, c)
     _stamp_common(message, record)
+    message.sensitivity.extend(_category_values(record.sensitivity))
     return message
 
 
@@ -637,6 +661,7 @@ def resource_message(record: ClinicalRecord) -> records_pb2.ClinicalResource:
     getattr(message, ONEOF_FIELDS[record.resource_type]).CopyFrom(
         _MESSAGE_BUILDERS[record.resource_type](record)
     )
+    message.sensitivity.extend(_category_values(record.sensitivity))
     return message
 
 
@@ -651,8 +676,15 @@ def version_message(record: ClinicalRecord) -> records_pb2.ResourceVersion:
     return message
 
 
-def timeline_entry(record: ClinicalRecord) -> records_pb2.TimelineEntry:
-    entry = records_pb2.TimelineEntry(resource=resource_message(record))
+def timeline_entry(record: ClinicalRecord | Restricted) -> records_pb2.TimelineEntry:
+    """A timeline entry; a restricted one names type, time and facility, and nothing else."""
+    entry = records_pb2.TimelineEntry(
+        resource_type=_to_proto(_RESOURCE_TYPES, record.resource_type), facility_code=record.facility_code
+    )
+    if isinstance(record, Restricted):
+        entry.restricted = True
+    else:
+        entry.resource.CopyFrom(resource_message(record))
     entry.time.FromDatetime(record.time)
     return entry
 

@@ -460,6 +460,8 @@ class ResourceInput:
     author_id: str
     # Request field path of the resource, for error messages ("resource.observation" or "").
     path: str = ""
+    # Special categories the author marks it with (emr_records.sensitivity); None: unknown value.
+    sensitivity: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -478,6 +480,9 @@ class ClinicalRecord:
     author_id: str
     request_id: str
     request_fingerprint: str
+    # Special categories (emr_records.sensitivity): as stored, the author's mark; as read, every
+    # category the resource carries.
+    sensitivity: frozenset[str] = frozenset()
 
     @property
     def time(self) -> datetime:
@@ -1077,6 +1082,7 @@ def new_record(raw: ResourceInput, resource_id: str, now: datetime) -> ClinicalR
         author_id=raw.author_id,
         request_id=raw.request_id,
         request_fingerprint=raw.fingerprint,
+        sensitivity=frozenset(category for category in raw.sensitivity if category is not None),
     )
 
 

@@ -12,6 +12,7 @@ exists reaches the current state and the feed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import types
@@ -35,6 +36,7 @@ from emr_runtime.changefeed import ChangeFeed, Filled
 from emr_runtime.clock import utc_now
 from emr_runtime.db import Database, Document, IndexSpec, insert_or_get
 from emr_runtime.fieldcrypt import FieldCrypt
+from emr_runtime.visibility import ALL_CATEGORIES
 
 RESOURCES = "resources"
 VERSIONS = "resource_versions"
@@ -46,9 +48,13 @@ PENDING = "pending_changes"
 # Which facilities hold records of which patient, keyed "<patient id>:<facility code>": the access
 # model's "its own records" answered by one `_id` lookup instead of a scan of the resources.
 HOLDERS = "record_holders"
+# Special categories of each visit (emr_records.sensitivity), one document per category keyed
+# "<encounter id>:<category>" and one "<encounter id>:any" written after them: a read looks up ":any"
+# (one `_id` lookup) and only for a marked visit the categories. Never removed, never updated.
+VISIT_CATEGORIES = "visit_categories"
 # Collections made at start rather than at first write (a database-side step, the `_id` lookup
 # index of emr_devstack.ferretdb_sqlite, finds only those that exist).
-COLLECTIONS = (RESOURCES, VERSIONS, PENDING, HOLDERS)
+COLLECTIONS = (RESOURCES, VERSIONS, PENDING, HOLDERS, VISIT_CATEGORIES)
 # Holder keys this process knows are stored (they are never removed), up to this many.
 KNOWN_HOLDERS_MAX = 100_000
 INDEXES = (
@@ -134,6 +140,7 @@ def _record_document(crypt: FieldCrypt, record: ClinicalRecord) -> Document:
         "author_id": record.author_id,
         "request_id": record.request_id,
         "request_fingerprint": record.request_fingerprint,
+        "sensitivity": sorted(record.sensitivity),
     }
 
 
@@ -155,6 +162,7 @@ def _record(crypt: FieldCrypt, document: Document) -> ClinicalRecord:
         author_id=document["author_id"],
         request_id=document["request_id"],
         request_fingerprint=document["request_fingerprint"],
+        sensitivity=frozenset(document.get("sensitivity") or ()),
     )
 
 
@@ -200,6 +208,9 @@ class ResourceRepository:
         self._pending = db[PENDING]
         self._holders = db[HOLDERS]
         self._known_holders: set[str] = set()
+        self._visit_categories = db[VISIT_CATEGORIES]
+        # Visits known to be marked, with their categories as last read (marks only ever add).
+        self._known_visit_categories: dict[str, frozenset[str]] = {}
 
     async def note_holder(self, patient_id: str, facility_code: str) -> None:
         """Notes that the facility holds records of the patient (idempotent; before the first of
@@ -222,6 +233,38 @@ class ResourceRepository:
             return False
         self._remember_holder(key)
         return True
+
+    async def mark_visit(self, encounter_id: str, categories: frozenset[str]) -> None:
+        """Notes that the visit carries these categories (idempotent; before the resource that
+        brings them becomes readable). Inserts only: concurrent writers never lose a category."""
+        if not categories or categories <= self._known_visit_categories.get(encounter_id, frozenset()):
+            return
+        for key in [
+            *(f"{encounter_id}:{category}" for category in sorted(categories)),
+            f"{encounter_id}:any",
+        ]:
+            with contextlib.suppress(DuplicateKeyError):  # marked before
+                await self._visit_categories.insert_one(
+                    {"_id": key, "encounter_id": encounter_id, "since": utc_now()}
+                )
+
+    async def visit_categories(self, encounter_id: str) -> frozenset[str]:
+        """The categories the visit carries (none for a visit never marked)."""
+        if not encounter_id:
+            return frozenset()
+        if await self._visit_categories.find_one({"_id": f"{encounter_id}:any"}, {"_id": 1}) is None:
+            return self._known_visit_categories.get(encounter_id, frozenset())
+        found = await asyncio.gather(
+            *(
+                self._visit_categories.find_one({"_id": f"{encounter_id}:{category}"}, {"_id": 1})
+                for category in ALL_CATEGORIES
+            )
+        )
+        categories = frozenset(c for c, document in zip(ALL_CATEGORIES, found, strict=True) if document)
+        if len(self._known_visit_categories) >= KNOWN_HOLDERS_MAX:
+            self._known_visit_categories.clear()
+        self._known_visit_categories[encounter_id] = categories
+        return categories
 
     def _remember_holder(self, key: str) -> None:
         if len(self._known_holders) >= KNOWN_HOLDERS_MAX:
@@ -338,6 +381,11 @@ class ResourceRepository:
         erased again."""
         await self._versions.delete_many({"resource_id": resource_id})
         await self._resources.delete_one({"_id": resource_id})
+        # A disposed visit's special categories go last (before, a reader could see it without
+        # them); a resumed disposal erases again. Ids only: FerretDB indexes nothing else.
+        for category in (*ALL_CATEGORIES, "any"):
+            await self._visit_categories.delete_one({"_id": f"{resource_id}:{category}"})
+        self._known_visit_categories.pop(resource_id, None)
 
 
 def _tombstone_fields(sequence: int) -> Document:

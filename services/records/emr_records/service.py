@@ -38,6 +38,16 @@ from emr_records.domain import (
 )
 from emr_records.repository import ChangeFeedRepository, ResourceRepository
 from emr_records.retention_service import RetentionService
+from emr_records.sensitivity import (
+    DENIED,
+    Restricted,
+    check_sensitivity,
+    hidden,
+    keep_marks,
+    own_categories,
+    restricted,
+    visit_of,
+)
 from emr_runtime.changefeed import check_feed_request
 from emr_runtime.clock import utc_now
 from emr_runtime.errors import (
@@ -110,6 +120,7 @@ class RecordsService:
     async def create(self, raw: ResourceInput) -> ClinicalRecord:
         now = utc_now()
         validate_resource(raw, now)
+        _check_sensitivity(raw)
         record = new_record(raw, derive_id(resource_type_of(raw.content).value, raw.request_id), now)
         await self._check_references(record, raw)
         stored, inserted = await self._resources.store_version(record)
@@ -119,11 +130,12 @@ class RecordsService:
         await self._finish(stored, fresh=inserted)
         if inserted:
             WRITES.labels(stored.resource_type.value, "created").inc()
-        return stored
+        return await self._with_categories(stored)
 
     async def update(self, raw: ResourceInput, expected_version: int) -> ClinicalRecord:
         now = utc_now()
         validate_resource(raw, now, updating=True)
+        _check_sensitivity(raw)
         if expected_version < 1:
             raise InvalidArgumentError(
                 [FieldViolation("expected_version", "the version the update is based on")]
@@ -133,14 +145,15 @@ class RecordsService:
             stay_in_lane(replayed.facility_code, _FOREIGN_UPDATE)
             if replayed.request_fingerprint != raw.fingerprint:
                 raise ConflictError("request_id was already used for a different update", "request_id")
-            return replayed
+            return await self._with_categories(replayed)
         current = await self._current(raw.resource_id, type(raw.content), id_field_path(raw))
         if current.version != expected_version:
             raise ConflictError(
                 f"expected_version is {expected_version} but the current version is {current.version}",
                 "expected_version",
             )
-        record = next_version(current, raw, now)
+        # An author's mark stays: a special category is never dropped by an update (the safe direction).
+        record = keep_marks(next_version(current, raw, now), current)
         # The patient cannot change and was checked when the resource was created.
         await self._check_references(record, raw, check_patient=False)
         stored, inserted = await self._resources.store_version(record)
@@ -153,7 +166,7 @@ class RecordsService:
             )
         await self._finish(stored, fresh=inserted)
         WRITES.labels(stored.resource_type.value, "updated").inc()
-        return stored
+        return await self._with_categories(stored)
 
     async def _note_retention(self, record: ClinicalRecord) -> None:
         """A death raises the retention of all the patient's records (emr_records.retention_service)."""
@@ -214,6 +227,8 @@ class RecordsService:
         await self._resources.note_holder(record.patient_id, record.facility_code)
         # Likewise a death's retention floor: every readable death has raised the patient's records.
         await self._note_retention(record)
+        # Likewise its visit's special categories: a reader never sees the visit without them.
+        await self._resources.mark_visit(visit_of(record), own_categories(record))
         await self._resources.advance(record)
         await self._append(record)
         await self._resources.mark_change_recorded(record)
@@ -258,9 +273,12 @@ class RecordsService:
         if record is None or record.resource_type is not resource_type:
             raise NotFoundError(resource_type.value, field, resource_id)
         # Read by id: the patient is known only now; the caller's facility must see this record.
-        await current_access().require(record.patient_id, record.facility_code)
+        seen = await current_access().require(record.patient_id, record.facility_code)
         if not verify_document(record):
             raise DataIntegrityError(record.resource_type.value, record.resource_id)
+        record = await self._with_categories(record)
+        if hidden(seen, record):
+            raise PermissionDeniedError(DENIED)
         return record
 
     async def history(self, resource_type: ResourceType | None, resource_id: str) -> list[ClinicalRecord]:
@@ -268,12 +286,22 @@ class RecordsService:
         versions = await self._resources.history(current.resource_id)
         if not all(verify_document(version) for version in versions):
             raise DataIntegrityError(current.resource_type.value, current.resource_id)
-        return versions
+        # Each version with the categories the resource carries now (its visit's only ever add).
+        return [replace(v, sensitivity=current.sensitivity | own_categories(v)) for v in versions]
 
     async def timeline(
         self, query: TimelineQuery, include_merged: bool = False
     ) -> tuple[list[ClinicalRecord], str]:
-        """A page of a patient's resources. With ``include_merged``, the patient is resolved through
+        """A page of a patient's resources the caller sees (one of a special category it may not
+        see left out: the page may come back short)."""
+        entries, token = await self.timeline_entries(query, include_merged)
+        return [entry for entry in entries if isinstance(entry, ClinicalRecord)], token
+
+    async def timeline_entries(
+        self, query: TimelineQuery, include_merged: bool = False
+    ) -> tuple[list[ClinicalRecord | Restricted], str]:
+        """A page of a patient's resources; one of a special category the caller may not see comes
+        as a ``Restricted`` entry. With ``include_merged``, the patient is resolved through
         identity: a merged id reads as its survivor, and the survivor's record includes the persons
         merged into it (and stops including them once unmerged)."""
         access = current_access()
@@ -284,11 +312,15 @@ class RecordsService:
             if view is not None:
                 query = replace(query, owner_ids=view.record_owner_ids)
         page = await self._resources.timeline(replace(query, limit=query.limit + 1))
-        if len(page) <= query.limit:
-            return _noted(access, seen, page), ""
-        last = page[query.limit - 1]
-        token = self._page_tokens.encode({"t": last.time.isoformat(), "id": last.resource_id})
-        return _noted(access, seen, page[: query.limit]), token
+        token = ""
+        if len(page) > query.limit:
+            last = page[query.limit - 1]
+            token = self._page_tokens.encode({"t": last.time.isoformat(), "id": last.resource_id})
+            page = page[: query.limit]
+        page = await self._with_categories_all(page)
+        shown = _noted(access, seen, [r for r in page if not hidden(seen, r)])
+        ids = {record.resource_id for record in shown}
+        return [r if r.resource_id in ids else restricted(r) for r in page], token
 
     def timeline_position(self, page_token: str) -> tuple[datetime, str] | None:
         """Where a timeline page starts: after the (time, resource id) of the token's position."""
@@ -301,12 +333,14 @@ class RecordsService:
         encounter = await self.get(ResourceType.ENCOUNTER, encounter_id, field="encounter_id")
         access = current_access()
         seen = await access.visibility(encounter.patient_id)
-        attached = [
-            r
-            for r in await self._resources.attached_to(encounter_id)
-            if r.resource_id != encounter_id and seen.sees(r.facility_code)
-        ]
-        return encounter, _noted(access, seen, attached)
+        attached = await self._with_categories_all(
+            [
+                r
+                for r in await self._resources.attached_to(encounter_id)
+                if r.resource_id != encounter_id and seen.sees(r.facility_code)
+            ]
+        )
+        return encounter, _noted(access, seen, [r for r in attached if not hidden(seen, r)])
 
     async def export(self, patient_id: str) -> tuple[identity_pb2.Patient, list[ClinicalRecord]]:
         if not patient_id.strip():
@@ -333,10 +367,26 @@ class RecordsService:
                 facilities_seen(seen),
             )
             page = await self._resources.timeline(query)
-            records.extend(page)
+            # A record of a special category the caller may not see does not leave the platform.
+            records.extend(r for r in await self._with_categories_all(page) if not hidden(seen, r))
             if len(page) < EXPORT_PAGE:
                 return patient_as_seen(view.patient, seen), _noted(access, seen, records)
             after = (page[-1].time, page[-1].resource_id)
+
+    # --- special categories -----------------------------------------------------------------------
+
+    async def _with_categories(self, record: ClinicalRecord) -> ClinicalRecord:
+        return (await self._with_categories_all([record]))[0]
+
+    async def _with_categories_all(self, records: list[ClinicalRecord]) -> list[ClinicalRecord]:
+        """The records, each with every category it carries: its own and its visit's."""
+        visits = sorted({visit_of(record) for record in records} - {""})
+        found = await asyncio.gather(*(self._resources.visit_categories(visit) for visit in visits))
+        of_visit = dict(zip(visits, found, strict=True))
+        return [
+            replace(r, sensitivity=own_categories(r) | of_visit.get(visit_of(r), frozenset()))
+            for r in records
+        ]
 
     # --- change feed ------------------------------------------------------------------------------
 
@@ -347,11 +397,14 @@ class RecordsService:
         limit = check_feed_request(after_sequence, requested_limit)
         changes, next_after = await self._feed.next_run(after_sequence, limit, self._settle)
         versions = await self._resources.versions([(c.resource_id, c.resource_version) for c in changes])
-        # A change whose version was disposed of (emr_records.retention_service) is left out.
+        # A change whose version was disposed of (emr_records.retention_service) is left out; the
+        # others go with their categories: sync's national submissions follow a rule for each category.
+        shown = await self._with_categories_all(list(versions.values()))
+        by_key = {(r.resource_id, r.version): r for r in shown}
         return [
-            (c, versions[(c.resource_id, c.resource_version)])
+            (c, by_key[(c.resource_id, c.resource_version)])
             for c in changes
-            if (c.resource_id, c.resource_version) in versions
+            if (c.resource_id, c.resource_version) in by_key
         ], next_after
 
     async def stream_changes(
@@ -369,6 +422,12 @@ class RecordsService:
 _FOREIGN_UPDATE = (
     "resource_id names a resource of another facility; a facility updates its own resources only"
 )
+
+
+def _check_sensitivity(raw: ResourceInput) -> None:
+    violations = Violations()
+    check_sensitivity(violations, raw)
+    violations.raise_if_any()
 
 
 def stay_in_lane(data_facility_code: str, message: str) -> None:

@@ -126,7 +126,7 @@ class ClinicalRecordsServicer(records_pb2_grpc.ClinicalRecordsServiceServicer):
             page_size(request.page_size, default=50, maximum=200),
             self._service.timeline_position(request.page_token),
         )
-        records, token = await self._service.timeline(query, include_merged=True)
+        records, token = await self._service.timeline_entries(query, include_merged=True)
         return records_pb2.GetPatientTimelineResponse(
             entries=[converters.timeline_entry(r) for r in records], next_page_token=token
         )

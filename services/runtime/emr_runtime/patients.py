@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from emr.identity.v1 import identity_pb2, identity_pb2_grpc
+from emr.records.v1 import sensitivity_pb2
 
 from emr_runtime.caller import purpose_metadata
 from emr_runtime.errors import DependencyUnavailableError
@@ -26,6 +27,7 @@ ACCESS_CACHE_ENTRIES = 10_000
 UNCACHED_PURPOSES = frozenset({"EMERGENCY"})
 
 AccessKey = tuple[str, str, str, bool]
+CATEGORY_PREFIX = "SENSITIVITY_CATEGORY_"
 
 
 class PatientDirectory:
@@ -102,6 +104,12 @@ def visibility_of(facility_code: str, response: identity_pb2.CheckAccessResponse
         emergency_reason=response.emergency_reason,
         resolved_patient_id=response.resolved_patient_id,
         exists=bool(response.exists),
+        categories=frozenset(
+            sensitivity_pb2.SensitivityCategory.Name(category).removeprefix(CATEGORY_PREFIX)
+            for category in response.sensitive_categories
+            if category in sensitivity_pb2.SensitivityCategory.values()
+            and category != sensitivity_pb2.SENSITIVITY_CATEGORY_UNSPECIFIED
+        ),
     )
 
 

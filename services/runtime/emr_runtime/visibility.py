@@ -21,6 +21,8 @@ from typing import Protocol
 from emr_runtime.errors import PermissionDeniedError
 
 DEFAULT_PURPOSE = "TREATMENT"
+# The special categories of clinical data (emr.records.v1.SensitivityCategory names without prefix).
+ALL_CATEGORIES = ("HIV", "MENTAL_HEALTH", "REPRODUCTIVE_HEALTH", "SUBSTANCE_USE")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Visibility:
     # The id the patient resolves to (the survivor of a merge); empty when unknown.
     resolved_patient_id: str = ""
     exists: bool = True
+    # Special categories (SensitivityCategory names without prefix, e.g. "HIV") of other facilities'
+    # data that consent grants naming them open; the facility's own data is never hidden from it.
+    categories: frozenset[str] = frozenset()
 
     def sees(self, data_facility_code: str) -> bool:
         """Whether data created by ``data_facility_code`` is visible."""
@@ -48,6 +53,13 @@ class Visibility:
             or data_facility_code == self.facility_code
             or data_facility_code in self.facilities
         )
+
+    def sees_sensitive(self, data_facility_code: str, categories: frozenset[str]) -> bool:
+        """Whether data created by ``data_facility_code`` carrying these special categories is
+        visible: the facility's own always; another's only when every category is opened."""
+        if not self.sees(data_facility_code):
+            return False
+        return data_facility_code == self.facility_code or categories <= self.categories
 
     @property
     def opens_anything(self) -> bool:
@@ -62,7 +74,7 @@ class Visibility:
 
 
 # Platform roles act for the whole city: the sync service, auditors, operators.
-EVERYTHING = Visibility("", registered=True, all_facilities=True)
+EVERYTHING = Visibility("", registered=True, all_facilities=True, categories=frozenset(ALL_CATEGORIES))
 
 
 class VisibilitySource(Protocol):

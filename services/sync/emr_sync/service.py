@@ -70,6 +70,7 @@ from emr_sync.domain import (
 )
 from emr_sync.metrics import DEAD_LETTERS, DELIVERIES, OLDEST_PENDING_AGE, PENDING_DELIVERIES
 from emr_sync.repository import SyncRepository
+from emr_sync.sensitivity import submitted, withheld
 
 log = logging.getLogger("emr.sync")
 RECORDS_CURSOR = "records"
@@ -394,12 +395,14 @@ class SyncService:
         queued = [_checkin_delivery(delivery, patient, encounter, attached)] if checks_in else []
         if not reported:
             return queued
-        bundle = transaction_bundle(patient, encounter, attached)
-        try:
-            Bundle.model_validate(bundle)
-        except ValidationError as error:
-            return [*queued, delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
-        queued.append(delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle)))
+        # Special categories: an HIV visit's FHIR transaction is withheld, its claim is not.
+        if not withheld(encounter.sensitivity):
+            bundle = transaction_bundle(patient, encounter, submitted(attached))
+            try:
+                Bundle.model_validate(bundle)
+            except ValidationError as error:
+                return [*queued, delivery(DeliveryKind.FHIR_TRANSACTION, b"", _validation_reason(error))]
+            queued.append(delivery(DeliveryKind.FHIR_TRANSACTION, _json_bytes(bundle)))
         if not insured:
             return queued
         if encounter.status == records_pb2.ENCOUNTER_STATUS_FINISHED:

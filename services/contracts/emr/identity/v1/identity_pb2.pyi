@@ -1,5 +1,6 @@
 import datetime
 
+from emr.records.v1 import sensitivity_pb2 as _sensitivity_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -615,7 +616,7 @@ class ListPatientChangesResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[PatientChange, _Mapping]]] = ..., next_after_sequence: _Optional[int] = ...) -> None: ...
 
 class SharingGrant(_message.Message):
-    __slots__ = ("sharing_grant_id", "patient_id", "kind", "grantee_facility_code", "source_facility_code", "purpose", "evidence", "evidence_reference", "start_time", "end_time", "recorded_by_facility_code", "recorded_by", "revoke_time", "revoked_by")
+    __slots__ = ("sharing_grant_id", "patient_id", "kind", "grantee_facility_code", "source_facility_code", "purpose", "evidence", "evidence_reference", "start_time", "end_time", "recorded_by_facility_code", "recorded_by", "revoke_time", "revoked_by", "categories")
     SHARING_GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -630,6 +631,7 @@ class SharingGrant(_message.Message):
     RECORDED_BY_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     sharing_grant_id: str
     patient_id: str
     kind: SharingGrantKind
@@ -644,10 +646,11 @@ class SharingGrant(_message.Message):
     recorded_by: str
     revoke_time: _timestamp_pb2.Timestamp
     revoked_by: str
-    def __init__(self, sharing_grant_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., kind: _Optional[_Union[SharingGrantKind, str]] = ..., grantee_facility_code: _Optional[str] = ..., source_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by_facility_code: _Optional[str] = ..., recorded_by: _Optional[str] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+    categories: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, sharing_grant_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., kind: _Optional[_Union[SharingGrantKind, str]] = ..., grantee_facility_code: _Optional[str] = ..., source_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by_facility_code: _Optional[str] = ..., recorded_by: _Optional[str] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...
 
 class RecordSharingGrantRequest(_message.Message):
-    __slots__ = ("request_id", "patient_id", "grantee_facility_code", "purpose", "evidence", "evidence_reference", "end_time", "facility_code")
+    __slots__ = ("request_id", "patient_id", "grantee_facility_code", "purpose", "evidence", "evidence_reference", "end_time", "facility_code", "categories")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     GRANTEE_FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -656,6 +659,7 @@ class RecordSharingGrantRequest(_message.Message):
     EVIDENCE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patient_id: str
     grantee_facility_code: str
@@ -664,7 +668,8 @@ class RecordSharingGrantRequest(_message.Message):
     evidence_reference: str
     end_time: _timestamp_pb2.Timestamp
     facility_code: str
-    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., grantee_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., facility_code: _Optional[str] = ...) -> None: ...
+    categories: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., grantee_facility_code: _Optional[str] = ..., purpose: _Optional[_Union[SharingPurpose, str]] = ..., evidence: _Optional[_Union[ConsentEvidence, str]] = ..., evidence_reference: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., facility_code: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...
 
 class RecordSharingGrantResponse(_message.Message):
     __slots__ = ("sharing_grant",)
@@ -817,7 +822,7 @@ class CheckAccessRequest(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., export: _Optional[bool] = ...) -> None: ...
 
 class CheckAccessResponse(_message.Message):
-    __slots__ = ("exists", "registered", "all_facilities", "visible_facility_codes", "sharing_grant_ids", "emergency_access_id", "emergency_reason", "resolved_patient_id")
+    __slots__ = ("exists", "registered", "all_facilities", "visible_facility_codes", "sharing_grant_ids", "emergency_access_id", "emergency_reason", "resolved_patient_id", "sensitive_categories")
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ALL_FACILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -826,6 +831,7 @@ class CheckAccessResponse(_message.Message):
     EMERGENCY_ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
     EMERGENCY_REASON_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     exists: bool
     registered: bool
     all_facilities: bool
@@ -834,4 +840,5 @@ class CheckAccessResponse(_message.Message):
     emergency_access_id: str
     emergency_reason: str
     resolved_patient_id: str
-    def __init__(self, exists: _Optional[bool] = ..., registered: _Optional[bool] = ..., all_facilities: _Optional[bool] = ..., visible_facility_codes: _Optional[_Iterable[str]] = ..., sharing_grant_ids: _Optional[_Iterable[str]] = ..., emergency_access_id: _Optional[str] = ..., emergency_reason: _Optional[str] = ..., resolved_patient_id: _Optional[str] = ...) -> None: ...
+    sensitive_categories: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, exists: _Optional[bool] = ..., registered: _Optional[bool] = ..., all_facilities: _Optional[bool] = ..., visible_facility_codes: _Optional[_Iterable[str]] = ..., sharing_grant_ids: _Optional[_Iterable[str]] = ..., emergency_access_id: _Optional[str] = ..., emergency_reason: _Optional[str] = ..., resolved_patient_id: _Optional[str] = ..., sensitive_categories: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...

@@ -1,5 +1,6 @@
 import datetime
 
+from emr.records.v1 import sensitivity_pb2 as _sensitivity_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -271,7 +272,7 @@ RESOURCE_TYPE_CHARGE_LINE: ResourceType
 RESOURCE_TYPE_PROGRESS_NOTE: ResourceType
 
 class Encounter(_message.Message):
-    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time", "department", "practitioner_id", "discharge_disposition", "insurance", "update_time", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method")
+    __slots__ = ("encounter_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "version", "create_time", "department", "practitioner_id", "discharge_disposition", "insurance", "update_time", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method", "sensitivity")
     ENCOUNTER_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +296,7 @@ class Encounter(_message.Message):
     WEIGHT_KG_FIELD_NUMBER: _ClassVar[int]
     MEDICAL_RECORD_NUMBER_FIELD_NUMBER: _ClassVar[int]
     TREATMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     encounter_id: str
     patient_id: str
     facility_code: str
@@ -318,7 +320,8 @@ class Encounter(_message.Message):
     weight_kg: str
     medical_record_number: str
     treatment_method: str
-    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ...) -> None: ...
+    sensitivity: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, encounter_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ..., sensitivity: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...
 
 class InsuranceCard(_message.Message):
     __slots__ = ("card_number", "registered_facility_code", "valid_from", "valid_to")
@@ -385,7 +388,7 @@ class EncounterInsurance(_message.Message):
     def __init__(self, bhyt_number: _Optional[str] = ..., benefit_level: _Optional[int] = ...) -> None: ...
 
 class CreateEncounterRequest(_message.Message):
-    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "department", "practitioner_id", "discharge_disposition", "insurance", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method")
+    __slots__ = ("request_id", "patient_id", "facility_code", "encounter_class", "status", "start_time", "end_time", "reason", "department", "practitioner_id", "discharge_disposition", "insurance", "insurance_cards", "visit_type", "admission", "discharge", "departments", "weight_kg", "medical_record_number", "treatment_method", "sensitivity")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +409,7 @@ class CreateEncounterRequest(_message.Message):
     WEIGHT_KG_FIELD_NUMBER: _ClassVar[int]
     MEDICAL_RECORD_NUMBER_FIELD_NUMBER: _ClassVar[int]
     TREATMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patient_id: str
     facility_code: str
@@ -426,7 +430,8 @@ class CreateEncounterRequest(_message.Message):
     weight_kg: str
     medical_record_number: str
     treatment_method: str
-    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ...) -> None: ...
+    sensitivity: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, request_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_class: _Optional[_Union[EncounterClass, str]] = ..., status: _Optional[_Union[EncounterStatus, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., department: _Optional[str] = ..., practitioner_id: _Optional[str] = ..., discharge_disposition: _Optional[str] = ..., insurance: _Optional[_Union[EncounterInsurance, _Mapping]] = ..., insurance_cards: _Optional[_Iterable[_Union[InsuranceCard, _Mapping]]] = ..., visit_type: _Optional[_Union[VisitType, str]] = ..., admission: _Optional[_Union[EncounterAdmission, _Mapping]] = ..., discharge: _Optional[_Union[EncounterDischarge, _Mapping]] = ..., departments: _Optional[_Iterable[_Union[EncounterDepartment, _Mapping]]] = ..., weight_kg: _Optional[str] = ..., medical_record_number: _Optional[str] = ..., treatment_method: _Optional[str] = ..., sensitivity: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...
 
 class CreateEncounterResponse(_message.Message):
     __slots__ = ("encounter",)
@@ -725,7 +730,7 @@ class DocumentReference(_message.Message):
     def __init__(self, document_id: _Optional[str] = ..., patient_id: _Optional[str] = ..., facility_code: _Optional[str] = ..., encounter_id: _Optional[str] = ..., type_code: _Optional[str] = ..., status: _Optional[_Union[DocumentStatus, str]] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ..., content_sha256: _Optional[str] = ..., signature: _Optional[_Union[DocumentSignature, _Mapping]] = ..., document_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ClinicalResource(_message.Message):
-    __slots__ = ("encounter", "observation", "condition", "medication_request", "procedure", "document_reference", "charge_line", "progress_note")
+    __slots__ = ("encounter", "observation", "condition", "medication_request", "procedure", "document_reference", "charge_line", "progress_note", "sensitivity")
     ENCOUNTER_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     CONDITION_FIELD_NUMBER: _ClassVar[int]
@@ -734,6 +739,7 @@ class ClinicalResource(_message.Message):
     DOCUMENT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     CHARGE_LINE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_NOTE_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     encounter: Encounter
     observation: Observation
     condition: Condition
@@ -742,7 +748,8 @@ class ClinicalResource(_message.Message):
     document_reference: DocumentReference
     charge_line: ChargeLine
     progress_note: ProgressNote
-    def __init__(self, encounter: _Optional[_Union[Encounter, _Mapping]] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., condition: _Optional[_Union[Condition, _Mapping]] = ..., medication_request: _Optional[_Union[MedicationRequest, _Mapping]] = ..., procedure: _Optional[_Union[Procedure, _Mapping]] = ..., document_reference: _Optional[_Union[DocumentReference, _Mapping]] = ..., charge_line: _Optional[_Union[ChargeLine, _Mapping]] = ..., progress_note: _Optional[_Union[ProgressNote, _Mapping]] = ...) -> None: ...
+    sensitivity: _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.SensitivityCategory]
+    def __init__(self, encounter: _Optional[_Union[Encounter, _Mapping]] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., condition: _Optional[_Union[Condition, _Mapping]] = ..., medication_request: _Optional[_Union[MedicationRequest, _Mapping]] = ..., procedure: _Optional[_Union[Procedure, _Mapping]] = ..., document_reference: _Optional[_Union[DocumentReference, _Mapping]] = ..., charge_line: _Optional[_Union[ChargeLine, _Mapping]] = ..., progress_note: _Optional[_Union[ProgressNote, _Mapping]] = ..., sensitivity: _Optional[_Iterable[_Union[_sensitivity_pb2.SensitivityCategory, str]]] = ...) -> None: ...
 
 class ChargeLineDrug(_message.Message):
     __slots__ = ("strength", "route_code", "dose", "usage", "registration_number", "dosage_form")
@@ -955,12 +962,18 @@ class GetPatientTimelineRequest(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., resource_types: _Optional[_Iterable[_Union[ResourceType, str]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., facility_code: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class TimelineEntry(_message.Message):
-    __slots__ = ("time", "resource")
+    __slots__ = ("time", "resource", "restricted", "resource_type", "facility_code")
     TIME_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_CODE_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     resource: ClinicalResource
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ...) -> None: ...
+    restricted: bool
+    resource_type: ResourceType
+    facility_code: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resource: _Optional[_Union[ClinicalResource, _Mapping]] = ..., restricted: _Optional[bool] = ..., resource_type: _Optional[_Union[ResourceType, str]] = ..., facility_code: _Optional[str] = ...) -> None: ...
 
 class GetPatientTimelineResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")
