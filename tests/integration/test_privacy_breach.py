@@ -181,11 +181,17 @@ async def test_a_time_window_narrows_the_breach(breaches: Any, touched: dict[str
 
 
 async def test_the_notification_has_the_counts_and_the_content_the_law_asks(
-    breaches: Any, touched: dict[str, Any], officer: Any
+    breaches: Any, touched: dict[str, Any], officer: Any, mongo: Any
 ) -> None:
     recorded = await breaches.RecordIncident(
         incident_request(breach_pb2.BreachScope(actor_id=touched["a"]), datetime.now(UTC)), metadata=officer
     )
+    # What leaked is stored encrypted, never as given.
+    stored = await mongo["emr_audit"]["breach_incidents"].find_one({"_id": recorded.incident.incident_id})
+    assert stored is not None
+    for text in ("description", "likely_consequences", "measures_taken"):
+        assert stored[text].startswith("enc1:")
+    assert "stolen clerk" not in str(stored)
     notification = await breaches.GetBreachNotification(
         breach_pb2.GetBreachNotificationRequest(incident_id=recorded.incident.incident_id), metadata=officer
     )

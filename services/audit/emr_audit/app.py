@@ -16,6 +16,7 @@ from emr_audit.settings import AuditSettings
 from emr_audit.signing import load_signer
 from emr_runtime.audit import audit_event
 from emr_runtime.db import Database, create_collections
+from emr_runtime.fieldcrypt import FieldCrypt
 from emr_runtime.interceptors import AuditRule, AuditSink, Call
 from emr_runtime.keys import page_token_purpose
 from emr_runtime.paging import PageTokens
@@ -36,10 +37,11 @@ class OwnLogSink(AuditSink):
 
 
 async def build(settings: AuditSettings, db: Database) -> ServiceApp:
+    crypt = FieldCrypt.from_settings(settings)  # first: bad keys stop the start with a clear error
     await create_collections(db, COLLECTIONS + BREACH_COLLECTIONS)
     log = AuditLog(AuditRepository(db), load_signer(settings.signing_key_file, settings.signing_key_generate))
     breaches = BreachWorkflow(
-        BreachRepository(db), PageTokens(log.signer.derived_key(page_token_purpose("audit-breach")))
+        BreachRepository(db, crypt), PageTokens(log.signer.derived_key(page_token_purpose("audit-breach")))
     )
 
     async def checkpoints() -> None:

@@ -19,6 +19,7 @@ from emr_audit.breach import Category, Incident, Scope, Status, StatusChange
 from emr_audit.domain import AuditEvent, EventFilter
 from emr_audit.repository import EVENTS, event_from_document, filter_query
 from emr_runtime.db import Database
+from emr_runtime.fieldcrypt import FieldCrypt
 
 INCIDENTS = "breach_incidents"
 STATUS_CHANGES = "breach_status_changes"
@@ -31,13 +32,17 @@ def _change_id(incident_id: str, position: int) -> str:
     return f"{incident_id}/{position}"
 
 
-def _incident_document(incident: Incident) -> dict[str, Any]:
+# Incident texts may describe what leaked (patients, numbers): stored encrypted like identifiers.
+TEXT_KIND = "audit.breach_text"
+
+
+def _incident_document(crypt: FieldCrypt, incident: Incident) -> dict[str, Any]:
     assert incident.category is not None
     scope = incident.scope
     return {
         "_id": incident.incident_id,
         "category": incident.category.value,
-        "description": incident.description,
+        "description": crypt.encrypt(TEXT_KIND, incident.description),
         "occurred_at": incident.occurred_at,
         "discovered_at": incident.discovered_at,
         "reported_by": incident.reported_by,
@@ -50,17 +55,17 @@ def _incident_document(incident: Incident) -> dict[str, Any]:
             "end": scope.end,
         },
         "contact_point": incident.contact_point,
-        "likely_consequences": incident.likely_consequences,
-        "measures_taken": incident.measures_taken,
+        "likely_consequences": crypt.encrypt(TEXT_KIND, incident.likely_consequences),
+        "measures_taken": crypt.encrypt(TEXT_KIND, incident.measures_taken),
     }
 
 
-def _incident_from(document: dict[str, Any]) -> Incident:
+def _incident_from(crypt: FieldCrypt, document: dict[str, Any]) -> Incident:
     scope = document.get("scope") or {}
     return Incident(
         incident_id=str(document["_id"]),
         category=Category(document["category"]),
-        description=str(document.get("description", "")),
+        description=crypt.decrypt(TEXT_KIND, str(document.get("description", ""))),
         occurred_at=document.get("occurred_at"),
         discovered_at=document.get("discovered_at"),
         reported_by=str(document.get("reported_by", "")),
@@ -73,12 +78,12 @@ def _incident_from(document: dict[str, Any]) -> Incident:
             end=scope.get("end"),
         ),
         contact_point=str(document.get("contact_point", "")),
-        likely_consequences=str(document.get("likely_consequences", "")),
-        measures_taken=str(document.get("measures_taken", "")),
+        likely_consequences=crypt.decrypt(TEXT_KIND, str(document.get("likely_consequences", ""))),
+        measures_taken=crypt.decrypt(TEXT_KIND, str(document.get("measures_taken", ""))),
     )
 
 
-def _change_document(incident_id: str, change: StatusChange) -> dict[str, Any]:
+def _change_document(crypt: FieldCrypt, incident_id: str, change: StatusChange) -> dict[str, Any]:
     return {
         "_id": _change_id(incident_id, change.position),
         "incident_id": incident_id,
@@ -88,12 +93,12 @@ def _change_document(incident_id: str, change: StatusChange) -> dict[str, Any]:
         "changed_by": change.changed_by,
         "notified_at": change.notified_at,
         "authority_reference": change.authority_reference,
-        "delay_reason": change.delay_reason,
-        "note": change.note,
+        "delay_reason": crypt.encrypt(TEXT_KIND, change.delay_reason),
+        "note": crypt.encrypt(TEXT_KIND, change.note),
     }
 
 
-def _change_from(document: dict[str, Any]) -> StatusChange:
+def _change_from(crypt: FieldCrypt, document: dict[str, Any]) -> StatusChange:
     return StatusChange(
         position=int(document["position"]),
         status=Status(document["status"]),
@@ -101,13 +106,14 @@ def _change_from(document: dict[str, Any]) -> StatusChange:
         changed_by=str(document.get("changed_by", "")),
         notified_at=document.get("notified_at"),
         authority_reference=str(document.get("authority_reference", "")),
-        delay_reason=str(document.get("delay_reason", "")),
-        note=str(document.get("note", "")),
+        delay_reason=crypt.decrypt(TEXT_KIND, str(document.get("delay_reason", ""))),
+        note=crypt.decrypt(TEXT_KIND, str(document.get("note", ""))),
     )
 
 
 class BreachRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, crypt: FieldCrypt) -> None:
+        self._crypt = crypt
         self._incidents = db[INCIDENTS]
         self._changes = db[STATUS_CHANGES]
         self._events = db[EVENTS]
@@ -115,14 +121,14 @@ class BreachRepository:
     async def insert_incident(self, incident: Incident) -> bool:
         """False when an incident with that id is already stored."""
         try:
-            await self._incidents.insert_one(_incident_document(incident))
+            await self._incidents.insert_one(_incident_document(self._crypt, incident))
         except DuplicateKeyError:
             return False
         return True
 
     async def incident(self, incident_id: str) -> Incident | None:
         document = await self._incidents.find_one({"_id": incident_id})
-        return _incident_from(document) if document else None
+        return _incident_from(self._crypt, document) if document else None
 
     async def incident_ids(self) -> list[str]:
         """Every incident's id (a small collection: incidents are rare)."""
@@ -130,7 +136,7 @@ class BreachRepository:
 
     async def incidents(self) -> list[Incident]:
         """Every incident (a small collection: incidents are rare)."""
-        return [_incident_from(document) async for document in self._incidents.find({})]
+        return [_incident_from(self._crypt, document) async for document in self._incidents.find({})]
 
     async def history(self, incident_id: str) -> list[StatusChange]:
         """The status changes of an incident in order: ``_id`` lookups until a position is empty."""
@@ -139,13 +145,13 @@ class BreachRepository:
             document = await self._changes.find_one({"_id": _change_id(incident_id, position)})
             if document is None:
                 break
-            changes.append(_change_from(document))
+            changes.append(_change_from(self._crypt, document))
         return changes
 
     async def insert_change(self, incident_id: str, change: StatusChange) -> bool:
         """False when another change took that position first."""
         try:
-            await self._changes.insert_one(_change_document(incident_id, change))
+            await self._changes.insert_one(_change_document(self._crypt, incident_id, change))
         except DuplicateKeyError:
             return False
         return True

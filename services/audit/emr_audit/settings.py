@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from emr_runtime.fieldcrypt import FieldEncryptionSettings
 from emr_runtime.settings import ServiceSettings
 
 
-class AuditSettings(ServiceSettings):
+class AuditSettings(ServiceSettings, FieldEncryptionSettings):
     model_config = SettingsConfigDict(env_prefix="AUDIT_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(8053, ge=0, le=65535)

@@ -44,7 +44,7 @@ DEV_FIELD_ENCRYPTION = {
     "FIELD_BLIND_INDEX_KEY": "hVbqYPh55CZv1wfWp4/DQdRmaYPbz7A0bZaNNScPsVk=",
 }
 # The services that store identifiers or phone numbers, and so need those keys.
-FIELD_ENCRYPTING_SERVICES = ("identity", "records", "sync")
+FIELD_ENCRYPTING_SERVICES = ("identity", "records", "sync", "audit")
 
 
 @dataclass(frozen=True)
