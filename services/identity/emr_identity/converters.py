@@ -123,14 +123,20 @@ def registration_input(
         given_name=request.given_name,
         accept_inconsistent_cccd=request.accept_inconsistent_cccd,
         cccd_registered_abroad=request.cccd_registered_abroad,
-        claim_profile=ClaimProfile(
-            nationality_code=request.nationality_code,
-            ethnicity_code=request.ethnicity_code,
-            occupation_code=request.occupation_code,
-            address=request.address,
-            commune_code=request.commune_code,
-            district_code=request.district_code,
-        ),
+        claim_profile=_claim_profile(request),
+    )
+
+
+def _claim_profile(
+    request: identity_pb2.RegisterPatientRequest | identity_pb2.UpdatePatientRequest,
+) -> ClaimProfile:
+    return ClaimProfile(
+        nationality_code=request.nationality_code,
+        ethnicity_code=request.ethnicity_code,
+        occupation_code=request.occupation_code,
+        address=request.address,
+        commune_code=request.commune_code,
+        district_code=request.district_code,
     )
 
 
@@ -162,18 +168,6 @@ def _identifier_message(identifier: Identifier) -> identity_pb2.Identifier:
 def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: bytes) -> RegistrationInput:
     """The new demographics, validated like a registration's (no identifiers, no facility); the
     claim profile only when the request replaces it."""
-    profile = (
-        ClaimProfile(
-            nationality_code=request.nationality_code,
-            ethnicity_code=request.ethnicity_code,
-            occupation_code=request.occupation_code,
-            address=request.address,
-            commune_code=request.commune_code,
-            district_code=request.district_code,
-        )
-        if request.update_claim_profile
-        else None
-    )
     return RegistrationInput(
         request_id=request.request_id,
         identifiers=(),
@@ -184,7 +178,7 @@ def update_input(request: identity_pb2.UpdatePatientRequest, fingerprint_key: by
         fingerprint=fingerprint(fingerprint_key, request.SerializeToString(deterministic=True)),
         phone=request.phone,
         province_code=request.province_code,
-        claim_profile=profile,
+        claim_profile=_claim_profile(request) if request.update_claim_profile else None,
     )
 
 
