@@ -177,11 +177,13 @@ CLAIM_PROFILE: dict[str, str] = {
 def synthetic_registration(
     registering_facility: str, /, **overrides: Any
 ) -> identity_pb2.RegisterPatientRequest:
-    """A valid registration of a synthetic person (never real data)."""
+    """A valid registration of a synthetic person (never real data), a different person each call:
+    the name ends in a number of its own, so two calls never look like one person (or like twins)
+    to the matcher; pass ``full_name`` and ``identifiers`` to register one person again."""
     serial = uuid.uuid4().int % 10**6
     fields: dict[str, Any] = {
         "request_id": str(uuid.uuid4()),
-        "full_name": "Trần Thị Thu Hà",
+        "full_name": f"Trần Thị Thu Hà {uuid.uuid4().int % 10**9:09d}",
         "birth_date": "1992-03-14",
         "sex": identity_pb2.SEX_FEMALE,
         "facility_code": registering_facility,

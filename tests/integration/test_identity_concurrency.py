@@ -20,7 +20,10 @@ async def test_concurrent_registrations_of_one_cccd_yield_one_person(
 ) -> None:
     template = registration(facility_code)
     cccd = template.identifiers[0].value
-    requests = [registration(facility_code, identifiers=template.identifiers) for _ in range(24)]
+    requests = [
+        registration(facility_code, full_name=template.full_name, identifiers=template.identifiers)
+        for _ in range(24)
+    ]
     responses = await asyncio.gather(*(identity.RegisterPatient(r) for r in requests))
 
     assert len({r.patient.patient_id for r in responses}) == 1

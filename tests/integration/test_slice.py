@@ -153,7 +153,7 @@ async def test_gateway_serves_patient_as_fhir_r4(
     assert patient.id == patient_id
     assert patient.birthDate.isoformat() == "1992-03-14"
     assert patient.name[0].family == "Trần"
-    assert patient.name[0].given == ["Thị", "Thu", "Hà"]
+    assert patient.name[0].given == registered.patient.full_name.split()[1:]
     assert patient.identifier[0].value == registered.patient.identifiers[0].value
 
     assert missing.status_code == 404
