@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from emr_identity.sharing import check_id, check_text
 from emr_runtime.errors import Violations
 from emr_runtime.facility import is_facility_code, normalize_facility_code
 from emr_runtime.idempotency import check_request_id
 
-MAX_ID_LENGTH = 64
 MAX_DETAILS_LENGTH = 2000
 MAX_REASON_LENGTH = 2000
 MAX_REFERENCE_LENGTH = 140
@@ -177,25 +177,6 @@ class StatusInput:
     fingerprint: str
 
 
-def _check_id(violations: Violations, value: str, field: str, required: bool = True) -> str:
-    value = value.strip()
-    if not value:
-        if required:
-            violations.add(field, "required")
-    elif len(value) > MAX_ID_LENGTH or not value.isprintable():
-        violations.add(field, f"an id: at most {MAX_ID_LENGTH} printable characters")
-    return value
-
-
-def _check_text(violations: Violations, value: str, field: str, maximum: int) -> str:
-    value = value.strip()
-    if len(value) > maximum:
-        violations.add(field, f"at most {maximum} characters")
-    elif any(not character.isprintable() and character not in "\n\t" for character in value):
-        violations.add(field, "must be printable text")
-    return value
-
-
 def _check_reference(violations: Violations, value: str) -> str:
     value = value.strip()
     if not value:
@@ -218,7 +199,7 @@ def validate_filing(raw: FilingInput) -> FilingInput:
     """Checks every field of a filing, reporting all violations at once; the normalised input."""
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    patient_id = _check_id(violations, raw.patient_id, "patient_id")
+    patient_id = check_id(violations, raw.patient_id, "patient_id")
     if raw.kind is None:
         violations.add("kind", "required: ACCESS, CORRECTION, RESTRICTION, OBJECTION or WITHDRAWAL")
     facility_code = normalize_facility_code(raw.facility_code)
@@ -226,8 +207,8 @@ def validate_filing(raw: FilingInput) -> FilingInput:
         violations.add("facility_code", "empty (a patient's own token) or the registrar's 5-character code")
     data_facility = normalize_facility_code(raw.data_facility_code)
     reference = _check_reference(violations, raw.resource_reference)
-    details = _check_text(violations, raw.details, "details", MAX_DETAILS_LENGTH)
-    grant_id = _check_id(
+    details = check_text(violations, raw.details, "details", MAX_DETAILS_LENGTH)
+    grant_id = check_id(
         violations, raw.sharing_grant_id, "sharing_grant_id", required=raw.kind is RequestKind.WITHDRAWAL
     )
     if raw.kind is RequestKind.CORRECTION:
@@ -298,12 +279,12 @@ def new_request(
 def validate_status_change(raw: StatusInput) -> StatusInput:
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    request_id = _check_id(violations, raw.data_subject_request_id, "data_subject_request_id")
+    request_id = check_id(violations, raw.data_subject_request_id, "data_subject_request_id")
     if raw.expected_status is None:
         violations.add("expected_status", "required: the status the caller saw")
     if raw.status is None or raw.status is RequestStatus.RECEIVED:
         violations.add("status", "required: IN_PROGRESS, COMPLETED or REFUSED")
-    reason = _check_text(violations, raw.reason, "reason", MAX_REASON_LENGTH)
+    reason = check_text(violations, raw.reason, "reason", MAX_REASON_LENGTH)
     if raw.status is RequestStatus.REFUSED and not reason and not violations.has("reason"):
         violations.add("reason", "required for REFUSED: why the request is refused")
     facility_code = normalize_facility_code(raw.facility_code)

@@ -221,10 +221,11 @@ def years_ahead(moment: datetime, years: int) -> datetime:
         return moment.replace(year=moment.year + years, day=28)
 
 
-def _check_id(violations: Violations, value: str, field: str) -> str:
+def check_id(violations: Violations, value: str, field: str, required: bool = True) -> str:
     value = value.strip()
     if not value:
-        violations.add(field, "required")
+        if required:
+            violations.add(field, "required")
     elif len(value) > MAX_ID_LENGTH or not value.isprintable():
         violations.add(field, f"an id: at most {MAX_ID_LENGTH} printable characters")
     return value
@@ -250,7 +251,7 @@ def _check_end(
     return to_storage_precision(end)
 
 
-def _check_text(violations: Violations, value: str, field: str, maximum: int) -> str:
+def check_text(violations: Violations, value: str, field: str, maximum: int) -> str:
     value = value.strip()
     if len(value) > maximum:
         violations.add(field, f"at most {maximum} characters")
@@ -263,7 +264,7 @@ def validate_grant(raw: GrantInput, now: datetime) -> GrantInput:
     """Checks every field of a consent grant, reporting all violations at once; the normalised input."""
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    patient_id = _check_id(violations, raw.patient_id, "patient_id")
+    patient_id = check_id(violations, raw.patient_id, "patient_id")
     facility_code = _check_facility(violations, raw.facility_code, "facility_code", "the recording facility")
     grantee = normalize_facility_code(raw.grantee_facility_code)
     if grantee and not is_facility_code(grantee):
@@ -272,7 +273,7 @@ def validate_grant(raw: GrantInput, now: datetime) -> GrantInput:
         violations.add("purpose", "required: TREATMENT or PAYMENT")
     if raw.evidence is None:
         violations.add("evidence", "required: SIGNED_FORM, VNEID_CONFIRMATION or VERBAL_WITH_WITNESS")
-    reference = _check_text(
+    reference = check_text(
         violations, raw.evidence_reference, "evidence_reference", MAX_EVIDENCE_REFERENCE_LENGTH
     )
     end = _check_end(violations, raw.end, now, MAX_GRANT_YEARS)
@@ -321,7 +322,7 @@ def new_grant(raw: GrantInput, grant_id: str, patient_id: str, actor_id: str, no
 def validate_revocation(raw: RevocationInput) -> RevocationInput:
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    grant_id = _check_id(violations, raw.grant_id, "sharing_grant_id")
+    grant_id = check_id(violations, raw.grant_id, "sharing_grant_id")
     facility_code = _check_facility(violations, raw.facility_code, "facility_code", "the recording facility")
     violations.raise_if_any()
     return replace(raw, grant_id=grant_id, facility_code=facility_code)
@@ -330,7 +331,7 @@ def validate_revocation(raw: RevocationInput) -> RevocationInput:
 def validate_referral(raw: ReferralInput, now: datetime) -> ReferralInput:
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    patient_id = _check_id(violations, raw.patient_id, "patient_id")
+    patient_id = check_id(violations, raw.patient_id, "patient_id")
     facility_code = _check_facility(violations, raw.facility_code, "facility_code", "the referring facility")
     receiving = _check_facility(
         violations, raw.receiving_facility_code, "receiving_facility_code", "the receiving facility"
@@ -372,7 +373,7 @@ def new_referral(
 def validate_emergency(raw: EmergencyInput) -> EmergencyInput:
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    patient_id = _check_id(violations, raw.patient_id, "patient_id")
+    patient_id = check_id(violations, raw.patient_id, "patient_id")
     facility_code = _check_facility(
         violations, raw.facility_code, "facility_code", "the facility of the emergency"
     )
@@ -380,7 +381,7 @@ def validate_emergency(raw: EmergencyInput) -> EmergencyInput:
         violations.add(
             "reason", "required: LIFE_THREATENING, UNABLE_TO_CONSENT, URGENT_CARE or PUBLIC_HEALTH"
         )
-    justification = _check_text(violations, raw.justification, "justification", MAX_JUSTIFICATION_LENGTH)
+    justification = check_text(violations, raw.justification, "justification", MAX_JUSTIFICATION_LENGTH)
     if not violations.has("justification") and len(justification) < MIN_JUSTIFICATION_LENGTH:
         violations.add(
             "justification", f"required: what happened, at least {MIN_JUSTIFICATION_LENGTH} characters"
@@ -418,10 +419,10 @@ def new_emergency(
 def validate_review(raw: ReviewInput) -> ReviewInput:
     violations = Violations()
     check_request_id(violations, raw.request_id)
-    emergency_access_id = _check_id(violations, raw.emergency_access_id, "emergency_access_id")
+    emergency_access_id = check_id(violations, raw.emergency_access_id, "emergency_access_id")
     if raw.outcome is None:
         violations.add("outcome", "required: JUSTIFIED or UNJUSTIFIED")
-    note = _check_text(violations, raw.note, "note", MAX_REVIEW_NOTE_LENGTH)
+    note = check_text(violations, raw.note, "note", MAX_REVIEW_NOTE_LENGTH)
     if raw.outcome is ReviewOutcome.UNJUSTIFIED and not note and not violations.has("note"):
         violations.add("note", "required for UNJUSTIFIED: what to follow up with the facility")
     violations.raise_if_any()
