@@ -48,10 +48,12 @@ CallKey = tuple[str, str, str, str]
 
 
 def registration() -> identity_pb2.RegisterPatientRequest:
+    """A different person each call: one name for all would put every registration in the same
+    blocks, where they wait on each other's registration turn instead of loading audit."""
     serial = uuid.uuid4().int % 10**6
     return identity_pb2.RegisterPatientRequest(
         request_id=str(uuid.uuid4()),
-        full_name="Nguyễn Thị Lan",
+        full_name=f"Nguyễn Thị Lan {uuid.uuid4().int % 10**9:09d}",
         birth_date="1978-11-02",
         sex=identity_pb2.SEX_FEMALE,
         facility_code=FACILITY,
